@@ -1,0 +1,26 @@
+//! Wire types of the keyward admin API (`/v1/...`, HTTP/1.1 JSON over a Unix
+//! socket) and the client every CLI command uses.
+//!
+//! The API is additive only: fields are never removed, renamed or given a new
+//! meaning, and clients ignore fields they do not know.
+#![forbid(unsafe_code)]
+
+mod client;
+mod socket_path;
+mod types;
+
+pub use client::{Client, ClientError, RawResponse};
+pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
+pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
+
+/// The version of this build (the workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this build came from, or `unknown`.
+pub const COMMIT: &str = env!("KEYWARD_COMMIT");
+/// `<version> (commit <commit>)`, for `--version`.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYWARD_COMMIT"),
+    ")"
+);

@@ -1,0 +1,185 @@
+//! The keyward home: one directory (0700) holding the socket, PID file, log
+//! and, in later layers, the vault, CA and evidence. See DESIGN.md §3.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use keyward_api::{SocketPathTooLong, check_socket_path};
+
+/// Where the daemon's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// Why no home could be chosen or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// Neither a flag, `KEYWARD_HOME`, `XDG_STATE_HOME` nor `HOME` was usable.
+    #[error("cannot choose a keyward home: set --home or KEYWARD_HOME (HOME is not set)")]
+    NoHome,
+    /// The current directory is needed to resolve a relative home.
+    #[error("cannot resolve the relative home {}: {source}", path.display())]
+    Relative {
+        /// The relative path given.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The socket path inside the home is too long.
+    #[error(transparent)]
+    SocketPath(#[from] SocketPathTooLong),
+    /// Creating or securing the directory failed.
+    #[error("cannot prepare the keyward home {}: {source}", path.display())]
+    Prepare {
+        /// The home directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The home exists but is not a directory.
+    #[error("the keyward home {} exists but is not a directory", path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+impl Home {
+    /// Chooses the home: `explicit` (the `--home` flag or `KEYWARD_HOME`),
+    /// else `$XDG_STATE_HOME/keyward`, else `~/.local/state/keyward`.
+    /// A relative path is made absolute against the current directory, so a
+    /// detached daemon and its clients agree on it.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Self, HomeError> {
+        let env_path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let chosen = match explicit.filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => p.to_owned(),
+            None => match env_path("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
+                Some(state) => state.join("keyward"),
+                None => env_path("HOME")
+                    .ok_or(HomeError::NoHome)?
+                    .join(".local/state/keyward"),
+            },
+        };
+        let root = if chosen.is_absolute() {
+            chosen
+        } else {
+            std::env::current_dir()
+                .map_err(|source| HomeError::Relative {
+                    path: chosen.clone(),
+                    source,
+                })?
+                .join(chosen)
+        };
+        Ok(Self { root })
+    }
+
+    /// A home at exactly `root` (which must be absolute).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The home directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The admin socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join("keyward.sock")
+    }
+
+    /// The PID file, locked while the daemon lives.
+    pub fn pid_path(&self) -> PathBuf {
+        self.root.join("keyward.pid")
+    }
+
+    /// The log of a detached daemon.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("daemon.log")
+    }
+
+    /// The config file used when `--config` is not given.
+    pub fn default_config_path(&self) -> PathBuf {
+        self.root.join("keyward.toml")
+    }
+
+    /// Checks that the socket path fits the Unix limit, before anything is
+    /// created or bound.
+    pub fn check_socket_path(&self) -> Result<(), HomeError> {
+        check_socket_path(&self.socket_path())?;
+        Ok(())
+    }
+
+    /// Creates the home (0700) if needed. An existing home readable or
+    /// writable by others is tightened to 0700 with a warning: the socket and
+    /// later the vault rely on it.
+    pub fn ensure_private(&self) -> Result<(), HomeError> {
+        let prepare = |source| HomeError::Prepare {
+            path: self.root.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(prepare)?;
+        let meta = fs::metadata(&self.root).map_err(prepare)?;
+        if !meta.is_dir() {
+            return Err(HomeError::NotADirectory {
+                path: self.root.clone(),
+            });
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                home = %self.root.display(),
+                "home directory had mode {mode:o}; tightening it to 700 so only its owner can reach the socket and files"
+            );
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(prepare)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_relative_home_becomes_absolute() {
+        let home = Home::resolve(Some(Path::new("some/dir"))).unwrap();
+        assert!(home.root().is_absolute());
+        assert!(home.root().ends_with("some/dir"));
+        assert_eq!(home.socket_path(), home.root().join("keyward.sock"));
+    }
+
+    #[test]
+    fn ensure_private_creates_0700_and_tightens_loose_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("h"));
+        home.ensure_private().unwrap();
+        let mode = fs::metadata(home.root()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        fs::set_permissions(home.root(), fs::Permissions::from_mode(0o755)).unwrap();
+        home.ensure_private().unwrap();
+        let mode = fs::metadata(home.root()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_file_where_the_home_should_be_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("file");
+        fs::write(&path, "x").unwrap();
+        let err = Home::at(&path).ensure_private().unwrap_err();
+        assert!(matches!(err, HomeError::NotADirectory { .. } | HomeError::Prepare { .. }));
+    }
+}

@@ -1,0 +1,17 @@
+//! The keyward daemon: its home layout, configuration, single-instance
+//! lifecycle, and the admin API served on a Unix socket. Also the client-side
+//! control of that lifecycle (detached start, stop, status inspection) so the
+//! binary stays a thin CLI.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod control;
+mod error;
+pub mod home;
+mod lifecycle;
+mod notify;
+pub mod pidfile;
+mod server;
+
+pub use error::DaemonError;
+pub use lifecycle::{DaemonOptions, LogControl, run};

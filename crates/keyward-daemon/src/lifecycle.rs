@@ -1,0 +1,277 @@
+//! The daemon's life: harden, take the home, bind, serve, reload on SIGHUP,
+//! drain and clean up on SIGTERM/SIGINT, `/v1/shutdown` or idle exit.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, LoadedConfig};
+use crate::error::DaemonError;
+use crate::home::Home;
+use crate::notify::sd_notify;
+use crate::pidfile::{PidError, PidLock};
+use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, router};
+
+/// How long in-flight requests may take to finish once a stop begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lets the daemon change the log filter on reload without owning the
+/// subscriber, which the binary sets up.
+pub trait LogControl: Send + Sync {
+    /// Applies a new filter directive, e.g. from `daemon.log_level`.
+    fn set_filter(&self, directive: &str) -> Result<(), String>;
+}
+
+/// Everything [`run`] needs, resolved and validated by the caller.
+pub struct DaemonOptions {
+    /// The home to take.
+    pub home: Home,
+    /// The validated config and where it came from (reloaded on SIGHUP).
+    pub config: LoadedConfig,
+    /// `--idle-exit` from the command line: overrides the config, also
+    /// after reloads. `Some(None)` turns idle exit off.
+    pub idle_exit_override: Option<Option<Duration>>,
+    /// Log filter control for reloads.
+    pub log: Box<dyn LogControl>,
+}
+
+/// Runs the daemon until it is told to stop. Returns once the socket and PID
+/// file are removed.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let hardening = keyward_sys::harden_process();
+    log_hardening(&hardening);
+
+    // Install handlers before binding so a signal during start-up is a clean
+    // stop, not the default death that leaves files behind.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::io("cannot install the SIGTERM handler"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::io("cannot install the SIGINT handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::io("cannot install the SIGHUP handler"))?;
+
+    let home = &opts.home;
+    home.check_socket_path()?;
+    home.ensure_private()?;
+    let socket_path = home.socket_path();
+    let (pid_lock, stale_pid) = PidLock::acquire(&home.pid_path()).map_err(|e| match e {
+        PidError::Held { pid, .. } => DaemonError::AlreadyRunning {
+            pid,
+            socket: socket_path.clone(),
+        },
+        PidError::Io { path, source } => DaemonError::Io {
+            what: format!("cannot take the PID file {}", path.display()),
+            source,
+        },
+    })?;
+    if let Some(stale) = stale_pid {
+        tracing::warn!(
+            "replaced a stale PID file left by pid {stale}, which is no longer running"
+        );
+    }
+
+    let bound = match bind_socket(&socket_path) {
+        Ok(bound) => bound,
+        Err(e) => {
+            pid_lock.release();
+            return Err(e);
+        }
+    };
+    let socket_id = bound.1;
+
+    let (stop_tx, mut stop_rx) = mpsc::channel(1);
+    let activity = Arc::new(Activity::new());
+    let state = Arc::new(AppState {
+        started_at: SystemTime::now(),
+        started: Instant::now(),
+        activity: activity.clone(),
+        stop: stop_tx,
+    });
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let listener = AdminListener::new(bound.0, keyward_sys::effective_uid());
+    let mut serve = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = drain_rx.await;
+            })
+            .into_future(),
+    );
+
+    notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    tracing::info!(
+        pid = std::process::id(),
+        socket = %socket_path.display(),
+        version = keyward_api::VERSION,
+        commit = keyward_api::COMMIT,
+        "keyward daemon ready"
+    );
+
+    let mut current = opts.config;
+    let reason = loop {
+        let idle_exit = opts
+            .idle_exit_override
+            .unwrap_or(current.config.daemon.idle_exit);
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM".to_owned(),
+            _ = sigint.recv() => break "SIGINT".to_owned(),
+            _ = sighup.recv() => reload(&mut current, opts.log.as_ref()),
+            Some(StopReason::Api(why)) = stop_rx.recv() => {
+                break format!("shutdown requested over the admin API{}",
+                    why.map(|w| format!(" ({w})")).unwrap_or_default());
+            }
+            () = idle_elapsed(idle_exit, &activity) => {
+                break format!("idle for {}", config::format_duration_or_off(idle_exit));
+            }
+        }
+    };
+
+    tracing::info!("stopping: {reason}");
+    notify("STOPPING=1");
+    // New clients get "not running" at once instead of queueing on a
+    // listener that no longer accepts.
+    remove_socket_if_ours(&socket_path, socket_id);
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut serve).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!("admin server failed while draining: {e}"),
+        Ok(Err(e)) => tracing::error!("admin server task failed: {e}"),
+        Err(_) => {
+            tracing::warn!(
+                "in-flight requests did not finish within {}s; closing them",
+                DRAIN_TIMEOUT.as_secs()
+            );
+            serve.abort();
+        }
+    }
+    pid_lock.release();
+    tracing::info!("keyward daemon stopped");
+    Ok(())
+}
+
+/// (device, inode) of the socket we bound, so we never remove a socket that
+/// is not ours.
+type SocketId = (u64, u64);
+
+fn bind_socket(path: &Path) -> Result<(UnixListener, SocketId), DaemonError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(DaemonError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(DaemonError::SocketInUse {
+                    socket: path.to_owned(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::warn!(
+                    socket = %path.display(),
+                    "removing a stale socket nobody listens on (left by a daemon that did not stop cleanly)"
+                );
+                fs::remove_file(path).map_err(DaemonError::io(format!(
+                    "cannot remove the stale socket {}",
+                    path.display()
+                )))?;
+            }
+            Err(e) => {
+                return Err(DaemonError::Io {
+                    what: format!("cannot probe the existing socket {}", path.display()),
+                    source: e,
+                });
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(DaemonError::Io {
+                what: format!("cannot inspect {}", path.display()),
+                source: e,
+            });
+        }
+    }
+    let bind_err = || DaemonError::io(format!("cannot bind the admin socket {}", path.display()));
+    let listener = UnixListener::bind(path).map_err(bind_err())?;
+    // The umask already made it 0700; a socket needs no execute bit.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err())?;
+    let meta = fs::symlink_metadata(path).map_err(bind_err())?;
+    Ok((listener, (meta.dev(), meta.ino())))
+}
+
+fn remove_socket_if_ours(path: &Path, ours: SocketId) {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if (meta.dev(), meta.ino()) == ours => {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(socket = %path.display(), "cannot remove the admin socket: {e}");
+            }
+        }
+        Ok(_) => tracing::warn!(socket = %path.display(), "the admin socket was replaced by another file; leaving it"),
+        Err(_) => {}
+    }
+}
+
+fn reload(current: &mut LoadedConfig, log: &dyn LogControl) {
+    notify("RELOADING=1");
+    match config::load(&current.source) {
+        Ok(new) => {
+            if let Err(e) = log.set_filter(&new.config.daemon.log_level) {
+                tracing::warn!("cannot apply daemon.log_level: {e}");
+            }
+            tracing::info!(
+                config = %new.source.path.display(),
+                from_file = new.from_file,
+                "config reloaded"
+            );
+            *current = new;
+        }
+        Err(e) => tracing::error!("config reload failed, keeping the previous config: {e}"),
+    }
+    notify("READY=1");
+}
+
+/// Completes once the daemon has been idle for `limit`; never when `None`.
+async fn idle_elapsed(limit: Option<Duration>, activity: &Activity) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        match activity.idle_since() {
+            Some(since) if since.elapsed() >= limit => return,
+            Some(since) => tokio::time::sleep_until((since + limit).into()).await,
+            None => tokio::time::sleep(limit.min(Duration::from_secs(1))).await,
+        }
+    }
+}
+
+fn notify(state: &str) {
+    if let Err(e) = sd_notify(state) {
+        tracing::debug!("cannot notify the service manager: {e}");
+    }
+}
+
+fn log_hardening(report: &keyward_sys::HardeningReport) {
+    if let Err(e) = &report.non_dumpable {
+        tracing::warn!("cannot mark the process non-dumpable (PR_SET_DUMPABLE): {e}");
+    }
+    if let Err(e) = &report.core_limit_zero {
+        tracing::warn!("cannot disable core files (RLIMIT_CORE): {e}");
+    }
+    match &report.nofile_limit {
+        Ok(n) => tracing::debug!("open-file limit raised to {n}"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit (RLIMIT_NOFILE): {e}"),
+    }
+    match &report.mlock {
+        keyward_sys::MlockOutcome::Locked => tracing::debug!("memory locked against swapping"),
+        keyward_sys::MlockOutcome::SkippedLimit(limit) => tracing::info!(
+            "memory not locked: RLIMIT_MEMLOCK is {limit} bytes; raise it (systemd: LimitMEMLOCK=infinity) to keep secrets out of swap"
+        ),
+        keyward_sys::MlockOutcome::Failed(e) => {
+            tracing::info!("memory not locked against swapping (mlockall): {e}")
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The admin API: HTTP/1.1 JSON on the Unix socket, every connection checked
+//! by peer credentials before a byte of it is read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
+use axum::{Json, Router};
+use hyper::body::Bytes;
+use keyward_api::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// What the API can do in this build, reported by `/v1/health`.
+const CAPABILITIES: &[&str] = &["health", "shutdown"];
+
+/// The process on the other end of an admin connection (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+/// Accepts admin connections, refusing every peer whose uid is neither the
+/// daemon's nor root's.
+pub(crate) struct AdminListener {
+    inner: UnixListener,
+    daemon_uid: u32,
+}
+
+impl AdminListener {
+    pub(crate) fn new(inner: UnixListener, daemon_uid: u32) -> Self {
+        Self { inner, daemon_uid }
+    }
+
+    fn admit(&self, stream: &UnixStream) -> Result<Peer, String> {
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+        let peer = Peer {
+            uid: cred.uid(),
+            pid: cred.pid(),
+        };
+        if peer.uid == self.daemon_uid || peer.uid == 0 {
+            Ok(peer)
+        } else {
+            Err(format!(
+                "uid {} (pid {}) is neither the daemon's uid {} nor root",
+                peer.uid,
+                peer.pid.map_or("?".to_owned(), |p| p.to_string()),
+                self.daemon_uid
+            ))
+        }
+    }
+}
+
+impl Listener for AdminListener {
+    type Io = UnixStream;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let stream = match self.inner.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!("admin socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.admit(&stream) {
+                Ok(peer) => return (stream, peer),
+                Err(why) => {
+                    tracing::warn!("refused admin connection: {why}");
+                    tokio::spawn(refuse(stream));
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            uid: self.daemon_uid,
+            pid: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, AdminListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, AdminListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+/// Answers a refused peer with a canned 403 without reading its request, so
+/// its client shows a clear error rather than a reset.
+async fn refuse(mut stream: UnixStream) {
+    let body = serde_json::to_string(&ErrorBody {
+        error: ErrorDetail {
+            code: "peer_refused".to_owned(),
+            message: "this keyward daemon accepts admin connections only from its own user and root"
+                .to_owned(),
+        },
+    })
+    .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Tracks admin-API activity for idle exit.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    epoch: Instant,
+    last_nanos: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_nanos: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// When the daemon last became idle, or `None` while a request is in
+    /// flight.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.epoch + Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed)))
+    }
+}
+
+/// Why the daemon is stopping.
+#[derive(Debug)]
+pub(crate) enum StopReason {
+    Api(Option<String>),
+}
+
+pub(crate) struct AppState {
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub activity: Arc<Activity>,
+    pub stop: mpsc::Sender<StopReason>,
+}
+
+/// An error answer: `{"error":{"code","message"}}` with its status.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Decodes a JSON request body; an empty body is `T::default()`. Unknown
+/// fields are ignored (the API is additive); malformed JSON is a 400 that
+/// says where and why.
+pub(crate) fn json_body<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "bad_request"
+            },
+            format!("cannot read the request body: {}", rejection.body_text()),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed JSON in the request body: {e}"),
+        )
+    })
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/shutdown", post(shutdown))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts requests in flight for idle exit and logs each at debug level
+/// with the peer, so a refused or odd caller can be traced.
+async fn track(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let activity = &state.activity;
+    activity.in_flight.fetch_add(1, Ordering::AcqRel);
+    activity.touch();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    activity.touch();
+    activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    tracing::debug!(%method, path, status = resp.status().as_u16(), uid = peer.uid, pid = ?peer.pid, "admin request");
+    resp
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        pid: std::process::id(),
+        version: keyward_api::VERSION.to_owned(),
+        commit: keyward_api::COMMIT.to_owned(),
+        started_at: humantime::format_rfc3339_seconds(state.started_at).to_string(),
+        uptime_s: state.started.elapsed().as_secs(),
+        capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+    })
+}
+
+async fn shutdown(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ShutdownResponse>, ApiError> {
+    let req: ShutdownRequest = json_body(body)?;
+    // A full channel means a stop is already under way; that is success too.
+    let _ = state.stop.try_send(StopReason::Api(req.reason));
+    Ok(Json(ShutdownResponse {
+        status: "shutting_down".to_owned(),
+        pid: std::process::id(),
+    }))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no admin API route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+}

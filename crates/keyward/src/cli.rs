@@ -1,0 +1,152 @@
+//! The command line: global options, commands and their flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0   success
+  1   failure (including: a daemon already runs for this home)
+  2   command-line usage error
+  3   the daemon is not running
+  64  invalid configuration or usage (the message names file, key and expectation)
+
+Environment:
+  KEYWARD_HOME    home directory (same as --home)
+  KEYWARD_CONFIG  config file (same as --config)
+  RUST_LOG        log filter, e.g. `debug` or `keyward_daemon=trace` (wins over daemon.log_level)";
+
+/// keyward: a local credential broker and policy daemon for AI agents and CI
+/// jobs. One binary is both the daemon and its client.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version = keyward_api::VERSION_LINE, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Home directory for the socket, PID file, log and state
+    /// [default: $XDG_STATE_HOME/keyward, else ~/.local/state/keyward].
+    #[arg(long, global = true, env = "KEYWARD_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Config file [default: <home>/keyward.toml; built-in defaults when absent].
+    #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Format of log lines on stderr (and in daemon.log).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the version and git commit (needs no daemon, home or config).
+    Version(JsonFlag),
+    /// Start, stop or restart the daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Report whether the daemon runs, and what it left behind if not
+    /// (exit 3 when not running).
+    Status(JsonFlag),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON with stable field names instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Run the daemon (in the foreground unless --detach). Sends READY=1 to
+    /// $NOTIFY_SOCKET once listening, for systemd Type=notify.
+    Start(StartArgs),
+    /// Stop the daemon: SIGTERM, then wait for it to exit.
+    Stop(StopArgs),
+    /// Stop the daemon if it runs, then start it detached.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Start in the background (output to <home>/daemon.log); print the pid
+    /// once it answers, or fail after 10 s.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub idle: IdleExitArg,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct IdleExitArg {
+    /// Exit after this long with no runs and no admin requests, e.g. `15m`;
+    /// `0` turns it off [default: daemon.idle_exit, else off].
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_exit)]
+    pub idle_exit: Option<IdleExit>,
+}
+
+/// A parsed `--idle-exit`: `None` inside means "off".
+#[derive(Debug, Clone, Copy)]
+pub struct IdleExit(pub Option<Duration>);
+
+fn parse_idle_exit(text: &str) -> Result<IdleExit, String> {
+    keyward_daemon::config::parse_duration_or_off(text).map(IdleExit)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration such as \"10s\" or \"1m\": {e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// How long to wait for the daemon to exit after SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// SIGKILL the daemon if it has not exited within the timeout.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub stop: StopArgs,
+    #[command(flatten)]
+    pub idle: IdleExitArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config and print the effective config (secrets as
+    /// [REDACTED]); exit 64 when invalid.
+    Check(JsonFlag),
+}

@@ -1,0 +1,236 @@
+//! One function per command: resolve inputs, call the library, print.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use keyward_daemon::config::{self, ConfigSource, LoadedConfig};
+use keyward_daemon::control::{self, ControlError, StatusReport, Stopped};
+use keyward_daemon::home::Home;
+use keyward_daemon::{DaemonOptions, run};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, ConfigCommand, DaemonCommand, IdleExitArg, StartArgs, StopArgs};
+use crate::exit;
+use crate::logging;
+
+/// How long `daemon start --detach` waits for readiness.
+const DETACH_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let is_daemon = matches!(
+        cli.command,
+        Command::Daemon(DaemonCommand::Start(StartArgs { detach: false, .. }))
+    );
+    let log = logging::init(cli.log_format, if is_daemon { "info" } else { "warn" });
+
+    match &cli.command {
+        Command::Version(flags) => {
+            version(flags.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check(flags)) => {
+            let loaded = load_config(&cli)?;
+            config_check(&loaded, flags.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(flags) => block_on(status(&cli, flags.json)),
+        Command::Daemon(DaemonCommand::Start(args)) if !args.detach => {
+            let home = Home::resolve(cli.home.as_deref())?;
+            let loaded = load_config(&cli)?;
+            use keyward_daemon::LogControl;
+            if let Err(e) = log.set_filter(&loaded.config.daemon.log_level) {
+                tracing::warn!("cannot apply daemon.log_level: {e}");
+            }
+            let opts = DaemonOptions {
+                home,
+                config: loaded,
+                idle_exit_override: args.idle.idle_exit.map(|i| i.0),
+                log: Box::new(log),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("keyward")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon(DaemonCommand::Start(args)) => {
+            block_on(start_detached(&cli, &args.idle, args.json.json))
+        }
+        Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
+        Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
+            stop(&cli, &args.stop, true).await?;
+            start_detached(&cli, &args.idle, args.stop.json.json).await
+        }),
+    }
+}
+
+fn block_on<F: Future<Output = Result<ExitCode>>>(fut: F) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fut)
+}
+
+fn version(json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({"version": keyward_api::VERSION, "commit": keyward_api::COMMIT})
+        );
+    } else {
+        println!(
+            "keyward {} (commit {})",
+            keyward_api::VERSION,
+            keyward_api::COMMIT
+        );
+    }
+}
+
+/// The config source: `--config`/`KEYWARD_CONFIG` must exist; the default
+/// `<home>/keyward.toml` may be absent.
+fn config_source(cli: &Cli) -> Result<ConfigSource> {
+    Ok(match &cli.config {
+        Some(path) if !path.as_os_str().is_empty() => ConfigSource {
+            path: std::path::absolute(path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?,
+            explicit: true,
+        },
+        _ => ConfigSource {
+            path: Home::resolve(cli.home.as_deref())?.default_config_path(),
+            explicit: false,
+        },
+    })
+}
+
+fn load_config(cli: &Cli) -> Result<LoadedConfig> {
+    Ok(config::load(&config_source(cli)?)?)
+}
+
+fn config_check(loaded: &LoadedConfig, json: bool) -> Result<()> {
+    if json {
+        let value = json!({
+            "valid": true,
+            "path": loaded.source.path,
+            "from_file": loaded.from_file,
+            "config": loaded.config,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    if loaded.from_file {
+        println!("# config {} is valid", loaded.source.path.display());
+    } else {
+        println!(
+            "# {} does not exist; built-in defaults apply",
+            loaded.source.path.display()
+        );
+    }
+    println!("# effective configuration (secrets shown as [REDACTED]):");
+    print!("{}", loaded.config);
+    Ok(())
+}
+
+async fn status(cli: &Cli, json: bool) -> Result<ExitCode> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    let report = control::status(&home).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_status(&report);
+    }
+    Ok(if report.running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::NOT_RUNNING)
+    })
+}
+
+fn print_status(r: &StatusReport) {
+    if !r.running {
+        println!(
+            "keyward daemon is not running (home {})",
+            r.home.display()
+        );
+        if let Some(detail) = &r.detail {
+            println!("{detail}");
+        }
+        return;
+    }
+    let show = |v: &Option<String>| v.clone().unwrap_or_default();
+    println!("keyward daemon is running");
+    println!("  pid:        {}", r.pid.unwrap_or_default());
+    println!(
+        "  version:    {} (commit {})",
+        show(&r.version),
+        show(&r.commit)
+    );
+    println!("  started at: {}", show(&r.started_at));
+    println!(
+        "  uptime:     {}",
+        humantime::format_duration(Duration::from_secs(r.uptime_s.unwrap_or_default()))
+    );
+    println!("  socket:     {}", r.socket.display());
+    println!("  home:       {}", r.home.display());
+}
+
+async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<ExitCode> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    // Validate here too, so a bad config fails fast with exit 64 and no
+    // process is spawned.
+    let source = config_source(cli)?;
+    config::load(&source)?;
+
+    let mut args: Vec<OsString> = vec!["--home".into(), home.root().into()];
+    if source.explicit {
+        args.extend(["--config".into(), source.path.clone().into()]);
+    }
+    args.extend(["--log-format".into(), cli.log_format.as_arg().into()]);
+    args.extend(["daemon".into(), "start".into()]);
+    if let Some(idle) = idle.idle_exit {
+        args.extend([
+            "--idle-exit".into(),
+            config::format_duration_or_off(idle.0).into(),
+        ]);
+    }
+    let exe = std::env::current_exe().context("cannot find the keyward executable")?;
+    let pid = control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?;
+    if json {
+        println!(
+            "{}",
+            json!({"pid": pid, "socket": home.socket_path(), "home": home.root(), "log": home.log_path()})
+        );
+    } else {
+        println!(
+            "keyward daemon started (pid {pid}, socket {}, log {})",
+            home.socket_path().display(),
+            home.log_path().display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the daemon; with `tolerate_not_running` (restart) a daemon that is
+/// not running is fine.
+async fn stop(cli: &Cli, args: &StopArgs, tolerate_not_running: bool) -> Result<ExitCode> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    let (pid, how) = match control::stop(&home, args.timeout, args.force).await {
+        Ok(Stopped::Gracefully { pid }) => (pid, "stopped"),
+        Ok(Stopped::Killed { pid }) => (pid, "killed"),
+        Err(ControlError::NotRunning { .. }) if tolerate_not_running => {
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match (args.json.json, tolerate_not_running) {
+        (true, false) => println!("{}", json!({"pid": pid, "result": how})),
+        // restart prints only the start's JSON, keeping stdout one object.
+        (true, true) => {}
+        (false, _) => println!("keyward daemon {how} (pid {pid})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
