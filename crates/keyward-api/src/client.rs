@@ -165,19 +165,20 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<RawResponse, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                    ClientError::NotRunning {
-                        socket: self.socket.clone(),
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                        ClientError::NotRunning {
+                            socket: self.socket.clone(),
+                        }
                     }
-                }
-                _ => ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                },
-            })?;
+                    _ => ClientError::Connect {
+                        socket: self.socket.clone(),
+                        source,
+                    },
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(e.to_string()))?;
@@ -187,7 +188,10 @@ impl Client {
             .method(method)
             .uri(path)
             .header(header::HOST, "keyward")
-            .header(header::USER_AGENT, concat!("keyward/", env!("CARGO_PKG_VERSION")));
+            .header(
+                header::USER_AGENT,
+                concat!("keyward/", env!("CARGO_PKG_VERSION")),
+            );
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }

@@ -281,7 +281,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_file() {
-        let err = parse_str("[daemon]\nidle_exitt = \"5s\"\n").unwrap_err().to_string();
+        let err = parse_str("[daemon]\nidle_exitt = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/keyward.toml"), "{err}");
         assert!(err.contains("idle_exitt"), "{err}");
         let err = parse_str("[deamon]\n").unwrap_err().to_string();
@@ -290,14 +292,18 @@ mod tests {
 
     #[test]
     fn bad_duration_names_key_and_expectation() {
-        let err = parse_str("[daemon]\nidle_exit = \"soon\"\n").unwrap_err().to_string();
+        let err = parse_str("[daemon]\nidle_exit = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("daemon.idle_exit"), "{err}");
         assert!(err.contains("expected a duration"), "{err}");
     }
 
     #[test]
     fn wrong_type_and_syntax_errors_are_clear() {
-        let err = parse_str("[daemon]\nidle_exit = 5\n").unwrap_err().to_string();
+        let err = parse_str("[daemon]\nidle_exit = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("daemon.idle_exit"), "{err}");
         let err = parse_str("[daemon\n").unwrap_err().to_string();
         assert!(err.contains("/etc/keyward.toml"), "{err}");
@@ -306,7 +312,9 @@ mod tests {
 
     #[test]
     fn bad_log_filter_is_refused() {
-        let err = parse_str("[daemon]\nlog_level = \"=bogus=\"\n").unwrap_err().to_string();
+        let err = parse_str("[daemon]\nlog_level = \"=bogus=\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("daemon.log_level"), "{err}");
     }
 
@@ -314,10 +322,18 @@ mod tests {
     fn absent_default_file_means_defaults_but_absent_explicit_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("keyward.toml");
-        let loaded = load(&ConfigSource { path: path.clone(), explicit: false }).unwrap();
+        let loaded = load(&ConfigSource {
+            path: path.clone(),
+            explicit: false,
+        })
+        .unwrap();
         assert!(!loaded.from_file);
         assert_eq!(loaded.config, Config::default());
-        let err = load(&ConfigSource { path, explicit: true }).unwrap_err();
+        let err = load(&ConfigSource {
+            path,
+            explicit: true,
+        })
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Missing { .. }));
     }
 
@@ -340,9 +356,16 @@ mod tests {
         assert!(!format!("{secret:?}").contains("s3cr3t"));
 
         fs::write(&path, "\n").unwrap();
-        let err = read_secret_file("backends.x.token_file", &path).unwrap_err().to_string();
-        assert!(err.contains("empty") && err.contains("backends.x.token_file"), "{err}");
-        let err = read_secret_file("k", &tmp.path().join("absent")).unwrap_err().to_string();
+        let err = read_secret_file("backends.x.token_file", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("empty") && err.contains("backends.x.token_file"),
+            "{err}"
+        );
+        let err = read_secret_file("k", &tmp.path().join("absent"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absent"), "{err}");
     }
 }

@@ -136,7 +136,10 @@ pub async fn start_detached(
     cmd.args(args)
         .env("NOTIFY_SOCKET", format!("@{notify_name}"))
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io_err("cannot duplicate the log handle"))?)
+        .stdout(
+            log.try_clone()
+                .map_err(io_err("cannot duplicate the log handle"))?,
+        )
         .stderr(log);
     keyward_sys::new_session_on_spawn(&mut cmd);
     let mut child = tokio::process::Command::from(cmd)

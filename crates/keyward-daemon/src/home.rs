@@ -180,6 +180,9 @@ mod tests {
         let path = tmp.path().join("file");
         fs::write(&path, "x").unwrap();
         let err = Home::at(&path).ensure_private().unwrap_err();
-        assert!(matches!(err, HomeError::NotADirectory { .. } | HomeError::Prepare { .. }));
+        assert!(matches!(
+            err,
+            HomeError::NotADirectory { .. } | HomeError::Prepare { .. }
+        ));
     }
 }

@@ -50,9 +50,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     // Install handlers before binding so a signal during start-up is a clean
     // stop, not the default death that leaves files behind.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::io("cannot install the SIGTERM handler"))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::io("cannot install the SIGINT handler"))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::io("cannot install the SIGHUP handler"))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(DaemonError::io("cannot install the SIGTERM handler"))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(DaemonError::io("cannot install the SIGINT handler"))?;
+    let mut sighup = signal(SignalKind::hangup())
+        .map_err(DaemonError::io("cannot install the SIGHUP handler"))?;
 
     let home = &opts.home;
     home.check_socket_path()?;
@@ -69,9 +72,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         },
     })?;
     if let Some(stale) = stale_pid {
-        tracing::warn!(
-            "replaced a stale PID file left by pid {stale}, which is no longer running"
-        );
+        tracing::warn!("replaced a stale PID file left by pid {stale}, which is no longer running");
     }
 
     let bound = match bind_socket(&socket_path) {
@@ -210,7 +211,9 @@ fn remove_socket_if_ours(path: &Path, ours: SocketId) {
                 tracing::warn!(socket = %path.display(), "cannot remove the admin socket: {e}");
             }
         }
-        Ok(_) => tracing::warn!(socket = %path.display(), "the admin socket was replaced by another file; leaving it"),
+        Ok(_) => {
+            tracing::warn!(socket = %path.display(), "the admin socket was replaced by another file; leaving it")
+        }
         Err(_) => {}
     }
 }

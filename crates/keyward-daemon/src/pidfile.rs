@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(stale, None);
         let me = std::process::id();
         assert_eq!(fs::read_to_string(&path).unwrap().trim(), me.to_string());
-        assert_eq!(inspect(&path).unwrap(), PidFileState::Held { pid: Some(me) });
+        assert_eq!(
+            inspect(&path).unwrap(),
+            PidFileState::Held { pid: Some(me) }
+        );
 
         match PidLock::acquire(&path) {
             Err(PidError::Held { pid, .. }) => assert_eq!(pid, Some(me)),
@@ -158,7 +161,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("keyward.pid");
         fs::write(&path, "4194999\n").unwrap();
-        assert_eq!(inspect(&path).unwrap(), PidFileState::Stale { pid: Some(4194999) });
+        assert_eq!(
+            inspect(&path).unwrap(),
+            PidFileState::Stale { pid: Some(4194999) }
+        );
         let (_lock, stale) = PidLock::acquire(&path).unwrap();
         assert_eq!(stale, Some(4194999));
         assert_eq!(

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use hyper::body::Bytes;
 use keyward_api::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -102,14 +102,28 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, AdminListener>> f
     }
 }
 
-/// Answers a refused peer with a canned 403 without reading its request, so
-/// its client shows a clear error rather than a reset.
+/// Answers a refused peer with a canned 403 so its client shows a clear
+/// error rather than a reset. The request head is read (bounded in size and
+/// time) and discarded unparsed: closing with it unread would make the
+/// kernel reset the connection and lose the answer.
 async fn refuse(mut stream: UnixStream) {
+    let mut head = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut buf = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let body = serde_json::to_string(&ErrorBody {
         error: ErrorDetail {
             code: "peer_refused".to_owned(),
-            message: "this keyward daemon accepts admin connections only from its own user and root"
-                .to_owned(),
+            message:
+                "this keyward daemon accepts admin connections only from its own user and root"
+                    .to_owned(),
         },
     })
     .unwrap_or_default();

@@ -79,8 +79,8 @@ fn get_rlimit(resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
     let lim = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: `lim` is a valid rlimit struct that outlives the call.
     let rc = unsafe { libc::setrlimit(resource, &lim) };
@@ -105,10 +105,10 @@ fn lock_memory() -> MlockOutcome {
         // root (CAP_IPC_LOCK) is not bound by the limit.
         Ok(lim)
             if lim.rlim_cur != libc::RLIM_INFINITY
-                && (lim.rlim_cur as u64) < MIN_MEMLOCK_BYTES
+                && lim.rlim_cur < MIN_MEMLOCK_BYTES
                 && effective_uid_raw() != 0 =>
         {
-            return MlockOutcome::SkippedLimit(lim.rlim_cur as u64);
+            return MlockOutcome::SkippedLimit(lim.rlim_cur);
         }
         Ok(_) => {}
     }
@@ -144,7 +144,7 @@ mod tests {
     fn nofile_soft_limit_reaches_hard_limit() {
         let hard = raise_nofile().expect("raise RLIMIT_NOFILE");
         let now = get_rlimit(libc::RLIMIT_NOFILE).unwrap();
-        assert_eq!(now.rlim_cur as u64, hard);
-        assert_eq!(now.rlim_max as u64, hard);
+        assert_eq!(now.rlim_cur, hard);
+        assert_eq!(now.rlim_max, hard);
     }
 }

@@ -152,10 +152,7 @@ async fn status(cli: &Cli, json: bool) -> Result<ExitCode> {
 
 fn print_status(r: &StatusReport) {
     if !r.running {
-        println!(
-            "keyward daemon is not running (home {})",
-            r.home.display()
-        );
+        println!("keyward daemon is not running (home {})", r.home.display());
         if let Some(detail) = &r.detail {
             println!("{detail}");
         }

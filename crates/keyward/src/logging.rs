@@ -51,6 +51,9 @@ pub fn init(format: LogFormat, default_filter: &str) -> FilterHandle {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    tracing_subscriber::registry().with(filter).with(output).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
     FilterHandle { handle, from_env }
 }

@@ -1,0 +1,155 @@
+//! The admin API over the Unix socket: routes, errors, peer credentials.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, Run, TestHome, alive, json, wait_for};
+
+#[test]
+fn health_reports_identity_and_capabilities() {
+    let home = TestHome::new();
+    let pid = home.start(&[]);
+    let (status, body) = home.http("GET", "/v1/health", None);
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["pid"], pid);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["commit"].is_string());
+    assert!(v["started_at"].as_str().unwrap().ends_with('Z'));
+    assert!(v["uptime_s"].is_u64());
+    let caps = v["capabilities"].as_array().unwrap();
+    assert!(caps.iter().any(|c| c == "shutdown"), "{v}");
+}
+
+#[test]
+fn errors_have_a_code_and_a_message() {
+    let home = TestHome::new();
+    let pid = home.start(&[]);
+
+    let (status, body) = home.http("GET", "/v1/nope", None);
+    assert_eq!(status, 404);
+    let v = json(&body);
+    assert_eq!(v["error"]["code"], "not_found");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/v1/nope"));
+
+    let (status, body) = home.http("GET", "/v1/shutdown", None);
+    assert_eq!(status, 405);
+    assert_eq!(json(&body)["error"]["code"], "method_not_allowed");
+
+    let (status, body) = home.http("POST", "/v1/shutdown", Some("{\"reason\": "));
+    assert_eq!(status, 400, "{body}");
+    let v = json(&body);
+    assert_eq!(v["error"]["code"], "bad_request");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("malformed JSON") && msg.contains("line 1"),
+        "{msg}"
+    );
+
+    let (status, body) = home.http("POST", "/v1/shutdown", Some("{\"reason\": 5}"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid type"), "{body}");
+
+    // Bad requests changed nothing.
+    assert!(alive(pid));
+    assert_eq!(home.run(&["status"]).code, 0);
+}
+
+#[test]
+fn shutdown_ignores_unknown_fields_and_stops_gracefully() {
+    let home = TestHome::new();
+    let pid = home.start(&[]);
+    let (status, body) = home.http(
+        "POST",
+        "/v1/shutdown",
+        Some(r#"{"reason":"test over","field_from_the_future":[1,2]}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["status"], "shutting_down");
+    assert_eq!(v["pid"], pid);
+    assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
+    assert!(!home.socket().exists());
+    assert!(!home.pid_file().exists());
+    assert!(
+        home.log()
+            .contains("shutdown requested over the admin API (test over)"),
+        "{}",
+        home.log()
+    );
+}
+
+#[test]
+fn cli_reports_a_refused_connection_as_not_running() {
+    let home = TestHome::new();
+    let run = home.run(&["status"]);
+    assert_eq!(run.code, 3);
+    // Every client call, not only status, explains how to start the daemon.
+    let home2 = TestHome::new();
+    std::fs::create_dir_all(&home2.path).unwrap();
+    let _stale = std::os::unix::net::UnixListener::bind(home2.socket()).unwrap();
+    drop(_stale); // leaves a socket file nobody listens on
+    let run = home2.run(&["status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.contains("stale socket"), "{run:?}");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn as_nobody(home: &TestHome, args: &[&str]) -> Run {
+    Run::from(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(args)
+            .env("KEYWARD_HOME", &home.path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn another_uid_is_refused() {
+    if !is_root() {
+        eprintln!("SKIPPED another_uid_is_refused: needs root to run a client as nobody");
+        return;
+    }
+    let home = TestHome::new();
+    let pid = home.start(&[]);
+
+    // First line of defence: the 0700 home keeps other users from the socket.
+    let run = as_nobody(&home, &["status"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("ermission denied"), "{run:?}");
+
+    // Second line: even with the socket reachable, SO_PEERCRED refuses.
+    std::fs::set_permissions(&home.path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(home.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = as_nobody(&home, &["status"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("peer_refused"), "{run:?}");
+    assert!(
+        run.stderr.contains("only from its own user and root"),
+        "{run:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || home
+            .log()
+            .contains("refused admin connection: uid 65534")),
+        "{}",
+        home.log()
+    );
+    // The refused client changed nothing.
+    assert!(alive(pid));
+    assert_eq!(home.run(&["status"]).code, 0);
+}
