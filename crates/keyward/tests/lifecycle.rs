@@ -371,3 +371,84 @@ fn long_socket_path_is_a_clear_usage_error() {
     }
     assert!(!deep.exists(), "nothing is created for an unusable home");
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_and_idle_keepalives_do_not_delay() {
+    use std::io::{Read, Write};
+    let home = TestHome::new();
+    let pid = home.start(&[]);
+
+    // An idle keep-alive connection must not hold the stop up.
+    let mut idle = std::os::unix::net::UnixStream::connect(home.socket()).unwrap();
+    write!(idle, "GET /v1/health HTTP/1.1\r\nhost: k\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // An in-flight request: headers sent, body only half, to a route whose
+    // handler reads the body.
+    let body = r#"{"reason":"drain"}"#;
+    let mut busy = std::os::unix::net::UnixStream::connect(home.socket()).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        busy,
+        "POST /v1/shutdown HTTP/1.1\r\nhost: k\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    signal(pid, "TERM");
+    assert!(wait_for(Duration::from_secs(5), || !home.socket().exists()));
+    assert!(alive(pid), "the daemon must wait for the in-flight request");
+    busy.write_all(&body.as_bytes()[5..]).unwrap();
+    let mut resp = String::new();
+    busy.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(wait_for(Duration::from_secs(5), || !alive(pid)));
+    assert!(!home.pid_file().exists());
+}
+
+#[test]
+fn drain_gives_up_after_ten_seconds() {
+    use std::io::Write;
+    let home = TestHome::new();
+    let pid = home.start(&[]);
+    let mut stuck = std::os::unix::net::UnixStream::connect(home.socket()).unwrap();
+    write!(
+        stuck,
+        "POST /v1/shutdown HTTP/1.1\r\nhost: k\r\ncontent-length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    signal(pid, "TERM");
+    assert!(
+        wait_for(Duration::from_secs(20), || !alive(pid)),
+        "the drain must end within 10 s"
+    );
+    assert!(
+        home.log().contains("did not finish within 10s"),
+        "{}",
+        home.log()
+    );
+    assert!(!home.pid_file().exists());
+    drop(stuck);
+}
+
+#[test]
+fn json_log_format_reaches_daemon_log() {
+    let home = TestHome::new();
+    let run = home.run(&["--log-format", "json", "daemon", "start", "--detach"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    home.run(&["daemon", "stop"]);
+    let log = home.log();
+    let lines: Vec<serde_json::Value> = log.lines().map(json).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "keyward daemon ready"),
+        "{log}"
+    );
+}
