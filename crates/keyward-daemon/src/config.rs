@@ -153,11 +153,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         message,
     };
     let deserializer =
-        toml::Deserializer::parse(text).map_err(|e| invalid(None, one_line(&e.to_string())))?;
+        toml::Deserializer::parse(text).map_err(|e| invalid(None, located(text, &e)))?;
     let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
         let key = (key != ".").then_some(key);
-        invalid(key, one_line(&e.into_inner().to_string()))
+        invalid(key, located(text, e.inner()))
     })?;
     validate(&config).map_err(|(key, message)| invalid(Some(key.to_owned()), message))?;
     Ok(config)
@@ -176,15 +176,19 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-/// toml renders errors over several lines with a source excerpt; the CLI
-/// prints one line per error, so keep the excerpt but fold it.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && *l != "|")
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `line L, column C: message`, on one line (toml's own rendering spans
+/// several lines with a source excerpt).
+fn located(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
 }
 
 fn deserialize_idle_exit<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
@@ -286,6 +290,10 @@ mod tests {
             .to_string();
         assert!(err.contains("/etc/keyward.toml"), "{err}");
         assert!(err.contains("idle_exitt"), "{err}");
+        assert!(
+            err.contains("at `daemon.idle_exitt`: line 2, column 1: unknown field"),
+            "{err}"
+        );
         let err = parse_str("[deamon]\n").unwrap_err().to_string();
         assert!(err.contains("deamon"), "{err}");
     }

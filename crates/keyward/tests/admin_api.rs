@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BIN, Run, TestHome, alive, json, wait_for};
+use common::{Run, TestHome, alive, json, wait_for};
 
 #[test]
 fn health_reports_identity_and_capabilities() {
@@ -107,9 +107,11 @@ fn is_root() -> bool {
 }
 
 fn as_nobody(home: &TestHome, args: &[&str]) -> Run {
+    let bin = home.binary_for_other_users();
     Run::from(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin)
             .args(args)
             .env("KEYWARD_HOME", &home.path)
             .env_remove("RUST_LOG")

@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use common::{BIN, Run, TestHome, json};
+use common::{Run, TestHome, json};
 
 fn limits(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap()
@@ -40,13 +40,13 @@ fn daemon_is_not_dumpable_even_for_its_own_user() {
     // its own uid; PR_SET_DUMPABLE=0 hands them to root, which is what keeps
     // a same-uid agent out of /proc/<pid>/mem and environ.
     let home = TestHome::new();
-    let parent = home.path.parent().unwrap();
-    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = home.binary_for_other_users();
     std::fs::create_dir(&home.path).unwrap();
     std::os::unix::fs::chown(&home.path, Some(65534), Some(65534)).unwrap();
     let run = Run::from(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
             .args(["daemon", "start", "--detach", "--json"])
             .env("KEYWARD_HOME", &home.path)
             .env_remove("RUST_LOG")

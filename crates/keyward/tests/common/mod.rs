@@ -69,6 +69,18 @@ impl TestHome {
         v["pid"].as_u64().unwrap() as u32
     }
 
+    /// A copy of the binary that another user can execute: the build tree
+    /// may sit in a private directory (a CI clone in a 0700 temp dir).
+    pub fn binary_for_other_users(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.path.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("keyward");
+        std::fs::copy(BIN, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    }
+
     pub fn pid_in_file(&self) -> Option<u32> {
         std::fs::read_to_string(self.pid_file())
             .ok()?
