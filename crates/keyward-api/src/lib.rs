@@ -8,10 +8,15 @@
 mod client;
 mod socket_path;
 mod types;
+mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
+pub use vault_types::{
+    InitVaultRequest, KeyMode, RollbackRequest, SecretInfo, SecretList, SetSecretRequest,
+    SnapshotInfo, SnapshotList, UnsealRequest, VaultState, VaultStatus,
+};
 
 /// The version of this build (the workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

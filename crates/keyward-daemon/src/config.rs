@@ -20,6 +20,31 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Config {
     /// `[daemon]`
     pub daemon: DaemonConfig,
+    /// `[vault]`
+    pub vault: VaultConfig,
+}
+
+/// `[vault]`: the encrypted secret store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// How many snapshots to keep (at least 1).
+    pub keep: usize,
+    /// Seal a passphrase vault after this long unused; `"0"` = never.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub idle_seal: Option<Duration>,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            keep: 20,
+            idle_seal: Some(Duration::from_secs(15 * 60)),
+        }
+    }
 }
 
 /// `[daemon]`: process-level settings.
@@ -29,8 +54,8 @@ pub struct DaemonConfig {
     /// Exit after this long with no runs and no admin requests; `"0"` or
     /// absent means never.
     #[serde(
-        serialize_with = "serialize_idle_exit",
-        deserialize_with = "deserialize_idle_exit"
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
     )]
     pub idle_exit: Option<Duration>,
     /// A `tracing` filter such as `"info"` or `"keyward_daemon=debug,info"`;
@@ -164,6 +189,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn validate(config: &Config) -> Result<(), (&'static str, String)> {
+    if config.vault.keep == 0 {
+        return Err((
+            "vault.keep",
+            "expected at least 1 snapshot to keep, got 0".to_owned(),
+        ));
+    }
     tracing_subscriber::EnvFilter::try_new(&config.daemon.log_level).map_err(|e| {
         (
             "daemon.log_level",
@@ -191,12 +222,17 @@ fn located(text: &str, err: &toml::de::Error) -> String {
     }
 }
 
-fn deserialize_idle_exit<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+fn deserialize_duration_or_off<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(de)?;
     parse_duration_or_off(&text).map_err(serde::de::Error::custom)
 }
 
-fn serialize_idle_exit<S: Serializer>(value: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
+fn serialize_duration_or_off<S: Serializer>(
+    value: &Option<Duration>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
     ser.serialize_str(&format_duration_or_off(*value))
 }
 

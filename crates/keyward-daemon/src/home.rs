@@ -105,6 +105,11 @@ impl Home {
         self.root.join("daemon.log")
     }
 
+    /// The encrypted vault's directory.
+    pub fn vault_dir(&self) -> PathBuf {
+        self.root.join("vault")
+    }
+
     /// The config file used when `--config` is not given.
     pub fn default_config_path(&self) -> PathBuf {
         self.root.join("keyward.toml")

@@ -12,6 +12,7 @@ mod lifecycle;
 mod notify;
 pub mod pidfile;
 mod server;
+mod vault_routes;
 
 pub use error::DaemonError;
 pub use lifecycle::{DaemonOptions, LogControl, run};

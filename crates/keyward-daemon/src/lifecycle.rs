@@ -5,9 +5,11 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use keyward_api::KeyMode;
+use keyward_vault::Vault;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +20,7 @@ use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
 use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, router};
+use crate::vault_routes::open_at_start;
 
 /// How long in-flight requests may take to finish once a stop begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +87,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     };
     let socket_id = bound.1;
 
+    let mut vault = Vault::new(home.vault_dir(), opts.config.config.vault.keep);
+    open_at_start(&mut vault);
+    let vault = Arc::new(Mutex::new(vault));
+
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());
     let state = Arc::new(AppState {
@@ -91,6 +98,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         started: Instant::now(),
         activity: activity.clone(),
         stop: stop_tx,
+        vault: vault.clone(),
     });
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
@@ -113,6 +121,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     );
 
     let mut current = opts.config;
+    let mut seal_check = tokio::time::interval(SEAL_CHECK_PERIOD);
+    seal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         let idle_exit = opts
             .idle_exit_override
@@ -120,7 +130,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             _ = sigint.recv() => break "SIGINT".to_owned(),
-            _ = sighup.recv() => reload(&mut current, opts.log.as_ref()),
+            _ = sighup.recv() => {
+                reload(&mut current, opts.log.as_ref());
+                lock(&vault).set_keep(current.config.vault.keep);
+            }
+            _ = seal_check.tick() => seal_if_idle(&vault, current.config.vault.idle_seal),
             Some(StopReason::Api(why)) = stop_rx.recv() => {
                 break format!("shutdown requested over the admin API{}",
                     why.map(|w| format!(" ({w})")).unwrap_or_default());
@@ -152,6 +166,29 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     pid_lock.release();
     tracing::info!("keyward daemon stopped");
     Ok(())
+}
+
+/// How often the idle auto-seal is checked.
+const SEAL_CHECK_PERIOD: Duration = Duration::from_millis(500);
+
+fn lock(vault: &Mutex<Vault>) -> std::sync::MutexGuard<'_, Vault> {
+    vault
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Seals a passphrase vault left unused for `idle`. A key-file vault is not
+/// auto-sealed: its key sits on disk beside it, so sealing would protect
+/// nothing.
+fn seal_if_idle(vault: &Mutex<Vault>, idle: Option<Duration>) {
+    let Some(idle) = idle else { return };
+    let mut vault = lock(vault);
+    if matches!(vault.mode(), Ok(Some(KeyMode::Passphrase))) && vault.seal_if_idle(idle) {
+        tracing::info!(
+            "vault sealed after {} unused (vault.idle_seal)",
+            config::format_duration_or_off(Some(idle))
+        );
+    }
 }
 
 /// (device, inode) of the socket we bound, so we never remove a socket that

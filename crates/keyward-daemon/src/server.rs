@@ -1,8 +1,8 @@
 //! The admin API: HTTP/1.1 JSON on the Unix socket, every connection checked
 //! by peer credentials before a byte of it is read.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::rejection::BytesRejection;
@@ -10,18 +10,21 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use hyper::body::Bytes;
 use keyward_api::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
+use keyward_vault::Vault;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use crate::vault_routes;
+
 /// What the API can do in this build, reported by `/v1/health`.
-const CAPABILITIES: &[&str] = &["health", "shutdown"];
+const CAPABILITIES: &[&str] = &["health", "shutdown", "vault", "secrets"];
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +184,7 @@ pub(crate) struct AppState {
     pub started: Instant,
     pub activity: Arc<Activity>,
     pub stop: mpsc::Sender<StopReason>,
+    pub vault: Arc<Mutex<Vault>>,
 }
 
 /// An error answer: `{"error":{"code","message"}}` with its status.
@@ -198,6 +202,13 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl ApiError {
+    /// The message, for logs.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -246,6 +257,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/vault", get(vault_routes::status))
+        .route("/v1/vault/init", post(vault_routes::init))
+        .route("/v1/vault/unseal", post(vault_routes::unseal))
+        .route("/v1/vault/seal", post(vault_routes::seal))
+        .route("/v1/vault/history", get(vault_routes::history))
+        .route("/v1/vault/rollback", post(vault_routes::rollback))
+        .route("/v1/secrets", get(vault_routes::list))
+        .route(
+            "/v1/secrets/{name}",
+            put(vault_routes::set).delete(vault_routes::remove),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))

@@ -71,6 +71,76 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the encrypted vault: init, seal, unseal, history, rollback.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Store, list and remove secrets. Values are write-only: nothing ever
+    /// prints them back.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Create the vault (starting the daemon if needed). Default: a key file
+    /// in <home>/vault/identity.txt, unsealed at daemon start.
+    Init {
+        /// Protect the key with a passphrase instead: the daemon starts
+        /// sealed and `keyward vault unseal` asks for it (read without echo
+        /// from the terminal, else the first line of stdin).
+        #[arg(long)]
+        passphrase: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// State (uninitialized | sealed | unsealed), mode, snapshots, vault id.
+    Status(JsonFlag),
+    /// Load the key into the daemon's memory (asks for the passphrase of a
+    /// passphrase vault; a wrong one exits 1 and changes nothing).
+    Unseal(JsonFlag),
+    /// Drop the key and every decrypted secret from the daemon's memory.
+    Seal(JsonFlag),
+    /// List the snapshots, oldest first; the last is current.
+    History(JsonFlag),
+    /// Make an older snapshot current by writing it again as the newest.
+    Rollback {
+        /// Snapshot file name, as `keyward vault history` shows it.
+        snapshot: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret. The value comes from --from-file, --from-env, or
+    /// stdin (a no-echo prompt on a terminal); never from the command line.
+    /// The first `set` on a new home creates a key-file vault.
+    Set {
+        /// Name: 1-64 of a-z 0-9 _ . - starting with a letter or digit.
+        name: String,
+        /// What the secret is for.
+        #[arg(long)]
+        description: Option<String>,
+        /// Read the value from this file (one trailing newline is dropped).
+        #[arg(long, value_name = "FILE", conflicts_with = "from_env")]
+        from_file: Option<PathBuf>,
+        /// Read the value from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        from_env: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List secrets: name, description, dates and a fingerprint of the value
+    /// (never the value).
+    List(JsonFlag),
+    /// Remove a secret.
+    Rm {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::cli::{Cli, Command, ConfigCommand, DaemonCommand, IdleExitArg, StartArgs, StopArgs};
 use crate::exit;
 use crate::logging;
+use crate::secrets;
 
 /// How long `daemon start --detach` waits for readiness.
 const DETACH_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +62,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             block_on(start_detached(&cli, &args.idle, args.json.json))
         }
         Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
+        Command::Vault(cmd) => block_on(secrets::vault(&cli, cmd)),
+        Command::Secret(cmd) => block_on(secrets::secret(&cli, cmd)),
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
             stop(&cli, &args.stop, true).await?;
             start_detached(&cli, &args.idle, args.stop.json.json).await
@@ -175,27 +178,42 @@ fn print_status(r: &StatusReport) {
     println!("  home:       {}", r.home.display());
 }
 
+/// A client for this home's daemon.
+pub fn client(cli: &Cli) -> Result<keyward_api::Client> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    Ok(keyward_api::Client::new(home.socket_path()))
+}
+
+/// A client for a daemon that runs: starts one (detached) if none does.
+/// Concurrent callers may race to start it; the losers wait for the winner.
+pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
+    let client = client(cli)?;
+    match client.health().await {
+        Ok(_) => return Ok(client),
+        Err(keyward_api::ClientError::NotRunning { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match spawn_daemon(cli, None).await {
+        Ok(pid) => eprintln!("keyward: started the daemon (pid {pid})"),
+        Err(e) => match e.downcast_ref::<ControlError>() {
+            Some(ControlError::AlreadyRunning { .. }) => {
+                let deadline = tokio::time::Instant::now() + DETACH_READY_TIMEOUT;
+                while client.health().await.is_err() {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            _ => return Err(e),
+        },
+    }
+    Ok(client)
+}
+
 async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<ExitCode> {
     let home = Home::resolve(cli.home.as_deref())?;
-    // Validate here too, so a bad config fails fast with exit 64 and no
-    // process is spawned.
-    let source = config_source(cli)?;
-    config::load(&source)?;
-
-    let mut args: Vec<OsString> = vec!["--home".into(), home.root().into()];
-    if source.explicit {
-        args.extend(["--config".into(), source.path.clone().into()]);
-    }
-    args.extend(["--log-format".into(), cli.log_format.as_arg().into()]);
-    args.extend(["daemon".into(), "start".into()]);
-    if let Some(idle) = idle.idle_exit {
-        args.extend([
-            "--idle-exit".into(),
-            config::format_duration_or_off(idle.0).into(),
-        ]);
-    }
-    let exe = std::env::current_exe().context("cannot find the keyward executable")?;
-    let pid = control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?;
+    let pid = spawn_daemon(cli, idle.idle_exit.map(|i| i.0)).await?;
     if json {
         println!(
             "{}",
@@ -209,6 +227,30 @@ async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<Exi
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the daemon detached with this CLI's home, config and log format.
+async fn spawn_daemon(cli: &Cli, idle_exit: Option<Option<Duration>>) -> Result<u32> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    // Validate here too, so a bad config fails fast with exit 64 and no
+    // process is spawned.
+    let source = config_source(cli)?;
+    config::load(&source)?;
+
+    let mut args: Vec<OsString> = vec!["--home".into(), home.root().into()];
+    if source.explicit {
+        args.extend(["--config".into(), source.path.clone().into()]);
+    }
+    args.extend(["--log-format".into(), cli.log_format.as_arg().into()]);
+    args.extend(["daemon".into(), "start".into()]);
+    if let Some(idle) = idle_exit {
+        args.extend([
+            "--idle-exit".into(),
+            config::format_duration_or_off(idle).into(),
+        ]);
+    }
+    let exe = std::env::current_exe().context("cannot find the keyward executable")?;
+    Ok(control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?)
 }
 
 /// Stops the daemon; with `tolerate_not_running` (restart) a daemon that is

@@ -8,6 +8,7 @@ use keyward_daemon::DaemonError;
 use keyward_daemon::config::ConfigError;
 use keyward_daemon::control::ControlError;
 use keyward_daemon::home::HomeError;
+use keyward_vault::VaultError;
 
 /// Any other failure.
 pub const FAILURE: u8 = 1;
@@ -23,7 +24,12 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 
 fn status_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<ConfigError>() {
+        if cause.is::<ConfigError>()
+            || matches!(
+                cause.downcast_ref::<VaultError>(),
+                Some(VaultError::InvalidName { .. })
+            )
+        {
             return USAGE;
         }
         if let Some(e) = cause.downcast_ref::<HomeError>() {

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod exit;
 mod logging;
+mod secrets;
 
 use std::process::ExitCode;
 
