@@ -181,6 +181,49 @@ pub async fn start_detached(
     }
 }
 
+/// Makes sure a daemon runs for `home`, starting one detached (as
+/// [`start_detached`]) if none answers. Concurrent callers serialize on
+/// `<home>/spawn.lock`, so exactly one daemon is started. Returns the pid
+/// when this call started it.
+pub async fn ensure_running(
+    home: &Home,
+    exe: &Path,
+    args: Vec<OsString>,
+    timeout: Duration,
+) -> Result<Option<u32>, ControlError> {
+    let client = Client::new(home.socket_path());
+    if client.health().await.is_ok() {
+        return Ok(None);
+    }
+    home.check_socket_path()?;
+    home.ensure_private()?;
+    let lock_path = home.spawn_lock_path();
+    let what = format!("cannot lock {}", lock_path.display());
+    let lock = tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)?;
+        file.lock()?;
+        Ok::<_, io::Error>(file)
+    })
+    .await
+    .map_err(|e| ControlError::Io {
+        what: what.clone(),
+        source: io::Error::other(e.to_string()),
+    })?
+    .map_err(io_err(what))?;
+    // A concurrent caller may have started it while we waited.
+    if client.health().await.is_ok() {
+        return Ok(None);
+    }
+    let pid = start_detached(home, exe, args, timeout).await?;
+    drop(lock);
+    Ok(Some(pid))
+}
+
 fn nanos_now() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -105,6 +105,11 @@ impl Home {
         self.root.join("daemon.log")
     }
 
+    /// Serializes concurrent "start the daemon if needed" callers.
+    pub fn spawn_lock_path(&self) -> PathBuf {
+        self.root.join("spawn.lock")
+    }
+
     /// The encrypted vault's directory.
     pub fn vault_dir(&self) -> PathBuf {
         self.root.join("vault")

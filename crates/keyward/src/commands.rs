@@ -185,30 +185,13 @@ pub fn client(cli: &Cli) -> Result<keyward_api::Client> {
 }
 
 /// A client for a daemon that runs: starts one (detached) if none does.
-/// Concurrent callers may race to start it; the losers wait for the winner.
 pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
-    let client = client(cli)?;
-    match client.health().await {
-        Ok(_) => return Ok(client),
-        Err(keyward_api::ClientError::NotRunning { .. }) => {}
-        Err(e) => return Err(e.into()),
+    let home = Home::resolve(cli.home.as_deref())?;
+    let (exe, args) = daemon_command(cli, None)?;
+    if let Some(pid) = control::ensure_running(&home, &exe, args, DETACH_READY_TIMEOUT).await? {
+        eprintln!("keyward: started the daemon (pid {pid})");
     }
-    match spawn_daemon(cli, None).await {
-        Ok(pid) => eprintln!("keyward: started the daemon (pid {pid})"),
-        Err(e) => match e.downcast_ref::<ControlError>() {
-            Some(ControlError::AlreadyRunning { .. }) => {
-                let deadline = tokio::time::Instant::now() + DETACH_READY_TIMEOUT;
-                while client.health().await.is_err() {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-            _ => return Err(e),
-        },
-    }
-    Ok(client)
+    client(cli)
 }
 
 async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<ExitCode> {
@@ -232,6 +215,17 @@ async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<Exi
 /// Starts the daemon detached with this CLI's home, config and log format.
 async fn spawn_daemon(cli: &Cli, idle_exit: Option<Option<Duration>>) -> Result<u32> {
     let home = Home::resolve(cli.home.as_deref())?;
+    let (exe, args) = daemon_command(cli, idle_exit)?;
+    Ok(control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?)
+}
+
+/// The executable and arguments that run this CLI's daemon in the
+/// foreground: same home, config and log format.
+fn daemon_command(
+    cli: &Cli,
+    idle_exit: Option<Option<Duration>>,
+) -> Result<(std::path::PathBuf, Vec<OsString>)> {
+    let home = Home::resolve(cli.home.as_deref())?;
     // Validate here too, so a bad config fails fast with exit 64 and no
     // process is spawned.
     let source = config_source(cli)?;
@@ -250,7 +244,7 @@ async fn spawn_daemon(cli: &Cli, idle_exit: Option<Option<Duration>>) -> Result<
         ]);
     }
     let exe = std::env::current_exe().context("cannot find the keyward executable")?;
-    Ok(control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?)
+    Ok((exe, args))
 }
 
 /// Stops the daemon; with `tolerate_not_running` (restart) a daemon that is
