@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod grant_types;
 mod socket_path;
 mod types;
 mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
+pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
 pub use vault_types::{

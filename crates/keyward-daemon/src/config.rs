@@ -3,14 +3,17 @@
 //! Unknown keys are errors naming the key; every error names the file, the
 //! key and what was expected, and maps to exit status 64 in the CLI.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::grants::{self, Grant, GrantConfig, GrantError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole configuration. Sections are added by later layers; each has
@@ -22,6 +25,167 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[vault]`
     pub vault: VaultConfig,
+    /// `[backends]`: where non-vault secret references are resolved.
+    pub backends: BackendsConfig,
+    /// `[grants.NAME]`: grants added to, or overriding, the built-in presets.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<String, GrantConfig>,
+}
+
+impl Config {
+    /// The effective grants: presets merged with `[grants]`, validated.
+    pub fn grants(&self) -> Result<BTreeMap<String, Grant>, GrantError> {
+        grants::effective(&self.grants)
+    }
+}
+
+/// `[backends]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsConfig {
+    /// How long `file:`, `cmd:` and `openbao:` values stay cached in memory;
+    /// `"0"` = no caching.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub cache_ttl: Option<Duration>,
+    /// How long a `cmd:` program may run.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub cmd_timeout: Option<Duration>,
+    /// `[backends.openbao]`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openbao: Option<OpenBaoConfig>,
+}
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Some(Duration::from_secs(300)),
+            cmd_timeout: Some(Duration::from_secs(10)),
+            openbao: None,
+        }
+    }
+}
+
+/// `[backends.openbao]`: an OpenBao or HashiCorp Vault server (KV v2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBaoConfig {
+    /// `http(s)://HOST:PORT`
+    pub addr: String,
+    /// A token (secret-valued; prefer `token_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Redacted>,
+    /// A file holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// AppRole role id (with `secret_id_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<String>,
+    /// A file holding the AppRole secret id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id_file: Option<PathBuf>,
+    /// The AppRole auth mount.
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+    /// Namespace, sent as `X-Vault-Namespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Extra CA certificates (PEM) for the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+/// A secret-valued setting: printed and serialized as `[REDACTED]`.
+#[derive(Clone)]
+pub struct Redacted(pub SecretString);
+
+impl PartialEq for Redacted {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl Eq for Redacted {}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl Serialize for Redacted {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[REDACTED]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Redacted {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Redacted(SecretString::from(s)))
+    }
+}
+
+impl OpenBaoConfig {
+    /// Resolves `*_file` indirection and checks that exactly one way to
+    /// authenticate is given. Errors name the key.
+    pub fn settings(&self) -> Result<OpenBaoSettings, (&'static str, String)> {
+        let auth = match (
+            &self.token,
+            &self.token_file,
+            &self.role_id,
+            &self.secret_id_file,
+        ) {
+            (Some(token), None, None, None) => OpenBaoAuth::Token(token.0.clone()),
+            (None, Some(file), None, None) => OpenBaoAuth::Token(
+                read_secret_file(file)
+                    .map_err(|e| ("backends.openbao.token_file", e.to_string()))?,
+            ),
+            (None, None, Some(role_id), Some(secret_id_file)) => {
+                if !secret_id_file.exists() {
+                    return Err((
+                        "backends.openbao.secret_id_file",
+                        format!("{} does not exist", secret_id_file.display()),
+                    ));
+                }
+                OpenBaoAuth::AppRole {
+                    mount: self.approle_mount.clone(),
+                    role_id: role_id.clone(),
+                    secret_id_file: secret_id_file.clone(),
+                }
+            }
+            (None, None, Some(_), None) => {
+                return Err((
+                    "backends.openbao.secret_id_file",
+                    "AppRole needs secret_id_file with role_id".to_owned(),
+                ));
+            }
+            _ => {
+                return Err((
+                    "backends.openbao.token",
+                    "expected exactly one of token, token_file, or role_id with secret_id_file"
+                        .to_owned(),
+                ));
+            }
+        };
+        let settings = OpenBaoSettings {
+            addr: self.addr.clone(),
+            auth,
+            namespace: self.namespace.clone(),
+            ca_file: self.ca_file.clone(),
+        };
+        // Build once to validate addr and ca_file now, not at first use.
+        OpenBao::new(settings.clone()).map_err(|e| ("backends.openbao.addr", e))?;
+        Ok(settings)
+    }
 }
 
 /// `[vault]`: the encrypted secret store.
@@ -120,16 +284,6 @@ pub enum ConfigError {
         /// What was wrong and what was expected.
         message: String,
     },
-    /// A secret-valued setting's file cannot be used.
-    #[error("cannot read the secret file {} for `{key}`: {reason}", path.display())]
-    SecretFile {
-        /// The setting, e.g. `backends.openbao.token_file`.
-        key: String,
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
 }
 
 fn describe(key: &Option<String>, message: &str) -> String {
@@ -184,20 +338,30 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let key = (key != ".").then_some(key);
         invalid(key, located(text, e.inner()))
     })?;
-    validate(&config).map_err(|(key, message)| invalid(Some(key.to_owned()), message))?;
+    validate(&config).map_err(|(key, message)| invalid(Some(key), message))?;
     Ok(config)
 }
 
-fn validate(config: &Config) -> Result<(), (&'static str, String)> {
+fn validate(config: &Config) -> Result<(), (String, String)> {
+    config.grants()?;
+    if let Some(bao) = &config.backends.openbao {
+        bao.settings().map_err(|(k, m)| (k.to_owned(), m))?;
+    }
+    if config.backends.cmd_timeout.is_none() {
+        return Err((
+            "backends.cmd_timeout".to_owned(),
+            "expected a duration above zero such as \"10s\"".to_owned(),
+        ));
+    }
     if config.vault.keep == 0 {
         return Err((
-            "vault.keep",
+            "vault.keep".to_owned(),
             "expected at least 1 snapshot to keep, got 0".to_owned(),
         ));
     }
     tracing_subscriber::EnvFilter::try_new(&config.daemon.log_level).map_err(|e| {
         (
-            "daemon.log_level",
+            "daemon.log_level".to_owned(),
             format!(
                 "expected a log filter such as \"info\" or \"keyward_daemon=debug,warn\", got {:?}: {e}",
                 config.daemon.log_level
@@ -268,38 +432,9 @@ impl fmt::Display for Config {
     }
 }
 
-/// Reads a secret-valued setting's `*_file`: the contents, trailing newline
-/// trimmed. A file readable by group or others is accepted with a warning
-/// naming it, because refusing would break common setups (e.g. a mounted
-/// secret) while the warning tells the user what to fix.
-pub fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
-    let fail = |reason: String| ConfigError::SecretFile {
-        key: key.to_owned(),
-        path: path.to_owned(),
-        reason,
-    };
-    let meta = fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            file = %path.display(),
-            setting = key,
-            "secret file has mode {mode:o} and is readable beyond its owner; run `chmod 600 {}`",
-            path.display()
-        );
-    }
-    let text = fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let value = text.trim_end_matches(['\n', '\r']);
-    if value.is_empty() {
-        return Err(fail("the file is empty".to_owned()));
-    }
-    Ok(SecretString::from(value.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     fn parse_str(text: &str) -> Result<Config, ConfigError> {
         parse(text, Path::new("/etc/keyward.toml"))
@@ -390,26 +525,48 @@ mod tests {
     }
 
     #[test]
-    fn secret_file_is_trimmed_and_warns_but_accepts_loose_modes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("token");
-        fs::write(&path, "s3cr3t-value\n").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let secret = read_secret_file("backends.x.token_file", &path).unwrap();
-        assert_eq!(secret.expose_secret(), "s3cr3t-value");
-        assert!(!format!("{secret:?}").contains("s3cr3t"));
+    fn secret_settings_are_redacted_and_file_indirection_works() {
+        let c = parse_str(
+            "[backends.openbao]\naddr = \"http://127.0.0.1:8200\"\ntoken = \"s.TOPSECRET\"\n",
+        )
+        .unwrap();
+        let printed = c.to_string();
+        assert!(
+            printed.contains("[REDACTED]") && !printed.contains("TOPSECRET"),
+            "{printed}"
+        );
+        assert!(!format!("{c:?}").contains("TOPSECRET"));
 
-        fs::write(&path, "\n").unwrap();
-        let err = read_secret_file("backends.x.token_file", &path)
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("token");
+        fs::write(&file, "s.FROMFILE\n").unwrap();
+        let text = format!(
+            "[backends.openbao]\naddr = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n",
+            file.display()
+        );
+        let c = parse_str(&text).unwrap();
+        let settings = c.backends.openbao.unwrap().settings().unwrap();
+        match settings.auth {
+            OpenBaoAuth::Token(t) => assert_eq!(t.expose_secret(), "s.FROMFILE"),
+            other => panic!("{other:?}"),
+        }
+        let both = "[backends.openbao]\naddr = \"http://x:1\"\ntoken = \"a\"\nrole_id = \"r\"\n";
+        let err = parse_str(both).unwrap_err().to_string();
+        assert!(err.contains("exactly one of token"), "{err}");
+        let missing =
+            "[backends.openbao]\naddr = \"http://x:1\"\ntoken_file = \"/nonexistent/t\"\n";
+        let err = parse_str(missing).unwrap_err().to_string();
+        assert!(err.contains("backends.openbao.token_file"), "{err}");
+    }
+
+    #[test]
+    fn grant_errors_name_the_grant_and_field() {
+        let err = parse_str("[grants.ci]\nsecret = \"vault:ci\"\nhosts = [\"Bad Host\"]\ninject = { query = \"k\" }\n")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("empty") && err.contains("backends.x.token_file"),
+            err.contains("grants.ci.hosts") && err.contains("not a host pattern"),
             "{err}"
         );
-        let err = read_secret_file("k", &tmp.path().join("absent"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("absent"), "{err}");
     }
 }

@@ -5,8 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod config_edit;
 pub mod control;
 mod error;
+mod grant_routes;
+pub mod grants;
 pub mod home;
 mod lifecycle;
 mod notify;

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use keyward_api::KeyMode;
@@ -19,7 +19,7 @@ use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
-use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, router};
+use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, build_resolver, router};
 use crate::vault_routes::open_at_start;
 
 /// How long in-flight requests may take to finish once a stop begins.
@@ -90,6 +90,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut vault = Vault::new(home.vault_dir(), opts.config.config.vault.keep);
     open_at_start(&mut vault);
     let vault = Arc::new(Mutex::new(vault));
+    let resolver = Arc::new(build_resolver(&opts.config.config, vault.clone()));
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());
@@ -99,8 +100,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         activity: activity.clone(),
         stop: stop_tx,
         vault: vault.clone(),
+        config: RwLock::new(Arc::new(opts.config)),
+        resolver: RwLock::new(resolver),
+        log: opts.log,
     });
-    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let listener = AdminListener::new(bound.0, keyward_sys::effective_uid());
     let mut serve = tokio::spawn(
@@ -120,20 +124,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         "keyward daemon ready"
     );
 
-    let mut current = opts.config;
     let mut seal_check = tokio::time::interval(SEAL_CHECK_PERIOD);
     seal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
+        let current = state.config();
         let idle_exit = opts
             .idle_exit_override
             .unwrap_or(current.config.daemon.idle_exit);
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM".to_owned(),
             _ = sigint.recv() => break "SIGINT".to_owned(),
-            _ = sighup.recv() => {
-                reload(&mut current, opts.log.as_ref());
-                lock(&vault).set_keep(current.config.vault.keep);
-            }
+            _ = sighup.recv() => reload(&state),
             _ = seal_check.tick() => seal_if_idle(&vault, current.config.vault.idle_seal),
             Some(StopReason::Api(why)) = stop_rx.recv() => {
                 break format!("shutdown requested over the admin API{}",
@@ -255,20 +256,14 @@ fn remove_socket_if_ours(path: &Path, ours: SocketId) {
     }
 }
 
-fn reload(current: &mut LoadedConfig, log: &dyn LogControl) {
+fn reload(state: &AppState) {
     notify("RELOADING=1");
-    match config::load(&current.source) {
-        Ok(new) => {
-            if let Err(e) = log.set_filter(&new.config.daemon.log_level) {
-                tracing::warn!("cannot apply daemon.log_level: {e}");
-            }
-            tracing::info!(
-                config = %new.source.path.display(),
-                from_file = new.from_file,
-                "config reloaded"
-            );
-            *current = new;
-        }
+    match state.reload() {
+        Ok(new) => tracing::info!(
+            config = %new.source.path.display(),
+            from_file = new.from_file,
+            "config reloaded"
+        ),
         Err(e) => tracing::error!("config reload failed, keeping the previous config: {e}"),
     }
     notify("READY=1");

@@ -2,7 +2,7 @@
 //! by peer credentials before a byte of it is read.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::rejection::BytesRejection;
@@ -15,16 +15,18 @@ use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use hyper::body::Bytes;
 use keyward_api::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
-use keyward_vault::Vault;
+use keyward_vault::{OpenBao, Resolver, ResolverOptions, Vault};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::vault_routes;
+use crate::config::{self, Config, ConfigError, LoadedConfig};
+use crate::lifecycle::LogControl;
+use crate::{grant_routes, vault_routes};
 
 /// What the API can do in this build, reported by `/v1/health`.
-const CAPABILITIES: &[&str] = &["health", "shutdown", "vault", "secrets"];
+const CAPABILITIES: &[&str] = &["health", "shutdown", "reload", "vault", "secrets", "grants"];
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +187,68 @@ pub(crate) struct AppState {
     pub activity: Arc<Activity>,
     pub stop: mpsc::Sender<StopReason>,
     pub vault: Arc<Mutex<Vault>>,
+    pub config: RwLock<Arc<LoadedConfig>>,
+    pub resolver: RwLock<Arc<Resolver>>,
+    pub log: Box<dyn LogControl>,
+}
+
+impl AppState {
+    /// The current config.
+    pub(crate) fn config(&self) -> Arc<LoadedConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current resolver.
+    pub(crate) fn resolver(&self) -> Arc<Resolver> {
+        self.resolver
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads the config from its source; on error nothing changes. A new
+    /// resolver replaces the old one, dropping its cache.
+    pub(crate) fn reload(&self) -> Result<Arc<LoadedConfig>, ConfigError> {
+        let source = self.config().source.clone();
+        let new = Arc::new(config::load(&source)?);
+        if let Err(e) = self.log.set_filter(&new.config.daemon.log_level) {
+            tracing::warn!("cannot apply daemon.log_level: {e}");
+        }
+        self.vault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_keep(new.config.vault.keep);
+        let resolver = Arc::new(build_resolver(&new.config, self.vault.clone()));
+        *self.resolver.write().unwrap_or_else(|p| p.into_inner()) = resolver;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        Ok(new)
+    }
+}
+
+/// A resolver for `config`'s backends over the daemon's vault.
+pub(crate) fn build_resolver(config: &Config, vault: Arc<Mutex<Vault>>) -> Resolver {
+    let openbao = config.backends.openbao.as_ref().and_then(|bao| {
+        // Validated at load; a failure here (e.g. the token file vanished
+        // since) disables the backend with a clear log line.
+        match bao.settings().map_err(|(_, e)| e).and_then(OpenBao::new) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::error!("OpenBao backend disabled: {e}");
+                None
+            }
+        }
+    });
+    let options = ResolverOptions {
+        cache_ttl: config.backends.cache_ttl.unwrap_or_default(),
+        cmd_timeout: config
+            .backends
+            .cmd_timeout
+            .unwrap_or(Duration::from_secs(10)),
+    };
+    Resolver::new(vault, openbao, options)
 }
 
 /// An error answer: `{"error":{"code","message"}}` with its status.
@@ -257,6 +321,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/reload", post(grant_routes::reload))
+        .route("/v1/grants", get(grant_routes::list))
         .route("/v1/vault", get(vault_routes::status))
         .route("/v1/vault/init", post(vault_routes::init))
         .route("/v1/vault/unseal", post(vault_routes::unseal))

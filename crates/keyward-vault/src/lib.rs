@@ -7,10 +7,16 @@
 mod document;
 mod error;
 mod name;
+mod openbao;
+mod reference;
+mod resolver;
 mod snapshot;
 mod time;
 mod vault;
 
 pub use error::VaultError;
 pub use name::{SecretName, validate_name};
-pub use vault::Vault;
+pub use openbao::{OpenBao, OpenBaoAuth, OpenBaoSettings};
+pub use reference::{RefError, SecretRef};
+pub use resolver::{ResolveError, ResolveStatus, Resolver, ResolverOptions, read_secret_file};
+pub use vault::{Vault, write_atomic};

@@ -475,8 +475,9 @@ fn parse_identity(text: &str) -> Option<x25519::Identity> {
         .and_then(|l| x25519::Identity::from_str(l).ok())
 }
 
-/// Temp file, fsync, rename, fsync dir.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+/// Replaces `path` atomically with `bytes` (mode 0600): temp file, fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",

@@ -74,6 +74,9 @@ pub enum Command {
     /// Manage the encrypted vault: init, seal, unseal, history, rollback.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// List grants (which secret goes to which hosts, and how) and add them.
+    #[command(subcommand)]
+    Grant(GrantCommand),
     /// Store, list and remove secrets. Values are write-only: nothing ever
     /// prints them back.
     #[command(subcommand)]
@@ -109,6 +112,51 @@ pub enum VaultCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Each grant's hosts, injection, and whether its secret resolves now
+    /// (ok / missing / sealed / error: why); never the value.
+    List(JsonFlag),
+    /// Write a grant into the config file (keeping its comments and
+    /// layout), then reload the daemon if it runs.
+    Add(GrantAddArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("injection").required(true).args(["header", "basic", "query"])))]
+pub struct GrantAddArgs {
+    /// Grant name (the same rule as secret names).
+    pub name: String,
+    /// Secret reference: vault:NAME, env:VAR, file:/path, cmd:PROGRAM ARGS,
+    /// openbao:MOUNT/PATH#FIELD.
+    #[arg(long, value_name = "REF")]
+    pub secret: String,
+    /// Host pattern the secret may go to (repeatable): api.example.com or
+    /// *.example.com.
+    #[arg(long = "host", value_name = "HOST", required = true)]
+    pub hosts: Vec<String>,
+    /// Inject as this header.
+    #[arg(long, value_name = "NAME")]
+    pub header: Option<String>,
+    /// Header value template containing {secret} [default: {secret}].
+    #[arg(long, value_name = "F", requires = "header")]
+    pub format: Option<String>,
+    /// Inject as HTTP basic auth with this user name.
+    #[arg(long, value_name = "USER")]
+    pub basic: Option<String>,
+    /// Inject as this query parameter.
+    #[arg(long, value_name = "PARAM")]
+    pub query: Option<String>,
+    /// Give the child this variable holding a placeholder.
+    #[arg(long, value_name = "VAR")]
+    pub placeholder_env: Option<String>,
+    /// Overwrite a grant of the same name in the file.
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]

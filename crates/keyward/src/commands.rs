@@ -11,8 +11,11 @@ use keyward_daemon::home::Home;
 use keyward_daemon::{DaemonOptions, run};
 use serde_json::json;
 
-use crate::cli::{Cli, Command, ConfigCommand, DaemonCommand, IdleExitArg, StartArgs, StopArgs};
+use crate::cli::{
+    Cli, Command, ConfigCommand, DaemonCommand, GrantCommand, IdleExitArg, StartArgs, StopArgs,
+};
 use crate::exit;
+use crate::grants;
 use crate::logging;
 use crate::secrets;
 
@@ -64,6 +67,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
         Command::Vault(cmd) => block_on(secrets::vault(&cli, cmd)),
         Command::Secret(cmd) => block_on(secrets::secret(&cli, cmd)),
+        Command::Grant(GrantCommand::List(flags)) => block_on(grants::list(&cli, flags.json)),
+        Command::Grant(GrantCommand::Add(args)) => {
+            let source = config_source(&cli)?;
+            block_on(grants::add(&cli, &source, args))
+        }
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
             stop(&cli, &args.stop, true).await?;
             start_detached(&cli, &args.idle, args.stop.json.json).await

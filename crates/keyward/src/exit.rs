@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use keyward_api::ClientError;
 use keyward_daemon::DaemonError;
 use keyward_daemon::config::ConfigError;
+use keyward_daemon::config_edit::EditError;
 use keyward_daemon::control::ControlError;
 use keyward_daemon::home::HomeError;
 use keyward_vault::VaultError;
@@ -30,6 +31,9 @@ fn status_for(err: &anyhow::Error) -> u8 {
                 Some(VaultError::InvalidName { .. })
             )
         {
+            return USAGE;
+        }
+        if let Some(EditError::Config(_)) = cause.downcast_ref::<EditError>() {
             return USAGE;
         }
         if let Some(e) = cause.downcast_ref::<HomeError>() {

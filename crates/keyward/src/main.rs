@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod grants;
 mod logging;
 mod secrets;
 

@@ -1,0 +1,202 @@
+//! Editing `keyward.toml` in place (toml_edit), keeping the user's comments
+//! and layout. Every edit is validated as a whole config before it is
+//! written, atomically.
+
+use std::io;
+use std::path::Path;
+
+use keyward_vault::write_atomic;
+use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, value};
+
+use crate::config::{self, ConfigError};
+use crate::grants::{GrantConfig, InjectConfig};
+
+/// Why an edit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The file, or the file as it would be, is not a valid config.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The grant exists and `replace` was not asked for.
+    #[error("grant {name} already exists in {path}; pass --replace to overwrite it")]
+    Exists {
+        /// The grant.
+        name: String,
+        /// The config file.
+        path: String,
+    },
+    /// Writing failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The config file.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Writes `[grants.NAME]` into the config file at `path` (created if
+/// absent), keeping everything else as it was.
+pub fn add_grant(
+    path: &Path,
+    name: &str,
+    grant: &GrantConfig,
+    replace: bool,
+) -> Result<(), EditError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+            .into());
+        }
+    };
+    // Refuse to edit a file that is already broken: the user must see why.
+    config::parse(&text, path)?;
+    let mut doc: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: None,
+                message: e.message().to_owned(),
+            })?;
+
+    let grants = doc
+        .entry("grants")
+        .or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        })
+        .as_table_mut()
+        .ok_or_else(|| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: Some("grants".to_owned()),
+            message: "expected a table".to_owned(),
+        })?;
+    if grants.contains_key(name) && !replace {
+        return Err(EditError::Exists {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+        });
+    }
+    grants.insert(name, Item::Table(grant_table(grant)));
+
+    let new_text = doc.to_string();
+    config::parse(&new_text, path)?;
+    write_atomic(path, new_text.as_bytes()).map_err(|e| EditError::Write {
+        path: path.display().to_string(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+fn grant_table(grant: &GrantConfig) -> Table {
+    let mut t = Table::new();
+    if let Some(preset) = &grant.preset {
+        t["preset"] = value(preset.as_str());
+    }
+    if let Some(secret) = &grant.secret {
+        t["secret"] = value(secret.as_str());
+    }
+    if let Some(hosts) = &grant.hosts {
+        t["hosts"] = value(hosts.iter().map(String::as_str).collect::<Array>());
+    }
+    if let Some(inject) = &grant.inject {
+        t["inject"] = value(inject_table(inject));
+    }
+    if let Some(var) = &grant.placeholder_env {
+        t["placeholder_env"] = value(var.as_str());
+    }
+    t
+}
+
+fn inject_table(inject: &InjectConfig) -> InlineTable {
+    let mut t = InlineTable::new();
+    if let Some(header) = &inject.header {
+        t.insert("header", header.as_str().into());
+    }
+    if let Some(format) = &inject.format {
+        t.insert("format", format.as_str().into());
+    }
+    if let Some(basic) = &inject.basic {
+        let mut b = InlineTable::new();
+        b.insert("username", basic.username.as_str().into());
+        t.insert("basic", b.into());
+    }
+    if let Some(query) = &inject.query {
+        t.insert("query", query.as_str().into());
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::BasicConfig;
+
+    fn grant() -> GrantConfig {
+        GrantConfig {
+            secret: Some("vault:ci".into()),
+            hosts: Some(vec!["api.example.com".into()]),
+            inject: Some(InjectConfig {
+                header: Some("Authorization".into()),
+                format: Some("Bearer {secret}".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_comments_and_refuses_duplicates_and_invalid_grants() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("keyward.toml");
+        std::fs::write(
+            &path,
+            "# my settings\n[daemon]\nidle_exit = \"1h\" # long\n",
+        )
+        .unwrap();
+        add_grant(&path, "ci", &grant(), false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# my settings") && text.contains("# long"),
+            "{text}"
+        );
+        assert!(text.contains("[grants.ci]"), "{text}");
+        let parsed = config::parse(&text, &path).unwrap();
+        assert_eq!(parsed.grants["ci"], grant());
+
+        assert!(matches!(
+            add_grant(&path, "ci", &grant(), false),
+            Err(EditError::Exists { .. })
+        ));
+        let basic = GrantConfig {
+            inject: Some(InjectConfig {
+                basic: Some(BasicConfig {
+                    username: "x".into(),
+                }),
+                ..Default::default()
+            }),
+            ..grant()
+        };
+        add_grant(&path, "ci", &basic, true).unwrap();
+
+        let before = std::fs::read_to_string(&path).unwrap();
+        let bad = GrantConfig {
+            hosts: Some(vec![]),
+            ..grant()
+        };
+        let err = add_grant(&path, "other", &bad, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grants.other.hosts"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            before,
+            "nothing written"
+        );
+    }
+}

@@ -1,0 +1,546 @@
+//! Grants: which secret goes to which hosts, and how it is injected.
+//! Built-in presets are usable by name with no config; a `[grants.NAME]`
+//! table overrides a preset of that name field by field, or defines a new
+//! grant (optionally starting from `preset = "..."`).
+
+use std::collections::BTreeMap;
+
+use keyward_vault::SecretRef;
+use serde::{Deserialize, Serialize};
+
+/// `[grants.NAME]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// Start from this built-in preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Secret reference, e.g. `vault:github-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Host patterns: `api.github.com` or `*.githubusercontent.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// How the secret is injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<InjectConfig>,
+    /// The child gets this variable set to a placeholder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder_env: Option<String>,
+}
+
+/// `inject = { header = "...", format = "..." }`, `{ basic = { username = "..." } }`
+/// or `{ query = "..." }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// Header name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Header value with `{secret}`; default `{secret}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// HTTP basic auth with the secret as password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicConfig>,
+    /// Query parameter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// `basic = { username = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicConfig {
+    /// The user name sent with the secret.
+    pub username: String,
+}
+
+/// How a secret goes into a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// A header, replacing any value the child sent.
+    Header {
+        /// Header name.
+        name: String,
+        /// Value template containing `{secret}`.
+        format: String,
+    },
+    /// `Authorization: Basic base64(username:secret)`.
+    Basic {
+        /// The user name.
+        username: String,
+    },
+    /// A query parameter.
+    Query {
+        /// Its name.
+        param: String,
+    },
+}
+
+/// A host pattern: exact, or `*.` for any subdomain (not the apex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    suffix: Option<String>,
+    exact: Option<String>,
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.exact, &self.suffix) {
+            (Some(host), _) => f.write_str(host),
+            (None, Some(suffix)) => write!(f, "*{suffix}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl GrantSource {
+    /// `preset` or `config`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantSource::Preset => "preset",
+            GrantSource::Config => "config",
+        }
+    }
+}
+
+impl HostPattern {
+    /// Parses and validates a pattern.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (wild, host) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(format!(
+                "{text:?} is not a host pattern: expected a lowercase host name such as \
+                 api.github.com, or *.example.com for its subdomains (no scheme, port or path)"
+            ));
+        }
+        Ok(if wild {
+            Self {
+                suffix: Some(format!(".{host}")),
+                exact: None,
+            }
+        } else {
+            Self {
+                suffix: None,
+                exact: Some(host.to_owned()),
+            }
+        })
+    }
+
+    /// Whether `host` (any case, no port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        match (&self.exact, &self.suffix) {
+            (Some(exact), _) => host.eq_ignore_ascii_case(exact),
+            (None, Some(suffix)) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            (None, None) => false,
+        }
+    }
+}
+
+/// Where a grant came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantSource {
+    /// Built in, unchanged.
+    Preset,
+    /// Defined or overridden in the config file.
+    Config,
+}
+
+/// A validated grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Its name.
+    pub name: String,
+    /// Preset or config.
+    pub source: GrantSource,
+    /// The secret reference.
+    pub secret: SecretRef,
+    /// Where the secret may go.
+    pub hosts: Vec<HostPattern>,
+    /// How.
+    pub inject: Injection,
+    /// The child's placeholder variable, if any.
+    pub placeholder_env: Option<String>,
+}
+
+/// The built-in presets, as config tables.
+pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
+    let header = |name: &str, format: &str| InjectConfig {
+        header: Some(name.to_owned()),
+        format: Some(format.to_owned()),
+        ..Default::default()
+    };
+    let preset = |hosts: &[&str], inject: InjectConfig, env: &str| GrantConfig {
+        preset: None,
+        secret: None,
+        hosts: Some(hosts.iter().map(|h| (*h).to_owned()).collect()),
+        inject: Some(inject),
+        placeholder_env: Some(env.to_owned()),
+    };
+    BTreeMap::from([
+        (
+            "github",
+            preset(
+                &["api.github.com", "github.com", "*.githubusercontent.com"],
+                header("Authorization", "Bearer {secret}"),
+                "GH_TOKEN",
+            ),
+        ),
+        (
+            "gitlab",
+            preset(
+                &["gitlab.com", "*.gitlab.com"],
+                header("PRIVATE-TOKEN", "{secret}"),
+                "GITLAB_TOKEN",
+            ),
+        ),
+        (
+            "anthropic",
+            preset(
+                &["api.anthropic.com"],
+                header("x-api-key", "{secret}"),
+                "ANTHROPIC_API_KEY",
+            ),
+        ),
+        (
+            "openai",
+            preset(
+                &["api.openai.com"],
+                header("Authorization", "Bearer {secret}"),
+                "OPENAI_API_KEY",
+            ),
+        ),
+        (
+            "npm",
+            preset(
+                &["registry.npmjs.org"],
+                header("Authorization", "Bearer {secret}"),
+                "NPM_TOKEN",
+            ),
+        ),
+        (
+            "pypi",
+            preset(
+                &["upload.pypi.org", "test.pypi.org"],
+                InjectConfig {
+                    basic: Some(BasicConfig {
+                        username: "__token__".to_owned(),
+                    }),
+                    ..Default::default()
+                },
+                "TWINE_PASSWORD",
+            ),
+        ),
+    ])
+}
+
+/// A grant error: the dotted key at fault and what was expected.
+pub type GrantError = (String, String);
+
+/// Presets merged with the config's grants, all validated.
+pub fn effective(
+    configured: &BTreeMap<String, GrantConfig>,
+) -> Result<BTreeMap<String, Grant>, GrantError> {
+    let presets = presets();
+    let mut out = BTreeMap::new();
+    for (name, base) in &presets {
+        if !configured.contains_key(*name) {
+            out.insert(
+                (*name).to_owned(),
+                build(name, base, None, GrantSource::Preset)?,
+            );
+        }
+    }
+    for (name, table) in configured {
+        let key = |field: &str| format!("grants.{name}.{field}");
+        let base_name = table
+            .preset
+            .as_deref()
+            .or_else(|| presets.contains_key(name.as_str()).then_some(name.as_str()));
+        let base = match base_name {
+            Some(p) => Some(presets.get(p).ok_or_else(|| {
+                (
+                    key("preset"),
+                    format!(
+                        "unknown preset {p:?}; presets are {}",
+                        presets.keys().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let merged = merge(base, table);
+        out.insert(
+            name.clone(),
+            build(name, &merged, base_name, GrantSource::Config)?,
+        );
+    }
+    Ok(out)
+}
+
+fn merge(base: Option<&GrantConfig>, over: &GrantConfig) -> GrantConfig {
+    let base = base.cloned().unwrap_or_default();
+    GrantConfig {
+        preset: None,
+        secret: over.secret.clone().or(base.secret),
+        hosts: over.hosts.clone().or(base.hosts),
+        inject: over.inject.clone().or(base.inject),
+        placeholder_env: over.placeholder_env.clone().or(base.placeholder_env),
+    }
+}
+
+fn build(
+    name: &str,
+    table: &GrantConfig,
+    preset: Option<&str>,
+    source: GrantSource,
+) -> Result<Grant, GrantError> {
+    let key = |field: &str| format!("grants.{name}.{field}");
+    if keyward_vault::validate_name(name).is_err() {
+        return Err((
+            format!("grants.{name}"),
+            "a grant name is 1-64 of a-z 0-9 _ . - starting with a letter or digit".to_owned(),
+        ));
+    }
+    // A preset's secret defaults to vault:<preset name>.
+    let secret_text = match (
+        &table.secret,
+        preset.or((source == GrantSource::Preset).then_some(name)),
+    ) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => format!("vault:{p}"),
+        (None, None) => {
+            return Err((
+                key("secret"),
+                "missing: expected a reference such as \"vault:NAME\"".to_owned(),
+            ));
+        }
+    };
+    let secret: SecretRef = secret_text
+        .parse()
+        .map_err(|e: keyward_vault::RefError| (key("secret"), e.to_string()))?;
+    let hosts = table.hosts.as_deref().unwrap_or_default();
+    if hosts.is_empty() {
+        return Err((
+            key("hosts"),
+            "expected at least one host pattern".to_owned(),
+        ));
+    }
+    let hosts = hosts
+        .iter()
+        .map(|h| HostPattern::parse(h).map_err(|e| (key("hosts"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inject = injection(table.inject.as_ref()).map_err(|e| (key("inject"), e))?;
+    if let Some(var) = &table.placeholder_env {
+        let ok = !var.is_empty()
+            && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !var.as_bytes()[0].is_ascii_digit();
+        if !ok {
+            return Err((
+                key("placeholder_env"),
+                format!("{var:?} is not an environment variable name"),
+            ));
+        }
+    }
+    Ok(Grant {
+        name: name.to_owned(),
+        source,
+        secret,
+        hosts,
+        inject,
+        placeholder_env: table.placeholder_env.clone(),
+    })
+}
+
+fn injection(inject: Option<&InjectConfig>) -> Result<Injection, String> {
+    let inject = inject.ok_or("missing: expected { header = \"NAME\", format = \"... {secret}\" }, { basic = { username = \"USER\" } } or { query = \"PARAM\" }")?;
+    let kinds = [
+        inject.header.is_some(),
+        inject.basic.is_some(),
+        inject.query.is_some(),
+    ]
+    .iter()
+    .filter(|k| **k)
+    .count();
+    if kinds != 1 {
+        return Err("expected exactly one of header, basic or query".to_owned());
+    }
+    if let Some(header) = &inject.header {
+        let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if header.is_empty() || !header.bytes().all(token_char) {
+            return Err(format!("{header:?} is not a valid header name"));
+        }
+        let format = inject
+            .format
+            .clone()
+            .unwrap_or_else(|| "{secret}".to_owned());
+        if !format.contains("{secret}") {
+            return Err(format!("format {format:?} has no {{secret}}"));
+        }
+        if format.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err("format must not contain line breaks".to_owned());
+        }
+        return Ok(Injection::Header {
+            name: header.clone(),
+            format,
+        });
+    }
+    if inject.format.is_some() {
+        return Err("format applies only to header injection".to_owned());
+    }
+    if let Some(basic) = &inject.basic {
+        if basic.username.contains(':') {
+            return Err("a basic-auth username cannot contain ':'".to_owned());
+        }
+        return Ok(Injection::Basic {
+            username: basic.username.clone(),
+        });
+    }
+    let param = inject.query.clone().unwrap_or_default();
+    if param.is_empty() {
+        return Err("query needs a parameter name".to_owned());
+    }
+    Ok(Injection::Query { param })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> BTreeMap<String, GrantConfig> {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn presets_are_available_without_config() {
+        let grants = effective(&BTreeMap::new()).unwrap();
+        for name in ["github", "gitlab", "anthropic", "openai", "npm", "pypi"] {
+            let g = &grants[name];
+            assert_eq!(g.source, GrantSource::Preset);
+            assert_eq!(g.secret.to_string(), format!("vault:{name}"));
+        }
+        assert_eq!(
+            grants["anthropic"].inject,
+            Injection::Header {
+                name: "x-api-key".into(),
+                format: "{secret}".into()
+            }
+        );
+    }
+
+    #[test]
+    fn config_overrides_a_preset_field_by_field_and_defines_new_grants() {
+        let grants = effective(&table(
+            r#"
+            [github]
+            secret = "env:GH_PAT"
+            [internal]
+            preset = "github"
+            hosts = ["git.example.com"]
+            [api]
+            secret = "file:/run/k"
+            hosts = ["api.example.com"]
+            inject = { query = "app_key" }
+            "#,
+        ))
+        .unwrap();
+        assert_eq!(grants["github"].secret.to_string(), "env:GH_PAT");
+        assert_eq!(grants["github"].hosts.len(), 3);
+        assert_eq!(grants["internal"].secret.to_string(), "vault:github");
+        assert_eq!(grants["internal"].hosts[0].to_string(), "git.example.com");
+        assert_eq!(
+            grants["api"].inject,
+            Injection::Query {
+                param: "app_key".into()
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_grants_name_grant_and_field() {
+        for (text, key, needle) in [
+            (
+                "[x]\nsecret = \"s3:b\"\nhosts=[\"a.com\"]\ninject={query=\"k\"}",
+                "grants.x.secret",
+                "unknown secret scheme",
+            ),
+            (
+                "[x]\nsecret = \"vault:a\"\nhosts=[]\ninject={query=\"k\"}",
+                "grants.x.hosts",
+                "at least one",
+            ),
+            (
+                "[x]\nsecret = \"vault:a\"\nhosts=[\"https://a.com\"]\ninject={query=\"k\"}",
+                "grants.x.hosts",
+                "not a host pattern",
+            ),
+            (
+                "[x]\nsecret = \"vault:a\"\nhosts=[\"a.com\"]\ninject={header=\"A\", format=\"Bearer\"}",
+                "grants.x.inject",
+                "no {secret}",
+            ),
+            (
+                "[x]\nsecret = \"vault:a\"\nhosts=[\"a.com\"]\ninject={header=\"A\", query=\"k\"}",
+                "grants.x.inject",
+                "exactly one",
+            ),
+            (
+                "[x]\nhosts=[\"a.com\"]\ninject={query=\"k\"}",
+                "grants.x.secret",
+                "missing",
+            ),
+            (
+                "[x]\npreset = \"nope\"",
+                "grants.x.preset",
+                "unknown preset",
+            ),
+        ] {
+            let (k, msg) = effective(&table(text)).unwrap_err();
+            assert_eq!(k, key, "{text}");
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn host_patterns_match_exactly_or_subdomains() {
+        let exact = HostPattern::parse("api.github.com").unwrap();
+        assert!(exact.matches("api.github.com") && exact.matches("API.GitHub.com"));
+        assert!(!exact.matches("xapi.github.com") && !exact.matches("api.github.com.evil.io"));
+        let wild = HostPattern::parse("*.githubusercontent.com").unwrap();
+        assert!(
+            wild.matches("raw.githubusercontent.com") && wild.matches("a.b.githubusercontent.com")
+        );
+        assert!(
+            !wild.matches("githubusercontent.com") && !wild.matches("evilgithubusercontent.com")
+        );
+        for bad in [
+            "",
+            "*.",
+            "a..b",
+            "-a.com",
+            "A.com",
+            "a.com:443",
+            "http://a.com",
+            "a/b",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

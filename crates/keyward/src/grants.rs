@@ -1,0 +1,95 @@
+//! `keyward grant list` and `keyward grant add`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use hyper::Method;
+use keyward_api::{ClientError, GrantList, ReloadResponse};
+use keyward_daemon::config::ConfigSource;
+use keyward_daemon::config_edit::add_grant;
+use keyward_daemon::grants::{BasicConfig, GrantConfig, InjectConfig};
+use keyward_daemon::home::Home;
+use serde_json::json;
+
+use crate::cli::{Cli, GrantAddArgs};
+use crate::commands::client;
+
+pub async fn list(cli: &Cli, json: bool) -> Result<ExitCode> {
+    let list: GrantList = client(cli)?
+        .call(Method::GET, "/v1/grants", None::<&()>)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for g in &list.grants {
+        let inject = match g.inject.kind.as_str() {
+            "header" => format!(
+                "header {}: {}",
+                g.inject.header.as_deref().unwrap_or_default(),
+                g.inject.format.as_deref().unwrap_or_default()
+            ),
+            "basic" => format!(
+                "basic auth as {}",
+                g.inject.username.as_deref().unwrap_or_default()
+            ),
+            "query" => format!("query ?{}=", g.inject.param.as_deref().unwrap_or_default()),
+            other => other.to_owned(),
+        };
+        let status = match &g.message {
+            Some(why) => format!("{}: {why}", g.status),
+            None => g.status.clone(),
+        };
+        println!("{} ({})", g.name, g.source);
+        println!("  secret:  {}", g.secret);
+        println!("  hosts:   {}", g.hosts.join(", "));
+        println!("  inject:  {inject}");
+        if let Some(var) = &g.placeholder_env {
+            println!("  env:     {var} (placeholder)");
+        }
+        println!("  status:  {status}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Result<ExitCode> {
+    keyward_vault::validate_name(&args.name)?;
+    let grant = GrantConfig {
+        preset: None,
+        secret: Some(args.secret.clone()),
+        hosts: Some(args.hosts.clone()),
+        inject: Some(InjectConfig {
+            header: args.header.clone(),
+            format: args.format.clone(),
+            basic: args.basic.clone().map(|username| BasicConfig { username }),
+            query: args.query.clone(),
+        }),
+        placeholder_env: args.placeholder_env.clone(),
+    };
+    if !source.explicit {
+        Home::resolve(cli.home.as_deref())?.ensure_private()?;
+    }
+    add_grant(&source.path, &args.name, &grant, args.replace)?;
+    let reloaded = match client(cli)?
+        .call::<(), ReloadResponse>(Method::POST, "/v1/reload", None)
+        .await
+    {
+        Ok(_) => true,
+        Err(ClientError::NotRunning { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if args.json.json {
+        println!(
+            "{}",
+            json!({"grant": args.name, "config": source.path, "daemon_reloaded": reloaded})
+        );
+    } else {
+        println!("added grant {} to {}", args.name, source.path.display());
+        if reloaded {
+            println!("the daemon reloaded its config");
+        } else {
+            println!("the daemon is not running; it will use the grant when it starts");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
