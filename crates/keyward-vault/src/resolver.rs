@@ -145,15 +145,24 @@ impl Resolver {
     pub async fn resolve(&self, r: &SecretRef) -> Result<SecretString, ResolveError> {
         match r {
             SecretRef::Vault(name) => {
-                let vault = self.vault.clone();
-                let name = name.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut v = vault.lock().unwrap_or_else(|p| p.into_inner());
-                    v.value(&name)
-                })
-                .await
-                .map_err(|e| ResolveError::Backend(format!("vault task failed: {e}")))?
-                .map_err(|e| match e {
+                // The value is in memory: read it in place when the lock is
+                // free; only a writer holding it (fsync) sends us to a
+                // blocking thread.
+                let fast = self.vault.try_lock().ok().map(|mut v| v.value(name));
+                let result = match fast {
+                    Some(result) => result,
+                    None => {
+                        let vault = self.vault.clone();
+                        let name = name.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut v = vault.lock().unwrap_or_else(|p| p.into_inner());
+                            v.value(&name)
+                        })
+                        .await
+                        .map_err(|e| ResolveError::Backend(format!("vault task failed: {e}")))?
+                    }
+                };
+                result.map_err(|e| match e {
                     VaultError::Sealed | VaultError::PassphraseRequired => ResolveError::Sealed,
                     VaultError::NotFound { .. } | VaultError::Uninitialized => {
                         ResolveError::Missing(e.to_string())
