@@ -5,12 +5,12 @@ use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use keyward_api::{Client, ClientError, Health};
+use keyward_api::{Client, ClientError, Health, KeyMode, VaultStatus};
 use keyward_sys::{Signal, process_exists, send_signal};
 use serde::Serialize;
 
@@ -364,6 +364,43 @@ pub struct StatusReport {
     /// When not running: what was found, for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The vault's state (`uninitialized`, `sealed`, `unsealed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_state: Option<String>,
+    /// The vault's key mode (`key_file`, `passphrase`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_mode: Option<String>,
+    /// The protection level this setup gives, stated honestly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protection: Option<String>,
+}
+
+/// What this setup protects against (README "Protection levels").
+fn protection(mode: Option<KeyMode>, daemon_uid: Option<u32>) -> String {
+    let own_user = daemon_uid.is_some_and(|uid| uid != keyward_sys::effective_uid());
+    let vault = match mode {
+        None => "no vault yet".to_owned(),
+        Some(KeyMode::KeyFile) if own_user => {
+            "key-file vault, readable only by the daemon's user".to_owned()
+        }
+        Some(KeyMode::KeyFile) => {
+            "key-file vault: secrets stay out of children's env, argv and logs, \
+             but a process running as this user can read vault/identity.txt; use \
+             `vault init --passphrase` or run the daemon as its own user for more"
+                .to_owned()
+        }
+        Some(KeyMode::Passphrase) => {
+            "passphrase vault: the key lives only in the daemon's (non-dumpable) memory".to_owned()
+        }
+    };
+    if own_user {
+        format!(
+            "{vault}; the daemon runs as its own user (uid {}), so this user cannot read its files",
+            daemon_uid.unwrap_or_default()
+        )
+    } else {
+        vault
+    }
 }
 
 /// Asks the daemon for its health; when it does not answer, inspects the
@@ -385,6 +422,9 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
         stale_pid: None,
         stale_socket: false,
         detail: None,
+        vault_state: None,
+        vault_mode: None,
+        protection: None,
     };
     match client.health().await {
         Ok(Health {
@@ -403,6 +443,16 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
             report.started_at = Some(started_at);
             report.uptime_s = Some(uptime_s);
             report.capabilities = Some(capabilities);
+            // An older daemon without a vault answers 404: leave these out.
+            if let Ok(vault) = client
+                .call::<(), VaultStatus>(hyper::Method::GET, "/v1/vault", None)
+                .await
+            {
+                let socket_uid = fs::metadata(home.socket_path()).ok().map(|m| m.uid());
+                report.vault_state = Some(vault.state.as_str().to_owned());
+                report.vault_mode = vault.mode.map(|m| m.as_str().to_owned());
+                report.protection = Some(protection(vault.mode, socket_uid));
+            }
             Ok(report)
         }
         Err(ClientError::NotRunning { .. }) => {

@@ -184,6 +184,15 @@ fn print_status(r: &StatusReport) {
     );
     println!("  socket:     {}", r.socket.display());
     println!("  home:       {}", r.home.display());
+    if let Some(state) = &r.vault_state {
+        match &r.vault_mode {
+            Some(mode) => println!("  vault:      {state} ({mode})"),
+            None => println!("  vault:      {state}"),
+        }
+    }
+    if let Some(protection) = &r.protection {
+        println!("  protection: {protection}");
+    }
 }
 
 /// A client for this home's daemon.

@@ -84,6 +84,18 @@ fn set_list_rm_round_trip_survives_restart_and_never_leaks() {
     assert_eq!(v["secrets"], 2);
     assert!(v["vault_id"].as_str().unwrap().len() == 32);
 
+    // `keyward status` states the protection level honestly.
+    let st = json(&home.run(&["status", "--json"]).stdout);
+    assert_eq!(st["vault_state"], "unsealed");
+    assert_eq!(st["vault_mode"], "key_file");
+    assert!(
+        st["protection"]
+            .as_str()
+            .unwrap()
+            .contains("can read vault/identity.txt"),
+        "{st}"
+    );
+
     let rm = home.run(&["secret", "rm", "other"]);
     assert_ok(&rm);
     let rm_again = home.run(&["secret", "rm", "other"]);
@@ -159,6 +171,14 @@ fn passphrase_vault_starts_sealed_and_wrong_passphrase_changes_nothing() {
     let status = json(&home.run(&["vault", "status", "--json"]).stdout);
     assert_eq!(status["state"], "sealed");
     assert_eq!(status["mode"], "passphrase");
+    let st = json(&home.run(&["status", "--json"]).stdout);
+    assert!(
+        st["protection"]
+            .as_str()
+            .unwrap()
+            .contains("only in the daemon's"),
+        "{st}"
+    );
 
     // Sealed: 423 wherever a secret is needed, saying how to unseal.
     let list = home.run(&["secret", "list"]);
