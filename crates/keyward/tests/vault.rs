@@ -368,23 +368,7 @@ fn corrupt_newest_snapshot_is_a_clear_error_and_older_ones_survive() {
 fn concurrent_setters_on_a_fresh_home_lose_no_write() {
     let home = TestHome::new();
     let children: Vec<_> = (0..8)
-        .map(|i| {
-            let mut child = home
-                .cmd(&["secret", "set", &format!("s{i}")])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(format!("value-{i}").as_bytes())
-                .unwrap();
-            child
-        })
+        .map(|i| home.spawn_stdin(&["secret", "set", &format!("s{i}")], &format!("value-{i}")))
         .collect();
     for child in children {
         let run = Run::from(child.wait_with_output().unwrap());

@@ -59,8 +59,9 @@ impl TestHome {
         Run::from(self.cmd(args).output().unwrap())
     }
 
-    /// Runs with `input` on stdin.
-    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+    /// Starts the binary with `input` on stdin (then closed) and its
+    /// output captured.
+    pub fn spawn_stdin(&self, args: &[&str], input: &str) -> std::process::Child {
         use std::io::Write as _;
         let mut child = self
             .cmd(args)
@@ -75,7 +76,12 @@ impl TestHome {
             .unwrap()
             .write_all(input.as_bytes())
             .unwrap();
-        Run::from(child.wait_with_output().unwrap())
+        child
+    }
+
+    /// Runs with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+        Run::from(self.spawn_stdin(args, input).wait_with_output().unwrap())
     }
 
     /// Every file under the home whose bytes contain `needle`.
