@@ -7,12 +7,14 @@
 
 mod client;
 mod grant_types;
+mod run_types;
 mod socket_path;
 mod types;
 mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
+pub use run_types::{CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo, RunList};
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
 pub use vault_types::{

@@ -20,6 +20,9 @@ pub struct Health {
     /// Features this daemon serves, so a newer client can tell what an older
     /// daemon lacks without probing routes.
     pub capabilities: Vec<String>,
+    /// The egress proxy's port on 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_port: Option<u16>,
 }
 
 /// Every error response: `{"error":{"code":"snake_case","message":"..."}}`.

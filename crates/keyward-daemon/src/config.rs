@@ -27,6 +27,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// `[backends]`: where non-vault secret references are resolved.
     pub backends: BackendsConfig,
+    /// `[proxy]`: the egress proxy.
+    pub proxy: ProxyConfig,
     /// `[grants.NAME]`: grants added to, or overriding, the built-in presets.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, GrantConfig>,
@@ -36,6 +38,25 @@ impl Config {
     /// The effective grants: presets merged with `[grants]`, validated.
     pub fn grants(&self) -> Result<BTreeMap<String, Grant>, GrantError> {
         grants::effective(&self.grants)
+    }
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Listen address; port 0 picks one on first start and keeps it.
+    pub listen: String,
+    /// Extra CA certificates (PEM files) trusted for upstream servers.
+    pub upstream_ca: Vec<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".to_owned(),
+            upstream_ca: Vec::new(),
+        }
     }
 }
 
@@ -344,6 +365,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
 fn validate(config: &Config) -> Result<(), (String, String)> {
     config.grants()?;
+    config
+        .proxy
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| {
+            (
+                "proxy.listen".to_owned(),
+                format!(
+                    "expected an address such as \"127.0.0.1:0\", got {:?}: {e}",
+                    config.proxy.listen
+                ),
+            )
+        })?;
+    for ca in &config.proxy.upstream_ca {
+        if !ca.is_file() {
+            return Err((
+                "proxy.upstream_ca".to_owned(),
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+    }
     if let Some(bao) = &config.backends.openbao {
         bao.settings().map_err(|(k, m)| (k.to_owned(), m))?;
     }

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use keyward_api::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
 use keyward_vault::ResolveStatus;
 
-use crate::grants::{Grant, Injection};
+use keyward_proxy::Injection;
+
+use crate::grants::Grant;
 use crate::server::{ApiError, AppState};
 
 fn inject_info(inject: &Injection) -> InjectInfo {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use keyward_proxy::{HostPattern, Injection};
 use keyward_vault::SecretRef;
 use serde::{Deserialize, Serialize};
 
@@ -56,43 +57,13 @@ pub struct BasicConfig {
     pub username: String,
 }
 
-/// How a secret goes into a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Injection {
-    /// A header, replacing any value the child sent.
-    Header {
-        /// Header name.
-        name: String,
-        /// Value template containing `{secret}`.
-        format: String,
-    },
-    /// `Authorization: Basic base64(username:secret)`.
-    Basic {
-        /// The user name.
-        username: String,
-    },
-    /// A query parameter.
-    Query {
-        /// Its name.
-        param: String,
-    },
-}
-
-/// A host pattern: exact, or `*.` for any subdomain (not the apex).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern {
-    suffix: Option<String>,
-    exact: Option<String>,
-}
-
-impl std::fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.exact, &self.suffix) {
-            (Some(host), _) => f.write_str(host),
-            (None, Some(suffix)) => write!(f, "*{suffix}"),
-            (None, None) => Ok(()),
-        }
-    }
+/// Where a grant came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantSource {
+    /// Built in, unchanged.
+    Preset,
+    /// Defined or overridden in the config file.
+    Config,
 }
 
 impl GrantSource {
@@ -103,64 +74,6 @@ impl GrantSource {
             GrantSource::Config => "config",
         }
     }
-}
-
-impl HostPattern {
-    /// Parses and validates a pattern.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (wild, host) = match text.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err(format!(
-                "{text:?} is not a host pattern: expected a lowercase host name such as \
-                 api.github.com, or *.example.com for its subdomains (no scheme, port or path)"
-            ));
-        }
-        Ok(if wild {
-            Self {
-                suffix: Some(format!(".{host}")),
-                exact: None,
-            }
-        } else {
-            Self {
-                suffix: None,
-                exact: Some(host.to_owned()),
-            }
-        })
-    }
-
-    /// Whether `host` (any case, no port) matches.
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        match (&self.exact, &self.suffix) {
-            (Some(exact), _) => host.eq_ignore_ascii_case(exact),
-            (None, Some(suffix)) => {
-                host.len() > suffix.len()
-                    && host.is_char_boundary(host.len() - suffix.len())
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-            }
-            (None, None) => false,
-        }
-    }
-}
-
-/// Where a grant came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantSource {
-    /// Built in, unchanged.
-    Preset,
-    /// Defined or overridden in the config file.
-    Config,
 }
 
 /// A validated grant.
@@ -515,32 +428,6 @@ mod tests {
             let (k, msg) = effective(&table(text)).unwrap_err();
             assert_eq!(k, key, "{text}");
             assert!(msg.contains(needle), "{text}: {msg}");
-        }
-    }
-
-    #[test]
-    fn host_patterns_match_exactly_or_subdomains() {
-        let exact = HostPattern::parse("api.github.com").unwrap();
-        assert!(exact.matches("api.github.com") && exact.matches("API.GitHub.com"));
-        assert!(!exact.matches("xapi.github.com") && !exact.matches("api.github.com.evil.io"));
-        let wild = HostPattern::parse("*.githubusercontent.com").unwrap();
-        assert!(
-            wild.matches("raw.githubusercontent.com") && wild.matches("a.b.githubusercontent.com")
-        );
-        assert!(
-            !wild.matches("githubusercontent.com") && !wild.matches("evilgithubusercontent.com")
-        );
-        for bad in [
-            "",
-            "*.",
-            "a..b",
-            "-a.com",
-            "A.com",
-            "a.com:443",
-            "http://a.com",
-            "a/b",
-        ] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -110,6 +110,21 @@ impl Home {
         self.root.join("spawn.lock")
     }
 
+    /// The local CA's directory.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+
+    /// Persisted runs (no secrets).
+    pub fn runs_path(&self) -> PathBuf {
+        self.root.join("runs.json")
+    }
+
+    /// The proxy port picked on first start, bound again later.
+    pub fn proxy_port_path(&self) -> PathBuf {
+        self.root.join("proxy.port")
+    }
+
     /// The encrypted vault's directory.
     pub fn vault_dir(&self) -> PathBuf {
         self.root.join("vault")

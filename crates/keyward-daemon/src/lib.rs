@@ -14,6 +14,8 @@ pub mod home;
 mod lifecycle;
 mod notify;
 pub mod pidfile;
+mod run_routes;
+pub mod runs;
 mod server;
 mod vault_routes;
 

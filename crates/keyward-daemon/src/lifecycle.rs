@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use keyward_api::KeyMode;
+use keyward_proxy::{CertificateAuthority, Proxy};
 use keyward_vault::Vault;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,6 +20,8 @@ use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
+use crate::run_routes::Authority;
+use crate::runs::Registry;
 use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, build_resolver, router};
 use crate::vault_routes::open_at_start;
 
@@ -91,10 +94,42 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     open_at_start(&mut vault);
     let vault = Arc::new(Mutex::new(vault));
     let resolver = Arc::new(build_resolver(&opts.config.config, vault.clone()));
+    let ca = match CertificateAuthority::load_or_create(&home.ca_dir()) {
+        Ok(ca) => Arc::new(ca),
+        Err(e) => {
+            pid_lock.release();
+            return Err(DaemonError::Io {
+                what: format!("cannot set up the local CA in {}", home.ca_dir().display()),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    };
+    let runs = match Registry::load(&home.runs_path()) {
+        Ok(runs) => Arc::new(runs),
+        Err(e) => {
+            pid_lock.release();
+            return Err(DaemonError::Io {
+                what: "cannot restore runs".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    };
+    let proxy_listener = match bind_proxy(home, &opts.config.config.proxy.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            pid_lock.release();
+            return Err(e);
+        }
+    };
+    let proxy_port = proxy_listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_default();
+    let upstream_ca = opts.config.config.proxy.upstream_ca.clone();
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());
-    let state = Arc::new(AppState {
+    let state = Arc::new_cyclic(|weak| AppState {
         started_at: SystemTime::now(),
         started: Instant::now(),
         activity: activity.clone(),
@@ -103,7 +138,25 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         config: RwLock::new(Arc::new(opts.config)),
         resolver: RwLock::new(resolver),
         log: opts.log,
+        runs: runs.clone(),
+        authority: Arc::new(Authority::new(weak.clone())),
+        ca: ca.clone(),
+        proxy_port,
     });
+    let proxy = match Proxy::new(ca, state.authority.clone(), &upstream_ca) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            pid_lock.release();
+            return Err(DaemonError::Io {
+                what: "cannot start the proxy".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    };
+    let (proxy_stop_tx, proxy_stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(proxy.serve(proxy_listener, async {
+        let _ = proxy_stop_rx.await;
+    }));
     let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let listener = AdminListener::new(bound.0, keyward_sys::effective_uid());
@@ -119,11 +172,15 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     tracing::info!(
         pid = std::process::id(),
         socket = %socket_path.display(),
+        proxy = %format!("127.0.0.1:{proxy_port}"),
+        runs = runs.len(),
         version = keyward_api::VERSION,
         commit = keyward_api::COMMIT,
         "keyward daemon ready"
     );
 
+    let mut reap_check = tokio::time::interval(REAP_PERIOD);
+    reap_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seal_check = tokio::time::interval(SEAL_CHECK_PERIOD);
     seal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
@@ -136,6 +193,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             _ = sigint.recv() => break "SIGINT".to_owned(),
             _ = sighup.recv() => reload(&state),
             _ = seal_check.tick() => seal_if_idle(&vault, current.config.vault.idle_seal),
+            _ = reap_check.tick() => {
+                reap_runs(&state);
+                // Live runs keep the daemon from idling out.
+                if !state.runs.is_empty() {
+                    activity.touch_now();
+                }
+            }
             Some(StopReason::Api(why)) = stop_rx.recv() => {
                 break format!("shutdown requested over the admin API{}",
                     why.map(|w| format!(" ({w})")).unwrap_or_default());
@@ -147,6 +211,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     };
 
     tracing::info!("stopping: {reason}");
+    let _ = proxy_stop_tx.send(());
     notify("STOPPING=1");
     // New clients get "not running" at once instead of queueing on a
     // listener that no longer accepts.
@@ -167,6 +232,62 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     pid_lock.release();
     tracing::info!("keyward daemon stopped");
     Ok(())
+}
+
+/// How often runs whose process exited are removed. Polling: a pidfd per
+/// run would make this event-driven.
+const REAP_PERIOD: Duration = Duration::from_millis(200);
+
+fn reap_runs(state: &AppState) {
+    match state.runs.reap() {
+        Ok(ended) => {
+            for id in ended {
+                state.authority.forget(&id);
+                tracing::info!(
+                    run = id,
+                    "run ended: its process exited; its token is revoked"
+                );
+            }
+        }
+        Err(e) => tracing::error!("{e}"),
+    }
+}
+
+/// Binds the proxy. With port 0, the port picked on first start is
+/// persisted and bound again, so children keep a working proxy URL across
+/// restarts; if it is taken, a new one is picked (with a warning).
+async fn bind_proxy(home: &Home, listen: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+    let mut addr: std::net::SocketAddr = listen.parse().map_err(|e| DaemonError::Io {
+        what: format!("proxy.listen {listen:?}"),
+        source: std::io::Error::other(format!("{e}")),
+    })?;
+    let port_file = home.proxy_port_path();
+    let remembered = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok());
+    if addr.port() == 0
+        && let Some(port) = remembered
+    {
+        let mut again = addr;
+        again.set_port(port);
+        match tokio::net::TcpListener::bind(again).await {
+            Ok(l) => return Ok(l),
+            Err(e) => tracing::warn!(
+                "cannot bind the proxy to its previous port {port} ({e}); picking a new one: running children must restart"
+            ),
+        }
+    }
+    if addr.port() == 0 {
+        addr.set_port(0);
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(DaemonError::io(format!("cannot bind the proxy to {addr}")))?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    if let Err(e) = keyward_vault::write_atomic(&port_file, format!("{port}\n").as_bytes()) {
+        tracing::warn!("cannot remember the proxy port: {e}");
+    }
+    Ok(listener)
 }
 
 /// How often the idle auto-seal is checked.

@@ -23,10 +23,15 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
+use crate::run_routes::{self, Authority};
+use crate::runs::Registry;
 use crate::{grant_routes, vault_routes};
+use keyward_proxy::CertificateAuthority;
 
 /// What the API can do in this build, reported by `/v1/health`.
-const CAPABILITIES: &[&str] = &["health", "shutdown", "reload", "vault", "secrets", "grants"];
+const CAPABILITIES: &[&str] = &[
+    "health", "shutdown", "reload", "vault", "secrets", "grants", "runs", "proxy",
+];
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +165,10 @@ impl Activity {
         }
     }
 
+    pub(crate) fn touch_now(&self) {
+        self.touch();
+    }
+
     fn touch(&self) {
         let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_nanos.fetch_max(nanos, Ordering::Relaxed);
@@ -190,6 +199,10 @@ pub(crate) struct AppState {
     pub config: RwLock<Arc<LoadedConfig>>,
     pub resolver: RwLock<Arc<Resolver>>,
     pub log: Box<dyn LogControl>,
+    pub runs: Arc<Registry>,
+    pub authority: Arc<Authority>,
+    pub ca: Arc<CertificateAuthority>,
+    pub proxy_port: u16,
 }
 
 impl AppState {
@@ -224,6 +237,8 @@ impl AppState {
         let resolver = Arc::new(build_resolver(&new.config, self.vault.clone()));
         *self.resolver.write().unwrap_or_else(|p| p.into_inner()) = resolver;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        // Grants may have changed: runs re-resolve on their next request.
+        self.authority.forget_all();
         Ok(new)
     }
 }
@@ -323,6 +338,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/reload", post(grant_routes::reload))
         .route("/v1/grants", get(grant_routes::list))
+        .route("/v1/runs", post(run_routes::create).get(run_routes::list))
+        .route(
+            "/v1/runs/{id}",
+            get(run_routes::get_one)
+                .patch(run_routes::patch)
+                .delete(run_routes::remove),
+        )
         .route("/v1/vault", get(vault_routes::status))
         .route("/v1/vault/init", post(vault_routes::init))
         .route("/v1/vault/unseal", post(vault_routes::unseal))
@@ -348,6 +370,28 @@ async fn track(
     req: Request,
     next: Next,
 ) -> Response {
+    // Confinement: a process inside a run (or its descendant) may only ask
+    // for health and decisions; it cannot grant itself more, list secrets
+    // or unseal.
+    let open_route = (req.method() == Method::GET && req.uri().path() == "/v1/health")
+        || (req.method() == Method::POST && req.uri().path() == "/v1/evaluate");
+    if !open_route
+        && let Some(pid) = peer.pid.and_then(|p| u32::try_from(p).ok())
+        && let Some(run) = state.runs.confining(pid)
+    {
+        tracing::warn!(
+            pid,
+            run,
+            path = req.uri().path(),
+            "refused an admin request from inside a run"
+        );
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "run_confined",
+            format!("this process runs inside keyward run {run}; the admin API is closed to it"),
+        )
+        .into_response();
+    }
     let activity = &state.activity;
     activity.in_flight.fetch_add(1, Ordering::AcqRel);
     activity.touch();
@@ -369,6 +413,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
         started_at: humantime::format_rfc3339_seconds(state.started_at).to_string(),
         uptime_s: state.started.elapsed().as_secs(),
         capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        proxy_port: Some(state.proxy_port),
     })
 }
 

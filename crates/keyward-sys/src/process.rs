@@ -13,6 +13,8 @@ pub enum Signal {
     Kill,
     /// Reload configuration.
     Hup,
+    /// Interrupt (Ctrl-C).
+    Int,
 }
 
 impl Signal {
@@ -21,6 +23,7 @@ impl Signal {
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
             Signal::Hup => libc::SIGHUP,
+            Signal::Int => libc::SIGINT,
         }
     }
 }

@@ -60,6 +60,11 @@ impl LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a program that can use the grants' credentials without holding
+    /// them: its HTTP(S) traffic goes through keyward's proxy, which injects
+    /// the secrets toward the hosts each grant names. Exits with the
+    /// program's status (128+N when killed by signal N).
+    Run(RunArgs),
     /// Print the version and git commit (needs no daemon, home or config).
     Version(JsonFlag),
     /// Start, stop or restart the daemon.
@@ -189,6 +194,36 @@ pub enum SecretCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A grant the program may use (repeatable); see `keyward grant list`.
+    #[arg(long = "grant", value_name = "G")]
+    pub grants: Vec<String>,
+    /// A host pattern allowed in strict mode (repeatable): host,
+    /// *.example.com, optionally with :port.
+    #[arg(long = "allow", value_name = "HOST")]
+    pub allow: Vec<String>,
+    /// permissive: any host not denied; strict: only --allow hosts and the
+    /// grants' hosts.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Permissive)]
+    pub network: NetworkArg,
+    /// A label shown in `GET /v1/runs`.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// Any host not denied.
+    Permissive,
+    /// Only allowed hosts.
+    Strict,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ use crate::cli::{
 use crate::exit;
 use crate::grants;
 use crate::logging;
+use crate::run;
 use crate::secrets;
 
 /// How long `daemon start --detach` waits for readiness.
@@ -65,6 +66,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             block_on(start_detached(&cli, &args.idle, args.json.json))
         }
         Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
+        Command::Run(args) => block_on(run::run(&cli, args)),
         Command::Vault(cmd) => block_on(secrets::vault(&cli, cmd)),
         Command::Secret(cmd) => block_on(secrets::secret(&cli, cmd)),
         Command::Grant(GrantCommand::List(flags)) => block_on(grants::list(&cli, flags.json)),

@@ -7,6 +7,7 @@ mod commands;
 mod exit;
 mod grants;
 mod logging;
+mod run;
 mod secrets;
 
 use std::process::ExitCode;

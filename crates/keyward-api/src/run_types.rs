@@ -1,0 +1,114 @@
+//! Run wire types. A run's token is returned once, at creation; the daemon
+//! keeps only its SHA-256.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// `permissive` (any host not denied) or `strict` (only allowed hosts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Any host not denied.
+    #[default]
+    Permissive,
+    /// Only `allow` patterns and the grants' hosts.
+    Strict,
+}
+
+impl Network {
+    /// `permissive` or `strict`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Permissive => "permissive",
+            Network::Strict => "strict",
+        }
+    }
+}
+
+/// `POST /v1/runs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateRunRequest {
+    /// Grant names.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Extra host patterns allowed in strict mode.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Network mode.
+    #[serde(default)]
+    pub network: Network,
+    /// The process the run belongs to; the run ends when it exits.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Free text.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// SHA-256 (hex) of the values of the caller's environment variables,
+    /// by name: the daemon answers which ones hold a secret of the run
+    /// (`drop_env`) without either side revealing a value.
+    #[serde(default)]
+    pub env_sha256: BTreeMap<String, String>,
+}
+
+/// The answer to `POST /v1/runs`. `Debug` never shows the token.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RunCreated {
+    /// `run_` + 12 hex; public.
+    pub run_id: String,
+    /// 256 random bits, hex; returned only here.
+    pub token: String,
+    /// `http://run:<token>@127.0.0.1:<port>`.
+    pub proxy_url: String,
+    /// Variables for the child (proxy and CA trust).
+    pub env: BTreeMap<String, String>,
+    /// Placeholder variables: name -> placeholder value.
+    pub placeholders: BTreeMap<String, String>,
+    /// Variables to remove from the child's environment: those holding a
+    /// secret of the run, and those its grants' `env:` references name.
+    #[serde(default)]
+    pub drop_env: Vec<String>,
+}
+
+impl fmt::Debug for RunCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunCreated")
+            .field("run_id", &self.run_id)
+            .field("token", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run as listed: never its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// `run_` + 12 hex.
+    pub run_id: String,
+    /// Free text.
+    pub label: Option<String>,
+    /// Grant names.
+    pub grants: Vec<String>,
+    /// Allowed host patterns.
+    pub allow: Vec<String>,
+    /// Network mode.
+    pub network: Network,
+    /// The run's process.
+    pub pid: Option<u32>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// `GET /v1/runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunList {
+    /// Oldest first.
+    pub runs: Vec<RunInfo>,
+}
+
+/// `PATCH /v1/runs/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PatchRunRequest {
+    /// The run's process.
+    pub pid: Option<u32>,
+}

@@ -1,0 +1,355 @@
+//! `/v1/runs` and the proxy's view of runs (token -> credentials).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use hyper::body::Bytes;
+use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
+use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext};
+use keyward_vault::ResolveError;
+
+use crate::runs::{RunRecord, RunsError};
+use crate::server::{ApiError, AppState, json_body};
+
+impl From<RunsError> for ApiError {
+    fn from(e: RunsError) -> Self {
+        tracing::error!("{e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string())
+    }
+}
+
+/// Resolved credentials per run, built on first use and dropped (zeroized)
+/// when the run goes.
+pub(crate) struct Authority {
+    state: Weak<AppState>,
+    contexts: Mutex<HashMap<String, Arc<RunContext>>>,
+}
+
+impl Authority {
+    pub(crate) fn new(state: Weak<AppState>) -> Self {
+        Self {
+            state,
+            contexts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn contexts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunContext>>> {
+        self.contexts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets a run's credentials.
+    pub(crate) fn forget(&self, run_id: &str) {
+        self.contexts().remove(run_id);
+    }
+
+    /// Forgets every run's credentials (config reload, vault seal).
+    pub(crate) fn forget_all(&self) {
+        self.contexts().clear();
+    }
+
+    /// Resolves a run's grants. A grant whose secret does not resolve is
+    /// left out (and logged); the context is then not cached, so the next
+    /// request tries again.
+    pub(crate) async fn build(
+        state: &AppState,
+        run: &RunRecord,
+    ) -> Result<(RunContext, bool), ApiError> {
+        let config = state.config();
+        let grants = config.config.grants().map_err(|(k, m)| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "config_invalid",
+                format!("{k}: {m}"),
+            )
+        })?;
+        let resolver = state.resolver();
+        let mut credentials = Vec::new();
+        let mut complete = true;
+        for name in &run.grants {
+            let Some(grant) = grants.get(name) else {
+                complete = false;
+                tracing::warn!(run = run.id, grant = name, "grant no longer exists");
+                continue;
+            };
+            match resolver.resolve(&grant.secret).await {
+                Ok(secret) => credentials.push(Credential {
+                    grant: name.clone(),
+                    hosts: grant.hosts.clone(),
+                    inject: grant.inject.clone(),
+                    secret,
+                    placeholder: grant
+                        .placeholder_env
+                        .as_ref()
+                        .and_then(|var| run.placeholders.get(var).cloned()),
+                }),
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!(run = run.id, grant = name, "secret does not resolve: {e}");
+                }
+            }
+        }
+        let allow = run
+            .allow
+            .iter()
+            .filter_map(|a| AllowRule::parse(a).ok())
+            .collect();
+        Ok((
+            RunContext {
+                run_id: run.id.clone(),
+                network: run.network,
+                allow,
+                credentials,
+            },
+            complete,
+        ))
+    }
+}
+
+impl RunAuthority for Authority {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
+        Box::pin(async move {
+            let state = self.state.upgrade()?;
+            let run = state.runs.by_token(token)?;
+            state.activity.touch_now();
+            if let Some(ctx) = self.contexts().get(&run.id) {
+                return Some(ctx.clone());
+            }
+            let (ctx, complete) = Authority::build(&state, &run).await.ok()?;
+            let ctx = Arc::new(ctx);
+            if complete {
+                self.contexts().insert(run.id.clone(), ctx.clone());
+            }
+            Some(ctx)
+        })
+    }
+}
+
+fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>, ApiError> {
+    let grants = state.config().config.grants().map_err(|(k, m)| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "config_invalid",
+            format!("{k}: {m}"),
+        )
+    })?;
+    let mut vars = Vec::new();
+    for name in &req.grants {
+        let grant = grants.get(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_grant",
+                format!(
+                    "no grant named {name}; grants are {} (see `keyward grant list`)",
+                    grants.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        if let Some(var) = &grant.placeholder_env {
+            vars.push(var.clone());
+        }
+    }
+    for allow in &req.allow {
+        AllowRule::parse(allow).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("allow: {e}"),
+            )
+        })?;
+    }
+    Ok(vars)
+}
+
+/// The child's environment for a run: proxy variables and CA trust.
+fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::new();
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        env.insert(var.to_owned(), proxy_url.to_owned());
+    }
+    env.insert("NO_PROXY".to_owned(), String::new());
+    env.insert("no_proxy".to_owned(), String::new());
+    let bundle = state.ca.bundle_path().display().to_string();
+    for var in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "AWS_CA_BUNDLE",
+        "DENO_CERT",
+    ] {
+        env.insert(var.to_owned(), bundle.clone());
+    }
+    env
+}
+
+pub(crate) async fn create(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RunCreated>, ApiError> {
+    let req: CreateRunRequest = json_body(body)?;
+    let vars = check_grants(&state, &req)?;
+    let (run, token) = state.runs.create(&req, &vars)?;
+    // Resolve now so a sealed vault or a missing secret fails here, loudly,
+    // not at the child's first request.
+    let drop_env = match Authority::build(&state, &run).await {
+        Ok((ctx, true)) => env_to_drop(&state, &run, &ctx, &req),
+        Ok((ctx, false)) => {
+            let _ = state.runs.remove(&run.id);
+            let missing: Vec<&String> = run
+                .grants
+                .iter()
+                .filter(|g| !ctx.credentials.iter().any(|c| &c.grant == *g))
+                .collect();
+            let sealed = futures_sealed(&state, &run).await;
+            return Err(if sealed {
+                ApiError::new(
+                    StatusCode::LOCKED,
+                    "vault_sealed",
+                    "the vault is sealed; unseal it with `keyward vault unseal`",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "secret_unavailable",
+                    format!(
+                        "the secret of grant(s) {} does not resolve; see `keyward grant list`",
+                        missing
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            });
+        }
+        Err(e) => {
+            let _ = state.runs.remove(&run.id);
+            return Err(e);
+        }
+    };
+    let port = state.proxy_port;
+    let proxy_url = format!("http://run:{token}@127.0.0.1:{port}");
+    tracing::info!(run = run.id, grants = run.grants.join(","), pid = ?run.pid, "run registered");
+    Ok(Json(RunCreated {
+        run_id: run.id.clone(),
+        env: run_env(&state, &proxy_url),
+        proxy_url,
+        token,
+        placeholders: run.placeholders.clone(),
+        drop_env,
+    }))
+}
+
+/// The caller's variables that hold one of the run's secrets (compared by
+/// SHA-256), plus those named by its grants' `env:` references.
+fn env_to_drop(
+    state: &AppState,
+    run: &RunRecord,
+    ctx: &RunContext,
+    req: &CreateRunRequest,
+) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    let secret_hashes: Vec<String> = ctx
+        .credentials
+        .iter()
+        .map(|c| crate::runs::token_hash(c.secret.expose_secret()))
+        .collect();
+    let mut drop: Vec<String> = req
+        .env_sha256
+        .iter()
+        .filter(|(_, h)| secret_hashes.iter().any(|s| s.eq_ignore_ascii_case(h)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if let Ok(grants) = state.config().config.grants() {
+        for name in &run.grants {
+            if let Some(keyward_vault::SecretRef::Env(var)) = grants.get(name).map(|g| &g.secret)
+                && !drop.contains(var)
+            {
+                drop.push(var.clone());
+            }
+        }
+    }
+    drop
+}
+
+/// Whether any of the run's grants fails because the vault is sealed.
+async fn futures_sealed(state: &AppState, run: &RunRecord) -> bool {
+    let Ok(grants) = state.config().config.grants() else {
+        return false;
+    };
+    let resolver = state.resolver();
+    for name in &run.grants {
+        if let Some(g) = grants.get(name)
+            && matches!(resolver.resolve(&g.secret).await, Err(ResolveError::Sealed))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<RunList> {
+    Json(RunList {
+        runs: state.runs.list().iter().map(RunRecord::info).collect(),
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "run_not_found",
+        format!("no run {id}"),
+    )
+}
+
+pub(crate) async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<RunInfo>, ApiError> {
+    state
+        .runs
+        .get(&id)
+        .map(|r| Json(r.info()))
+        .ok_or_else(|| not_found(&id))
+}
+
+pub(crate) async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RunInfo>, ApiError> {
+    let req: PatchRunRequest = json_body(body)?;
+    state
+        .runs
+        .set_pid(&id, req.pid)?
+        .map(|r| Json(r.info()))
+        .ok_or_else(|| not_found(&id))
+}
+
+pub(crate) async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<RunInfo>, ApiError> {
+    let run = state.runs.get(&id).ok_or_else(|| not_found(&id))?;
+    state.runs.remove(&id)?;
+    state.authority.forget(&id);
+    tracing::info!(run = id, "run removed");
+    Ok(Json(run.info()))
+}

@@ -1,0 +1,358 @@
+//! The run registry: who may use the proxy, with which grants. Tokens are
+//! kept only as SHA-256 hashes; `runs.json` holds no secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use keyward_api::{CreateRunRequest, Network, RunInfo};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Format version of `runs.json`.
+const RUNS_VERSION: u32 = 1;
+
+/// One run, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// `run_` + 12 hex.
+    pub id: String,
+    /// Free text.
+    pub label: Option<String>,
+    /// Grant names.
+    pub grants: Vec<String>,
+    /// Allowed host patterns.
+    pub allow: Vec<String>,
+    /// Network mode.
+    pub network: Network,
+    /// The run's process.
+    pub pid: Option<u32>,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// Placeholder variables: name -> placeholder (not secret).
+    #[serde(default)]
+    pub placeholders: BTreeMap<String, String>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+impl RunRecord {
+    /// The public view.
+    pub fn info(&self) -> RunInfo {
+        RunInfo {
+            run_id: self.id.clone(),
+            label: self.label.clone(),
+            grants: self.grants.clone(),
+            allow: self.allow.clone(),
+            network: self.network,
+            pid: self.pid,
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RunsFile {
+    version: u32,
+    runs: Vec<RunRecord>,
+}
+
+/// Why the registry could not load or save.
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    /// `runs.json` is not readable as runs.
+    #[error("{} cannot be read: {reason}; move it away to start with no runs", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// Writing failed.
+    #[error("cannot save {}: {reason}", path.display())]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The registry. Lookups by token hash are a map access, then a
+/// constant-time comparison.
+#[derive(Debug)]
+pub struct Registry {
+    path: PathBuf,
+    runs: Mutex<HashMap<String, RunRecord>>,
+}
+
+fn hex_random(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// Hex SHA-256 of a token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Registry {
+    /// Loads `path` (absent: no runs).
+    pub fn load(path: &Path) -> Result<Self, RunsError> {
+        let corrupt = |reason: String| RunsError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let runs = match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: RunsFile =
+                    serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                if file.version != RUNS_VERSION {
+                    return Err(corrupt(format!("unsupported version {}", file.version)));
+                }
+                file.runs.into_iter().map(|r| (r.id.clone(), r)).collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(corrupt(e.to_string())),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            runs: Mutex::new(runs),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunRecord>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a run (grants already validated) and returns it with its
+    /// token, which is not kept.
+    pub fn create(
+        &self,
+        req: &CreateRunRequest,
+        placeholder_vars: &[String],
+    ) -> Result<(RunRecord, String), RunsError> {
+        let token = hex_random(32);
+        let id = format!("run_{}", hex_random(6));
+        let placeholders = placeholder_vars
+            .iter()
+            .map(|var| (var.clone(), format!("kw_ph_{}", hex_random(16))))
+            .collect();
+        let record = RunRecord {
+            id: id.clone(),
+            label: req.label.clone(),
+            grants: req.grants.clone(),
+            allow: req.allow.clone(),
+            network: req.network,
+            pid: req.pid,
+            token_sha256: token_hash(&token),
+            placeholders,
+            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        self.lock().insert(id, record.clone());
+        self.save()?;
+        Ok((record, token))
+    }
+
+    /// The run a token belongs to.
+    pub fn by_token(&self, token: &str) -> Option<RunRecord> {
+        let hash = token_hash(token);
+        self.lock()
+            .values()
+            .find(|r| constant_time_eq(r.token_sha256.as_bytes(), hash.as_bytes()))
+            .cloned()
+    }
+
+    /// One run.
+    pub fn get(&self, id: &str) -> Option<RunRecord> {
+        self.lock().get(id).cloned()
+    }
+
+    /// All runs, oldest first.
+    pub fn list(&self) -> Vec<RunRecord> {
+        let mut runs: Vec<_> = self.lock().values().cloned().collect();
+        runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        runs
+    }
+
+    /// How many runs exist.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no run exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sets a run's pid.
+    pub fn set_pid(&self, id: &str, pid: Option<u32>) -> Result<Option<RunRecord>, RunsError> {
+        let updated = self.lock().get_mut(id).map(|r| {
+            r.pid = pid;
+            r.clone()
+        });
+        if updated.is_some() {
+            self.save()?;
+        }
+        Ok(updated)
+    }
+
+    /// Removes a run, revoking its token at once.
+    pub fn remove(&self, id: &str) -> Result<bool, RunsError> {
+        let removed = self.lock().remove(id).is_some();
+        if removed {
+            self.save()?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes runs whose process has exited; returns their ids.
+    pub fn reap(&self) -> Result<Vec<String>, RunsError> {
+        let dead: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|r| r.pid.is_some_and(|pid| !keyward_sys::process_exists(pid)))
+            .map(|r| r.id.clone())
+            .collect();
+        if !dead.is_empty() {
+            let mut runs = self.lock();
+            for id in &dead {
+                runs.remove(id);
+            }
+            drop(runs);
+            self.save()?;
+        }
+        Ok(dead)
+    }
+
+    /// The run whose process is `pid` or one of its ancestors.
+    pub fn confining(&self, pid: u32) -> Option<String> {
+        let pids: HashMap<u32, String> = self
+            .lock()
+            .values()
+            .filter_map(|r| r.pid.map(|p| (p, r.id.clone())))
+            .collect();
+        if pids.is_empty() {
+            return None;
+        }
+        let mut current = pid;
+        for _ in 0..256 {
+            if let Some(id) = pids.get(&current) {
+                return Some(id.clone());
+            }
+            match parent_of(current) {
+                Some(parent) if parent > 1 && parent != current => current = parent,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    fn save(&self) -> Result<(), RunsError> {
+        let file = RunsFile {
+            version: RUNS_VERSION,
+            runs: self.list(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| RunsError::Save {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        keyward_vault::write_atomic(&self.path, &bytes).map_err(|e| RunsError::Save {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The parent pid, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_runs_persist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let reg = Registry::load(&path).unwrap();
+        let req = CreateRunRequest {
+            grants: vec!["github".into()],
+            label: Some("agent".into()),
+            ..Default::default()
+        };
+        let (run, token) = reg.create(&req, &["GH_TOKEN".to_owned()]).unwrap();
+        assert!(run.id.starts_with("run_") && run.id.len() == 16);
+        assert_eq!(token.len(), 64);
+        assert!(run.placeholders["GH_TOKEN"].starts_with("kw_ph_"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&token), "token persisted");
+        assert!(text.contains(&token_hash(&token)));
+
+        let reloaded = Registry::load(&path).unwrap();
+        assert_eq!(reloaded.by_token(&token).unwrap().id, run.id);
+        assert!(reloaded.by_token("nope").is_none());
+        assert!(reloaded.remove(&run.id).unwrap());
+        assert!(reloaded.by_token(&token).is_none());
+    }
+
+    #[test]
+    fn dead_runs_are_reaped_and_descendants_are_confined() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::load(&tmp.path().join("runs.json")).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let parent = std::process::id();
+        let (run, _) = reg
+            .create(
+                &CreateRunRequest {
+                    pid: Some(parent),
+                    ..Default::default()
+                },
+                &[],
+            )
+            .unwrap();
+        // Our child descends from the run's pid.
+        assert_eq!(reg.confining(child.id()), Some(run.id.clone()));
+        assert_eq!(reg.confining(1), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let (dead_run, _) = reg
+            .create(
+                &CreateRunRequest {
+                    pid: Some(child.id()),
+                    ..Default::default()
+                },
+                &[],
+            )
+            .unwrap();
+        assert_eq!(reg.reap().unwrap(), vec![dead_run.id]);
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_runs_file_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let err = Registry::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("runs.json") && err.contains("move it away"),
+            "{err}"
+        );
+    }
+}

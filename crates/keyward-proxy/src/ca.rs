@@ -1,0 +1,250 @@
+//! The local CA that signs per-host leaf certificates for TLS interception.
+//!
+//! `<home>/ca/ca.pem` and `ca.key` (0600); `ca/public/ca.pem` and
+//! `ca/public/bundle.pem` (the system roots plus this CA) are what children
+//! are told to trust.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use rustls::ServerConfig;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Leaf certificates kept in memory at most.
+const LEAF_CACHE: usize = 10_000;
+
+/// Why the CA cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A file step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step, naming the file.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Generating or parsing a certificate failed.
+    #[error("{0}")]
+    Cert(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CaError {
+    let what = what.into();
+    move |source| CaError::Io { what, source }
+}
+
+/// The CA and its leaf cache.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    leaf_key: KeyPair,
+    leaf_signing: Arc<dyn rustls::sign::SigningKey>,
+    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    public_dir: PathBuf,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("public_dir", &self.public_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cert_err(e: impl std::fmt::Display) -> CaError {
+    CaError::Cert(e.to_string())
+}
+
+impl CertificateAuthority {
+    /// Loads the CA in `dir`, creating it (ECDSA P-256, 10 years) on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        if !cert_path.exists() {
+            create(dir)?;
+        }
+        let cert_pem = fs::read_to_string(&cert_path)
+            .map_err(io_err(format!("cannot read {}", cert_path.display())))?;
+        let key_pem = fs::read_to_string(&key_path)
+            .map_err(io_err(format!("cannot read {}", key_path.display())))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            CaError::Cert(format!("{} is not a usable key: {e}", key_path.display()))
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
+            CaError::Cert(format!(
+                "{} is not a usable CA certificate: {e}",
+                cert_path.display()
+            ))
+        })?;
+        let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| CaError::Cert(format!("{}: {e}", cert_path.display())))?;
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+        let leaf_signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(
+            &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .map_err(cert_err)?;
+        let public_dir = dir.join("public");
+        write_public(&public_dir, &cert_pem)?;
+        Ok(Self {
+            issuer,
+            ca_der,
+            leaf_key,
+            leaf_signing,
+            leaves: Mutex::new(HashMap::new()),
+            public_dir,
+        })
+    }
+
+    /// `ca/public/ca.pem`.
+    pub fn public_cert_path(&self) -> PathBuf {
+        self.public_dir.join("ca.pem")
+    }
+
+    /// `ca/public/bundle.pem`: system roots plus this CA.
+    pub fn bundle_path(&self) -> PathBuf {
+        self.public_dir.join("bundle.pem")
+    }
+
+    /// A TLS server config presenting a leaf for `host`, minted on first
+    /// use and cached.
+    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let host = host.to_ascii_lowercase();
+        if let Some(cfg) = self
+            .leaves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&host)
+        {
+            return Ok(cfg.clone());
+        }
+        let cfg = Arc::new(self.mint(&host)?);
+        let mut leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
+        if leaves.len() >= LEAF_CACHE {
+            leaves.clear();
+        }
+        leaves.insert(host, cfg.clone());
+        Ok(cfg)
+    }
+
+    fn mint(&self, host: &str) -> Result<ServerConfig, CaError> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.try_into().map_err(cert_err)?),
+        }];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host);
+        params.distinguished_name = dn;
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(86_400)).into();
+        params.not_after = (now + Duration::from_secs(30 * 86_400)).into();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let leaf = params
+            .signed_by(&self.leaf_key, &self.issuer)
+            .map_err(cert_err)?;
+        let chain = vec![leaf.der().clone(), self.ca_der.clone()];
+        let certified = CertifiedKey::new(chain, self.leaf_signing.clone());
+        let mut cfg = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Presents one certificate whatever the SNI: the leaf is minted for the
+/// CONNECT target, which is what the client asked for.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn create(dir: &Path) -> Result<(), CaError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("cannot create {}", dir.display())))?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "keyward local CA");
+    dn.push(DnType::OrganizationName, "keyward");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(86_400)).into();
+    params.not_after = (now + Duration::from_secs(10 * 365 * 86_400)).into();
+    let cert = params.self_signed(&key).map_err(cert_err)?;
+    write_new(&dir.join("ca.key"), key.serialize_pem().as_bytes())?;
+    write_new(&dir.join("ca.pem"), cert.pem().as_bytes())?;
+    Ok(())
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("cannot create {}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(format!("cannot write {}", path.display())))
+}
+
+/// Writes the files children trust: the CA alone and a bundle of the
+/// system roots plus the CA.
+fn write_public(dir: &Path, ca_pem: &str) -> Result<(), CaError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("cannot create {}", dir.display())))?;
+    let mut bundle = String::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        bundle.push_str(&pem("CERTIFICATE", cert.as_ref()));
+    }
+    bundle.push_str(ca_pem);
+    keyward_write(&dir.join("ca.pem"), ca_pem.as_bytes())?;
+    keyward_write(&dir.join("bundle.pem"), bundle.as_bytes())
+}
+
+fn keyward_write(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(io_err(format!("cannot write {}", path.display())))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

@@ -1,0 +1,13 @@
+//! keyward's egress proxy: CONNECT with TLS interception by a local CA,
+//! credential injection toward the hosts a grant names, and scrubbing of
+//! those credentials from responses.
+#![forbid(unsafe_code)]
+
+mod ca;
+mod rules;
+mod scrub;
+mod server;
+
+pub use ca::{CaError, CertificateAuthority};
+pub use rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
+pub use server::{Credential, Proxy, ProxyBody, ProxyError, RunAuthority, RunContext};

@@ -1,0 +1,671 @@
+//! The forward proxy. Phases, after pingora: `request_filter` (run token,
+//! network rules), `upstream_request_filter` (placeholders, injection),
+//! `response_filter` (scrubbing), `logging` (one event per request).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keyward_api::Network;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ca::CertificateAuthority;
+use crate::rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
+use crate::scrub::{Needles, Scrubbed, replace_all};
+
+/// The body type of everything the proxy answers.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One credential of a run, resolved.
+pub struct Credential {
+    /// The grant it comes from.
+    pub grant: String,
+    /// Where it may go.
+    pub hosts: Vec<HostPattern>,
+    /// How.
+    pub inject: Injection,
+    /// The value.
+    pub secret: SecretString,
+    /// The placeholder the child holds instead, if any.
+    pub placeholder: Option<String>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("grant", &self.grant)
+            .field("secret", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    fn applies_to(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.matches(host))
+    }
+}
+
+/// What the proxy knows of a run.
+#[derive(Debug)]
+pub struct RunContext {
+    /// `run_…`.
+    pub run_id: String,
+    /// Network mode.
+    pub network: Network,
+    /// Extra allowed hosts (strict mode).
+    pub allow: Vec<AllowRule>,
+    /// Resolved credentials.
+    pub credentials: Vec<Credential>,
+}
+
+/// Where the proxy learns which run a token belongs to. Called for each
+/// request, so a removed run loses access at once.
+pub trait RunAuthority: Send + Sync + 'static {
+    /// The run holding `token`, if any.
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Arc<RunContext>>>;
+}
+
+/// The proxy.
+pub struct Proxy {
+    ca: Arc<CertificateAuthority>,
+    authority: Arc<dyn RunAuthority>,
+    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>,
+}
+
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProxyError(String);
+
+impl Proxy {
+    /// A proxy signing with `ca`, asking `authority` about tokens, and
+    /// trusting the system roots plus `upstream_ca` upstream.
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        authority: Arc<dyn RunAuthority>,
+        upstream_ca: &[PathBuf],
+    ) -> Result<Self, ProxyError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        for path in upstream_ca {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| {
+                    ProxyError(format!(
+                        "cannot read proxy.upstream_ca {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    ProxyError(format!("bad certificate in {}: {e}", path.display()))
+                })?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new_with_resolver(CheckedResolver);
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Self {
+            ca,
+            authority,
+            client,
+        })
+    }
+
+    /// Accepts connections until `shutdown` completes.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let proxy = self.clone();
+                        tokio::spawn(async move { proxy.connection(stream, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::error!("proxy accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let proxy = self.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.outer(req).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades()
+            .await
+        {
+            tracing::debug!(%peer, "proxy connection ended: {e}");
+        }
+    }
+
+    /// A request on the plain proxy connection: CONNECT or absolute-form.
+    async fn outer(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Some(token) = proxy_token(&req) else {
+            return proxy_auth_required();
+        };
+        let Some(run) = self.authority.authenticate(&token).await else {
+            return proxy_auth_required();
+        };
+        if req.method() == Method::CONNECT {
+            let Some(authority) = req.uri().authority().cloned() else {
+                return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n");
+            };
+            let host = authority.host().to_owned();
+            let port = authority.port_u16().unwrap_or(443);
+            if let Err(blocked) = network_check(&run, &host, port) {
+                log_event(
+                    &run.run_id,
+                    "CONNECT",
+                    &host,
+                    "",
+                    403,
+                    &[],
+                    Some(blocked.rule),
+                );
+                return blocked.response();
+            }
+            let server_config = match self.ca.server_config(&host) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("cannot mint a certificate for {host}: {e}\n"),
+                    );
+                }
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let upgraded = match hyper::upgrade::on(req).await {
+                    Ok(u) => u,
+                    Err(e) => return tracing::debug!("CONNECT upgrade failed: {e}"),
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+                let tls = match acceptor.accept(TokioIo::new(upgraded)).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        return tracing::info!(
+                            host,
+                            "client TLS handshake failed (does it trust the keyward CA?): {e}"
+                        );
+                    }
+                };
+                let svc = service_fn(move |inner: Request<Incoming>| {
+                    let proxy = proxy.clone();
+                    let token = token.clone();
+                    let host = host.clone();
+                    async move {
+                        // Re-check per request: a removed run loses access at once.
+                        let Some(run) = proxy.authority.authenticate(&token).await else {
+                            return Ok::<_, Infallible>(proxy_auth_required());
+                        };
+                        Ok(proxy.forward(&run, "https", &host, port, inner).await)
+                    }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await
+                {
+                    tracing::debug!("intercepted connection ended: {e}");
+                }
+            });
+            return Response::new(empty());
+        }
+        let uri = req.uri().clone();
+        match (uri.scheme_str(), uri.host()) {
+            (Some("http"), Some(host)) => {
+                let host = host.to_owned();
+                let port = uri.port_u16().unwrap_or(80);
+                self.forward(&run, "http", &host, port, req).await
+            }
+            _ => text(
+                StatusCode::BAD_REQUEST,
+                "this is keyward's proxy: send absolute-form http:// requests or CONNECT\n",
+            ),
+        }
+    }
+
+    /// Forwards one request upstream with the run's credentials.
+    async fn forward(
+        &self,
+        run: &RunContext,
+        scheme: &str,
+        host: &str,
+        port: u16,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        if let Err(blocked) = network_check(run, host, port) {
+            log_event(
+                &run.run_id,
+                method.as_str(),
+                host,
+                &path,
+                403,
+                &[],
+                Some(blocked.rule),
+            );
+            return blocked.response();
+        }
+        let (mut parts, body) = req.into_parts();
+
+        // upstream_request_filter: placeholders, then injection.
+        let mut injected: Vec<&str> = Vec::new();
+        let mut path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        for cred in &run.credentials {
+            let Some(placeholder) = &cred.placeholder else {
+                continue;
+            };
+            let in_headers = parts.headers.values().any(|v| {
+                v.as_bytes()
+                    .windows(placeholder.len())
+                    .any(|w| w == placeholder.as_bytes())
+            });
+            let in_uri = path_and_query.contains(placeholder.as_str());
+            if !(in_headers || in_uri) {
+                continue;
+            }
+            if !cred.applies_to(host) {
+                log_event(
+                    &run.run_id,
+                    method.as_str(),
+                    host,
+                    &path,
+                    403,
+                    &[],
+                    Some("placeholder_wrong_host"),
+                );
+                return blocked_response(
+                    "placeholder_wrong_host",
+                    &format!(
+                        "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {host}\n",
+                        cred.grant
+                    ),
+                );
+            }
+            let secret = cred.secret.expose_secret();
+            replace_in_headers(
+                &mut parts.headers,
+                &[(placeholder.as_bytes().to_vec(), secret.as_bytes().to_vec())],
+            );
+            path_and_query = path_and_query.replace(placeholder.as_str(), secret);
+            injected.push(&cred.grant);
+        }
+        for cred in run.credentials.iter().filter(|c| c.applies_to(host)) {
+            let secret = cred.secret.expose_secret();
+            match &cred.inject {
+                Injection::Header { name, format } => {
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(&format.replace("{secret}", secret)),
+                    ) else {
+                        continue;
+                    };
+                    parts.headers.insert(name, value);
+                }
+                Injection::Basic { username } => {
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{secret}"));
+                    if let Ok(value) = HeaderValue::from_str(&format!("Basic {encoded}")) {
+                        parts.headers.insert(header::AUTHORIZATION, value);
+                    }
+                }
+                Injection::Query { param } => {
+                    path_and_query = set_query_param(&path_and_query, param, secret);
+                }
+            }
+            if !injected.contains(&cred.grant.as_str()) {
+                injected.push(&cred.grant);
+            }
+        }
+        parts.headers.remove(header::PROXY_AUTHORIZATION);
+        parts.headers.remove("proxy-connection");
+        let authority = if (scheme == "https" && port == 443) || (scheme == "http" && port == 80) {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        };
+        parts.uri = match Uri::builder()
+            .scheme(scheme)
+            .authority(authority.as_str())
+            .path_and_query(path_and_query.as_str())
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot build the upstream URL: {e}\n"),
+                );
+            }
+        };
+        let upstream_req =
+            Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+
+        let resp = match self.client.request(upstream_req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let why = error_chain(&e);
+                log_event(
+                    &run.run_id,
+                    method.as_str(),
+                    host,
+                    &path,
+                    502,
+                    &injected,
+                    None,
+                );
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("keyward could not reach {authority}: {why}\n"),
+                );
+            }
+        };
+        let status = resp.status();
+        log_event(
+            &run.run_id,
+            method.as_str(),
+            host,
+            &path,
+            status.as_u16(),
+            &injected,
+            None,
+        );
+
+        // response_filter: scrub every injected secret.
+        let needles: Vec<(Vec<u8>, Vec<u8>)> = run
+            .credentials
+            .iter()
+            .filter(|c| injected.contains(&c.grant.as_str()))
+            .map(|c| {
+                let replacement = c
+                    .placeholder
+                    .clone()
+                    .unwrap_or_else(|| "[REDACTED]".to_owned());
+                (
+                    c.secret.expose_secret().as_bytes().to_vec(),
+                    replacement.into_bytes(),
+                )
+            })
+            .collect();
+        let (mut parts, body) = resp.into_parts();
+        if needles.is_empty() {
+            return Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+        }
+        replace_in_headers(&mut parts.headers, &needles);
+        // Lengths change when a secret is replaced.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = Scrubbed::new(body, Needles::new(needles));
+        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+    }
+}
+
+/// Replaces needles in every header value (a value that would become
+/// invalid is left as it was).
+fn replace_in_headers(headers: &mut hyper::HeaderMap, needles: &[(Vec<u8>, Vec<u8>)]) {
+    for value in headers.values_mut() {
+        if let Some(v) = replace_all(value.as_bytes(), needles)
+            .and_then(|replaced| HeaderValue::from_bytes(&replaced).ok())
+        {
+            *value = v;
+        }
+    }
+}
+
+struct Blocked {
+    rule: &'static str,
+    message: String,
+}
+
+impl Blocked {
+    fn response(&self) -> Response<ProxyBody> {
+        blocked_response(self.rule, &self.message)
+    }
+}
+
+fn blocked_response(rule: &str, message: &str) -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::FORBIDDEN, message);
+    if let Ok(v) = HeaderValue::from_str(rule) {
+        resp.headers_mut().insert("x-keyward-blocked", v);
+    }
+    resp
+}
+
+/// request_filter's network rules.
+fn network_check(run: &RunContext, host: &str, port: u16) -> Result<(), Blocked> {
+    if is_metadata(host) {
+        return Err(Blocked {
+            rule: "network.metadata",
+            message: format!(
+                "keyward blocked {host}: cloud metadata endpoints are always denied (they hand out credentials)\n"
+            ),
+        });
+    }
+    if run.network == Network::Strict
+        && !run.allow.iter().any(|a| a.matches(host, port))
+        && !run.credentials.iter().any(|c| c.applies_to(host))
+    {
+        return Err(Blocked {
+            rule: "network.strict",
+            message: format!(
+                "keyward blocked {host}:{port}: this run is in strict network mode and {host} is not allowed; \
+                 rerun with `--allow {host}` or add a grant for it\n"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let encoded = percent_encode(value);
+    let mut parts: Vec<String> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(param))
+        .map(str::to_owned)
+        .collect();
+    parts.push(format!("{param}={encoded}"));
+    format!("{path}?{}", parts.join("&"))
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The run token from `Proxy-Authorization`: Basic (any user name) or Bearer.
+fn proxy_token(req: &Request<Incoming>) -> Option<String> {
+    let value = req
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        return text.split_once(':').map(|(_, token)| token.to_owned());
+    }
+    None
+}
+
+fn proxy_auth_required() -> Response<ProxyBody> {
+    let mut resp = text(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        "keyward's proxy needs a valid run token (Proxy-Authorization); start the program with `keyward run`\n",
+    );
+    resp.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"keyward\""),
+    );
+    resp
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_owned()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// logging: one structured event per request; never a secret.
+fn log_event(
+    run: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    status: u16,
+    injected: &[&str],
+    blocked: Option<&str>,
+) {
+    tracing::info!(
+        target: "keyward::egress",
+        run,
+        method,
+        host,
+        path,
+        status,
+        injected = injected.join(","),
+        blocked = blocked.unwrap_or(""),
+        "egress"
+    );
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// DNS for upstream connections: resolves, then drops link-local
+/// addresses, so a name cannot be rebound to a metadata service. The
+/// connector connects to exactly the addresses returned here.
+#[derive(Clone, Debug)]
+pub struct CheckedResolver;
+
+impl tower_service::Service<Name> for CheckedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| !is_link_local(a.ip()))
+                .collect();
+            if allowed.is_empty() && !addrs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{host} resolves only to link-local addresses (metadata services); denied"
+                    ),
+                ));
+            }
+            Ok(allowed.into_iter())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_set_once_and_encoded() {
+        assert_eq!(set_query_param("/a", "key", "v 1"), "/a?key=v%201");
+        assert_eq!(
+            set_query_param("/a?x=1&key=old", "key", "new"),
+            "/a?x=1&key=new"
+        );
+    }
+}

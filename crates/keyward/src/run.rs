@@ -1,0 +1,96 @@
+//! `keyward run`: register a run, start the program with the proxy and CA
+//! trust in its environment (and no secret), forward signals, unregister,
+//! and exit as the program did.
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use hyper::Method;
+use keyward_api::{CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo};
+use keyward_sys::Signal;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{Cli, NetworkArg, RunArgs};
+use crate::commands::ensure_daemon;
+
+pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
+    let client = ensure_daemon(cli).await?;
+    // Hashes only: the daemon says which variables hold a run secret
+    // without either side showing a value.
+    let env_sha256: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            Some((k, hex::encode(Sha256::digest(v.as_bytes()))))
+        })
+        .collect();
+    let req = CreateRunRequest {
+        grants: args.grants.clone(),
+        allow: args.allow.clone(),
+        network: match args.network {
+            NetworkArg::Permissive => Network::Permissive,
+            NetworkArg::Strict => Network::Strict,
+        },
+        pid: None,
+        label: args.label.clone(),
+        env_sha256,
+    };
+    let created: RunCreated = client.call(Method::POST, "/v1/runs", Some(&req)).await?;
+
+    let mut cmd = tokio::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    for var in &created.drop_env {
+        cmd.env_remove(var);
+    }
+    cmd.envs(&created.env).envs(&created.placeholders);
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = unregister(&client, &created.run_id).await;
+            bail!(
+                "cannot start {}: {e}",
+                std::path::Path::new(&args.command[0]).display()
+            );
+        }
+    };
+    let pid = child
+        .id()
+        .context("the program exited before it could be tracked")?;
+    let _: RunInfo = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/runs/{}", created.run_id),
+            Some(&PatchRunRequest { pid: Some(pid) }),
+        )
+        .await?;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("cannot wait for the program")?,
+            _ = sigint.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Int); }
+            _ = sigterm.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Term); }
+            _ = sighup.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Hup); }
+        }
+    };
+    // The daemon also removes it when the pid dies; say so explicitly.
+    let _ = unregister(&client, &created.run_id).await;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(255)),
+        (None, None) => ExitCode::FAILURE,
+    })
+}
+
+async fn unregister(client: &keyward_api::Client, run_id: &str) -> Result<()> {
+    let _: Result<RunInfo, _> = client
+        .call(Method::DELETE, &format!("/v1/runs/{run_id}"), None::<&()>)
+        .await;
+    Ok(())
+}
