@@ -65,6 +65,9 @@ pub enum Command {
     /// the secrets toward the hosts each grant names. Exits with the
     /// program's status (128+N when killed by signal N).
     Run(RunArgs),
+    /// The local CA that signs the proxy's per-host certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Print the version and git commit (needs no daemon, home or config).
     Version(JsonFlag),
     /// Start, stop or restart the daemon.
@@ -194,6 +197,28 @@ pub enum SecretCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print where the CA certificate and the trust bundle (system roots
+    /// plus the CA) are, starting the daemon (which creates the CA) if needed.
+    Path(JsonFlag),
+    /// Print the CA certificate, for tools that need it installed.
+    Export {
+        /// Output encoding.
+        #[arg(long, value_enum, default_value_t = CaFormat::Pem)]
+        format: CaFormat,
+    },
+}
+
+/// `ca export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaFormat {
+    /// PEM text.
+    Pem,
+    /// Binary DER.
+    Der,
 }
 
 #[derive(Debug, Args)]

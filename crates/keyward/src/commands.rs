@@ -67,6 +67,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
         Command::Run(args) => block_on(run::run(&cli, args)),
+        Command::Ca(cmd) => block_on(run::ca(&cli, cmd)),
         Command::Vault(cmd) => block_on(secrets::vault(&cli, cmd)),
         Command::Secret(cmd) => block_on(secrets::secret(&cli, cmd)),
         Command::Grant(GrantCommand::List(flags)) => block_on(grants::list(&cli, flags.json)),

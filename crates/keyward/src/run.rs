@@ -14,7 +14,7 @@ use keyward_sys::Signal;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{Cli, NetworkArg, RunArgs};
+use crate::cli::{CaCommand, CaFormat, Cli, NetworkArg, RunArgs};
 use crate::commands::ensure_daemon;
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
@@ -86,6 +86,39 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(255)),
         (None, None) => ExitCode::FAILURE,
     })
+}
+
+/// `keyward ca path` / `keyward ca export`.
+pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
+    ensure_daemon(cli).await?;
+    let home = keyward_daemon::home::Home::resolve(cli.home.as_deref())?;
+    let public = home.ca_dir().join("public");
+    let cert = public.join("ca.pem");
+    let bundle = public.join("bundle.pem");
+    match cmd {
+        CaCommand::Path(flags) if flags.json => {
+            println!("{}", serde_json::json!({"ca": cert, "bundle": bundle}))
+        }
+        CaCommand::Path(_) => {
+            println!("{}", cert.display());
+            println!("{}", bundle.display());
+        }
+        CaCommand::Export { format } => {
+            let pem = std::fs::read_to_string(&cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?;
+            match format {
+                CaFormat::Pem => print!("{pem}"),
+                CaFormat::Der => {
+                    use rustls_pki_types::pem::PemObject;
+                    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                        .with_context(|| format!("{} is not a PEM certificate", cert.display()))?;
+                    use std::io::Write;
+                    std::io::stdout().write_all(der.as_ref())?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn unregister(client: &keyward_api::Client, run_id: &str) -> Result<()> {

@@ -523,3 +523,33 @@ fn an_untrusted_upstream_certificate_is_a_502_saying_why() {
     assert!(run.stdout.to_lowercase().contains("certificate"), "{run:?}");
     assert!(upstream.received().is_empty());
 }
+
+#[test]
+fn ca_is_private_and_exportable() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    let paths = home.run(&["ca", "path", "--json"]);
+    assert_eq!(paths.code, 0, "{paths:?}");
+    let v = json(&paths.stdout);
+    let bundle = std::fs::read_to_string(v["bundle"].as_str().unwrap()).unwrap();
+    let pem = home.run(&["ca", "export"]);
+    assert!(
+        pem.stdout.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{pem:?}"
+    );
+    assert!(bundle.ends_with(&pem.stdout), "the bundle ends with the CA");
+    let der = home
+        .cmd(&["ca", "export", "--format", "der"])
+        .output()
+        .unwrap();
+    assert_eq!(der.stdout[0], 0x30, "DER starts with a SEQUENCE");
+    let mode = |p: &str| {
+        std::fs::metadata(home.file(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("ca/ca.key"), 0o600);
+    assert_eq!(mode("ca"), 0o700);
+}

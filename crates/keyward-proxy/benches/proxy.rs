@@ -1,0 +1,287 @@
+//! Proxy figures against a direct connection, measured in the same run and
+//! process: a local HTTPS upstream (hyper + rustls, small responses), a
+//! client speaking HTTP/1.1 keep-alive either directly or through the proxy
+//! (CONNECT, TLS interception with a cached leaf, header injection,
+//! scrubbing), at concurrency 1 and 64; the cost of a new CONNECT + TLS
+//! handshake; and the process's peak RSS (client, proxy and upstream
+//! together, so an upper bound for the proxy).
+//!
+//! Run: `bash bench/proxy.sh` (or `cargo bench -p keyward-proxy --bench proxy`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use keyward_api::Network;
+use keyward_proxy::{
+    CertificateAuthority, Credential, HostPattern, Injection, Proxy, RunAuthority, RunContext,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "bench-token";
+
+struct Fixed(Arc<RunContext>);
+
+impl RunAuthority for Fixed {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
+        let ctx = (token == TOKEN).then(|| self.0.clone());
+        Box::pin(async move { ctx })
+    }
+}
+
+async fn upstream(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_path = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"{\"ok\":true}",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_path)
+}
+
+fn client_tls(ca_pem: &std::path::Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// Opens a keep-alive connection to the upstream, directly or through the
+/// proxy's CONNECT.
+async fn connect(
+    target: SocketAddr,
+    proxy: Option<SocketAddr>,
+    tls: &tokio_rustls::TlsConnector,
+) -> Sender {
+    let mut tcp = TcpStream::connect(proxy.unwrap_or(target)).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    if proxy.is_some() {
+        let req = format!(
+            "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\nProxy-Authorization: Bearer {TOKEN}\r\n\r\n",
+            port = target.port()
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    let tls = tls
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn one(sender: &mut Sender, port: u16) -> Duration {
+    let req = Request::get("/bench")
+        .header("host", format!("localhost:{port}"))
+        .body(Empty::new())
+        .unwrap();
+    let t = Instant::now();
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.into_body().collect().await.unwrap();
+    t.elapsed()
+}
+
+struct Figures {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn load(
+    target: SocketAddr,
+    proxy: Option<SocketAddr>,
+    tls: &tokio_rustls::TlsConnector,
+    concurrency: usize,
+    per_conn: usize,
+) -> Figures {
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        let mut s = connect(target, proxy, tls).await;
+        one(&mut s, target.port()).await; // warm
+        senders.push(s);
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_conn);
+                for _ in 0..per_conn {
+                    lat.push(one(&mut s, target.port()).await);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Figures {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn rss_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, upstream_ca) = upstream(dir.path()).await;
+        let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
+        let ctx = RunContext {
+            run_id: "run_bench".into(),
+            network: Network::Permissive,
+            allow: vec![],
+            credentials: vec![Credential {
+                grant: "bench".into(),
+                hosts: vec![HostPattern::parse("localhost").unwrap()],
+                inject: Injection::Header { name: "authorization".into(), format: "Bearer {secret}".into() },
+                secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
+                placeholder: None,
+            }],
+        };
+        let proxy = Arc::new(Proxy::new(ca, Arc::new(Fixed(Arc::new(ctx))), &[upstream_ca.clone()]).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        tokio::spawn(proxy.serve(listener, std::future::pending()));
+
+        let direct_tls = client_tls(&upstream_ca);
+        let proxied_tls = client_tls(&dir.path().join("ca/public/ca.pem"));
+        let rss_before = rss_kb("VmRSS:");
+
+        println!("keyward proxy bench: HTTPS, HTTP/1.1 keep-alive, small responses (one process, 2 cores shared)");
+        for (concurrency, per_conn) in [(1usize, 5000usize), (64, 200)] {
+            let direct = load(target, None, &direct_tls, concurrency, per_conn).await;
+            let proxied = load(target, Some(proxy_addr), &proxied_tls, concurrency, per_conn).await;
+            println!("concurrency {concurrency:>2}:");
+            println!("  direct           {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us", direct.rps, us(direct.p50), us(direct.p99));
+            println!("  through keyward  {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us", proxied.rps, us(proxied.p50), us(proxied.p99));
+            println!(
+                "  ratio b/a        throughput {:.2}x   added p50 {:+.1} us",
+                proxied.rps / direct.rps,
+                us(proxied.p50) - us(direct.p50)
+            );
+        }
+
+        let n = 200;
+        let mut direct_new = Vec::new();
+        let mut proxied_new = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            let mut s = connect(target, None, &direct_tls).await;
+            one(&mut s, target.port()).await;
+            direct_new.push(t.elapsed());
+            let t = Instant::now();
+            let mut s = connect(target, Some(proxy_addr), &proxied_tls).await;
+            one(&mut s, target.port()).await;
+            proxied_new.push(t.elapsed());
+        }
+        direct_new.sort();
+        proxied_new.sort();
+        println!(
+            "new connection + first request (median of {n}): direct {:.0} us, through keyward (CONNECT + TLS, cached leaf) {:.0} us, ratio {:.2}",
+            us(direct_new[n / 2]),
+            us(proxied_new[n / 2]),
+            proxied_new[n / 2].as_secs_f64() / direct_new[n / 2].as_secs_f64()
+        );
+        println!(
+            "process RSS: {:.1} MB before load, peak {:.1} MB (client + proxy + upstream together)",
+            rss_before as f64 / 1024.0,
+            rss_kb("VmHWM:") as f64 / 1024.0
+        );
+    });
+}
