@@ -234,7 +234,7 @@ fn main() {
                 placeholder: None,
             }],
         };
-        let proxy = Arc::new(Proxy::new(ca, Arc::new(Fixed(Arc::new(ctx))), &[upstream_ca.clone()]).unwrap());
+        let proxy = Arc::new(Proxy::new(ca, Arc::new(Fixed(Arc::new(ctx))), std::slice::from_ref(&upstream_ca)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener, std::future::pending()));
