@@ -364,6 +364,9 @@ pub struct StatusReport {
     /// When not running: what was found, for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The egress proxy's port on 127.0.0.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_port: Option<u16>,
     /// The vault's state (`uninitialized`, `sealed`, `unsealed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vault_state: Option<String>,
@@ -422,6 +425,7 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
         stale_pid: None,
         stale_socket: false,
         detail: None,
+        proxy_port: None,
         vault_state: None,
         vault_mode: None,
         protection: None,
@@ -434,8 +438,10 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
             started_at,
             uptime_s,
             capabilities,
+            proxy_port,
             ..
         }) => {
+            report.proxy_port = proxy_port;
             report.running = true;
             report.pid = Some(pid);
             report.version = Some(version);

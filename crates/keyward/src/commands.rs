@@ -187,6 +187,9 @@ fn print_status(r: &StatusReport) {
     );
     println!("  socket:     {}", r.socket.display());
     println!("  home:       {}", r.home.display());
+    if let Some(port) = r.proxy_port {
+        println!("  proxy:      127.0.0.1:{port}");
+    }
     if let Some(state) = &r.vault_state {
         match &r.vault_mode {
             Some(mode) => println!("  vault:      {state} ({mode})"),
