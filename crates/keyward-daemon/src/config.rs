@@ -49,6 +49,9 @@ pub struct ProxyConfig {
     pub listen: String,
     /// Extra CA certificates (PEM files) trusted for upstream servers.
     pub upstream_ca: Vec<PathBuf>,
+    /// Request bodies up to this many bytes are buffered so placeholders in
+    /// them can be swapped; a larger body carrying a placeholder gets 413.
+    pub max_substitution_body: usize,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +59,7 @@ impl Default for ProxyConfig {
         Self {
             listen: "127.0.0.1:0".to_owned(),
             upstream_ca: Vec::new(),
+            max_substitution_body: 1 << 20,
         }
     }
 }

@@ -126,6 +126,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map(|a| a.port())
         .unwrap_or_default();
     let upstream_ca = opts.config.config.proxy.upstream_ca.clone();
+    let max_substitution_body = opts.config.config.proxy.max_substitution_body;
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());
@@ -143,7 +144,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         ca: ca.clone(),
         proxy_port,
     });
-    let proxy = match Proxy::new(ca, state.authority.clone(), &upstream_ca) {
+    let proxy = match Proxy::with_limits(
+        ca,
+        state.authority.clone(),
+        &upstream_ca,
+        max_substitution_body,
+    ) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             pid_lock.release();

@@ -89,6 +89,7 @@ pub trait RunAuthority: Send + Sync + 'static {
 
 /// The proxy.
 pub struct Proxy {
+    max_substitution_body: usize,
     ca: Arc<CertificateAuthority>,
     authority: Arc<dyn RunAuthority>,
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>,
@@ -106,6 +107,18 @@ impl Proxy {
         ca: Arc<CertificateAuthority>,
         authority: Arc<dyn RunAuthority>,
         upstream_ca: &[PathBuf],
+    ) -> Result<Self, ProxyError> {
+        Self::with_limits(ca, authority, upstream_ca, 1 << 20)
+    }
+
+    /// Like [`Proxy::new`], with `proxy.max_substitution_body`: request
+    /// bodies up to this size are buffered so placeholders in them can be
+    /// swapped; a larger body that contains a placeholder is refused (413).
+    pub fn with_limits(
+        ca: Arc<CertificateAuthority>,
+        authority: Arc<dyn RunAuthority>,
+        upstream_ca: &[PathBuf],
+        max_substitution_body: usize,
     ) -> Result<Self, ProxyError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -139,6 +152,7 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(connector);
         Ok(Self {
+            max_substitution_body,
             ca,
             authority,
             client,
@@ -387,11 +401,48 @@ impl Proxy {
                 );
             }
         };
-        let upstream_req =
-            Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+        let body = match self.request_body(run, host, &mut parts, body).await {
+            Ok((body, body_injected)) => {
+                for grant in body_injected {
+                    if !injected.contains(&grant) {
+                        injected.push(grant);
+                    }
+                }
+                body
+            }
+            Err(refusal) => {
+                let status = refusal.status().as_u16();
+                log_event(
+                    &run.run_id,
+                    method.as_str(),
+                    host,
+                    &path,
+                    status,
+                    &[],
+                    Some("placeholder_body"),
+                );
+                return refusal;
+            }
+        };
+        let upstream_req = Request::from_parts(parts, body);
 
         let resp = match self.client.request(upstream_req).await {
             Ok(resp) => resp,
+            Err(e) if is_large_body_refusal(&e) => {
+                log_event(
+                    &run.run_id,
+                    method.as_str(),
+                    host,
+                    &path,
+                    413,
+                    &[],
+                    Some("placeholder_body"),
+                );
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &large_body_message(self.max_substitution_body),
+                );
+            }
             Err(e) => {
                 let why = error_chain(&e);
                 log_event(
@@ -445,6 +496,227 @@ impl Proxy {
         parts.headers.remove(header::CONTENT_LENGTH);
         let body = Scrubbed::new(body, Needles::new(needles));
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+    }
+}
+
+impl Proxy {
+    /// Request bodies: swap placeholders of credentials that apply to
+    /// `host`; refuse a placeholder of any other credential (403); refuse a
+    /// placeholder in a body too large to buffer (413). Bodiless requests
+    /// and runs without placeholders pass through untouched.
+    async fn request_body<'r>(
+        &self,
+        run: &'r RunContext,
+        host: &str,
+        parts: &mut hyper::http::request::Parts,
+        body: Incoming,
+    ) -> Result<(ProxyBody, Vec<&'r str>), Response<ProxyBody>> {
+        use hyper::body::Body as _;
+        let placeholders: Vec<&Credential> = run
+            .credentials
+            .iter()
+            .filter(|c| c.placeholder.is_some())
+            .collect();
+        if placeholders.is_empty() || body.is_end_stream() {
+            return Ok((
+                body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                Vec::new(),
+            ));
+        }
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        let mut complete = false;
+        while buf.len() <= self.max_substitution_body {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("keyward could not read the request body: {e}\n"),
+                    ));
+                }
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        let all_needles: Vec<Vec<u8>> = placeholders
+            .iter()
+            .filter_map(|c| c.placeholder.as_ref().map(|p| p.as_bytes().to_vec()))
+            .collect();
+        if !complete {
+            // Too large to buffer: stream it, but fail the upload if a
+            // placeholder appears, before its last byte leaves.
+            let prefix = buf.freeze();
+            // The length is unchanged: nothing is substituted on this path.
+            let guarded = Guarded::new(prefix, body, Arc::new(all_needles));
+            return Ok((guarded.boxed(), Vec::new()));
+        }
+        let mut bytes = buf.to_vec();
+        let mut used = Vec::new();
+        for cred in placeholders {
+            let Some(placeholder) = &cred.placeholder else {
+                continue;
+            };
+            let found = bytes
+                .windows(placeholder.len())
+                .any(|w| w == placeholder.as_bytes());
+            if !found {
+                continue;
+            }
+            if !cred.applies_to(host) {
+                return Err(blocked_response(
+                    "placeholder_wrong_host",
+                    &format!(
+                        "keyward refused this request: its body carries the placeholder of grant {}, whose secret may not go to {host}\n",
+                        cred.grant
+                    ),
+                ));
+            }
+            let needle = [(
+                placeholder.as_bytes().to_vec(),
+                cred.secret.expose_secret().as_bytes().to_vec(),
+            )];
+            if let Some(replaced) = replace_all(&bytes, &needle) {
+                bytes = replaced;
+            }
+            used.push(cred.grant.as_str());
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        if let Ok(len) = HeaderValue::from_str(&bytes.len().to_string()) {
+            parts.headers.insert(header::CONTENT_LENGTH, len);
+        }
+        Ok((
+            Full::new(Bytes::from(bytes))
+                .map_err(|never| match never {})
+                .boxed(),
+            used,
+        ))
+    }
+}
+
+fn large_body_message(max: usize) -> String {
+    format!(
+        "keyward refused this request: its body is over proxy.max_substitution_body ({max} bytes) and \
+         carries a placeholder, which would have been sent unreplaced; send a smaller body or raise the limit\n"
+    )
+}
+
+/// The error a [`Guarded`] body fails with.
+#[derive(Debug)]
+struct PlaceholderInLargeBody;
+
+impl std::fmt::Display for PlaceholderInLargeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a placeholder in a request body over proxy.max_substitution_body")
+    }
+}
+
+impl std::error::Error for PlaceholderInLargeBody {}
+
+fn is_large_body_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<PlaceholderInLargeBody>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// Streams a large request body, failing it if a placeholder appears; a
+/// carry of one byte less than the longest placeholder is held back so a
+/// whole placeholder never leaves.
+struct Guarded {
+    prefix: Option<Bytes>,
+    inner: Incoming,
+    needles: Arc<Vec<Vec<u8>>>,
+    carry: Vec<u8>,
+    keep: usize,
+    done: bool,
+}
+
+impl Guarded {
+    fn new(prefix: Bytes, inner: Incoming, needles: Arc<Vec<Vec<u8>>>) -> Self {
+        let keep = needles
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        Self {
+            prefix: Some(prefix),
+            inner,
+            needles,
+            carry: Vec::new(),
+            keep,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, data: &[u8]) -> Result<Option<Bytes>, BoxError> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(data);
+        if self
+            .needles
+            .iter()
+            .any(|n| buf.windows(n.len()).any(|w| w == n.as_slice()))
+        {
+            return Err(Box::new(PlaceholderInLargeBody));
+        }
+        let split = buf.len().saturating_sub(self.keep);
+        self.carry = buf.split_off(split);
+        Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
+    }
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use hyper::body::Frame;
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            match this.check(&prefix) {
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+        loop {
+            if this.done {
+                if this.carry.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let rest = std::mem::take(&mut this.carry);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        match this.check(&data) {
+                            Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                            Ok(None) => {}
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

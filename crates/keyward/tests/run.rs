@@ -553,3 +553,67 @@ fn ca_is_private_and_exportable() {
     assert_eq!(mode("ca/ca.key"), 0o600);
     assert_eq!(mode("ca"), 0o700);
 }
+
+#[test]
+fn placeholders_in_request_bodies_are_swapped_refused_or_too_large() {
+    let (home, upstream) = setup("");
+    // A small body: swapped toward the granted host.
+    let url = upstream.url("/body");
+    let run = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--",
+        "sh",
+        "-c",
+        &format!("curl -sS -X POST --data \"{{\\\"token\\\":\\\"$LOCAL_TOKEN\\\"}}\" {url}"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = upstream.received();
+    assert_eq!(got[0]["body"], format!("{{\"token\":\"{SECRET}\"}}"));
+    assert!(!run.stdout.contains(SECRET), "echo is scrubbed: {run:?}");
+
+    // Toward another host: refused.
+    let other = format!("https://127.0.0.1:{}/body", upstream.port);
+    let run = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--",
+        "sh",
+        "-c",
+        &format!("curl -sk -D - -X POST --data \"x=$LOCAL_TOKEN\" {other}"),
+    ]);
+    assert!(
+        run.stdout
+            .contains("x-keyward-blocked: placeholder_wrong_host"),
+        "{run:?}"
+    );
+
+    // Over the limit with a placeholder at the end: 413, never forwarded.
+    let big = home.path.parent().unwrap().join("big.txt");
+    let run = home.run(&[
+        "run", "--grant", "local", "--", "sh", "-c",
+        &format!(
+            "head -c 2000000 /dev/zero | tr '\\0' a > {b}; printf '%s' \"$LOCAL_TOKEN\" >> {b}; curl -sS -w '\\n%{{http_code}}' -X POST --data-binary @{b} {url}",
+            b = big.display()
+        ),
+    ]);
+    assert!(run.stdout.ends_with("413"), "{run:?}");
+    assert!(run.stdout.contains("max_substitution_body"), "{run:?}");
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "the large body never arrived whole"
+    );
+
+    // A large body without a placeholder streams through.
+    let run = home.run(&[
+        "run", "--grant", "local", "--", "sh", "-c",
+        &format!(
+            "head -c 3000000 /dev/zero | tr '\\0' b > {b}; curl -sS -o /dev/null -w '%{{http_code}}' -X POST --data-binary @{b} {url}",
+            b = big.display()
+        ),
+    ]);
+    assert_eq!(run.stdout, "200", "{run:?}");
+}
