@@ -52,6 +52,20 @@ pub struct ProxyConfig {
     /// Request bodies up to this many bytes are buffered so placeholders in
     /// them can be swapped; a larger body carrying a placeholder gets 413.
     pub max_substitution_body: usize,
+    /// `all`: intercept every tunnel (policy sees every request);
+    /// `granted`: only tunnels to hosts a grant of the run names, relaying
+    /// the others byte for byte after the network check.
+    pub intercept: InterceptMode,
+}
+
+/// `proxy.intercept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterceptMode {
+    /// Every tunnel.
+    All,
+    /// Only granted hosts.
+    Granted,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +74,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:0".to_owned(),
             upstream_ca: Vec::new(),
             max_substitution_body: 1 << 20,
+            intercept: InterceptMode::All,
         }
     }
 }

@@ -10,4 +10,6 @@ mod server;
 
 pub use ca::{CaError, CertificateAuthority};
 pub use rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
-pub use server::{Credential, Proxy, ProxyBody, ProxyError, RunAuthority, RunContext};
+pub use server::{
+    Credential, Intercept, Proxy, ProxyBody, ProxyError, ProxyOptions, RunAuthority, RunContext,
+};

@@ -89,10 +89,40 @@ pub trait RunAuthority: Send + Sync + 'static {
 
 /// The proxy.
 pub struct Proxy {
-    max_substitution_body: usize,
+    options: ProxyOptions,
     ca: Arc<CertificateAuthority>,
     authority: Arc<dyn RunAuthority>,
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>,
+}
+
+/// Which CONNECT tunnels are intercepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Intercept {
+    /// Every tunnel: policy sees every request.
+    #[default]
+    All,
+    /// Only tunnels to hosts a grant of the run names; others are relayed
+    /// byte for byte after the network check.
+    Granted,
+}
+
+/// Proxy settings beyond its collaborators.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyOptions {
+    /// Request bodies up to this size are buffered so placeholders in them
+    /// can be swapped; a larger body that carries one is refused (413).
+    pub max_substitution_body: usize,
+    /// Which tunnels are intercepted.
+    pub intercept: Intercept,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            max_substitution_body: 1 << 20,
+            intercept: Intercept::All,
+        }
+    }
 }
 
 /// Why the proxy could not be built.
@@ -108,17 +138,15 @@ impl Proxy {
         authority: Arc<dyn RunAuthority>,
         upstream_ca: &[PathBuf],
     ) -> Result<Self, ProxyError> {
-        Self::with_limits(ca, authority, upstream_ca, 1 << 20)
+        Self::with_options(ca, authority, upstream_ca, ProxyOptions::default())
     }
 
-    /// Like [`Proxy::new`], with `proxy.max_substitution_body`: request
-    /// bodies up to this size are buffered so placeholders in them can be
-    /// swapped; a larger body that contains a placeholder is refused (413).
-    pub fn with_limits(
+    /// Like [`Proxy::new`], with explicit [`ProxyOptions`].
+    pub fn with_options(
         ca: Arc<CertificateAuthority>,
         authority: Arc<dyn RunAuthority>,
         upstream_ca: &[PathBuf],
-        max_substitution_body: usize,
+        options: ProxyOptions,
     ) -> Result<Self, ProxyError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -152,7 +180,7 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(connector);
         Ok(Self {
-            max_substitution_body,
+            options,
             ca,
             authority,
             client,
@@ -220,6 +248,12 @@ impl Proxy {
                     Some(blocked.rule),
                 );
                 return blocked.response();
+            }
+            if self.options.intercept == Intercept::Granted
+                && !run.credentials.iter().any(|c| c.applies_to(&host))
+            {
+                log_event(&run.run_id, "CONNECT", &host, "", 200, &[], None);
+                return tunnel(req, host, port).await;
             }
             let server_config = match self.ca.server_config(&host) {
                 Ok(cfg) => cfg,
@@ -440,7 +474,7 @@ impl Proxy {
                 );
                 return text(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &large_body_message(self.max_substitution_body),
+                    &large_body_message(self.options.max_substitution_body),
                 );
             }
             Err(e) => {
@@ -526,7 +560,7 @@ impl Proxy {
         let mut body = body;
         let mut buf = bytes::BytesMut::new();
         let mut complete = false;
-        while buf.len() <= self.max_substitution_body {
+        while buf.len() <= self.options.max_substitution_body {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -732,6 +766,50 @@ fn replace_in_headers(headers: &mut hyper::HeaderMap, needles: &[(Vec<u8>, Vec<u
     }
 }
 
+/// Relays a CONNECT tunnel byte for byte to `host:port`, connecting to an
+/// address the resolver checked.
+async fn tunnel(req: Request<Incoming>, host: String, port: u16) -> Response<ProxyBody> {
+    let addrs = match resolve_checked(&host).await {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                &format!("keyward could not resolve {host}: {e}\n"),
+            );
+        }
+    };
+    let mut upstream = None;
+    let mut last_err = None;
+    for mut addr in addrs {
+        addr.set_port(port);
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                upstream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some(mut upstream) = upstream else {
+        let why = last_err.map_or("no address".to_owned(), |e| e.to_string());
+        return text(
+            StatusCode::BAD_GATEWAY,
+            &format!("keyward could not reach {host}:{port}: {why}\n"),
+        );
+    };
+    let _ = upstream.set_nodelay(true);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+        }
+    });
+    Response::new(empty())
+}
+
 struct Blocked {
     rule: &'static str,
     message: String,
@@ -888,6 +966,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Resolves `host`, dropping link-local addresses; a name that resolves
+/// only to such addresses is an error.
+async fn resolve_checked(host: &str) -> std::io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let allowed: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| !is_link_local(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{host} resolves only to link-local addresses (metadata services); denied"),
+        ));
+    }
+    Ok(allowed)
 }
 
 /// DNS for upstream connections: resolves, then drops link-local

@@ -114,15 +114,16 @@ impl Upstream {
     }
 }
 
-/// A home with a `local` grant for localhost and the upstream's CA trusted.
-fn setup(extra_config: &str) -> (TestHome, Upstream) {
+/// A home with a `local` grant for localhost and the upstream's CA trusted;
+/// `proxy_extra` goes into the `[proxy]` table.
+fn setup(proxy_extra: &str) -> (TestHome, Upstream) {
     let home = TestHome::new();
     std::fs::create_dir_all(&home.path).unwrap();
     let upstream = Upstream::start(home.path.parent().unwrap());
     std::fs::write(
         home.file("keyward.toml"),
         format!(
-            "[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n{extra_config}",
+            "[proxy]\nupstream_ca = [\"{}\"]\n{proxy_extra}\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n",
             upstream.ca.display()
         ),
     )
@@ -616,4 +617,59 @@ fn placeholders_in_request_bodies_are_swapped_refused_or_too_large() {
         ),
     ]);
     assert_eq!(run.stdout, "200", "{run:?}");
+}
+
+#[test]
+fn intercept_granted_relays_other_hosts_untouched() {
+    let (home, upstream) = setup("intercept = \"granted\"");
+    // 127.0.0.1 is not a granted host: the tunnel is relayed byte for byte,
+    // so the client sees the upstream's own certificate, not a keyward leaf.
+    let url = format!("https://127.0.0.1:{}/raw", upstream.port);
+    let run = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-k",
+        &url,
+    ]);
+    assert_eq!(run.stdout, "200", "{run:?}");
+    let issuer = home.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        &format!("curl -sk -v {url} 2>&1 | grep -i 'issuer:'"),
+    ]);
+    assert!(
+        issuer.stdout.to_lowercase().contains("issuer:"),
+        "{issuer:?}"
+    );
+    assert!(!issuer.stdout.contains("keyward local CA"), "{issuer:?}");
+    assert!(
+        upstream.received()[0]["headers"]
+            .get("authorization")
+            .is_none()
+    );
+    // The granted host is still intercepted and injected.
+    let run = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--",
+        "curl",
+        "-sS",
+        &upstream.url("/inj"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        upstream.received()[2]["headers"]["authorization"],
+        format!("Bearer {SECRET}")
+    );
 }
