@@ -673,3 +673,41 @@ fn intercept_granted_relays_other_hosts_untouched() {
         format!("Bearer {SECRET}")
     );
 }
+
+#[test]
+fn two_hundred_concurrent_clients_see_no_error() {
+    let (home, upstream) = setup("");
+    let script = format!(
+        r#"
+import http.client, os, ssl, threading, urllib.parse
+proxy = urllib.parse.urlparse(os.environ["HTTPS_PROXY"])
+auth = "Bearer " + proxy.password
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+errors, ok = [], [0]
+lock = threading.Lock()
+def client():
+    try:
+        conn = http.client.HTTPSConnection(proxy.hostname, proxy.port, context=ctx, timeout=60)
+        conn.set_tunnel("localhost", {port}, headers={{"Proxy-Authorization": auth}})
+        for i in range(100):
+            conn.request("GET", "/c")
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200 or b"Bearer kw_ph_" not in body:
+                raise Exception("status %d" % r.status)
+            with lock:
+                ok[0] += 1
+    except Exception as e:
+        with lock:
+            errors.append(repr(e))
+threads = [threading.Thread(target=client) for _ in range(200)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(ok[0], len(errors), errors[:3])
+"#,
+        port = upstream.port
+    );
+    let run = home.run(&["run", "--grant", "local", "--", "python3", "-c", &script]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("20000 0 []"), "{run:?}");
+}
