@@ -33,3 +33,19 @@ pub const VERSION_LINE: &str = concat!(
     env!("KEYWARD_COMMIT"),
     ")"
 );
+
+/// An error and its sources on one line, each cause once (typed errors
+/// often repeat their source in their own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -478,7 +478,7 @@ impl Proxy {
                 );
             }
             Err(e) => {
-                let why = error_chain(&e);
+                let why = keyward_api::error_chain(&e);
                 log_event(
                     &run.run_id,
                     method.as_str(),
@@ -952,20 +952,6 @@ fn log_event(
         blocked = blocked.unwrap_or(""),
         "egress"
     );
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Resolves `host`, dropping link-local addresses; a name that resolves

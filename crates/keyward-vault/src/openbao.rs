@@ -160,7 +160,7 @@ impl OpenBao {
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| unreachable(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(keyward_api::error_chain(&e)))?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -342,20 +342,6 @@ fn errors_of(body: &[u8]) -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "no error text".to_owned())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

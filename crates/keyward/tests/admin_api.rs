@@ -145,7 +145,7 @@ fn another_uid_is_refused() {
         "{run:?}"
     );
     assert!(
-        wait_for(Duration::from_secs(5), || home
+        wait_for(Duration::from_secs(15), || home
             .log()
             .contains("refused admin connection: uid 65534")),
         "{}",

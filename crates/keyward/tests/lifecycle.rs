@@ -327,7 +327,7 @@ fn sighup_reloads_good_config_and_keeps_old_on_bad() {
         .contains("config reloaded")));
     home.http("GET", "/v1/health", None);
     assert!(
-        wait_for(Duration::from_secs(5), || home
+        wait_for(Duration::from_secs(15), || home
             .log()
             .contains("admin request")),
         "{}",
@@ -347,7 +347,7 @@ fn sighup_reloads_good_config_and_keeps_old_on_bad() {
     // Still on the debug filter of the last good config.
     let before = home.log().matches("admin request").count();
     home.http("GET", "/v1/health", None);
-    assert!(wait_for(Duration::from_secs(5), || home
+    assert!(wait_for(Duration::from_secs(15), || home
         .log()
         .matches("admin request")
         .count()
@@ -401,13 +401,15 @@ fn sigterm_lets_an_in_flight_request_finish_and_idle_keepalives_do_not_delay() {
     std::thread::sleep(Duration::from_millis(100));
 
     signal(pid, "TERM");
-    assert!(wait_for(Duration::from_secs(5), || !home.socket().exists()));
+    assert!(wait_for(Duration::from_secs(15), || !home
+        .socket()
+        .exists()));
     assert!(alive(pid), "the daemon must wait for the in-flight request");
     busy.write_all(&body.as_bytes()[5..]).unwrap();
     let mut resp = String::new();
     busy.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(wait_for(Duration::from_secs(5), || !alive(pid)));
+    assert!(wait_for(Duration::from_secs(15), || !alive(pid)));
     assert!(!home.pid_file().exists());
 }
 
