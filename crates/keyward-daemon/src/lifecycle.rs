@@ -20,7 +20,7 @@ use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
-use crate::run_routes::Authority;
+use crate::run_routes::{self, Authority};
 use crate::runs::Registry;
 use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, build_resolver, router};
 use crate::vault_routes::open_at_start;
@@ -176,6 +176,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             .into_future(),
     );
 
+    for run in state.runs.list() {
+        if let Some(pid) = run.pid {
+            run_routes::watch_exit(&state, pid);
+        }
+    }
     notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     tracing::info!(
         pid = std::process::id(),
@@ -202,7 +207,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             _ = sighup.recv() => reload(&state),
             _ = seal_check.tick() => seal_if_idle(&vault, current.config.vault.idle_seal),
             _ = reap_check.tick() => {
-                reap_runs(&state);
+                run_routes::reap(&state);
                 // Live runs keep the daemon from idling out.
                 if !state.runs.is_empty() {
                     activity.touch_now();
@@ -242,24 +247,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// How often runs whose process exited are removed. Polling: a pidfd per
-/// run would make this event-driven.
-const REAP_PERIOD: Duration = Duration::from_millis(200);
-
-fn reap_runs(state: &AppState) {
-    match state.runs.reap() {
-        Ok(ended) => {
-            for id in ended {
-                state.authority.forget(&id);
-                tracing::info!(
-                    run = id,
-                    "run ended: its process exited; its token is revoked"
-                );
-            }
-        }
-        Err(e) => tracing::error!("{e}"),
-    }
-}
+/// How often runs are checked for exited processes: the fallback for
+/// kernels without pidfd (each run with a pid is watched by a pidfd).
+const REAP_PERIOD: Duration = Duration::from_secs(1);
 
 /// Binds the proxy. With port 0, the port picked on first start is
 /// persisted and bound again, so children keep a working proxy URL across

@@ -133,6 +133,47 @@ impl RunAuthority for Authority {
     }
 }
 
+/// Removes runs whose process exited, revoking their tokens.
+pub(crate) fn reap(state: &AppState) {
+    match state.runs.reap() {
+        Ok(ended) => {
+            for id in ended {
+                state.authority.forget(&id);
+                tracing::info!(
+                    run = id,
+                    "run ended: its process exited; its token is revoked"
+                );
+            }
+        }
+        Err(e) => tracing::error!("{e}"),
+    }
+}
+
+/// Reaps as soon as `pid` exits, woken by a pidfd; without pidfd the
+/// periodic check in the lifecycle loop does it.
+pub(crate) fn watch_exit(state: &Arc<AppState>, pid: u32) {
+    let fd = match keyward_sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(pid, "no pidfd ({e}); run liveness falls back to polling");
+            return;
+        }
+    };
+    let state = Arc::downgrade(state);
+    tokio::spawn(async move {
+        if let Err(e) = keyward_sys::pidfd_exited(fd).await {
+            tracing::debug!(
+                pid,
+                "pidfd wait failed ({e}); liveness falls back to polling"
+            );
+            return;
+        }
+        if let Some(state) = state.upgrade() {
+            reap(&state);
+        }
+    });
+}
+
 fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>, ApiError> {
     let grants = state.config().config.grants().map_err(|(k, m)| {
         ApiError::new(
@@ -244,6 +285,9 @@ pub(crate) async fn create(
             return Err(e);
         }
     };
+    if let Some(pid) = run.pid {
+        watch_exit(&state, pid);
+    }
     let port = state.proxy_port;
     let proxy_url = format!("http://run:{token}@127.0.0.1:{port}");
     tracing::info!(run = run.id, grants = run.grants.join(","), pid = ?run.pid, "run registered");
@@ -336,11 +380,14 @@ pub(crate) async fn patch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunInfo>, ApiError> {
     let req: PatchRunRequest = json_body(body)?;
-    state
+    let run = state
         .runs
         .set_pid(&id, req.pid)?
-        .map(|r| Json(r.info()))
-        .ok_or_else(|| not_found(&id))
+        .ok_or_else(|| not_found(&id))?;
+    if let Some(pid) = run.pid {
+        watch_exit(&state, pid);
+    }
+    Ok(Json(run.info()))
 }
 
 pub(crate) async fn remove(

@@ -8,4 +8,7 @@ mod harden;
 mod process;
 
 pub use harden::{HardeningReport, MlockOutcome, harden_process, set_private_umask};
-pub use process::{Signal, effective_uid, new_session_on_spawn, process_exists, send_signal};
+pub use process::{
+    Signal, effective_uid, new_session_on_spawn, pidfd_exited, pidfd_open, process_exists,
+    send_signal,
+};

@@ -75,6 +75,34 @@ fn is_zombie(pid: u32) -> bool {
         .is_some_and(|state| state == 'Z' || state == 'X')
 }
 
+/// Opens a pidfd for `pid` (Linux 5.3+): it becomes readable when the
+/// process exits, so a waiter needs no polling.
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = checked_pid(pid)?;
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new
+    // file descriptor that nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits, without polling, until the process behind `pidfd` exits.
+pub async fn pidfd_exited(pidfd: std::os::fd::OwnedFd) -> io::Result<()> {
+    // SAFETY: `pidfd` is an open descriptor we own; the AsyncFd takes it
+    // over and keeps it open, unchanged, until the AsyncFd is dropped.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)?;
+    let _ready = fd.readable().await?;
+    Ok(())
+}
+
 /// The effective uid of this process.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.
@@ -119,6 +147,23 @@ mod tests {
         assert!(!process_exists(child.id()));
         let status = child.wait().unwrap();
         assert!(!status.success());
+    }
+
+    #[test]
+    fn pidfd_becomes_readable_when_the_process_exits() {
+        use std::os::fd::AsRawFd;
+        let mut child = Command::new("sleep").arg("0.1").spawn().unwrap();
+        let fd = pidfd_open(child.id()).unwrap();
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, 5 s timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(n, 1, "pidfd not readable after exit");
+        child.wait().unwrap();
+        assert!(pidfd_open(0).is_err());
     }
 
     #[test]
