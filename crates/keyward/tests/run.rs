@@ -22,6 +22,16 @@ cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def reply(self):
+        if self.path.startswith("/big/"):
+            size = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("content-length", str(size))
+            self.end_headers()
+            chunk = b"x" * 65536
+            while size > 0:
+                self.wfile.write(chunk[:size])
+                size -= len(chunk)
+            return
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n).decode() if n else ""
         rec = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
@@ -711,4 +721,34 @@ print(ok[0], len(errors), errors[:3])
     let run = home.run(&["run", "--grant", "local", "--", "python3", "-c", &script]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.starts_with("20000 0 []"), "{run:?}");
+}
+
+#[test]
+fn a_100_mib_download_streams_in_bounded_memory() {
+    let (home, upstream) = setup("");
+    let size = 100 * 1024 * 1024;
+    // Through interception, injection and scrubbing (the grant applies).
+    let run = run_sh(
+        &home,
+        &["local"],
+        &format!(
+            "curl -sS -o /dev/null -w '%{{size_download}}' {}",
+            upstream.url(&format!("/big/{size}"))
+        ),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, size.to_string(), "{run:?}");
+    let pid = home.pid_in_file().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        peak_kb < 64 * 1024,
+        "daemon peak RSS {peak_kb} kB for a 100 MiB download"
+    );
 }
