@@ -747,6 +747,7 @@ fn a_100_mib_download_streams_in_bounded_memory() {
         .unwrap()
         .parse()
         .unwrap();
+    eprintln!("daemon peak RSS after a 100 MiB download: {peak_kb} kB");
     assert!(
         peak_kb < 64 * 1024,
         "daemon peak RSS {peak_kb} kB for a 100 MiB download"
