@@ -65,6 +65,11 @@ pub enum Command {
     /// the secrets toward the hosts each grant names. Exits with the
     /// program's status (128+N when killed by signal N).
     Run(RunArgs),
+    /// Show keyward at work on embedded defaults, in a temporary home: a
+    /// local HTTPS service, a demo secret, a real client run through
+    /// `keyward run`; prints what the service received, what the child
+    /// held, and the request event. Exit 0 only if every check held.
+    Demo,
     /// The local CA that signs the proxy's per-host certificates.
     #[command(subcommand)]
     Ca(CaCommand),

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::cli::{
     Cli, Command, ConfigCommand, DaemonCommand, GrantCommand, IdleExitArg, StartArgs, StopArgs,
 };
+use crate::demo;
 use crate::exit;
 use crate::grants;
 use crate::logging;
@@ -68,6 +69,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
         Command::Run(args) => block_on(run::run(&cli, args)),
         Command::Ca(cmd) => block_on(run::ca(&cli, cmd)),
+        Command::Demo => block_on(demo::demo(&cli)),
         Command::Vault(cmd) => block_on(secrets::vault(&cli, cmd)),
         Command::Secret(cmd) => block_on(secrets::secret(&cli, cmd)),
         Command::Grant(GrantCommand::List(flags)) => block_on(grants::list(&cli, flags.json)),

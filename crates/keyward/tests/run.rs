@@ -753,3 +753,13 @@ fn a_100_mib_download_streams_in_bounded_memory() {
         "daemon peak RSS {peak_kb} kB for a 100 MiB download"
     );
 }
+
+#[test]
+fn demo_checks_every_claim() {
+    let home = TestHome::new();
+    let run = home.run(&["demo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("every check held."), "{run:?}");
+    assert_eq!(run.stdout.matches("[ok]").count(), 5, "{run:?}");
+    assert!(!home.path.exists(), "the demo uses its own temporary home");
+}

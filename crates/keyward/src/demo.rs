@@ -1,0 +1,252 @@
+//! `keyward demo`: the main job end to end on embedded defaults, in a
+//! temporary home, with every claim checked.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Method;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use keyward_api::{InitVaultRequest, SecretInfo, SetSecretRequest, VaultStatus};
+use keyward_daemon::control;
+use keyward_daemon::home::Home;
+use sha2::{Digest, Sha256};
+
+use crate::cli::{Cli, Command, JsonFlag};
+use crate::commands::ensure_daemon;
+
+/// A short, non-reversible tag of a value, to show "the same secret"
+/// without showing it.
+fn tag(value: &str) -> String {
+    hex::encode(&Sha256::digest(value.as_bytes())[..6])
+}
+
+/// A local HTTPS service with its own test CA; records the Authorization
+/// header of each request and echoes it back.
+async fn start_service(dir: &Path) -> Result<(u16, PathBuf, Arc<Mutex<Vec<String>>>)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    let ca_path = dir.join("service-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem())?;
+    let key = rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(auth.clone());
+                    let body = format!("{{\"you_sent\":\"{auth}\"}}\n");
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((port, ca_path, seen))
+}
+
+pub async fn demo(cli: &Cli) -> Result<ExitCode> {
+    let client_tool = ["curl", "python3"]
+        .into_iter()
+        .find(|t| {
+            std::process::Command::new(t)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .context("the demo needs curl or python3 as its client")?;
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos()
+    );
+    let dir = PathBuf::from("/tmp").join(format!("keyward-demo-{nonce}"));
+    std::fs::create_dir_all(&dir)?;
+    let outcome = run_demo(cli, &dir, client_tool).await;
+    let home = Home::at(dir.join("home"));
+    let _ = control::stop(&home, std::time::Duration::from_secs(10), true).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> {
+    let (port, service_ca, seen) = start_service(dir).await?;
+    let home_path = dir.join("home");
+    Home::at(&home_path).ensure_private()?;
+    std::fs::write(
+        home_path.join("keyward.toml"),
+        format!(
+            "[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.demo]\nsecret = \"vault:demo-token\"\nhosts = [\"localhost\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"DEMO_TOKEN\"\n",
+            service_ca.display()
+        ),
+    )?;
+    let demo_cli = Cli {
+        home: Some(home_path.clone()),
+        config: None,
+        log_format: cli.log_format,
+        command: Command::Version(JsonFlag { json: false }),
+    };
+    let client = ensure_daemon(&demo_cli).await?;
+    let _: VaultStatus = client
+        .call(
+            Method::POST,
+            "/v1/vault/init",
+            Some(&InitVaultRequest::default()),
+        )
+        .await?;
+    let mut raw = [0u8; 18];
+    rand_fill(&mut raw)?;
+    let secret = format!("demo-{}", hex::encode(raw));
+    let stored: SecretInfo = client
+        .call(
+            Method::PUT,
+            "/v1/secrets/demo-token",
+            Some(&SetSecretRequest {
+                value: secret.clone(),
+                description: Some("keyward demo".to_owned()),
+            }),
+        )
+        .await?;
+
+    let env_file = dir.join("child-env.txt");
+    let url = format!("https://localhost:{port}/user");
+    let script = match client_tool {
+        "curl" => format!("env > {e}; curl -sS {url}", e = env_file.display()),
+        _ => format!(
+            "env > {e}; python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{url}\").read().decode())'",
+            e = env_file.display()
+        ),
+    };
+    let exe = std::env::current_exe()?;
+    let child = tokio::process::Command::new(exe)
+        .arg("--home")
+        .arg(&home_path)
+        .args(["run", "--grant", "demo", "--", "sh", "-c", &script])
+        .env_remove("KEYWARD_CONFIG")
+        .output()
+        .await?;
+    let child_out = String::from_utf8_lossy(&child.stdout).trim().to_owned();
+    let child_env = std::fs::read_to_string(&env_file).unwrap_or_default();
+    let placeholder = child_env
+        .lines()
+        .find_map(|l| l.strip_prefix("DEMO_TOKEN="))
+        .unwrap_or("")
+        .to_owned();
+    let proxy_line = child_env
+        .lines()
+        .find_map(|l| l.strip_prefix("HTTPS_PROXY="))
+        .map(|u| match u.split_once('@') {
+            Some((_, host)) => format!("http://run:<run token>@{host}"),
+            None => u.to_owned(),
+        })
+        .unwrap_or_default();
+    let received = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let received_secret = received
+        .first()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
+    let log = std::fs::read_to_string(home_path.join("daemon.log")).unwrap_or_default();
+    let event = log
+        .lines()
+        .find(|l| l.contains("egress") && l.contains("injected=\"demo\""))
+        .unwrap_or("")
+        .to_owned();
+
+    let checks = [
+        ("the client ran and succeeded", child.status.success()),
+        (
+            "the service received the real secret",
+            !received_secret.is_empty() && received_secret == secret,
+        ),
+        (
+            "the child's environment held only a placeholder",
+            placeholder.starts_with("kw_ph_") && !child_env.contains(&secret),
+        ),
+        (
+            "the echo reached the child scrubbed",
+            child_out.contains(&placeholder) && !child_out.contains(&secret),
+        ),
+        (
+            "one egress event names the grant, not the secret",
+            !event.is_empty() && !log.contains(&secret),
+        ),
+    ];
+    println!(
+        "keyward demo: a local HTTPS service, a demo secret, `keyward run --grant demo -- {client_tool}`\n"
+    );
+    println!(
+        "  secret stored        vault:demo-token  (vault fingerprint {}, tag {})",
+        stored.fingerprint,
+        tag(&secret)
+    );
+    println!(
+        "  service received     Authorization: Bearer <tag {}>",
+        tag(&received_secret)
+    );
+    println!("  child's environment  DEMO_TOKEN={placeholder}");
+    println!("                       HTTPS_PROXY={proxy_line}");
+    println!("  child saw in reply   {child_out}");
+    println!(
+        "  request event        {}",
+        event.split("egress ").nth(1).unwrap_or(&event)
+    );
+    println!();
+    let mut all = true;
+    for (what, held) in checks {
+        println!("  [{}] {what}", if held { "ok" } else { "FAILED" });
+        all &= held;
+    }
+    if !all {
+        bail!("the demo failed a check; the daemon log was:\n{log}");
+    }
+    println!("\nevery check held.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rand_fill(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
+}
