@@ -400,3 +400,20 @@ pub(crate) async fn remove(
     tracing::info!(run = id, "run removed");
     Ok(Json(run.info()))
 }
+
+/// `POST /v1/ca/rotate`: a new CA; the previous one stays in the bundle.
+pub(crate) async fn rotate_ca(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ca = state.ca.clone();
+    tokio::task::spawn_blocking(move || ca.rotate())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_io", e.to_string()))?;
+    tracing::info!("local CA rotated; leaf cache flushed");
+    Ok(Json(serde_json::json!({
+        "status": "rotated",
+        "ca": state.ca.public_cert_path(),
+        "bundle": state.ca.bundle_path(),
+    })))
+}

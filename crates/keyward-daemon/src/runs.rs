@@ -86,6 +86,8 @@ pub enum RunsError {
 pub struct Registry {
     path: PathBuf,
     runs: Mutex<HashMap<String, RunRecord>>,
+    /// Serializes saves so the file always ends with the latest state.
+    save_lock: Mutex<()>,
 }
 
 fn hex_random(bytes: usize) -> String {
@@ -125,6 +127,7 @@ impl Registry {
         Ok(Self {
             path: path.to_owned(),
             runs: Mutex::new(runs),
+            save_lock: Mutex::new(()),
         })
     }
 
@@ -256,6 +259,7 @@ impl Registry {
     }
 
     fn save(&self) -> Result<(), RunsError> {
+        let _saving = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
         let file = RunsFile {
             version: RUNS_VERSION,
             runs: self.list(),

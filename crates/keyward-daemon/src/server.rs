@@ -339,6 +339,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reload", post(grant_routes::reload))
         .route("/v1/grants", get(grant_routes::list))
         .route("/v1/runs", post(run_routes::create).get(run_routes::list))
+        .route("/v1/ca/rotate", post(run_routes::rotate_ca))
         .route(
             "/v1/runs/{id}",
             get(run_routes::get_one)

@@ -47,12 +47,18 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CaError {
 
 /// The CA and its leaf cache.
 pub struct CertificateAuthority {
+    dir: PathBuf,
+    signer: std::sync::RwLock<Arc<Signer>>,
+    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    public_dir: PathBuf,
+}
+
+/// The CA key material in use; replaced whole by a rotation.
+struct Signer {
     issuer: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
     leaf_key: KeyPair,
     leaf_signing: Arc<dyn rustls::sign::SigningKey>,
-    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
-    public_dir: PathBuf,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -70,41 +76,38 @@ fn cert_err(e: impl std::fmt::Display) -> CaError {
 impl CertificateAuthority {
     /// Loads the CA in `dir`, creating it (ECDSA P-256, 10 years) on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
-        let cert_path = dir.join("ca.pem");
-        let key_path = dir.join("ca.key");
-        if !cert_path.exists() {
-            create(dir)?;
-        }
-        let cert_pem = fs::read_to_string(&cert_path)
-            .map_err(io_err(format!("cannot read {}", cert_path.display())))?;
-        let key_pem = fs::read_to_string(&key_path)
-            .map_err(io_err(format!("cannot read {}", key_path.display())))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            CaError::Cert(format!("{} is not a usable key: {e}", key_path.display()))
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
-            CaError::Cert(format!(
-                "{} is not a usable CA certificate: {e}",
-                cert_path.display()
-            ))
-        })?;
-        let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| CaError::Cert(format!("{}: {e}", cert_path.display())))?;
-        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
-        let leaf_signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(
-            &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .map_err(cert_err)?;
+        let (signer, cert_pem) = load_signer(dir)?;
         let public_dir = dir.join("public");
-        write_public(&public_dir, &cert_pem)?;
+        write_public(&public_dir, &cert_pem, previous_pem(dir).as_deref())?;
         Ok(Self {
-            issuer,
-            ca_der,
-            leaf_key,
-            leaf_signing,
+            dir: dir.to_owned(),
+            signer: std::sync::RwLock::new(Arc::new(signer)),
             leaves: Mutex::new(HashMap::new()),
             public_dir,
         })
+    }
+
+    /// Replaces the CA with a new one and flushes the leaf cache. The old
+    /// certificate is kept as `ca.previous.pem` and stays in the trust
+    /// bundle, so running children keep working until they restart.
+    pub fn rotate(&self) -> Result<(), CaError> {
+        let cert = self.dir.join("ca.pem");
+        let key = self.dir.join("ca.key");
+        fs::rename(&cert, self.dir.join("ca.previous.pem"))
+            .map_err(io_err(format!("cannot move {} aside", cert.display())))?;
+        fs::remove_file(&key).map_err(io_err(format!("cannot remove {}", key.display())))?;
+        let (signer, cert_pem) = load_signer(&self.dir)?;
+        write_public(
+            &self.public_dir,
+            &cert_pem,
+            previous_pem(&self.dir).as_deref(),
+        )?;
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        self.leaves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
     }
 
     /// `ca/public/ca.pem`.
@@ -139,6 +142,11 @@ impl CertificateAuthority {
     }
 
     fn mint(&self, host: &str) -> Result<ServerConfig, CaError> {
+        let signer = self
+            .signer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
@@ -153,16 +161,58 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let leaf = params
-            .signed_by(&self.leaf_key, &self.issuer)
+            .signed_by(&signer.leaf_key, &signer.issuer)
             .map_err(cert_err)?;
-        let chain = vec![leaf.der().clone(), self.ca_der.clone()];
-        let certified = CertifiedKey::new(chain, self.leaf_signing.clone());
+        let chain = vec![leaf.der().clone(), signer.ca_der.clone()];
+        let certified = CertifiedKey::new(chain, signer.leaf_signing.clone());
         let mut cfg = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(cfg)
     }
+}
+
+/// Reads (creating if absent) the CA in `dir`, with a fresh in-memory key
+/// for the leaves.
+fn load_signer(dir: &Path) -> Result<(Signer, String), CaError> {
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    if !cert_path.exists() {
+        create(dir)?;
+    }
+    let cert_pem = fs::read_to_string(&cert_path)
+        .map_err(io_err(format!("cannot read {}", cert_path.display())))?;
+    let key_pem = fs::read_to_string(&key_path)
+        .map_err(io_err(format!("cannot read {}", key_path.display())))?;
+    let key = KeyPair::from_pem(&key_pem)
+        .map_err(|e| CaError::Cert(format!("{} is not a usable key: {e}", key_path.display())))?;
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
+        CaError::Cert(format!(
+            "{} is not a usable CA certificate: {e}",
+            cert_path.display()
+        ))
+    })?;
+    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| CaError::Cert(format!("{}: {e}", cert_path.display())))?;
+    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+    let leaf_signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+        PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+    ))
+    .map_err(cert_err)?;
+    Ok((
+        Signer {
+            issuer,
+            ca_der,
+            leaf_key,
+            leaf_signing,
+        },
+        cert_pem,
+    ))
+}
+
+fn previous_pem(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join("ca.previous.pem")).ok()
 }
 
 /// Presents one certificate whatever the SNI: the leaf is minted for the
@@ -212,8 +262,8 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
 }
 
 /// Writes the files children trust: the CA alone and a bundle of the
-/// system roots plus the CA.
-fn write_public(dir: &Path, ca_pem: &str) -> Result<(), CaError> {
+/// system roots plus the CA (and the previous CA after a rotation).
+fn write_public(dir: &Path, ca_pem: &str, previous: Option<&str>) -> Result<(), CaError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -224,6 +274,9 @@ fn write_public(dir: &Path, ca_pem: &str) -> Result<(), CaError> {
         bundle.push_str(&pem("CERTIFICATE", cert.as_ref()));
     }
     bundle.push_str(ca_pem);
+    if let Some(previous) = previous {
+        bundle.push_str(previous);
+    }
     keyward_write(&dir.join("ca.pem"), ca_pem.as_bytes())?;
     keyward_write(&dir.join("bundle.pem"), bundle.as_bytes())
 }

@@ -479,10 +479,13 @@ fn parse_identity(text: &str) -> Option<x25519::Identity> {
 /// rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // Unique per call: concurrent writers in one process must not share it.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let what = || format!("cannot write {}", path.display());
     let mut f = OpenOptions::new()
@@ -584,6 +587,28 @@ mod tests {
             v.rollback("20000101T000000Z_nope.age"),
             Err(VaultError::SnapshotNotFound { .. })
         ));
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_of_one_file_all_succeed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(&path, format!("{i}").as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.parse::<u32>().unwrap() < 8);
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1, "no temp file left");
     }
 
     #[test]

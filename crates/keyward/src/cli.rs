@@ -209,6 +209,9 @@ pub enum CaCommand {
     /// Print where the CA certificate and the trust bundle (system roots
     /// plus the CA) are, starting the daemon (which creates the CA) if needed.
     Path(JsonFlag),
+    /// Replace the CA with a new one and flush the leaf cache. The previous
+    /// CA stays in the trust bundle, so running children keep working.
+    Rotate(JsonFlag),
     /// Print the CA certificate, for tools that need it installed.
     Export {
         /// Output encoding.

@@ -90,7 +90,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
 
 /// `keyward ca path` / `keyward ca export`.
 pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
-    ensure_daemon(cli).await?;
+    let client = ensure_daemon(cli).await?;
     let home = keyward_daemon::home::Home::resolve(cli.home.as_deref())?;
     let public = home.ca_dir().join("public");
     let cert = public.join("ca.pem");
@@ -102,6 +102,20 @@ pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
         CaCommand::Path(_) => {
             println!("{}", cert.display());
             println!("{}", bundle.display());
+        }
+        CaCommand::Rotate(flags) => {
+            let v: serde_json::Value = client
+                .call(Method::POST, "/v1/ca/rotate", None::<&()>)
+                .await?;
+            if flags.json {
+                println!("{v}");
+            } else {
+                println!("rotated the local CA: {}", cert.display());
+                println!(
+                    "the previous CA stays in {} until the next rotation",
+                    bundle.display()
+                );
+            }
         }
         CaCommand::Export { format } => {
             let pem = std::fs::read_to_string(&cert)

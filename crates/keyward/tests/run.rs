@@ -405,7 +405,9 @@ fn runs_api_validates_and_tracks_processes() {
         .0
         == 404));
     assert!(
-        home.log().contains("run ended: its process exited"),
+        wait_for(Duration::from_secs(10), || home
+            .log()
+            .contains("run ended: its process exited")),
         "{}",
         home.log()
     );
@@ -565,6 +567,49 @@ fn ca_is_private_and_exportable() {
     };
     assert_eq!(mode("ca/ca.key"), 0o600);
     assert_eq!(mode("ca"), 0o700);
+
+    // Rotation: a new CA, the old one kept in the bundle; interception
+    // still works with the new one.
+    let rotated = home.run(&["ca", "rotate"]);
+    assert_eq!(rotated.code, 0, "{rotated:?}");
+    let new_pem = home.run(&["ca", "export"]).stdout;
+    assert_ne!(new_pem, pem.stdout);
+    let bundle = std::fs::read_to_string(v["bundle"].as_str().unwrap()).unwrap();
+    assert!(bundle.contains(&new_pem) && bundle.contains(&pem.stdout));
+    assert_eq!(mode("ca/ca.key"), 0o600);
+}
+
+#[test]
+fn interception_uses_the_rotated_ca() {
+    let (home, upstream) = setup("");
+    let first = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--",
+        "curl",
+        "-sS",
+        &upstream.url("/a"),
+    ]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(home.run(&["ca", "rotate"]).code, 0);
+    let only_new = home.path.parent().unwrap().join("new-ca.pem");
+    std::fs::write(&only_new, home.run(&["ca", "export"]).stdout).unwrap();
+    let second = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--",
+        "curl",
+        "-sS",
+        "--cacert",
+        only_new.to_str().unwrap(),
+        &upstream.url("/b"),
+    ]);
+    assert_eq!(
+        second.code, 0,
+        "leaves are signed by the new CA: {second:?}"
+    );
 }
 
 #[test]
