@@ -118,11 +118,12 @@ impl RunAuthority for Authority {
     ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
         Box::pin(async move {
             let state = self.state.upgrade()?;
-            let run = state.runs.by_token(token)?;
+            let id = state.runs.id_for_token(token)?;
             state.activity.touch_now();
-            if let Some(ctx) = self.contexts().get(&run.id) {
+            if let Some(ctx) = self.contexts().get(&id) {
                 return Some(ctx.clone());
             }
+            let run = state.runs.get(&id)?;
             let (ctx, complete) = Authority::build(&state, &run).await.ok()?;
             let ctx = Arc::new(ctx);
             if complete {

@@ -164,13 +164,14 @@ impl Registry {
         Ok((record, token))
     }
 
-    /// The run a token belongs to.
-    pub fn by_token(&self, token: &str) -> Option<RunRecord> {
+    /// The id of the run a token belongs to (no record copied: this is on
+    /// the proxy's per-request path).
+    pub fn id_for_token(&self, token: &str) -> Option<String> {
         let hash = token_hash(token);
         self.lock()
             .values()
             .find(|r| constant_time_eq(r.token_sha256.as_bytes(), hash.as_bytes()))
-            .cloned()
+            .map(|r| r.id.clone())
     }
 
     /// One run.
@@ -305,10 +306,10 @@ mod tests {
         assert!(text.contains(&token_hash(&token)));
 
         let reloaded = Registry::load(&path).unwrap();
-        assert_eq!(reloaded.by_token(&token).unwrap().id, run.id);
-        assert!(reloaded.by_token("nope").is_none());
+        assert_eq!(reloaded.id_for_token(&token), Some(run.id.clone()));
+        assert!(reloaded.id_for_token("nope").is_none());
         assert!(reloaded.remove(&run.id).unwrap());
-        assert!(reloaded.by_token(&token).is_none());
+        assert!(reloaded.id_for_token(&token).is_none());
     }
 
     #[test]

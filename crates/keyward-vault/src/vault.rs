@@ -608,7 +608,11 @@ mod tests {
         }
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.parse::<u32>().unwrap() < 8);
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
