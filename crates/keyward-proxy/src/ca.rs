@@ -168,7 +168,7 @@ impl CertificateAuthority {
         let mut cfg = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
 }

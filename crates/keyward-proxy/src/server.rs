@@ -174,7 +174,7 @@ impl Proxy {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
-            .enable_http1()
+            .enable_all_versions()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
@@ -280,6 +280,7 @@ impl Proxy {
                         );
                     }
                 };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let svc = service_fn(move |inner: Request<Incoming>| {
                     let proxy = proxy.clone();
                     let token = token.clone();
@@ -292,11 +293,17 @@ impl Proxy {
                         Ok(proxy.forward(&run, "https", &host, port, inner).await)
                     }
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades()
-                    .await
-                {
+                let served = if h2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades()
+                        .await
+                };
+                if let Err(e) = served {
                     tracing::debug!("intercepted connection ended: {e}");
                 }
             });
@@ -414,8 +421,10 @@ impl Proxy {
                 injected.push(&cred.grant);
             }
         }
-        parts.headers.remove(header::PROXY_AUTHORIZATION);
-        parts.headers.remove("proxy-connection");
+        strip_hop_by_hop(&mut parts.headers);
+        // The upstream connection negotiates its own version (ALPN); the
+        // client's (h2 or HTTP/1.1 with the proxy) does not carry over.
+        parts.version = hyper::Version::HTTP_11;
         let authority = if (scheme == "https" && port == 443) || (scheme == "http" && port == 80) {
             host.to_owned()
         } else {
@@ -522,6 +531,7 @@ impl Proxy {
             })
             .collect();
         let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
         if needles.is_empty() {
             return Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
         }
@@ -751,6 +761,34 @@ impl hyper::body::Body for Guarded {
                 }
             }
         }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names: they concern this hop only, and HTTP/2
+/// forbids them. `Proxy-Authorization` (the run token) never goes upstream.
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
     }
 }
 

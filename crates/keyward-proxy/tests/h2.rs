@@ -1,0 +1,169 @@
+//! HTTP/2 on both sides of the proxy: a client negotiating h2 with the
+//! proxy's leaf (curl --http2), and an upstream that speaks only h2.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keyward_api::Network;
+use keyward_proxy::{
+    CertificateAuthority, Credential, HostPattern, Injection, Proxy, RunAuthority, RunContext,
+};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+
+const TOKEN: &str = "h2-test-token";
+const SECRET: &str = "h2-SECRET-value-31f9";
+
+struct Fixed(Arc<RunContext>);
+
+impl RunAuthority for Fixed {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
+        let ctx = (token == TOKEN).then(|| self.0.clone());
+        Box::pin(async move { ctx })
+    }
+}
+
+/// (version, authorization) of each request the upstream saw.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+async fn h2_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf, Seen) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_path = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((format!("{:?}", req.version()), auth.clone()));
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(format!("echo {auth}")),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, ca_path, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_client_and_h2_upstream_through_the_proxy() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "curl is missing");
+        eprintln!("SKIPPED: no curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (port, upstream_ca, seen) = h2_upstream(dir.path()).await;
+    let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
+    let ctx = RunContext {
+        run_id: "run_h2".into(),
+        network: Network::Permissive,
+        allow: vec![],
+        credentials: vec![Credential {
+            grant: "h2".into(),
+            hosts: vec![HostPattern::parse("localhost").unwrap()],
+            inject: Injection::Header {
+                name: "authorization".into(),
+                format: "Bearer {secret}".into(),
+            },
+            secret: secrecy::SecretString::from(SECRET.to_owned()),
+            placeholder: None,
+        }],
+    };
+    let proxy = Arc::new(
+        Proxy::new(
+            ca,
+            Arc::new(Fixed(Arc::new(ctx))),
+            std::slice::from_ref(&upstream_ca),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    tokio::spawn(proxy.serve(listener, std::future::pending()));
+
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2", "-w", "\n%{http_version}"])
+        .arg("--cacert")
+        .arg(dir.path().join("ca/public/ca.pem"))
+        .arg("-x")
+        .arg(format!("http://run:{TOKEN}@127.0.0.1:{proxy_port}"))
+        .arg(format!("https://localhost:{port}/h2"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with("\n2"),
+        "the client spoke h2 with the proxy: {stdout}"
+    );
+    assert!(
+        stdout.starts_with("echo Bearer [REDACTED]"),
+        "scrubbed echo: {stdout}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![("HTTP/2.0".to_owned(), format!("Bearer {SECRET}"))]
+    );
+}
