@@ -330,10 +330,19 @@ impl Proxy {
         scheme: &str,
         host: &str,
         port: u16,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        // An HTTP/1.1 upgrade (WebSocket): the handshake goes through the
+        // same pipeline (injection included); after a 101 both sides are
+        // joined byte for byte. Frames are not scrubbed.
+        let upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .cloned()
+            .filter(|_| req.version() == hyper::Version::HTTP_11);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         if let Err(blocked) = network_check(run, host, port) {
             log_event(
                 &run.run_id,
@@ -422,6 +431,12 @@ impl Proxy {
             }
         }
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         // The upstream connection negotiates its own version (ALPN); the
         // client's (h2 or HTTP/1.1 with the proxy) does not carry over.
         parts.version = hyper::Version::HTTP_11;
@@ -504,6 +519,35 @@ impl Proxy {
             }
         };
         let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            log_event(
+                &run.run_id,
+                method.as_str(),
+                host,
+                &path,
+                101,
+                &injected,
+                None,
+            );
+            let mut resp = resp;
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(client),
+                            &mut TokioIo::new(upstream),
+                        )
+                        .await;
+                    }
+                    Err(e) => tracing::debug!("upgrade failed: {e}"),
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, empty());
+        }
         log_event(
             &run.run_id,
             method.as_str(),

@@ -811,3 +811,93 @@ fn demo_checks_every_claim() {
     assert_eq!(run.stdout.matches("[ok]").count(), 5, "{run:?}");
     assert!(!home.path.exists(), "the demo uses its own temporary home");
 }
+
+/// A TLS server that answers a WebSocket handshake (recording its
+/// Authorization header) and then echoes bytes.
+const WS_SERVER: &str = r#"
+import base64, hashlib, socket, ssl, sys, threading
+cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+print(srv.getsockname()[1], flush=True)
+def serve(conn):
+    try:
+        s = ctx.wrap_socket(conn, server_side=True)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        lines = head.decode().split("\r\n")
+        headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+        with open(log, "a") as f:
+            f.write(headers.get("authorization", "") + "\n")
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            s.sendall(data)
+    except Exception:
+        pass
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn websocket_upgrades_pass_through_with_injection() {
+    let (home, upstream) = setup("");
+    let dir = home.path.parent().unwrap();
+    let log = dir.join("ws.log");
+    let mut ws = Command::new("python3")
+        .args(["-c", WS_SERVER])
+        .arg(dir.join("upstream.pem"))
+        .arg(dir.join("upstream.key"))
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(ws.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let client = format!(
+        r#"
+import http.client, os, ssl, urllib.parse
+proxy = urllib.parse.urlparse(os.environ["HTTPS_PROXY"])
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.set_alpn_protocols(["http/1.1"])
+conn = http.client.HTTPSConnection(proxy.hostname, proxy.port, context=ctx, timeout=10)
+conn.set_tunnel("localhost", {port}, headers={{"Proxy-Authorization": "Bearer " + proxy.password}})
+conn.connect()
+s = conn.sock
+s.sendall(b"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(4096)
+print(head.split(b"\r\n")[0].decode())
+s.sendall(b"ping-frame-bytes")
+print(s.recv(4096).decode())
+"#
+    );
+    let run = home.run(&["run", "--grant", "local", "--", "python3", "-c", &client]);
+    let _ = ws.kill();
+    let _ = ws.wait();
+    assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
+    assert_eq!(
+        run.stdout, "HTTP/1.1 101 Switching Protocols\nping-frame-bytes\n",
+        "{run:?}"
+    );
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        seen.trim(),
+        format!("Bearer {SECRET}"),
+        "the handshake got the injected secret"
+    );
+    drop(upstream);
+}
