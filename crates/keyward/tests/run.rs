@@ -901,3 +901,108 @@ print(s.recv(4096).decode())
     );
     drop(upstream);
 }
+
+/// A static HTTPS server for a git repository over the dumb HTTP protocol
+/// that demands basic auth with the right password.
+const GIT_SERVER: &str = r#"
+import base64, functools, http.server, ssl, sys
+cert, key, root, password = sys.argv[1:5]
+expected = "Basic " + base64.b64encode(("x-access-token:" + password).encode()).decode()
+class H(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get("authorization") != expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=root))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn git_ls_remote_over_https_gets_basic_auth_injected() {
+    if Command::new("git").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "git is missing");
+        eprintln!("SKIPPED: no git");
+        return;
+    }
+    let (home, _upstream) = setup("");
+    let dir = home.path.parent().unwrap().to_owned();
+    let repo = dir.join("srv/repo.git");
+    let git = |args: &[&str], cwd: &Path| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    git(&["init", "-q", "-b", "main"], &dir.join("work"));
+    git(
+        &["commit", "-q", "--allow-empty", "-m", "first"],
+        &dir.join("work"),
+    );
+    let head = git(&["rev-parse", "HEAD"], &dir.join("work"))
+        .trim()
+        .to_owned();
+    git(
+        &["clone", "-q", "--bare", "work", repo.to_str().unwrap()],
+        &dir,
+    );
+    git(&["update-server-info"], &repo);
+
+    let mut server = Command::new("python3")
+        .args(["-c", GIT_SERVER])
+        .arg(dir.join("upstream.pem"))
+        .arg(dir.join("upstream.key"))
+        .arg(dir.join("srv"))
+        .arg(SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = format!("https://localhost:{}/repo.git", line.trim());
+    let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        format!(
+            "{config}\n[grants.git]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\ninject = {{ basic = {{ username = \"x-access-token\" }} }}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+
+    // Without the grant the server refuses: the proof is the injection.
+    let refused = home
+        .cmd(&["run", "--", "git", "ls-remote", &url])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let run = home.run(&["run", "--grant", "git", "--", "git", "ls-remote", &url]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
+    assert!(
+        run.stdout.contains(&head) && run.stdout.contains("refs/heads/main"),
+        "{run:?}"
+    );
+}
