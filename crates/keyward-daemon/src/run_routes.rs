@@ -28,7 +28,10 @@ impl From<RunsError> for ApiError {
 /// when the run goes.
 pub(crate) struct Authority {
     state: Weak<AppState>,
-    contexts: Mutex<HashMap<String, Arc<RunContext>>>,
+    /// run id -> (when resolved, context). Re-resolved after
+    /// `backends.cache_ttl`, so rotated `file:`, `cmd:` and `openbao:`
+    /// secrets reach running runs.
+    contexts: Mutex<HashMap<String, (std::time::Instant, Arc<RunContext>)>>,
 }
 
 impl Authority {
@@ -39,7 +42,9 @@ impl Authority {
         }
     }
 
-    fn contexts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunContext>>> {
+    fn contexts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (std::time::Instant, Arc<RunContext>)>> {
         self.contexts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -120,14 +125,18 @@ impl RunAuthority for Authority {
             let state = self.state.upgrade()?;
             let id = state.runs.id_for_token(token)?;
             state.activity.touch_now();
-            if let Some(ctx) = self.contexts().get(&id) {
+            let ttl = state.config().config.backends.cache_ttl.unwrap_or_default();
+            if let Some((at, ctx)) = self.contexts().get(&id)
+                && at.elapsed() < ttl
+            {
                 return Some(ctx.clone());
             }
             let run = state.runs.get(&id)?;
             let (ctx, complete) = Authority::build(&state, &run).await.ok()?;
             let ctx = Arc::new(ctx);
             if complete {
-                self.contexts().insert(run.id.clone(), ctx.clone());
+                self.contexts()
+                    .insert(run.id.clone(), (std::time::Instant::now(), ctx.clone()));
             }
             Some(ctx)
         })

@@ -1006,3 +1006,52 @@ fn git_ls_remote_over_https_gets_basic_auth_injected() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_running_child_gets_a_rotated_file_secret_after_the_cache_ttl() {
+    let (home, upstream) = setup("");
+    let dir = home.path.parent().unwrap().to_owned();
+    let token = dir.join("rotating-token");
+    std::fs::write(&token, "first-value-aaaa\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        format!(
+            "{config}\n[backends]\ncache_ttl = \"1s\"\n\n[grants.rot]\nsecret = \"file:{}\"\nhosts = [\"localhost\"]\ninject = {{ header = \"X-Rot\" }}\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    let marker = dir.join("rotated");
+    let script = format!(
+        r#"
+import os, time, urllib.request
+urllib.request.urlopen("{url}").read()
+print("first", flush=True)
+while not os.path.exists("{marker}"):
+    time.sleep(0.05)
+urllib.request.urlopen("{url}").read()
+"#,
+        url = upstream.url("/rot"),
+        marker = marker.display()
+    );
+    let mut child = home
+        .cmd(&["run", "--grant", "rot", "--", "python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    std::fs::write(&token, "second-value-bbbb\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&marker, "").unwrap();
+    assert!(child.wait().unwrap().success(), "{}", home.log());
+    let got = upstream.received();
+    assert_eq!(got[0]["headers"]["x-rot"], "first-value-aaaa");
+    assert_eq!(got[1]["headers"]["x-rot"], "second-value-bbbb");
+}
