@@ -24,7 +24,7 @@ use keyward_proxy::{
     CertificateAuthority, Credential, HostPattern, Injection, Proxy, RunAuthority, RunContext,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,26 +43,10 @@ impl RunAuthority for Fixed {
 }
 
 async fn upstream(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
     let ca_path = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    let cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap();
+    std::fs::write(&ca_path, &identity.ca_pem).unwrap();
+    let cfg = identity.server_config(&[b"http/1.1"]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

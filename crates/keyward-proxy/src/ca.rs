@@ -215,6 +215,64 @@ fn previous_pem(dir: &Path) -> Option<String> {
     fs::read_to_string(dir.join("ca.previous.pem")).ok()
 }
 
+/// A throwaway CA and a leaf for one host signed by it, all PEM: the
+/// identity of a local HTTPS service (the demo's, tests', benches').
+#[derive(Clone)]
+pub struct ServiceIdentity {
+    /// The CA certificate to trust.
+    pub ca_pem: String,
+    /// The leaf certificate.
+    pub cert_pem: String,
+    /// The leaf's private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServiceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceIdentity").finish_non_exhaustive()
+    }
+}
+
+impl ServiceIdentity {
+    /// Mints a CA and a leaf for `host`.
+    pub fn new(host: &str) -> Result<Self, CaError> {
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "local service test CA");
+        ca_params.distinguished_name = dn;
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+        let leaf = CertificateParams::new(vec![host.to_owned()])
+            .map_err(cert_err)?
+            .signed_by(&leaf_key, &issuer)
+            .map_err(cert_err)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        })
+    }
+
+    /// A rustls server config presenting the leaf, offering `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, CaError> {
+        let cert: CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(self.cert_pem.as_bytes())
+                .map_err(cert_err)?;
+        let key: PrivateKeyDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(self.key_pem.as_bytes())
+                .map_err(cert_err)?;
+        let mut cfg = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .map_err(cert_err)?;
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(cfg)
+    }
+}
+
 /// Presents one certificate whatever the SNI: the leaf is minted for the
 /// CONNECT target, which is what the client asked for.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ mod rules;
 mod scrub;
 mod server;
 
-pub use ca::{CaError, CertificateAuthority};
+pub use ca::{CaError, CertificateAuthority, ServiceIdentity};
 pub use rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
 pub use server::{
     Credential, Intercept, Proxy, ProxyBody, ProxyError, ProxyOptions, RunAuthority, RunContext,

@@ -13,8 +13,6 @@ use keyward_api::Network;
 use keyward_proxy::{
     CertificateAuthority, Credential, HostPattern, Injection, Proxy, RunAuthority, RunContext,
 };
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 
 const TOKEN: &str = "h2-test-token";
 const SECRET: &str = "h2-SECRET-value-31f9";
@@ -35,27 +33,10 @@ impl RunAuthority for Fixed {
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
 async fn h2_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf, Seen) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
     let ca_path = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    std::fs::write(&ca_path, &identity.ca_pem).unwrap();
+    let cfg = identity.server_config(&[b"h2"]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

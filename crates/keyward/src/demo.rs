@@ -28,22 +28,10 @@ fn tag(value: &str) -> String {
 /// A local HTTPS service with its own test CA; records the Authorization
 /// header of each request and echoes it back.
 async fn start_service(dir: &Path) -> Result<(u16, PathBuf, Arc<Mutex<Vec<String>>>)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let leaf =
-        CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    let identity = keyward_proxy::ServiceIdentity::new("localhost")?;
     let ca_path = dir.join("service-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem())?;
-    let key = rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
-        .map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
-    let tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)?;
+    std::fs::write(&ca_path, &identity.ca_pem)?;
+    let tls = identity.server_config(&[b"http/1.1"])?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();

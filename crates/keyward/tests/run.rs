@@ -72,24 +72,14 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts the echo server with a fresh test CA and a leaf for localhost.
     fn start(dir: &Path) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
+        let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
         let ca = dir.join("upstream-ca.pem");
         let cert = dir.join("upstream.pem");
         let key = dir.join("upstream.key");
         let log = dir.join("upstream.log");
-        std::fs::write(&ca, ca_cert.pem()).unwrap();
-        std::fs::write(&cert, leaf.pem()).unwrap();
-        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        std::fs::write(&ca, &identity.ca_pem).unwrap();
+        std::fs::write(&cert, &identity.cert_pem).unwrap();
+        std::fs::write(&key, &identity.key_pem).unwrap();
         let mut child = Command::new("python3")
             .args(["-c", ECHO_SERVER])
             .args([&cert, &key, &log])
