@@ -105,12 +105,21 @@ impl Upstream {
     }
 
     /// What the upstream received, one JSON object per request.
+    /// Complete records only: the server may be writing the last line.
     fn received(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(json)
-            .collect()
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => "",
+        };
+        complete.lines().map(json).collect()
+    }
+
+    /// Waits until the server has finished writing its log.
+    fn settle(&self) {
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&self.log).is_ok_and(|t| t.is_empty() || t.ends_with('\n'))
+        });
     }
 }
 
@@ -646,6 +655,8 @@ fn placeholders_in_request_bodies_are_swapped_refused_or_too_large() {
     assert!(run.stdout.contains("max_substitution_body"), "{run:?}");
     // The upload was cut before the placeholder's last byte left: no
     // complete placeholder reached the upstream.
+    std::thread::sleep(Duration::from_millis(200));
+    upstream.settle();
     for rec in upstream.received() {
         let body = rec["body"].as_str().unwrap_or_default();
         let complete = body.match_indices("kw_ph_").any(|(i, _)| {
