@@ -295,6 +295,9 @@ pub struct LoadedConfig {
     pub source: ConfigSource,
     /// False when the default file is absent and built-in defaults apply.
     pub from_file: bool,
+    /// The effective grants (presets merged with `[grants]`), built once
+    /// at load.
+    pub grants: BTreeMap<String, Grant>,
 }
 
 /// A config that cannot be used.
@@ -338,8 +341,10 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
     let text = match fs::read_to_string(&source.path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !source.explicit => {
+            let config = Config::default();
             return Ok(LoadedConfig {
-                config: Config::default(),
+                grants: effective_grants(&config, &source.path)?,
+                config,
                 source: source.clone(),
                 from_file: false,
             });
@@ -358,10 +363,21 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
     };
     let config = parse(&text, &source.path)?;
     Ok(LoadedConfig {
+        grants: effective_grants(&config, &source.path)?,
         config,
         source: source.clone(),
         from_file: true,
     })
+}
+
+fn effective_grants(config: &Config, path: &Path) -> Result<BTreeMap<String, Grant>, ConfigError> {
+    config
+        .grants()
+        .map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: Some(key),
+            message,
+        })
 }
 
 /// Parses and validates config text; `path` is only used in errors.

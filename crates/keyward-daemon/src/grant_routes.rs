@@ -10,7 +10,6 @@ use keyward_vault::ResolveStatus;
 
 use keyward_proxy::Injection;
 
-use crate::grants::Grant;
 use crate::server::{ApiError, AppState};
 
 fn inject_info(inject: &Injection) -> InjectInfo {
@@ -40,42 +39,27 @@ fn inject_info(inject: &Injection) -> InjectInfo {
 }
 
 /// Every grant with whether its secret resolves right now; never a value.
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<GrantList>, ApiError> {
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<GrantList> {
     let config = state.config();
-    let grants = config.config.grants().map_err(|(key, msg)| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "config_invalid",
-            format!("{key}: {msg}"),
-        )
-    })?;
     let resolver = state.resolver();
-    let mut out = Vec::with_capacity(grants.len());
-    for Grant {
-        name,
-        source,
-        secret,
-        hosts,
-        inject,
-        placeholder_env,
-    } in grants.into_values()
-    {
-        let (status, message) = match resolver.resolve(&secret).await {
+    let mut out = Vec::with_capacity(config.grants.len());
+    for grant in config.grants.values() {
+        let (status, message) = match resolver.resolve(&grant.secret).await {
             Ok(_) => (ResolveStatus::Ok.as_str().to_owned(), None),
             Err(e) => (e.status().as_str().to_owned(), Some(e.to_string())),
         };
         out.push(GrantInfo {
-            name,
-            source: source.as_str().to_owned(),
-            secret: secret.to_string(),
-            hosts: hosts.iter().map(ToString::to_string).collect(),
-            inject: inject_info(&inject),
-            placeholder_env,
+            name: grant.name.clone(),
+            source: grant.source.as_str().to_owned(),
+            secret: grant.secret.to_string(),
+            hosts: grant.hosts.iter().map(ToString::to_string).collect(),
+            inject: inject_info(&grant.inject),
+            placeholder_env: grant.placeholder_env.clone(),
             status,
             message,
         });
     }
-    Ok(Json(GrantList { grants: out }))
+    Json(GrantList { grants: out })
 }
 
 /// Reloads the config like SIGHUP, but tells the caller whether it worked.

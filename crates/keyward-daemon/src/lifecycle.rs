@@ -210,7 +210,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 run_routes::reap(&state);
                 // Live runs keep the daemon from idling out.
                 if !state.runs.is_empty() {
-                    activity.touch_now();
+                    activity.touch();
                 }
             }
             Some(StopReason::Api(why)) = stop_rx.recv() => {

@@ -58,28 +58,24 @@ impl Authority {
         self.contexts().clear();
     }
 
-    /// Resolves a run's grants. A grant whose secret does not resolve is
-    /// left out (and logged); the context is then not cached, so the next
-    /// request tries again.
+    /// Resolves a run's grants. A grant that is gone or whose secret does
+    /// not resolve is left out and returned with why; the context is then
+    /// not cached, so the next request tries again.
     pub(crate) async fn build(
         state: &AppState,
         run: &RunRecord,
-    ) -> Result<(RunContext, bool), ApiError> {
+    ) -> (RunContext, Vec<(String, ResolveError)>) {
         let config = state.config();
-        let grants = config.config.grants().map_err(|(k, m)| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "config_invalid",
-                format!("{k}: {m}"),
-            )
-        })?;
         let resolver = state.resolver();
         let mut credentials = Vec::new();
-        let mut complete = true;
+        let mut failures = Vec::new();
         for name in &run.grants {
-            let Some(grant) = grants.get(name) else {
-                complete = false;
+            let Some(grant) = config.grants.get(name) else {
                 tracing::warn!(run = run.id, grant = name, "grant no longer exists");
+                failures.push((
+                    name.clone(),
+                    ResolveError::Missing(format!("grant {name} no longer exists")),
+                ));
                 continue;
             };
             match resolver.resolve(&grant.secret).await {
@@ -94,8 +90,8 @@ impl Authority {
                         .and_then(|var| run.placeholders.get(var).cloned()),
                 }),
                 Err(e) => {
-                    complete = false;
                     tracing::warn!(run = run.id, grant = name, "secret does not resolve: {e}");
+                    failures.push((name.clone(), e));
                 }
             }
         }
@@ -104,15 +100,10 @@ impl Authority {
             .iter()
             .filter_map(|a| AllowRule::parse(a).ok())
             .collect();
-        Ok((
-            RunContext {
-                run_id: run.id.clone(),
-                network: run.network,
-                allow,
-                credentials,
-            },
-            complete,
-        ))
+        (
+            RunContext::new(run.id.clone(), run.network, allow, credentials),
+            failures,
+        )
     }
 }
 
@@ -124,7 +115,7 @@ impl RunAuthority for Authority {
         Box::pin(async move {
             let state = self.state.upgrade()?;
             let id = state.runs.id_for_token(token)?;
-            state.activity.touch_now();
+            state.activity.touch();
             let ttl = state.config().config.backends.cache_ttl.unwrap_or_default();
             if let Some((at, ctx)) = self.contexts().get(&id)
                 && at.elapsed() < ttl
@@ -132,9 +123,9 @@ impl RunAuthority for Authority {
                 return Some(ctx.clone());
             }
             let run = state.runs.get(&id)?;
-            let (ctx, complete) = Authority::build(&state, &run).await.ok()?;
+            let (ctx, failures) = Authority::build(&state, &run).await;
             let ctx = Arc::new(ctx);
-            if complete {
+            if failures.is_empty() {
                 self.contexts()
                     .insert(run.id.clone(), (std::time::Instant::now(), ctx.clone()));
             }
@@ -185,13 +176,8 @@ pub(crate) fn watch_exit(state: &Arc<AppState>, pid: u32) {
 }
 
 fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>, ApiError> {
-    let grants = state.config().config.grants().map_err(|(k, m)| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "config_invalid",
-            format!("{k}: {m}"),
-        )
-    })?;
+    let config = state.config();
+    let grants = &config.grants;
     let mut vars = Vec::new();
     for name in &req.grants {
         let grant = grants.get(name).ok_or_else(|| {
@@ -259,42 +245,27 @@ pub(crate) async fn create(
     let (run, token) = state.runs.create(&req, &vars)?;
     // Resolve now so a sealed vault or a missing secret fails here, loudly,
     // not at the child's first request.
-    let drop_env = match Authority::build(&state, &run).await {
-        Ok((ctx, true)) => env_to_drop(&state, &run, &ctx, &req),
-        Ok((ctx, false)) => {
-            let _ = state.runs.remove(&run.id);
-            let missing: Vec<&String> = run
-                .grants
-                .iter()
-                .filter(|g| !ctx.credentials.iter().any(|c| &c.grant == *g))
-                .collect();
-            let sealed = futures_sealed(&state, &run).await;
-            return Err(if sealed {
-                ApiError::new(
-                    StatusCode::LOCKED,
-                    "vault_sealed",
-                    "the vault is sealed; unseal it with `keyward vault unseal`",
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "secret_unavailable",
-                    format!(
-                        "the secret of grant(s) {} does not resolve; see `keyward grant list`",
-                        missing
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            });
+    let (ctx, failures) = Authority::build(&state, &run).await;
+    if !failures.is_empty() {
+        let _ = state.runs.remove(&run.id);
+        if failures.iter().any(|(_, e)| *e == ResolveError::Sealed) {
+            return Err(ApiError::new(
+                StatusCode::LOCKED,
+                "vault_sealed",
+                ResolveError::Sealed.to_string(),
+            ));
         }
-        Err(e) => {
-            let _ = state.runs.remove(&run.id);
-            return Err(e);
-        }
-    };
+        let why: Vec<String> = failures.iter().map(|(g, e)| format!("{g}: {e}")).collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "secret_unavailable",
+            format!(
+                "the secret of a grant does not resolve ({}); see `keyward grant list`",
+                why.join("; ")
+            ),
+        ));
+    }
+    let drop_env = env_to_drop(&state, &run, &ctx, &req);
     if let Some(pid) = run.pid {
         watch_exit(&state, pid);
     }
@@ -331,32 +302,15 @@ fn env_to_drop(
         .filter(|(_, h)| secret_hashes.iter().any(|s| s.eq_ignore_ascii_case(h)))
         .map(|(k, _)| k.clone())
         .collect();
-    if let Ok(grants) = state.config().config.grants() {
-        for name in &run.grants {
-            if let Some(keyward_vault::SecretRef::Env(var)) = grants.get(name).map(|g| &g.secret)
-                && !drop.contains(var)
-            {
-                drop.push(var.clone());
-            }
+    let config = state.config();
+    for name in &run.grants {
+        if let Some(keyward_vault::SecretRef::Env(var)) = config.grants.get(name).map(|g| &g.secret)
+            && !drop.contains(var)
+        {
+            drop.push(var.clone());
         }
     }
     drop
-}
-
-/// Whether any of the run's grants fails because the vault is sealed.
-async fn futures_sealed(state: &AppState, run: &RunRecord) -> bool {
-    let Ok(grants) = state.config().config.grants() else {
-        return false;
-    };
-    let resolver = state.resolver();
-    for name in &run.grants {
-        if let Some(g) = grants.get(name)
-            && matches!(resolver.resolve(&g.secret).await, Err(ResolveError::Sealed))
-        {
-            return true;
-        }
-    }
-    false
 }
 
 pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<RunList> {

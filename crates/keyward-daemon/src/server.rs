@@ -165,11 +165,7 @@ impl Activity {
         }
     }
 
-    pub(crate) fn touch_now(&self) {
-        self.touch();
-    }
-
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_nanos.fetch_max(nanos, Ordering::Relaxed);
     }

@@ -206,18 +206,18 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let (target, upstream_ca) = upstream(dir.path()).await;
         let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
-        let ctx = RunContext {
-            run_id: "run_bench".into(),
-            network: Network::Permissive,
-            allow: vec![],
-            credentials: vec![Credential {
+        let ctx = RunContext::new(
+        "run_bench".into(),
+        Network::Permissive,
+        vec![],
+        vec![Credential {
                 grant: "bench".into(),
                 hosts: vec![HostPattern::parse("localhost").unwrap()],
                 inject: Injection::Header { name: "authorization".into(), format: "Bearer {secret}".into() },
                 secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
                 placeholder: None,
             }],
-        };
+    );
         let proxy = Arc::new(Proxy::new(ca, Arc::new(Fixed(Arc::new(ctx))), std::slice::from_ref(&upstream_ca)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();

@@ -67,7 +67,8 @@ impl Credential {
     }
 }
 
-/// What the proxy knows of a run.
+/// What the proxy knows of a run, with what the per-request path needs
+/// prepared once.
 #[derive(Debug)]
 pub struct RunContext {
     /// `run_…`.
@@ -78,6 +79,45 @@ pub struct RunContext {
     pub allow: Vec<AllowRule>,
     /// Resolved credentials.
     pub credentials: Vec<Credential>,
+    /// (secret, placeholder or `[REDACTED]`) for every credential: what
+    /// response scrubbing replaces.
+    scrub: Needles,
+    /// Every credential's placeholder: what a request body is checked for.
+    placeholders: Arc<Vec<Vec<u8>>>,
+}
+
+impl RunContext {
+    /// A run's context; scrubbing and placeholder needles are built here,
+    /// not per request.
+    pub fn new(
+        run_id: String,
+        network: Network,
+        allow: Vec<AllowRule>,
+        credentials: Vec<Credential>,
+    ) -> Self {
+        let scrub = credentials
+            .iter()
+            .map(|c| {
+                let replacement = c.placeholder.as_deref().unwrap_or("[REDACTED]");
+                (
+                    c.secret.expose_secret().as_bytes().to_vec(),
+                    replacement.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let placeholders = credentials
+            .iter()
+            .filter_map(|c| c.placeholder.as_ref().map(|p| p.as_bytes().to_vec()))
+            .collect();
+        Self {
+            run_id,
+            network,
+            allow,
+            credentials,
+            scrub: Arc::new(scrub),
+            placeholders: Arc::new(placeholders),
+        }
+    }
 }
 
 /// Where the proxy learns which run a token belongs to. Called for each
@@ -558,31 +598,17 @@ impl Proxy {
             None,
         );
 
-        // response_filter: scrub every injected secret.
-        let needles: Vec<(Vec<u8>, Vec<u8>)> = run
-            .credentials
-            .iter()
-            .filter(|c| injected.contains(&c.grant.as_str()))
-            .map(|c| {
-                let replacement = c
-                    .placeholder
-                    .clone()
-                    .unwrap_or_else(|| "[REDACTED]".to_owned());
-                (
-                    c.secret.expose_secret().as_bytes().to_vec(),
-                    replacement.into_bytes(),
-                )
-            })
-            .collect();
+        // response_filter: a response to a request that carried a secret
+        // is scrubbed of every secret of the run.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if needles.is_empty() {
+        if injected.is_empty() {
             return Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
         }
-        replace_in_headers(&mut parts.headers, &needles);
+        replace_in_headers(&mut parts.headers, &run.scrub);
         // Lengths change when a secret is replaced.
         parts.headers.remove(header::CONTENT_LENGTH);
-        let body = Scrubbed::new(body, Needles::new(needles));
+        let body = Scrubbed::new(body, run.scrub.clone());
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
     }
 }
@@ -600,12 +626,7 @@ impl Proxy {
         body: Incoming,
     ) -> Result<(ProxyBody, Vec<&'r str>), Response<ProxyBody>> {
         use hyper::body::Body as _;
-        let placeholders: Vec<&Credential> = run
-            .credentials
-            .iter()
-            .filter(|c| c.placeholder.is_some())
-            .collect();
-        if placeholders.is_empty() || body.is_end_stream() {
+        if run.placeholders.is_empty() || body.is_end_stream() {
             return Ok((
                 body.map_err(|e| Box::new(e) as BoxError).boxed(),
                 Vec::new(),
@@ -633,21 +654,17 @@ impl Proxy {
                 }
             }
         }
-        let all_needles: Vec<Vec<u8>> = placeholders
-            .iter()
-            .filter_map(|c| c.placeholder.as_ref().map(|p| p.as_bytes().to_vec()))
-            .collect();
         if !complete {
             // Too large to buffer: stream it, but fail the upload if a
             // placeholder appears, before its last byte leaves.
             let prefix = buf.freeze();
             // The length is unchanged: nothing is substituted on this path.
-            let guarded = Guarded::new(prefix, body, Arc::new(all_needles));
+            let guarded = Guarded::new(prefix, body, run.placeholders.clone());
             return Ok((guarded.boxed(), Vec::new()));
         }
         let mut bytes = buf.to_vec();
         let mut used = Vec::new();
-        for cred in placeholders {
+        for cred in &run.credentials {
             let Some(placeholder) = &cred.placeholder else {
                 continue;
             };

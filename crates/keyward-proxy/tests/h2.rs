@@ -91,11 +91,11 @@ async fn h2_client_and_h2_upstream_through_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let (port, upstream_ca, seen) = h2_upstream(dir.path()).await;
     let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
-    let ctx = RunContext {
-        run_id: "run_h2".into(),
-        network: Network::Permissive,
-        allow: vec![],
-        credentials: vec![Credential {
+    let ctx = RunContext::new(
+        "run_h2".into(),
+        Network::Permissive,
+        vec![],
+        vec![Credential {
             grant: "h2".into(),
             hosts: vec![HostPattern::parse("localhost").unwrap()],
             inject: Injection::Header {
@@ -105,7 +105,7 @@ async fn h2_client_and_h2_upstream_through_the_proxy() {
             secret: secrecy::SecretString::from(SECRET.to_owned()),
             placeholder: None,
         }],
-    };
+    );
     let proxy = Arc::new(
         Proxy::new(
             ca,

@@ -40,6 +40,7 @@ class H(http.server.BaseHTTPRequestHandler):
         out = json.dumps(rec).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
+        self.send_header("x-echo-auth", self.headers.get("authorization") or "")
         self.send_header("content-length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
@@ -169,7 +170,9 @@ import json, os, urllib.request
 environ = open("/proc/self/environ", "rb").read()
 print("ENV_HAS_SECRET", b"{SECRET}" in environ)
 print("PLACEHOLDER", os.environ["LOCAL_TOKEN"])
-body = urllib.request.urlopen("{url}").read().decode()
+resp = urllib.request.urlopen("{url}")
+print("HEADER", resp.headers["x-echo-auth"])
+body = resp.read().decode()
 print("RESPONSE", body)
 "#,
         url = upstream.url("/user")
@@ -200,6 +203,10 @@ print("RESPONSE", body)
     assert!(got[0]["headers"].get("proxy-authorization").is_none());
     // ...and its echo reached the child scrubbed to the placeholder.
     assert!(!out.stdout.contains(SECRET), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("HEADER Bearer {placeholder}")),
+        "response headers are scrubbed too: {out:?}"
+    );
     assert!(
         out.stdout.contains(&format!("Bearer {placeholder}")),
         "{out:?}"
