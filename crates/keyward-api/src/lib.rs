@@ -7,6 +7,7 @@
 
 mod client;
 mod grant_types;
+mod policy_types;
 mod run_types;
 mod socket_path;
 mod types;
@@ -14,6 +15,7 @@ mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
+pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, Severity};
 pub use run_types::{CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo, RunList};
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};

@@ -1,0 +1,149 @@
+//! Policy wire types: `POST /v1/evaluate` takes an [`EvaluateRequest`] and
+//! answers a [`DecisionResponse`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A question to the policy engine: may this actor do this? Only
+/// `action_type` is required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateRequest {
+    /// Defaults to `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Defaults to `unknown-agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Defaults to `ai-agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// `read_file`, `write_file`, `execute_command`, `git`, `mcp_tool_call`,
+    /// `http_request`, or any other name (unknown types fall to the default).
+    pub action_type: String,
+    /// A path, a command line, a branch, `host[:port]/path`, a tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The operation (HTTP method, git operation, ...); `operation` is accepted too.
+    #[serde(default, alias = "operation", skip_serializing_if = "Option::is_none")]
+    pub requested_operation: Option<String>,
+    /// A loaded policy to evaluate against instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_pack: Option<String>,
+    /// MCP server name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// MCP tool name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Free-form capability name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// Free-form fields rules can match with `when = { "context.x" = ... }`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// The CI runner's identity (`runner.repository`, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub runner_auth: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a policy decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// Refused.
+    Block,
+    /// A person must approve first.
+    RequireApproval,
+}
+
+impl Decision {
+    /// `allow`, `block` or `require_approval`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Block => "block",
+            Decision::RequireApproval => "require_approval",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Decision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Decision::Allow),
+            "block" => Ok(Decision::Block),
+            "require_approval" => Ok(Decision::RequireApproval),
+            _ => Err(format!(
+                "unknown decision {s:?}: expected allow, block or require_approval"
+            )),
+        }
+    }
+}
+
+/// How bad a matched action is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Routine.
+    #[default]
+    Low,
+    /// Worth a look.
+    Medium,
+    /// Dangerous.
+    High,
+    /// Irreversible or credential-exposing.
+    Critical,
+}
+
+/// The answer to `POST /v1/evaluate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionResponse {
+    /// `dec_` + 12 hex.
+    pub decision_id: String,
+    /// The decision.
+    pub decision: Decision,
+    /// The rule that decided (or the policy's default rule id).
+    pub rule_id: String,
+    /// The rule's severity.
+    pub severity: Severity,
+    /// Why, for people.
+    pub reason: String,
+    /// Who may approve (with `require_approval`).
+    #[serde(default)]
+    pub approver_group: Option<String>,
+    /// The policy that decided.
+    pub policy_id: String,
+    /// Echoed from the request (or its default).
+    pub session_id: String,
+    /// Echoed from the request (or its default).
+    pub agent_id: String,
+    /// Echoed from the request (or its default).
+    pub actor: String,
+    /// Echoed from the request.
+    pub action_type: String,
+    /// Echoed from the request.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Echoed from the request.
+    #[serde(default)]
+    pub requested_operation: Option<String>,
+    /// `keyward-evidence://<log_id>/<seq>` of the durable record.
+    #[serde(default)]
+    pub evidence_refs: Vec<String>,
+    /// Ties this decision to the request's trail (the decision id unless the
+    /// request's `context.correlation_id` names one).
+    pub correlation_id: String,
+    /// RFC 3339 UTC with nanoseconds.
+    pub timestamp: String,
+}

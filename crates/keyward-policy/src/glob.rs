@@ -1,0 +1,327 @@
+//! Globs compiled once at policy load and matched without allocation (for
+//! patterns up to 127 tokens).
+//!
+//! Two modes, chosen per evaluation by the action type: in *path* mode `*`
+//! and `?` stay within a `/`-separated segment, `**` crosses segments and
+//! `**/` also matches no directory at all (`**/*.pem` matches `key.pem`); in
+//! *text* mode (commands, branches, fields) `*` and `**` match any
+//! characters. Matching is an NFA simulation over byte positions, so no
+//! pattern can make it backtrack exponentially.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    /// `?`
+    One,
+    /// `*`
+    Star,
+    /// `**` not followed by `/`
+    AnyDepth,
+    /// `**/`: zero or more whole directories. Two states: `Dirs` (nothing
+    /// consumed yet, so it may be skipped) and `DirsInner` (inside a
+    /// directory name, which only a `/` can finish).
+    Dirs,
+    DirsInner,
+}
+
+/// Which `*` semantics apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `*` stays within a path segment.
+    Path,
+    /// `*` matches anything.
+    Text,
+}
+
+#[derive(Debug, Clone)]
+enum Shape {
+    /// No wildcard at all.
+    Exact(Box<[u8]>),
+    /// A literal followed by one trailing `**` (or `*` in text mode only,
+    /// decided at match time).
+    Prefix(Box<[u8]>, Token),
+    /// One leading `*` or `**`, then a literal.
+    Suffix(Token, Box<[u8]>),
+    /// `*` or `**` alone.
+    Everything(Token),
+    /// `**/` then a pattern without `/`: in path mode only the last segment
+    /// needs matching.
+    LastSegment(Box<Glob>),
+    /// Anything else: the NFA, after checking that the longest literal run
+    /// occurs at all (most patterns fail here, cheaply).
+    General(String),
+}
+
+/// A compiled glob.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    source: String,
+    tokens: Box<[Token]>,
+    shape: Shape,
+}
+
+impl Glob {
+    /// Compiles `pattern`; an empty pattern is an error.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() {
+            return Err("empty pattern".to_owned());
+        }
+        let bytes = pattern.as_bytes();
+        let mut tokens = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'*' if bytes.get(i + 1) == Some(&b'*') => {
+                    i += 2;
+                    while bytes.get(i) == Some(&b'*') {
+                        i += 1;
+                    }
+                    if bytes.get(i) == Some(&b'/') {
+                        i += 1;
+                        tokens.push(Token::Dirs);
+                        tokens.push(Token::DirsInner);
+                    } else {
+                        tokens.push(Token::AnyDepth);
+                    }
+                    continue;
+                }
+                b'*' => tokens.push(Token::Star),
+                b'?' => tokens.push(Token::One),
+                b'\\' if i + 1 < bytes.len() => {
+                    i += 1;
+                    tokens.push(Token::Byte(bytes[i]));
+                }
+                b => tokens.push(Token::Byte(b)),
+            }
+            i += 1;
+        }
+        let literal_prefix: Vec<u8> = tokens
+            .iter()
+            .map_while(|t| match t {
+                Token::Byte(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        let rest = &tokens[literal_prefix.len()..];
+        let all_bytes = |ts: &[Token]| -> Option<Vec<u8>> {
+            ts.iter()
+                .map(|t| match t {
+                    Token::Byte(b) => Some(*b),
+                    _ => None,
+                })
+                .collect()
+        };
+        let shape = match rest {
+            [] => Shape::Exact(literal_prefix.into()),
+            [t @ (Token::Star | Token::AnyDepth)] if literal_prefix.is_empty() => {
+                Shape::Everything(*t)
+            }
+            [t @ (Token::Star | Token::AnyDepth)] => Shape::Prefix(literal_prefix.into(), *t),
+            [t @ (Token::Star | Token::AnyDepth), tail @ ..]
+                if literal_prefix.is_empty() && all_bytes(tail).is_some() =>
+            {
+                Shape::Suffix(*t, all_bytes(tail).unwrap_or_default().into())
+            }
+            [Token::Dirs, Token::DirsInner, ..]
+                if literal_prefix.is_empty()
+                    && !pattern[3..].contains('/')
+                    && !pattern[3..].contains("**")
+                    && !pattern[3..].is_empty() =>
+            {
+                Shape::LastSegment(Box::new(Glob::new(&pattern[3..])?))
+            }
+            _ => Shape::General(longest_literal(&tokens)),
+        };
+        Ok(Self {
+            source: pattern.to_owned(),
+            tokens: tokens.into(),
+            shape,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether `text` matches the whole pattern.
+    pub fn matches(&self, text: &str, mode: Mode) -> bool {
+        let text_str = text;
+        let text = text.as_bytes();
+        let crosses = |t: Token| mode == Mode::Text || t == Token::AnyDepth;
+        match &self.shape {
+            Shape::Exact(lit) => **lit == *text,
+            Shape::Everything(t) => crosses(*t) || !text.contains(&b'/'),
+            Shape::Prefix(lit, t) => {
+                text.starts_with(lit) && (crosses(*t) || !text[lit.len()..].contains(&b'/'))
+            }
+            Shape::Suffix(t, lit) => {
+                text.ends_with(lit)
+                    && (crosses(*t) || !text[..text.len() - lit.len()].contains(&b'/'))
+            }
+            Shape::LastSegment(inner) if mode == Mode::Path => {
+                let start = text.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+                inner.matches(&text_str[start..], mode)
+            }
+            Shape::General(required)
+                if !required.is_empty() && !text_str.contains(required.as_str()) =>
+            {
+                false
+            }
+            Shape::LastSegment(_) | Shape::General(_) => {
+                if self.tokens.len() < 128 {
+                    let mut cur = [0u64; 2];
+                    let mut next = [0u64; 2];
+                    simulate(&self.tokens, text, mode, &mut cur, &mut next)
+                } else {
+                    let words = self.tokens.len() / 64 + 1;
+                    let mut cur = vec![0u64; words];
+                    let mut next = vec![0u64; words];
+                    simulate(&self.tokens, text, mode, &mut cur, &mut next)
+                }
+            }
+        }
+    }
+}
+
+/// The longest run of literal characters, for a cheap containment test.
+fn longest_literal(tokens: &[Token]) -> String {
+    let mut best: &[Token] = &[];
+    for run in tokens.split(|t| !matches!(t, Token::Byte(_))) {
+        if run.len() > best.len() {
+            best = run;
+        }
+    }
+    let bytes: Vec<u8> = best
+        .iter()
+        .filter_map(|t| match t {
+            Token::Byte(b) => Some(*b),
+            _ => None,
+        })
+        .collect();
+    // A run cut inside a multi-byte character cannot be searched as text.
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+fn set(bits: &mut [u64], i: usize) {
+    bits[i / 64] |= 1 << (i % 64);
+}
+
+fn get(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// Adds the states reachable without consuming input: every wildcard that
+/// may match nothing can be skipped. Tokens only move forward, so one pass
+/// in order suffices.
+fn close(tokens: &[Token], bits: &mut [u64]) {
+    for (i, t) in tokens.iter().enumerate() {
+        if get(bits, i) {
+            match t {
+                Token::Star | Token::AnyDepth => set(bits, i + 1),
+                Token::Dirs => set(bits, i + 2),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn simulate(tokens: &[Token], text: &[u8], mode: Mode, cur: &mut [u64], next: &mut [u64]) -> bool {
+    cur.fill(0);
+    set(cur, 0);
+    close(tokens, cur);
+    for &c in text {
+        next.fill(0);
+        let mut any = false;
+        for (i, t) in tokens.iter().enumerate() {
+            if !get(cur, i) {
+                continue;
+            }
+            let sep = c == b'/' && mode == Mode::Path;
+            match t {
+                Token::Byte(b) if *b == c => set(next, i + 1),
+                Token::One if !sep => set(next, i + 1),
+                Token::Star if !sep => set(next, i),
+                Token::AnyDepth => set(next, i),
+                Token::Dirs | Token::DirsInner => {
+                    set(next, if *t == Token::Dirs { i + 1 } else { i });
+                    if c == b'/' {
+                        set(next, i + 2 - usize::from(*t == Token::DirsInner));
+                    }
+                }
+                _ => continue,
+            }
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        close(tokens, next);
+        cur.copy_from_slice(next);
+    }
+    get(cur, tokens.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str, t: &str) -> bool {
+        Glob::new(p).unwrap().matches(t, Mode::Path)
+    }
+    fn text(p: &str, t: &str) -> bool {
+        Glob::new(p).unwrap().matches(t, Mode::Text)
+    }
+
+    #[test]
+    fn path_stars_stay_in_a_segment_and_double_stars_cross() {
+        assert!(path("*.pem", "key.pem"));
+        assert!(!path("*.pem", "certs/key.pem"));
+        assert!(path("**/*.pem", "key.pem"));
+        assert!(path("**/*.pem", "a/b/key.pem"));
+        assert!(path("**/*.pem", "/abs/key.pem"));
+        assert!(!path("**/*.pem", "a/b/key.pem.txt"));
+        assert!(path("src/**", "src/a/b.rs"));
+        assert!(!path("src/*", "src/a/b.rs"));
+        assert!(path("src/*", "src/a"));
+        assert!(path("**/id_rsa*", "/home/u/.ssh/id_rsa.pub"));
+        assert!(path("a/**/b", "a/b"));
+        assert!(path("a/**/b", "a/x/y/b"));
+        assert!(!path("a/**/b", "a/xb"));
+        assert!(path("file?.txt", "file1.txt"));
+        assert!(!path("file?.txt", "file/.txt"));
+        assert!(path("*", "anything"));
+        assert!(!path("*", "a/b"));
+        assert!(path("**", "a/b"));
+        assert!(path(".env", ".env"));
+        assert!(!path(".env", "x.env"));
+        assert!(path(r"literal\*", "literal*"));
+        assert!(!path(r"literal\*", "literalx"));
+    }
+
+    #[test]
+    fn text_stars_match_anything() {
+        assert!(text(
+            "terraform destroy*",
+            "terraform destroy -auto-approve"
+        ));
+        assert!(!text("terraform destroy*", "terraform plan"));
+        assert!(text("*| sh*", "curl https://x/install | sh"));
+        assert!(text("*| sh*", "curl x | sh -s"));
+        assert!(!text("*| sh*", "ls |sh"));
+        assert!(text("git push --force*", "git push --force origin main"));
+        assert!(text("acme/*", "acme/infra/deep"));
+        assert!(text("*", ""));
+        assert!(!text("a", ""));
+    }
+
+    #[test]
+    fn long_and_pathological_patterns_terminate() {
+        let p = "*a".repeat(100);
+        let t = "a".repeat(5000) + "b";
+        assert!(!text(&p, &t));
+        assert!(text(&p, &"a".repeat(200)));
+        let g = Glob::new(&"**/".repeat(70)).unwrap();
+        assert!(g.matches("x/", Mode::Path));
+    }
+}

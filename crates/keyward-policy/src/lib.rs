@@ -1,0 +1,28 @@
+//! keyward's policy engine. One engine decides what an agent may do (read
+//! a file, run a command, push, call an MCP tool) and where its traffic may
+//! go. Policies are TOML, compiled once at load; evaluation does no parsing.
+#![forbid(unsafe_code)]
+
+mod cavra;
+mod glob;
+mod policy;
+
+pub use cavra::import_cavra;
+pub use glob::{Glob, Mode};
+pub use policy::{PATH_ACTIONS, Policy, PolicyError, RuleInfo, Verdict};
+
+/// The name of the built-in pack.
+pub const BASELINE_ID: &str = "agent-baseline";
+
+const BASELINE_TOML: &str = include_str!("agent-baseline.toml");
+
+/// The built-in `agent-baseline` pack.
+pub fn baseline() -> Policy {
+    Policy::from_toml(BASELINE_TOML, "built-in pack agent-baseline")
+        .expect("the built-in pack compiles (tested)")
+}
+
+/// The built-in pack's source, for `keyward policy show`.
+pub fn baseline_toml() -> &'static str {
+    BASELINE_TOML
+}

@@ -1,0 +1,624 @@
+//! Policy files (TOML), compiled once and evaluated without parsing.
+//!
+//! Precedence: a matching `block` rule wins over `require_approval`, which
+//! wins over `allow`; within a tier the first rule in file order wins. Rules
+//! marked `fallback = true` are consulted only when no other rule matched
+//! (that is how "anything else needs approval" coexists with specific
+//! allows), and then the policy's `default`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use keyward_api::{Decision, EvaluateRequest, Severity};
+use serde::Deserialize;
+
+use crate::glob::{Glob, Mode};
+
+/// Action types whose targets are paths: `*` stays within a segment.
+pub const PATH_ACTIONS: &[&str] = &[
+    "read_file",
+    "write_file",
+    "delete_file",
+    "list_directory",
+    "http_request",
+];
+
+/// A policy that failed to load: which file, rule and field, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{origin}: {}{message}", location(.rule_id, .field))]
+pub struct PolicyError {
+    /// The file (or `built-in pack X`).
+    pub origin: String,
+    /// The rule's id, when the problem is in a rule.
+    pub rule_id: Option<String>,
+    /// The field, when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn location(rule_id: &Option<String>, field: &Option<String>) -> String {
+    match (rule_id, field) {
+        (Some(r), Some(f)) => format!("rule {r:?}, field {f}: "),
+        (Some(r), None) => format!("rule {r:?}: "),
+        (None, Some(f)) => format!("field {f}: "),
+        (None, None) => String::new(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    policy: Header,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    id: String,
+    default: Decision,
+    #[serde(default)]
+    default_rule_id: Option<String>,
+    #[serde(default)]
+    default_reason: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    id: String,
+    action: OneOrMany,
+    #[serde(default)]
+    target: Option<OneOrMany>,
+    #[serde(default)]
+    operation: Option<OneOrMany>,
+    #[serde(default)]
+    when: BTreeMap<String, OneOrMany>,
+    decision: Decision,
+    #[serde(default)]
+    severity: Severity,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    approver_group: Option<String>,
+    #[serde(default)]
+    fallback: bool,
+}
+
+/// What a decision cites: a rule or the policy default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleInfo {
+    /// Rule id.
+    pub id: String,
+    /// Decision.
+    pub decision: Decision,
+    /// Severity.
+    pub severity: Severity,
+    /// Why.
+    pub reason: String,
+    /// Who may approve.
+    pub approver_group: Option<String>,
+}
+
+/// A request field a `when` clause reads.
+#[derive(Debug, Clone)]
+enum Field {
+    SessionId,
+    AgentId,
+    Actor,
+    ActionType,
+    Target,
+    Operation,
+    PolicyPack,
+    Server,
+    Tool,
+    Capability,
+    Context(Box<[String]>),
+    Runner(Box<[String]>),
+}
+
+impl Field {
+    fn parse(name: &str) -> Result<Self, String> {
+        let path = |rest: &str| -> Box<[String]> { rest.split('.').map(str::to_owned).collect() };
+        Ok(match name {
+            "session_id" => Field::SessionId,
+            "agent_id" => Field::AgentId,
+            "actor" => Field::Actor,
+            "action_type" => Field::ActionType,
+            "target" => Field::Target,
+            "operation" | "requested_operation" => Field::Operation,
+            "policy_pack" => Field::PolicyPack,
+            "server" => Field::Server,
+            "tool" => Field::Tool,
+            "capability" => Field::Capability,
+            _ => {
+                if let Some(rest) = name.strip_prefix("context.").filter(|r| !r.is_empty()) {
+                    Field::Context(path(rest))
+                } else if let Some(rest) = name
+                    .strip_prefix("runner_auth.")
+                    .or_else(|| name.strip_prefix("runner."))
+                    .filter(|r| !r.is_empty())
+                {
+                    Field::Runner(path(rest))
+                } else {
+                    return Err(format!(
+                        "unknown request field {name:?}: expected session_id, agent_id, actor, action_type, \
+                         target, operation, policy_pack, server, tool, capability, context.<key> or runner.<key>"
+                    ));
+                }
+            }
+        })
+    }
+
+    fn value<'r>(&self, req: &'r EvaluateRequest) -> Option<Cow<'r, str>> {
+        let borrowed = |s: &'r Option<String>| s.as_deref().map(Cow::Borrowed);
+        match self {
+            Field::SessionId => borrowed(&req.session_id),
+            Field::AgentId => borrowed(&req.agent_id),
+            Field::Actor => borrowed(&req.actor),
+            Field::ActionType => Some(Cow::Borrowed(&req.action_type)),
+            Field::Target => borrowed(&req.target),
+            Field::Operation => borrowed(&req.requested_operation),
+            Field::PolicyPack => borrowed(&req.policy_pack),
+            Field::Server => borrowed(&req.server),
+            Field::Tool => borrowed(&req.tool),
+            Field::Capability => borrowed(&req.capability),
+            Field::Context(path) => lookup(&req.context, path),
+            Field::Runner(path) => lookup(&req.runner_auth, path),
+        }
+    }
+}
+
+fn lookup<'r>(
+    map: &'r serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+) -> Option<Cow<'r, str>> {
+    let (first, rest) = path.split_first()?;
+    let mut value = map.get(first)?;
+    for key in rest {
+        value = value.get(key)?;
+    }
+    match value {
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+        serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    info: RuleInfo,
+    /// 0 block, 1 require_approval, 2 allow, 3 fallback.
+    tier: usize,
+    /// `None`: any action.
+    actions: Option<Box<[String]>>,
+    targets: Option<Box<[Glob]>>,
+    operations: Option<Box<[String]>>,
+    when: Box<[(Field, Box<[Glob]>)]>,
+}
+
+impl Rule {
+    fn matches(&self, req: &EvaluateRequest, target: Option<&str>, mode: Mode) -> bool {
+        if let Some(targets) = &self.targets {
+            let Some(target) = target else { return false };
+            if !targets.iter().any(|g| g.matches(target, mode)) {
+                return false;
+            }
+        }
+        if let Some(ops) = &self.operations {
+            let Some(op) = req.requested_operation.as_deref() else {
+                return false;
+            };
+            if !ops.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(op)) {
+                return false;
+            }
+        }
+        self.when.iter().all(|(field, globs)| {
+            field
+                .value(req)
+                .is_some_and(|v| globs.iter().any(|g| g.matches(&v, Mode::Text)))
+        })
+    }
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    id: String,
+    description: Option<String>,
+    default: RuleInfo,
+    /// In file order.
+    rules: Vec<Rule>,
+    /// Per action type, the indexes of the rules that can match it, per
+    /// tier (block, require_approval, allow, fallback), in file order.
+    index: HashMap<String, Tiers>,
+    /// The same for action types no rule names (only `*` rules).
+    other: Tiers,
+}
+
+type Tiers = [Box<[u32]>; 4];
+
+/// The outcome of [`Policy::evaluate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict<'p> {
+    /// The rule that decided (or the default).
+    pub rule: &'p RuleInfo,
+    /// True when a non-fallback rule matched (the policy said something
+    /// specific about this request).
+    pub explicit: bool,
+}
+
+impl Verdict<'_> {
+    /// The decision.
+    pub fn decision(&self) -> Decision {
+        self.rule.decision
+    }
+}
+
+impl Policy {
+    /// Compiles the TOML `text`; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        let err = |rule_id: Option<&str>, field: Option<&str>, message: String| PolicyError {
+            origin: origin.to_owned(),
+            rule_id: rule_id.map(str::to_owned),
+            field: field.map(str::to_owned),
+            message,
+        };
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            // Name the rule when the error sits inside [[rules]].
+            let rule_id = e.span().and_then(|span| rule_id_at(text, span.start));
+            err(
+                rule_id.as_deref(),
+                None,
+                e.message().to_owned() + &at_line(text, e.span()),
+            )
+        })?;
+        if file.policy.id.trim().is_empty() {
+            return Err(err(None, Some("policy.id"), "must not be empty".into()));
+        }
+        let default_id = file
+            .policy
+            .default_rule_id
+            .unwrap_or_else(|| format!("{}.default", file.policy.id));
+        let default = RuleInfo {
+            id: default_id,
+            decision: file.policy.default,
+            severity: Severity::Low,
+            reason: file
+                .policy
+                .default_reason
+                .unwrap_or_else(|| "no rule matched: the policy default applies".to_owned()),
+            approver_group: None,
+        };
+        let mut policy = Policy {
+            id: file.policy.id,
+            description: file.policy.description,
+            default,
+            rules: Vec::new(),
+            index: HashMap::new(),
+            other: Default::default(),
+        };
+        let mut seen = HashSet::new();
+        for raw in file.rules {
+            let id = raw.id.clone();
+            if id.trim().is_empty() {
+                return Err(err(None, Some("id"), "a rule needs a non-empty id".into()));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(err(Some(&id), Some("id"), "duplicate rule id".into()));
+            }
+            let rule =
+                compile_rule(raw).map_err(|(field, msg)| err(Some(&id), Some(field), msg))?;
+            policy.rules.push(rule);
+        }
+        policy.build_index();
+        Ok(policy)
+    }
+
+    /// Loads and compiles a policy file.
+    pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            origin: path.display().to_string(),
+            rule_id: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Loads several files as one policy: rules in file order (earlier
+    /// files first within each tier); the first file's default applies; the
+    /// id joins the files' ids with `+`.
+    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, PolicyError> {
+        let mut merged: Option<Policy> = None;
+        for path in paths {
+            let next = Self::from_file(path.as_ref())?;
+            merged = Some(match merged {
+                None => next,
+                Some(mut acc) => {
+                    let ids: HashSet<&str> = acc.rules().map(|r| r.id.as_str()).collect();
+                    if let Some(dup) = next.rules().find(|r| ids.contains(r.id.as_str())) {
+                        return Err(PolicyError {
+                            origin: path.as_ref().display().to_string(),
+                            rule_id: Some(dup.id.clone()),
+                            field: Some("id".into()),
+                            message: "rule id already defined by an earlier policy file".into(),
+                        });
+                    }
+                    acc.id = format!("{}+{}", acc.id, next.id);
+                    acc.rules.extend(next.rules);
+                    acc.build_index();
+                    acc
+                }
+            });
+        }
+        merged.ok_or_else(|| PolicyError {
+            origin: "policy.files".into(),
+            rule_id: None,
+            field: None,
+            message: "no policy file given".into(),
+        })
+    }
+
+    fn build_index(&mut self) {
+        let tiers_for = |action: Option<&str>| -> Tiers {
+            std::array::from_fn(|tier| {
+                self.rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.tier == tier)
+                    .filter(|(_, r)| match (&r.actions, action) {
+                        (None, _) => true,
+                        (Some(list), Some(a)) => list.iter().any(|x| x == a),
+                        (Some(_), None) => false,
+                    })
+                    .map(|(i, _)| i as u32)
+                    .collect()
+            })
+        };
+        let names: HashSet<&str> = self
+            .rules
+            .iter()
+            .filter_map(|r| r.actions.as_deref())
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        self.index = names
+            .into_iter()
+            .map(|a| (a.to_owned(), tiers_for(Some(a))))
+            .collect();
+        self.other = tiers_for(None);
+    }
+
+    /// The policy id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The description, if any.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The default that applies when no rule matches.
+    pub fn default_rule(&self) -> &RuleInfo {
+        &self.default
+    }
+
+    /// Every rule, in precedence order.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleInfo> {
+        (0..4).flat_map(move |tier| {
+            self.rules
+                .iter()
+                .filter(move |r| r.tier == tier)
+                .map(|r| &r.info)
+        })
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the policy has no rules (only its default).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides `req`.
+    pub fn evaluate(&self, req: &EvaluateRequest) -> Verdict<'_> {
+        let mode = if PATH_ACTIONS.contains(&req.action_type.as_str()) {
+            Mode::Path
+        } else {
+            Mode::Text
+        };
+        let target = req.target.as_deref().map(|t| normalize_target(t, mode));
+        let target = target.as_deref();
+        let tiers = self
+            .index
+            .get(req.action_type.as_str())
+            .unwrap_or(&self.other);
+        for (tier, candidates) in tiers.iter().enumerate() {
+            let hit = candidates
+                .iter()
+                .map(|&i| &self.rules[i as usize])
+                .find(|r| r.matches(req, target, mode));
+            if let Some(rule) = hit {
+                return Verdict {
+                    rule: &rule.info,
+                    explicit: tier < 3,
+                };
+            }
+        }
+        Verdict {
+            rule: &self.default,
+            explicit: false,
+        }
+    }
+}
+
+/// Commands: surrounding whitespace trimmed and runs of whitespace made one
+/// space, so `terraform   destroy` cannot slip past `terraform destroy*`.
+/// Paths: a leading `./` and repeated `/` removed.
+fn normalize_target(target: &str, mode: Mode) -> Cow<'_, str> {
+    match mode {
+        Mode::Text => {
+            let trimmed = target.trim();
+            let messy = trimmed
+                .as_bytes()
+                .windows(2)
+                .any(|w| w[0].is_ascii_whitespace() && w[1].is_ascii_whitespace())
+                || trimmed
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() && b != b' ');
+            if messy {
+                Cow::Owned(
+                    trimmed
+                        .split_ascii_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            } else {
+                Cow::Borrowed(trimmed)
+            }
+        }
+        Mode::Path => {
+            let mut t = target;
+            while let Some(rest) = t.strip_prefix("./") {
+                t = rest;
+            }
+            if t.contains("//") || t.contains("/./") {
+                let absolute = t.starts_with('/');
+                let joined = t
+                    .split('/')
+                    .filter(|s| !s.is_empty() && *s != ".")
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let trailing = if t.ends_with('/') { "/" } else { "" };
+                Cow::Owned(format!(
+                    "{}{joined}{trailing}",
+                    if absolute { "/" } else { "" }
+                ))
+            } else {
+                Cow::Borrowed(t)
+            }
+        }
+    }
+}
+
+fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
+    let actions = raw.action.into_vec();
+    if actions.is_empty() {
+        return Err(("action", "name at least one action type, or \"*\"".into()));
+    }
+    if actions.iter().any(|a| a.trim().is_empty()) {
+        return Err(("action", "action names must not be empty".into()));
+    }
+    let actions = (!actions.iter().any(|a| a == "*")).then(|| actions.into_boxed_slice());
+    let globs =
+        |field: &'static str, list: Vec<String>| -> Result<Box<[Glob]>, (&'static str, String)> {
+            if list.is_empty() {
+                return Err((
+                    field,
+                    "an empty list matches nothing; remove the field to match anything".into(),
+                ));
+            }
+            list.iter()
+                .map(|p| Glob::new(p).map_err(|e| (field, format!("{p:?}: {e}"))))
+                .collect()
+        };
+    let targets = raw
+        .target
+        .map(|t| globs("target", t.into_vec()))
+        .transpose()?;
+    let operations = raw
+        .operation
+        .map(|o| {
+            let ops = o.into_vec();
+            if ops.is_empty() || ops.iter().any(|o| o.trim().is_empty()) {
+                Err(("operation", "operations must be non-empty names".to_owned()))
+            } else {
+                Ok(ops.into_boxed_slice())
+            }
+        })
+        .transpose()?;
+    let mut when = Vec::new();
+    for (name, patterns) in raw.when {
+        let field = Field::parse(&name).map_err(|e| ("when", e))?;
+        when.push((field, globs("when", patterns.into_vec())?));
+    }
+    if raw.approver_group.is_some() && raw.decision != Decision::RequireApproval {
+        return Err((
+            "approver_group",
+            "only a require_approval rule has approvers".into(),
+        ));
+    }
+    let reason = raw
+        .reason
+        .unwrap_or_else(|| format!("matched rule {}", raw.id));
+    let tier = match (raw.fallback, raw.decision) {
+        (true, _) => 3,
+        (false, Decision::Block) => 0,
+        (false, Decision::RequireApproval) => 1,
+        (false, Decision::Allow) => 2,
+    };
+    Ok(Rule {
+        tier,
+        info: RuleInfo {
+            id: raw.id,
+            decision: raw.decision,
+            severity: raw.severity,
+            reason,
+            approver_group: raw.approver_group,
+        },
+        actions,
+        targets,
+        operations,
+        when: when.into_boxed_slice(),
+    })
+}
+
+fn at_line(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|s| {
+        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+        format!(" (line {line})")
+    })
+    .unwrap_or_default()
+}
+
+/// The `id` of the `[[rules]]` table that contains byte `offset`, if any.
+fn rule_id_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let start = before.rfind("[[rules]]")?;
+    if before[start..].contains("\n[policy]") {
+        return None;
+    }
+    let table = &text[start..];
+    let end = table[9..].find("\n[").map_or(table.len(), |e| e + 9);
+    table[..end].lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "id").then(|| value.trim().trim_matches('"').to_owned())
+    })
+}
