@@ -1,0 +1,161 @@
+//! RFC 8785 JSON Canonicalization Scheme: object members sorted by their
+//! UTF-16 code units, no whitespace, ECMAScript number and string forms.
+
+use serde_json::Value;
+
+/// Appends the canonical form of `value` to `out`.
+pub fn write(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                out.push_str(&i.to_string());
+            } else if let Some(u) = n.as_u64() {
+                out.push_str(&u.to_string());
+            } else {
+                out.push_str(&es_number(n.as_f64().unwrap_or(0.0)));
+            }
+        }
+        Value::String(s) => write_str(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            // serde_json's map is ordered by UTF-8 bytes, which differs from
+            // UTF-16 order only when characters beyond U+FFFF meet U+E000..
+            if keys.iter().any(|k| k.chars().any(|c| c as u32 > 0xFFFF)) {
+                keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            } else {
+                keys.sort_unstable();
+            }
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(key, out);
+                out.push(':');
+                write(&map[key], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// The canonical form of `value`.
+pub fn to_string(value: &Value) -> String {
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// JSON string escaping as JCS wants it (which is serde_json's: `\"`,
+/// `\\`, `\b\f\n\r\t`, other controls as lowercase `\u00xx`).
+pub fn write_str(s: &str, out: &mut String) {
+    out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// ECMAScript's Number::toString for a finite double (RFC 8785 §3.2.2.3).
+fn es_number(f: f64) -> String {
+    if f == 0.0 || !f.is_finite() {
+        return "0".to_owned();
+    }
+    // Rust's `{:e}` prints the shortest digits that round-trip.
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    let n = exp.parse::<i32>().unwrap_or(0) + 1;
+    let sign = if f < 0.0 { "-" } else { "" };
+    let body = if k <= n && n <= 21 {
+        format!("{digits}{}", "0".repeat((n - k) as usize))
+    } else if 0 < n && n <= 21 {
+        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat((-n) as usize))
+    } else {
+        let e = n - 1;
+        let e = if e < 0 {
+            format!("-{}", -e)
+        } else {
+            format!("+{e}")
+        };
+        if k == 1 {
+            format!("{digits}e{e}")
+        } else {
+            format!("{}.{}e{e}", &digits[..1], &digits[1..])
+        }
+    };
+    format!("{sign}{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    #[allow(clippy::excessive_precision)] // the RFC's own sample value
+    fn rfc8785_examples() {
+        // RFC 8785 §3.2.3's sample, minus its literal-only members.
+        let v = json!({"numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+                       "string": "\u{20ac}$\u{000F}\u{000a}A'\u{0042}\u{0022}\u{005c}\\\"/",
+                       "literals": [null, true, false]});
+        assert_eq!(
+            to_string(&v),
+            r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+        );
+        assert_eq!(es_number(1e21), "1e+21");
+        assert_eq!(es_number(1e20), "100000000000000000000");
+        assert_eq!(es_number(-1.5), "-1.5");
+        assert_eq!(es_number(1e-7), "1e-7");
+        assert_eq!(es_number(0.000001), "0.000001");
+    }
+
+    #[test]
+    fn keys_sort_by_utf16_code_units() {
+        // U+E000 sorts after U+1F600 in UTF-16 (0xD83D < 0xE000).
+        let v = json!({"\u{e000}": 1, "\u{1f600}": 2, "b": 3, "a": 4});
+        assert_eq!(
+            to_string(&v),
+            "{\"a\":4,\"b\":3,\"\u{1f600}\":2,\"\u{e000}\":1}"
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! keyward's evidence log: one JSON record per line in
+//! `<home>/audit/evidence-NNNNNN.jsonl`, each hashed (SHA-256 of its RFC
+//! 8785 canonical form without `hash` and `sig`), chained to the one
+//! before, optionally signed (HMAC-SHA256 or Ed25519), and acknowledged
+//! only after fsync.
+#![forbid(unsafe_code)]
+
+mod jcs;
+mod keys;
+mod log;
+mod record;
+mod redact;
+mod verify;
+
+pub use keys::{
+    ED25519_ALG, HMAC_ALG, KeyError, Signer, Verifier, generate_ed25519, generate_hmac,
+};
+pub use log::{
+    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, list_segments,
+    read_log_id, segment_name,
+};
+pub use record::{Kind, SCHEMA};
+pub use redact::{REDACTED, redact};
+pub use verify::{Report, VerifyError, verify_dir};
+
+/// Canonical JSON (RFC 8785) of `value`.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    jcs::to_string(value)
+}
+
+/// Writes a new small file and syncs it and its directory.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

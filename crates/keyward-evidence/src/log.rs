@@ -1,0 +1,533 @@
+//! The writer: one thread owns the current segment; appends arrive over a
+//! channel and are committed in groups (one write and one fsync for every
+//! record waiting), and each is acknowledged only after its fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::keys::Signer;
+use crate::record::{Body, Kind};
+
+/// Default segment size before rotation: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The most records one group commit takes.
+const MAX_BATCH: usize = 4096;
+
+/// An evidence log problem.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// Reading or writing the log failed.
+    #[error("evidence log {path}: {message}")]
+    Io {
+        /// File or directory.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// A complete record in the newest segment does not parse: that is not a
+    /// crash artefact, so keyward refuses to write after it.
+    #[error(
+        "evidence log {path}, line {line}: the last record is damaged ({message}); \
+         run `keyward audit verify` and move the damaged segment aside"
+    )]
+    Corrupt {
+        /// Segment.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The writer stopped (the daemon is shutting down).
+    #[error("the evidence log is closed")]
+    Closed,
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> EvidenceError {
+    EvidenceError::Io {
+        path: path.display().to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// Where the log lives and how it signs.
+pub struct LogOptions {
+    /// `<home>/audit`.
+    pub dir: PathBuf,
+    /// `None`: records are hash-chained but unsigned.
+    pub signer: Option<Signer>,
+    /// Rotate after this many bytes.
+    pub segment_bytes: u64,
+}
+
+/// What `open` had to repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// The segment whose last line was torn.
+    pub segment: PathBuf,
+    /// Where the torn bytes went.
+    pub moved_to: PathBuf,
+    /// How many bytes.
+    pub bytes: u64,
+}
+
+/// The name of segment `n`.
+pub fn segment_name(n: u32) -> String {
+    format!("evidence-{n:06}.jsonl")
+}
+
+/// The segments in `dir`, oldest first, with their numbers.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_prefix("evidence-")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .filter(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+        {
+            segments.push((n, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// The log id in `<dir>/log_id`, if the log exists.
+pub fn read_log_id(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("log_id"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Where an append's outcome goes (`None`: nobody waits).
+type Ack = Option<oneshot::Sender<Result<u64, String>>>;
+
+struct Job {
+    kind: Kind,
+    run_id: Option<String>,
+    data: Value,
+    ack: Ack,
+}
+
+/// The open log. Dropping it flushes every queued record and stops the writer.
+pub struct EvidenceLog {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    log_id: String,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for EvidenceLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EvidenceLog({})", self.dir.display())
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    signer: Option<Signer>,
+    segment_bytes: u64,
+    segment: u32,
+    file: File,
+    len: u64,
+    seq: u64,
+    prev_hash: String,
+    scratch: String,
+}
+
+impl EvidenceLog {
+    /// Opens (or creates) the log in `options.dir`, repairing a torn last
+    /// line, and starts the writer thread.
+    pub fn open(options: LogOptions) -> Result<(Self, Option<Repair>), EvidenceError> {
+        let dir = options.dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_err(&dir, "cannot create the directory", e))?;
+        let log_id = match read_log_id(&dir) {
+            Some(id) => id,
+            None => {
+                let id = hex::encode(rand::random::<[u8; 8]>());
+                crate::write_durably(&dir.join("log_id"), format!("{id}\n").as_bytes())
+                    .map_err(|e| io_err(&dir.join("log_id"), "cannot write", e))?;
+                id
+            }
+        };
+        let segments = list_segments(&dir).map_err(|e| io_err(&dir, "cannot list", e))?;
+        let mut repair = None;
+        let (segment, seq, prev_hash) = match segments.last() {
+            None => (1, 0, String::new()),
+            Some((n, path)) => {
+                repair = repair_torn_tail(path)?;
+                let mut last = last_record(path)?;
+                // A fresh (empty) newest segment: the chain ends in the one before.
+                if last.is_none() && segments.len() > 1 {
+                    last = last_record(&segments[segments.len() - 2].1)?;
+                }
+                let (seq, hash) = last.unwrap_or((0, String::new()));
+                (*n, seq, hash)
+            }
+        };
+        let path = dir.join(segment_name(segment));
+        let file = open_append(&path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_err(&path, "cannot stat", e))?
+            .len();
+        if segments.is_empty() {
+            sync_dir(&dir)?;
+        }
+        let mut writer = Writer {
+            dir: dir.clone(),
+            signer: options.signer,
+            segment_bytes: options.segment_bytes.max(1),
+            segment,
+            file,
+            len,
+            seq,
+            prev_hash,
+            scratch: String::new(),
+        };
+        if let Some(r) = &repair {
+            tracing::warn!(
+                segment = %r.segment.display(),
+                moved_to = %r.moved_to.display(),
+                bytes = r.bytes,
+                "evidence log: a torn last record (crash mid-write) was moved aside; the chain continues"
+            );
+            let job = Job {
+                kind: Kind::Admin,
+                run_id: None,
+                data: json!({
+                    "event": "torn_tail_repaired",
+                    "segment": r.segment.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "moved_to": r.moved_to.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "bytes": r.bytes,
+                }),
+                ack: None,
+            };
+            writer.commit(vec![job]).map_err(|e| EvidenceError::Io {
+                path: dir.display().to_string(),
+                message: e,
+            })?;
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("keyward-evidence".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| io_err(&dir, "cannot start the writer thread", e))?;
+        Ok((
+            Self {
+                tx: Some(tx),
+                thread: Some(thread),
+                log_id,
+                dir,
+            },
+            repair,
+        ))
+    }
+
+    /// The log id (random, created with the log).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `keyward-evidence://<log_id>/<seq>`.
+    pub fn reference(&self, seq: u64) -> String {
+        format!("keyward-evidence://{}/{seq}", self.log_id)
+    }
+
+    /// Appends a record and waits until it is on disk (fsync). Returns its
+    /// evidence reference.
+    pub async fn append(
+        &self,
+        kind: Kind,
+        run_id: Option<String>,
+        data: Value,
+    ) -> Result<String, EvidenceError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Job {
+            kind,
+            run_id,
+            data,
+            ack: Some(ack),
+        })?;
+        match done.await {
+            Ok(Ok(seq)) => Ok(self.reference(seq)),
+            Ok(Err(message)) => Err(EvidenceError::Io {
+                path: self.dir.display().to_string(),
+                message,
+            }),
+            Err(_) => Err(EvidenceError::Closed),
+        }
+    }
+
+    /// Appends a record without waiting for it.
+    pub fn record(&self, kind: Kind, run_id: Option<String>, data: Value) {
+        let _ = self.send(Job {
+            kind,
+            run_id,
+            data,
+            ack: None,
+        });
+    }
+
+    fn send(&self, job: Job) -> Result<(), EvidenceError> {
+        self.tx
+            .as_ref()
+            .ok_or(EvidenceError::Closed)?
+            .send(job)
+            .map_err(|_| EvidenceError::Closed)
+    }
+}
+
+impl Drop for EvidenceLog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.commit(batch) {
+                tracing::error!("evidence log write failed: {e}");
+            }
+        }
+    }
+
+    /// Writes `batch` with as few fsyncs as rotation allows, then
+    /// acknowledges. On failure the segment is cut back to its last
+    /// acknowledged record and the chain state restored, so a failed write
+    /// leaves no partial record behind.
+    fn commit(&mut self, batch: Vec<Job>) -> Result<(), String> {
+        let mut buf = String::new();
+        let mut pending: Vec<(Ack, u64)> = Vec::new();
+        let mut checkpoint = (self.seq, self.prev_hash.clone());
+        let ts = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        for job in batch {
+            let body = Body {
+                seq: self.seq + 1,
+                ts: &ts,
+                kind: job.kind.as_str(),
+                run_id: job.run_id.as_deref(),
+                data: &job.data,
+                prev_hash: &self.prev_hash,
+            };
+            let (line, hash) = body.seal(self.signer.as_ref(), &mut self.scratch);
+            let grown = self.len + buf.len() as u64;
+            if grown > 0 && grown + line.len() as u64 + 1 > self.segment_bytes {
+                if let Err(e) = self.flush(&buf) {
+                    return self.fail(e, checkpoint, pending);
+                }
+                ack_all(&mut pending);
+                buf.clear();
+                checkpoint = (self.seq, self.prev_hash.clone());
+                // The records not yet written are dropped unacknowledged:
+                // their callers hear that the log is closed.
+                self.rotate()?;
+            }
+            buf.push_str(&line);
+            buf.push('\n');
+            self.seq += 1;
+            self.prev_hash = hash;
+            pending.push((job.ack, self.seq));
+        }
+        if let Err(e) = self.flush(&buf) {
+            return self.fail(e, checkpoint, pending);
+        }
+        ack_all(&mut pending);
+        Ok(())
+    }
+
+    fn flush(&mut self, buf: &str) -> Result<(), String> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(self.segment));
+        self.file
+            .write_all(buf.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn fail(
+        &mut self,
+        e: String,
+        checkpoint: (u64, String),
+        pending: Vec<(Ack, u64)>,
+    ) -> Result<(), String> {
+        // Cut off whatever part of the group reached the file.
+        let _ = self.file.set_len(self.len);
+        let _ = self.file.seek(SeekFrom::End(0));
+        let _ = self.file.sync_data();
+        (self.seq, self.prev_hash) = checkpoint;
+        for (ack, _) in pending {
+            if let Some(ack) = ack {
+                let _ = ack.send(Err(e.clone()));
+            }
+        }
+        Err(e)
+    }
+
+    fn rotate(&mut self) -> Result<(), String> {
+        let next = self.segment + 1;
+        let path = self.dir.join(segment_name(next));
+        self.file = open_append(&path).map_err(|e| e.to_string())?;
+        sync_dir(&self.dir).map_err(|e| e.to_string())?;
+        self.segment = next;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+fn ack_all(pending: &mut Vec<(Ack, u64)>) {
+    for (ack, seq) in pending.drain(..) {
+        if let Some(ack) = ack {
+            let _ = ack.send(Ok(seq));
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, EvidenceError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err(path, "cannot open", e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), EvidenceError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, "cannot sync the directory", e))
+}
+
+/// Moves bytes after the last newline (a record cut by a crash) to
+/// `<segment>.torn` and truncates the segment to its last complete line.
+fn repair_torn_tail(path: &Path) -> Result<Option<Repair>, EvidenceError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(path, "cannot open", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| io_err(path, "cannot stat", e))?
+        .len();
+    let good =
+        match find_last_newline(&mut file, len).map_err(|e| io_err(path, "cannot read", e))? {
+            Some(i) => i + 1,
+            None => 0,
+        };
+    if good == len {
+        return Ok(None);
+    }
+    let mut torn = Vec::new();
+    file.seek(SeekFrom::Start(good))
+        .and_then(|_| file.read_to_end(&mut torn))
+        .map_err(|e| io_err(path, "cannot read", e))?;
+    let mut moved_to = PathBuf::from(format!("{}.torn", path.display()));
+    let mut n = 1;
+    while moved_to.exists() {
+        n += 1;
+        moved_to = PathBuf::from(format!("{}.torn.{n}", path.display()));
+    }
+    crate::write_durably(&moved_to, &torn).map_err(|e| io_err(&moved_to, "cannot write", e))?;
+    file.set_len(good)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_err(path, "cannot truncate", e))?;
+    Ok(Some(Repair {
+        segment: path.to_owned(),
+        moved_to,
+        bytes: len - good,
+    }))
+}
+
+/// The offset of the last `\n` before `end`, reading backwards in blocks.
+fn find_last_newline(file: &mut File, end: u64) -> std::io::Result<Option<u64>> {
+    let mut block = vec![0u8; 64 * 1024];
+    let mut hi = end;
+    while hi > 0 {
+        let lo = hi.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(hi - lo) as usize];
+        file.seek(SeekFrom::Start(lo))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(lo + i as u64));
+        }
+        hi = lo;
+    }
+    Ok(None)
+}
+
+/// The `(seq, hash)` of the last complete record of a segment.
+fn last_record(path: &Path) -> Result<Option<(u64, String)>, EvidenceError> {
+    let mut file = File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| io_err(path, "cannot stat", e))?
+        .len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // The segment ends with '\n' (the torn tail is gone); find the one before.
+    let start = find_last_newline(&mut file, len - 1)
+        .map_err(|e| io_err(path, "cannot read", e))?
+        .map_or(0, |i| i + 1);
+    let mut line = vec![0u8; (len - 1 - start) as usize];
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_exact(&mut line))
+        .map_err(|e| io_err(path, "cannot read", e))?;
+    let corrupt = |message: String| {
+        let lines = std::fs::read(path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        EvidenceError::Corrupt {
+            path: path.display().to_string(),
+            line: lines,
+            message,
+        }
+    };
+    let value: Value =
+        serde_json::from_slice(&line).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+    let seq = value["seq"]
+        .as_u64()
+        .ok_or_else(|| corrupt("no seq".into()))?;
+    let hash = value["hash"]
+        .as_str()
+        .ok_or_else(|| corrupt("no hash".into()))?;
+    Ok(Some((seq, hash.to_owned())))
+}

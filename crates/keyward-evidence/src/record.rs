@@ -1,0 +1,147 @@
+//! One evidence record: its canonical body, hash, signature and line.
+
+use aws_lc_rs::digest;
+use serde_json::Value;
+
+use crate::jcs;
+use crate::keys::Signer;
+
+/// The `schema` of every record.
+pub const SCHEMA: &str = "keyward.evidence.v1";
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A policy decision.
+    Decision,
+    /// A proxied request.
+    Egress,
+    /// A run created or ended.
+    Run,
+    /// A secret written or removed.
+    Secret,
+    /// The vault created, sealed, unsealed or rolled back.
+    Vault,
+    /// The daemon itself (start, reload, log repair).
+    Admin,
+}
+
+impl Kind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Decision => "decision",
+            Kind::Egress => "egress",
+            Kind::Run => "run",
+            Kind::Secret => "secret",
+            Kind::Vault => "vault",
+            Kind::Admin => "admin",
+        }
+    }
+
+    /// All kinds, for help texts and validation.
+    pub const ALL: [Kind; 6] = [
+        Kind::Decision,
+        Kind::Egress,
+        Kind::Run,
+        Kind::Secret,
+        Kind::Vault,
+        Kind::Admin,
+    ];
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The fields a record's hash covers.
+pub struct Body<'a> {
+    /// Sequence number, from 1.
+    pub seq: u64,
+    /// RFC 3339 UTC.
+    pub ts: &'a str,
+    /// Kind name.
+    pub kind: &'a str,
+    /// The run, if any.
+    pub run_id: Option<&'a str>,
+    /// Payload.
+    pub data: &'a Value,
+    /// The previous record's hash ("" for the first).
+    pub prev_hash: &'a str,
+}
+
+/// A signature as recorded.
+pub struct Sig<'a> {
+    /// Algorithm name.
+    pub alg: &'a str,
+    /// Key id.
+    pub key_id: &'a str,
+    /// Hex value.
+    pub value: &'a str,
+}
+
+impl Body<'_> {
+    /// The canonical JSON of the record with `hash` and `sig` (members in
+    /// JCS order), or without both when `hash` is `None`.
+    pub fn render(&self, hash: Option<&str>, sig: Option<&Sig<'_>>, out: &mut String) {
+        out.push_str("{\"data\":");
+        jcs::write(self.data, out);
+        if let Some(hash) = hash {
+            out.push_str(",\"hash\":");
+            jcs::write_str(hash, out);
+        }
+        out.push_str(",\"kind\":");
+        jcs::write_str(self.kind, out);
+        out.push_str(",\"prev_hash\":");
+        jcs::write_str(self.prev_hash, out);
+        out.push_str(",\"run_id\":");
+        match self.run_id {
+            Some(r) => jcs::write_str(r, out),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"schema\":");
+        jcs::write_str(SCHEMA, out);
+        out.push_str(",\"seq\":");
+        out.push_str(&self.seq.to_string());
+        if let (Some(_), Some(sig)) = (hash, sig) {
+            out.push_str(",\"sig\":{\"alg\":");
+            jcs::write_str(sig.alg, out);
+            out.push_str(",\"key_id\":");
+            jcs::write_str(sig.key_id, out);
+            out.push_str(",\"value\":");
+            jcs::write_str(sig.value, out);
+            out.push('}');
+        }
+        out.push_str(",\"ts\":");
+        jcs::write_str(self.ts, out);
+        out.push('}');
+    }
+
+    /// Hex SHA-256 of the canonical record without `hash` and `sig`.
+    pub fn hash(&self, scratch: &mut String) -> String {
+        scratch.clear();
+        self.render(None, None, scratch);
+        hex::encode(digest::digest(&digest::SHA256, scratch.as_bytes()).as_ref())
+    }
+
+    /// The complete line (no newline), signed when `signer` is given.
+    /// Returns the line and the record's hash.
+    pub fn seal(&self, signer: Option<&Signer>, scratch: &mut String) -> (String, String) {
+        let hash = self.hash(scratch);
+        let value = signer.map(|s| s.sign(signed_message(self.prev_hash, &hash).as_bytes()));
+        let sig = signer.zip(value.as_deref()).map(|(s, v)| Sig {
+            alg: s.alg(),
+            key_id: s.key_id(),
+            value: v,
+        });
+        let mut line = String::with_capacity(scratch.len() + 256);
+        self.render(Some(&hash), sig.as_ref(), &mut line);
+        (line, hash)
+    }
+}
+
+/// What a signature covers: `schema + "\n" + prev_hash + "\n" + hash`.
+pub fn signed_message(prev_hash: &str, hash: &str) -> String {
+    format!("{SCHEMA}\n{prev_hash}\n{hash}")
+}

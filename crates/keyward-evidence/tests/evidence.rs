@@ -1,0 +1,391 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keyward_evidence::{
+    EvidenceLog, Kind, LogOptions, Signer, Verifier, generate_ed25519, generate_hmac,
+    list_segments, verify_dir,
+};
+use serde_json::json;
+
+fn open(dir: &Path, signer: Option<Signer>, segment_bytes: u64) -> EvidenceLog {
+    EvidenceLog::open(LogOptions {
+        dir: dir.to_owned(),
+        signer,
+        segment_bytes,
+    })
+    .unwrap()
+    .0
+}
+
+async fn fill(log: &EvidenceLog, n: u64) -> Vec<String> {
+    let mut refs = Vec::new();
+    for i in 0..n {
+        refs.push(
+            log.append(
+                Kind::Decision,
+                Some(format!("run_{i:012x}")),
+                json!({"i": i, "note": "é \u{1} \"q\""}),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    refs
+}
+
+fn keys(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let hmac = dir.join("hmac.key");
+    generate_hmac(&hmac).unwrap();
+    let (private, public) = generate_ed25519(&dir.join("ed")).unwrap();
+    (hmac, private, public)
+}
+
+fn checks(report: &keyward_evidence::Report) -> Vec<&'static str> {
+    report.errors.iter().map(|e| e.check).collect()
+}
+
+#[tokio::test]
+async fn chain_verifies_across_rotation_with_hmac_and_ed25519() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hmac, private, public) = keys(tmp.path());
+    let audit = tmp.path().join("hmac-log");
+    {
+        let log = open(
+            &audit,
+            Some(Signer::hmac_from_file(&hmac, Some("team-key")).unwrap()),
+            2_000,
+        );
+        let refs = fill(&log, 40).await;
+        assert_eq!(refs[0], format!("keyward-evidence://{}/1", log.log_id()));
+        assert_eq!(refs[39], format!("keyward-evidence://{}/40", log.log_id()));
+    }
+    let segments = list_segments(&audit).unwrap();
+    assert!(segments.len() > 3, "expected rotation, got {segments:?}");
+    let verifier = Verifier::hmac_from_file(&hmac, Some("team-key")).unwrap();
+    let report = verify_dir(&audit, Some(&verifier)).unwrap();
+    assert!(report.valid, "{:?}", report.errors);
+    assert_eq!(
+        (
+            report.records,
+            report.signed_records,
+            report.first_seq,
+            report.last_seq
+        ),
+        (40, 40, Some(1), Some(40))
+    );
+    assert_eq!(report.segments, segments.len());
+    // Reopening continues the chain in the newest segment.
+    {
+        let log = open(
+            &audit,
+            Some(Signer::hmac_from_file(&hmac, Some("team-key")).unwrap()),
+            2_000,
+        );
+        let r = log
+            .append(Kind::Admin, None, json!({"event": "restart"}))
+            .await
+            .unwrap();
+        assert!(r.ends_with("/41"), "{r}");
+    }
+    assert!(verify_dir(&audit, Some(&verifier)).unwrap().valid);
+
+    let audit = tmp.path().join("ed-log");
+    {
+        let log = open(
+            &audit,
+            Some(Signer::ed25519_from_file(&private, None).unwrap()),
+            64 << 20,
+        );
+        fill(&log, 10).await;
+    }
+    // The verifier holds only the public key.
+    let verifier = Verifier::ed25519_from_file(&public, None).unwrap();
+    let report = verify_dir(&audit, Some(&verifier)).unwrap();
+    assert!(report.valid, "{:?}", report.errors);
+    assert_eq!(report.signed_records, 10);
+}
+
+#[tokio::test]
+async fn every_kind_of_tampering_is_detected_with_the_right_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hmac, _, _) = keys(tmp.path());
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(
+            &audit,
+            Some(Signer::hmac_from_file(&hmac, None).unwrap()),
+            64 << 20,
+        );
+        fill(&log, 6).await;
+    }
+    let verifier = Verifier::hmac_from_file(&hmac, None).unwrap();
+    let segment = list_segments(&audit).unwrap()[0].1.clone();
+    let original = std::fs::read(&segment).unwrap();
+    let lines: Vec<&[u8]> = original
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let rewrite = |lines: &[&[u8]]| {
+        let mut out = lines.join(&b'\n');
+        out.push(b'\n');
+        std::fs::write(&segment, out).unwrap();
+        let report = verify_dir(&audit, Some(&verifier)).unwrap();
+        std::fs::write(&segment, &original).unwrap();
+        report
+    };
+
+    // Flip every byte of the third record in turn: each flip is caught.
+    let third_start: usize = lines[..2].iter().map(|l| l.len() + 1).sum();
+    for i in third_start..third_start + lines[2].len() {
+        let mut bytes = original.clone();
+        bytes[i] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+        let report = verify_dir(&audit, Some(&verifier)).unwrap();
+        assert!(
+            !report.valid,
+            "flipping byte {i} ({:?}) went unnoticed",
+            original[i] as char
+        );
+        assert!(
+            report.errors.iter().all(|e| e.line == 3 || e.line == 4),
+            "{:?}",
+            report.errors
+        );
+    }
+    std::fs::write(&segment, &original).unwrap();
+    assert!(verify_dir(&audit, Some(&verifier)).unwrap().valid);
+
+    let deleted = rewrite(&[lines[0], lines[1], lines[3], lines[4], lines[5]]);
+    assert_eq!(checks(&deleted), ["sequence", "prev_hash"]);
+    assert_eq!(deleted.errors[0].line, 3);
+    assert!(
+        deleted.errors[0].message.contains("seq 4, expected 3"),
+        "{:?}",
+        deleted.errors
+    );
+
+    let reordered = rewrite(&[lines[0], lines[2], lines[1], lines[3], lines[4], lines[5]]);
+    assert!(
+        checks(&reordered).starts_with(&["sequence", "prev_hash"]),
+        "{:?}",
+        reordered.errors
+    );
+
+    let duplicated = rewrite(&[
+        lines[0], lines[1], lines[1], lines[2], lines[3], lines[4], lines[5],
+    ]);
+    assert_eq!(
+        checks(&duplicated),
+        ["sequence", "prev_hash", "sequence", "prev_hash"][..2]
+    );
+    assert_eq!(duplicated.errors[0].line, 3);
+
+    let not_json = rewrite(&[lines[0], b"{oops", lines[2], lines[3], lines[4], lines[5]]);
+    assert_eq!(checks(&not_json)[0], "json");
+
+    let mut other_schema = String::from_utf8(lines[0].to_vec()).unwrap();
+    other_schema = other_schema.replace("keyward.evidence.v1", "keyward.evidence.v9");
+    let schema = rewrite(&[
+        other_schema.as_bytes(),
+        lines[1],
+        lines[2],
+        lines[3],
+        lines[4],
+        lines[5],
+    ]);
+    assert!(checks(&schema).contains(&"schema"), "{:?}", schema.errors);
+    assert!(
+        schema
+            .errors
+            .iter()
+            .all(|e| e.segment == "evidence-000001.jsonl" && e.line == 1)
+    );
+}
+
+#[tokio::test]
+async fn keys_must_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hmac, private, public) = keys(tmp.path());
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(
+            &audit,
+            Some(Signer::hmac_from_file(&hmac, Some("k1")).unwrap()),
+            64 << 20,
+        );
+        fill(&log, 3).await;
+    }
+    let other = tmp.path().join("other.key");
+    generate_hmac(&other).unwrap();
+    let wrong = verify_dir(
+        &audit,
+        Some(&Verifier::hmac_from_file(&other, Some("k1")).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(checks(&wrong), ["signature"; 3]);
+    let wrong_id = verify_dir(
+        &audit,
+        Some(&Verifier::hmac_from_file(&hmac, Some("k2")).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(checks(&wrong_id), ["key_id"; 3]);
+    let wrong_alg = verify_dir(
+        &audit,
+        Some(&Verifier::ed25519_from_file(&public, None).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(checks(&wrong_alg), ["signature_algorithm"; 3]);
+    let no_key = verify_dir(&audit, None).unwrap();
+    assert_eq!(checks(&no_key), ["signature_without_key"; 3]);
+
+    // An unsigned log verified with a key: every record is missing its signature.
+    let unsigned = tmp.path().join("unsigned");
+    {
+        let log = open(&unsigned, None, 64 << 20);
+        fill(&log, 2).await;
+    }
+    assert!(verify_dir(&unsigned, None).unwrap().valid);
+    let missing = verify_dir(
+        &unsigned,
+        Some(&Verifier::hmac_from_file(&hmac, None).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(checks(&missing), ["signature_missing"; 2]);
+
+    // Bad key files name the file.
+    let short = tmp.path().join("short.key");
+    std::fs::write(&short, "abcd").unwrap();
+    let err = Signer::hmac_from_file(&short, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("short.key") && err.contains("at least 32 bytes"),
+        "{err}"
+    );
+    let err = Verifier::ed25519_from_file(&private, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PUBLIC KEY"), "{err}");
+    let err = generate_ed25519(&tmp.path().join("ed"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_moved_aside_recorded_and_the_chain_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(&audit, None, 64 << 20);
+        fill(&log, 5).await;
+    }
+    let segment = list_segments(&audit).unwrap()[0].1.clone();
+    let torn = b"{\"data\":{\"i\":99},\"hash\":\"ab";
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(torn);
+    std::fs::write(&segment, &bytes).unwrap();
+    let before = verify_dir(&audit, None).unwrap();
+    assert!(
+        !before.valid && before.errors[0].message.contains("torn"),
+        "{:?}",
+        before.errors
+    );
+
+    let (log, repair) = EvidenceLog::open(LogOptions {
+        dir: audit.clone(),
+        signer: None,
+        segment_bytes: 64 << 20,
+    })
+    .unwrap();
+    let repair = repair.expect("a repair");
+    assert_eq!(repair.bytes, torn.len() as u64);
+    assert_eq!(std::fs::read(&repair.moved_to).unwrap(), torn);
+    let next = log
+        .append(Kind::Decision, None, json!({"after": true}))
+        .await
+        .unwrap();
+    // seq 6 is the repair record itself; the next decision is 7.
+    assert!(next.ends_with("/7"), "{next}");
+    drop(log);
+    let report = verify_dir(&audit, None).unwrap();
+    assert!(report.valid, "{:?}", report.errors);
+    assert_eq!(report.records, 7);
+    assert_eq!(report.torn_files, ["evidence-000001.jsonl.torn"]);
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let repair_line = text.lines().nth(5).unwrap();
+    assert!(
+        repair_line.contains("torn_tail_repaired") && repair_line.contains("\"kind\":\"admin\""),
+        "{repair_line}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_complete_record_stops_the_writer_from_opening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(&audit, None, 64 << 20);
+        fill(&log, 2).await;
+    }
+    let segment = list_segments(&audit).unwrap()[0].1.clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(b"garbage line\n");
+    std::fs::write(&segment, &bytes).unwrap();
+    let err = EvidenceLog::open(LogOptions {
+        dir: audit.clone(),
+        signer: None,
+        segment_bytes: 64 << 20,
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("line 3")
+            && text.contains("damaged")
+            && text.contains("keyward audit verify"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "nothing was changed"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_fsyncs_and_all_land() {
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    let log = Arc::new(open(&audit, None, 64 << 20));
+    let tasks: Vec<_> = (0..32)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut refs = Vec::new();
+                for i in 0..50 {
+                    refs.push(
+                        log.append(Kind::Egress, None, json!({"w": w, "i": i}))
+                            .await
+                            .unwrap(),
+                    );
+                }
+                refs
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        for r in t.await.unwrap() {
+            seqs.push(r.rsplit('/').next().unwrap().parse::<u64>().unwrap());
+        }
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=1600).collect::<Vec<_>>());
+    drop(log);
+    let report = verify_dir(&audit, None).unwrap();
+    assert!(
+        report.valid && report.records == 1600,
+        "{:?}",
+        report.errors.first()
+    );
+}
