@@ -45,6 +45,10 @@ pub struct CreateRunRequest {
     /// Free text.
     #[serde(default)]
     pub label: Option<String>,
+    /// A policy file (absolute path, read by the daemon) deciding this
+    /// run's requests instead of the configured policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// SHA-256 (hex) of the values of the caller's environment variables,
     /// by name: the daemon answers which ones hold a secret of the run
     /// (`drop_env`) without either side revealing a value.
@@ -95,6 +99,9 @@ pub struct RunInfo {
     pub network: Network,
     /// The run's process.
     pub pid: Option<u32>,
+    /// The run's own policy file, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
 }

@@ -14,7 +14,9 @@ use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::grants::{self, Grant, GrantConfig, GrantError};
+use keyward_policy::Policy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::Arc;
 
 /// The whole configuration. Sections are added by later layers; each has
 /// working defaults so no file is needed.
@@ -29,6 +31,10 @@ pub struct Config {
     pub backends: BackendsConfig,
     /// `[proxy]`: the egress proxy.
     pub proxy: ProxyConfig,
+    /// `[policy]`: which policy decides.
+    pub policy: PolicyConfig,
+    /// `[audit]`: the evidence log.
+    pub audit: AuditConfig,
     /// `[grants.NAME]`: grants added to, or overriding, the built-in presets.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, GrantConfig>,
@@ -38,6 +44,65 @@ impl Config {
     /// The effective grants: presets merged with `[grants]`, validated.
     pub fn grants(&self) -> Result<BTreeMap<String, Grant>, GrantError> {
         grants::effective(&self.grants)
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Policy files (TOML), merged in order; relative paths are relative to
+    /// the config file. Empty: the built-in `agent-baseline` pack.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PathBuf>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Sign records with HMAC-SHA256 using this key file (32+ bytes, raw or hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hmac_key_file: Option<PathBuf>,
+    /// Sign records with this Ed25519 private key (PKCS#8 PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ed25519_key_file: Option<PathBuf>,
+    /// The key id written into each signature (default: derived from the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Rotate segments after this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            hmac_key_file: None,
+            ed25519_key_file: None,
+            key_id: None,
+            segment_bytes: keyward_evidence::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The configured signer, if any.
+    pub fn signer(&self) -> Result<Option<keyward_evidence::Signer>, (String, String)> {
+        use keyward_evidence::Signer;
+        let key_id = self.key_id.as_deref();
+        match (&self.hmac_key_file, &self.ed25519_key_file) {
+            (Some(_), Some(_)) => Err((
+                "audit".to_owned(),
+                "set hmac_key_file or ed25519_key_file, not both".to_owned(),
+            )),
+            (Some(path), None) => Signer::hmac_from_file(path, key_id)
+                .map(Some)
+                .map_err(|e| ("audit.hmac_key_file".to_owned(), e.to_string())),
+            (None, Some(path)) => Signer::ed25519_from_file(path, key_id)
+                .map(Some)
+                .map_err(|e| ("audit.ed25519_key_file".to_owned(), e.to_string())),
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -287,7 +352,7 @@ pub struct ConfigSource {
 }
 
 /// A config together with whether it came from a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LoadedConfig {
     /// The effective configuration.
     pub config: Config,
@@ -298,6 +363,8 @@ pub struct LoadedConfig {
     /// The effective grants (presets merged with `[grants]`), built once
     /// at load.
     pub grants: BTreeMap<String, Grant>,
+    /// The compiled policy (`policy.files`, or the built-in pack).
+    pub policy: Arc<Policy>,
 }
 
 /// A config that cannot be used.
@@ -344,6 +411,7 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
             let config = Config::default();
             return Ok(LoadedConfig {
                 grants: effective_grants(&config, &source.path)?,
+                policy: compile_policy(&config, &source.path)?,
                 config,
                 source: source.clone(),
                 from_file: false,
@@ -361,9 +429,18 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
             });
         }
     };
-    let config = parse(&text, &source.path)?;
+    let mut config = parse(&text, &source.path)?;
+    // Policy files are relative to the config file.
+    if let Some(dir) = source.path.parent() {
+        for file in &mut config.policy.files {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
+    }
     Ok(LoadedConfig {
         grants: effective_grants(&config, &source.path)?,
+        policy: compile_policy(&config, &source.path)?,
         config,
         source: source.clone(),
         from_file: true,
@@ -377,6 +454,19 @@ fn effective_grants(config: &Config, path: &Path) -> Result<BTreeMap<String, Gra
             path: path.to_owned(),
             key: Some(key),
             message,
+        })
+}
+
+fn compile_policy(config: &Config, path: &Path) -> Result<Arc<Policy>, ConfigError> {
+    if config.policy.files.is_empty() {
+        return Ok(Arc::new(keyward_policy::baseline()));
+    }
+    Policy::from_files(&config.policy.files)
+        .map(Arc::new)
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: Some("policy.files".to_owned()),
+            message: e.to_string(),
         })
 }
 
@@ -428,6 +518,16 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         return Err((
             "backends.cmd_timeout".to_owned(),
             "expected a duration above zero such as \"10s\"".to_owned(),
+        ));
+    }
+    config.audit.signer()?;
+    if config.audit.segment_bytes < 4096 {
+        return Err((
+            "audit.segment_bytes".to_owned(),
+            format!(
+                "expected at least 4096 bytes, got {}",
+                config.audit.segment_bytes
+            ),
         ));
     }
     if config.vault.keep == 0 {

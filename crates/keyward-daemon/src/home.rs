@@ -125,6 +125,11 @@ impl Home {
         self.root.join("proxy.port")
     }
 
+    /// The evidence log's directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+
     /// The encrypted vault's directory.
     pub fn vault_dir(&self) -> PathBuf {
         self.root.join("vault")

@@ -14,6 +14,7 @@ pub mod home;
 mod lifecycle;
 mod notify;
 pub mod pidfile;
+mod policy_routes;
 mod run_routes;
 pub mod runs;
 mod server;

@@ -24,6 +24,7 @@ use crate::run_routes::{self, Authority};
 use crate::runs::Registry;
 use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, build_resolver, router};
 use crate::vault_routes::open_at_start;
+use keyward_evidence::{EvidenceLog, Kind, LogOptions};
 
 /// How long in-flight requests may take to finish once a stop begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +115,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             });
         }
     };
+    let evidence = match open_evidence(home, &opts.config.config.audit) {
+        Ok(log) => Arc::new(log),
+        Err(e) => {
+            pid_lock.release();
+            return Err(e);
+        }
+    };
     let proxy_listener = match bind_proxy(home, &opts.config.config.proxy.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -149,10 +157,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         authority: Arc::new(Authority::new(weak.clone())),
         ca: ca.clone(),
         proxy_port,
+        evidence: evidence.clone(),
+        baseline: Arc::new(keyward_policy::baseline()),
     });
     let proxy = match Proxy::with_options(ca, state.authority.clone(), &upstream_ca, proxy_options)
     {
-        Ok(p) => Arc::new(p),
+        Ok(p) => Arc::new(p.with_sink(Arc::new(run_routes::EvidenceSink(evidence.clone())))),
         Err(e) => {
             pid_lock.release();
             return Err(DaemonError::Io {
@@ -181,6 +191,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             run_routes::watch_exit(&state, pid);
         }
     }
+    evidence.record(
+        Kind::Admin,
+        None,
+        serde_json::json!({
+            "event": "daemon_started",
+            "pid": std::process::id(),
+            "version": keyward_api::VERSION,
+            "policy_id": state.config().policy.id(),
+        }),
+    );
     notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     tracing::info!(
         pid = std::process::id(),
@@ -242,6 +262,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             serve.abort();
         }
     }
+    // Every record queued before this one is written first.
+    if let Err(e) = evidence
+        .append(
+            Kind::Admin,
+            None,
+            serde_json::json!({"event": "daemon_stopped", "reason": reason}),
+        )
+        .await
+    {
+        tracing::error!("evidence log: {e}");
+    }
     pid_lock.release();
     tracing::info!("keyward daemon stopped");
     Ok(())
@@ -286,6 +317,35 @@ async fn bind_proxy(home: &Home, listen: &str) -> Result<tokio::net::TcpListener
         tracing::warn!("cannot remember the proxy port: {e}");
     }
     Ok(listener)
+}
+
+/// Opens the evidence log in `<home>/audit`, repairing a torn last record.
+/// The signing key is read once here: `[audit]` changes take effect at the
+/// next start.
+fn open_evidence(
+    home: &Home,
+    audit: &crate::config::AuditConfig,
+) -> Result<EvidenceLog, DaemonError> {
+    let signer = audit.signer().map_err(|(key, message)| DaemonError::Io {
+        what: format!("cannot load the evidence signing key ({key})"),
+        source: std::io::Error::other(message),
+    })?;
+    if signer.is_none() {
+        tracing::info!(
+            "evidence records are hash-chained but unsigned; set audit.ed25519_key_file \
+             (see `keyward audit keygen`) so a verifier can check who wrote them"
+        );
+    }
+    let (log, _repair) = EvidenceLog::open(LogOptions {
+        dir: home.audit_dir(),
+        signer,
+        segment_bytes: audit.segment_bytes,
+    })
+    .map_err(|e| DaemonError::Io {
+        what: "cannot open the evidence log".to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(log)
 }
 
 /// How often the idle auto-seal is checked.
@@ -378,12 +438,27 @@ fn remove_socket_if_ours(path: &Path, ours: SocketId) {
 fn reload(state: &AppState) {
     notify("RELOADING=1");
     match state.reload() {
-        Ok(new) => tracing::info!(
-            config = %new.source.path.display(),
-            from_file = new.from_file,
-            "config reloaded"
-        ),
-        Err(e) => tracing::error!("config reload failed, keeping the previous config: {e}"),
+        Ok(new) => {
+            tracing::info!(
+                config = %new.source.path.display(),
+                from_file = new.from_file,
+                policy = new.policy.id(),
+                "config reloaded"
+            );
+            state.evidence.record(
+                Kind::Admin,
+                None,
+                serde_json::json!({"event": "config_reloaded", "policy_id": new.policy.id()}),
+            );
+        }
+        Err(e) => {
+            tracing::error!("config reload failed, keeping the previous config: {e}");
+            state.evidence.record(
+                Kind::Admin,
+                None,
+                serde_json::json!({"event": "config_reload_failed", "error": e.to_string()}),
+            );
+        }
     }
     notify("READY=1");
 }

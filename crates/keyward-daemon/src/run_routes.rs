@@ -11,11 +11,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
-use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext};
+use keyward_evidence::EvidenceLog;
+use keyward_policy::Policy;
+use keyward_proxy::{
+    AllowRule, Credential, EgressEvent, EgressSink, RunAuthority, RunContext, log_event,
+};
+
+use crate::config::LoadedConfig;
 use keyward_vault::ResolveError;
 
 use crate::runs::{RunRecord, RunsError};
 use crate::server::{ApiError, AppState, json_body};
+use keyward_evidence::Kind;
+use serde_json::json;
 
 impl From<RunsError> for ApiError {
     fn from(e: RunsError) -> Self {
@@ -100,10 +108,69 @@ impl Authority {
             .iter()
             .filter_map(|a| AllowRule::parse(a).ok())
             .collect();
-        (
-            RunContext::new(run.id.clone(), run.network, allow, credentials),
-            failures,
-        )
+        let ctx = RunContext::new(run.id.clone(), run.network, allow, credentials)
+            .with_policy(run_policy(&config, run));
+        (ctx, failures)
+    }
+}
+
+/// The run's own policy file, or the configured policy. A run policy that
+/// no longer loads fails closed: every request is blocked, with the reason
+/// in the log and in the block message.
+fn run_policy(config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
+    let Some(path) = &run.policy else {
+        return config.policy.clone();
+    };
+    match Policy::from_file(std::path::Path::new(path)) {
+        Ok(policy) => Arc::new(policy),
+        Err(e) => {
+            tracing::error!(
+                run = run.id,
+                "the run's policy no longer loads, so its requests are blocked: {e}"
+            );
+            let closed = "[policy]\nid = \"run-policy-invalid\"\ndefault = \"block\"\n\
+                          default_rule_id = \"run.policy.invalid\"\n\
+                          default_reason = \"the run's policy file no longer loads; see the daemon log\"\n";
+            Arc::new(
+                Policy::from_toml(closed, "fail-closed policy")
+                    .expect("the fail-closed policy compiles"),
+            )
+        }
+    }
+}
+
+/// Egress events into the evidence log, then the log line with the
+/// record's reference.
+pub(crate) struct EvidenceSink(pub Arc<EvidenceLog>);
+
+impl EgressSink for EvidenceSink {
+    fn record(&self, event: EgressEvent) {
+        let data = json!({
+            "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
+            "response": {"status": event.status, "bytes": event.bytes},
+            "injected": event.injected,
+            "blocked": event.blocked,
+            "decision": event.decision.as_ref().map(|d| json!({
+                "decision": d.decision, "rule_id": d.rule_id, "policy_id": d.policy_id,
+            })),
+        });
+        let evidence = self.0.clone();
+        let run_id = Some(event.run_id.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let reference = evidence.append(Kind::Egress, run_id, data).await;
+                    if let Err(e) = &reference {
+                        tracing::error!("evidence log: {e}");
+                    }
+                    log_event(&event, reference.ok().as_deref());
+                });
+            }
+            Err(_) => {
+                evidence.record(Kind::Egress, run_id, data);
+                log_event(&event, None);
+            }
+        }
     }
 }
 
@@ -143,6 +210,11 @@ pub(crate) fn reap(state: &AppState) {
                 tracing::info!(
                     run = id,
                     "run ended: its process exited; its token is revoked"
+                );
+                state.evidence.record(
+                    Kind::Run,
+                    Some(id.clone()),
+                    json!({"event": "run_ended", "why": "process exited"}),
                 );
             }
         }
@@ -202,6 +274,17 @@ fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>,
                 format!("allow: {e}"),
             )
         })?;
+    }
+    if let Some(path) = &req.policy {
+        if !std::path::Path::new(path).is_absolute() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_policy",
+                format!("policy: {path:?} must be an absolute path"),
+            ));
+        }
+        Policy::from_file(std::path::Path::new(path))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_policy", e.to_string()))?;
     }
     Ok(vars)
 }
@@ -272,6 +355,13 @@ pub(crate) async fn create(
     let port = state.proxy_port;
     let proxy_url = format!("http://run:{token}@127.0.0.1:{port}");
     tracing::info!(run = run.id, grants = run.grants.join(","), pid = ?run.pid, "run registered");
+    state
+        .audit(
+            Kind::Run,
+            Some(&run.id),
+            json!({"event": "run_created", "run": run.info()}),
+        )
+        .await;
     Ok(Json(RunCreated {
         run_id: run.id.clone(),
         env: run_env(&state, &proxy_url),
@@ -362,6 +452,9 @@ pub(crate) async fn remove(
     state.runs.remove(&id)?;
     state.authority.forget(&id);
     tracing::info!(run = id, "run removed");
+    state
+        .audit(Kind::Run, Some(&id), json!({"event": "run_removed"}))
+        .await;
     Ok(Json(run.info()))
 }
 
@@ -375,6 +468,9 @@ pub(crate) async fn rotate_ca(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_io", e.to_string()))?;
     tracing::info!("local CA rotated; leaf cache flushed");
+    state
+        .audit(Kind::Admin, None, json!({"event": "ca_rotated"}))
+        .await;
     Ok(Json(serde_json::json!({
         "status": "rotated",
         "ca": state.ca.public_cert_path(),

@@ -34,6 +34,9 @@ pub struct RunRecord {
     /// Placeholder variables: name -> placeholder (not secret).
     #[serde(default)]
     pub placeholders: BTreeMap<String, String>,
+    /// The run's own policy file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
 }
@@ -48,6 +51,7 @@ impl RunRecord {
             allow: self.allow.clone(),
             network: self.network,
             pid: self.pid,
+            policy: self.policy.clone(),
             created_at: self.created_at.clone(),
         }
     }
@@ -157,6 +161,7 @@ impl Registry {
             pid: req.pid,
             token_sha256: token_hash(&token),
             placeholders,
+            policy: req.policy.clone(),
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         self.lock().insert(id, record.clone());

@@ -25,12 +25,14 @@ use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
 use crate::run_routes::{self, Authority};
 use crate::runs::Registry;
-use crate::{grant_routes, vault_routes};
+use crate::{grant_routes, policy_routes, vault_routes};
+use keyward_evidence::{EvidenceLog, Kind};
 use keyward_proxy::CertificateAuthority;
 
 /// What the API can do in this build, reported by `/v1/health`.
 const CAPABILITIES: &[&str] = &[
-    "health", "shutdown", "reload", "vault", "secrets", "grants", "runs", "proxy",
+    "health", "shutdown", "reload", "vault", "secrets", "grants", "runs", "proxy", "evaluate",
+    "evidence",
 ];
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`).
@@ -199,6 +201,9 @@ pub(crate) struct AppState {
     pub authority: Arc<Authority>,
     pub ca: Arc<CertificateAuthority>,
     pub proxy_port: u16,
+    pub evidence: Arc<EvidenceLog>,
+    /// The built-in pack, compiled once (for `policy_pack: "agent-baseline"`).
+    pub baseline: Arc<keyward_policy::Policy>,
 }
 
 impl AppState {
@@ -208,6 +213,50 @@ impl AppState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// An evidence payload: the request and the response, with secrets,
+    /// bearer tokens and run tokens redacted.
+    pub(crate) fn evidence_data(
+        &self,
+        request: &impl serde::Serialize,
+        response: &impl serde::Serialize,
+    ) -> serde_json::Value {
+        let mut data = serde_json::json!({
+            "request": serde_json::to_value(request).unwrap_or_default(),
+            "response": serde_json::to_value(response).unwrap_or_default(),
+        });
+        self.redact(&mut data);
+        data
+    }
+
+    /// Records an administrative event and waits for it to be on disk. The
+    /// action has already happened, so a failure is logged, not returned.
+    pub(crate) async fn audit(
+        &self,
+        kind: Kind,
+        run_id: Option<&str>,
+        mut data: serde_json::Value,
+    ) {
+        self.redact(&mut data);
+        if let Err(e) = self
+            .evidence
+            .append(kind, run_id.map(str::to_owned), data)
+            .await
+        {
+            tracing::error!("evidence log: {e}");
+        }
+    }
+
+    /// Redacts `value` for the evidence log: sensitive member names,
+    /// well-known token formats, and run tokens.
+    pub(crate) fn redact(&self, value: &mut serde_json::Value) {
+        let runs = &self.runs;
+        keyward_evidence::redact(value, &|s| {
+            s.len() == 64
+                && s.bytes().all(|b| b.is_ascii_hexdigit())
+                && runs.id_for_token(s).is_some()
+        });
     }
 
     /// The current resolver.
@@ -334,6 +383,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/reload", post(grant_routes::reload))
         .route("/v1/grants", get(grant_routes::list))
+        .route("/v1/evaluate", post(policy_routes::evaluate))
         .route("/v1/runs", post(run_routes::create).get(run_routes::list))
         .route("/v1/ca/rotate", post(run_routes::rotate_ca))
         .route(

@@ -18,6 +18,8 @@ use secrecy::SecretString;
 use serde::Serialize;
 
 use crate::server::{ApiError, AppState, json_body};
+use keyward_evidence::Kind;
+use serde_json::json;
 
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
@@ -88,6 +90,13 @@ pub(crate) async fn init(
     let mode = req.mode;
     let status = with_vault(&state, move |v| v.init(mode, secret(req.passphrase))).await?;
     tracing::info!(mode = mode.as_str(), "vault initialized");
+    state
+        .audit(
+            Kind::Vault,
+            None,
+            json!({"event": "vault_initialized", "mode": mode.as_str()}),
+        )
+        .await;
     Ok(Json(status))
 }
 
@@ -101,6 +110,14 @@ pub(crate) async fn unseal(
         Ok(_) => tracing::info!("vault unsealed"),
         Err(e) => tracing::warn!("vault unseal failed: {}", e.message()),
     }
+    let outcome = if result.is_ok() {
+        "vault_unsealed"
+    } else {
+        "vault_unseal_failed"
+    };
+    state
+        .audit(Kind::Vault, None, json!({"event": outcome}))
+        .await;
     result.map(Json)
 }
 
@@ -113,6 +130,9 @@ pub(crate) async fn seal(
     })
     .await?;
     tracing::info!("vault sealed");
+    state
+        .audit(Kind::Vault, None, json!({"event": "vault_sealed"}))
+        .await;
     Ok(Json(status))
 }
 
@@ -131,6 +151,13 @@ pub(crate) async fn rollback(
     let target = req.snapshot.clone();
     let status = with_vault(&state, move |v| v.rollback(&req.snapshot)).await?;
     tracing::info!(snapshot = target, "vault rolled back");
+    state
+        .audit(
+            Kind::Vault,
+            None,
+            json!({"event": "vault_rolled_back", "snapshot": target}),
+        )
+        .await;
     Ok(Json(status))
 }
 
@@ -155,6 +182,13 @@ pub(crate) async fn set(
         fingerprint = info.fingerprint,
         "secret set"
     );
+    state
+        .audit(
+            Kind::Secret,
+            None,
+            json!({"event": "secret_set", "name": info.name, "fingerprint": info.fingerprint}),
+        )
+        .await;
     Ok(Json(info))
 }
 
@@ -170,6 +204,13 @@ pub(crate) async fn remove(
     let n = name.clone();
     with_vault(&state, move |v| v.remove(&n)).await?;
     tracing::info!(secret = name, "secret removed");
+    state
+        .audit(
+            Kind::Secret,
+            None,
+            json!({"event": "secret_removed", "name": name}),
+        )
+        .await;
     Ok(Json(Deleted { deleted: name }))
 }
 

@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod events;
 mod rules;
 mod scrub;
 mod server;
 
 pub use ca::{CaError, CertificateAuthority, ServiceIdentity};
+pub use events::{EgressEvent, EgressSink, LogSink, PolicyDecision, log_event};
 pub use rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
 pub use server::{
     Credential, Intercept, Proxy, ProxyBody, ProxyError, ProxyOptions, RunAuthority, RunContext,

@@ -23,13 +23,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keyward_api::Network;
+use keyward_api::{Decision, EvaluateRequest, Network};
+use keyward_policy::Policy;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ca::CertificateAuthority;
+use crate::events::{EgressEvent, EgressSink, LogSink, Metered, PolicyDecision};
 use crate::rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
 use crate::scrub::{Needles, Scrubbed, replace_all};
 
@@ -84,6 +86,8 @@ pub struct RunContext {
     scrub: Needles,
     /// Every credential's placeholder: what a request body is checked for.
     placeholders: Arc<Vec<Vec<u8>>>,
+    /// The policy every request is evaluated against (`http_request`).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl RunContext {
@@ -116,7 +120,21 @@ impl RunContext {
             credentials,
             scrub: Arc::new(scrub),
             placeholders: Arc::new(placeholders),
+            policy: None,
         }
+    }
+
+    /// Evaluates every request of the run against `policy`.
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Whether the run names `host:port` itself: an `--allow` pattern or a
+    /// grant's host.
+    fn names_host(&self, host: &str, port: u16) -> bool {
+        self.allow.iter().any(|a| a.matches(host, port))
+            || self.credentials.iter().any(|c| c.applies_to(host))
     }
 }
 
@@ -133,6 +151,7 @@ pub struct Proxy {
     ca: Arc<CertificateAuthority>,
     authority: Arc<dyn RunAuthority>,
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>,
+    events: Arc<dyn EgressSink>,
 }
 
 /// Which CONNECT tunnels are intercepted.
@@ -224,7 +243,44 @@ impl Proxy {
             ca,
             authority,
             client,
+            events: Arc::new(LogSink),
         })
+    }
+
+    /// Sends each request's event to `sink` instead of the log.
+    pub fn with_sink(mut self, sink: Arc<dyn EgressSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    /// The event of a request, before its outcome is known.
+    fn event(
+        &self,
+        run: &RunContext,
+        method: &str,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> EgressEvent {
+        EgressEvent {
+            run_id: run.run_id.clone(),
+            method: method.to_owned(),
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+            status: 0,
+            bytes: 0,
+            injected: Vec::new(),
+            blocked: None,
+            decision: None,
+        }
+    }
+
+    /// Records a request that ends here, with `status`.
+    fn finish(&self, mut event: EgressEvent, status: u16, blocked: Option<&str>) {
+        event.status = status;
+        event.blocked = blocked.map(str::to_owned);
+        self.events.record(event);
     }
 
     /// Accepts connections until `shutdown` completes.
@@ -277,23 +333,22 @@ impl Proxy {
             };
             let host = authority.host().to_owned();
             let port = authority.port_u16().unwrap_or(443);
+            let mut event = self.event(&run, "CONNECT", &host, port, "");
             if let Err(blocked) = network_check(&run, &host, port) {
-                log_event(
-                    &run.run_id,
-                    "CONNECT",
-                    &host,
-                    "",
-                    403,
-                    &[],
-                    Some(blocked.rule),
-                );
+                self.finish(event, 403, Some(&blocked.rule));
                 return blocked.response();
             }
             if self.options.intercept == Intercept::Granted
                 && !run.credentials.iter().any(|c| c.applies_to(&host))
             {
-                log_event(&run.run_id, "CONNECT", &host, "", 200, &[], None);
-                return tunnel(req, host, port).await;
+                // Not intercepted: the policy sees the host, not the paths.
+                let (decision, verdict) = policy_check(&run, "CONNECT", &host, port, "/");
+                event.decision = decision;
+                if let Err(blocked) = verdict {
+                    self.finish(event, 403, Some(&blocked.rule));
+                    return blocked.response();
+                }
+                return tunnel(req, host, port, event, self.events.clone()).await;
             }
             let server_config = match self.ca.server_config(&host) {
                 Ok(cfg) => cfg,
@@ -383,16 +438,15 @@ impl Proxy {
             .cloned()
             .filter(|_| req.version() == hyper::Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let mut event = self.event(run, method.as_str(), host, port, &path);
         if let Err(blocked) = network_check(run, host, port) {
-            log_event(
-                &run.run_id,
-                method.as_str(),
-                host,
-                &path,
-                403,
-                &[],
-                Some(blocked.rule),
-            );
+            self.finish(event, 403, Some(&blocked.rule));
+            return blocked.response();
+        }
+        let (decision, verdict) = policy_check(run, method.as_str(), host, port, &path);
+        event.decision = decision;
+        if let Err(blocked) = verdict {
+            self.finish(event, 403, Some(&blocked.rule));
             return blocked.response();
         }
         let (mut parts, body) = req.into_parts();
@@ -418,15 +472,7 @@ impl Proxy {
                 continue;
             }
             if !cred.applies_to(host) {
-                log_event(
-                    &run.run_id,
-                    method.as_str(),
-                    host,
-                    &path,
-                    403,
-                    &[],
-                    Some("placeholder_wrong_host"),
-                );
+                self.finish(event, 403, Some("placeholder_wrong_host"));
                 return blocked_response(
                     "placeholder_wrong_host",
                     &format!(
@@ -509,33 +555,18 @@ impl Proxy {
                 body
             }
             Err(refusal) => {
-                let status = refusal.status().as_u16();
-                log_event(
-                    &run.run_id,
-                    method.as_str(),
-                    host,
-                    &path,
-                    status,
-                    &[],
-                    Some("placeholder_body"),
-                );
+                self.finish(event, refusal.status().as_u16(), Some("placeholder_body"));
                 return refusal;
             }
         };
         let upstream_req = Request::from_parts(parts, body);
+        event.injected = injected.iter().map(|g| (*g).to_owned()).collect();
 
         let resp = match self.client.request(upstream_req).await {
             Ok(resp) => resp,
             Err(e) if is_large_body_refusal(&e) => {
-                log_event(
-                    &run.run_id,
-                    method.as_str(),
-                    host,
-                    &path,
-                    413,
-                    &[],
-                    Some("placeholder_body"),
-                );
+                event.injected.clear();
+                self.finish(event, 413, Some("placeholder_body"));
                 return text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &large_body_message(self.options.max_substitution_body),
@@ -543,15 +574,7 @@ impl Proxy {
             }
             Err(e) => {
                 let why = keyward_api::error_chain(&e);
-                log_event(
-                    &run.run_id,
-                    method.as_str(),
-                    host,
-                    &path,
-                    502,
-                    &injected,
-                    None,
-                );
+                self.finish(event, 502, None);
                 return text(
                     StatusCode::BAD_GATEWAY,
                     &format!("keyward could not reach {authority}: {why}\n"),
@@ -562,54 +585,48 @@ impl Proxy {
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
-            log_event(
-                &run.run_id,
-                method.as_str(),
-                host,
-                &path,
-                101,
-                &injected,
-                None,
-            );
+            event.status = 101;
+            let sink = self.events.clone();
             let mut resp = resp;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
-                        let _ = tokio::io::copy_bidirectional(
+                        if let Ok((up, down)) = tokio::io::copy_bidirectional(
                             &mut TokioIo::new(client),
                             &mut TokioIo::new(upstream),
                         )
-                        .await;
+                        .await
+                        {
+                            event.bytes = up + down;
+                        }
                     }
                     Err(e) => tracing::debug!("upgrade failed: {e}"),
                 }
+                sink.record(event);
             });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, empty());
         }
-        log_event(
-            &run.run_id,
-            method.as_str(),
-            host,
-            &path,
-            status.as_u16(),
-            &injected,
-            None,
-        );
+        event.status = status.as_u16();
 
         // response_filter: a response to a request that carried a secret
         // is scrubbed of every secret of the run.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if injected.is_empty() {
-            return Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
-        }
-        replace_in_headers(&mut parts.headers, &run.scrub);
-        // Lengths change when a secret is replaced.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let body = Scrubbed::new(body, run.scrub.clone());
-        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+        let body = if injected.is_empty() {
+            body.map_err(|e| Box::new(e) as BoxError).boxed()
+        } else {
+            replace_in_headers(&mut parts.headers, &run.scrub);
+            // Lengths change when a secret is replaced.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Scrubbed::new(body, run.scrub.clone())
+                .map_err(|e| Box::new(e) as BoxError)
+                .boxed()
+        };
+        // logging: the event goes out when the body is done, with its size.
+        let body = Metered::new(body, event, self.events.clone());
+        Response::from_parts(parts, body.boxed())
     }
 }
 
@@ -867,10 +884,18 @@ fn replace_in_headers(headers: &mut hyper::HeaderMap, needles: &[(Vec<u8>, Vec<u
 
 /// Relays a CONNECT tunnel byte for byte to `host:port`, connecting to an
 /// address the resolver checked.
-async fn tunnel(req: Request<Incoming>, host: String, port: u16) -> Response<ProxyBody> {
+async fn tunnel(
+    req: Request<Incoming>,
+    host: String,
+    port: u16,
+    mut event: EgressEvent,
+    sink: Arc<dyn EgressSink>,
+) -> Response<ProxyBody> {
     let addrs = match resolve_checked(&host).await {
         Ok(addrs) => addrs,
         Err(e) => {
+            event.status = 502;
+            sink.record(event);
             return text(
                 StatusCode::BAD_GATEWAY,
                 &format!("keyward could not resolve {host}: {e}\n"),
@@ -891,6 +916,8 @@ async fn tunnel(req: Request<Incoming>, host: String, port: u16) -> Response<Pro
     }
     let Some(mut upstream) = upstream else {
         let why = last_err.map_or("no address".to_owned(), |e| e.to_string());
+        event.status = 502;
+        sink.record(event);
         return text(
             StatusCode::BAD_GATEWAY,
             &format!("keyward could not reach {host}:{port}: {why}\n"),
@@ -901,22 +928,28 @@ async fn tunnel(req: Request<Incoming>, host: String, port: u16) -> Response<Pro
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                if let Ok((up, down)) =
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                {
+                    event.bytes = up + down;
+                }
             }
             Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
         }
+        event.status = 200;
+        sink.record(event);
     });
     Response::new(empty())
 }
 
 struct Blocked {
-    rule: &'static str,
+    rule: String,
     message: String,
 }
 
 impl Blocked {
     fn response(&self) -> Response<ProxyBody> {
-        blocked_response(self.rule, &self.message)
+        blocked_response(&self.rule, &self.message)
     }
 }
 
@@ -932,18 +965,15 @@ fn blocked_response(rule: &str, message: &str) -> Response<ProxyBody> {
 fn network_check(run: &RunContext, host: &str, port: u16) -> Result<(), Blocked> {
     if is_metadata(host) {
         return Err(Blocked {
-            rule: "network.metadata",
+            rule: "network.metadata".to_owned(),
             message: format!(
                 "keyward blocked {host}: cloud metadata endpoints are always denied (they hand out credentials)\n"
             ),
         });
     }
-    if run.network == Network::Strict
-        && !run.allow.iter().any(|a| a.matches(host, port))
-        && !run.credentials.iter().any(|c| c.applies_to(host))
-    {
+    if run.network == Network::Strict && !run.names_host(host, port) {
         return Err(Blocked {
-            rule: "network.strict",
+            rule: "network.strict".to_owned(),
             message: format!(
                 "keyward blocked {host}:{port}: this run is in strict network mode and {host} is not allowed; \
                  rerun with `--allow {host}` or add a grant for it\n"
@@ -951,6 +981,73 @@ fn network_check(run: &RunContext, host: &str, port: u16) -> Result<(), Blocked>
         });
     }
     Ok(())
+}
+
+/// request_filter's policy step: the request as `http_request` with target
+/// `host[:port]/path` and the method as operation. The run's own allow
+/// list comes ahead of the pack: a host the run names is allowed unless a
+/// rule of the pack blocks it or asks for approval explicitly.
+fn policy_check(
+    run: &RunContext,
+    method: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> (Option<PolicyDecision>, Result<(), Blocked>) {
+    let Some(policy) = &run.policy else {
+        return (None, Ok(()));
+    };
+    let target = if port == 443 || port == 80 {
+        format!("{host}{path}")
+    } else {
+        format!("{host}:{port}{path}")
+    };
+    let req = EvaluateRequest {
+        action_type: "http_request".to_owned(),
+        target: Some(target),
+        requested_operation: Some(method.to_owned()),
+        session_id: Some(run.run_id.clone()),
+        ..EvaluateRequest::default()
+    };
+    let verdict = policy.evaluate(&req);
+    let (decision, rule_id) =
+        if verdict.decision() != Decision::Allow && !verdict.explicit && run.names_host(host, port)
+        {
+            (Decision::Allow, "network.allow")
+        } else {
+            (verdict.decision(), verdict.rule.id.as_str())
+        };
+    let recorded = PolicyDecision {
+        decision,
+        rule_id: rule_id.to_owned(),
+        policy_id: policy.id().to_owned(),
+    };
+    let outcome = match decision {
+        Decision::Allow => Ok(()),
+        Decision::Block => Err(Blocked {
+            rule: rule_id.to_owned(),
+            message: format!(
+                "keyward blocked {method} {host}{path}: policy {} rule {rule_id}: {}\n",
+                policy.id(),
+                verdict.rule.reason
+            ),
+        }),
+        Decision::RequireApproval => Err(Blocked {
+            rule: rule_id.to_owned(),
+            message: format!(
+                "keyward blocked {method} {host}{path}: policy {} rule {rule_id} requires approval{}: {}\n",
+                policy.id(),
+                verdict
+                    .rule
+                    .approver_group
+                    .as_deref()
+                    .map(|g| format!(" by {g}"))
+                    .unwrap_or_default(),
+                verdict.rule.reason
+            ),
+        }),
+    };
+    (Some(recorded), outcome)
 }
 
 fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
@@ -1028,29 +1125,6 @@ fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// logging: one structured event per request; never a secret.
-fn log_event(
-    run: &str,
-    method: &str,
-    host: &str,
-    path: &str,
-    status: u16,
-    injected: &[&str],
-    blocked: Option<&str>,
-) {
-    tracing::info!(
-        target: "keyward::egress",
-        run,
-        method,
-        host,
-        path,
-        status,
-        injected = injected.join(","),
-        blocked = blocked.unwrap_or(""),
-        "egress"
-    );
 }
 
 /// Resolves `host`, dropping link-local addresses; a name that resolves

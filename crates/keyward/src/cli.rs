@@ -94,6 +94,127 @@ pub enum Command {
     /// prints them back.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Ask the policy engine whether an action is allowed, for CI steps and
+    /// agent hooks. Exit status: 0 allow, 2 block, 3 require_approval, 1
+    /// error. Works from inside `keyward run`. Every decision is written to
+    /// the evidence log before it is answered.
+    Eval(EvalArgs),
+    /// Policy files: check, test against cases, import CAVRA, show the
+    /// built-in pack.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The evidence log: signing keys, verification, tail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// An EvaluateRequest as JSON, from a file or `-` for stdin.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["action", "target", "operation"])]
+    pub input: Option<PathBuf>,
+    /// The action type: read_file, write_file, execute_command, git,
+    /// mcp_tool_call, http_request, ...
+    #[arg(long, value_name = "A", required_unless_present = "input")]
+    pub action: Option<String>,
+    /// The target: a path, a command line, a branch, host/path.
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// The operation: push, GET, ...
+    #[arg(long, value_name = "O")]
+    pub operation: Option<String>,
+    /// Print the DecisionResponse JSON instead of one line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Compile a policy file offline: exit 0 if valid, 64 with the file,
+    /// rule id and field at fault otherwise.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Run test cases against a policy file, offline. CASES is a JSON array
+    /// of {"name", "request": {EvaluateRequest}, "decision", "rule_id"?}.
+    /// Prints a table; exit 1 on any mismatch.
+    Test {
+        /// The policy file (TOML), or `agent-baseline` for the built-in pack.
+        file: PathBuf,
+        /// The cases (JSON).
+        cases: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Convert a CAVRA compiled policy (JSON) into an equivalent keyward
+    /// policy (TOML), printed or written with --output.
+    Import {
+        /// The compiled policy JSON.
+        file: PathBuf,
+        /// Write here (refusing to overwrite) instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print the built-in agent-baseline pack.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write a new signing key: an Ed25519 pair (<out>.key, <out>.pub) or,
+    /// with --hmac, an HMAC key. Prints the [audit] lines for the config.
+    Keygen {
+        /// File name stem [default: <home>/keys/audit-ed25519, or
+        /// <home>/keys/audit-hmac.key with --hmac].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// An HMAC-SHA256 key instead of Ed25519.
+        #[arg(long)]
+        hmac: bool,
+    },
+    /// Check every segment: hashes, chain, sequence and signatures. Exit 0
+    /// valid, 1 invalid.
+    Verify {
+        /// The log directory [default: <home>/audit].
+        #[arg(long, value_name = "D")]
+        dir: Option<PathBuf>,
+        /// Check HMAC-SHA256 signatures with this key.
+        #[arg(long, value_name = "F", conflicts_with = "public_key")]
+        hmac_key_file: Option<PathBuf>,
+        /// Check Ed25519 signatures with this public key (PEM).
+        #[arg(long, value_name = "F")]
+        public_key: Option<PathBuf>,
+        /// The key id records must carry [default: derived from the key,
+        /// as the daemon does when audit.key_id is unset].
+        #[arg(long)]
+        key_id: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Print the last records (offline; reads the files).
+    Tail {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+        /// Keep printing new records as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this kind: decision, egress, run, secret, vault, admin.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// The log directory [default: <home>/audit].
+        #[arg(long, value_name = "D")]
+        dir: Option<PathBuf>,
+        /// Print each record's JSON line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +366,10 @@ pub struct RunArgs {
     /// A label shown in `GET /v1/runs`.
     #[arg(long)]
     pub label: Option<String>,
+    /// A policy file deciding this run's requests instead of the
+    /// configured policy (read by the daemon; it must stay readable).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,

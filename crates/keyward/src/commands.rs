@@ -11,6 +11,7 @@ use keyward_daemon::home::Home;
 use keyward_daemon::{DaemonOptions, run};
 use serde_json::json;
 
+use crate::audit;
 use crate::cli::{
     Cli, Command, ConfigCommand, DaemonCommand, GrantCommand, IdleExitArg, StartArgs, StopArgs,
 };
@@ -18,6 +19,7 @@ use crate::demo;
 use crate::exit;
 use crate::grants;
 use crate::logging;
+use crate::policy_cmd;
 use crate::run;
 use crate::secrets;
 
@@ -77,6 +79,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             let source = config_source(&cli)?;
             block_on(grants::add(&cli, &source, args))
         }
+        Command::Eval(args) => block_on(policy_cmd::eval(&cli, args)),
+        Command::Policy(cmd) => policy_cmd::policy(cmd),
+        Command::Audit(cmd) => audit::audit(&cli, cmd),
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
             stop(&cli, &args.stop, true).await?;
             start_detached(&cli, &args.idle, args.stop.json.json).await

@@ -33,6 +33,9 @@ fn status_for(err: &anyhow::Error) -> u8 {
         {
             return USAGE;
         }
+        if cause.is::<crate::policy_cmd::PolicyInvalid>() {
+            return USAGE;
+        }
         if let Some(EditError::Config(_)) = cause.downcast_ref::<EditError>() {
             return USAGE;
         }

@@ -2,12 +2,14 @@
 //! and logging, dispatch, and turn errors into documented exit statuses.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod cli;
 mod commands;
 mod demo;
 mod exit;
 mod grants;
 mod logging;
+mod policy_cmd;
 mod run;
 mod secrets;
 

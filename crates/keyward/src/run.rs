@@ -36,6 +36,15 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         },
         pid: None,
         label: args.label.clone(),
+        policy: args
+            .policy
+            .as_deref()
+            .map(|p| {
+                std::path::absolute(p)
+                    .map(|p| p.display().to_string())
+                    .with_context(|| format!("cannot resolve {}", p.display()))
+            })
+            .transpose()?,
         env_sha256,
     };
     let created: RunCreated = client.call(Method::POST, "/v1/runs", Some(&req)).await?;

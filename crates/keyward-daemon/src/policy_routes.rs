@@ -1,0 +1,104 @@
+//! `POST /v1/evaluate`: a decision, durably recorded before it is answered.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use hyper::body::Bytes;
+use keyward_api::{DecisionResponse, EvaluateRequest};
+use keyward_evidence::Kind;
+use keyward_policy::Policy;
+
+use crate::server::{ApiError, AppState, json_body};
+
+/// `dec_` + 12 hex.
+fn decision_id() -> String {
+    format!("dec_{}", hex::encode(rand::random::<[u8; 6]>()))
+}
+
+/// The policy a request asks for: the configured one, or the built-in pack
+/// by name.
+fn pick_policy(state: &AppState, pack: Option<&str>) -> Result<Arc<Policy>, ApiError> {
+    let configured = state.config().policy.clone();
+    match pack {
+        None => Ok(configured),
+        Some(id) if id == configured.id() => Ok(configured),
+        Some(keyward_policy::BASELINE_ID) => Ok(state.baseline.clone()),
+        Some(id) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_policy_pack",
+            format!(
+                "policy_pack {id:?} is not loaded; loaded: {:?} and {:?}",
+                configured.id(),
+                keyward_policy::BASELINE_ID
+            ),
+        )),
+    }
+}
+
+/// Decides `req` against `policy` (no I/O).
+pub(crate) fn decide(policy: &Policy, req: &EvaluateRequest) -> DecisionResponse {
+    let verdict = policy.evaluate(req);
+    let decision_id = decision_id();
+    let correlation_id = req
+        .context
+        .get("correlation_id")
+        .and_then(|v| v.as_str())
+        .map_or_else(|| decision_id.clone(), str::to_owned);
+    DecisionResponse {
+        decision_id,
+        decision: verdict.decision(),
+        rule_id: verdict.rule.id.clone(),
+        severity: verdict.rule.severity,
+        reason: verdict.rule.reason.clone(),
+        approver_group: verdict.rule.approver_group.clone(),
+        policy_id: policy.id().to_owned(),
+        session_id: req.session_id.clone().unwrap_or_else(|| "local".to_owned()),
+        agent_id: req
+            .agent_id
+            .clone()
+            .unwrap_or_else(|| "unknown-agent".to_owned()),
+        actor: req.actor.clone().unwrap_or_else(|| "ai-agent".to_owned()),
+        action_type: req.action_type.clone(),
+        target: req.target.clone(),
+        requested_operation: req.requested_operation.clone(),
+        evidence_refs: Vec::new(),
+        correlation_id,
+        timestamp: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+    }
+}
+
+pub(crate) async fn evaluate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DecisionResponse>, ApiError> {
+    let req: EvaluateRequest = json_body(body)?;
+    if req.action_type.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "action_type is required (e.g. read_file, execute_command, git, http_request)",
+        ));
+    }
+    let policy = pick_policy(&state, req.policy_pack.as_deref())?;
+    let mut resp = decide(&policy, &req);
+    let data = state.evidence_data(&req, &resp);
+    // Answered only once the decision is on disk.
+    let evidence_ref = state
+        .evidence
+        .append(Kind::Decision, None, data)
+        .await
+        .map_err(|e| {
+            tracing::error!("evidence log: {e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "evidence_unavailable",
+                format!("the decision could not be recorded, so it is not given: {e}"),
+            )
+        })?;
+    resp.evidence_refs.push(evidence_ref);
+    Ok(Json(resp))
+}

@@ -1,0 +1,140 @@
+//! The logging phase: one [`EgressEvent`] per request, emitted when the
+//! response body is finished (so it carries the byte count), to whatever
+//! [`EgressSink`] the proxy was given.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use keyward_api::Decision;
+
+use crate::server::ProxyBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the policy said about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    /// allow, block or require_approval.
+    pub decision: Decision,
+    /// The deciding rule.
+    pub rule_id: String,
+    /// The policy it belongs to.
+    pub policy_id: String,
+}
+
+/// One proxied request. Never holds a secret: the path has no query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressEvent {
+    /// The run.
+    pub run_id: String,
+    /// HTTP method (or CONNECT for a tunnel).
+    pub method: String,
+    /// Destination host.
+    pub host: String,
+    /// Destination port.
+    pub port: u16,
+    /// Path without query.
+    pub path: String,
+    /// Status the client got.
+    pub status: u16,
+    /// Response body bytes sent to the client (both directions for tunnels
+    /// and upgraded connections).
+    pub bytes: u64,
+    /// Grants whose credentials went upstream.
+    pub injected: Vec<String>,
+    /// The rule that blocked it, if it was blocked.
+    pub blocked: Option<String>,
+    /// The policy decision, when the policy was consulted.
+    pub decision: Option<PolicyDecision>,
+}
+
+/// Where events go.
+pub trait EgressSink: Send + Sync + 'static {
+    /// Takes one event; must not block.
+    fn record(&self, event: EgressEvent);
+}
+
+/// The default sink: a structured `egress` log line.
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+impl EgressSink for LogSink {
+    fn record(&self, event: EgressEvent) {
+        log_event(&event, None);
+    }
+}
+
+/// Writes `event` as the `keyward::egress` log line, with its evidence
+/// reference when there is one.
+pub fn log_event(event: &EgressEvent, evidence_ref: Option<&str>) {
+    tracing::info!(
+        target: "keyward::egress",
+        run = event.run_id,
+        method = event.method,
+        host = event.host,
+        port = event.port,
+        path = event.path,
+        status = event.status,
+        bytes = event.bytes,
+        injected = event.injected.join(","),
+        blocked = event.blocked.as_deref().unwrap_or(""),
+        rule = event.decision.as_ref().map_or("", |d| d.rule_id.as_str()),
+        evidence = evidence_ref.unwrap_or(""),
+        "egress"
+    );
+}
+
+/// A response body that counts what it passes and emits the event when it
+/// is dropped: finished, or abandoned by the client.
+pub(crate) struct Metered {
+    inner: ProxyBody,
+    event: Option<EgressEvent>,
+    sink: Arc<dyn EgressSink>,
+}
+
+impl Metered {
+    pub(crate) fn new(inner: ProxyBody, event: EgressEvent, sink: Arc<dyn EgressSink>) -> Self {
+        Self {
+            inner,
+            event: Some(event),
+            sink,
+        }
+    }
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let (Some(data), Some(event)) = (frame.data_ref(), self.event.as_mut())
+        {
+            event.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some(event) = self.event.take() {
+            self.sink.record(event);
+        }
+    }
+}

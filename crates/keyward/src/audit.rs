@@ -1,0 +1,255 @@
+//! `keyward audit ...`: keys, verification and tail of the evidence log.
+//! Offline: these read the files, so they work with the daemon stopped.
+
+use std::io::{BufRead as _, Seek as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use keyward_daemon::home::Home;
+use keyward_evidence::{Kind, Verifier, list_segments, verify_dir};
+
+use crate::cli::{AuditCommand, Cli};
+use crate::exit;
+
+pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
+    let home = || Home::resolve(cli.home.as_deref());
+    match cmd {
+        AuditCommand::Keygen { out, hmac } => {
+            let keys_dir = home()?.root().join("keys");
+            if out.is_none() {
+                std::fs::create_dir_all(&keys_dir)
+                    .with_context(|| format!("cannot create {}", keys_dir.display()))?;
+            }
+            if *hmac {
+                let path = out
+                    .clone()
+                    .unwrap_or_else(|| keys_dir.join("audit-hmac.key"));
+                keyward_evidence::generate_hmac(&path)?;
+                println!(
+                    "wrote {} (0600; keep it secret: it signs and verifies)",
+                    path.display()
+                );
+                println!(
+                    "\n[audit]\nhmac_key_file = {:?}",
+                    path.display().to_string()
+                );
+            } else {
+                let stem = out
+                    .clone()
+                    .unwrap_or_else(|| keys_dir.join("audit-ed25519"));
+                let (private, public) = keyward_evidence::generate_ed25519(&stem)?;
+                println!(
+                    "wrote {} (private, 0600) and {} (public)",
+                    private.display(),
+                    public.display()
+                );
+                println!(
+                    "\n[audit]\ned25519_key_file = {:?}\n\nverify with: keyward audit verify --public-key {}",
+                    private.display().to_string(),
+                    public.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            dir,
+            hmac_key_file,
+            public_key,
+            key_id,
+            json,
+        } => {
+            let dir = match dir {
+                Some(d) => d.clone(),
+                None => home()?.audit_dir(),
+            };
+            if !dir.is_dir() {
+                bail!(
+                    "no evidence log at {} (the daemon creates it on first start)",
+                    dir.display()
+                );
+            }
+            let verifier = match (hmac_key_file, public_key) {
+                (Some(f), _) => Some(Verifier::hmac_from_file(f, key_id.as_deref())?),
+                (None, Some(f)) => Some(Verifier::ed25519_from_file(f, key_id.as_deref())?),
+                (None, None) => None,
+            };
+            let report = verify_dir(&dir, verifier.as_ref())
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for e in &report.errors {
+                    println!("{}:{}: {}: {}", e.segment, e.line, e.check, e.message);
+                }
+                let range = match (report.first_seq, report.last_seq) {
+                    (Some(a), Some(b)) => format!("seq {a}..{b}"),
+                    _ => "no records".to_owned(),
+                };
+                println!(
+                    "{}: {} — {} records ({} signed), {range}, {} segment(s){}{}",
+                    report.path.display(),
+                    if report.valid { "valid" } else { "INVALID" },
+                    report.records,
+                    report.signed_records,
+                    report.segments,
+                    if report.error_count > 0 {
+                        format!(", {} error(s)", report.error_count)
+                    } else {
+                        String::new()
+                    },
+                    if report.torn_files.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; torn tails moved aside at a restart: {}",
+                            report.torn_files.join(", ")
+                        )
+                    }
+                );
+            }
+            Ok(if report.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILURE)
+            })
+        }
+        AuditCommand::Tail {
+            n,
+            follow,
+            kind,
+            run,
+            dir,
+            json,
+        } => {
+            if let Some(k) = kind
+                && Kind::parse(k).is_none()
+            {
+                bail!(
+                    "unknown kind {k:?}: expected one of {}",
+                    Kind::ALL.map(Kind::as_str).join(", ")
+                );
+            }
+            let dir = match dir {
+                Some(d) => d.clone(),
+                None => home()?.audit_dir(),
+            };
+            let filter = Filter {
+                kind: kind.clone(),
+                run: run.clone(),
+                json: *json,
+            };
+            tail(&dir, *n, *follow, &filter)
+        }
+    }
+}
+
+struct Filter {
+    kind: Option<String>,
+    run: Option<String>,
+    json: bool,
+}
+
+impl Filter {
+    /// The printed form of `line`, or `None` when filtered out.
+    fn render(&self, line: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if self.kind.as_deref().is_some_and(|k| v["kind"] != k) {
+            return None;
+        }
+        if self.run.as_deref().is_some_and(|r| v["run_id"] != r) {
+            return None;
+        }
+        if self.json {
+            return Some(line.to_owned());
+        }
+        Some(format!(
+            "{:>6} {} {:<8} {} {}",
+            v["seq"],
+            v["ts"].as_str().unwrap_or("?"),
+            v["kind"].as_str().unwrap_or("?"),
+            v["run_id"].as_str().unwrap_or("-"),
+            v["data"]
+        ))
+    }
+}
+
+fn tail(dir: &Path, n: usize, follow: bool, filter: &Filter) -> Result<ExitCode> {
+    let segments = if dir.is_dir() {
+        list_segments(dir).with_context(|| format!("cannot read {}", dir.display()))?
+    } else if follow {
+        Vec::new()
+    } else {
+        bail!(
+            "no evidence log at {} (the daemon creates it on first start)",
+            dir.display()
+        );
+    };
+    // Newest segments first until n records matched.
+    let mut shown: Vec<String> = Vec::new();
+    for (_, path) in segments.iter().rev() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut here: Vec<String> = text.lines().filter_map(|l| filter.render(l)).collect();
+        here.append(&mut shown);
+        shown = here;
+        if shown.len() >= n {
+            break;
+        }
+    }
+    let skip = shown.len().saturating_sub(n);
+    for line in &shown[skip..] {
+        println!("{line}");
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_log(dir, segments.last().map(|(n, p)| (*n, p.clone())), filter)
+}
+
+/// Prints records as they are appended, moving to new segments as the log
+/// rotates. Runs until interrupted.
+fn follow_log(
+    dir: &Path,
+    mut current: Option<(u32, PathBuf)>,
+    filter: &Filter,
+) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let mut offset = current
+        .as_ref()
+        .and_then(|(_, p)| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    let mut partial = String::new();
+    loop {
+        if let Some((_, path)) = &current
+            && let Ok(mut file) = std::fs::File::open(path)
+        {
+            file.seek(std::io::SeekFrom::Start(offset))?;
+            let mut reader = std::io::BufReader::new(file);
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                offset += line.len() as u64;
+                if line.ends_with('\n') {
+                    partial.push_str(&line);
+                    if let Some(out) = filter.render(partial.trim_end()) {
+                        println!("{out}");
+                    }
+                    partial.clear();
+                } else {
+                    partial.push_str(&line);
+                }
+                line.clear();
+            }
+            std::io::stdout().flush()?;
+        }
+        let newest = list_segments(dir).unwrap_or_default().pop();
+        if newest.as_ref().map(|(n, _)| *n) > current.as_ref().map(|(n, _)| *n) {
+            // The writer moved on only after finishing this segment.
+            current = newest;
+            offset = 0;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
