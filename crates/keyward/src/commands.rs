@@ -217,6 +217,12 @@ pub fn client(cli: &Cli) -> Result<keyward_api::Client> {
 /// A client for a daemon that runs: starts one (detached) if none does.
 pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
     let home = Home::resolve(cli.home.as_deref())?;
+    // A running daemon is used as it is: its config is its own business
+    // (a broken file on disk must not stop clients of a working daemon).
+    let running = client(cli)?;
+    if running.health().await.is_ok() {
+        return Ok(running);
+    }
     let (exe, args) = daemon_command(cli, None)?;
     if let Some(pid) = control::ensure_running(&home, &exe, args, DETACH_READY_TIMEOUT).await? {
         eprintln!("keyward: started the daemon (pid {pid})");

@@ -195,10 +195,7 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
             serde_json::json!({"policy_id": policy.id(), "cases": rows.len(), "failed": failed, "results": rows})
         );
     } else {
-        println!(
-            "{:<6} {:<32} {:<40} {}",
-            "RESULT", "CASE", "EXPECTED", "GOT"
-        );
+        println!("{:<6} {:<32} {:<40} GOT", "RESULT", "CASE", "EXPECTED");
         for row in &rows {
             let fmt = |v: &serde_json::Value| {
                 format!(

@@ -1063,3 +1063,131 @@ urllib.request.urlopen("{url}").read()
     assert_eq!(got[0]["headers"]["x-rot"], "first-value-aaaa");
     assert_eq!(got[1]["headers"]["x-rot"], "second-value-bbbb");
 }
+
+/// The proxy evaluates every request as `http_request` against the run's
+/// policy: a blocked path gets 403 with the rule, the rest passes; each
+/// request is an evidence record with its decision and size, and its log
+/// event carries the record's reference.
+#[test]
+fn the_policy_decides_each_proxied_request_and_each_lands_in_the_evidence_log() {
+    let (home, upstream) = setup("");
+    let policy = home.path.parent().unwrap().join("egress.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[policy]
+id = "egress-team"
+default = "allow"
+
+[[rules]]
+id = "http.admin.block"
+action = "http_request"
+target = ["localhost:*/admin/**"]
+operation = ["POST", "DELETE"]
+decision = "block"
+reason = "no admin writes from agents"
+
+[[rules]]
+id = "http.billing.approval"
+action = "http_request"
+target = "localhost:*/billing/*"
+decision = "require_approval"
+approver_group = "finance"
+"#,
+    )
+    .unwrap();
+    let script = format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}\\n' {ok}; curl -sS -D - -X POST {admin}; curl -sS -D - {billing}",
+        ok = upstream.url("/admin/users"),
+        admin = upstream.url("/admin/users/1"),
+        billing = upstream.url("/billing/invoices"),
+    );
+    let run = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(run.stdout.starts_with("200\n"), "GET passes: {run:?}");
+    assert!(
+        run.stdout.contains("x-keyward-blocked: http.admin.block"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("policy egress-team rule http.admin.block: no admin writes from agents"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("x-keyward-blocked: http.billing.approval"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("requires approval by finance"),
+        "{run:?}"
+    );
+    upstream.settle();
+    let paths: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/admin/users"],
+        "blocked requests never reach the upstream"
+    );
+
+    // An invalid policy is refused before the program starts.
+    let bad = home.path.parent().unwrap().join("bad.toml");
+    std::fs::write(&bad, "[policy]\nid = \"x\"\n").unwrap();
+    let refused = home.run(&["run", "--policy", bad.to_str().unwrap(), "--", "true"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("bad.toml") && refused.stderr.contains("default"),
+        "{refused:?}"
+    );
+
+    let egress = home.run(&["audit", "tail", "-n", "100", "--kind", "egress", "--json"]);
+    let records: Vec<serde_json::Value> = egress.stdout.lines().map(json).collect();
+    let ok = records
+        .iter()
+        .find(|r| r["data"]["request"]["path"] == "/admin/users")
+        .unwrap_or_else(|| panic!("no egress record: {egress:?}"));
+    assert_eq!(ok["data"]["response"]["status"], 200);
+    assert!(
+        ok["data"]["response"]["bytes"].as_u64().unwrap() > 0,
+        "{ok}"
+    );
+    assert_eq!(ok["data"]["decision"]["rule_id"], "egress-team.default");
+    assert_eq!(ok["data"]["injected"][0], "local");
+    let blocked = records
+        .iter()
+        .find(|r| r["data"]["request"]["path"] == "/admin/users/1")
+        .unwrap();
+    assert_eq!(blocked["data"]["blocked"], "http.admin.block");
+    assert_eq!(blocked["data"]["decision"]["decision"], "block");
+    assert!(blocked["run_id"].as_str().unwrap().starts_with("run_"));
+    let seq = ok["seq"].as_u64().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || home
+            .log()
+            .contains(&format!("/{seq}\""))
+            || home.log().contains(&format!("/{seq} "))),
+        "the egress log line carries the evidence reference: {}",
+        home.log()
+    );
+    assert!(
+        home.files_containing(SECRET).is_empty(),
+        "{:?}",
+        home.files_containing(SECRET)
+    );
+    let verify = home.run(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}

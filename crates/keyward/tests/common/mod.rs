@@ -153,25 +153,35 @@ impl Drop for TestHome {
 }
 
 pub fn http_on(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut stream = UnixStream::connect(socket).unwrap();
+    try_http_on(socket, method, path, body).expect("an HTTP answer from the daemon")
+}
+
+/// Like [`http_on`], but `None` when the daemon is gone or hangs up.
+pub fn try_http_on(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = UnixStream::connect(socket).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+        .ok()?;
     let body = body.unwrap_or("");
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nhost: keyward\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .ok()?;
     let mut resp = String::new();
-    stream.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
+    stream.read_to_string(&mut resp).ok()?;
+    let status = resp.get(9..12)?.parse().ok()?;
     let body = resp
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }
 
 #[derive(Debug)]

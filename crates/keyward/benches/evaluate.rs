@@ -1,0 +1,145 @@
+//! `POST /v1/evaluate` over the daemon's Unix socket with 1 and 16
+//! keep-alive clients, every decision durably recorded (fsync, group
+//! commit) before it is answered; beside a bare HTTP/1.1 echo over the same
+//! kind of socket in the same run (the physical limit of this transport).
+//! Client, echo and daemon share the machine's cores.
+//!
+//! Run: `bash bench/evaluate.sh` (or `cargo bench -p keyward --bench evaluate`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+
+const BODY: &str = r#"{"action_type":"execute_command","target":"cargo test --workspace","session_id":"bench","agent_id":"bench-agent"}"#;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(socket: &Path) -> Sender {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn one(sender: &mut Sender) {
+    let req = Request::post("/v1/evaluate")
+        .header("host", "keyward")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap();
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.into_body().collect().await.unwrap();
+}
+
+/// Requests per second with `clients` keep-alive connections for `secs`.
+async fn load(socket: &Path, clients: usize, secs: f64) -> f64 {
+    let mut senders = Vec::new();
+    for _ in 0..clients {
+        let mut s = connect(socket).await;
+        one(&mut s).await;
+        senders.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    one(&mut s).await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A bare HTTP/1.1 server on a Unix socket answering a DecisionResponse-sized
+/// JSON body to every request.
+fn echo(socket: PathBuf) {
+    let listener = UnixListener::bind(&socket).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let mut answer = body.to_vec();
+                    answer.extend_from_slice(&[b' '; 420]);
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(answer))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn main() {
+    let dir = tempfile::Builder::new()
+        .prefix("kwb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home = dir.path().join("home");
+    let bin = env!("CARGO_BIN_EXE_keyward");
+    let started = Command::new(bin)
+        .args(["daemon", "start", "--detach"])
+        .env("KEYWARD_HOME", &home)
+        .env_remove("KEYWARD_CONFIG")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let socket = home.join("keyward.sock");
+    let echo_socket = dir.path().join("echo.sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        echo(echo_socket.clone());
+        println!("evaluate over the Unix socket (HTTP/1.1 keep-alive; decisions fsynced to the evidence log before answering):");
+        for clients in [1usize, 16] {
+            let bare = load(&echo_socket, clients, 3.0).await;
+            let decisions = load(&socket, clients, 3.0).await;
+            println!(
+                "  {clients:>2} client(s): bare echo {bare:>8.0} req/s, keyward evaluate {decisions:>8.0} decisions/s, ratio {:.2}",
+                decisions / bare
+            );
+        }
+    });
+    let _ = Command::new(bin)
+        .args(["daemon", "stop"])
+        .env("KEYWARD_HOME", &home)
+        .stdout(Stdio::null())
+        .status();
+    let verify = Command::new(bin)
+        .args(["audit", "verify", "--json"])
+        .env("KEYWARD_HOME", &home)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    println!(
+        "  evidence log afterwards: valid={} records={}",
+        report["valid"], report["records"]
+    );
+}
