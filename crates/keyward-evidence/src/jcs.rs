@@ -29,12 +29,14 @@ pub fn write(value: &Value, out: &mut String) {
             out.push(']');
         }
         Value::Object(map) => {
+            // serde_json's map iterates in UTF-8 byte order, which differs
+            // from UTF-16 order only when characters beyond U+FFFF (4-byte
+            // UTF-8, lead byte >= 0xF0) meet U+E000..U+FFFF.
+            let astral = map.keys().any(|k| k.bytes().any(|b| b >= 0xF0));
             let mut keys: Vec<&String> = map.keys().collect();
-            // serde_json's map is ordered by UTF-8 bytes, which differs from
-            // UTF-16 order only when characters beyond U+FFFF meet U+E000..
-            if keys.iter().any(|k| k.chars().any(|c| c as u32 > 0xFFFF)) {
+            if astral {
                 keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            } else {
+            } else if !keys.is_sorted() {
                 keys.sort_unstable();
             }
             out.push('{');

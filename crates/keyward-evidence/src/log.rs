@@ -1,12 +1,14 @@
-//! The writer: one thread owns the current segment; appends arrive over a
-//! channel and are committed in groups (one write and one fsync for every
-//! record waiting), and each is acknowledged only after its fsync.
+//! The writer: one thread owns the current segment and writes records as
+//! they arrive over a channel; a second thread fsyncs what has been written
+//! and acknowledges each record only once an fsync covers it. Records that
+//! arrive while an fsync runs share the next one (group commit).
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -146,6 +148,7 @@ struct Writer {
     seq: u64,
     prev_hash: String,
     scratch: String,
+    durability: Arc<Durability>,
 }
 
 impl EvidenceLog {
@@ -191,7 +194,21 @@ impl EvidenceLog {
         if segments.is_empty() {
             sync_dir(&dir)?;
         }
+        let shared = file
+            .try_clone()
+            .map_err(|e| io_err(&path, "cannot open", e))?;
+        let durability = Arc::new(Durability {
+            state: Mutex::new(SyncState {
+                written: seq,
+                waiting: VecDeque::new(),
+                file: Arc::new(shared),
+                failed: None,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+        });
         let mut writer = Writer {
+            durability,
             dir: dir.clone(),
             signer: options.signer,
             segment_bytes: options.segment_bytes.max(1),
@@ -220,10 +237,13 @@ impl EvidenceLog {
                 }),
                 ack: None,
             };
-            writer.commit(vec![job]).map_err(|e| EvidenceError::Io {
-                path: dir.display().to_string(),
-                message: e,
-            })?;
+            writer
+                .commit(vec![job])
+                .and_then(|()| writer.file.sync_data().map_err(|e| e.to_string()))
+                .map_err(|e| EvidenceError::Io {
+                    path: dir.display().to_string(),
+                    message: e,
+                })?;
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -309,8 +329,46 @@ impl Drop for EvidenceLog {
     }
 }
 
+/// What the writer and the syncer share. The writer writes records as
+/// they come; the syncer fsyncs whatever has been written and acknowledges
+/// every record the fsync covered. Records that arrive during an fsync ride
+/// the next one, so a group grows to everything waiting (group commit).
+struct Durability {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+}
+
+struct SyncState {
+    /// The highest sequence number written to a segment.
+    written: u64,
+    /// Acknowledgements waiting for an fsync, in sequence order.
+    waiting: VecDeque<(u64, oneshot::Sender<Result<u64, String>>)>,
+    /// The segment the newest records are in.
+    file: Arc<File>,
+    /// Set when an fsync failed: what reached the disk is unknown, so the
+    /// log refuses further records until the daemon restarts.
+    failed: Option<String>,
+    /// The writer is gone; sync what is left and stop.
+    closing: bool,
+}
+
+impl Durability {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let durability = self.durability.clone();
+        let synced = self.seq;
+        let syncer = std::thread::Builder::new()
+            .name("keyward-evidence-sync".into())
+            .spawn(move || sync_loop(&durability, synced));
+        if let Err(e) = &syncer {
+            // Nobody would ever acknowledge: refuse records instead.
+            self.durability.lock().failed = Some(format!("cannot start the sync thread: {e}"));
+        }
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -323,13 +381,27 @@ impl Writer {
                 tracing::error!("evidence log write failed: {e}");
             }
         }
+        self.durability.lock().closing = true;
+        self.durability.wake.notify_all();
+        if let Ok(handle) = syncer {
+            let _ = handle.join();
+        }
     }
 
-    /// Writes `batch` with as few fsyncs as rotation allows, then
-    /// acknowledges. On failure the segment is cut back to its last
-    /// acknowledged record and the chain state restored, so a failed write
-    /// leaves no partial record behind.
+    /// Writes `batch` (no fsync: the syncer does that) and hands its
+    /// acknowledgements to the syncer. On a write failure the segment is cut
+    /// back to its last complete record and the chain state restored, so a
+    /// failed write leaves no partial record behind.
     fn commit(&mut self, batch: Vec<Job>) -> Result<(), String> {
+        let failed = self.durability.lock().failed.clone();
+        if let Some(e) = failed {
+            for job in batch {
+                if let Some(ack) = job.ack {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
+            return Err(e);
+        }
         let mut buf = String::new();
         let mut pending: Vec<(Ack, u64)> = Vec::new();
         let mut checkpoint = (self.seq, self.prev_hash.clone());
@@ -346,10 +418,10 @@ impl Writer {
             let (line, hash) = body.seal(self.signer.as_ref(), &mut self.scratch);
             let grown = self.len + buf.len() as u64;
             if grown > 0 && grown + line.len() as u64 + 1 > self.segment_bytes {
-                if let Err(e) = self.flush(&buf) {
+                if let Err(e) = self.write(&buf) {
                     return self.fail(e, checkpoint, pending);
                 }
-                ack_all(&mut pending);
+                self.hand_over(&mut pending);
                 buf.clear();
                 checkpoint = (self.seq, self.prev_hash.clone());
                 // The records not yet written are dropped unacknowledged:
@@ -362,24 +434,36 @@ impl Writer {
             self.prev_hash = hash;
             pending.push((job.ack, self.seq));
         }
-        if let Err(e) = self.flush(&buf) {
+        if let Err(e) = self.write(&buf) {
             return self.fail(e, checkpoint, pending);
         }
-        ack_all(&mut pending);
+        self.hand_over(&mut pending);
         Ok(())
     }
 
-    fn flush(&mut self, buf: &str) -> Result<(), String> {
+    fn write(&mut self, buf: &str) -> Result<(), String> {
         if buf.is_empty() {
             return Ok(());
         }
         let path = self.dir.join(segment_name(self.segment));
         self.file
             .write_all(buf.as_bytes())
-            .and_then(|()| self.file.sync_data())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         self.len += buf.len() as u64;
         Ok(())
+    }
+
+    /// Gives written records to the syncer.
+    fn hand_over(&self, pending: &mut Vec<(Ack, u64)>) {
+        let mut state = self.durability.lock();
+        state.written = self.seq;
+        for (ack, seq) in pending.drain(..) {
+            if let Some(ack) = ack {
+                state.waiting.push_back((seq, ack));
+            }
+        }
+        drop(state);
+        self.durability.wake.notify_one();
     }
 
     fn fail(
@@ -391,7 +475,6 @@ impl Writer {
         // Cut off whatever part of the group reached the file.
         let _ = self.file.set_len(self.len);
         let _ = self.file.seek(SeekFrom::End(0));
-        let _ = self.file.sync_data();
         (self.seq, self.prev_hash) = checkpoint;
         for (ack, _) in pending {
             if let Some(ack) = ack {
@@ -401,22 +484,57 @@ impl Writer {
         Err(e)
     }
 
+    /// A new segment. The old one is synced first, so the syncer's next
+    /// fsync (of the new segment) covers every record handed over so far.
     fn rotate(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(|e| e.to_string())?;
         let next = self.segment + 1;
         let path = self.dir.join(segment_name(next));
-        self.file = open_append(&path).map_err(|e| e.to_string())?;
+        let file = open_append(&path).map_err(|e| e.to_string())?;
         sync_dir(&self.dir).map_err(|e| e.to_string())?;
+        let shared = file.try_clone().map_err(|e| e.to_string())?;
+        self.file = file;
+        self.durability.lock().file = Arc::new(shared);
         self.segment = next;
         self.len = 0;
         Ok(())
     }
 }
 
-fn ack_all(pending: &mut Vec<(Ack, u64)>) {
-    for (ack, seq) in pending.drain(..) {
-        if let Some(ack) = ack {
-            let _ = ack.send(Ok(seq));
+/// fsyncs what the writer has written and acknowledges it, until the
+/// writer closes and everything is synced.
+fn sync_loop(durability: &Durability, mut synced: u64) {
+    loop {
+        let mut state = durability.lock();
+        while state.written <= synced && !state.closing {
+            state = durability
+                .wake
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
         }
+        if state.written <= synced {
+            return;
+        }
+        let (target, file) = (state.written, state.file.clone());
+        drop(state);
+        let result = file.sync_data();
+        let acks: Vec<_> = {
+            let mut state = durability.lock();
+            if let Err(e) = &result {
+                state.failed = Some(format!("fsync failed: {e}; restart the daemon"));
+                state.waiting.drain(..).collect()
+            } else {
+                let n = state.waiting.partition_point(|(seq, _)| *seq <= target);
+                state.waiting.drain(..n).collect()
+            }
+        };
+        for (seq, ack) in acks {
+            let _ = ack.send(match &result {
+                Ok(()) => Ok(seq),
+                Err(e) => Err(format!("fsync failed: {e}")),
+            });
+        }
+        synced = target;
     }
 }
 
