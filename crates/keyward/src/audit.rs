@@ -17,9 +17,15 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
     let home = || Home::resolve(cli.home.as_deref());
     match cmd {
         AuditCommand::Keygen { out, hmac } => {
-            let keys_dir = home()?.root().join("keys");
+            let home = home()?;
+            let keys_dir = home.root().join("keys");
             if out.is_none() {
-                std::fs::create_dir_all(&keys_dir)
+                use std::os::unix::fs::DirBuilderExt as _;
+                home.ensure_private()?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&keys_dir)
                     .with_context(|| format!("cannot create {}", keys_dir.display()))?;
             }
             if *hmac {

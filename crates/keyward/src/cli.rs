@@ -12,6 +12,7 @@ Exit status:
   2   command-line usage error
   3   the daemon is not running
   64  invalid configuration or usage (the message names file, key and expectation)
+  `keyward eval` only: 0 allow, 2 block, 3 require_approval, 1 error
 
 Environment:
   KEYWARD_HOME    home directory (same as --home)

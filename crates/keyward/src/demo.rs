@@ -182,6 +182,16 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
         .unwrap_or("")
         .to_owned();
 
+    let audit_dir = home_path.join("audit");
+    let evidence = keyward_evidence::verify_dir(&audit_dir, None).ok();
+    let evidence_has_secret = std::fs::read_dir(&audit_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path())
+                .is_ok_and(|b| b.windows(secret.len()).any(|w| w == secret.as_bytes()))
+        });
     let checks = [
         ("the client ran and succeeded", child.status.success()),
         (
@@ -199,6 +209,10 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
         (
             "one egress event names the grant, not the secret",
             !event.is_empty() && !log.contains(&secret),
+        ),
+        (
+            "the evidence log verifies and holds no secret",
+            evidence.as_ref().is_some_and(|r| r.valid && r.records > 0) && !evidence_has_secret,
         ),
     ];
     println!(
@@ -220,6 +234,15 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
         "  request event        {}",
         event.split("egress ").nth(1).unwrap_or(&event)
     );
+    if let Some(r) = &evidence {
+        println!(
+            "  evidence log         {} records, seq {}..{}, chain {}",
+            r.records,
+            r.first_seq.unwrap_or(0),
+            r.last_seq.unwrap_or(0),
+            if r.valid { "verified" } else { "BROKEN" }
+        );
+    }
     println!();
     let mut all = true;
     for (what, held) in checks {
