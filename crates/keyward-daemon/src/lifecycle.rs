@@ -140,6 +140,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             crate::config::InterceptMode::All => Intercept::All,
             crate::config::InterceptMode::Granted => Intercept::Granted,
         },
+        drain_timeout: DRAIN_TIMEOUT,
     };
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
@@ -172,7 +173,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     };
     let (proxy_stop_tx, proxy_stop_rx) = oneshot::channel::<()>();
-    tokio::spawn(proxy.serve(proxy_listener, async {
+    let proxy_task = tokio::spawn(proxy.serve(proxy_listener, async {
         let _ = proxy_stop_rx.await;
     }));
     let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
@@ -250,7 +251,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // listener that no longer accepts.
     remove_socket_if_ours(&socket_path, socket_id);
     let _ = drain_tx.send(());
-    match tokio::time::timeout(DRAIN_TIMEOUT, &mut serve).await {
+    // The proxy drains at the same time (it stops itself after DRAIN_TIMEOUT).
+    let (admin, _) = tokio::join!(tokio::time::timeout(DRAIN_TIMEOUT, &mut serve), proxy_task);
+    match admin {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!("admin server failed while draining: {e}"),
         Ok(Err(e)) => tracing::error!("admin server task failed: {e}"),

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use keyward_api::{CreateRunRequest, Network, RunInfo};
@@ -92,6 +93,10 @@ pub struct Registry {
     runs: Mutex<HashMap<String, RunRecord>>,
     /// Serializes saves so the file always ends with the latest state.
     save_lock: Mutex<()>,
+    /// Bumped after every change.
+    changes: AtomicU64,
+    /// The change count the file reflects.
+    saved: AtomicU64,
 }
 
 fn hex_random(bytes: usize) -> String {
@@ -132,6 +137,8 @@ impl Registry {
             path: path.to_owned(),
             runs: Mutex::new(runs),
             save_lock: Mutex::new(()),
+            changes: AtomicU64::new(0),
+            saved: AtomicU64::new(0),
         })
     }
 
@@ -165,6 +172,7 @@ impl Registry {
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         self.lock().insert(id, record.clone());
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.save()?;
         Ok((record, token))
     }
@@ -208,6 +216,7 @@ impl Registry {
             r.clone()
         });
         if updated.is_some() {
+            self.changes.fetch_add(1, Ordering::SeqCst);
             self.save()?;
         }
         Ok(updated)
@@ -217,6 +226,7 @@ impl Registry {
     pub fn remove(&self, id: &str) -> Result<bool, RunsError> {
         let removed = self.lock().remove(id).is_some();
         if removed {
+            self.changes.fetch_add(1, Ordering::SeqCst);
             self.save()?;
         }
         Ok(removed)
@@ -235,6 +245,7 @@ impl Registry {
             for id in &dead {
                 runs.remove(id);
             }
+            self.changes.fetch_add(1, Ordering::SeqCst);
             drop(runs);
             self.save()?;
         }
@@ -264,8 +275,20 @@ impl Registry {
         None
     }
 
+    /// Writes the runs, debounced: callers that changed the registry while
+    /// a save was running wait for the next one, and if a save that began
+    /// after their change has already written it, they return at once; so
+    /// a burst of changes costs a couple of writes, and each caller still
+    /// hears about a failed write of its own change.
     fn save(&self) -> Result<(), RunsError> {
+        let mine = self.changes.load(Ordering::SeqCst);
         let _saving = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.saved.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        // Read the count before the snapshot: the snapshot holds at least
+        // every change counted.
+        let current = self.changes.load(Ordering::SeqCst);
         let file = RunsFile {
             version: RUNS_VERSION,
             runs: self.list(),
@@ -277,7 +300,9 @@ impl Registry {
         keyward_vault::write_atomic(&self.path, &bytes).map_err(|e| RunsError::Save {
             path: self.path.clone(),
             reason: e.to_string(),
-        })
+        })?;
+        self.saved.store(current, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -291,6 +316,45 @@ fn parent_of(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Debounced saves lose no change: after a burst of concurrent
+    /// creations and removals the file holds exactly the surviving runs.
+    #[test]
+    fn concurrent_changes_all_reach_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let reg = std::sync::Arc::new(Registry::load(&path).unwrap());
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let reg = reg.clone();
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    for j in 0..10 {
+                        let (run, _) = reg.create(&CreateRunRequest::default(), &[]).unwrap();
+                        if (i + j) % 3 == 0 {
+                            assert!(reg.remove(&run.id).unwrap());
+                        } else {
+                            kept.push(run.id);
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let mut kept: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        kept.sort();
+        let mut on_disk: Vec<String> = Registry::load(&path)
+            .unwrap()
+            .list()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        on_disk.sort();
+        assert_eq!(on_disk, kept);
+    }
 
     #[test]
     fn tokens_are_stored_hashed_and_runs_persist() {

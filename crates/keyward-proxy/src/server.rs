@@ -152,6 +152,97 @@ pub struct Proxy {
     authority: Arc<dyn RunAuthority>,
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>,
     events: Arc<dyn EgressSink>,
+    drain: Arc<Drain>,
+}
+
+/// Graceful stop: HTTP connections are told to finish their request in
+/// flight and close; `serve` returns once none is left (or the drain
+/// timeout passes). Raw tunnels and upgraded (WebSocket) streams are not
+/// waited for: they have no request boundary to stop at.
+struct Drain {
+    closing: tokio::sync::watch::Sender<bool>,
+    active: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+struct DrainGuard<'a>(&'a Drain);
+
+/// Serves a hyper connection until it ends; when the proxy starts closing,
+/// asks it to finish the request in flight and stop. (A macro, not a
+/// generic function: rustc cannot prove a generic wrapper around hyper's
+/// connection futures `Send` for `tokio::spawn`.)
+macro_rules! drained {
+    ($drain:expr, $conn:expr) => {{
+        let drain = &$drain;
+        let _active = drain.enter();
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            out = &mut conn => out,
+            () = drain.closing() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    fn new() -> Self {
+        Self {
+            closing: tokio::sync::watch::channel(false).0,
+            active: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts a connection as active until the guard drops.
+    fn enter(&self) -> DrainGuard<'_> {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        DrainGuard(self)
+    }
+
+    /// Completes when the proxy starts closing.
+    async fn closing(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|c| *c).await;
+    }
+
+    /// Tells every connection to close and waits until they have, at most
+    /// `limit`.
+    async fn close(&self, limit: std::time::Duration) {
+        let _ = self.closing.send(true);
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.active.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, idle).await.is_err() {
+            tracing::warn!(
+                "proxy: {} connection(s) still busy after {}s; closing them",
+                self.active.load(std::sync::atomic::Ordering::Acquire),
+                limit.as_secs()
+            );
+        }
+    }
 }
 
 /// Which CONNECT tunnels are intercepted.
@@ -173,6 +264,8 @@ pub struct ProxyOptions {
     pub max_substitution_body: usize,
     /// Which tunnels are intercepted.
     pub intercept: Intercept,
+    /// How long a stopping proxy lets requests in flight finish.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Default for ProxyOptions {
@@ -180,6 +273,7 @@ impl Default for ProxyOptions {
         Self {
             max_substitution_body: 1 << 20,
             intercept: Intercept::All,
+            drain_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -244,6 +338,7 @@ impl Proxy {
             authority,
             client,
             events: Arc::new(LogSink),
+            drain: Arc::new(Drain::new()),
         })
     }
 
@@ -283,12 +378,16 @@ impl Proxy {
         self.events.record(event);
     }
 
-    /// Accepts connections until `shutdown` completes.
+    /// Accepts connections until `shutdown` completes, then lets requests
+    /// in flight finish (up to `ProxyOptions::drain_timeout`) and returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => {
+                    drop(listener);
+                    return self.drain.close(self.options.drain_timeout).await;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let proxy = self.clone();
@@ -310,11 +409,10 @@ impl Proxy {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.outer(req).await) }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades()
-            .await
-        {
+            .with_upgrades();
+        if let Err(e) = drained!(self.drain, conn) {
             tracing::debug!(%peer, "proxy connection ended: {e}");
         }
     }
@@ -360,6 +458,7 @@ impl Proxy {
                 }
             };
             let proxy = self.clone();
+            let drain_for_inner = self.drain.clone();
             tokio::spawn(async move {
                 let upgraded = match hyper::upgrade::on(req).await {
                     Ok(u) => u,
@@ -388,15 +487,16 @@ impl Proxy {
                         Ok(proxy.forward(&run, "https", &host, port, inner).await)
                     }
                 });
+                let drain = drain_for_inner.clone();
                 let served = if h2 {
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc);
+                    drained!(drain, conn)
                 } else {
-                    hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
-                        .with_upgrades()
-                        .await
+                        .with_upgrades();
+                    drained!(drain, conn)
                 };
                 if let Err(e) = served {
                     tracing::debug!("intercepted connection ended: {e}");

@@ -816,7 +816,8 @@ fn demo_checks_every_claim() {
     let run = home.run(&["demo"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("every check held."), "{run:?}");
-    assert_eq!(run.stdout.matches("[ok]").count(), 5, "{run:?}");
+    assert_eq!(run.stdout.matches("[ok]").count(), 6, "{run:?}");
+    assert!(run.stdout.contains("chain verified"), "{run:?}");
     assert!(!home.path.exists(), "the demo uses its own temporary home");
 }
 
@@ -1190,4 +1191,33 @@ approver_group = "finance"
     );
     let verify = home.run(&["audit", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+/// `keyward daemon stop` lets a proxied download in flight finish before
+/// the daemon exits (new connections are refused at once).
+#[test]
+fn stopping_the_daemon_lets_requests_in_flight_finish() {
+    let (home, upstream) = setup("");
+    let size = 3_000_000;
+    let script = format!(
+        "curl -sS --limit-rate 1000000 -o /dev/null -w '%{{http_code}} %{{size_download}}' {}",
+        upstream.url(&format!("/big/{size}"))
+    );
+    let child = home
+        .cmd(&["run", "--grant", "local", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let stop = home.run(&["daemon", "stop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        format!("200 {size}"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
