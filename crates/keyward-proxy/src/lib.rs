@@ -8,6 +8,7 @@ mod events;
 mod rules;
 mod scrub;
 mod server;
+mod websocket;
 
 pub use ca::{CaError, CertificateAuthority, ServiceIdentity};
 pub use events::{EgressEvent, EgressSink, LogSink, PolicyDecision, log_event};

@@ -34,6 +34,7 @@ use crate::ca::CertificateAuthority;
 use crate::events::{EgressEvent, EgressSink, LogSink, Metered, PolicyDecision};
 use crate::rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
 use crate::scrub::{Needles, Scrubbed, replace_all};
+use crate::websocket;
 
 /// The body type of everything the proxy answers.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -531,7 +532,8 @@ impl Proxy {
         let path = req.uri().path().to_owned();
         // An HTTP/1.1 upgrade (WebSocket): the handshake goes through the
         // same pipeline (injection included); after a 101 both sides are
-        // joined byte for byte. Frames are not scrubbed.
+        // joined, and when the handshake carried a secret the server's
+        // WebSocket frames are scrubbed (see websocket.rs).
         let upgrade = req
             .headers()
             .get(header::UPGRADE)
@@ -617,11 +619,19 @@ impl Proxy {
             }
         }
         strip_hop_by_hop(&mut parts.headers);
+        let scrub_frames = !injected.is_empty()
+            && upgrade
+                .as_ref()
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if let Some(protocol) = &upgrade {
             parts.headers.insert(header::UPGRADE, protocol.clone());
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if scrub_frames {
+            // Compressed frames could not be scrubbed.
+            parts.headers.remove("sec-websocket-extensions");
         }
         // The upstream connection negotiates its own version (ALPN); the
         // client's (h2 or HTTP/1.1 with the proxy) does not carry over.
@@ -687,19 +697,13 @@ impl Proxy {
         {
             event.status = 101;
             let sink = self.events.clone();
+            let masks = scrub_frames.then(|| websocket::masks(&run.scrub));
             let mut resp = resp;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
-                        if let Ok((up, down)) = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(client),
-                            &mut TokioIo::new(upstream),
-                        )
-                        .await
-                        {
-                            event.bytes = up + down;
-                        }
+                        event.bytes = join_upgraded(client, upstream, masks).await;
                     }
                     Err(e) => tracing::debug!("upgrade failed: {e}"),
                 }
@@ -980,6 +984,34 @@ fn replace_in_headers(headers: &mut hyper::HeaderMap, needles: &[(Vec<u8>, Vec<u
             *value = v;
         }
     }
+}
+
+/// Joins an upgraded client and upstream; with `masks`, the upstream's
+/// WebSocket frames are scrubbed on the way. Returns the bytes relayed.
+async fn join_upgraded(
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+    masks: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+) -> u64 {
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let Some(masks) = masks else {
+        return tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map_or(0, |(up, down)| up + down);
+    };
+    let (mut client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let up = async {
+        let n = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut upstream_write).await;
+        n
+    };
+    let down = websocket::relay_scrubbed(upstream_read, client_write, &masks);
+    let (up, down) = tokio::join!(up, down);
+    if let Err(e) = &down {
+        tracing::info!("websocket relay ended: {e}");
+    }
+    up.unwrap_or(0) + down.unwrap_or(0)
 }
 
 /// Relays a CONNECT tunnel byte for byte to `host:port`, connecting to an

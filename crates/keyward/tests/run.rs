@@ -832,6 +832,24 @@ srv = socket.socket()
 srv.bind(("127.0.0.1", 0))
 srv.listen(16)
 print(srv.getsockname()[1], flush=True)
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+def read_frame(s):
+    head = recv_exact(s, 2)
+    if head is None:
+        return None
+    n = head[1] & 0x7f
+    key = recv_exact(s, 4) if head[1] & 0x80 else b"\0\0\0\0"
+    payload = recv_exact(s, n)
+    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+def frame(payload):
+    return bytes([0x81, len(payload)]) + payload
 def serve(conn):
     try:
         s = ctx.wrap_socket(conn, server_side=True)
@@ -840,15 +858,18 @@ def serve(conn):
             head += s.recv(4096)
         lines = head.decode().split("\r\n")
         headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+        auth = headers.get("authorization", "")
         with open(log, "a") as f:
-            f.write(headers.get("authorization", "") + "\n")
+            f.write(auth + "|" + headers.get("sec-websocket-extensions", "") + "\n")
         accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
         s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+        # A careless server: it tells the client the credential it got.
+        s.sendall(frame(("you sent " + auth).encode()))
         while True:
-            data = s.recv(4096)
-            if not data:
+            payload = read_frame(s)
+            if payload is None:
                 break
-            s.sendall(data)
+            s.sendall(frame(payload))
     except Exception:
         pass
 while True:
@@ -857,7 +878,7 @@ while True:
 "#;
 
 #[test]
-fn websocket_upgrades_pass_through_with_injection() {
+fn websocket_upgrades_get_injection_and_scrubbed_frames() {
     let (home, upstream) = setup("");
     let dir = home.path.parent().unwrap();
     let log = dir.join("ws.log");
@@ -885,28 +906,41 @@ conn = http.client.HTTPSConnection(proxy.hostname, proxy.port, context=ctx, time
 conn.set_tunnel("localhost", {port}, headers={{"Proxy-Authorization": "Bearer " + proxy.password}})
 conn.connect()
 s = conn.sock
-s.sendall(b"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+s.sendall(b"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
 head = b""
 while b"\r\n\r\n" not in head:
-    head += s.recv(4096)
+    head += s.recv(1)
 print(head.split(b"\r\n")[0].decode())
-s.sendall(b"ping-frame-bytes")
-print(s.recv(4096).decode())
+def recv_exact(n):
+    data = b""
+    while len(data) < n:
+        data += s.recv(n - len(data))
+    return data
+def read_frame():
+    head = recv_exact(2)
+    return recv_exact(head[1] & 0x7f).decode()
+print(read_frame())
+key = b"\x01\x02\x03\x04"
+payload = b"ping-frame-bytes"
+s.sendall(bytes([0x81, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload)))
+print(read_frame())
 "#
     );
     let run = home.run(&["run", "--grant", "local", "--", "python3", "-c", &client]);
     let _ = ws.kill();
     let _ = ws.wait();
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
+    let masked = format!("[REDACTED]{}", "*".repeat(SECRET.len() - 10));
     assert_eq!(
-        run.stdout, "HTTP/1.1 101 Switching Protocols\nping-frame-bytes\n",
-        "{run:?}"
+        run.stdout,
+        format!("HTTP/1.1 101 Switching Protocols\nyou sent Bearer {masked}\nping-frame-bytes\n"),
+        "the secret the server sent back in a frame reached the child masked: {run:?}"
     );
     let seen = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         seen.trim(),
-        format!("Bearer {SECRET}"),
-        "the handshake got the injected secret"
+        format!("Bearer {SECRET}|"),
+        "the handshake got the injected secret, and no compression was offered"
     );
     drop(upstream);
 }
