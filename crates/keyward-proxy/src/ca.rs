@@ -57,8 +57,41 @@ pub struct CertificateAuthority {
 struct Signer {
     issuer: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
-    leaf_key: KeyPair,
-    leaf_signing: Arc<dyn rustls::sign::SigningKey>,
+    /// Made on first use (or by the warm-up thread): the first random
+    /// numbers of the process seed aws-lc's entropy pool, which takes tens
+    /// of milliseconds that start-up should not wait for.
+    leaf: std::sync::OnceLock<Result<LeafKey, String>>,
+}
+
+/// The in-memory key every leaf certificate shares.
+struct LeafKey {
+    key: KeyPair,
+    signing: Arc<dyn rustls::sign::SigningKey>,
+}
+
+impl Signer {
+    fn leaf(&self) -> Result<&LeafKey, CaError> {
+        self.leaf
+            .get_or_init(|| {
+                let key =
+                    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+                let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(
+                    &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(LeafKey { key, signing })
+            })
+            .as_ref()
+            .map_err(|e| CaError::Cert(e.clone()))
+    }
+
+    /// Makes the leaf key on its own thread.
+    fn warm(self: &Arc<Self>) {
+        let signer = self.clone();
+        std::thread::spawn(move || {
+            let _ = signer.leaf();
+        });
+    }
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -78,10 +111,30 @@ impl CertificateAuthority {
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
         let (signer, cert_pem) = load_signer(dir)?;
         let public_dir = dir.join("public");
-        write_public(&public_dir, &cert_pem, previous_pem(dir).as_deref())?;
+        let previous = previous_pem(dir);
+        let tail = format!("{cert_pem}{}", previous.as_deref().unwrap_or(""));
+        let current = fs::read_to_string(public_dir.join("bundle.pem"))
+            .is_ok_and(|b| b.ends_with(&tail))
+            && fs::read_to_string(public_dir.join("ca.pem")).is_ok_and(|c| c == cert_pem);
+        if current {
+            // The bundle children trust is already there: refresh its
+            // system roots in the background, off the start-up path.
+            let (dir, public_dir) = (dir.to_owned(), public_dir.clone());
+            std::thread::spawn(move || {
+                let cert_pem = fs::read_to_string(dir.join("ca.pem")).unwrap_or(cert_pem);
+                if let Err(e) = write_public(&public_dir, &cert_pem, previous_pem(&dir).as_deref())
+                {
+                    tracing::warn!("cannot refresh the trust bundle: {e}");
+                }
+            });
+        } else {
+            write_public(&public_dir, &cert_pem, previous.as_deref())?;
+        }
+        let signer = Arc::new(signer);
+        signer.warm();
         Ok(Self {
             dir: dir.to_owned(),
-            signer: std::sync::RwLock::new(Arc::new(signer)),
+            signer: std::sync::RwLock::new(signer),
             leaves: Mutex::new(HashMap::new()),
             public_dir,
         })
@@ -102,7 +155,9 @@ impl CertificateAuthority {
             &cert_pem,
             previous_pem(&self.dir).as_deref(),
         )?;
-        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        let signer = Arc::new(signer);
+        signer.warm();
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = signer;
         self.leaves
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -160,11 +215,12 @@ impl CertificateAuthority {
         params.not_after = (now + Duration::from_secs(30 * 86_400)).into();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let leaf_key = signer.leaf()?;
         let leaf = params
-            .signed_by(&signer.leaf_key, &signer.issuer)
+            .signed_by(&leaf_key.key, &signer.issuer)
             .map_err(cert_err)?;
         let chain = vec![leaf.der().clone(), signer.ca_der.clone()];
-        let certified = CertifiedKey::new(chain, signer.leaf_signing.clone());
+        let certified = CertifiedKey::new(chain, leaf_key.signing.clone());
         let mut cfg = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
@@ -173,8 +229,8 @@ impl CertificateAuthority {
     }
 }
 
-/// Reads (creating if absent) the CA in `dir`, with a fresh in-memory key
-/// for the leaves.
+/// Reads (creating if absent) the CA in `dir`; the in-memory key for the
+/// leaves is made on first use.
 fn load_signer(dir: &Path) -> Result<(Signer, String), CaError> {
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca.key");
@@ -195,20 +251,22 @@ fn load_signer(dir: &Path) -> Result<(Signer, String), CaError> {
     })?;
     let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| CaError::Cert(format!("{}: {e}", cert_path.display())))?;
-    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
-    let leaf_signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
-        PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
-    ))
-    .map_err(cert_err)?;
     Ok((
         Signer {
             issuer,
             ca_der,
-            leaf_key,
-            leaf_signing,
+            leaf: std::sync::OnceLock::new(),
         },
         cert_pem,
     ))
+}
+
+/// The system's trusted roots, loaded once per process: reading them can
+/// take tens of milliseconds (more where `SSL_CERT_DIR` names a directory of
+/// many files).
+pub fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
 fn previous_pem(dir: &Path) -> Option<String> {
@@ -322,13 +380,17 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
 /// Writes the files children trust: the CA alone and a bundle of the
 /// system roots plus the CA (and the previous CA after a rotation).
 fn write_public(dir: &Path, ca_pem: &str, previous: Option<&str>) -> Result<(), CaError> {
+    // A background refresh and a rotation must not interleave: whichever
+    // writes last writes a complete bundle.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _writing = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(io_err(format!("cannot create {}", dir.display())))?;
     let mut bundle = String::new();
-    for cert in rustls_native_certs::load_native_certs().certs {
+    for cert in system_roots() {
         bundle.push_str(&pem("CERTIFICATE", cert.as_ref()));
     }
     bundle.push_str(ca_pem);

@@ -151,7 +151,11 @@ pub struct Proxy {
     options: ProxyOptions,
     ca: Arc<CertificateAuthority>,
     authority: Arc<dyn RunAuthority>,
-    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>,
+    /// Built on first use: loading the system roots is slow, and start-up
+    /// should not wait for it.
+    client: std::sync::OnceLock<UpstreamClient>,
+    /// `proxy.upstream_ca`, read (and checked) at construction.
+    extra_roots: Vec<CertificateDer<'static>>,
     events: Arc<dyn EgressSink>,
     drain: Arc<Drain>,
 }
@@ -302,8 +306,7 @@ impl Proxy {
         upstream_ca: &[PathBuf],
         options: ProxyOptions,
     ) -> Result<Self, ProxyError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let mut extra_roots = Vec::new();
         for path in upstream_ca {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<_, _>>())
@@ -314,35 +317,61 @@ impl Proxy {
                     ))
                 })?;
             for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    ProxyError(format!("bad certificate in {}: {e}", path.display()))
-                })?;
+                rustls::RootCertStore::empty()
+                    .add(cert.clone())
+                    .map_err(|e| {
+                        ProxyError(format!("bad certificate in {}: {e}", path.display()))
+                    })?;
+                extra_roots.push(cert);
             }
         }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(CheckedResolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        // Warm the system roots now, on their own thread.
+        std::thread::spawn(|| {
+            crate::ca::system_roots();
+        });
         Ok(Self {
             options,
             ca,
             authority,
-            client,
+            client: std::sync::OnceLock::new(),
+            extra_roots,
             events: Arc::new(LogSink),
             drain: Arc::new(Drain::new()),
         })
     }
 
+    /// The pooled upstream client (system roots plus `proxy.upstream_ca`;
+    /// TLS 1.2 or newer, verification always on).
+    fn client(&self) -> &UpstreamClient {
+        self.client.get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
+            roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+            build_client(roots)
+        })
+    }
+}
+
+type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
+
+fn build_client(roots: rustls::RootCertStore) -> UpstreamClient {
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new_with_resolver(CheckedResolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+impl Proxy {
     /// Sends each request's event to `sink` instead of the log.
     pub fn with_sink(mut self, sink: Arc<dyn EgressSink>) -> Self {
         self.events = sink;
@@ -672,7 +701,7 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
         event.injected = injected.iter().map(|g| (*g).to_owned()).collect();
 
-        let resp = match self.client.request(upstream_req).await {
+        let resp = match self.client().request(upstream_req).await {
             Ok(resp) => resp,
             Err(e) if is_large_body_refusal(&e) => {
                 event.injected.clear();
