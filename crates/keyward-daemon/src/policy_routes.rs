@@ -4,25 +4,47 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{DecisionResponse, EvaluateRequest};
 use keyward_evidence::Kind;
 use keyward_policy::Policy;
 
-use crate::server::{ApiError, AppState, json_body};
+use crate::run_routes;
+use crate::runs::RunRecord;
+use crate::server::{ApiError, AppState, Peer, json_body};
 
 /// `dec_` + 12 hex.
 fn decision_id() -> String {
     format!("dec_{}", hex::encode(rand::random::<[u8; 6]>()))
 }
 
-/// The policy a request asks for: the configured one, or the built-in pack
-/// by name.
-fn pick_policy(state: &AppState, pack: Option<&str>) -> Result<Arc<Policy>, ApiError> {
-    let configured = state.config().policy.clone();
+/// The run the caller belongs to (its pid or an ancestor is a run's), if
+/// any: looked up only while runs exist, since it reads `/proc`.
+fn calling_run(state: &AppState, peer: Peer) -> Option<RunRecord> {
+    if state.runs.is_empty() {
+        return None;
+    }
+    let pid = peer.pid.and_then(|p| u32::try_from(p).ok())?;
+    let id = state.runs.confining(pid)?;
+    state.runs.get(&id)
+}
+
+/// The policy a request asks for: the configured one (or, for a caller
+/// inside a run with its own policy, that one), or the built-in pack by
+/// name.
+fn pick_policy(
+    state: &AppState,
+    run: Option<&RunRecord>,
+    pack: Option<&str>,
+) -> Result<Arc<Policy>, ApiError> {
+    let config = state.config();
+    let configured = match run {
+        Some(run) => run_routes::run_policy(&config, run),
+        None => config.policy.clone(),
+    };
     match pack {
         None => Ok(configured),
         Some(id) if id == configured.id() => Ok(configured),
@@ -73,6 +95,7 @@ pub(crate) fn decide(policy: &Policy, req: &EvaluateRequest) -> DecisionResponse
 
 pub(crate) async fn evaluate(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DecisionResponse>, ApiError> {
     let req: EvaluateRequest = json_body(body)?;
@@ -83,13 +106,14 @@ pub(crate) async fn evaluate(
             "action_type is required (e.g. read_file, execute_command, git, http_request)",
         ));
     }
-    let policy = pick_policy(&state, req.policy_pack.as_deref())?;
+    let run = calling_run(&state, peer);
+    let policy = pick_policy(&state, run.as_ref(), req.policy_pack.as_deref())?;
     let mut resp = decide(&policy, &req);
     let data = state.evidence_data(&req, &resp);
     // Answered only once the decision is on disk.
     let evidence_ref = state
         .evidence
-        .append(Kind::Decision, None, data)
+        .append(Kind::Decision, run.map(|r| r.id), data)
         .await
         .map_err(|e| {
             tracing::error!("evidence log: {e}");

@@ -117,7 +117,7 @@ impl Authority {
 /// The run's own policy file, or the configured policy. A run policy that
 /// no longer loads fails closed: every request is blocked, with the reason
 /// in the log and in the block message.
-fn run_policy(config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
+pub(crate) fn run_policy(config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
     let Some(path) = &run.policy else {
         return config.policy.clone();
     };

@@ -147,6 +147,45 @@ fn eval_works_from_inside_a_run_that_is_otherwise_confined() {
         run.stdout.contains("list=1") && run.stderr.contains("run_confined"),
         "{run:?}"
     );
+
+    // A run with its own policy: the agent's questions are decided by it,
+    // and its decisions are recorded under the run.
+    let file = home.path.parent().unwrap().join("team.toml");
+    std::fs::write(&file, POLICY).unwrap();
+    let script = format!(
+        "{bin} eval --action execute_command --target 'make deploy'; echo eval=$?",
+        bin = common::BIN
+    );
+    let run = home.run(&[
+        "run",
+        "--policy",
+        file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        run.stdout.contains("rule no.deploy of team") && run.stdout.contains("eval=2"),
+        "{run:?}"
+    );
+    let outside = eval(
+        &home,
+        &["--action", "execute_command", "--target", "make deploy"],
+    );
+    assert_eq!(
+        outside.code, 3,
+        "outside the run the configured pack decides: {outside:?}"
+    );
+    let tail = home.run(&["audit", "tail", "--kind", "decision", "--json", "-n", "2"]);
+    let records: Vec<serde_json::Value> = tail.stdout.lines().map(json).collect();
+    assert!(
+        records[0]["run_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("run_")),
+        "{tail:?}"
+    );
+    assert!(records[1]["run_id"].is_null(), "{tail:?}");
 }
 
 const POLICY: &str = r#"
