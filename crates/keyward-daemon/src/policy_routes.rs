@@ -12,7 +12,6 @@ use keyward_api::{DecisionResponse, EvaluateRequest};
 use keyward_evidence::Kind;
 use keyward_policy::Policy;
 
-use crate::run_routes;
 use crate::runs::RunRecord;
 use crate::server::{ApiError, AppState, Peer, json_body};
 
@@ -42,7 +41,7 @@ fn pick_policy(
 ) -> Result<Arc<Policy>, ApiError> {
     let config = state.config();
     let configured = match run {
-        Some(run) => run_routes::run_policy(&config, run),
+        Some(run) => state.authority.policy_for(&config, run),
         None => config.policy.clone(),
     };
     match pack {

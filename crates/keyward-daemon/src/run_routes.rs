@@ -40,6 +40,8 @@ pub(crate) struct Authority {
     /// `backends.cache_ttl`, so rotated `file:`, `cmd:` and `openbao:`
     /// secrets reach running runs.
     contexts: Mutex<HashMap<String, (std::time::Instant, Arc<RunContext>)>>,
+    /// run id -> its own policy, compiled once (read again after a reload).
+    policies: Mutex<HashMap<String, Arc<Policy>>>,
 }
 
 impl Authority {
@@ -47,7 +49,27 @@ impl Authority {
         Self {
             state,
             contexts: Mutex::new(HashMap::new()),
+            policies: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn policies(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Policy>>> {
+        self.policies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy deciding for `run`: its own file, compiled on first use
+    /// and kept until the run ends or the config reloads, or the
+    /// configured policy.
+    pub(crate) fn policy_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
+        let Some(path) = &run.policy else {
+            return config.policy.clone();
+        };
+        if let Some(policy) = self.policies().get(&run.id) {
+            return policy.clone();
+        }
+        let policy = compile_run_policy(run, path);
+        self.policies().insert(run.id.clone(), policy.clone());
+        policy
     }
 
     fn contexts(
@@ -59,11 +81,13 @@ impl Authority {
     /// Forgets a run's credentials.
     pub(crate) fn forget(&self, run_id: &str) {
         self.contexts().remove(run_id);
+        self.policies().remove(run_id);
     }
 
     /// Forgets every run's credentials (config reload, vault seal).
     pub(crate) fn forget_all(&self) {
         self.contexts().clear();
+        self.policies().clear();
     }
 
     /// Resolves a run's grants. A grant that is gone or whose secret does
@@ -109,18 +133,15 @@ impl Authority {
             .filter_map(|a| AllowRule::parse(a).ok())
             .collect();
         let ctx = RunContext::new(run.id.clone(), run.network, allow, credentials)
-            .with_policy(run_policy(&config, run));
+            .with_policy(state.authority.policy_for(&config, run));
         (ctx, failures)
     }
 }
 
-/// The run's own policy file, or the configured policy. A run policy that
-/// no longer loads fails closed: every request is blocked, with the reason
-/// in the log and in the block message.
-pub(crate) fn run_policy(config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
-    let Some(path) = &run.policy else {
-        return config.policy.clone();
-    };
+/// Compiles a run's own policy file. One that no longer loads fails
+/// closed: every request is blocked, with the reason in the log and in the
+/// block message.
+fn compile_run_policy(run: &RunRecord, path: &str) -> Arc<Policy> {
     match Policy::from_file(std::path::Path::new(path)) {
         Ok(policy) => Arc::new(policy),
         Err(e) => {

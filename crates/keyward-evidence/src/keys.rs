@@ -269,22 +269,12 @@ pub fn generate_hmac(path: &Path) -> Result<(), KeyError> {
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                "already exists; keyward never overwrites a key".to_owned()
-            } else {
-                format!("cannot create: {e}")
-            };
-            key_err(path, why)
-        })?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| key_err(path, format!("cannot write: {e}")))
+    crate::write_durably(path, bytes, mode).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            "already exists; keyward never overwrites a key".to_owned()
+        } else {
+            format!("cannot write: {e}")
+        };
+        key_err(path, why)
+    })
 }

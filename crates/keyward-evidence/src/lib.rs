@@ -28,14 +28,15 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
     jcs::to_string(value)
 }
 
-/// Writes a new small file and syncs it and its directory.
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a new small file (never replacing one) with `mode` and syncs it
+/// and its directory.
+fn write_durably(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()?;

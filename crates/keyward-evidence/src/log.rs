@@ -165,7 +165,7 @@ impl EvidenceLog {
             Some(id) => id,
             None => {
                 let id = hex::encode(rand::random::<[u8; 8]>());
-                crate::write_durably(&dir.join("log_id"), format!("{id}\n").as_bytes())
+                crate::write_durably(&dir.join("log_id"), format!("{id}\n").as_bytes(), 0o600)
                     .map_err(|e| io_err(&dir.join("log_id"), "cannot write", e))?;
                 id
             }
@@ -583,7 +583,8 @@ fn repair_torn_tail(path: &Path) -> Result<Option<Repair>, EvidenceError> {
         n += 1;
         moved_to = PathBuf::from(format!("{}.torn.{n}", path.display()));
     }
-    crate::write_durably(&moved_to, &torn).map_err(|e| io_err(&moved_to, "cannot write", e))?;
+    crate::write_durably(&moved_to, &torn, 0o600)
+        .map_err(|e| io_err(&moved_to, "cannot write", e))?;
     file.set_len(good)
         .and_then(|()| file.sync_all())
         .map_err(|e| io_err(path, "cannot truncate", e))?;

@@ -56,39 +56,50 @@ fn list(items: &[String]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
-struct Out(String);
+/// What a generated rule matches on.
+enum Matches<'a> {
+    /// `target` globs; the rule is written only when there are some.
+    Targets(&'a [String]),
+    /// `when = { server = [...] }`; written only when there are some.
+    Servers(&'a [String]),
+    /// A `fallback = true` rule, written when the flag holds.
+    Fallback(bool),
+}
 
-impl Out {
-    #[allow(clippy::too_many_arguments)]
-    fn rule(
-        &mut self,
-        id: &str,
-        action: &str,
-        target: Option<&[String]>,
-        when_server: Option<&[String]>,
-        decision: &str,
-        severity: &str,
-        reason: &str,
-        extra: &str,
-    ) {
-        let _ = writeln!(
-            self.0,
-            "\n[[rules]]\nid = {}\naction = {}",
-            quoted(id),
-            action
-        );
-        if let Some(t) = target {
-            let _ = writeln!(self.0, "target = {}", list(t));
-        }
-        if let Some(s) = when_server {
-            let _ = writeln!(self.0, "when = {{ server = {} }}", list(s));
-        }
-        let _ = writeln!(
-            self.0,
-            "decision = {}\nseverity = {}\nreason = {}{extra}",
-            quoted(decision),
-            quoted(severity),
-            quoted(reason)
+/// One rule of the generated policy.
+struct Spec<'a> {
+    id: &'static str,
+    actions: &'static [&'static str],
+    matches: Matches<'a>,
+    decision: &'static str,
+    severity: &'static str,
+    reason: &'static str,
+}
+
+const READ: &[&str] = &["read_file"];
+const READ_ANY: &[&str] = &["read_file", "list_directory"];
+const WRITE: &[&str] = &["write_file", "delete_file"];
+const COMMAND: &[&str] = &["execute_command"];
+const MCP: &[&str] = &["mcp_tool_call"];
+
+impl Spec<'_> {
+    /// Appends the rule's TOML to `out`, unless it has nothing to match.
+    fn write(&self, out: &mut String) {
+        let strings = |s: &[&str]| list(&s.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+        let matching = match &self.matches {
+            Matches::Targets(t) if !t.is_empty() => format!("target = {}\n", list(t)),
+            Matches::Servers(s) if !s.is_empty() => format!("when = {{ server = {} }}\n", list(s)),
+            Matches::Fallback(true) => "fallback = true\n".to_owned(),
+            _ => return,
+        };
+        let _ = write!(
+            out,
+            "\n[[rules]]\nid = {}\naction = {}\n{matching}decision = {}\nseverity = {}\nreason = {}\n",
+            quoted(self.id),
+            strings(self.actions),
+            quoted(self.decision),
+            quoted(self.severity),
+            quoted(self.reason)
         );
     }
 }
@@ -113,13 +124,10 @@ pub fn import_cavra(json: &str, origin: &str) -> Result<String, String> {
     let default: keyward_api::Decision = default
         .parse()
         .map_err(|e| format!("{origin}: metadata.default_decision: {e}"))?;
-    let mut out = Out(String::new());
+    let mut out = String::new();
+    let _ = writeln!(out, "# Imported by `keyward policy import` from {origin}.");
     let _ = writeln!(
-        out.0,
-        "# Imported by `keyward policy import` from {origin}."
-    );
-    let _ = writeln!(
-        out.0,
+        out,
         "[policy]\nid = {}\ndefault = {}\ndefault_rule_id = \"runtime.default.{}\"",
         quoted(id),
         quoted(default.as_str()),
@@ -127,147 +135,109 @@ pub fn import_cavra(json: &str, origin: &str) -> Result<String, String> {
     );
     if let Some(v) = meta("version") {
         let _ = writeln!(
-            out.0,
+            out,
             "description = {}",
             quoted(&format!("CAVRA policy version {v}"))
         );
     }
-    let fs = &compiled.filesystem;
-    if !fs.block_read.is_empty() {
-        out.rule(
-            "filesystem.read.block",
-            "\"read_file\"",
-            Some(&fs.block_read),
-            None,
-            "block",
-            "critical",
-            "reading this path is blocked",
-            "",
-        );
-    }
-    if !fs.block_write.is_empty() {
-        out.rule(
-            "filesystem.write.block",
-            "[\"write_file\", \"delete_file\"]",
-            Some(&fs.block_write),
-            None,
-            "block",
-            "critical",
-            "writing this path is blocked",
-            "",
-        );
-    }
-    if !fs.require_approval_write.is_empty() {
-        out.rule(
-            "filesystem.write.require_approval",
-            "[\"write_file\", \"delete_file\"]",
-            Some(&fs.require_approval_write),
-            None,
-            "require_approval",
-            "high",
-            "writing this path needs approval",
-            "",
-        );
-    }
+    let (fs, cmd, mcp) = (&compiled.filesystem, &compiled.commands, &compiled.mcp);
     let any_fs = !(fs.block_read.is_empty()
         && fs.block_write.is_empty()
         && fs.require_approval_write.is_empty());
-    if any_fs {
-        out.rule(
-            "filesystem.read.allow",
-            "[\"read_file\", \"list_directory\"]",
-            None,
-            None,
-            "allow",
-            "low",
-            "ordinary file",
-            "\nfallback = true",
-        );
-        out.rule(
-            "filesystem.write.allow",
-            "[\"write_file\", \"delete_file\"]",
-            None,
-            None,
-            "allow",
-            "low",
-            "ordinary file",
-            "\nfallback = true",
-        );
+    let any_cmd = !(cmd.block.is_empty() && cmd.allow.is_empty());
+    let specs = [
+        Spec {
+            id: "filesystem.read.block",
+            actions: READ,
+            matches: Matches::Targets(&fs.block_read),
+            decision: "block",
+            severity: "critical",
+            reason: "reading this path is blocked",
+        },
+        Spec {
+            id: "filesystem.write.block",
+            actions: WRITE,
+            matches: Matches::Targets(&fs.block_write),
+            decision: "block",
+            severity: "critical",
+            reason: "writing this path is blocked",
+        },
+        Spec {
+            id: "filesystem.write.require_approval",
+            actions: WRITE,
+            matches: Matches::Targets(&fs.require_approval_write),
+            decision: "require_approval",
+            severity: "high",
+            reason: "writing this path needs approval",
+        },
+        Spec {
+            id: "filesystem.read.allow",
+            actions: READ_ANY,
+            matches: Matches::Fallback(any_fs),
+            decision: "allow",
+            severity: "low",
+            reason: "ordinary file",
+        },
+        Spec {
+            id: "filesystem.write.allow",
+            actions: WRITE,
+            matches: Matches::Fallback(any_fs),
+            decision: "allow",
+            severity: "low",
+            reason: "ordinary file",
+        },
+        Spec {
+            id: "commands.block",
+            actions: COMMAND,
+            matches: Matches::Targets(&cmd.block),
+            decision: "block",
+            severity: "critical",
+            reason: "this command is blocked",
+        },
+        Spec {
+            id: "commands.allow",
+            actions: COMMAND,
+            matches: Matches::Targets(&cmd.allow),
+            decision: "allow",
+            severity: "low",
+            reason: "this command is allowed",
+        },
+        Spec {
+            id: "commands.default.require_approval",
+            actions: COMMAND,
+            matches: Matches::Fallback(any_cmd),
+            decision: "require_approval",
+            severity: "medium",
+            reason: "command not on the allow list",
+        },
+        Spec {
+            id: "mcp.server.trust.block",
+            actions: MCP,
+            matches: Matches::Servers(&mcp.blocked_servers),
+            decision: "block",
+            severity: "high",
+            reason: "this MCP server is blocked",
+        },
+        Spec {
+            id: "mcp.server.trust.allow",
+            actions: MCP,
+            matches: Matches::Servers(&mcp.allowed_servers),
+            decision: "allow",
+            severity: "low",
+            reason: "trusted MCP server",
+        },
+        Spec {
+            id: "mcp.server.trust.block_unknown",
+            actions: MCP,
+            matches: Matches::Fallback(mcp.block_unknown_servers),
+            decision: "block",
+            severity: "high",
+            reason: "MCP server not on the trusted list",
+        },
+    ];
+    for spec in &specs {
+        spec.write(&mut out);
     }
-    let cmd = &compiled.commands;
-    if !cmd.block.is_empty() {
-        out.rule(
-            "commands.block",
-            "\"execute_command\"",
-            Some(&cmd.block),
-            None,
-            "block",
-            "critical",
-            "this command is blocked",
-            "",
-        );
-    }
-    if !cmd.allow.is_empty() {
-        out.rule(
-            "commands.allow",
-            "\"execute_command\"",
-            Some(&cmd.allow),
-            None,
-            "allow",
-            "low",
-            "this command is allowed",
-            "",
-        );
-    }
-    if !(cmd.block.is_empty() && cmd.allow.is_empty()) {
-        out.rule(
-            "commands.default.require_approval",
-            "\"execute_command\"",
-            None,
-            None,
-            "require_approval",
-            "medium",
-            "command not on the allow list",
-            "\nfallback = true",
-        );
-    }
-    let mcp = &compiled.mcp;
-    if !mcp.blocked_servers.is_empty() {
-        out.rule(
-            "mcp.server.trust.block",
-            "\"mcp_tool_call\"",
-            None,
-            Some(&mcp.blocked_servers),
-            "block",
-            "high",
-            "this MCP server is blocked",
-            "",
-        );
-    }
-    if !mcp.allowed_servers.is_empty() {
-        out.rule(
-            "mcp.server.trust.allow",
-            "\"mcp_tool_call\"",
-            None,
-            Some(&mcp.allowed_servers),
-            "allow",
-            "low",
-            "trusted MCP server",
-            "",
-        );
-    }
-    if mcp.block_unknown_servers {
-        out.rule(
-            "mcp.server.trust.block_unknown",
-            "\"mcp_tool_call\"",
-            None,
-            None,
-            "block",
-            "high",
-            "MCP server not on the trusted list",
-            "\nfallback = true",
-        );
-    }
-    Policy::from_toml(&out.0, "imported policy").map_err(|e| format!("{origin}: {e}"))?;
-    Ok(out.0)
+    Policy::from_toml(&out, "imported policy").map_err(|e| format!("{origin}: {e}"))?;
+    Ok(out)
 }

@@ -566,3 +566,72 @@ fn a_killed_daemon_loses_no_acknowledged_decision() {
     assert!(tail.stdout.contains("torn_tail_repaired"), "{tail:?}");
     assert!(home.log().contains("torn last record"), "{}", home.log());
 }
+
+/// Bad `[policy]` and `[audit]` settings are refused before anything
+/// starts, naming the file and key; a damaged evidence log stops the daemon
+/// from starting and is left as it was.
+#[test]
+fn bad_policy_audit_settings_and_a_damaged_log_are_refused_clearly() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let config = home.file("keyward.toml");
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        home.run(&["config", "check"])
+    };
+    std::fs::write(
+        home.file("bad.toml"),
+        POLICY.replace("\"block\"", "\"maybe\""),
+    )
+    .unwrap();
+    let bad_policy = check("[policy]\nfiles = [\"bad.toml\"]\n");
+    assert_eq!(bad_policy.code, 64, "{bad_policy:?}");
+    assert!(
+        bad_policy.stderr.contains("policy.files")
+            && bad_policy.stderr.contains("bad.toml")
+            && bad_policy.stderr.contains("no.deploy"),
+        "{bad_policy:?}"
+    );
+    let short = home.file("short.key");
+    std::fs::write(&short, "too short").unwrap();
+    let bad_key = check(&format!(
+        "[audit]\nhmac_key_file = \"{}\"\n",
+        short.display()
+    ));
+    assert_eq!(bad_key.code, 64, "{bad_key:?}");
+    assert!(
+        bad_key.stderr.contains("audit.hmac_key_file")
+            && bad_key.stderr.contains("at least 32 bytes"),
+        "{bad_key:?}"
+    );
+    let both = check(&format!(
+        "[audit]\nhmac_key_file = \"{0}\"\ned25519_key_file = \"{0}\"\n",
+        short.display()
+    ));
+    assert_eq!(both.code, 64, "{both:?}");
+    assert!(both.stderr.contains("not both"), "{both:?}");
+    let start = home.run(&["daemon", "start", "--detach"]);
+    assert_eq!(start.code, 64, "refused before spawning: {start:?}");
+
+    std::fs::remove_file(&config).unwrap();
+    home.start(&[]);
+    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+    let segment = home.file("audit/evidence-000001.jsonl");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(b"{\"not\":\"a record\"\n");
+    std::fs::write(&segment, &bytes).unwrap();
+    let start = home.run(&["daemon", "start", "--detach"]);
+    assert_eq!(start.code, 1, "{start:?}");
+    let said = format!("{}{}", start.stderr, home.log());
+    assert!(
+        said.contains("evidence-000001.jsonl")
+            && said.contains("damaged")
+            && said.contains("keyward audit verify"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "the log was not touched"
+    );
+}
