@@ -163,7 +163,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     });
     let proxy = match Proxy::with_options(ca, state.authority.clone(), &upstream_ca, proxy_options)
     {
-        Ok(p) => Arc::new(p.with_sink(Arc::new(run_routes::EvidenceSink(evidence.clone())))),
+        Ok(p) => Arc::new(p.with_sink(Arc::new(keyward_proxy::EvidenceSink(evidence.clone())))),
         Err(e) => {
             pid_lock.release();
             return Err(DaemonError::Io {

@@ -97,6 +97,8 @@ pub(crate) async fn evaluate(
     ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DecisionResponse>, ApiError> {
+    // Announced first, so an fsync starting meanwhile may wait for it.
+    let slot = state.evidence.reserve();
     let req: EvaluateRequest = json_body(body)?;
     if req.action_type.trim().is_empty() {
         return Err(ApiError::new(
@@ -112,7 +114,7 @@ pub(crate) async fn evaluate(
     // Answered only once the decision is on disk.
     let evidence_ref = state
         .evidence
-        .append(Kind::Decision, run.map(|r| r.id), data)
+        .append_reserved(slot, Kind::Decision, run.map(|r| r.id), data)
         .await
         .map_err(|e| {
             tracing::error!("evidence log: {e}");

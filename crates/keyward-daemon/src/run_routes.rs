@@ -11,11 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
-use keyward_evidence::EvidenceLog;
 use keyward_policy::Policy;
-use keyward_proxy::{
-    AllowRule, Credential, EgressEvent, EgressSink, RunAuthority, RunContext, log_event,
-};
+use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext};
 
 use crate::config::LoadedConfig;
 use keyward_vault::ResolveError;
@@ -156,41 +153,6 @@ fn compile_run_policy(run: &RunRecord, path: &str) -> Arc<Policy> {
                 Policy::from_toml(closed, "fail-closed policy")
                     .expect("the fail-closed policy compiles"),
             )
-        }
-    }
-}
-
-/// Egress events into the evidence log, then the log line with the
-/// record's reference.
-pub(crate) struct EvidenceSink(pub Arc<EvidenceLog>);
-
-impl EgressSink for EvidenceSink {
-    fn record(&self, event: EgressEvent) {
-        let data = json!({
-            "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
-            "response": {"status": event.status, "bytes": event.bytes},
-            "injected": event.injected,
-            "blocked": event.blocked,
-            "decision": event.decision.as_ref().map(|d| json!({
-                "decision": d.decision, "rule_id": d.rule_id, "policy_id": d.policy_id,
-            })),
-        });
-        let evidence = self.0.clone();
-        let run_id = Some(event.run_id.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    let reference = evidence.append(Kind::Egress, run_id, data).await;
-                    if let Err(e) = &reference {
-                        tracing::error!("evidence log: {e}");
-                    }
-                    log_event(&event, reference.ok().as_deref());
-                });
-            }
-            Err(_) => {
-                evidence.record(Kind::Egress, run_id, data);
-                log_event(&event, None);
-            }
         }
     }
 }

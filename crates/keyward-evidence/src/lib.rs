@@ -16,7 +16,7 @@ pub use keys::{
     ED25519_ALG, HMAC_ALG, KeyError, Signer, Verifier, generate_ed25519, generate_hmac,
 };
 pub use log::{
-    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, list_segments,
+    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, list_segments,
     read_log_id, segment_name,
 };
 pub use record::{Kind, SCHEMA};

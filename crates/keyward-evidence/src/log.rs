@@ -8,9 +8,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -22,6 +23,14 @@ use crate::record::{Body, Kind};
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// The most records one group commit takes.
 const MAX_BATCH: usize = 4096;
+/// How long an fsync may wait for records announced as on their way
+/// ([`EvidenceLog::reserve`]) so they share it: about one fsync here.
+const GATHER: Duration = Duration::from_micros(400);
+/// How long records no answer waits on ([`EvidenceLog::append_background`],
+/// [`EvidenceLog::record`]) may stay unsynced so that many share an fsync.
+const BACKGROUND_SYNC: Duration = Duration::from_millis(10);
+/// How long the writer lets such records gather between writes.
+const BACKGROUND_WRITE: Duration = Duration::from_millis(1);
 
 /// An evidence log problem.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,11 @@ pub enum EvidenceError {
     /// The writer stopped (the daemon is shutting down).
     #[error("the evidence log is closed")]
     Closed,
+}
+
+/// `keyward-evidence://<log_id>/<seq>`.
+fn reference(log_id: &str, seq: u64) -> String {
+    format!("keyward-evidence://{log_id}/{seq}")
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> EvidenceError {
@@ -115,13 +129,40 @@ pub fn read_log_id(dir: &Path) -> Option<String> {
 }
 
 /// Where an append's outcome goes (`None`: nobody waits).
-type Ack = Option<oneshot::Sender<Result<u64, String>>>;
+/// Who hears that a record is on disk (its sequence number) or lost.
+enum Ack {
+    /// An `append` caller waiting for its answer.
+    Waiter(oneshot::Sender<Result<u64, String>>),
+    /// A callback run on the sync thread ([`EvidenceLog::append_then`]).
+    Then(Box<dyn FnOnce(Result<u64, String>) + Send>),
+}
+
+impl Ack {
+    fn send(self, outcome: Result<u64, String>) {
+        match self {
+            Self::Waiter(tx) => {
+                let _ = tx.send(outcome);
+            }
+            // A panicking callback must not take the sync thread down.
+            Self::Then(then) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(outcome))).is_err()
+                {
+                    tracing::error!("an evidence log callback panicked");
+                }
+            }
+        }
+    }
+}
 
 struct Job {
     kind: Kind,
     run_id: Option<String>,
     data: Value,
-    ack: Ack,
+    ack: Option<Ack>,
+    /// Released once the record is written.
+    slot: Option<Slot>,
+    /// Someone's answer waits for this record's fsync.
+    urgent: bool,
 }
 
 /// The open log. Dropping it flushes every queued record and stops the writer.
@@ -130,6 +171,7 @@ pub struct EvidenceLog {
     thread: Option<JoinHandle<()>>,
     log_id: String,
     dir: PathBuf,
+    durability: Arc<Durability>,
 }
 
 impl std::fmt::Debug for EvidenceLog {
@@ -200,15 +242,17 @@ impl EvidenceLog {
         let durability = Arc::new(Durability {
             state: Mutex::new(SyncState {
                 written: seq,
+                urgent: seq,
                 waiting: VecDeque::new(),
                 file: Arc::new(shared),
                 failed: None,
                 closing: false,
             }),
             wake: Condvar::new(),
+            on_the_way: AtomicUsize::new(0),
         });
         let mut writer = Writer {
-            durability,
+            durability: durability.clone(),
             dir: dir.clone(),
             signer: options.signer,
             segment_bytes: options.segment_bytes.max(1),
@@ -236,6 +280,8 @@ impl EvidenceLog {
                     "bytes": r.bytes,
                 }),
                 ack: None,
+                slot: None,
+                urgent: true,
             };
             writer
                 .commit(vec![job])
@@ -256,6 +302,7 @@ impl EvidenceLog {
                 thread: Some(thread),
                 log_id,
                 dir,
+                durability,
             },
             repair,
         ))
@@ -273,7 +320,7 @@ impl EvidenceLog {
 
     /// `keyward-evidence://<log_id>/<seq>`.
     pub fn reference(&self, seq: u64) -> String {
-        format!("keyward-evidence://{}/{seq}", self.log_id)
+        reference(&self.log_id, seq)
     }
 
     /// Appends a record and waits until it is on disk (fsync). Returns its
@@ -284,12 +331,85 @@ impl EvidenceLog {
         run_id: Option<String>,
         data: Value,
     ) -> Result<String, EvidenceError> {
+        self.append_in(None, true, kind, run_id, data).await
+    }
+
+    /// Appends a record no answer waits on (a proxied request's, logged
+    /// after the response has gone) and returns at once; `then` runs on the
+    /// log's sync thread once the record is on disk, with its reference, or
+    /// with the error. Its write and fsync may be held back a little (up to
+    /// 10 ms) so that many such records share them: a busy proxy does not
+    /// spend a core on fsyncs.
+    pub fn append_then(
+        &self,
+        kind: Kind,
+        run_id: Option<String>,
+        data: Value,
+        then: impl FnOnce(Result<String, EvidenceError>) + Send + 'static,
+    ) {
+        let (log_id, dir) = (self.log_id.clone(), self.dir.clone());
+        let ack = Ack::Then(Box::new(move |outcome: Result<u64, String>| {
+            then(match outcome {
+                Ok(seq) => Ok(reference(&log_id, seq)),
+                Err(message) => Err(EvidenceError::Io {
+                    path: dir.display().to_string(),
+                    message,
+                }),
+            });
+        }));
+        let job = Job {
+            kind,
+            run_id,
+            data,
+            ack: Some(ack),
+            slot: None,
+            urgent: false,
+        };
+        if let Err(job) = self.queue(job)
+            && let Some(ack) = job.ack
+        {
+            ack.send(Err(EvidenceError::Closed.to_string()));
+        }
+    }
+
+    /// Announces a record that will be appended shortly (a request being
+    /// decided): until it is appended or the slot dropped, an fsync may
+    /// wait for it a little so that concurrent callers share one fsync.
+    pub fn reserve(&self) -> Slot {
+        self.durability.on_the_way.fetch_add(1, Ordering::AcqRel);
+        Slot {
+            durability: self.durability.clone(),
+        }
+    }
+
+    /// [`append`](Self::append) of a record announced with
+    /// [`reserve`](Self::reserve).
+    pub async fn append_reserved(
+        &self,
+        slot: Slot,
+        kind: Kind,
+        run_id: Option<String>,
+        data: Value,
+    ) -> Result<String, EvidenceError> {
+        self.append_in(Some(slot), true, kind, run_id, data).await
+    }
+
+    async fn append_in(
+        &self,
+        slot: Option<Slot>,
+        urgent: bool,
+        kind: Kind,
+        run_id: Option<String>,
+        data: Value,
+    ) -> Result<String, EvidenceError> {
         let (ack, done) = oneshot::channel();
         self.send(Job {
             kind,
             run_id,
             data,
-            ack: Some(ack),
+            ack: Some(Ack::Waiter(ack)),
+            slot,
+            urgent,
         })?;
         match done.await {
             Ok(Ok(seq)) => Ok(self.reference(seq)),
@@ -301,22 +421,36 @@ impl EvidenceLog {
         }
     }
 
-    /// Appends a record without waiting for it.
+    /// Appends a record without waiting for it (synced like
+    /// [`append_background`](Self::append_background)).
     pub fn record(&self, kind: Kind, run_id: Option<String>, data: Value) {
         let _ = self.send(Job {
             kind,
             run_id,
             data,
             ack: None,
+            slot: None,
+            urgent: false,
         });
     }
 
     fn send(&self, job: Job) -> Result<(), EvidenceError> {
-        self.tx
-            .as_ref()
-            .ok_or(EvidenceError::Closed)?
-            .send(job)
-            .map_err(|_| EvidenceError::Closed)
+        self.queue(job).map_err(|_| EvidenceError::Closed)
+    }
+
+    /// Queues `job` for the writer, waking it at once only when someone's
+    /// answer waits on the record (see `Writer::run`). A closed log gives
+    /// the job back.
+    fn queue(&self, job: Job) -> Result<(), Box<Job>> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(Box::new(job));
+        };
+        let urgent = job.urgent;
+        tx.send(job).map_err(|e| Box::new(e.0))?;
+        if urgent && let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+        Ok(())
     }
 }
 
@@ -336,13 +470,33 @@ impl Drop for EvidenceLog {
 struct Durability {
     state: Mutex<SyncState>,
     wake: Condvar,
+    /// Reserved records not yet written ([`EvidenceLog::reserve`]).
+    on_the_way: AtomicUsize,
+}
+
+/// A record on its way to the log; see [`EvidenceLog::reserve`].
+pub struct Slot {
+    durability: Arc<Durability>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.durability.on_the_way.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock, so a syncer about to wait cannot miss it.
+            drop(self.durability.lock());
+            self.durability.wake.notify_all();
+        }
+    }
 }
 
 struct SyncState {
     /// The highest sequence number written to a segment.
     written: u64,
+    /// The highest written sequence number whose fsync someone's answer
+    /// waits for.
+    urgent: u64,
     /// Acknowledgements waiting for an fsync, in sequence order.
-    waiting: VecDeque<(u64, oneshot::Sender<Result<u64, String>>)>,
+    waiting: VecDeque<(u64, Ack)>,
     /// The segment the newest records are in.
     file: Arc<File>,
     /// Set when an fsync failed: what reached the disk is unknown, so the
@@ -377,8 +531,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let urgent = batch.iter().any(|job| job.urgent);
             if let Err(e) = self.commit(batch) {
                 tracing::error!("evidence log write failed: {e}");
+            }
+            if !urgent {
+                // Only records nobody waits on: let more gather before the
+                // next write (an urgent record unparks this thread).
+                std::thread::park_timeout(BACKGROUND_WRITE);
             }
         }
         self.durability.lock().closing = true;
@@ -397,13 +557,16 @@ impl Writer {
         if let Some(e) = failed {
             for job in batch {
                 if let Some(ack) = job.ack {
-                    let _ = ack.send(Err(e.clone()));
+                    ack.send(Err(e.clone()));
                 }
             }
             return Err(e);
         }
         let mut buf = String::new();
-        let mut pending: Vec<(Ack, u64)> = Vec::new();
+        let mut pending: Vec<(Option<Ack>, u64)> = Vec::new();
+        let mut urgent = 0;
+        // Released (below) only once their records are handed over.
+        let mut slots: Vec<Slot> = Vec::new();
         let mut checkpoint = (self.seq, self.prev_hash.clone());
         let ts = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
         for job in batch {
@@ -421,7 +584,7 @@ impl Writer {
                 if let Err(e) = self.write(&buf) {
                     return self.fail(e, checkpoint, pending);
                 }
-                self.hand_over(&mut pending);
+                self.hand_over(&mut pending, urgent);
                 buf.clear();
                 checkpoint = (self.seq, self.prev_hash.clone());
                 // The records not yet written are dropped unacknowledged:
@@ -433,11 +596,16 @@ impl Writer {
             self.seq += 1;
             self.prev_hash = hash;
             pending.push((job.ack, self.seq));
+            slots.extend(job.slot);
+            if job.urgent {
+                urgent = self.seq;
+            }
         }
         if let Err(e) = self.write(&buf) {
             return self.fail(e, checkpoint, pending);
         }
-        self.hand_over(&mut pending);
+        self.hand_over(&mut pending, urgent);
+        drop(slots);
         Ok(())
     }
 
@@ -454,9 +622,10 @@ impl Writer {
     }
 
     /// Gives written records to the syncer.
-    fn hand_over(&self, pending: &mut Vec<(Ack, u64)>) {
+    fn hand_over(&self, pending: &mut Vec<(Option<Ack>, u64)>, urgent: u64) {
         let mut state = self.durability.lock();
         state.written = self.seq;
+        state.urgent = state.urgent.max(urgent.min(self.seq));
         for (ack, seq) in pending.drain(..) {
             if let Some(ack) = ack {
                 state.waiting.push_back((seq, ack));
@@ -470,7 +639,7 @@ impl Writer {
         &mut self,
         e: String,
         checkpoint: (u64, String),
-        pending: Vec<(Ack, u64)>,
+        pending: Vec<(Option<Ack>, u64)>,
     ) -> Result<(), String> {
         // Cut off whatever part of the group reached the file.
         let _ = self.file.set_len(self.len);
@@ -478,7 +647,7 @@ impl Writer {
         (self.seq, self.prev_hash) = checkpoint;
         for (ack, _) in pending {
             if let Some(ack) = ack {
-                let _ = ack.send(Err(e.clone()));
+                ack.send(Err(e.clone()));
             }
         }
         Err(e)
@@ -515,6 +684,35 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
         if state.written <= synced {
             return;
         }
+        // Nobody waits on what is written: let more join before syncing.
+        let until = Instant::now() + BACKGROUND_SYNC;
+        while state.urgent <= synced
+            && durability.on_the_way.load(Ordering::Acquire) == 0
+            && !state.closing
+        {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            state = durability
+                .wake
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        // Records announced as on their way get a moment to join this fsync.
+        let until = Instant::now() + GATHER;
+        while durability.on_the_way.load(Ordering::Acquire) > 0 && !state.closing {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            state = durability
+                .wake
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
         let (target, file) = (state.written, state.file.clone());
         drop(state);
         let result = file.sync_data();
@@ -529,7 +727,7 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
             }
         };
         for (seq, ack) in acks {
-            let _ = ack.send(match &result {
+            ack.send(match &result {
                 Ok(()) => Ok(seq),
                 Err(e) => Err(format!("fsync failed: {e}")),
             });

@@ -45,6 +45,23 @@ const TOKEN_PREFIXES: &[&str] = &[
 ];
 const SCHEMES: &[&str] = &["Bearer ", "bearer ", "Basic ", "basic ", "token "];
 
+/// The bytes a scheme or a known prefix starts with: one lookup rules out
+/// most positions before any prefix is compared.
+const STARTS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < SCHEMES.len() {
+        table[SCHEMES[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < TOKEN_PREFIXES.len() {
+        table[TOKEN_PREFIXES[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'=' | b'+' | b'/')
 }
@@ -65,7 +82,9 @@ fn redact_str(s: &str, is_secret: &dyn Fn(&str) -> bool) -> Option<String> {
         }
         let rest = &s[i..];
         // (where the redaction starts, where the token starts)
-        let hit = if let Some(scheme) = SCHEMES.iter().find(|p| rest.starts_with(**p)) {
+        let hit = if !STARTS[bytes[i] as usize] {
+            None
+        } else if let Some(scheme) = SCHEMES.iter().find(|p| rest.starts_with(**p)) {
             Some((i + scheme.len(), i + scheme.len()))
         } else {
             TOKEN_PREFIXES

@@ -389,3 +389,73 @@ async fn concurrent_appends_share_fsyncs_and_all_land() {
         report.errors.first()
     );
 }
+
+/// A reserved record that never comes (its request failed) must not hold
+/// fsyncs back for good, and one that comes lands like any other.
+#[tokio::test]
+async fn reserved_slots_never_stall_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    let log = open(&audit, None, 64 << 20);
+    // Held across the appends below: the gather wait is bounded.
+    let forgotten = log.reserve();
+    let abandoned = log.reserve();
+    drop(abandoned);
+    let first = log
+        .append(Kind::Decision, None, json!({"n": 1}))
+        .await
+        .unwrap();
+    let slot = log.reserve();
+    let second = log
+        .append_reserved(slot, Kind::Decision, None, json!({"n": 2}))
+        .await
+        .unwrap();
+    assert!(
+        first.ends_with("/1") && second.ends_with("/2"),
+        "{first} {second}"
+    );
+    drop(forgotten);
+    drop(log);
+    let report = verify_dir(&audit, None).unwrap();
+    assert!(report.valid && report.records == 2, "{:?}", report.errors);
+}
+
+/// Records nobody waits on (the proxy's) share writes and fsyncs, yet each
+/// callback hears its own reference only once the record is on disk, and
+/// an urgent append meanwhile is not held up behind them.
+#[tokio::test]
+async fn background_appends_call_back_with_their_reference_after_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    let log = Arc::new(open(&audit, None, 64 << 20));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..500u64 {
+        let tx = tx.clone();
+        let dir = audit.clone();
+        log.append_then(Kind::Egress, None, json!({"i": i}), move |reference| {
+            let reference = reference.unwrap();
+            // On disk when told: the record is in the segment already.
+            let seq: u64 = reference.rsplit('/').next().unwrap().parse().unwrap();
+            let text = std::fs::read_to_string(dir.join("evidence-000001.jsonl")).unwrap();
+            assert!(text.contains(&format!("\"seq\":{seq},")), "{reference}");
+            tx.send((i, seq)).unwrap();
+        });
+    }
+    drop(tx);
+    let urgent = log
+        .append(Kind::Decision, None, json!({"urgent": true}))
+        .await
+        .unwrap();
+    let mut heard = Vec::new();
+    while let Some(pair) = rx.recv().await {
+        heard.push(pair);
+    }
+    heard.sort();
+    assert_eq!(heard.len(), 500);
+    // Sequence numbers follow submission order.
+    assert!(heard.windows(2).all(|w| w[0].1 < w[1].1), "{heard:?}");
+    assert!(urgent.ends_with("/501"), "{urgent}");
+    drop(log);
+    let report = verify_dir(&audit, None).unwrap();
+    assert!(report.valid && report.records == 501, "{:?}", report.errors);
+}

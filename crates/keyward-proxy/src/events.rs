@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use keyward_api::Decision;
+use keyward_evidence::{EvidenceLog, Kind};
+use serde_json::json;
 
 use crate::server::ProxyBody;
 
@@ -85,6 +87,34 @@ pub fn log_event(event: &EgressEvent, evidence_ref: Option<&str>) {
         evidence = evidence_ref.unwrap_or(""),
         "egress"
     );
+}
+
+/// The daemon's sink: each event becomes an `egress` record of the
+/// evidence log, and the log line (with the record's reference) follows
+/// once the record is on disk. Nobody's answer waits for it, so its write
+/// and fsync are shared with others ([`EvidenceLog::append_then`]).
+pub struct EvidenceSink(pub Arc<EvidenceLog>);
+
+impl EgressSink for EvidenceSink {
+    fn record(&self, event: EgressEvent) {
+        let data = json!({
+            "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
+            "response": {"status": event.status, "bytes": event.bytes},
+            "injected": event.injected,
+            "blocked": event.blocked,
+            "decision": event.decision.as_ref().map(|d| json!({
+                "decision": d.decision, "rule_id": d.rule_id, "policy_id": d.policy_id,
+            })),
+        });
+        let run_id = Some(event.run_id.clone());
+        self.0
+            .append_then(Kind::Egress, run_id, data, move |reference| {
+                if let Err(e) = &reference {
+                    tracing::error!("evidence log: {e}");
+                }
+                log_event(&event, reference.ok().as_deref());
+            });
+    }
 }
 
 /// A response body that counts what it passes and emits the event when it

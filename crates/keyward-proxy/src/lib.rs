@@ -11,7 +11,7 @@ mod server;
 mod websocket;
 
 pub use ca::{CaError, CertificateAuthority, ServiceIdentity};
-pub use events::{EgressEvent, EgressSink, LogSink, PolicyDecision, log_event};
+pub use events::{EgressEvent, EgressSink, EvidenceSink, LogSink, PolicyDecision, log_event};
 pub use rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
 pub use server::{
     Credential, Intercept, Proxy, ProxyBody, ProxyError, ProxyOptions, RunAuthority, RunContext,

@@ -352,6 +352,10 @@ impl Proxy {
     }
 }
 
+/// Responses to requests that carried a secret, up to this size and of
+/// known length, are scrubbed whole rather than streamed.
+const SCRUB_IN_ONE_PIECE: u64 = 64 * 1024;
+
 type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
 
 fn build_client(roots: rustls::RootCertStore) -> UpstreamClient {
@@ -751,11 +755,41 @@ impl Proxy {
             body.map_err(|e| Box::new(e) as BoxError).boxed()
         } else {
             replace_in_headers(&mut parts.headers, &run.scrub);
-            // Lengths change when a secret is replaced.
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Scrubbed::new(body, run.scrub.clone())
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed()
+            use hyper::body::Body as _;
+            // The declared length must be the body's: not so for HEAD or 304.
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n <= SCRUB_IN_ONE_PIECE)
+                && declared == body.size_hint().exact()
+            {
+                // A small body of known length is scrubbed whole and keeps
+                // an exact (new) Content-Length: no chunked framing, one
+                // write toward the client.
+                let whole = match body.collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) => {
+                        self.finish(event, 502, None);
+                        return text(
+                            StatusCode::BAD_GATEWAY,
+                            &format!("keyward lost the response of {authority}: {e}\n"),
+                        );
+                    }
+                };
+                let whole = replace_all(&whole, &run.scrub).map_or(whole, Bytes::from);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+                Full::new(whole).map_err(|never| match never {}).boxed()
+            } else {
+                // Lengths change when a secret is replaced.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Scrubbed::new(body, run.scrub.clone())
+                    .map_err(|e| Box::new(e) as BoxError)
+                    .boxed()
+            }
         };
         // logging: the event goes out when the body is done, with its size.
         let body = Metered::new(body, event, self.events.clone());

@@ -175,12 +175,21 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
         .and_then(|a| a.strip_prefix("Bearer "))
         .unwrap_or("")
         .to_owned();
-    let log = std::fs::read_to_string(home_path.join("daemon.log")).unwrap_or_default();
-    let event = log
-        .lines()
-        .find(|l| l.contains("egress") && l.contains("injected=\"demo\""))
-        .unwrap_or("")
-        .to_owned();
+    // The request's log line follows its evidence record onto disk, which
+    // may come a few milliseconds after the response.
+    let mut log = String::new();
+    let mut event = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(home_path.join("daemon.log")).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("egress") && l.contains("injected=\"demo\""))
+        {
+            event = line.to_owned();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let audit_dir = home_path.join("audit");
     let evidence = keyward_evidence::verify_dir(&audit_dir, None).ok();

@@ -172,7 +172,9 @@ print("ENV_HAS_SECRET", b"{SECRET}" in environ)
 print("PLACEHOLDER", os.environ["LOCAL_TOKEN"])
 resp = urllib.request.urlopen("{url}")
 print("HEADER", resp.headers["x-echo-auth"])
-body = resp.read().decode()
+raw = resp.read()
+print("LENGTHS", len(raw), resp.headers.get("content-length"))
+body = raw.decode()
 print("RESPONSE", body)
 "#,
         url = upstream.url("/user")
@@ -201,8 +203,18 @@ print("RESPONSE", body)
         format!("Bearer {SECRET}")
     );
     assert!(got[0]["headers"].get("proxy-authorization").is_none());
-    // ...and its echo reached the child scrubbed to the placeholder.
+    // ...and its echo reached the child scrubbed to the placeholder, with
+    // a Content-Length that is the scrubbed body's (the secret and the
+    // placeholder differ in length).
     assert!(!out.stdout.contains(SECRET), "{out:?}");
+    assert_ne!(SECRET.len(), placeholder.len());
+    let lengths = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("LENGTHS "))
+        .unwrap();
+    let (body_len, declared) = lengths.split_once(' ').unwrap();
+    assert_eq!(body_len, declared, "{out:?}");
     assert!(
         out.stdout.contains(&format!("HEADER Bearer {placeholder}")),
         "response headers are scrubbed too: {out:?}"
@@ -212,11 +224,15 @@ print("RESPONSE", body)
         "{out:?}"
     );
 
-    // One event per request, naming the grant, never the secret.
-    let log = home.log();
+    // One event per request, naming the grant, never the secret; its line
+    // follows the evidence record onto disk, a few milliseconds later.
     assert!(
-        log.contains("egress") && log.contains("injected=\"local\""),
-        "{log}"
+        wait_for(Duration::from_secs(5), || {
+            let log = home.log();
+            log.contains("egress") && log.contains("injected=\"local\"")
+        }),
+        "{}",
+        home.log()
     );
     assert!(
         home.files_containing(SECRET).is_empty(),
