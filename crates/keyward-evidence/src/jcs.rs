@@ -33,10 +33,24 @@ pub fn write(value: &Value, out: &mut String) {
             // from UTF-16 order only when characters beyond U+FFFF (4-byte
             // UTF-8, lead byte >= 0xF0) meet U+E000..U+FFFF.
             let astral = map.keys().any(|k| k.bytes().any(|b| b >= 0xF0));
+            if !astral && map.keys().is_sorted() {
+                // Byte order is UTF-16 order without astral characters.
+                out.push('{');
+                for (i, (key, value)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_str(key, out);
+                    out.push(':');
+                    write(value, out);
+                }
+                out.push('}');
+                return;
+            }
             let mut keys: Vec<&String> = map.keys().collect();
             if astral {
                 keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            } else if !keys.is_sorted() {
+            } else {
                 keys.sort_unstable();
             }
             out.push('{');

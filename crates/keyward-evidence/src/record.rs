@@ -82,11 +82,12 @@ pub struct Sig<'a> {
 }
 
 impl Body<'_> {
-    /// The canonical JSON of the record with `hash` and `sig` (members in
-    /// JCS order), or without both when `hash` is `None`.
-    pub fn render(&self, hash: Option<&str>, sig: Option<&Sig<'_>>, out: &mut String) {
+    /// The canonical JSON of the record, `data` already canonical, with
+    /// `hash` and `sig` (members in JCS order), or without both when `hash`
+    /// is `None`.
+    fn render_with(&self, data: &str, hash: Option<&str>, sig: Option<&Sig<'_>>, out: &mut String) {
         out.push_str("{\"data\":");
-        jcs::write(self.data, out);
+        out.push_str(data);
         if let Some(hash) = hash {
             out.push_str(",\"hash\":");
             jcs::write_str(hash, out);
@@ -120,15 +121,24 @@ impl Body<'_> {
 
     /// Hex SHA-256 of the canonical record without `hash` and `sig`.
     pub fn hash(&self, scratch: &mut String) -> String {
+        let mut data = String::new();
+        jcs::write(self.data, &mut data);
+        self.hash_with(&data, scratch)
+    }
+
+    fn hash_with(&self, data: &str, scratch: &mut String) -> String {
         scratch.clear();
-        self.render(None, None, scratch);
+        self.render_with(data, None, None, scratch);
         hex::encode(digest::digest(&digest::SHA256, scratch.as_bytes()).as_ref())
     }
 
     /// The complete line (no newline), signed when `signer` is given.
-    /// Returns the line and the record's hash.
+    /// Returns the line and the record's hash. The payload is made
+    /// canonical once, for both the hash and the line.
     pub fn seal(&self, signer: Option<&Signer>, scratch: &mut String) -> (String, String) {
-        let hash = self.hash(scratch);
+        let mut data = String::with_capacity(scratch.capacity());
+        jcs::write(self.data, &mut data);
+        let hash = self.hash_with(&data, scratch);
         let value = signer.map(|s| s.sign(signed_message(self.prev_hash, &hash).as_bytes()));
         let sig = signer.zip(value.as_deref()).map(|(s, v)| Sig {
             alg: s.alg(),
@@ -136,7 +146,7 @@ impl Body<'_> {
             value: v,
         });
         let mut line = String::with_capacity(scratch.len() + 256);
-        self.render(Some(&hash), sig.as_ref(), &mut line);
+        self.render_with(&data, Some(&hash), sig.as_ref(), &mut line);
         (line, hash)
     }
 }

@@ -62,9 +62,23 @@ const STARTS: [bool; 256] = {
     table
 };
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'=' | b'+' | b'/')
-}
+/// Bytes that make up a token: ASCII alphanumerics and `_ - . = + /`.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || c == b'_'
+            || c == b'-'
+            || c == b'.'
+            || c == b'='
+            || c == b'+'
+            || c == b'/';
+        b += 1;
+    }
+    table
+};
 
 /// `s` with every credential-looking run replaced, or `None` when there is
 /// none. `is_secret` sees each token-like run of 16 or more characters
@@ -74,49 +88,45 @@ fn redact_str(s: &str, is_secret: &dyn Fn(&str) -> bool) -> Option<String> {
     let mut out: Option<String> = None;
     let mut copied = 0;
     let mut i = 0;
+    // Token runs, one at a time: each starts at a boundary (token bytes
+    // are ASCII, so also at a character boundary).
     while i < bytes.len() {
-        let at_boundary = i == 0 || !is_token_byte(bytes[i - 1]);
-        if !at_boundary {
+        if !TOKEN[bytes[i] as usize] {
             i += 1;
             continue;
         }
+        let run_end = run_end(bytes, i);
         let rest = &s[i..];
-        // (where the redaction starts, where the token starts)
+        // (where the redaction starts, where it ends)
         let hit = if !STARTS[bytes[i] as usize] {
             None
-        } else if let Some(scheme) = SCHEMES.iter().find(|p| rest.starts_with(**p)) {
-            Some((i + scheme.len(), i + scheme.len()))
+        } else if let Some(scheme) = SCHEMES
+            .iter()
+            .find(|p| p.as_bytes()[0] == bytes[i] && rest.starts_with(**p))
+        {
+            // `Bearer <token>`: the word stays, the token after it goes.
+            let token_start = i + scheme.len();
+            let token_end = run_end_or_none(bytes, token_start);
+            token_end.map(|e| (token_start, e))
         } else {
             TOKEN_PREFIXES
                 .iter()
-                .find(|p| rest.starts_with(**p))
-                .map(|p| (i, i + p.len()))
+                .find(|p| {
+                    p.as_bytes()[0] == bytes[i] && rest.starts_with(**p) && run_end > i + p.len()
+                })
+                .map(|_| (i, run_end))
         };
-        let mut end = i;
-        while end < bytes.len() && is_token_byte(bytes[end]) {
-            end += 1;
-        }
-        let redact_from = match hit {
-            Some((from, token_start)) => {
-                let mut e = token_start;
-                while e < bytes.len() && is_token_byte(bytes[e]) {
-                    e += 1;
-                }
-                end = e;
-                (e > token_start).then_some(from)
+        let hit = hit
+            .or_else(|| (run_end - i >= 16 && is_secret(&s[i..run_end])).then_some((i, run_end)));
+        match hit {
+            Some((from, to)) => {
+                let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+                o.push_str(&s[copied..from]);
+                o.push_str(REDACTED);
+                copied = to;
+                i = to;
             }
-            None => (end - i >= 16 && is_secret(&s[i..end])).then_some(i),
-        };
-        if let Some(from) = redact_from {
-            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-            o.push_str(&s[copied..from]);
-            o.push_str(REDACTED);
-            copied = end;
-        }
-        i = end.max(i + 1);
-        // Skip to the next boundary candidate (UTF-8 safe: only ASCII moves).
-        while i < bytes.len() && !s.is_char_boundary(i) {
-            i += 1;
+            None => i = run_end,
         }
     }
     out.map(|mut o| {
@@ -125,11 +135,44 @@ fn redact_str(s: &str, is_secret: &dyn Fn(&str) -> bool) -> Option<String> {
     })
 }
 
+/// The end of the token run starting at `start`.
+fn run_end(bytes: &[u8], start: usize) -> usize {
+    let mut end = start;
+    while end < bytes.len() && TOKEN[bytes[end] as usize] {
+        end += 1;
+    }
+    end
+}
+
+/// The end of a non-empty token run starting at `start`.
+fn run_end_or_none(bytes: &[u8], start: usize) -> Option<usize> {
+    let end = run_end(bytes, start);
+    (end > start).then_some(end)
+}
+
+/// The bytes (either case) a sensitive name starts with.
+const KEY_STARTS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < SENSITIVE_KEYS.len() {
+        let first = SENSITIVE_KEYS[i][0];
+        table[first.to_ascii_lowercase() as usize] = true;
+        table[first.to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn sensitive_key(key: &str) -> bool {
     let k = key.as_bytes();
-    SENSITIVE_KEYS
-        .iter()
-        .any(|s| k.len() >= s.len() && k.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s)))
+    (0..k.len()).any(|i| {
+        KEY_STARTS[k[i] as usize]
+            && SENSITIVE_KEYS.iter().any(|s| {
+                s[0] == k[i].to_ascii_lowercase()
+                    && k[i..].len() >= s.len()
+                    && k[i..i + s.len()].eq_ignore_ascii_case(s)
+            })
+    })
 }
 
 /// Redacts `value` in place: values of sensitive member names, well-known
@@ -195,6 +238,29 @@ mod tests {
         assert!(
             text.contains("task-force and ghp_ are words; desk-top"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn tokens_are_found_between_any_characters() {
+        let none = |_: &str| false;
+        for (input, expected) in [
+            ("é ghp_abc é", "é [REDACTED] é"),
+            ("«Basic dXNlcjpwYXNz»", "«Basic [REDACTED]»"),
+            ("x=sk-live-9;y", "x=sk-live-9;y"),
+            ("(sk-live-9)", "([REDACTED])"),
+            ("token abc.def", "token [REDACTED]"),
+            ("Bearer  spaced", "Bearer  spaced"),
+            ("ghp_", "ghp_"),
+            ("plain words only", "plain words only"),
+        ] {
+            let got = redact_str(input, &none).unwrap_or_else(|| input.to_owned());
+            assert_eq!(got, expected, "{input}");
+        }
+        let known = |s: &str| s == "0123456789abcdef";
+        assert_eq!(
+            redact_str("k: 0123456789abcdef!", &known).as_deref(),
+            Some("k: [REDACTED]!")
         );
     }
 }
