@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The figures of issue 5, each beside its baseline from the same run:
-#   policy evaluation alone (built-in pack, 1,000-rule pack), ns/decision
+#   policy evaluation alone (criterion; built-in pack, 1,000-rule pack)
 #   evidence appends/s: one writer (fsync each) vs 64 (group commit);
 #   verify throughput as a ratio to sha256sum over the same files
 #   POST /v1/evaluate over the socket, 1 and 16 keep-alive clients, as a

@@ -1,10 +1,11 @@
-//! Policy evaluation alone, per decision: the built-in pack and a generated
-//! 1,000-rule pack, over a mix of requests. Prints ns per decision.
+//! Policy evaluation alone, per decision (criterion): the built-in pack and
+//! a generated 1,000-rule pack, over a mix of requests.
 //!
 //! Run: `cargo bench -p keyward-policy --bench evaluate` (or bench/evaluate.sh).
 
 use std::hint::black_box;
-use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
 
 use keyward_api::EvaluateRequest;
 use keyward_policy::{Policy, baseline};
@@ -58,37 +59,34 @@ fn big_pack() -> Policy {
     Policy::from_toml(&text, "generated").unwrap()
 }
 
-fn per_decision(policy: &Policy, reqs: &[EvaluateRequest]) -> f64 {
-    let rounds = 200_000 / reqs.len();
-    // Warm up.
-    for r in reqs {
-        black_box(policy.evaluate(black_box(r)));
-    }
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..rounds {
-            for r in reqs {
-                black_box(policy.evaluate(black_box(r)));
-            }
-        }
-        best = best.min(t.elapsed().as_nanos() as f64 / (rounds * reqs.len()) as f64);
-    }
-    best
+/// One decision per iteration, cycling through the request mix.
+fn bench_pack(c: &mut Criterion, name: &str, policy: &Policy, reqs: &[EvaluateRequest]) {
+    let mut next = reqs.iter().cycle();
+    c.bench_function(name, |b| {
+        b.iter(|| black_box(policy.evaluate(black_box(next.next().unwrap()))))
+    });
 }
 
-fn main() {
+fn evaluation(c: &mut Criterion) {
     let reqs = requests();
-    let base = per_decision(&baseline(), &reqs);
+    let base = baseline();
     let big = big_pack();
-    let big_ns = per_decision(&big, &reqs);
-    println!("policy evaluation (best of 5, mixed requests):");
-    println!(
-        "  built-in agent-baseline ({} rules): {base:8.0} ns/decision",
-        baseline().len()
+    bench_pack(
+        c,
+        &format!(
+            "policy/decision, built-in agent-baseline ({} rules)",
+            base.len()
+        ),
+        &base,
+        &reqs,
     );
-    println!(
-        "  generated pack ({} rules):         {big_ns:8.0} ns/decision",
-        big.len()
+    bench_pack(
+        c,
+        &format!("policy/decision, generated pack ({} rules)", big.len()),
+        &big,
+        &reqs,
     );
 }
+
+criterion_group!(benches, evaluation);
+criterion_main!(benches);
