@@ -89,18 +89,24 @@ async fn upstream(identity: &keyward_proxy::ServiceIdentity, alpn: &[&[u8]]) -> 
     addr
 }
 
-fn client_tls(ca_pem: &std::path::Path) -> tokio_rustls::TlsConnector {
+/// A TLS client trusting `ca_pem`, offering `alpn` (none: HTTP/1.1).
+fn client_tls(ca_pem: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder()
+    let mut cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// One client connection, speaking what its TLS handshake agreed.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
 
 /// Opens a keep-alive connection to the upstream, directly or through the
 /// proxy's CONNECT.
@@ -133,21 +139,42 @@ async fn connect(
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        return Sender::H2(sender);
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
     tokio::spawn(conn);
-    sender
+    Sender::H1(sender)
 }
 
 async fn one(sender: &mut Sender, port: u16) -> Duration {
-    let req = Request::get("/bench")
-        .header("host", format!("localhost:{port}"))
-        .body(Empty::new())
-        .unwrap();
     let t = Instant::now();
-    sender.ready().await.unwrap();
-    let resp = sender.send_request(req).await.unwrap();
+    let resp = match sender {
+        Sender::H1(sender) => {
+            let req = Request::get("/bench")
+                .header("host", format!("localhost:{port}"))
+                .body(Empty::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            sender.send_request(req).await.unwrap()
+        }
+        Sender::H2(sender) => {
+            let req = Request::get(format!("https://localhost:{port}/bench"))
+                .body(Empty::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            sender.send_request(req).await.unwrap()
+        }
+    };
     assert!(resp.status().is_success(), "{}", resp.status());
     resp.into_body().collect().await.unwrap();
     t.elapsed()
@@ -261,8 +288,9 @@ fn main() {
         let proxy_addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener, std::future::pending()));
 
-        let direct_tls = client_tls(&upstream_ca);
-        let proxied_tls = client_tls(&dir.path().join("ca/public/ca.pem"));
+        let direct_tls = client_tls(&upstream_ca, &[]);
+        let direct_h2_tls = client_tls(&upstream_ca, &[b"h2"]);
+        let proxied_tls = client_tls(&dir.path().join("ca/public/ca.pem"), &[]);
         let rss_before = rss_kb("VmRSS:");
 
         println!("keyward proxy bench: HTTPS, HTTP/1.1 keep-alive client, small responses (one process, 2 cores shared)");
@@ -288,6 +316,17 @@ fn main() {
                     "  ratio b/a        throughput {ratio:.2}x   added p50 {:+.1} us",
                     us(proxied.p50) - us(direct.p50)
                 );
+                if target == with_h2 {
+                    // How much of that the upstream's HTTP/2 serving costs by
+                    // itself: a direct client speaking h2 to it.
+                    let h2 = load(target, None, &direct_h2_tls, concurrency, per_conn).await;
+                    println!(
+                        "  direct over h2   {:>9.0} req/s  p50 {:>7.1} us  (through keyward adds {:+.1} us to that)",
+                        h2.rps,
+                        us(h2.p50),
+                        us(proxied.p50) - us(h2.p50)
+                    );
+                }
             }
         }
         let target = http1_only;
