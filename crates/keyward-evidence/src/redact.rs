@@ -116,8 +116,7 @@ fn redact_str(s: &str, is_secret: &dyn Fn(&str) -> bool) -> Option<String> {
                 })
                 .map(|_| (i, run_end))
         };
-        let hit = hit
-            .or_else(|| (run_end - i >= 16 && is_secret(&s[i..run_end])).then_some((i, run_end)));
+        let hit = hit.or_else(|| known_value(s, i, run_end, is_secret));
         match hit {
             Some((from, to)) => {
                 let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
@@ -133,6 +132,21 @@ fn redact_str(s: &str, is_secret: &dyn Fn(&str) -> bool) -> Option<String> {
         o.push_str(&s[copied..]);
         o
     })
+}
+
+/// The run `[start, end)`, or what follows its first `=` (`key=<value>`
+/// glues both into one run), when `is_secret` recognises it.
+fn known_value(
+    s: &str,
+    start: usize,
+    end: usize,
+    is_secret: &dyn Fn(&str) -> bool,
+) -> Option<(usize, usize)> {
+    if end - start >= 16 && is_secret(&s[start..end]) {
+        return Some((start, end));
+    }
+    let value = start + s[start..end].find('=')? + 1;
+    (end - value >= 16 && is_secret(&s[value..end])).then_some((value, end))
 }
 
 /// The end of the token run starting at `start`.
@@ -261,6 +275,10 @@ mod tests {
         assert_eq!(
             redact_str("k: 0123456789abcdef!", &known).as_deref(),
             Some("k: [REDACTED]!")
+        );
+        assert_eq!(
+            redact_str("curl -H x-key=0123456789abcdef /", &known).as_deref(),
+            Some("curl -H x-key=[REDACTED] /")
         );
     }
 }
