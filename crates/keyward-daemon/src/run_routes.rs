@@ -75,6 +75,15 @@ impl Authority {
         self.contexts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The resolved contexts of live runs: the secret values the daemon
+    /// holds right now (evidence redaction looks for them).
+    pub(crate) fn live_contexts(&self) -> Vec<Arc<RunContext>> {
+        self.contexts()
+            .values()
+            .map(|(_, ctx)| ctx.clone())
+            .collect()
+    }
+
     /// Forgets a run's credentials.
     pub(crate) fn forget(&self, run_id: &str) {
         self.contexts().remove(run_id);

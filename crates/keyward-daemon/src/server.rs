@@ -248,9 +248,22 @@ impl AppState {
         }
     }
 
-    /// Redacts `value` for the evidence log: sensitive member names,
-    /// well-known token formats, and run tokens.
+    /// Redacts `value` for the evidence log: the secret values of live runs
+    /// wherever they appear, sensitive member names, well-known token
+    /// formats, and run tokens.
     pub(crate) fn redact(&self, value: &mut serde_json::Value) {
+        let live = self.authority.live_contexts();
+        if !live.is_empty() {
+            let known: Vec<&str> = live
+                .iter()
+                .flat_map(|ctx| {
+                    ctx.credentials
+                        .iter()
+                        .map(|c| secrecy::ExposeSecret::expose_secret(&c.secret))
+                })
+                .collect();
+            keyward_evidence::redact_known(value, &known);
+        }
         let runs = &self.runs;
         keyward_evidence::redact(value, &|s| {
             s.len() == 64

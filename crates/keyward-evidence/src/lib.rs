@@ -20,7 +20,7 @@ pub use log::{
     read_log_id, segment_name,
 };
 pub use record::{Kind, SCHEMA};
-pub use redact::{REDACTED, redact};
+pub use redact::{MIN_KNOWN_LEN, REDACTED, redact, redact_known};
 pub use verify::{Report, VerifyError, verify_dir};
 
 /// Canonical JSON (RFC 8785) of `value`.

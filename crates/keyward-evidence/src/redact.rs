@@ -218,6 +218,33 @@ pub fn redact(value: &mut Value, is_secret: &dyn Fn(&str) -> bool) -> usize {
     }
 }
 
+/// Known values shorter than this are not searched for: they would match
+/// ordinary text.
+pub const MIN_KNOWN_LEN: usize = 4;
+
+/// Replaces every occurrence of each `known` value (secret values the
+/// daemon holds) inside the strings of `value`, wherever it sits in them,
+/// with [`REDACTED`]. Run it before [`redact`], which could otherwise cut a
+/// known value in pieces that no longer match. Returns how many strings
+/// changed.
+pub fn redact_known(value: &mut Value, known: &[&str]) -> usize {
+    match value {
+        Value::String(s) => {
+            let mut changed = false;
+            for k in known.iter().filter(|k| k.len() >= MIN_KNOWN_LEN) {
+                if s.contains(k) {
+                    *s = s.replace(k, REDACTED);
+                    changed = true;
+                }
+            }
+            usize::from(changed)
+        }
+        Value::Array(items) => items.iter_mut().map(|v| redact_known(v, known)).sum(),
+        Value::Object(map) => map.values_mut().map(|v| redact_known(v, known)).sum(),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +280,23 @@ mod tests {
             text.contains("task-force and ghp_ are words; desk-top"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn known_values_are_replaced_wherever_they_sit() {
+        let secret = "p@ss w0rd!";
+        let mut v = json!({
+            "target": format!("psql postgres://u:{secret}@db/app"),
+            "context": {"list": [format!("x{secret}x"), "fine"]},
+            "short": "abc",
+        });
+        let n = redact_known(&mut v, &[secret, "abc"]);
+        let text = v.to_string();
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(n, 2, "{text}");
+        assert!(text.contains("postgres://u:[REDACTED]@db/app"), "{text}");
+        // Too short to search for.
+        assert!(text.contains("\"short\":\"abc\""), "{text}");
     }
 
     #[test]

@@ -1271,3 +1271,28 @@ fn stopping_the_daemon_lets_requests_in_flight_finish() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A secret a live run holds never lands in the evidence log, wherever a
+/// caller puts it: here inside a command line no credential format matches.
+#[test]
+fn evidence_never_records_a_live_runs_secret() {
+    let (home, upstream) = setup("");
+    let script = format!(
+        "curl -sS -o /dev/null {url} && {bin} eval --action execute_command --target 'psql postgres://app:{SECRET}@db/app'; echo eval=$?",
+        url = upstream.url("/user"),
+        bin = common::BIN
+    );
+    let out = run_sh(&home, &["local"], &script);
+    assert!(out.stdout.contains("eval=3"), "{out:?}");
+    let tail = home.run(&["audit", "tail", "--kind", "decision", "--json", "-n", "1"]);
+    let record = json(tail.stdout.trim());
+    assert_eq!(
+        record["data"]["request"]["target"], "psql postgres://app:[REDACTED]@db/app",
+        "{record}"
+    );
+    assert!(
+        home.files_containing(SECRET).is_empty(),
+        "{:?}",
+        home.files_containing(SECRET)
+    );
+}
