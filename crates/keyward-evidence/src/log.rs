@@ -726,11 +726,17 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
                 state.waiting.drain(..n).collect()
             }
         };
-        for (seq, ack) in acks {
-            ack.send(match &result {
-                Ok(()) => Ok(seq),
-                Err(e) => Err(format!("fsync failed: {e}")),
-            });
+        let outcome = |seq: u64| match &result {
+            Ok(()) => Ok(seq),
+            Err(e) => Err(format!("fsync failed: {e}")),
+        };
+        // Waiting callers first: callbacks (the proxy's log lines) may write
+        // to a file, and a decision must not wait behind a thousand of them.
+        let (waiters, callbacks): (Vec<_>, Vec<_>) = acks
+            .into_iter()
+            .partition(|(_, ack)| matches!(ack, Ack::Waiter(_)));
+        for (seq, ack) in waiters.into_iter().chain(callbacks) {
+            ack.send(outcome(seq));
         }
         synced = target;
     }
