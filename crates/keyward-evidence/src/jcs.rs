@@ -33,34 +33,21 @@ pub fn write(value: &Value, out: &mut String) {
             // from UTF-16 order only when characters beyond U+FFFF (4-byte
             // UTF-8, lead byte >= 0xF0) meet U+E000..U+FFFF.
             let astral = map.keys().any(|k| k.bytes().any(|b| b >= 0xF0));
-            if !astral && map.keys().is_sorted() {
-                // Byte order is UTF-16 order without astral characters.
-                out.push('{');
-                for (i, (key, value)) in map.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_str(key, out);
-                    out.push(':');
-                    write(value, out);
-                }
-                out.push('}');
-                return;
-            }
-            let mut keys: Vec<&String> = map.keys().collect();
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
             if astral {
-                keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            } else {
-                keys.sort_unstable();
+                members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            } else if !members.is_sorted_by_key(|m| m.0) {
+                // Byte order is UTF-16 order without astral characters.
+                members.sort_unstable_by_key(|m| m.0);
             }
             out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, (key, value)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
                 write_str(key, out);
                 out.push(':');
-                write(&map[key], out);
+                write(value, out);
             }
             out.push('}');
         }

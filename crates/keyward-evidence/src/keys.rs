@@ -123,6 +123,16 @@ fn pem_decode(path: &Path, label: &str) -> Result<Vec<u8>, KeyError> {
         .map_err(|e| key_err(path, format!("bad base64 in the {label} block: {e}")))
 }
 
+/// An HMAC key file's key and its id (`key_id`, or a digest of the key):
+/// the same for signing and verifying.
+fn hmac_key(path: &Path, key_id: Option<&str>) -> Result<(String, Box<hmac::Key>), KeyError> {
+    let bytes = read_hmac_key(path)?;
+    Ok((
+        key_id.map_or_else(|| default_key_id(HMAC_ALG, &bytes), str::to_owned),
+        Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
+    ))
+}
+
 fn pem_encode(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let lines: Vec<&str> = b64
@@ -139,11 +149,8 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 impl Signer {
     /// An HMAC signer from a key file; `key_id` defaults to a digest of the key.
     pub fn hmac_from_file(path: &Path, key_id: Option<&str>) -> Result<Self, KeyError> {
-        let bytes = read_hmac_key(path)?;
-        Ok(Signer::Hmac {
-            key_id: key_id.map_or_else(|| default_key_id(HMAC_ALG, &bytes), str::to_owned),
-            key: Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
-        })
+        let (key_id, key) = hmac_key(path, key_id)?;
+        Ok(Signer::Hmac { key_id, key })
     }
 
     /// An Ed25519 signer from a PKCS#8 PEM file; `key_id` defaults to a
@@ -192,11 +199,8 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// From an HMAC key file.
     pub fn hmac_from_file(path: &Path, key_id: Option<&str>) -> Result<Self, KeyError> {
-        let bytes = read_hmac_key(path)?;
-        Ok(Verifier::Hmac {
-            key_id: key_id.map_or_else(|| default_key_id(HMAC_ALG, &bytes), str::to_owned),
-            key: Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
-        })
+        let (key_id, key) = hmac_key(path, key_id)?;
+        Ok(Verifier::Hmac { key_id, key })
     }
 
     /// From an Ed25519 public key PEM file.

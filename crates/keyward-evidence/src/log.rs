@@ -9,9 +9,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -65,6 +65,14 @@ pub enum EvidenceError {
 /// `keyward-evidence://<log_id>/<seq>`.
 fn reference(log_id: &str, seq: u64) -> String {
     format!("keyward-evidence://{log_id}/{seq}")
+}
+
+/// A record that did not reach the disk in `dir`, and why.
+fn lost(dir: &Path, message: String) -> EvidenceError {
+    EvidenceError::Io {
+        path: dir.display().to_string(),
+        message,
+    }
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> EvidenceError {
@@ -128,7 +136,6 @@ pub fn read_log_id(dir: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Where an append's outcome goes (`None`: nobody waits).
 /// Who hears that a record is on disk (its sequence number) or lost.
 enum Ack {
     /// An `append` caller waiting for its answer.
@@ -331,7 +338,7 @@ impl EvidenceLog {
         run_id: Option<String>,
         data: Value,
     ) -> Result<String, EvidenceError> {
-        self.append_in(None, true, kind, run_id, data).await
+        self.append_in(None, kind, run_id, data).await
     }
 
     /// Appends a record no answer waits on (a proxied request's, logged
@@ -349,13 +356,11 @@ impl EvidenceLog {
     ) {
         let (log_id, dir) = (self.log_id.clone(), self.dir.clone());
         let ack = Ack::Then(Box::new(move |outcome: Result<u64, String>| {
-            then(match outcome {
-                Ok(seq) => Ok(reference(&log_id, seq)),
-                Err(message) => Err(EvidenceError::Io {
-                    path: dir.display().to_string(),
-                    message,
-                }),
-            });
+            then(
+                outcome
+                    .map(|seq| reference(&log_id, seq))
+                    .map_err(|message| lost(&dir, message)),
+            );
         }));
         let job = Job {
             kind,
@@ -391,13 +396,12 @@ impl EvidenceLog {
         run_id: Option<String>,
         data: Value,
     ) -> Result<String, EvidenceError> {
-        self.append_in(Some(slot), true, kind, run_id, data).await
+        self.append_in(Some(slot), kind, run_id, data).await
     }
 
     async fn append_in(
         &self,
         slot: Option<Slot>,
-        urgent: bool,
         kind: Kind,
         run_id: Option<String>,
         data: Value,
@@ -409,20 +413,18 @@ impl EvidenceLog {
             data,
             ack: Some(Ack::Waiter(ack)),
             slot,
-            urgent,
+            urgent: true,
         })?;
         match done.await {
-            Ok(Ok(seq)) => Ok(self.reference(seq)),
-            Ok(Err(message)) => Err(EvidenceError::Io {
-                path: self.dir.display().to_string(),
-                message,
-            }),
+            Ok(outcome) => outcome
+                .map(|seq| self.reference(seq))
+                .map_err(|message| lost(&self.dir, message)),
             Err(_) => Err(EvidenceError::Closed),
         }
     }
 
-    /// Appends a record without waiting for it (synced like
-    /// [`append_background`](Self::append_background)).
+    /// Appends a record without waiting for it (written and synced like
+    /// [`append_then`](Self::append_then)'s).
     pub fn record(&self, kind: Kind, run_id: Option<String>, data: Value) {
         let _ = self.send(Job {
             kind,
@@ -507,8 +509,22 @@ struct SyncState {
 }
 
 impl Durability {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits, at most `limit`, while `wait` holds and the writer is open;
+    /// the writer and released slots wake it to look again.
+    fn hold<'a>(
+        &self,
+        state: MutexGuard<'a, SyncState>,
+        limit: Duration,
+        wait: impl Fn(&SyncState) -> bool,
+    ) -> MutexGuard<'a, SyncState> {
+        self.wake
+            .wait_timeout_while(state, limit, |s| !s.closing && wait(s))
+            .unwrap_or_else(|p| p.into_inner())
+            .0
     }
 }
 
@@ -625,7 +641,7 @@ impl Writer {
     fn hand_over(&self, pending: &mut Vec<(Option<Ack>, u64)>, urgent: u64) {
         let mut state = self.durability.lock();
         state.written = self.seq;
-        state.urgent = state.urgent.max(urgent.min(self.seq));
+        state.urgent = state.urgent.max(urgent);
         for (ack, seq) in pending.drain(..) {
             if let Some(ack) = ack {
                 state.waiting.push_back((seq, ack));
@@ -674,45 +690,20 @@ impl Writer {
 /// writer closes and everything is synced.
 fn sync_loop(durability: &Durability, mut synced: u64) {
     loop {
-        let mut state = durability.lock();
-        while state.written <= synced && !state.closing {
-            state = durability
-                .wake
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        let mut state = durability
+            .wake
+            .wait_while(durability.lock(), |s| s.written <= synced && !s.closing)
+            .unwrap_or_else(|p| p.into_inner());
         if state.written <= synced {
             return;
         }
+        let on_the_way = || durability.on_the_way.load(Ordering::Acquire);
         // Nobody waits on what is written: let more join before syncing.
-        let until = Instant::now() + BACKGROUND_SYNC;
-        while state.urgent <= synced
-            && durability.on_the_way.load(Ordering::Acquire) == 0
-            && !state.closing
-        {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            state = durability
-                .wake
-                .wait_timeout(state, until - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        state = durability.hold(state, BACKGROUND_SYNC, |s| {
+            s.urgent <= synced && on_the_way() == 0
+        });
         // Records announced as on their way get a moment to join this fsync.
-        let until = Instant::now() + GATHER;
-        while durability.on_the_way.load(Ordering::Acquire) > 0 && !state.closing {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            state = durability
-                .wake
-                .wait_timeout(state, until - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        state = durability.hold(state, GATHER, |_| on_the_way() > 0);
         let (target, file) = (state.written, state.file.clone());
         drop(state);
         let result = file.sync_data();

@@ -87,6 +87,10 @@ pub struct RunContext {
     scrub: Needles,
     /// Every credential's placeholder: what a request body is checked for.
     placeholders: Arc<Vec<Vec<u8>>>,
+    /// Per credential (same order), the header it injects, made once here
+    /// rather than per request; `None` for query injection or a header
+    /// that cannot be sent (warned about when the context is made).
+    headers: Vec<Option<(HeaderName, HeaderValue)>>,
     /// The policy every request is evaluated against (`http_request`).
     pub policy: Option<Arc<Policy>>,
 }
@@ -114,6 +118,7 @@ impl RunContext {
             .iter()
             .filter_map(|c| c.placeholder.as_ref().map(|p| p.as_bytes().to_vec()))
             .collect();
+        let headers = credentials.iter().map(injected_header).collect();
         Self {
             run_id,
             network,
@@ -121,6 +126,7 @@ impl RunContext {
             credentials,
             scrub: Arc::new(scrub),
             placeholders: Arc::new(placeholders),
+            headers,
             policy: None,
         }
     }
@@ -624,28 +630,17 @@ impl Proxy {
             path_and_query = path_and_query.replace(placeholder.as_str(), secret);
             injected.push(&cred.grant);
         }
-        for cred in run.credentials.iter().filter(|c| c.applies_to(host)) {
-            let secret = cred.secret.expose_secret();
-            match &cred.inject {
-                Injection::Header { name, format } => {
-                    let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(&format.replace("{secret}", secret)),
-                    ) else {
-                        continue;
-                    };
-                    parts.headers.insert(name, value);
-                }
-                Injection::Basic { username } => {
-                    let encoded = base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{secret}"));
-                    if let Ok(value) = HeaderValue::from_str(&format!("Basic {encoded}")) {
-                        parts.headers.insert(header::AUTHORIZATION, value);
-                    }
-                }
-                Injection::Query { param } => {
+        let granted = run.credentials.iter().zip(&run.headers);
+        for (cred, prepared) in granted.filter(|(c, _)| c.applies_to(host)) {
+            match (&cred.inject, prepared) {
+                (Injection::Query { param }, _) => {
+                    let secret = cred.secret.expose_secret();
                     path_and_query = set_query_param(&path_and_query, param, secret);
                 }
+                (_, Some((name, value))) => {
+                    parts.headers.insert(name.clone(), value.clone());
+                }
+                (_, None) => continue,
             }
             if !injected.contains(&cred.grant.as_str()) {
                 injected.push(&cred.grant);
@@ -1243,6 +1238,39 @@ fn policy_check(
         }),
     };
     (Some(recorded), outcome)
+}
+
+/// The header a header or basic-auth credential injects (replacing any
+/// the client sent). `None` for query injection, or when the name or the
+/// value cannot be sent in a header (logged, without the value).
+fn injected_header(cred: &Credential) -> Option<(HeaderName, HeaderValue)> {
+    let secret = cred.secret.expose_secret();
+    let (name, value) = match &cred.inject {
+        Injection::Header { name, format } => (
+            HeaderName::from_bytes(name.as_bytes()).ok(),
+            format.replace("{secret}", secret),
+        ),
+        Injection::Basic { username } => {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"));
+            (Some(header::AUTHORIZATION), format!("Basic {encoded}"))
+        }
+        Injection::Query { .. } => return None,
+    };
+    let prepared = name.zip(HeaderValue::from_str(&value).ok());
+    match prepared {
+        Some((name, mut value)) => {
+            value.set_sensitive(true);
+            Some((name, value))
+        }
+        None => {
+            tracing::warn!(
+                grant = cred.grant,
+                "grant's header name or value cannot be sent in HTTP; it is not injected"
+            );
+            None
+        }
+    }
 }
 
 fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {

@@ -230,47 +230,37 @@ fn policy_check_test_and_import_work_offline() {
         "{check:?}"
     );
 
+    // `keyward policy test POLICY CASES` with `cases` as the cases file.
     let cases = dir.join("cases.json");
-    std::fs::write(
-        &cases,
+    let policy_test = |policy: &str, json: &str| {
+        std::fs::write(&cases, json).unwrap();
+        home.run(&["policy", "test", policy, cases.to_str().unwrap()])
+    };
+    let team = file.to_str().unwrap();
+    let test = policy_test(
+        team,
         r#"[{"name":"deploy blocked","request":{"action_type":"execute_command","target":"make deploy prod"},"decision":"block","rule_id":"no.deploy"},
             {"name":"build allowed","request":{"action_type":"execute_command","target":"make build"},"decision":"allow"}]"#,
-    )
-    .unwrap();
-    let test = home.run(&[
-        "policy",
-        "test",
-        file.to_str().unwrap(),
-        cases.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(test.code, 0, "{test:?}");
     assert!(
         test.stdout.contains("pass   deploy blocked") && test.stdout.contains("2 cases, 0 failed"),
         "{test:?}"
     );
-    std::fs::write(
-        &cases,
+    let test = policy_test(
+        team,
         r#"[{"name":"wrong","request":{"action_type":"execute_command","target":"make build"},"decision":"block"}]"#,
-    )
-    .unwrap();
-    let test = home.run(&[
-        "policy",
-        "test",
-        file.to_str().unwrap(),
-        cases.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(test.code, 1, "{test:?}");
     assert!(
         test.stdout.contains("FAIL   wrong") && test.stdout.contains("allow team.default"),
         "{test:?}"
     );
     // The built-in pack by name.
-    std::fs::write(
-        &cases,
+    let test = policy_test(
+        "agent-baseline",
         r#"[{"request":{"action_type":"read_file","target":"/home/u/.ssh/id_ed25519"},"decision":"block","rule_id":"filesystem.read.block"}]"#,
-    )
-    .unwrap();
-    let test = home.run(&["policy", "test", "agent-baseline", cases.to_str().unwrap()]);
+    );
     assert_eq!(test.code, 0, "{test:?}");
 
     let compiled = dir.join("compiled.json");
@@ -345,35 +335,28 @@ fn configured_policy_reloads_and_a_bad_file_keeps_the_old_one() {
         "{body}"
     );
 
-    std::fs::write(
-        &file,
-        POLICY.replace("decision = \"block\"", "decision = \"perhaps\""),
-    )
-    .unwrap();
-    signal(pid, "HUP");
-    assert!(
-        wait_for(Duration::from_secs(5), || home
-            .log()
-            .contains("config reload failed")),
-        "{}",
-        home.log()
-    );
+    // The rule's decision rewritten, SIGHUP, and the daemon's answer in its log.
+    let reload = |decision: &str, logged: &str| {
+        std::fs::write(
+            &file,
+            POLICY.replace(
+                "decision = \"block\"",
+                &format!("decision = \"{decision}\""),
+            ),
+        )
+        .unwrap();
+        signal(pid, "HUP");
+        assert!(
+            wait_for(Duration::from_secs(5), || home.log().contains(logged)),
+            "{}",
+            home.log()
+        );
+    };
+    reload("perhaps", "config reload failed");
     assert!(home.log().contains("team.toml"), "{}", home.log());
     assert_eq!(eval(&home, &deploy).code, 2, "old policy kept");
 
-    std::fs::write(
-        &file,
-        POLICY.replace("decision = \"block\"", "decision = \"require_approval\""),
-    )
-    .unwrap();
-    signal(pid, "HUP");
-    assert!(
-        wait_for(Duration::from_secs(5), || home
-            .log()
-            .contains("config reloaded")),
-        "{}",
-        home.log()
-    );
+    reload("require_approval", "config reloaded");
     assert_eq!(eval(&home, &deploy).code, 3, "new policy applies");
     let tail = home.run(&["audit", "tail", "--kind", "admin"]);
     assert!(

@@ -1272,27 +1272,45 @@ fn stopping_the_daemon_lets_requests_in_flight_finish() {
     );
 }
 
-/// A secret a live run holds never lands in the evidence log, wherever a
-/// caller puts it: here inside a command line no credential format matches.
+/// Neither a secret a live run holds nor a run token lands in the evidence
+/// log, wherever a caller puts them: here inside command lines no
+/// credential format matches.
 #[test]
-fn evidence_never_records_a_live_runs_secret() {
+fn evidence_never_records_a_live_runs_secret_or_a_run_token() {
     let (home, upstream) = setup("");
     let script = format!(
-        "curl -sS -o /dev/null {url} && {bin} eval --action execute_command --target 'psql postgres://app:{SECRET}@db/app'; echo eval=$?",
+        "curl -sS -o /dev/null {url} && {bin} eval --action execute_command --target 'psql postgres://app:{SECRET}@db/app'; echo eval=$?
+         {bin} eval --action execute_command --target \"curl -x $HTTPS_PROXY https://example.com\"; echo PROXY=$HTTPS_PROXY",
         url = upstream.url("/user"),
         bin = common::BIN
     );
     let out = run_sh(&home, &["local"], &script);
     assert!(out.stdout.contains("eval=3"), "{out:?}");
-    let tail = home.run(&["audit", "tail", "--kind", "decision", "--json", "-n", "1"]);
-    let record = json(tail.stdout.trim());
+    let token = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PROXY=http://run:"))
+        .and_then(|rest| rest.split_once('@'))
+        .map(|(token, _)| token.to_owned())
+        .unwrap_or_else(|| panic!("no proxy URL: {out:?}"));
+    assert_eq!(token.len(), 64, "{token}");
+    let tail = home.run(&["audit", "tail", "--kind", "decision", "--json", "-n", "2"]);
+    let records: Vec<serde_json::Value> = tail.stdout.lines().map(json).collect();
     assert_eq!(
-        record["data"]["request"]["target"], "psql postgres://app:[REDACTED]@db/app",
-        "{record}"
+        records[0]["data"]["request"]["target"], "psql postgres://app:[REDACTED]@db/app",
+        "{tail:?}"
     );
     assert!(
-        home.files_containing(SECRET).is_empty(),
-        "{:?}",
-        home.files_containing(SECRET)
+        records[1]["data"]["request"]["target"]
+            .as_str()
+            .is_some_and(|t| t.contains("run:[REDACTED]@")),
+        "{tail:?}"
     );
+    for leaked in [SECRET, token.as_str()] {
+        assert!(
+            home.files_containing(leaked).is_empty(),
+            "{:?}",
+            home.files_containing(leaked)
+        );
+    }
 }
