@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -253,10 +253,12 @@ impl EvidenceLog {
                 waiting: VecDeque::new(),
                 file: Arc::new(shared),
                 failed: None,
+                write_error: None,
                 closing: false,
             }),
             wake: Condvar::new(),
             on_the_way: AtomicUsize::new(0),
+            unwritable: AtomicBool::new(false),
         });
         let mut writer = Writer {
             durability: durability.clone(),
@@ -313,6 +315,17 @@ impl EvidenceLog {
             },
             repair,
         ))
+    }
+
+    /// Why records cannot be written now, if they cannot: the last write
+    /// failed (a full disk; the next write that succeeds clears it) or an
+    /// fsync failed (until a restart). Cheap enough to ask per request.
+    pub fn unwritable(&self) -> Option<String> {
+        if !self.durability.unwritable.load(Ordering::Acquire) {
+            return None;
+        }
+        let state = self.durability.lock();
+        state.failed.clone().or_else(|| state.write_error.clone())
     }
 
     /// The log id (random, created with the log).
@@ -474,6 +487,9 @@ struct Durability {
     wake: Condvar,
     /// Reserved records not yet written ([`EvidenceLog::reserve`]).
     on_the_way: AtomicUsize,
+    /// The last write or an fsync failed (the reason is in [`SyncState`]):
+    /// read on every proxied request, so not behind the lock.
+    unwritable: AtomicBool,
 }
 
 /// A record on its way to the log; see [`EvidenceLog::reserve`].
@@ -504,6 +520,9 @@ struct SyncState {
     /// Set when an fsync failed: what reached the disk is unknown, so the
     /// log refuses further records until the daemon restarts.
     failed: Option<String>,
+    /// Why the last write failed (a full disk, say); cleared by the next
+    /// write that succeeds.
+    write_error: Option<String>,
     /// The writer is gone; sync what is left and stop.
     closing: bool,
 }
@@ -538,6 +557,7 @@ impl Writer {
         if let Err(e) = &syncer {
             // Nobody would ever acknowledge: refuse records instead.
             self.durability.lock().failed = Some(format!("cannot start the sync thread: {e}"));
+            self.durability.unwritable.store(true, Ordering::Release);
         }
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
@@ -585,7 +605,8 @@ impl Writer {
         let mut slots: Vec<Slot> = Vec::new();
         let mut checkpoint = (self.seq, self.prev_hash.clone());
         let ts = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
-        for job in batch {
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next() {
             let body = Body {
                 seq: self.seq + 1,
                 ts: &ts,
@@ -603,9 +624,11 @@ impl Writer {
                 self.hand_over(&mut pending, urgent);
                 buf.clear();
                 checkpoint = (self.seq, self.prev_hash.clone());
-                // The records not yet written are dropped unacknowledged:
-                // their callers hear that the log is closed.
-                self.rotate()?;
+                if let Err(e) = self.rotate() {
+                    // This record and the rest of the batch are not written.
+                    pending.extend(std::iter::once(job).chain(jobs).map(|j| (j.ack, 0)));
+                    return self.fail(e, checkpoint, pending);
+                }
             }
             buf.push_str(&line);
             buf.push('\n');
@@ -640,6 +663,10 @@ impl Writer {
     /// Gives written records to the syncer.
     fn hand_over(&self, pending: &mut Vec<(Option<Ack>, u64)>, urgent: u64) {
         let mut state = self.durability.lock();
+        if state.write_error.take().is_some() {
+            tracing::info!("evidence log: writes succeed again");
+            self.durability.unwritable.store(false, Ordering::Release);
+        }
         state.written = self.seq;
         state.urgent = state.urgent.max(urgent);
         for (ack, seq) in pending.drain(..) {
@@ -661,6 +688,8 @@ impl Writer {
         let _ = self.file.set_len(self.len);
         let _ = self.file.seek(SeekFrom::End(0));
         (self.seq, self.prev_hash) = checkpoint;
+        self.durability.lock().write_error = Some(e.clone());
+        self.durability.unwritable.store(true, Ordering::Release);
         for (ack, _) in pending {
             if let Some(ack) = ack {
                 ack.send(Err(e.clone()));
@@ -711,6 +740,7 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
             let mut state = durability.lock();
             if let Err(e) = &result {
                 state.failed = Some(format!("fsync failed: {e}; restart the daemon"));
+                durability.unwritable.store(true, Ordering::Release);
                 state.waiting.drain(..).collect()
             } else {
                 let n = state.waiting.partition_point(|(seq, _)| *seq <= target);

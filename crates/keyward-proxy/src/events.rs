@@ -57,6 +57,12 @@ pub struct EgressEvent {
 pub trait EgressSink: Send + Sync + 'static {
     /// Takes one event; must not block.
     fn record(&self, event: EgressEvent);
+
+    /// Why events cannot be recorded now, if they cannot. Meanwhile the
+    /// proxy sends nothing upstream: every request out is on the record.
+    fn unwritable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The default sink: a structured `egress` log line.
@@ -114,6 +120,10 @@ impl EgressSink for EvidenceSink {
                 }
                 log_event(&event, reference.ok().as_deref());
             });
+    }
+
+    fn unwritable(&self) -> Option<String> {
+        self.0.unwritable()
     }
 }
 

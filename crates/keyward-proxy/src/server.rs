@@ -418,6 +418,28 @@ impl Proxy {
         self.events.record(event);
     }
 
+    /// While events cannot be recorded (the evidence log's disk is full),
+    /// a 503 instead of an unrecorded request. The refusal is itself
+    /// recorded: that attempt is how the log finds out that it can write
+    /// again, so the next request goes through.
+    fn refuse_unrecorded(&self, event: &EgressEvent) -> Option<Response<ProxyBody>> {
+        let why = self.events.unwritable()?;
+        tracing::error!(
+            host = event.host,
+            "proxy request refused: cannot record it: {why}"
+        );
+        self.finish(event.clone(), 503, Some(EVIDENCE_UNAVAILABLE));
+        let mut resp = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "keyward refused this request: the evidence log cannot record it (the daemon log says why)\n",
+        );
+        resp.headers_mut().insert(
+            "x-keyward-blocked",
+            HeaderValue::from_static(EVIDENCE_UNAVAILABLE),
+        );
+        Some(resp)
+    }
+
     /// Accepts connections until `shutdown` completes, then lets requests
     /// in flight finish (up to `ProxyOptions::drain_timeout`) and returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -485,6 +507,9 @@ impl Proxy {
                 if let Err(blocked) = verdict {
                     self.finish(event, 403, Some(&blocked.rule));
                     return blocked.response();
+                }
+                if let Some(refused) = self.refuse_unrecorded(&event) {
+                    return refused;
                 }
                 return tunnel(req, host, port, event, self.events.clone()).await;
             }
@@ -589,6 +614,9 @@ impl Proxy {
         if let Err(blocked) = verdict {
             self.finish(event, 403, Some(&blocked.rule));
             return blocked.response();
+        }
+        if let Some(refused) = self.refuse_unrecorded(&event) {
+            return refused;
         }
         let (mut parts, body) = req.into_parts();
 
@@ -1131,6 +1159,9 @@ async fn tunnel(
     });
     Response::new(empty())
 }
+
+/// The block rule of a request refused because it could not be recorded.
+const EVIDENCE_UNAVAILABLE: &str = "evidence_unavailable";
 
 struct Blocked {
     rule: String,

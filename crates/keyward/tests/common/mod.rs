@@ -19,9 +19,14 @@ pub struct TestHome {
 impl TestHome {
     pub fn new() -> Self {
         // Under /tmp, not the target dir: socket paths must stay short.
+        Self::in_dir(Path::new("/tmp"))
+    }
+
+    /// A home in a fresh directory under `parent`.
+    pub fn in_dir(parent: &Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kwt")
-            .tempdir_in("/tmp")
+            .tempdir_in(parent)
             .unwrap();
         let path = dir.path().join("home");
         Self { _dir: dir, path }
@@ -199,6 +204,58 @@ impl From<Output> for Run {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// Set in the run of a test that [`on_small_tmpfs`] starts: the mount point.
+const TMPFS_VAR: &str = "KEYWARD_TEST_TMPFS";
+
+/// For tests of a full disk: a real filesystem that really fills up, so
+/// writes fail with the kernel's own `ENOSPC`. The calling test (`test`,
+/// its name) is run again, alone, in a private mount namespace
+/// (`unshare --mount`, plus `--map-root-user` when not root) with a tmpfs
+/// of `size` mounted at a fresh directory; that run gets `Some(mount
+/// point)`. The outer run asserts that the inner one ran and passed, then
+/// gets `None` and returns.
+pub fn on_small_tmpfs(test: &str, size: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(TMPFS_VAR) {
+        return Some(dir.into());
+    }
+    let mount_point = tempfile::Builder::new()
+        .prefix("kwfull")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut cmd = Command::new("unshare");
+    cmd.arg("--mount");
+    if !root {
+        cmd.arg("--map-root-user");
+    }
+    let out = cmd
+        .args([
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o "size=$1,mode=0700" keyward-test "$2" && shift 2 && exec "$@""#,
+            "sh",
+            size,
+        ])
+        .arg(mount_point.path())
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(TMPFS_VAR, mount_point.path())
+        .output()
+        .expect("unshare (util-linux) runs");
+    let run = Run::from(out);
+    assert!(
+        run.code == 0 && run.stdout.contains("1 passed"),
+        "the run on a {size} tmpfs failed (exit {}):\n{}\n{}",
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    None
 }
 
 /// Whether pid is a live (non-zombie) process.
