@@ -31,6 +31,12 @@ const GATHER: Duration = Duration::from_micros(400);
 const BACKGROUND_SYNC: Duration = Duration::from_millis(10);
 /// How long the writer lets such records gather between writes.
 const BACKGROUND_WRITE: Duration = Duration::from_millis(1);
+/// While writes fail, how often the writer looks for free space again, so
+/// the proxy's refusals end soon after space comes back.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// The space a probe reserves at the end of the segment: room for the next
+/// records (any later write fills it).
+const PROBE_BYTES: u64 = 64 * 1024;
 
 /// An evidence log problem.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +203,8 @@ struct Writer {
     seq: u64,
     prev_hash: String,
     scratch: String,
+    /// The last write failed; see `probe`.
+    write_failed: bool,
     durability: Arc<Durability>,
 }
 
@@ -271,6 +279,7 @@ impl EvidenceLog {
             seq,
             prev_hash,
             scratch: String::new(),
+            write_failed: false,
         };
         if let Some(r) = &repair {
             tracing::warn!(
@@ -559,7 +568,22 @@ impl Writer {
             self.durability.lock().failed = Some(format!("cannot start the sync thread: {e}"));
             self.durability.unwritable.store(true, Ordering::Release);
         }
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.write_failed {
+                match rx.recv_timeout(PROBE_INTERVAL) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.probe();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -660,13 +684,27 @@ impl Writer {
         Ok(())
     }
 
-    /// Gives written records to the syncer.
-    fn hand_over(&self, pending: &mut Vec<(Option<Ack>, u64)>, urgent: u64) {
-        let mut state = self.durability.lock();
-        if state.write_error.take().is_some() {
-            tracing::info!("evidence log: writes succeed again");
-            self.durability.unwritable.store(false, Ordering::Release);
+    /// After a failed write: when the segment has room for more records
+    /// again, writes are accepted again (before any record proves it).
+    fn probe(&mut self) {
+        if keyward_sys::reserve_space(&self.file, self.len, PROBE_BYTES).is_ok() {
+            tracing::info!("evidence log: there is space again; records are accepted");
+            self.writes_resumed();
         }
+    }
+
+    fn writes_resumed(&mut self) {
+        self.write_failed = false;
+        let mut state = self.durability.lock();
+        state.write_error = None;
+        self.durability
+            .unwritable
+            .store(state.failed.is_some(), Ordering::Release);
+    }
+
+    /// Gives written records to the syncer.
+    fn hand_over(&mut self, pending: &mut Vec<(Option<Ack>, u64)>, urgent: u64) {
+        let mut state = self.durability.lock();
         state.written = self.seq;
         state.urgent = state.urgent.max(urgent);
         for (ack, seq) in pending.drain(..) {
@@ -676,6 +714,10 @@ impl Writer {
         }
         drop(state);
         self.durability.wake.notify_one();
+        if self.write_failed {
+            tracing::info!("evidence log: writes succeed again");
+            self.writes_resumed();
+        }
     }
 
     fn fail(
@@ -688,6 +730,7 @@ impl Writer {
         let _ = self.file.set_len(self.len);
         let _ = self.file.seek(SeekFrom::End(0));
         (self.seq, self.prev_hash) = checkpoint;
+        self.write_failed = true;
         self.durability.lock().write_error = Some(e.clone());
         self.durability.unwritable.store(true, Ordering::Release);
         for (ack, _) in pending {

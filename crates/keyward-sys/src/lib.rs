@@ -4,8 +4,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod fs;
 mod harden;
 mod process;
+
+pub use fs::reserve_space;
 
 pub use harden::{HardeningReport, MlockOutcome, harden_process, set_private_umask};
 pub use process::{

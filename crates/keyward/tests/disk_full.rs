@@ -10,8 +10,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use common::{Run, TestHome, json, on_small_tmpfs};
+use common::{Run, TestHome, json, on_small_tmpfs, wait_for};
 
 const SECRET: &str = "kw-disk-full-SECRET-7d2e91";
 
@@ -165,16 +166,25 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing() {
     );
     assert!(!run.stdout.contains("child ran"), "{run:?}");
 
-    // Space comes back: everything works again, nothing was lost.
+    // Space comes back: everything works again, nothing was lost. The log
+    // looks for space by itself, so not even the next proxy request is
+    // refused.
     std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || home
+            .log()
+            .contains("there is space again")),
+        "{}",
+        home.log()
+    );
+    let fetched = fetch(&proxy_url, &url);
+    assert!(fetched.stdout.starts_with("HTTP/1.1 200"), "{fetched:?}");
+    assert_eq!(upstream.load(Ordering::SeqCst), 1);
     let set = home.run_stdin(&["secret", "set", "beta"], "another-value");
     assert_eq!(set.code, 0, "{set:?}");
     let after = eval(&home);
     assert_eq!(after.code, 0, "{after:?}");
     acknowledged.push(seq_of(&json(&after.stdout)));
-    let fetched = fetch(&proxy_url, &url);
-    assert!(fetched.stdout.starts_with("HTTP/1.1 200"), "{fetched:?}");
-    assert_eq!(upstream.load(Ordering::SeqCst), 1);
     assert_eq!(home.run(&["daemon", "stop"]).code, 0);
 
     let verify = home.run(&["audit", "verify", "--json"]);
