@@ -93,6 +93,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let mut vault = Vault::new(home.vault_dir(), opts.config.config.vault.keep);
     open_at_start(&mut vault);
+    let vault_values = vault.known_values();
     let vault = Arc::new(Mutex::new(vault));
     let resolver = Arc::new(build_resolver(&opts.config.config, vault.clone()));
     let ca = match CertificateAuthority::load_or_create(&home.ca_dir()) {
@@ -151,6 +152,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         activity: activity.clone(),
         stop: stop_tx,
         vault: vault.clone(),
+        vault_values,
         config: RwLock::new(Arc::new(opts.config)),
         resolver: RwLock::new(resolver),
         log: opts.log,

@@ -194,6 +194,8 @@ pub(crate) struct AppState {
     pub activity: Arc<Activity>,
     pub stop: mpsc::Sender<StopReason>,
     pub vault: Arc<Mutex<Vault>>,
+    /// The open vault's secret values, for redaction (no vault lock).
+    pub vault_values: keyward_vault::KnownValues,
     pub config: RwLock<Arc<LoadedConfig>>,
     pub resolver: RwLock<Arc<Resolver>>,
     pub log: Box<dyn LogControl>,
@@ -248,19 +250,19 @@ impl AppState {
         }
     }
 
-    /// Redacts `value` for the evidence log: the secret values of live runs
-    /// wherever they appear, sensitive member names, well-known token
-    /// formats, and run tokens.
+    /// Redacts `value` for the evidence log: the secret values the daemon
+    /// knows (the open vault's and those live runs resolved from any
+    /// backend) wherever they appear, sensitive member names, well-known
+    /// token formats, and run tokens.
     pub(crate) fn redact(&self, value: &mut serde_json::Value) {
+        use secrecy::ExposeSecret as _;
         let live = self.authority.live_contexts();
-        if !live.is_empty() {
+        let vault = self.vault_values.current();
+        if !live.is_empty() || !vault.is_empty() {
             let known: Vec<&str> = live
                 .iter()
-                .flat_map(|ctx| {
-                    ctx.credentials
-                        .iter()
-                        .map(|c| secrecy::ExposeSecret::expose_secret(&c.secret))
-                })
+                .flat_map(|ctx| ctx.credentials.iter().map(|c| c.secret.expose_secret()))
+                .chain(vault.iter().map(|s| s.expose_secret()))
                 .collect();
             keyward_evidence::redact_known(value, &known);
         }

@@ -19,4 +19,4 @@ pub use name::{SecretName, validate_name};
 pub use openbao::{OpenBao, OpenBaoAuth, OpenBaoSettings};
 pub use reference::{RefError, SecretRef};
 pub use resolver::{ResolveError, ResolveStatus, Resolver, ResolverOptions, read_secret_file};
-pub use vault::{Vault, write_atomic};
+pub use vault::{KnownValues, Vault, write_atomic};

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use age::secrecy::{ExposeSecret, SecretString};
@@ -26,6 +27,30 @@ struct Current {
     doc: Document,
 }
 
+/// The values of the secrets in the open vault, kept current as the vault
+/// changes (empty while it is sealed), for redacting them wherever they
+/// turn up: the daemon reads it on every decision without taking the
+/// vault's lock, which an unseal holds through its scrypt.
+#[derive(Clone, Default)]
+pub struct KnownValues(Arc<RwLock<Arc<Vec<SecretString>>>>);
+
+impl KnownValues {
+    /// The values now.
+    pub fn current(&self) -> Arc<Vec<SecretString>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, values: Vec<SecretString>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(values);
+    }
+}
+
+impl std::fmt::Debug for KnownValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KnownValues {{ count: {} }}", self.current().len())
+    }
+}
+
 /// The vault in `<home>/vault/`. Not thread-safe by itself: the daemon
 /// serializes access, which is also what makes concurrent writers lose
 /// nothing.
@@ -34,6 +59,7 @@ pub struct Vault {
     keep: usize,
     identity: Option<x25519::Identity>,
     current: Result<Current, String>,
+    known: KnownValues,
     last_use: Instant,
 }
 
@@ -54,8 +80,30 @@ impl Vault {
             keep: keep.max(1),
             identity: None,
             current: Err("sealed".to_owned()),
+            known: KnownValues::default(),
             last_use: Instant::now(),
         }
+    }
+
+    /// A handle on the values of the open vault's secrets; see
+    /// [`KnownValues`].
+    pub fn known_values(&self) -> KnownValues {
+        self.known.clone()
+    }
+
+    /// Makes `current` the vault's state and publishes its values.
+    fn set_current(&mut self, current: Result<Current, String>) {
+        let values = match &current {
+            Ok(c) => c
+                .doc
+                .secrets
+                .values()
+                .map(|s| SecretString::from(s.value.expose().to_owned()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.current = current;
+        self.known.publish(values);
     }
 
     /// Changes how many snapshots are kept (config reload).
@@ -135,7 +183,7 @@ impl Vault {
         self.identity = Some(identity);
         self.write_snapshot(&doc, "init")?;
         self.check_trust(&doc)?;
-        self.current = Ok(Current { doc });
+        self.set_current(Ok(Current { doc }));
         self.touch();
         self.status()
     }
@@ -203,7 +251,7 @@ impl Vault {
     /// Drops the key and every decrypted value from memory (zeroized).
     pub fn seal(&mut self) {
         self.identity = None;
-        self.current = Err("sealed".to_owned());
+        self.set_current(Err("sealed".to_owned()));
     }
 
     /// Whether the key is in memory.
@@ -228,11 +276,11 @@ impl Vault {
         let result = self.read_current();
         match result {
             Ok(doc) => {
-                self.current = Ok(Current { doc });
+                self.set_current(Ok(Current { doc }));
                 Ok(())
             }
             Err(e) => {
-                self.current = Err(e.to_string());
+                self.set_current(Err(e.to_string()));
                 Err(e)
             }
         }
@@ -309,7 +357,7 @@ impl Vault {
 
     fn commit(&mut self, doc: Document, slug: &str) -> Result<(), VaultError> {
         self.write_snapshot(&doc, slug)?;
-        self.current = Ok(Current { doc });
+        self.set_current(Ok(Current { doc }));
         Ok(())
     }
 
@@ -613,6 +661,38 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn known_values_follow_every_change_and_empty_when_sealed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vault");
+        let mut v = Vault::new(&dir, 20);
+        let known = v.known_values();
+        let values = || -> Vec<String> {
+            let mut all: Vec<String> = known
+                .current()
+                .iter()
+                .map(|s| s.expose_secret().to_owned())
+                .collect();
+            all.sort();
+            all
+        };
+        v.init(KeyMode::KeyFile, None).unwrap();
+        v.set("a", secret("value-a"), None).unwrap();
+        v.set("b", secret("value-b"), None).unwrap();
+        assert_eq!(values(), ["value-a", "value-b"]);
+        v.set("a", secret("value-a2"), None).unwrap();
+        v.remove("b").unwrap();
+        assert_eq!(values(), ["value-a2"]);
+        assert!(!format!("{known:?}").contains("value-a"), "{known:?}");
+        v.seal();
+        assert!(values().is_empty());
+        v.unseal(None).unwrap();
+        assert_eq!(values(), ["value-a2"]);
+        let first = v.history().unwrap()[1].name.clone();
+        v.rollback(&first).unwrap();
+        assert_eq!(values(), ["value-a"]);
     }
 
     #[test]

@@ -618,3 +618,36 @@ fn bad_policy_audit_settings_and_a_damaged_log_are_refused_clearly() {
         "the log was not touched"
     );
 }
+
+/// A vault secret that no run uses is still redacted wherever it turns up
+/// in a decision, whatever its format.
+#[test]
+fn evidence_never_records_a_vault_secret_even_outside_any_run() {
+    const VALUE: &str = "Xq7customvalue9f2c";
+    let home = TestHome::new();
+    assert_eq!(
+        home.run_stdin(&["secret", "set", "deploy-key"], VALUE).code,
+        0
+    );
+    let asked = eval(
+        &home,
+        &[
+            "--action",
+            "execute_command",
+            "--target",
+            &format!("deploy --note {VALUE} --to prod"),
+        ],
+    );
+    assert_ne!(asked.code, 1, "{asked:?}");
+    let tail = home.run(&["audit", "tail", "--kind", "decision", "--json", "-n", "1"]);
+    let record = json(tail.stdout.trim());
+    assert_eq!(
+        record["data"]["request"]["target"], "deploy --note [REDACTED] --to prod",
+        "{tail:?}"
+    );
+    assert!(
+        home.files_containing(VALUE).is_empty(),
+        "{:?}",
+        home.files_containing(VALUE)
+    );
+}
