@@ -330,13 +330,20 @@ pub struct DaemonConfig {
     /// A `tracing` filter such as `"info"` or `"keyward_daemon=debug,info"`;
     /// `RUST_LOG`, when set, wins.
     pub log_level: String,
+    /// A detached daemon moves `daemon.log` to `daemon.log.1` once it is
+    /// this large (checked every second); 0 means never.
+    pub log_max_bytes: u64,
 }
+
+/// 16 MiB: days of ordinary traffic, and two of them fit anywhere.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             idle_exit: None,
             log_level: "info".to_owned(),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         }
     }
 }
@@ -521,6 +528,15 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         ));
     }
     config.audit.signer()?;
+    if (1..4096).contains(&config.daemon.log_max_bytes) {
+        return Err((
+            "daemon.log_max_bytes".to_owned(),
+            format!(
+                "expected 0 (never rotate) or at least 4096 bytes, got {}",
+                config.daemon.log_max_bytes
+            ),
+        ));
+    }
     if config.audit.segment_bytes < 4096 {
         return Err((
             "audit.segment_bytes".to_owned(),
@@ -664,6 +680,28 @@ mod tests {
         let err = parse_str("[daemon\n").unwrap_err().to_string();
         assert!(err.contains("/etc/keyward.toml"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn log_max_bytes_is_zero_or_a_real_size() {
+        assert_eq!(
+            parse_str("").unwrap().daemon.log_max_bytes,
+            DEFAULT_LOG_MAX_BYTES
+        );
+        assert_eq!(
+            parse_str("[daemon]\nlog_max_bytes = 0\n")
+                .unwrap()
+                .daemon
+                .log_max_bytes,
+            0
+        );
+        let err = parse_str("[daemon]\nlog_max_bytes = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("daemon.log_max_bytes") && err.contains("at least 4096"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod config_edit;
 pub mod control;
+mod daemon_log;
 mod error;
 mod grant_routes;
 pub mod grants;

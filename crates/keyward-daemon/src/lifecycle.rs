@@ -16,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, LoadedConfig};
+use crate::daemon_log;
 use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
@@ -219,6 +220,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     reap_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seal_check = tokio::time::interval(SEAL_CHECK_PERIOD);
     seal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log_rotation = daemon_log::Rotation::new(home.log_path());
     let reason = loop {
         let current = state.config();
         let idle_exit = opts
@@ -230,6 +232,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             _ = sighup.recv() => reload(&state),
             _ = seal_check.tick() => seal_if_idle(&vault, current.config.vault.idle_seal),
             _ = reap_check.tick() => {
+                log_rotation.check(current.config.daemon.log_max_bytes);
                 run_routes::reap(&state);
                 // Live runs keep the daemon from idling out.
                 if !state.runs.is_empty() {

@@ -1,4 +1,4 @@
-//! File space.
+//! File space and the process's own output.
 
 use std::fs::File;
 use std::io;
@@ -19,6 +19,21 @@ pub fn reserve_space(file: &File, offset: u64, len: u64) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Points this process's stdout and stderr at `file` (`dup2`), so that
+/// everything written to them from now on (log lines, a panic message)
+/// goes there; the descriptors they had are closed.
+pub fn redirect_output(file: &File) -> io::Result<()> {
+    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 takes no pointers; `file`'s descriptor is open for
+        // the duration of the call, and the targets are the standard
+        // descriptors, which std only ever uses by number.
+        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

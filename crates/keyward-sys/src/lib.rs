@@ -8,7 +8,7 @@ mod fs;
 mod harden;
 mod process;
 
-pub use fs::reserve_space;
+pub use fs::{redirect_output, reserve_space};
 
 pub use harden::{HardeningReport, MlockOutcome, harden_process, set_private_umask};
 pub use process::{

@@ -454,3 +454,73 @@ fn json_log_format_reaches_daemon_log() {
         "{log}"
     );
 }
+
+#[test]
+fn daemon_log_rotates_at_its_limit_and_keeps_one_old_file() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::set_permissions(&home.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        "[daemon]\nlog_max_bytes = 4096\n",
+    )
+    .unwrap();
+    let log = home.file("daemon.log");
+    let old = home.file("daemon.log.1");
+    let append = |text: &str| {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append(&"first-filler\n".repeat(400));
+    home.start(&[]);
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&old)
+            .is_ok_and(|t| t.contains("keyward daemon ready"))),
+        "no rotation: {:?}",
+        std::fs::read_dir(&home.path).unwrap().collect::<Vec<_>>()
+    );
+    let before = std::fs::read_to_string(&old).unwrap();
+    assert!(
+        before.starts_with("first-filler\n"),
+        "old lines kept in order"
+    );
+    // The rotation's own line is the first in the new file.
+    assert!(
+        wait_for(Duration::from_secs(10), || home
+            .log()
+            .contains("daemon.log reached 4096 bytes")),
+        "{}",
+        home.log()
+    );
+    assert!(!home.log().contains("first-filler"), "{}", home.log());
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The daemon writes to the new file; the next rotation replaces the old one.
+    append(&"second-filler\n".repeat(400));
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&old)
+            .is_ok_and(|t| t.contains("second-filler"))),
+        "no second rotation"
+    );
+    assert!(
+        !std::fs::read_to_string(&old)
+            .unwrap()
+            .contains("first-filler")
+    );
+    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("keyward daemon stopped"),
+        "{}",
+        home.log()
+    );
+}
