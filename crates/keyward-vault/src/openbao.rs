@@ -1,6 +1,7 @@
 //! OpenBao / HashiCorp Vault KV v2 backend: how a fleet shares secrets.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use age::secrecy::{ExposeSecret, SecretString};
@@ -20,6 +21,10 @@ use crate::resolver::{ResolveError, read_secret_file};
 
 /// How long one OpenBao request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a failed token lookup or renewal, the next try (sooner if the
+/// token would expire first).
+const RENEW_RETRY: Duration = Duration::from_secs(30);
 
 /// How keyward logs in to OpenBao.
 #[derive(Clone)]
@@ -234,6 +239,111 @@ impl OpenBao {
         Ok((SecretString::from(token.to_owned()), expiry))
     }
 
+    /// For a token given in the config (AppRole logs in again before its
+    /// lease ends instead): renews it in the background before it expires,
+    /// as Vault Agent does, so a token with a TTL outlives an idle daemon.
+    /// A token that never expires needs nothing; one that cannot be renewed
+    /// is reported with how long it has left. The task ends when this client
+    /// is dropped (a reload builds a new one). Needs a Tokio runtime; without
+    /// one nothing is renewed.
+    pub fn keep_token_alive(self: &Arc<Self>) {
+        if !matches!(self.settings.auth, OpenBaoAuth::Token(_)) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut step = RenewStep::Lookup;
+            loop {
+                let wait = {
+                    let Some(bao) = client.upgrade() else { return };
+                    match bao.renew(step).await {
+                        Ok(Some((next, wait))) => {
+                            step = next;
+                            wait
+                        }
+                        Ok(None) => return,
+                        Err((e, ttl)) => {
+                            tracing::warn!("OpenBao token: {e}");
+                            // Renewal was due at 2/3 of the TTL: retry
+                            // twice more before it runs out.
+                            ttl.map_or(RENEW_RETRY, |t| (t / 9).min(RENEW_RETRY))
+                        }
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    /// One step of [`keep_token_alive`](Self::keep_token_alive): what to do
+    /// next and when, or `None` when nothing more is needed. An error comes
+    /// with the TTL last known, if any.
+    async fn renew(
+        &self,
+        step: RenewStep,
+    ) -> Result<Option<(RenewStep, Duration)>, (String, Option<Duration>)> {
+        let token = self.token(false).await.map_err(|e| (e.to_string(), None))?;
+        let (method, path) = match step {
+            RenewStep::Lookup => (Method::GET, "/v1/auth/token/lookup-self"),
+            RenewStep::Renew { .. } => (Method::POST, "/v1/auth/token/renew-self"),
+        };
+        let last_ttl = match step {
+            RenewStep::Lookup => None,
+            RenewStep::Renew { ttl } => Some(ttl),
+        };
+        let body = (method == Method::POST).then(|| b"{}".to_vec());
+        let (status, resp) = self
+            .request(method, path, Some(&token), body)
+            .await
+            .map_err(|e| (e.to_string(), last_ttl))?;
+        if !status.is_success() {
+            return Err((
+                format!(
+                    "{path} at {} failed (HTTP {}): {}",
+                    self.base,
+                    status.as_u16(),
+                    errors_of(&resp)
+                ),
+                last_ttl,
+            ));
+        }
+        let v: Value = serde_json::from_slice(&resp)
+            .map_err(|e| (format!("{path} answer is not JSON: {e}"), last_ttl))?;
+        let (ttl, renewable) = match step {
+            RenewStep::Lookup => (v["data"]["ttl"].as_u64(), v["data"]["renewable"].as_bool()),
+            RenewStep::Renew { .. } => (
+                v["auth"]["lease_duration"].as_u64(),
+                v["auth"]["renewable"].as_bool(),
+            ),
+        };
+        let ttl = Duration::from_secs(ttl.unwrap_or(0));
+        if ttl.is_zero() {
+            tracing::debug!("the OpenBao token does not expire");
+            return Ok(None);
+        }
+        if renewable != Some(true) {
+            tracing::warn!(
+                "the OpenBao token expires in {}s and cannot be renewed; give keyward a renewable (or periodic) token, or use AppRole",
+                ttl.as_secs()
+            );
+            return Ok(None);
+        }
+        if let Some(last) = last_ttl
+            && ttl < last
+        {
+            tracing::warn!(
+                "the OpenBao token is near its maximum TTL: renewed for only {}s",
+                ttl.as_secs()
+            );
+        }
+        tracing::debug!("OpenBao token valid for {}s", ttl.as_secs());
+        // Renew at two thirds of the TTL: early enough to retry once.
+        Ok(Some((RenewStep::Renew { ttl }, ttl * 2 / 3)))
+    }
+
     /// Reads `field` of the KV v2 secret `mount/path`. Returns the value
     /// and the lease, when the server gives one.
     pub async fn read_kv2(
@@ -261,7 +371,7 @@ impl OpenBao {
                 }
                 StatusCode::FORBIDDEN => {
                     return Err(ResolveError::Backend(format!(
-                        "OpenBao at {} denied reading {location} (HTTP 403: {}); the token's policy must allow read on {mount}/data/{path}",
+                        "OpenBao at {} denied reading {location} (HTTP 403: {}): the token has expired or been revoked, or its policy does not allow read on {mount}/data/{path}",
                         self.base,
                         errors_of(&body)
                     )));
@@ -290,6 +400,15 @@ impl OpenBao {
             }
         }
     }
+}
+
+/// What [`OpenBao::keep_token_alive`] does next.
+#[derive(Debug, Clone, Copy)]
+enum RenewStep {
+    /// Learn the token's TTL and whether it can be renewed.
+    Lookup,
+    /// Renew it; `ttl` is what it had.
+    Renew { ttl: Duration },
 }
 
 fn parse_kv2(

@@ -91,7 +91,7 @@ struct Cached {
 /// Resolves references for the daemon.
 pub struct Resolver {
     vault: Arc<Mutex<Vault>>,
-    openbao: Option<OpenBao>,
+    openbao: Option<Arc<OpenBao>>,
     options: ResolverOptions,
     cache: Mutex<HashMap<SecretRef, Cached>>,
 }
@@ -105,12 +105,19 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// A resolver over the daemon's vault and, if configured, OpenBao.
+    /// A resolver over the daemon's vault and, if configured, OpenBao
+    /// (whose token, if it was given rather than logged in for, is kept
+    /// alive for as long as this resolver lives: see
+    /// [`OpenBao::keep_token_alive`]).
     pub fn new(
         vault: Arc<Mutex<Vault>>,
         openbao: Option<OpenBao>,
         options: ResolverOptions,
     ) -> Self {
+        let openbao = openbao.map(Arc::new);
+        if let Some(bao) = &openbao {
+            bao.keep_token_alive();
+        }
         Self {
             vault,
             openbao,

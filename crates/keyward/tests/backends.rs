@@ -467,3 +467,53 @@ fn openbao_approle_logs_in() {
     assert_eq!(status, "error");
     assert!(msg.contains("AppRole login"), "{msg}");
 }
+
+/// A token with a TTL, given in the config, outlives an idle daemon: it is
+/// renewed in the background. One that cannot be renewed is reported.
+#[test]
+fn openbao_token_with_a_ttl_is_renewed_while_the_daemon_idles() {
+    if !bao_available() {
+        return;
+    }
+    let bao = Bao::start();
+    seed(&bao);
+    let create = |extra: &str| {
+        bao.ok(&[
+            "token",
+            "create",
+            "-policy=ci-read",
+            "-ttl=6s",
+            extra,
+            "-field=token",
+        ])
+    };
+    let homes: Vec<TestHome> = [create("-renewable=true"), create("-renewable=false")]
+        .iter()
+        .map(|token| {
+            let home = TestHome::new();
+            std::fs::create_dir_all(&home.path).unwrap();
+            let file = token_file(&home, token);
+            write_config(
+                &home,
+                &openbao_config(&bao, &format!("token_file = \"{file}\"")),
+            );
+            home.start(&[]);
+            home
+        })
+        .collect();
+    let (renewable, fixed) = (&homes[0], &homes[1]);
+    assert!(
+        wait_for(Duration::from_secs(10), || fixed
+            .log()
+            .contains("cannot be renewed")),
+        "{}",
+        fixed.log()
+    );
+    // Past the TTL: errors are not cached, so each look is a fresh read
+    // with the token (a missing path is "missing" only to a valid token).
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(grant_status(renewable, "bao-absent").0, "missing");
+    let (status, msg) = grant_status(fixed, "bao-absent");
+    assert_eq!(status, "error", "{msg}");
+    assert!(msg.contains("403"), "{msg}");
+}
