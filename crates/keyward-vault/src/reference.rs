@@ -18,8 +18,10 @@ pub enum SecretRef {
     Env(String),
     /// A file's contents, trimmed.
     File(PathBuf),
-    /// The stdout of a program run without a shell. Arguments are split on
-    /// whitespace; there is no quoting.
+    /// The stdout of a program run without a shell. Words are split on
+    /// whitespace, with shell-style quoting: `'...'` literal, `"..."` with
+    /// `\"` and `\\`, and `\` before any character outside quotes. There
+    /// is no expansion of any kind (`$`, `~`, `*` are plain characters).
     Cmd {
         /// The program (looked up in `PATH` when it has no `/`).
         program: String,
@@ -83,7 +85,7 @@ impl FromStr for SecretRef {
                 Ok(SecretRef::File(PathBuf::from(rest)))
             }
             "cmd" => {
-                let mut words = rest.split_whitespace().map(str::to_owned);
+                let mut words = split_words(rest).map_err(|e| fail(&e))?.into_iter();
                 let program = words
                     .next()
                     .ok_or_else(|| fail("cmd: needs a program, e.g. cmd:gh auth token"))?;
@@ -125,9 +127,9 @@ impl fmt::Display for SecretRef {
             SecretRef::Env(var) => write!(f, "env:{var}"),
             SecretRef::File(path) => write!(f, "file:{}", path.display()),
             SecretRef::Cmd { program, args } => {
-                write!(f, "cmd:{program}")?;
+                write!(f, "cmd:{}", quote_word(program))?;
                 for arg in args {
-                    write!(f, " {arg}")?;
+                    write!(f, " {}", quote_word(arg))?;
                 }
                 Ok(())
             }
@@ -135,6 +137,69 @@ impl fmt::Display for SecretRef {
                 write!(f, "openbao:{mount}/{path}#{field}")
             }
         }
+    }
+}
+
+/// Splits a `cmd:` line into words (see [`SecretRef::Cmd`]).
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("cmd: has a ' without its closing '".to_owned()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => {
+                                return Err("cmd: has a \" without its closing \"".to_owned());
+                            }
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("cmd: has a \" without its closing \"".to_owned()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("cmd: ends with a lone \\".to_owned()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// A word as [`split_words`] reads it back: single-quoted when it holds
+/// anything but plain characters.
+fn quote_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| !c.is_whitespace() && !matches!(c, '\'' | '"' | '\\'));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -164,6 +229,36 @@ mod tests {
     }
 
     #[test]
+    fn cmd_words_are_quoted_like_a_shell_without_expansion() {
+        let cases: [(&str, &[&str]); 6] = [
+            (
+                "cmd:op read 'op://Private/GitHub Token/credential'",
+                &["op", "read", "op://Private/GitHub Token/credential"],
+            ),
+            (
+                r#"cmd:sh -c "echo \"hi\" \\ $HOME""#,
+                &["sh", "-c", r#"echo "hi" \ $HOME"#],
+            ),
+            (r"cmd:printf a\ b", &["printf", "a b"]),
+            ("cmd:x '' \"\" ~ *", &["x", "", "", "~", "*"]),
+            ("cmd:x 'it'\\''s'", &["x", "it's"]),
+            ("cmd:  gh\tauth   token  ", &["gh", "auth", "token"]),
+        ];
+        for (text, words) in cases {
+            let r: SecretRef = text.parse().unwrap();
+            let SecretRef::Cmd { program, args } = &r else {
+                panic!("{text}: {r:?}");
+            };
+            let got: Vec<&str> = std::iter::once(program.as_str())
+                .chain(args.iter().map(String::as_str))
+                .collect();
+            assert_eq!(got, words, "{text}");
+            // What Display prints parses back to the same reference.
+            assert_eq!(r.to_string().parse::<SecretRef>().unwrap(), r, "{text}");
+        }
+    }
+
+    #[test]
     fn bad_references_say_why() {
         for (text, needle) in [
             ("github", "SCHEME:VALUE"),
@@ -172,6 +267,11 @@ mod tests {
             ("env:1X", "variable name"),
             ("file:relative", "absolute path"),
             ("cmd:", "needs a program"),
+            ("cmd:   ", "needs a program"),
+            ("cmd:op read 'x", "without its closing '"),
+            ("cmd:op read \"x", "without its closing \""),
+            ("cmd:op read \"x\\", "without its closing \""),
+            ("cmd:op read x\\", "lone \\"),
             ("openbao:secret#f", "no / after the mount"),
             ("openbao:secret/a", "MOUNT/PATH#FIELD"),
             ("openbao:secret/a/../b#f", "`..`"),

@@ -48,6 +48,10 @@ fn env_file_and_cmd_references_resolve_with_clear_errors() {
     let dir = home.path.parent().unwrap().to_owned();
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{VALUE}\n")).unwrap();
+    let spaced_dir = dir.join("with space");
+    std::fs::create_dir(&spaced_dir).unwrap();
+    let spaced_file = spaced_dir.join("token");
+    std::fs::write(&spaced_file, VALUE).unwrap();
     let loose_file = dir.join("loose");
     std::fs::write(&loose_file, VALUE).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -61,6 +65,10 @@ fn env_file_and_cmd_references_resolve_with_clear_errors() {
         grant("loose-file", &format!("file:{}", loose_file.display())),
         grant("file-missing", "file:/nonexistent/token"),
         grant("from-cmd", &format!("cmd:cat {}", token_file.display())),
+        grant(
+            "cmd-quoted",
+            &format!("cmd:cat '{}'", spaced_file.display()),
+        ),
         grant("cmd-fails", "cmd:false"),
         grant("cmd-slow", "cmd:sleep 5"),
         grant("cmd-absent", "cmd:/nonexistent/tool"),
@@ -84,6 +92,7 @@ fn env_file_and_cmd_references_resolve_with_clear_errors() {
         home.log()
     );
     assert_eq!(grant_status(&home, "from-cmd").0, "ok");
+    assert_eq!(grant_status(&home, "cmd-quoted").0, "ok");
     let (status, msg) = grant_status(&home, "env-missing");
     assert_eq!(status, "missing");
     assert!(msg.contains("KW_TEST_NOT_SET"), "{msg}");
