@@ -7,6 +7,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// How often, and how far apart, a start tries a lock that a probe may be
+/// holding for an instant: 100 ms in all, far longer than any probe.
+const PROBE_RETRIES: u32 = 10;
+const PROBE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The held lock. Dropping it without [`PidLock::release`] leaves the file
 /// behind (stale but harmless: the lock is gone with the process).
 #[derive(Debug)]
@@ -70,15 +75,25 @@ impl PidLock {
             .mode(0o600)
             .open(path)
             .map_err(io_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(PidError::Held {
-                    path: path.to_owned(),
-                    pid: read_pid(&mut file),
-                });
+        // A `status` probe holds a shared lock for an instant (`inspect`);
+        // a daemon holds its lock for good. So a busy lock is tried again
+        // a few times before the file counts as held.
+        let mut retries = PROBE_RETRIES;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if retries > 0 => {
+                    retries -= 1;
+                    std::thread::sleep(PROBE_RETRY_DELAY);
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(PidError::Held {
+                        path: path.to_owned(),
+                        pid: read_pid(&mut file),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(io_err(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_err(e)),
         }
         let stale = read_pid(&mut file);
         file.set_len(0).map_err(io_err)?;
@@ -154,6 +169,23 @@ mod tests {
         lock.release();
         assert!(!path.exists());
         assert_eq!(inspect(&path).unwrap(), PidFileState::Absent);
+    }
+
+    #[test]
+    fn a_status_probe_does_not_make_a_start_fail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("keyward.pid");
+        fs::write(&path, "4194999\n").unwrap();
+        // A probe's shared lock, held across the start's first try.
+        let probe = File::open(&path).unwrap();
+        probe.lock_shared().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(PROBE_RETRY_DELAY / 2);
+            drop(probe);
+        });
+        let (_lock, stale) = PidLock::acquire(&path).unwrap();
+        assert_eq!(stale, Some(4194999));
+        release.join().unwrap();
     }
 
     #[test]
