@@ -1,6 +1,8 @@
 //! Evidence figures: appends per second with fsync, one writer at a time
 //! (one fsync per record) against 64 concurrent writers (group commit);
-//! and verify throughput as a ratio to `sha256sum` over the same files.
+//! verify throughput as a ratio to `sha256sum` over the same files; and
+//! what redacting the secret values the daemon knows adds to a decision
+//! record, against format-based redaction alone.
 //!
 //! Run: `cargo bench -p keyward-evidence --bench evidence` (or bench/evaluate.sh).
 
@@ -8,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use keyward_evidence::{
-    EvidenceLog, Kind, LogOptions, Signer, Verifier, generate_hmac, list_segments, verify_dir,
+    EvidenceLog, Kind, LogOptions, Signer, Verifier, generate_hmac, list_segments, redact,
+    redact_known, verify_dir,
 };
 use serde_json::json;
 
@@ -114,4 +117,60 @@ fn main() {
         mb / best_sha,
         best_sha / best_verify
     );
+    redaction();
+}
+
+/// ns per decision record: a copy of the record, then format-based
+/// redaction, then also known values (0, 5, 20 and 100 of them), in
+/// alternating rounds; the median round is printed.
+fn redaction() {
+    let record = json!({
+        "request": {"action_type": "execute_command", "target": "curl -H 'X-Api-Key: abc' https://api.example.com/v1/items?limit=20",
+                    "session_id": "local", "agent_id": "claude-code", "context": {"cwd": "/work/repo", "tool": "Bash"}},
+        "response": {"decision": "require_approval", "rule_id": "commands.default.require_approval", "decision_id": "dec_0b15e0af756d",
+                     "policy_id": "agent-baseline", "reason": "command not on the allow list", "severity": "medium",
+                     "approver_group": "maintainers", "timestamp": "2026-12-02T03:36:42.585297302Z"},
+    });
+    let secrets: Vec<String> = (0..100)
+        .map(|i| format!("vault-secret-value-{i:04}-{}", "x".repeat(i % 24)))
+        .collect();
+    let per_record = |known: Option<usize>| {
+        let known: Vec<&str> = secrets[..known.unwrap_or(0)]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let n = 20_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut v = std::hint::black_box(&record).clone();
+            if !known.is_empty() {
+                redact_known(&mut v, &known);
+            }
+            redact(&mut v, &|_| false);
+            std::hint::black_box(v);
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(n)
+    };
+    let cases = [None, Some(5), Some(20), Some(100)];
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..7 {
+        for (i, case) in cases.iter().enumerate() {
+            rounds[i].push(per_record(*case));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(&mut rounds[0]);
+    println!("redaction of one decision record (copy included, median of 7 rounds):");
+    println!("  format-based only:              {base:>8.0} ns");
+    for (i, case) in cases.iter().enumerate().skip(1) {
+        let ns = median(&mut rounds[i]);
+        println!(
+            "  + {:>3} known secret values:     {ns:>8.0} ns  ({:.2}x)",
+            case.unwrap_or(0),
+            ns / base
+        );
+    }
 }
