@@ -23,6 +23,10 @@ pub struct Health {
     /// The egress proxy's port on 127.0.0.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_port: Option<u16>,
+    /// Why the evidence log cannot write, while it cannot (a full disk):
+    /// decisions and proxied requests are refused meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_error: Option<String>,
 }
 
 /// Every error response: `{"error":{"code":"snake_case","message":"..."}}`.

@@ -367,6 +367,9 @@ pub struct StatusReport {
     /// The egress proxy's port on 127.0.0.1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_port: Option<u16>,
+    /// Why the evidence log cannot write, while it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_error: Option<String>,
     /// The vault's state (`uninitialized`, `sealed`, `unsealed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vault_state: Option<String>,
@@ -426,6 +429,7 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
         stale_socket: false,
         detail: None,
         proxy_port: None,
+        evidence_error: None,
         vault_state: None,
         vault_mode: None,
         protection: None,
@@ -439,9 +443,11 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
             uptime_s,
             capabilities,
             proxy_port,
+            evidence_error,
             ..
         }) => {
             report.proxy_port = proxy_port;
+            report.evidence_error = evidence_error;
             report.running = true;
             report.pid = Some(pid);
             report.version = Some(version);

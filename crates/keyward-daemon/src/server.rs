@@ -476,6 +476,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
         uptime_s: state.started.elapsed().as_secs(),
         capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         proxy_port: Some(state.proxy_port),
+        evidence_error: state.evidence.unwritable(),
     })
 }
 

@@ -206,6 +206,12 @@ fn print_status(r: &StatusReport) {
     if let Some(protection) = &r.protection {
         println!("  protection: {protection}");
     }
+    match &r.evidence_error {
+        Some(e) => println!(
+            "  evidence:   CANNOT WRITE ({e}); decisions and proxied requests are refused until it can"
+        ),
+        None => println!("  evidence:   ok"),
+    }
 }
 
 /// A client for this home's daemon.

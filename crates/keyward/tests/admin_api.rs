@@ -23,6 +23,7 @@ fn health_reports_identity_and_capabilities() {
     assert!(v["uptime_s"].is_u64());
     let caps = v["capabilities"].as_array().unwrap();
     assert!(caps.iter().any(|c| c == "shutdown"), "{v}");
+    assert!(v.get("evidence_error").is_none(), "a healthy log: {v}");
 }
 
 #[test]

@@ -141,6 +141,12 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing() {
         refused.stdout.is_empty(),
         "no decision is printed: {refused:?}"
     );
+    let status = home.run(&["status"]);
+    assert!(
+        status.stdout.contains("evidence:   CANNOT WRITE")
+            && status.stdout.contains("No space left on device"),
+        "{status:?}"
+    );
 
     // Nor does the proxy send a request it cannot record: an agent that
     // fills the disk does not get to act off the record. No new run
@@ -177,6 +183,8 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing() {
         "{}",
         home.log()
     );
+    let status = home.run(&["status"]);
+    assert!(status.stdout.contains("evidence:   ok"), "{status:?}");
     let fetched = fetch(&proxy_url, &url);
     assert!(fetched.stdout.starts_with("HTTP/1.1 200"), "{fetched:?}");
     assert_eq!(upstream.load(Ordering::SeqCst), 1);

@@ -181,6 +181,12 @@ fn killed_daemon_leaves_stale_socket_that_next_start_recovers() {
     signal(pid, "KILL");
     assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
     assert!(home.socket().exists(), "SIGKILL cannot clean up");
+    // Until the kernel has closed the dead daemon's descriptors, a connect
+    // can still land in its listen queue ("connection error"): the state
+    // under test is the one after that.
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(home.socket()).is_err()
+    }));
 
     let run = home.run(&["status", "--json"]);
     assert_eq!(run.code, 3, "{run:?}");
