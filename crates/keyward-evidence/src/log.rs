@@ -327,8 +327,9 @@ impl EvidenceLog {
     }
 
     /// Why records cannot be written now, if they cannot: the last write
-    /// failed (a full disk; the next write that succeeds clears it) or an
-    /// fsync failed (until a restart). Cheap enough to ask per request.
+    /// failed (a full disk; cleared by the next write that succeeds, or as
+    /// soon as the writer finds room again) or an fsync failed (until a
+    /// restart). Cheap enough to ask per request.
     pub fn unwritable(&self) -> Option<String> {
         if !self.durability.unwritable.load(Ordering::Acquire) {
             return None;

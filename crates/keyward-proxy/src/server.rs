@@ -419,9 +419,9 @@ impl Proxy {
     }
 
     /// While events cannot be recorded (the evidence log's disk is full),
-    /// a 503 instead of an unrecorded request. The refusal is itself
-    /// recorded: that attempt is how the log finds out that it can write
-    /// again, so the next request goes through.
+    /// a 503 instead of an unrecorded request. The refusal is itself an
+    /// event, recorded if the log can take it by then; the log looks for
+    /// room by itself, so refusals end soon after space comes back.
     fn refuse_unrecorded(&self, event: &EgressEvent) -> Option<Response<ProxyBody>> {
         let why = self.events.unwritable()?;
         tracing::error!(

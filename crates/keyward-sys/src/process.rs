@@ -61,18 +61,26 @@ pub fn process_exists(pid: u32) -> bool {
     // SAFETY: signal 0 performs only the existence and permission check.
     let rc = unsafe { libc::kill(raw, 0) };
     let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && !is_zombie(pid)
+    exists && !has_exited(pid)
 }
 
-fn is_zombie(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+/// Whether every thread of `pid` has exited (zombies count as exited). The
+/// main thread alone does not tell: a killed multi-threaded process can
+/// show it as a zombie while the other threads are still exiting, holding
+/// the process's descriptors (a listening socket among them).
+fn has_exited(pid: u32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    // The state follows the command name, which is in parentheses and may
-    // itself contain spaces and parentheses.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .is_some_and(|state| state == 'Z' || state == 'X')
+    !threads.flatten().any(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses
+            // and may itself contain spaces and parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state != 'Z' && state != 'X')
+        })
+    })
 }
 
 /// Opens a pidfd for `pid` (Linux 5.3+): it becomes readable when the

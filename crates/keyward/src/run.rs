@@ -55,6 +55,12 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         cmd.env_remove(var);
     }
     cmd.envs(&created.env).envs(&created.placeholders);
+    // Caught from before the program starts: a signal that arrived while
+    // it was being registered would otherwise kill this process (default
+    // action) and leave the program running without its wrapper.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let spawned = cmd.spawn();
     let mut child = match spawned {
         Ok(child) => child,
@@ -77,9 +83,6 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         )
         .await?;
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("cannot wait for the program")?,

@@ -478,18 +478,22 @@ fn exit_status_and_signals_pass_through() {
         home.run(&["run", "--", "sh", "-c", "kill -TERM $$"]).code,
         143
     );
-    // SIGTERM to `keyward run` reaches the child.
+    // SIGTERM to `keyward run` reaches the child (once its trap is set).
+    let ready = home.path.parent().unwrap().join("trap-set");
     let child = home
         .cmd(&[
             "run",
             "--",
             "sh",
             "-c",
-            "trap 'exit 42' TERM; sleep 30 & wait",
+            &format!(
+                "trap 'exit 42' TERM; : > '{}'; sleep 30 & wait",
+                ready.display()
+            ),
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_for(Duration::from_secs(30), || ready.exists()));
     common::signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(42));

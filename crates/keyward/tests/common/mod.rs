@@ -268,21 +268,9 @@ pub fn on_small_tmpfs(test: &str, size: &str) -> Option<PathBuf> {
     None
 }
 
-/// Whether pid is a live process: any of its threads is not a zombie. A
-/// killed multi-threaded process can show its main thread as a zombie while
-/// the others are still exiting, holding its descriptors (its listening
-/// socket among them), so the main thread alone does not tell.
+/// Whether pid is a live process (not every thread of it has exited).
 pub fn alive(pid: u32) -> bool {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    threads.flatten().any(|thread| {
-        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|s| s != 'Z' && s != 'X')
-        })
-    })
+    keyward_sys::process_exists(pid)
 }
 
 pub fn signal(pid: u32, sig: &str) {
