@@ -15,7 +15,8 @@ const SECRET: &str = "kw-run-SECRET-7d2e91c4aa";
 
 /// A python HTTPS server that echoes the request (path, headers, body) and
 /// appends each request's headers to a log, so a test can see what the
-/// upstream received (the echo itself comes back scrubbed).
+/// upstream received (the echo itself comes back scrubbed). `/big/N`
+/// answers N bytes and notes its path in `<log>.big` as it starts.
 const ECHO_SERVER: &str = r#"
 import http.server, ssl, json, sys
 cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -23,6 +24,8 @@ class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def reply(self):
         if self.path.startswith("/big/"):
+            with open(log + ".big", "a") as f:
+                f.write(self.path + "\n")
             size = int(self.path.split("/")[2])
             self.send_response(200)
             self.send_header("content-length", str(size))
@@ -1263,7 +1266,9 @@ fn stopping_the_daemon_lets_requests_in_flight_finish() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Stop once the download is under way.
+    let started = upstream.log.with_extension("log.big");
+    assert!(wait_for(Duration::from_secs(30), || started.exists()));
     let stop = home.run(&["daemon", "stop"]);
     assert_eq!(stop.code, 0, "{stop:?}");
     let out = child.wait_with_output().unwrap();
