@@ -10,10 +10,10 @@ use std::io;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-/// Where the previous lines go.
-fn rotated_path(log: &Path) -> PathBuf {
+/// `log` with `suffix` added to its name: `daemon.log.1`, `daemon.log.new`.
+fn beside(log: &Path, suffix: &str) -> PathBuf {
     let mut name = log.as_os_str().to_owned();
-    name.push(".1");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -38,7 +38,7 @@ impl Rotation {
                 if rotated {
                     tracing::info!(
                         "daemon.log reached {max_bytes} bytes (daemon.log_max_bytes); the lines before this one are in {}",
-                        rotated_path(&self.log).display()
+                        beside(&self.log, ".1").display()
                     );
                 }
                 self.failing = false;
@@ -67,13 +67,13 @@ fn rotate_if_large(log: &Path, max_bytes: u64) -> io::Result<bool> {
     }
     // The new file first, under another name: if that fails (a full
     // disk), nothing has changed.
-    let next = log.with_extension("log.new");
+    let next = beside(log, ".new");
     let fresh = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&next)?;
-    std::fs::rename(log, rotated_path(log))?;
+    std::fs::rename(log, beside(log, ".1"))?;
     std::fs::rename(&next, log)?;
     // Lines written until now are at the end of daemon.log.1, in order.
     keyward_sys::redirect_output(&fresh)?;

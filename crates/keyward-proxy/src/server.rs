@@ -429,15 +429,11 @@ impl Proxy {
             "proxy request refused: cannot record it: {why}"
         );
         self.finish(event.clone(), 503, Some(EVIDENCE_UNAVAILABLE));
-        let mut resp = text(
+        Some(blocked_response(
             StatusCode::SERVICE_UNAVAILABLE,
+            EVIDENCE_UNAVAILABLE,
             "keyward refused this request: the evidence log cannot record it (the daemon log says why)\n",
-        );
-        resp.headers_mut().insert(
-            "x-keyward-blocked",
-            HeaderValue::from_static(EVIDENCE_UNAVAILABLE),
-        );
-        Some(resp)
+        ))
     }
 
     /// Accepts connections until `shutdown` completes, then lets requests
@@ -643,6 +639,7 @@ impl Proxy {
             if !cred.applies_to(host) {
                 self.finish(event, 403, Some("placeholder_wrong_host"));
                 return blocked_response(
+                    StatusCode::FORBIDDEN,
                     "placeholder_wrong_host",
                     &format!(
                         "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {host}\n",
@@ -883,6 +880,7 @@ impl Proxy {
             }
             if !cred.applies_to(host) {
                 return Err(blocked_response(
+                    StatusCode::FORBIDDEN,
                     "placeholder_wrong_host",
                     &format!(
                         "keyward refused this request: its body carries the placeholder of grant {}, whose secret may not go to {host}\n",
@@ -1170,12 +1168,14 @@ struct Blocked {
 
 impl Blocked {
     fn response(&self) -> Response<ProxyBody> {
-        blocked_response(&self.rule, &self.message)
+        blocked_response(StatusCode::FORBIDDEN, &self.rule, &self.message)
     }
 }
 
-fn blocked_response(rule: &str, message: &str) -> Response<ProxyBody> {
-    let mut resp = text(StatusCode::FORBIDDEN, message);
+/// A refusal: `status`, `message` for people and the rule in
+/// `x-keyward-blocked`.
+fn blocked_response(status: StatusCode, rule: &str, message: &str) -> Response<ProxyBody> {
+    let mut resp = text(status, message);
     if let Ok(v) = HeaderValue::from_str(rule) {
         resp.headers_mut().insert("x-keyward-blocked", v);
     }

@@ -265,11 +265,14 @@ impl OpenBao {
                             wait
                         }
                         Ok(None) => return,
-                        Err((e, ttl)) => {
+                        Err(e) => {
                             tracing::warn!("OpenBao token: {e}");
-                            // Renewal was due at 2/3 of the TTL: retry
-                            // twice more before it runs out.
-                            ttl.map_or(RENEW_RETRY, |t| (t / 9).min(RENEW_RETRY))
+                            match step {
+                                RenewStep::Lookup => RENEW_RETRY,
+                                // Renewal was due at 2/3 of the TTL: retry
+                                // twice more before it runs out.
+                                RenewStep::Renew { ttl } => (ttl / 9).min(RENEW_RETRY),
+                            }
                         }
                     }
                 };
@@ -279,47 +282,44 @@ impl OpenBao {
     }
 
     /// One step of [`keep_token_alive`](Self::keep_token_alive): what to do
-    /// next and when, or `None` when nothing more is needed. An error comes
-    /// with the TTL last known, if any.
-    async fn renew(
-        &self,
-        step: RenewStep,
-    ) -> Result<Option<(RenewStep, Duration)>, (String, Option<Duration>)> {
-        let token = self.token(false).await.map_err(|e| (e.to_string(), None))?;
-        let (method, path) = match step {
-            RenewStep::Lookup => (Method::GET, "/v1/auth/token/lookup-self"),
-            RenewStep::Renew { .. } => (Method::POST, "/v1/auth/token/renew-self"),
+    /// next and when, or `None` when nothing more is needed.
+    async fn renew(&self, step: RenewStep) -> Result<Option<(RenewStep, Duration)>, String> {
+        let token = self.token(false).await.map_err(|e| e.to_string())?;
+        // Where each answer puts the TTL and whether it can be renewed.
+        let (method, path, body, ttl_at, renewable_at, last_ttl) = match step {
+            RenewStep::Lookup => (
+                Method::GET,
+                "/v1/auth/token/lookup-self",
+                None,
+                "/data/ttl",
+                "/data/renewable",
+                None,
+            ),
+            RenewStep::Renew { ttl } => (
+                Method::POST,
+                "/v1/auth/token/renew-self",
+                Some(b"{}".to_vec()),
+                "/auth/lease_duration",
+                "/auth/renewable",
+                Some(ttl),
+            ),
         };
-        let last_ttl = match step {
-            RenewStep::Lookup => None,
-            RenewStep::Renew { ttl } => Some(ttl),
-        };
-        let body = (method == Method::POST).then(|| b"{}".to_vec());
         let (status, resp) = self
             .request(method, path, Some(&token), body)
             .await
-            .map_err(|e| (e.to_string(), last_ttl))?;
+            .map_err(|e| e.to_string())?;
         if !status.is_success() {
-            return Err((
-                format!(
-                    "{path} at {} failed (HTTP {}): {}",
-                    self.base,
-                    status.as_u16(),
-                    errors_of(&resp)
-                ),
-                last_ttl,
+            return Err(format!(
+                "{path} at {} failed (HTTP {}): {}",
+                self.base,
+                status.as_u16(),
+                errors_of(&resp)
             ));
         }
-        let v: Value = serde_json::from_slice(&resp)
-            .map_err(|e| (format!("{path} answer is not JSON: {e}"), last_ttl))?;
-        let (ttl, renewable) = match step {
-            RenewStep::Lookup => (v["data"]["ttl"].as_u64(), v["data"]["renewable"].as_bool()),
-            RenewStep::Renew { .. } => (
-                v["auth"]["lease_duration"].as_u64(),
-                v["auth"]["renewable"].as_bool(),
-            ),
-        };
-        let ttl = Duration::from_secs(ttl.unwrap_or(0));
+        let v: Value =
+            serde_json::from_slice(&resp).map_err(|e| format!("{path} answer is not JSON: {e}"))?;
+        let ttl = Duration::from_secs(v.pointer(ttl_at).and_then(Value::as_u64).unwrap_or(0));
+        let renewable = v.pointer(renewable_at).and_then(Value::as_bool);
         if ttl.is_zero() {
             tracing::debug!("the OpenBao token does not expire");
             return Ok(None);
@@ -340,7 +340,7 @@ impl OpenBao {
             );
         }
         tracing::debug!("OpenBao token valid for {}s", ttl.as_secs());
-        // Renew at two thirds of the TTL: early enough to retry once.
+        // Renew at two thirds of the TTL: early enough to retry.
         Ok(Some((RenewStep::Renew { ttl }, ttl * 2 / 3)))
     }
 

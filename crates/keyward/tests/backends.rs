@@ -496,7 +496,8 @@ fn openbao_token_with_a_ttl_is_renewed_while_the_daemon_idles() {
             "-field=token",
         ])
     };
-    let homes: Vec<TestHome> = [create("-renewable=true"), create("-renewable=false")]
+    let tokens = [create("-renewable=true"), create("-renewable=false")];
+    let homes: Vec<TestHome> = tokens
         .iter()
         .map(|token| {
             let home = TestHome::new();
@@ -526,4 +527,12 @@ fn openbao_token_with_a_ttl_is_renewed_while_the_daemon_idles() {
     let (status, msg) = grant_status(fixed, "bao-absent");
     assert_eq!(status, "error", "{msg}");
     assert!(msg.contains("403"), "{msg}");
+    // Renewal logs and errors never carry the token.
+    for (home, token) in homes.iter().zip(&tokens) {
+        assert!(
+            home.files_containing(token).is_empty(),
+            "{:?}",
+            home.files_containing(token)
+        );
+    }
 }

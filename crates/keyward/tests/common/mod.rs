@@ -226,13 +226,9 @@ pub fn on_small_tmpfs(test: &str, size: &str) -> Option<PathBuf> {
         .prefix("kwfull")
         .tempdir_in("/tmp")
         .unwrap();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     let mut cmd = Command::new("unshare");
     cmd.arg("--mount");
-    if !root {
+    if keyward_sys::effective_uid() != 0 {
         cmd.arg("--map-root-user");
     }
     let out = cmd
