@@ -46,20 +46,10 @@ pub fn set_private_umask() -> u32 {
 pub fn harden_process() -> HardeningReport {
     set_private_umask();
     HardeningReport {
-        non_dumpable: set_non_dumpable(),
+        non_dumpable: crate::make_non_dumpable(),
         core_limit_zero: set_rlimit(libc::RLIMIT_CORE, 0, 0),
         nofile_limit: raise_nofile(),
         mlock: lock_memory(),
-    }
-}
-
-fn set_non_dumpable() -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes only integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

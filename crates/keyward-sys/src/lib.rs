@@ -4,11 +4,20 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod confine;
 mod fs;
 mod harden;
 mod process;
+mod sandbox;
 
+pub use confine::{
+    become_child_subreaper, kill_with_parent_on_spawn, make_non_dumpable, own_children,
+    peer_pidfd, pidfd_has_exited, reap_exited_children,
+};
 pub use fs::{redirect_output, reserve_space};
+pub use sandbox::{
+    PreparedSandbox, SandboxError, SandboxRules, landlock_abi, prepare_sandbox, sandbox_on_spawn,
+};
 
 pub use harden::{HardeningReport, MlockOutcome, harden_process, set_private_umask};
 pub use process::{

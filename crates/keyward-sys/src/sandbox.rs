@@ -1,0 +1,273 @@
+//! Landlock glue for `keyward run`: a ruleset built in the parent (where
+//! allocating is safe) and applied in the child between fork and exec with
+//! two async-signal-safe syscalls.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, Scope,
+};
+
+/// What a sandboxed program may do. Paths must exist.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxRules {
+    /// Confine the filesystem: only the paths below are reachable.
+    pub filesystem: bool,
+    /// Readable (files read, directories listed).
+    pub read: Vec<PathBuf>,
+    /// Readable and executable.
+    pub exec: Vec<PathBuf>,
+    /// Readable, executable and writable (create, remove, truncate, ...).
+    pub write: Vec<PathBuf>,
+    /// Confine TCP: connect only to `connect_tcp`, bind only `bind_tcp`.
+    pub network: bool,
+    /// Ports TCP connections may go to (any address).
+    pub connect_tcp: Vec<u16>,
+    /// Ports that may be bound.
+    pub bind_tcp: Vec<u16>,
+    /// Keep the program from connecting to abstract Unix sockets made
+    /// outside its sandbox.
+    pub scope_abstract_unix: bool,
+}
+
+/// A ruleset ready to be applied to a child, and what it enforces on this
+/// kernel.
+#[derive(Debug)]
+pub struct PreparedSandbox {
+    fd: Option<OwnedFd>,
+    /// The kernel's Landlock ABI version (0: no Landlock).
+    pub abi: i32,
+    /// What is enforced, in the order `fs`, `tcp`, `signals`, `abstract-unix`.
+    pub enforced: Vec<&'static str>,
+    /// What was asked for but this kernel cannot enforce.
+    pub missing: Vec<&'static str>,
+}
+
+/// Why a sandbox could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A path of the rules cannot be opened.
+    #[error("sandbox path {}: {source}", path.display())]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The kernel refused the ruleset.
+    #[error("cannot build the Landlock ruleset: {0}")]
+    Ruleset(String),
+}
+
+/// The Landlock ABI version this kernel offers; 0 when Landlock is absent
+/// or disabled.
+pub fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute and size 0, this flag only asks for the
+    // version number; no memory is read or written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(rc).unwrap_or(0).max(0)
+}
+
+/// Builds the ruleset for `rules`; signals are always scoped to the
+/// sandbox where the kernel can (ABI 6+).
+pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxError> {
+    let raw_abi = landlock_abi();
+    let abi = ABI::from(raw_abi);
+    let mut enforced = Vec::new();
+    let mut missing = Vec::new();
+    let mut note = |on: bool, wanted: bool, name: &'static str| {
+        if on {
+            enforced.push(name);
+        } else if wanted {
+            missing.push(name);
+        }
+    };
+    let fs = rules.filesystem && raw_abi >= 1;
+    let net = rules.network && raw_abi >= 4;
+    let scopes = raw_abi >= 6;
+    note(fs, rules.filesystem, "fs");
+    note(net, rules.network, "tcp");
+    note(scopes, true, "signals");
+    note(
+        scopes && rules.scope_abstract_unix,
+        rules.scope_abstract_unix,
+        "abstract-unix",
+    );
+    if !(fs || net || scopes) {
+        return Ok(PreparedSandbox {
+            fd: None,
+            abi: raw_abi,
+            enforced,
+            missing,
+        });
+    }
+    let fail = |e: landlock::RulesetError| SandboxError::Ruleset(e.to_string());
+    let mut ruleset = Ruleset::default();
+    if fs {
+        ruleset = ruleset.handle_access(AccessFs::from_all(abi)).map_err(fail)?;
+    }
+    if net {
+        ruleset = ruleset
+            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
+            .map_err(fail)?;
+    }
+    if scopes {
+        let mut scope: BitFlags<Scope> = Scope::Signal.into();
+        if rules.scope_abstract_unix {
+            scope |= Scope::AbstractUnixSocket;
+        }
+        ruleset = ruleset.scope(scope).map_err(fail)?;
+    }
+    let mut created = ruleset.create().map_err(fail)?;
+    if fs {
+        let read = AccessFs::ReadFile | AccessFs::ReadDir;
+        let grants = [
+            (&rules.read, read),
+            (&rules.exec, read | AccessFs::Execute),
+            (&rules.write, AccessFs::from_all(abi)),
+        ];
+        for (paths, access) in grants {
+            for path in paths {
+                created = created.add_rule(path_rule(path, access, abi)?).map_err(fail)?;
+            }
+        }
+    }
+    if net {
+        for port in &rules.connect_tcp {
+            created = created
+                .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+                .map_err(fail)?;
+        }
+        for port in &rules.bind_tcp {
+            created = created
+                .add_rule(NetPort::new(*port, AccessNet::BindTcp))
+                .map_err(fail)?;
+        }
+    }
+    Ok(PreparedSandbox {
+        fd: created.into(),
+        abi: raw_abi,
+        enforced,
+        missing,
+    })
+}
+
+/// A rule for `path`, with only the rights that apply to a file when it is
+/// not a directory (the kernel refuses directory rights on files).
+fn path_rule(
+    path: &PathBuf,
+    access: BitFlags<AccessFs>,
+    abi: ABI,
+) -> Result<PathBeneath<PathFd>, SandboxError> {
+    let err = |source| SandboxError::Path {
+        path: path.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    let access = if meta.is_dir() {
+        access
+    } else {
+        access & AccessFs::from_file(abi)
+    };
+    let fd = PathFd::new(path).map_err(|e| err(io::Error::other(e.to_string())))?;
+    Ok(PathBeneath::new(fd, access))
+}
+
+/// Applies `sandbox` to the spawned child just before it executes the
+/// program: `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`. A child
+/// the kernel refuses to restrict does not run at all.
+pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
+    let Some(fd) = sandbox.fd else {
+        return;
+    };
+    // SAFETY: prctl and the raw landlock syscall are async-signal-safe, as
+    // required between fork and exec; the closure only reads an integer
+    // from the descriptor it owns (closed on exec by O_CLOEXEC).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn run(rules: &SandboxRules, script: &str) -> (bool, String) {
+        let sandbox = prepare_sandbox(rules).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script]).stdout(std::process::Stdio::piped());
+        sandbox_on_spawn(&mut cmd, sandbox);
+        let mut child = cmd.spawn().unwrap();
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        (child.wait().unwrap().success(), out)
+    }
+
+    #[test]
+    fn files_outside_the_rules_cannot_be_read_or_written() {
+        if landlock_abi() < 1 {
+            eprintln!("no Landlock on this kernel; skipped");
+            return;
+        }
+        let allowed = tempfile::tempdir().unwrap();
+        let secret = tempfile::tempdir().unwrap();
+        let (allowed, secret) = (allowed.path(), secret.path());
+        std::fs::write(secret.join("key"), "s3cret").unwrap();
+        let rules = SandboxRules {
+            filesystem: true,
+            exec: ["/usr", "/bin", "/lib", "/lib64", "/etc"]
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.exists())
+                .collect(),
+            write: vec![allowed.to_owned()],
+            ..Default::default()
+        };
+        let script = format!(
+            "echo ok > {a}/f && cat {a}/f; cat {s}/key; echo x > {s}/new; ls {s}",
+            a = allowed.display(),
+            s = secret.display()
+        );
+        let (_, out) = run(&rules, &script);
+        assert_eq!(out.trim(), "ok", "only the allowed dir was usable");
+        assert!(!secret.join("new").exists());
+    }
+
+    #[test]
+    fn the_abi_is_reported_with_what_it_enforces() {
+        let sandbox = prepare_sandbox(&SandboxRules {
+            filesystem: true,
+            network: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let abi = landlock_abi();
+        assert_eq!(sandbox.abi, abi);
+        assert_eq!(sandbox.enforced.contains(&"fs"), abi >= 1);
+        assert_eq!(sandbox.enforced.contains(&"tcp"), abi >= 4);
+        assert_eq!(sandbox.enforced.contains(&"signals"), abi >= 6);
+        assert_eq!(sandbox.missing.contains(&"tcp"), abi < 4);
+    }
+}
