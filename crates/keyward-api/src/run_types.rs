@@ -54,6 +54,10 @@ pub struct CreateRunRequest {
     /// (`drop_env`) without either side revealing a value.
     #[serde(default)]
     pub env_sha256: BTreeMap<String, String>,
+    /// What confines the run's processes, as `keyward run` reports it
+    /// (e.g. `landlock ABI 7: fs, tcp, signals, abstract-unix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confinement: Option<String>,
 }
 
 /// The answer to `POST /v1/runs`. `Debug` never shows the token.
@@ -104,6 +108,9 @@ pub struct RunInfo {
     pub policy: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// What confines the run's processes, as its `keyward run` reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confinement: Option<String>,
 }
 
 /// `GET /v1/runs`.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::sandbox::SandboxConfig;
 use crate::grants::{self, Grant, GrantConfig, GrantError};
 use keyward_policy::Policy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -38,6 +39,8 @@ pub struct Config {
     /// `[grants.NAME]`: grants added to, or overriding, the built-in presets.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, GrantConfig>,
+    /// `[sandbox]`: profiles for `keyward run --sandbox`.
+    pub sandbox: SandboxConfig,
 }
 
 impl Config {
@@ -496,6 +499,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn validate(config: &Config) -> Result<(), (String, String)> {
+    config.sandbox.validate()?;
     config.grants()?;
     config
         .proxy

@@ -18,6 +18,7 @@ pub mod pidfile;
 mod policy_routes;
 mod run_routes;
 pub mod runs;
+pub mod sandbox;
 mod server;
 mod vault_routes;
 

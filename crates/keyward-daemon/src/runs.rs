@@ -2,6 +2,7 @@
 //! kept only as SHA-256 hashes; `runs.json` holds no secret.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,17 @@ use keyward_api::{CreateRunRequest, Network, RunInfo};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// Where a process stands with respect to runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// No run's process is among its ancestors.
+    Outside,
+    /// Inside this run.
+    Inside(String),
+    /// Cannot be told (gone, unreadable); treated as confined.
+    Unknown(&'static str),
+}
 
 /// Format version of `runs.json`.
 const RUNS_VERSION: u32 = 1;
@@ -40,6 +52,9 @@ pub struct RunRecord {
     pub policy: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// What confines the run's processes, as its `keyward run` reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confinement: Option<String>,
 }
 
 impl RunRecord {
@@ -54,6 +69,7 @@ impl RunRecord {
             pid: self.pid,
             policy: self.policy.clone(),
             created_at: self.created_at.clone(),
+            confinement: self.confinement.clone(),
         }
     }
 }
@@ -170,6 +186,7 @@ impl Registry {
             placeholders,
             policy: req.policy.clone(),
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            confinement: req.confinement.clone(),
         };
         self.lock().insert(id, record.clone());
         self.changes.fetch_add(1, Ordering::SeqCst);
@@ -254,25 +271,60 @@ impl Registry {
 
     /// The run whose process is `pid` or one of its ancestors.
     pub fn confining(&self, pid: u32) -> Option<String> {
+        match self.membership(Some(pid), None) {
+            Membership::Inside(id) => Some(id),
+            Membership::Outside | Membership::Unknown(_) => None,
+        }
+    }
+
+    /// Where the process `pid` stands: inside a run when a run's pid is the
+    /// process itself or one of its ancestors. `keyward run` is a child
+    /// subreaper, so a run's processes cannot leave its ancestry by double
+    /// forking or `setsid`. A process that is gone, or whose ancestry cannot
+    /// be read, is `Unknown`, which callers treat as confined. `pidfd`, when
+    /// the kernel gave one for the connection, makes sure the pid read is
+    /// still the process that connected (a pid can be reused; a pidfd not).
+    pub fn membership(&self, pid: Option<u32>, pidfd: Option<&OwnedFd>) -> Membership {
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            return Membership::Unknown("its process id is not visible to the daemon");
+        };
+        let gone = || match pidfd {
+            Some(fd) => keyward_sys::pidfd_has_exited(fd),
+            None => !keyward_sys::process_exists(pid),
+        };
+        if gone() {
+            return Membership::Unknown("the process that connected has exited");
+        }
         let pids: HashMap<u32, String> = self
             .lock()
             .values()
             .filter_map(|r| r.pid.map(|p| (p, r.id.clone())))
             .collect();
-        if pids.is_empty() {
-            return None;
-        }
         let mut current = pid;
-        for _ in 0..256 {
+        let mut steps = 0;
+        let found = loop {
+            steps += 1;
+            if steps > 4096 {
+                break Membership::Unknown("its ancestry is too deep");
+            }
             if let Some(id) = pids.get(&current) {
-                return Some(id.clone());
+                break Membership::Inside(id.clone());
+            }
+            if current == 1 {
+                break Membership::Outside;
             }
             match parent_of(current) {
-                Some(parent) if parent > 1 && parent != current => current = parent,
-                _ => return None,
+                Some(0) => break Membership::Outside,
+                Some(parent) if parent != current => current = parent,
+                _ => break Membership::Unknown("its ancestry cannot be read"),
             }
+        };
+        // Read after the walk: had the process exited meanwhile, its pid
+        // (and so the ancestry read) could belong to another process.
+        if gone() {
+            return Membership::Unknown("the process that connected has exited");
         }
-        None
+        found
     }
 
     /// Writes the runs, debounced: callers that changed the registry while

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
 use crate::run_routes::{self, Authority};
-use crate::runs::Registry;
+use crate::runs::{Membership, Registry};
 use crate::{grant_routes, policy_routes, vault_routes};
 use keyward_evidence::{EvidenceLog, Kind};
 use keyward_proxy::CertificateAuthority;
@@ -35,11 +35,23 @@ const CAPABILITIES: &[&str] = &[
     "evidence",
 ];
 
-/// The process on the other end of an admin connection (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy)]
+/// The process on the other end of an admin connection (`SO_PEERCRED`),
+/// with a pidfd for it where the kernel offers one (`SO_PEERPIDFD`).
+#[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub uid: u32,
     pub pid: Option<i32>,
+    pub pidfd: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Peer {
+    /// Whether this peer is inside a run (or cannot be told apart from one).
+    pub(crate) fn membership(&self, runs: &Registry) -> Membership {
+        runs.membership(
+            self.pid.and_then(|p| u32::try_from(p).ok()),
+            self.pidfd.as_deref(),
+        )
+    }
 }
 
 /// Accepts admin connections, refusing every peer whose uid is neither the
@@ -61,6 +73,7 @@ impl AdminListener {
         let peer = Peer {
             uid: cred.uid(),
             pid: cred.pid(),
+            pidfd: keyward_sys::peer_pidfd(stream).map(Arc::new),
         };
         if peer.uid == self.daemon_uid || peer.uid == 0 {
             Ok(peer)
@@ -104,13 +117,14 @@ impl Listener for AdminListener {
         Ok(Peer {
             uid: self.daemon_uid,
             pid: None,
+            pidfd: None,
         })
     }
 }
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, AdminListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, AdminListener>) -> Self {
-        *stream.remote_addr()
+        stream.remote_addr().clone()
     }
 }
 
@@ -432,27 +446,8 @@ async fn track(
     req: Request,
     next: Next,
 ) -> Response {
-    // Confinement: a process inside a run (or its descendant) may only ask
-    // for health and decisions; it cannot grant itself more, list secrets
-    // or unseal.
-    let open_route = (req.method() == Method::GET && req.uri().path() == "/v1/health")
-        || (req.method() == Method::POST && req.uri().path() == "/v1/evaluate");
-    if !open_route
-        && let Some(pid) = peer.pid.and_then(|p| u32::try_from(p).ok())
-        && let Some(run) = state.runs.confining(pid)
-    {
-        tracing::warn!(
-            pid,
-            run,
-            path = req.uri().path(),
-            "refused an admin request from inside a run"
-        );
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "run_confined",
-            format!("this process runs inside keyward run {run}; the admin API is closed to it"),
-        )
-        .into_response();
+    if let Some(refusal) = confinement_refusal(&state, &peer, &req) {
+        return refusal;
     }
     let activity = &state.activity;
     activity.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -464,6 +459,44 @@ async fn track(
     activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     tracing::debug!(%method, path, status = resp.status().as_u16(), uid = peer.uid, pid = ?peer.pid, "admin request");
     resp
+}
+
+/// Confinement: a process inside a run (or its descendant) may only ask for
+/// health and decisions; it cannot grant itself more, list secrets or
+/// unseal. The one exception is `keyward run` itself (the run's own pid)
+/// ending its run. A caller that cannot be placed (it exited, its ancestry
+/// is unreadable) is refused the same way: fail closed.
+fn confinement_refusal(state: &AppState, peer: &Peer, req: &Request) -> Option<Response> {
+    let open_route = (req.method() == Method::GET && req.uri().path() == "/v1/health")
+        || (req.method() == Method::POST && req.uri().path() == "/v1/evaluate");
+    if open_route {
+        return None;
+    }
+    let message = match peer.membership(&state.runs) {
+        Membership::Outside => return None,
+        Membership::Inside(run) if ends_own_run(state, peer, req, &run) => return None,
+        Membership::Inside(run) => {
+            tracing::warn!(pid = ?peer.pid, run, path = req.uri().path(),
+                "refused an admin request from inside a run");
+            format!("this process runs inside keyward run {run}; the admin API is closed to it")
+        }
+        Membership::Unknown(why) => {
+            tracing::warn!(pid = ?peer.pid, path = req.uri().path(),
+                "refused an admin request whose caller cannot be placed: {why}");
+            format!(
+                "the daemon cannot tell whether this caller runs inside a keyward run ({why}), \
+                 so the admin API is closed to it; call it from a live process outside any run"
+            )
+        }
+    };
+    Some(ApiError::new(StatusCode::FORBIDDEN, "run_confined", message).into_response())
+}
+
+/// Whether `req` is the run's own `keyward run` process removing that run.
+fn ends_own_run(state: &AppState, peer: &Peer, req: &Request, run: &str) -> bool {
+    req.method() == Method::DELETE
+        && req.uri().path().strip_prefix("/v1/runs/") == Some(run)
+        && state.runs.get(run).and_then(|r| r.pid).map(i64::from) == peer.pid.map(i64::from)
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {

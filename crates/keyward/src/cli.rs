@@ -371,9 +371,44 @@ pub struct RunArgs {
     /// configured policy (read by the daemon; it must stay readable).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Confine the program with Landlock: it reads the system directories,
+    /// writes the working directory, temporary files and the user's caches,
+    /// never reaches the keyward home or config, connects over TCP only to
+    /// the proxy (and --allow-port), binds no TCP port (but --allow-bind),
+    /// and cannot signal processes outside its run. `--sandbox` (strict)
+    /// fails when the kernel cannot enforce all of that; `--sandbox=best-effort`
+    /// runs with what it can and says what is missing.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true,
+          default_missing_value = "strict", value_name = "MODE")]
+    pub sandbox: Option<SandboxArg>,
+    /// A `[sandbox.profiles.NAME]` of the config whose paths are added.
+    #[arg(long, value_name = "NAME", requires = "sandbox")]
+    pub sandbox_profile: Option<String>,
+    /// A path the sandboxed program may also read (repeatable).
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    pub sandbox_allow_read: Vec<PathBuf>,
+    /// A path the sandboxed program may also write (repeatable).
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    pub sandbox_allow_write: Vec<PathBuf>,
+    /// A TCP port the sandboxed program may connect to besides the proxy's
+    /// (repeatable; any address: Landlock matches ports, not hosts).
+    #[arg(long, value_name = "PORT", requires = "sandbox")]
+    pub allow_port: Vec<u16>,
+    /// A TCP port the sandboxed program may listen on (repeatable).
+    #[arg(long, value_name = "PORT", requires = "sandbox")]
+    pub allow_bind: Vec<u16>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxArg {
+    /// Fail unless the kernel enforces files, TCP and signals.
+    Strict,
+    /// Enforce what the kernel can and say what it cannot.
+    BestEffort,
 }
 
 /// `--network`.

@@ -128,7 +128,7 @@ fn config_source(cli: &Cli) -> Result<ConfigSource> {
     })
 }
 
-fn load_config(cli: &Cli) -> Result<LoadedConfig> {
+pub fn load_config(cli: &Cli) -> Result<LoadedConfig> {
     Ok(config::load(&config_source(cli)?)?)
 }
 

@@ -5,20 +5,31 @@
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hyper::Method;
-use keyward_api::{CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo};
+use keyward_api::{CreateRunRequest, Network, RunCreated, RunInfo};
+use keyward_daemon::home::Home;
+use keyward_daemon::sandbox::SandboxRequest;
 use keyward_sys::Signal;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{CaCommand, CaFormat, Cli, NetworkArg, RunArgs};
+use crate::cli::{CaCommand, CaFormat, Cli, NetworkArg, RunArgs, SandboxArg};
 use crate::commands::ensure_daemon;
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let client = ensure_daemon(cli).await?;
+    let confinement = plan_confinement(cli, args, &client).await?;
+    // Orphans of the program (double fork, `setsid -f`) come back to this
+    // process instead of pid 1, so they stay inside the run's ancestry.
+    keyward_sys::become_child_subreaper().context("cannot become a child subreaper")?;
+    // The program may not read this process's memory (or, without
+    // Landlock, attach to it).
+    let _ = keyward_sys::make_non_dumpable();
     // Hashes only: the daemon says which variables hold a run secret
     // without either side showing a value.
     let env_sha256: BTreeMap<String, String> = std::env::vars_os()
@@ -27,6 +38,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             Some((k, hex::encode(Sha256::digest(v.as_bytes()))))
         })
         .collect();
+    // Registered before the program exists and tied to this process, so
+    // there is no moment in which the program runs outside its run.
     let req = CreateRunRequest {
         grants: args.grants.clone(),
         allow: args.allow.clone(),
@@ -34,7 +47,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             NetworkArg::Permissive => Network::Permissive,
             NetworkArg::Strict => Network::Strict,
         },
-        pid: None,
+        pid: Some(std::process::id()),
         label: args.label.clone(),
         policy: args
             .policy
@@ -46,26 +59,47 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             })
             .transpose()?,
         env_sha256,
+        confinement: Some(confinement.summary.clone()),
     };
-    let created: RunCreated = client.call(Method::POST, "/v1/runs", Some(&req)).await?;
+    let created: RunCreated = match client.call(Method::POST, "/v1/runs", Some(&req)).await {
+        Ok(created) => created,
+        Err(e) => {
+            confinement.cleanup();
+            return Err(e.into());
+        }
+    };
 
-    let mut cmd = tokio::process::Command::new(&args.command[0]);
+    let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     for var in &created.drop_env {
         cmd.env_remove(var);
     }
     cmd.envs(&created.env).envs(&created.placeholders);
+    if let Some(tmp) = &confinement.private_tmp {
+        cmd.env("TMPDIR", tmp);
+    }
+    // The program dies with this process: `run` is called on the thread
+    // that blocks on it, which lives until this process exits.
+    keyward_sys::kill_with_parent_on_spawn(&mut cmd);
+    let Confinement {
+        sandbox,
+        private_tmp,
+        ..
+    } = confinement;
+    keyward_sys::sandbox_on_spawn(&mut cmd, sandbox);
     // Caught from before the program starts: a signal that arrived while
     // it was being registered would otherwise kill this process (default
     // action) and leave the program running without its wrapper.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let spawned = cmd.spawn();
+    let mut sigchld = signal(SignalKind::child())?;
+    let spawned = tokio::process::Command::from(cmd).spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             let _ = unregister(&client, &created.run_id).await;
+            remove_private_tmp(private_tmp.as_deref());
             bail!(
                 "cannot start {}: {e}",
                 std::path::Path::new(&args.command[0]).display()
@@ -75,13 +109,6 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let pid = child
         .id()
         .context("the program exited before it could be tracked")?;
-    let _: RunInfo = client
-        .call(
-            Method::PATCH,
-            &format!("/v1/runs/{}", created.run_id),
-            Some(&PatchRunRequest { pid: Some(pid) }),
-        )
-        .await?;
 
     let status = loop {
         tokio::select! {
@@ -89,10 +116,19 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             _ = sigint.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Int); }
             _ = sigterm.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Term); }
             _ = sighup.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Hup); }
+            // Orphans that exit are reaped here; the program's own status
+            // is left for `wait`.
+            _ = sigchld.recv() => { keyward_sys::reap_exited_children(Some(pid)); }
         }
     };
-    // The daemon also removes it when the pid dies; say so explicitly.
+    // Nothing the program started outlives the run: what it left behind
+    // is ended before the run (and its confinement) goes.
+    let ended = end_leftovers().await;
+    if ended > 0 {
+        eprintln!("keyward run: ended {ended} process(es) the program left running");
+    }
     let _ = unregister(&client, &created.run_id).await;
+    remove_private_tmp(private_tmp.as_deref());
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(255)),
@@ -100,10 +136,143 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     })
 }
 
+/// How the program will be confined.
+struct Confinement {
+    sandbox: keyward_sys::PreparedSandbox,
+    /// One line: what Landlock enforces, for the run record.
+    summary: String,
+    private_tmp: Option<PathBuf>,
+}
+
+impl Confinement {
+    fn cleanup(&self) {
+        remove_private_tmp(self.private_tmp.as_deref());
+    }
+}
+
+/// Every run's processes are kept from signalling anything outside their
+/// run where Landlock can (ABI 6+): they cannot kill this wrapper or the
+/// daemon. `--sandbox` adds files and TCP.
+async fn plan_confinement(
+    cli: &Cli,
+    args: &RunArgs,
+    client: &keyward_api::Client,
+) -> Result<Confinement> {
+    let Some(mode) = args.sandbox else {
+        let sandbox = keyward_sys::prepare_sandbox(&keyward_sys::SandboxRules::default())?;
+        let summary = describe(&sandbox);
+        return Ok(Confinement {
+            sandbox,
+            summary,
+            private_tmp: None,
+        });
+    };
+    let home = Home::resolve(cli.home.as_deref())?;
+    let config = crate::commands::load_config(cli)?;
+    let proxy_port = client
+        .health()
+        .await?
+        .proxy_port
+        .context("the daemon reports no proxy port")?;
+    let request = SandboxRequest {
+        profile: args.sandbox_profile.clone(),
+        read: args.sandbox_allow_read.clone(),
+        write: args.sandbox_allow_write.clone(),
+        connect_ports: args.allow_port.clone(),
+        bind_ports: args.allow_bind.clone(),
+    };
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let plan = keyward_daemon::sandbox::plan(&home, &config, &request, &cwd, proxy_port)?;
+    let sandbox = match keyward_sys::prepare_sandbox(&plan.rules) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            remove_private_tmp(plan.private_tmp.as_deref());
+            return Err(e.into());
+        }
+    };
+    let summary = describe(&sandbox);
+    if !sandbox.missing.is_empty() && mode == SandboxArg::Strict {
+        remove_private_tmp(plan.private_tmp.as_deref());
+        let kernel = if sandbox.abi == 0 {
+            "this kernel has no Landlock (not built in, or not in the `lsm=` boot list)".to_owned()
+        } else {
+            format!("this kernel offers Landlock ABI {}", sandbox.abi)
+        };
+        bail!(
+            "--sandbox cannot be enforced: {kernel}, which cannot confine {} (ABI 6 or later              confines files, TCP and signals); use --sandbox=best-effort to run with what it              can enforce",
+            sandbox.missing.join(", ")
+        );
+    }
+    for note in &plan.notes {
+        eprintln!("sandbox: {note}");
+    }
+    if sandbox.missing.is_empty() {
+        eprintln!("sandbox: {summary}");
+    } else {
+        eprintln!(
+            "sandbox: {summary}; NOT enforced on this kernel: {}",
+            sandbox.missing.join(", ")
+        );
+    }
+    Ok(Confinement {
+        sandbox,
+        summary,
+        private_tmp: plan.private_tmp,
+    })
+}
+
+/// `landlock ABI 7: fs, tcp, signals`, or what confines without Landlock.
+fn describe(sandbox: &keyward_sys::PreparedSandbox) -> String {
+    if sandbox.enforced.is_empty() {
+        "process ancestry only (no Landlock scoping on this kernel)".to_owned()
+    } else {
+        format!(
+            "landlock ABI {}: {}",
+            sandbox.abi,
+            sandbox.enforced.join(", ")
+        )
+    }
+}
+
+fn remove_private_tmp(dir: Option<&std::path::Path>) {
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Ends every process left among this wrapper's children (orphans of the
+/// program reparented to it): SIGTERM, then SIGKILL after a grace period,
+/// until none is left; returns how many were asked to stop.
+async fn end_leftovers() -> usize {
+    const GRACE: Duration = Duration::from_secs(2);
+    const GIVE_UP: Duration = Duration::from_secs(10);
+    let started = Instant::now();
+    let mut asked = std::collections::HashSet::new();
+    loop {
+        keyward_sys::reap_exited_children(None);
+        let left: Vec<u32> = keyward_sys::own_children()
+            .into_iter()
+            .filter(|pid| keyward_sys::process_exists(*pid))
+            .collect();
+        if left.is_empty() || started.elapsed() > GIVE_UP {
+            return asked.len();
+        }
+        let force = started.elapsed() >= GRACE;
+        for pid in left {
+            if force {
+                let _ = keyward_sys::send_signal(pid, Signal::Kill);
+            } else if asked.insert(pid) {
+                let _ = keyward_sys::send_signal(pid, Signal::Term);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `keyward ca path` / `keyward ca export`.
 pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
     let client = ensure_daemon(cli).await?;
-    let home = keyward_daemon::home::Home::resolve(cli.home.as_deref())?;
+    let home = Home::resolve(cli.home.as_deref())?;
     let public = home.ca_dir().join("public");
     let cert = public.join("ca.pem");
     let bundle = public.join("bundle.pem");

@@ -1,0 +1,423 @@
+//! What `keyward run --sandbox` lets a program touch: the built-in profile
+//! (system directories read-only, the working directory, temporary files
+//! and the user's caches writable), profiles from `[sandbox.profiles.NAME]`
+//! and paths given on the command line; never the keyward home or the
+//! config file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::LoadedConfig;
+use crate::home::Home;
+
+/// `[sandbox]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// `[sandbox.profiles.NAME]`: paths added to the built-in profile.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, SandboxProfile>,
+}
+
+/// One profile: absolute paths (or `~/...`) a sandboxed program may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxProfile {
+    /// Readable.
+    pub read: Vec<PathBuf>,
+    /// Readable and writable.
+    pub write: Vec<PathBuf>,
+    /// Readable and executable.
+    pub exec: Vec<PathBuf>,
+}
+
+impl SandboxConfig {
+    /// Checks the profiles: every path absolute or `~/...`. Returns the
+    /// dotted key at fault and what was expected.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (name, profile) in &self.profiles {
+            for (field, paths) in [
+                ("read", &profile.read),
+                ("write", &profile.write),
+                ("exec", &profile.exec),
+            ] {
+                for path in paths {
+                    if !(path.is_absolute() || path.starts_with("~")) {
+                        return Err((
+                            format!("sandbox.profiles.{name}.{field}"),
+                            format!(
+                                "{} is relative; expected an absolute path or ~/...",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a sandboxed run asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxRequest {
+    /// `--sandbox-profile`: a `[sandbox.profiles.NAME]` to add.
+    pub profile: Option<String>,
+    /// `--sandbox-allow-read`.
+    pub read: Vec<PathBuf>,
+    /// `--sandbox-allow-write`.
+    pub write: Vec<PathBuf>,
+    /// `--allow-port`: TCP ports reachable besides the proxy's.
+    pub connect_ports: Vec<u16>,
+    /// `--allow-bind`: TCP ports the program may listen on.
+    pub bind_ports: Vec<u16>,
+}
+
+/// The rules for one sandboxed run.
+#[derive(Debug)]
+pub struct SandboxPlan {
+    /// What Landlock is asked to enforce.
+    pub rules: keyward_sys::SandboxRules,
+    /// A private temporary directory made for this run (when `/tmp` holds
+    /// the keyward home); the child gets it as `TMPDIR`, and it is removed
+    /// when the run ends.
+    pub private_tmp: Option<PathBuf>,
+    /// What the user should know (printed on stderr).
+    pub notes: Vec<String>,
+}
+
+/// Why a sandbox cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxPlanError {
+    /// A named path would open the keyward home or the config file.
+    #[error(
+        "{what} {} {relation} {}; a sandboxed run never reaches keyward's own files",
+        path.display(), protected.display()
+    )]
+    Protected {
+        /// Where the path came from.
+        what: String,
+        /// The path.
+        path: PathBuf,
+        /// "is inside" or "contains".
+        relation: &'static str,
+        /// The keyward home or config file.
+        protected: PathBuf,
+    },
+    /// A named path does not exist.
+    #[error("{what} {}: {source}", path.display())]
+    Path {
+        /// Where the path came from.
+        what: String,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--sandbox-profile` names no profile.
+    #[error("no sandbox profile named {name:?} in {}; profiles are: {known}", config.display())]
+    UnknownProfile {
+        /// The name.
+        name: String,
+        /// The config file.
+        config: PathBuf,
+        /// The defined names.
+        known: String,
+    },
+}
+
+/// System directories a program reads and runs from, where they exist.
+const SYSTEM_EXEC: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/nix",
+];
+/// System directories a program reads.
+const SYSTEM_READ: &[&str] = &["/etc", "/proc", "/sys", "/dev", "/run/systemd/resolve"];
+/// Devices and shared memory a program writes.
+const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/shm"];
+/// Under the user's home: toolchains run from there.
+const HOME_EXEC: &[&str] = &[".rustup", ".local/bin", ".pyenv", ".nvm", ".bun", ".deno"];
+/// Under the user's home: configuration tools read.
+const HOME_READ: &[&str] = &[".gitconfig", ".config/git", ".local/lib"];
+/// Under the user's home: caches tools write.
+const HOME_WRITE: &[&str] = &[".cache", ".cargo", ".npm", ".yarn", ".m2", "go/pkg"];
+
+/// Plans the sandbox of a run whose program starts in `cwd` and reaches
+/// the proxy on `proxy_port`.
+pub fn plan(
+    home: &Home,
+    config: &LoadedConfig,
+    request: &SandboxRequest,
+    cwd: &Path,
+    proxy_port: u16,
+) -> Result<SandboxPlan, SandboxPlanError> {
+    let guard = Guard::new(home, &config.source.path);
+    let user_home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut rules = keyward_sys::SandboxRules {
+        filesystem: true,
+        network: true,
+        scope_abstract_unix: true,
+        connect_tcp: std::iter::once(proxy_port)
+            .chain(request.connect_ports.iter().copied())
+            .collect(),
+        bind_tcp: request.bind_ports.clone(),
+        ..Default::default()
+    };
+    let mut notes = Vec::new();
+
+    // Built in: taken where present and harmless, skipped (said) otherwise.
+    let mut builtin = |list: &mut Vec<PathBuf>, path: PathBuf| {
+        if let Ok(path) = path.canonicalize() {
+            match guard.check(&path) {
+                Ok(()) => list.push(path),
+                Err((relation, protected)) => notes.push(format!(
+                    "{} {relation} {}: left out of the sandbox",
+                    path.display(),
+                    protected.display()
+                )),
+            }
+        }
+    };
+    for dir in SYSTEM_EXEC {
+        builtin(&mut rules.exec, dir.into());
+    }
+    for dir in SYSTEM_READ {
+        builtin(&mut rules.read, dir.into());
+    }
+    for dev in DEVICES_WRITE {
+        builtin(&mut rules.write, dev.into());
+    }
+    if let Some(user_home) = &user_home {
+        for (list, names) in [
+            (&mut rules.exec, HOME_EXEC),
+            (&mut rules.read, HOME_READ),
+            (&mut rules.write, HOME_WRITE),
+        ] {
+            for name in names {
+                builtin(list, user_home.join(name));
+            }
+        }
+    }
+    // The trust bundle children are pointed at: public certificates only.
+    rules.read.push(home.ca_dir().join("public"));
+
+    // The working directory: a named path, so a clash is an error.
+    rules
+        .write
+        .push(guard.named("the working directory", cwd, user_home.as_deref())?);
+
+    // Temporary files: /tmp itself, or a private directory when /tmp holds
+    // the keyward home.
+    let mut private_tmp = None;
+    let tmp = std::env::temp_dir();
+    match tmp.canonicalize() {
+        Ok(tmp) if guard.check(&tmp).is_ok() => rules.write.push(tmp),
+        Ok(tmp) => {
+            let dir = make_private_tmp(&tmp).map_err(|source| SandboxPlanError::Path {
+                what: "the run's private temporary directory in".to_owned(),
+                path: tmp.clone(),
+                source,
+            })?;
+            notes.push(format!(
+                "{} holds keyward's files, so the program gets TMPDIR={}",
+                tmp.display(),
+                dir.display()
+            ));
+            rules.write.push(dir.clone());
+            private_tmp = Some(dir);
+        }
+        Err(_) => {}
+    }
+
+    if let Some(name) = &request.profile {
+        let profile = config.config.sandbox.profiles.get(name).ok_or_else(|| {
+            SandboxPlanError::UnknownProfile {
+                name: name.clone(),
+                config: config.source.path.clone(),
+                known: config
+                    .config
+                    .sandbox
+                    .profiles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        })?;
+        for (list, paths, field) in [
+            (&mut rules.read, &profile.read, "read"),
+            (&mut rules.write, &profile.write, "write"),
+            (&mut rules.exec, &profile.exec, "exec"),
+        ] {
+            for path in paths {
+                let what = format!("sandbox.profiles.{name}.{field}:");
+                list.push(guard.named(&what, path, user_home.as_deref())?);
+            }
+        }
+    }
+    for path in &request.read {
+        let read = guard.named("--sandbox-allow-read", path, user_home.as_deref())?;
+        rules.read.push(read);
+    }
+    for path in &request.write {
+        let write = guard.named("--sandbox-allow-write", path, user_home.as_deref())?;
+        rules.write.push(write);
+    }
+    Ok(SandboxPlan {
+        rules,
+        private_tmp,
+        notes,
+    })
+}
+
+/// Keeps the keyward home and the config file out of every rule.
+struct Guard {
+    protected: Vec<PathBuf>,
+}
+
+impl Guard {
+    fn new(home: &Home, config_file: &Path) -> Self {
+        let protected = [home.root(), config_file]
+            .into_iter()
+            .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_owned()))
+            .collect();
+        Self { protected }
+    }
+
+    /// Whether `path` (canonical) is clear of keyward's files; else how it
+    /// relates to which.
+    fn check(&self, path: &Path) -> Result<(), (&'static str, PathBuf)> {
+        for protected in &self.protected {
+            if path.starts_with(protected) {
+                return Err(("is inside", protected.clone()));
+            }
+            if protected.starts_with(path) {
+                return Err(("contains", protected.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path the user named: `~/` expanded, it must exist and be clear.
+    fn named(
+        &self,
+        what: &str,
+        path: &Path,
+        user_home: Option<&Path>,
+    ) -> Result<PathBuf, SandboxPlanError> {
+        let expanded = match (path.strip_prefix("~"), user_home) {
+            (Ok(rest), Some(user_home)) => user_home.join(rest),
+            _ => path.to_owned(),
+        };
+        let canonical = expanded
+            .canonicalize()
+            .map_err(|source| SandboxPlanError::Path {
+                what: what.to_owned(),
+                path: expanded.clone(),
+                source,
+            })?;
+        self.check(&canonical)
+            .map_err(|(relation, protected)| SandboxPlanError::Protected {
+                what: what.to_owned(),
+                path: canonical.clone(),
+                relation,
+                protected,
+            })?;
+        Ok(canonical)
+    }
+}
+
+/// A new 0700 directory `keyward-run-<random>` in `tmp`.
+fn make_private_tmp(tmp: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = tmp.join(format!(
+        "keyward-run-{}",
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSource;
+
+    fn loaded(home: &Home, text: &str) -> LoadedConfig {
+        let path = home.default_config_path();
+        std::fs::write(&path, text).unwrap();
+        crate::config::load(&ConfigSource {
+            path,
+            explicit: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn paths_touching_the_home_are_refused_with_what_and_why() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("home"));
+        std::fs::create_dir_all(home.root()).unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let config = loaded(&home, "");
+        let request = |write: &Path| SandboxRequest {
+            write: vec![write.to_owned()],
+            ..Default::default()
+        };
+        for (path, relation) in [(home.root().join("vault"), "is inside"), (tmp.path().to_owned(), "contains")] {
+            std::fs::create_dir_all(&path).unwrap();
+            let err = plan(&home, &config, &request(&path), &work, 1).unwrap_err().to_string();
+            assert!(err.contains("--sandbox-allow-write") && err.contains(relation), "{err}");
+        }
+        // A working directory that holds the home is refused too.
+        let err = plan(&home, &config, &SandboxRequest::default(), tmp.path(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the working directory") && err.contains("contains"), "{err}");
+        // A missing path says so.
+        let err = plan(&home, &config, &request(&work.join("nope")), &work, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn profiles_add_paths_and_unknown_ones_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("home"));
+        std::fs::create_dir_all(home.root()).unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let config = loaded(
+            &home,
+            &format!("[sandbox.profiles.ml]\nread = [{:?}]\n", data.display().to_string()),
+        );
+        let with = |name: &str| SandboxRequest {
+            profile: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let plan_ml = plan(&home, &config, &with("ml"), &data, 9).unwrap();
+        assert!(plan_ml.rules.read.contains(&data.canonicalize().unwrap()));
+        assert_eq!(plan_ml.rules.connect_tcp, vec![9]);
+        let err = plan(&home, &config, &with("nope"), &data, 9).unwrap_err().to_string();
+        assert!(err.contains("\"nope\"") && err.contains("ml"), "{err}");
+    }
+
+    #[test]
+    fn relative_profile_paths_are_config_errors() {
+        let config = SandboxConfig {
+            profiles: BTreeMap::from([(
+                "x".to_owned(),
+                SandboxProfile {
+                    write: vec!["rel/dir".into()],
+                    ..Default::default()
+                },
+            )]),
+        };
+        let (key, message) = config.validate().unwrap_err();
+        assert_eq!(key, "sandbox.profiles.x.write");
+        assert!(message.contains("rel/dir"), "{message}");
+    }
+}
