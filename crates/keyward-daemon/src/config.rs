@@ -13,8 +13,8 @@ use std::time::Duration;
 use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::sandbox::SandboxConfig;
 use crate::grants::{self, Grant, GrantConfig, GrantError};
+use crate::sandbox::SandboxConfig;
 use keyward_policy::Policy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! `/v1/runs` and the proxy's view of runs (token -> credentials).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -15,6 +15,7 @@ use keyward_policy::Policy;
 use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext};
 
 use crate::config::LoadedConfig;
+use crate::grants::Grant;
 use keyward_vault::ResolveError;
 
 use crate::runs::{RunRecord, RunsError};
@@ -29,16 +30,31 @@ impl From<RunsError> for ApiError {
     }
 }
 
+/// A run's authority as it was when the run was created: its grants (with
+/// their hosts, injection and secret reference) and its policy. A reload
+/// can narrow it (a grant removed, a host dropped) but never widen it.
+struct Frozen {
+    grants: BTreeMap<String, Grant>,
+    policy: Arc<Policy>,
+}
+
 /// Resolved credentials per run, built on first use and dropped (zeroized)
 /// when the run goes.
 pub(crate) struct Authority {
     state: Weak<AppState>,
-    /// run id -> (when resolved, context). Re-resolved after
-    /// `backends.cache_ttl`, so rotated `file:`, `cmd:` and `openbao:`
-    /// secrets reach running runs.
-    contexts: Mutex<HashMap<String, (std::time::Instant, Arc<RunContext>)>>,
-    /// run id -> its own policy, compiled once (read again after a reload).
-    policies: Mutex<HashMap<String, Arc<Policy>>>,
+    /// run id -> (when resolved, the vault values it was resolved against,
+    /// context). Re-resolved after `backends.cache_ttl`, so rotated `file:`,
+    /// `cmd:` and `openbao:` secrets reach running runs, and at once after
+    /// any vault change (set, rm, rollback, seal, unseal).
+    contexts: Mutex<HashMap<String, CachedContext>>,
+    /// run id -> what the run was created with.
+    frozen: Mutex<HashMap<String, Arc<Frozen>>>,
+}
+
+struct CachedContext {
+    at: std::time::Instant,
+    vault: Arc<Vec<secrecy::SecretString>>,
+    context: Arc<RunContext>,
 }
 
 impl Authority {
@@ -46,32 +62,45 @@ impl Authority {
         Self {
             state,
             contexts: Mutex::new(HashMap::new()),
-            policies: Mutex::new(HashMap::new()),
+            frozen: Mutex::new(HashMap::new()),
         }
     }
 
-    fn policies(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Policy>>> {
-        self.policies.lock().unwrap_or_else(|p| p.into_inner())
+    fn frozen_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Frozen>>> {
+        self.frozen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The policy deciding for `run`: its own file, compiled on first use
-    /// and kept until the run ends or the config reloads, or the
-    /// configured policy.
+    /// What `run` was created with; frozen now from the current config if
+    /// it has not been yet (a run created before this daemon started).
+    fn frozen_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Frozen> {
+        if let Some(frozen) = self.frozen_map().get(&run.id) {
+            return frozen.clone();
+        }
+        let frozen = Arc::new(Frozen {
+            grants: run
+                .grants
+                .iter()
+                .filter_map(|name| Some((name.clone(), config.grants.get(name)?.clone())))
+                .collect(),
+            policy: match &run.policy {
+                Some(path) => compile_run_policy(run, path),
+                None => config.policy.clone(),
+            },
+        });
+        self.frozen_map()
+            .entry(run.id.clone())
+            .or_insert(frozen)
+            .clone()
+    }
+
+    /// The policy deciding for `run`: the one it was created with (its own
+    /// file or the configured policy), compiled once and kept for the
+    /// run's life; a reload does not change it.
     pub(crate) fn policy_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
-        let Some(path) = &run.policy else {
-            return config.policy.clone();
-        };
-        if let Some(policy) = self.policies().get(&run.id) {
-            return policy.clone();
-        }
-        let policy = compile_run_policy(run, path);
-        self.policies().insert(run.id.clone(), policy.clone());
-        policy
+        self.frozen_for(config, run).policy.clone()
     }
 
-    fn contexts(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (std::time::Instant, Arc<RunContext>)>> {
+    fn contexts(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedContext>> {
         self.contexts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -80,35 +109,39 @@ impl Authority {
     pub(crate) fn live_contexts(&self) -> Vec<Arc<RunContext>> {
         self.contexts()
             .values()
-            .map(|(_, ctx)| ctx.clone())
+            .map(|cached| cached.context.clone())
             .collect()
     }
 
-    /// Forgets a run's credentials.
+    /// Forgets a run entirely.
     pub(crate) fn forget(&self, run_id: &str) {
         self.contexts().remove(run_id);
-        self.policies().remove(run_id);
+        self.frozen_map().remove(run_id);
     }
 
-    /// Forgets every run's credentials (config reload, vault seal).
-    pub(crate) fn forget_all(&self) {
+    /// Forgets every run's resolved credentials (config reload): they are
+    /// resolved again, narrowed by the new config, on the next request.
+    pub(crate) fn forget_credentials(&self) {
         self.contexts().clear();
-        self.policies().clear();
     }
 
-    /// Resolves a run's grants. A grant that is gone or whose secret does
-    /// not resolve is left out and returned with why; the context is then
-    /// not cached, so the next request tries again.
+    /// Resolves a run's grants: each as the run was created with it, less
+    /// the hosts the current config no longer gives it; a grant the config
+    /// no longer has is left out. A grant that is gone or whose secret does
+    /// not resolve is returned with why; the context is then not cached, so
+    /// the next request tries again.
     pub(crate) async fn build(
         state: &AppState,
         run: &RunRecord,
     ) -> (RunContext, Vec<(String, ResolveError)>) {
         let config = state.config();
         let resolver = state.resolver();
+        let frozen = state.authority.frozen_for(&config, run);
         let mut credentials = Vec::new();
         let mut failures = Vec::new();
         for name in &run.grants {
-            let Some(grant) = config.grants.get(name) else {
+            let (Some(grant), Some(now)) = (frozen.grants.get(name), config.grants.get(name))
+            else {
                 tracing::warn!(run = run.id, grant = name, "grant no longer exists");
                 failures.push((
                     name.clone(),
@@ -116,10 +149,24 @@ impl Authority {
                 ));
                 continue;
             };
+            let hosts: Vec<_> = grant
+                .hosts
+                .iter()
+                .filter(|h| now.hosts.contains(h))
+                .cloned()
+                .collect();
+            if hosts.is_empty() {
+                tracing::warn!(
+                    run = run.id,
+                    grant = name,
+                    "grant has none of its hosts left"
+                );
+                continue;
+            }
             match resolver.resolve(&grant.secret).await {
                 Ok(secret) => credentials.push(Credential {
                     grant: name.clone(),
-                    hosts: grant.hosts.clone(),
+                    hosts,
                     inject: grant.inject.clone(),
                     secret,
                     placeholder: grant
@@ -139,7 +186,7 @@ impl Authority {
             .filter_map(|a| AllowRule::parse(a).ok())
             .collect();
         let ctx = RunContext::new(run.id.clone(), run.network, allow, credentials)
-            .with_policy(state.authority.policy_for(&config, run));
+            .with_policy(frozen.policy.clone());
         (ctx, failures)
     }
 }
@@ -176,17 +223,25 @@ impl RunAuthority for Authority {
             let id = state.runs.id_for_token(token)?;
             state.activity.touch();
             let ttl = state.config().config.backends.cache_ttl.unwrap_or_default();
-            if let Some((at, ctx)) = self.contexts().get(&id)
-                && at.elapsed() < ttl
+            let vault = state.vault_values.current();
+            if let Some(cached) = self.contexts().get(&id)
+                && cached.at.elapsed() < ttl
+                && Arc::ptr_eq(&cached.vault, &vault)
             {
-                return Some(ctx.clone());
+                return Some(cached.context.clone());
             }
             let run = state.runs.get(&id)?;
             let (ctx, failures) = Authority::build(&state, &run).await;
             let ctx = Arc::new(ctx);
             if failures.is_empty() {
-                self.contexts()
-                    .insert(run.id.clone(), (std::time::Instant::now(), ctx.clone()));
+                self.contexts().insert(
+                    run.id.clone(),
+                    CachedContext {
+                        at: std::time::Instant::now(),
+                        vault,
+                        context: ctx.clone(),
+                    },
+                );
             }
             Some(ctx)
         })

@@ -366,16 +366,27 @@ mod tests {
             write: vec![write.to_owned()],
             ..Default::default()
         };
-        for (path, relation) in [(home.root().join("vault"), "is inside"), (tmp.path().to_owned(), "contains")] {
+        for (path, relation) in [
+            (home.root().join("vault"), "is inside"),
+            (tmp.path().to_owned(), "contains"),
+        ] {
             std::fs::create_dir_all(&path).unwrap();
-            let err = plan(&home, &config, &request(&path), &work, 1).unwrap_err().to_string();
-            assert!(err.contains("--sandbox-allow-write") && err.contains(relation), "{err}");
+            let err = plan(&home, &config, &request(&path), &work, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--sandbox-allow-write") && err.contains(relation),
+                "{err}"
+            );
         }
         // A working directory that holds the home is refused too.
         let err = plan(&home, &config, &SandboxRequest::default(), tmp.path(), 1)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("the working directory") && err.contains("contains"), "{err}");
+        assert!(
+            err.contains("the working directory") && err.contains("contains"),
+            "{err}"
+        );
         // A missing path says so.
         let err = plan(&home, &config, &request(&work.join("nope")), &work, 1)
             .unwrap_err()
@@ -392,7 +403,10 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         let config = loaded(
             &home,
-            &format!("[sandbox.profiles.ml]\nread = [{:?}]\n", data.display().to_string()),
+            &format!(
+                "[sandbox.profiles.ml]\nread = [{:?}]\n",
+                data.display().to_string()
+            ),
         );
         let with = |name: &str| SandboxRequest {
             profile: Some(name.to_owned()),
@@ -401,7 +415,9 @@ mod tests {
         let plan_ml = plan(&home, &config, &with("ml"), &data, 9).unwrap();
         assert!(plan_ml.rules.read.contains(&data.canonicalize().unwrap()));
         assert_eq!(plan_ml.rules.connect_tcp, vec![9]);
-        let err = plan(&home, &config, &with("nope"), &data, 9).unwrap_err().to_string();
+        let err = plan(&home, &config, &with("nope"), &data, 9)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"nope\"") && err.contains("ml"), "{err}");
     }
 

@@ -311,8 +311,9 @@ impl AppState {
         let resolver = Arc::new(build_resolver(&new.config, self.vault.clone()));
         *self.resolver.write().unwrap_or_else(|p| p.into_inner()) = resolver;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
-        // Grants may have changed: runs re-resolve on their next request.
-        self.authority.forget_all();
+        // Grants may have changed: runs re-resolve on their next request,
+        // each narrowed by the new config, never widened.
+        self.authority.forget_credentials();
         Ok(new)
     }
 }

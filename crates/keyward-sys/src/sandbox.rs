@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope,
 };
 
 /// What a sandboxed program may do. Paths must exist.
@@ -117,7 +117,9 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
     let fail = |e: landlock::RulesetError| SandboxError::Ruleset(e.to_string());
     let mut ruleset = Ruleset::default();
     if fs {
-        ruleset = ruleset.handle_access(AccessFs::from_all(abi)).map_err(fail)?;
+        ruleset = ruleset
+            .handle_access(AccessFs::from_all(abi))
+            .map_err(fail)?;
     }
     if net {
         ruleset = ruleset
@@ -141,7 +143,9 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         ];
         for (paths, access) in grants {
             for path in paths {
-                created = created.add_rule(path_rule(path, access, abi)?).map_err(fail)?;
+                created = created
+                    .add_rule(path_rule(path, access, abi)?)
+                    .map_err(fail)?;
             }
         }
     }
@@ -217,11 +221,17 @@ mod tests {
     fn run(rules: &SandboxRules, script: &str) -> (bool, String) {
         let sandbox = prepare_sandbox(rules).unwrap();
         let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", script]).stdout(std::process::Stdio::piped());
+        cmd.args(["-c", script])
+            .stdout(std::process::Stdio::piped());
         sandbox_on_spawn(&mut cmd, sandbox);
         let mut child = cmd.spawn().unwrap();
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         (child.wait().unwrap().success(), out)
     }
 

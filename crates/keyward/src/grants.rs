@@ -69,8 +69,18 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;
     }
+    // Asked before the file is touched: a caller the daemon refuses (a
+    // process inside a run) changes nothing.
+    let daemon = client(cli)?;
+    match daemon
+        .call::<(), serde_json::Value>(Method::GET, "/v1/grants", None)
+        .await
+    {
+        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     add_grant(&source.path, &args.name, &grant, args.replace)?;
-    let reloaded = match client(cli)?
+    let reloaded = match daemon
         .call::<(), ReloadResponse>(Method::POST, "/v1/reload", None)
         .await
     {
