@@ -399,13 +399,37 @@ fn protection(mode: Option<KeyMode>, daemon_uid: Option<u32>) -> String {
             "passphrase vault: the key lives only in the daemon's (non-dumpable) memory".to_owned()
         }
     };
-    if own_user {
+    let vault = if own_user {
         format!(
             "{vault}; the daemon runs as its own user (uid {}), so this user cannot read its files",
             daemon_uid.unwrap_or_default()
         )
     } else {
         vault
+    };
+    format!("{vault}; {}", run_confinement(keyward_sys::landlock_abi()))
+}
+
+/// What confines a run's processes on this kernel.
+fn run_confinement(abi: i32) -> String {
+    match abi {
+        6.. => format!(
+            "sandboxed runs available (`keyward run --sandbox`, Landlock ABI {abi}: files, \
+             TCP, signals), the level to use for untrusted agents; every run's processes \
+             are kept from signalling outside their run"
+        ),
+        4 | 5 => format!(
+            "`keyward run --sandbox` confines files and TCP (Landlock ABI {abi}) but not \
+             signals: a child can kill its `keyward run` and leave its run"
+        ),
+        1..=3 => format!(
+            "`keyward run --sandbox` confines files only (Landlock ABI {abi}): a child can \
+             bypass the proxy with raw sockets and kill its `keyward run`"
+        ),
+        _ => "no Landlock on this kernel: runs are confined by process ancestry only \
+              (a child can kill its `keyward run` and leave its run); use a container or \
+              run the daemon as its own user"
+            .to_owned(),
     }
 }
 

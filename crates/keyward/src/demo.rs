@@ -137,23 +137,45 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
         )
         .await?;
 
-    let env_file = dir.join("child-env.txt");
+    // The client works in a directory of its own: sandboxed, it could not
+    // write next to the keyward home.
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work)?;
+    let env_file = work.join("child-env.txt");
     let url = format!("https://localhost:{port}/user");
-    let script = match client_tool {
-        "curl" => format!("env > {e}; curl -sS {url}", e = env_file.display()),
+    let key_file = home_path.join("vault").join("identity.txt");
+    let fetch = match client_tool {
+        "curl" => format!("curl -sS {url}"),
         _ => format!(
-            "env > {e}; python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{url}\").read().decode())'",
-            e = env_file.display()
+            "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{url}\").read().decode())'"
         ),
     };
+    let script = format!(
+        "env > {e}; cat {k} >/dev/null 2>&1 && echo VAULT-KEY-READ >&2; {fetch}",
+        e = env_file.display(),
+        k = key_file.display()
+    );
+    // Sandboxed where the kernel can enforce it (Landlock ABI 6+).
+    let sandboxed = keyward_sys::landlock_abi() >= 6;
     let exe = std::env::current_exe()?;
+    let mut run_args = vec!["run", "--grant", "demo"];
+    if sandboxed {
+        run_args.push("--sandbox");
+    }
     let child = tokio::process::Command::new(exe)
         .arg("--home")
         .arg(&home_path)
-        .args(["run", "--grant", "demo", "--", "sh", "-c", &script])
+        .args(&run_args)
+        .args(["--", "sh", "-c", &script])
         .env_remove("KEYWARD_CONFIG")
+        .current_dir(&work)
         .output()
         .await?;
+    let child_err = String::from_utf8_lossy(&child.stderr);
+    let sandbox_line = child_err
+        .lines()
+        .find_map(|l| l.strip_prefix("sandbox: landlock"))
+        .map(|l| format!("landlock{l}"));
     let child_out = String::from_utf8_lossy(&child.stdout).trim().to_owned();
     let child_env = std::fs::read_to_string(&env_file).unwrap_or_default();
     let placeholder = child_env
@@ -204,6 +226,14 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
     let checks = [
         ("the client ran and succeeded", child.status.success()),
         (
+            if sandboxed {
+                "the sandboxed client could not read the vault key"
+            } else {
+                "no sandbox on this kernel, so the vault key check is skipped"
+            },
+            !sandboxed || (sandbox_line.is_some() && !child_err.contains("VAULT-KEY-READ")),
+        ),
+        (
             "the service received the real secret",
             !received_secret.is_empty() && received_secret == secret,
         ),
@@ -225,7 +255,8 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
         ),
     ];
     println!(
-        "keyward demo: a local HTTPS service, a demo secret, `keyward run --grant demo -- {client_tool}`\n"
+        "keyward demo: a local HTTPS service, a demo secret, `keyward run{} --grant demo -- {client_tool}`\n",
+        if sandboxed { " --sandbox" } else { "" }
     );
     println!(
         "  secret stored        vault:demo-token  (vault fingerprint {}, tag {})",
@@ -239,6 +270,12 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
     println!("  child's environment  DEMO_TOKEN={placeholder}");
     println!("                       HTTPS_PROXY={proxy_line}");
     println!("  child saw in reply   {child_out}");
+    match &sandbox_line {
+        Some(line) => println!("  client sandboxed     {line}"),
+        None => println!(
+            "  client sandboxed     no: this kernel lacks Landlock ABI 6 (files, TCP, signals)"
+        ),
+    }
     println!(
         "  request event        {}",
         event.split("egress ").nth(1).unwrap_or(&event)

@@ -95,6 +95,16 @@ fn set_list_rm_round_trip_survives_restart_and_never_leaks() {
             .contains("can read vault/identity.txt"),
         "{st}"
     );
+    // ... and what confines runs on this kernel.
+    let sandboxed = keyward_sys::landlock_abi() >= 6;
+    assert_eq!(
+        st["protection"]
+            .as_str()
+            .unwrap()
+            .contains("sandboxed runs available"),
+        sandboxed,
+        "{st}"
+    );
 
     let rm = home.run(&["secret", "rm", "other"]);
     assert_ok(&rm);
