@@ -63,8 +63,13 @@ impl LogFormat {
 pub enum Command {
     /// Run a program that can use the grants' credentials without holding
     /// them: its HTTP(S) traffic goes through keyward's proxy, which injects
-    /// the secrets toward the hosts each grant names. Exits with the
-    /// program's status (128+N when killed by signal N).
+    /// the secrets toward the hosts each grant names. The run exists before
+    /// the program starts; its processes (forked, double-forked or
+    /// `setsid`) stay inside it and are refused the admin API, and what the
+    /// program leaves running is ended when it exits. Its grants, hosts and
+    /// policy are frozen for its life (a reload only narrows them). Use
+    /// `--sandbox` for untrusted agents. Exits with the program's status
+    /// (128+N when killed by signal N).
     Run(RunArgs),
     /// Show keyward at work on embedded defaults, in a temporary home: a
     /// local HTTPS service, a demo secret, a real client run through
