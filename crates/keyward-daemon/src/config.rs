@@ -41,6 +41,56 @@ pub struct Config {
     pub grants: BTreeMap<String, GrantConfig>,
     /// `[sandbox]`: profiles for `keyward run --sandbox`.
     pub sandbox: SandboxConfig,
+    /// `[admin]`: who may use the admin socket besides the daemon's user.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: for a daemon running as its own user (system mode), the
+/// other users it serves. The daemon's own uid and root are always served
+/// and always administer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Uids that may use the socket: create and end their own runs, list
+    /// grants, evaluate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_uids: Vec<u32>,
+    /// Groups (names or gids) whose members may use it likewise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_groups: Vec<String>,
+    /// Uids that may also manage secrets, the vault, grants (reload), the
+    /// CA and the daemon, and see every run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_uids: Vec<u32>,
+}
+
+impl AdminConfig {
+    /// Whether anyone besides the daemon's user and root is served.
+    pub fn serves_others(&self) -> bool {
+        !(self.allow_uids.is_empty() && self.allow_groups.is_empty() && self.admin_uids.is_empty())
+    }
+
+    /// The gids of `allow_groups`, names looked up in `/etc/group`; an
+    /// unknown name is an error naming it.
+    pub fn allowed_gids(&self) -> Result<Vec<u32>, String> {
+        let table = fs::read_to_string("/etc/group").unwrap_or_default();
+        self.allow_groups
+            .iter()
+            .map(|group| {
+                group.parse().or_else(|_| {
+                    table
+                        .lines()
+                        .filter_map(|l| {
+                            let mut f = l.split(':');
+                            Some((f.next()?, f.nth(1)?))
+                        })
+                        .find(|(name, _)| name == group)
+                        .and_then(|(_, gid)| gid.parse().ok())
+                        .ok_or_else(|| format!("no group named {group:?} in /etc/group"))
+                })
+            })
+            .collect()
+    }
 }
 
 impl Config {
@@ -500,6 +550,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
 fn validate(config: &Config) -> Result<(), (String, String)> {
     config.sandbox.validate()?;
+    config
+        .admin
+        .allowed_gids()
+        .map_err(|e| ("admin.allow_groups".to_owned(), e))?;
     config.grants()?;
     config
         .proxy

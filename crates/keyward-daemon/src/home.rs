@@ -12,6 +12,9 @@ use keyward_api::{SocketPathTooLong, check_socket_path};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     root: PathBuf,
+    /// `KEYWARD_SOCKET`: the admin socket somewhere else than in the home
+    /// (a system daemon's, under `/run/keyward/`).
+    socket: Option<PathBuf>,
 }
 
 /// Why no home could be chosen or prepared.
@@ -77,12 +80,16 @@ impl Home {
                 })?
                 .join(chosen)
         };
-        Ok(Self { root })
+        let socket = env_path("KEYWARD_SOCKET").filter(|p| p.is_absolute());
+        Ok(Self { root, socket })
     }
 
     /// A home at exactly `root` (which must be absolute).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            socket: None,
+        }
     }
 
     /// The home directory.
@@ -90,9 +97,25 @@ impl Home {
         &self.root
     }
 
-    /// The admin socket.
+    /// The admin socket: `KEYWARD_SOCKET` when set, else in the home.
     pub fn socket_path(&self) -> PathBuf {
-        self.root.join("keyward.sock")
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.root.join("keyward.sock"))
+    }
+
+    /// Whether the socket lives outside the home (`KEYWARD_SOCKET`): a
+    /// system daemon, which clients use but never start.
+    pub fn socket_elsewhere(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// Where public files for clients that cannot read the home (the CA
+    /// trust bundle) are published: beside a socket outside the home.
+    pub fn public_dir(&self) -> Option<PathBuf> {
+        self.socket
+            .as_ref()
+            .and_then(|s| s.parent().map(Path::to_owned))
     }
 
     /// The PID file, locked while the daemon lives.

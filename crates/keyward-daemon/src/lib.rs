@@ -20,6 +20,7 @@ mod run_routes;
 pub mod runs;
 pub mod sandbox;
 mod server;
+pub mod service;
 mod vault_routes;
 
 pub use error::DaemonError;

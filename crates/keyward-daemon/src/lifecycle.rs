@@ -83,7 +83,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         tracing::warn!("replaced a stale PID file left by pid {stale}, which is no longer running");
     }
 
-    let bound = match bind_socket(&socket_path) {
+    // Other users named in [admin] must be able to connect; the peer check
+    // (SO_PEERCRED) decides who is served.
+    let socket_mode = if opts.config.config.admin.serves_others() {
+        0o666
+    } else {
+        0o600
+    };
+    let bound = match bind_socket(&socket_path, socket_mode) {
         Ok(bound) => bound,
         Err(e) => {
             pid_lock.release();
@@ -161,9 +168,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         authority: Arc::new(Authority::new(weak.clone())),
         ca: ca.clone(),
         proxy_port,
+        daemon_uid: keyward_sys::effective_uid(),
+        public_bundle: home.public_dir().map(|dir| dir.join("bundle.pem")),
         evidence: evidence.clone(),
         baseline: Arc::new(keyward_policy::baseline()),
     });
+    if let Err(e) = state.publish_bundle() {
+        tracing::error!("cannot publish the CA trust bundle for other users: {e}");
+    }
     let proxy = match Proxy::with_options(ca, state.authority.clone(), &upstream_ca, proxy_options)
     {
         Ok(p) => Arc::new(p.with_sink(Arc::new(keyward_proxy::EvidenceSink(evidence.clone())))),
@@ -181,7 +193,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }));
     let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
-    let listener = AdminListener::new(bound.0, keyward_sys::effective_uid());
+    let listener = AdminListener::new(bound.0, state.daemon_uid, &state);
     let mut serve = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -383,7 +395,7 @@ fn seal_if_idle(vault: &Mutex<Vault>, idle: Option<Duration>) {
 /// is not ours.
 type SocketId = (u64, u64);
 
-fn bind_socket(path: &Path) -> Result<(UnixListener, SocketId), DaemonError> {
+fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, SocketId), DaemonError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(DaemonError::NotASocket {
@@ -424,7 +436,7 @@ fn bind_socket(path: &Path) -> Result<(UnixListener, SocketId), DaemonError> {
     let bind_err = || DaemonError::io(format!("cannot bind the admin socket {}", path.display()));
     let listener = UnixListener::bind(path).map_err(bind_err())?;
     // The umask already made it 0700; a socket needs no execute bit.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err())?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(bind_err())?;
     let meta = fs::symlink_metadata(path).map_err(bind_err())?;
     Ok((listener, (meta.dev(), meta.ino())))
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
@@ -19,7 +19,7 @@ use crate::grants::Grant;
 use keyward_vault::ResolveError;
 
 use crate::runs::{RunRecord, RunsError};
-use crate::server::{ApiError, AppState, json_body};
+use crate::server::{ApiError, AppState, Peer, json_body};
 use keyward_evidence::Kind;
 use serde_json::json;
 
@@ -351,7 +351,7 @@ fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<Stri
     }
     env.insert("NO_PROXY".to_owned(), String::new());
     env.insert("no_proxy".to_owned(), String::new());
-    let bundle = state.ca.bundle_path().display().to_string();
+    let bundle = state.bundle_path().display().to_string();
     for var in [
         "SSL_CERT_FILE",
         "REQUESTS_CA_BUNDLE",
@@ -368,11 +368,12 @@ fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<Stri
 
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunCreated>, ApiError> {
     let req: CreateRunRequest = json_body(body)?;
     let vars = check_grants(&state, &req)?;
-    let (run, token) = state.runs.create(&req, &vars)?;
+    let (run, token) = state.runs.create(&req, &vars, peer.uid)?;
     // Resolve now so a sealed vault or a missing secret fails here, loudly,
     // not at the child's first request.
     let (ctx, failures) = Authority::build(&state, &run).await;
@@ -450,10 +451,33 @@ fn env_to_drop(
     drop
 }
 
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<RunList> {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Json<RunList> {
     Json(RunList {
-        runs: state.runs.list().iter().map(RunRecord::info).collect(),
+        runs: state
+            .runs
+            .list()
+            .iter()
+            .filter(|r| visible(&peer, r))
+            .map(RunRecord::info)
+            .collect(),
     })
+}
+
+/// Administrators see every run; other users only their own.
+fn visible(peer: &Peer, run: &RunRecord) -> bool {
+    peer.admin || run.uid == Some(peer.uid)
+}
+
+/// The run `id` as `peer` may see it.
+fn visible_run(state: &AppState, peer: &Peer, id: &str) -> Result<RunRecord, ApiError> {
+    state
+        .runs
+        .get(id)
+        .filter(|r| visible(peer, r))
+        .ok_or_else(|| not_found(id))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -466,21 +490,20 @@ fn not_found(id: &str) -> ApiError {
 
 pub(crate) async fn get_one(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
-    state
-        .runs
-        .get(&id)
-        .map(|r| Json(r.info()))
-        .ok_or_else(|| not_found(&id))
+    visible_run(&state, &peer, &id).map(|r| Json(r.info()))
 }
 
 pub(crate) async fn patch(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunInfo>, ApiError> {
     let req: PatchRunRequest = json_body(body)?;
+    visible_run(&state, &peer, &id)?;
     let run = state
         .runs
         .set_pid(&id, req.pid)?
@@ -493,9 +516,10 @@ pub(crate) async fn patch(
 
 pub(crate) async fn remove(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
-    let run = state.runs.get(&id).ok_or_else(|| not_found(&id))?;
+    let run = visible_run(&state, &peer, &id)?;
     state.runs.remove(&id)?;
     state.authority.forget(&id);
     tracing::info!(run = id, "run removed");
@@ -515,6 +539,9 @@ pub(crate) async fn rotate_ca(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_io", e.to_string()))?;
     tracing::info!("local CA rotated; leaf cache flushed");
+    if let Err(e) = state.publish_bundle() {
+        tracing::error!("cannot publish the CA trust bundle for other users: {e}");
+    }
     state
         .audit(Kind::Admin, None, json!({"event": "ca_rotated"}))
         .await;

@@ -55,6 +55,9 @@ pub struct RunRecord {
     /// What confines the run's processes, as its `keyward run` reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confinement: Option<String>,
+    /// The uid that created it: other non-admin users do not see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 impl RunRecord {
@@ -168,6 +171,7 @@ impl Registry {
         &self,
         req: &CreateRunRequest,
         placeholder_vars: &[String],
+        uid: u32,
     ) -> Result<(RunRecord, String), RunsError> {
         let token = hex_random(32);
         let id = format!("run_{}", hex_random(6));
@@ -187,6 +191,7 @@ impl Registry {
             policy: req.policy.clone(),
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             confinement: req.confinement.clone(),
+            uid: Some(uid),
         };
         self.lock().insert(id, record.clone());
         self.changes.fetch_add(1, Ordering::SeqCst);
@@ -382,7 +387,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut kept = Vec::new();
                     for j in 0..10 {
-                        let (run, _) = reg.create(&CreateRunRequest::default(), &[]).unwrap();
+                        let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
                         if (i + j) % 3 == 0 {
                             assert!(reg.remove(&run.id).unwrap());
                         } else {
@@ -418,7 +423,7 @@ mod tests {
             label: Some("agent".into()),
             ..Default::default()
         };
-        let (run, token) = reg.create(&req, &["GH_TOKEN".to_owned()]).unwrap();
+        let (run, token) = reg.create(&req, &["GH_TOKEN".to_owned()], 0).unwrap();
         assert!(run.id.starts_with("run_") && run.id.len() == 16);
         assert_eq!(token.len(), 64);
         assert!(run.placeholders["GH_TOKEN"].starts_with("kw_ph_"));
@@ -449,6 +454,7 @@ mod tests {
                     ..Default::default()
                 },
                 &[],
+                0,
             )
             .unwrap();
         // Our child descends from the run's pid.
@@ -464,6 +470,7 @@ mod tests {
                     ..Default::default()
                 },
                 &[],
+                0,
             )
             .unwrap();
         assert_eq!(reg.reap().unwrap(), vec![dead_run.id]);

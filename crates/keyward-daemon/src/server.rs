@@ -42,6 +42,10 @@ pub(crate) struct Peer {
     pub uid: u32,
     pub pid: Option<i32>,
     pub pidfd: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The daemon's own user, root, or a uid in `admin.admin_uids`: may
+    /// manage secrets, the vault, grants, the CA and the daemon, and sees
+    /// every run. Others admitted by `[admin]` only use runs.
+    pub admin: bool,
 }
 
 impl Peer {
@@ -54,38 +58,80 @@ impl Peer {
     }
 }
 
-/// Accepts admin connections, refusing every peer whose uid is neither the
-/// daemon's nor root's.
+/// Accepts admin connections, refusing every peer that is not the daemon's
+/// user, root, or a user the config's `[admin]` table names.
 pub(crate) struct AdminListener {
     inner: UnixListener,
     daemon_uid: u32,
+    state: std::sync::Weak<AppState>,
 }
 
 impl AdminListener {
-    pub(crate) fn new(inner: UnixListener, daemon_uid: u32) -> Self {
-        Self { inner, daemon_uid }
+    pub(crate) fn new(inner: UnixListener, daemon_uid: u32, state: &Arc<AppState>) -> Self {
+        Self {
+            inner,
+            daemon_uid,
+            state: Arc::downgrade(state),
+        }
     }
 
     fn admit(&self, stream: &UnixStream) -> Result<Peer, String> {
         let cred = stream
             .peer_cred()
             .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-        let peer = Peer {
+        let mut peer = Peer {
             uid: cred.uid(),
             pid: cred.pid(),
             pidfd: keyward_sys::peer_pidfd(stream).map(Arc::new),
+            admin: true,
         };
         if peer.uid == self.daemon_uid || peer.uid == 0 {
-            Ok(peer)
-        } else {
-            Err(format!(
-                "uid {} (pid {}) is neither the daemon's uid {} nor root",
+            return Ok(peer);
+        }
+        let refused = || {
+            format!(
+                "uid {} (pid {}) is not the daemon's uid {}, root, or a user in [admin]",
                 peer.uid,
                 peer.pid.map_or("?".to_owned(), |p| p.to_string()),
                 self.daemon_uid
-            ))
+            )
+        };
+        let Some(state) = self.state.upgrade() else {
+            return Err(refused());
+        };
+        let admin = &state.config().config.admin;
+        peer.admin = admin.admin_uids.contains(&peer.uid);
+        let in_group = || {
+            let gids = admin.allowed_gids().unwrap_or_default();
+            !gids.is_empty()
+                && (gids.contains(&cred.gid())
+                    || peer
+                        .pid
+                        .is_some_and(|pid| peer_groups(pid).iter().any(|g| gids.contains(g))))
+        };
+        if peer.admin || admin.allow_uids.contains(&peer.uid) || in_group() {
+            Ok(peer)
+        } else {
+            Err(refused())
         }
     }
+}
+
+/// The supplementary groups of a process (`/proc/<pid>/status`); none when
+/// it cannot be read.
+fn peer_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
 }
 
 impl Listener for AdminListener {
@@ -118,6 +164,7 @@ impl Listener for AdminListener {
             uid: self.daemon_uid,
             pid: None,
             pidfd: None,
+            admin: true,
         })
     }
 }
@@ -147,9 +194,9 @@ async fn refuse(mut stream: UnixStream) {
     let body = serde_json::to_string(&ErrorBody {
         error: ErrorDetail {
             code: "peer_refused".to_owned(),
-            message:
-                "this keyward daemon accepts admin connections only from its own user and root"
-                    .to_owned(),
+            message: "this keyward daemon accepts admin connections only from its own user, \
+                      root and the users its config names in [admin]"
+                .to_owned(),
         },
     })
     .unwrap_or_default();
@@ -217,12 +264,36 @@ pub(crate) struct AppState {
     pub authority: Arc<Authority>,
     pub ca: Arc<CertificateAuthority>,
     pub proxy_port: u16,
+    /// The uid the daemon runs as.
+    pub daemon_uid: u32,
+    /// A world-readable copy of the CA trust bundle beside a socket that
+    /// lives outside the home, for clients that cannot read the home.
+    pub public_bundle: Option<std::path::PathBuf>,
     pub evidence: Arc<EvidenceLog>,
     /// The built-in pack, compiled once (for `policy_pack: "agent-baseline"`).
     pub baseline: Arc<keyward_policy::Policy>,
 }
 
 impl AppState {
+    /// The trust bundle children are pointed at.
+    pub(crate) fn bundle_path(&self) -> std::path::PathBuf {
+        self.public_bundle
+            .clone()
+            .unwrap_or_else(|| self.ca.bundle_path())
+    }
+
+    /// Copies the CA trust bundle to where clients outside the home read
+    /// it (0644), when the socket lives outside the home.
+    pub(crate) fn publish_bundle(&self) -> std::io::Result<()> {
+        let Some(public) = &self.public_bundle else {
+            return Ok(());
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let bytes = std::fs::read(self.ca.bundle_path())?;
+        keyward_vault::write_atomic(public, &bytes).map_err(std::io::Error::other)?;
+        std::fs::set_permissions(public, std::fs::Permissions::from_mode(0o644))
+    }
+
     /// The current config.
     pub(crate) fn config(&self) -> Arc<LoadedConfig> {
         self.config
@@ -450,6 +521,20 @@ async fn track(
     if let Some(refusal) = confinement_refusal(&state, &peer, &req) {
         return refusal;
     }
+    if !peer.admin && !user_route(req.method(), req.uri().path()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_only",
+            format!(
+                "uid {} may use runs, grants and decisions here; {} {} is for the daemon's \
+                 administrators (admin.admin_uids)",
+                peer.uid,
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response();
+    }
     let activity = &state.activity;
     activity.in_flight.fetch_add(1, Ordering::AcqRel);
     activity.touch();
@@ -459,7 +544,34 @@ async fn track(
     activity.touch();
     activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     tracing::debug!(%method, path, status = resp.status().as_u16(), uid = peer.uid, pid = ?peer.pid, "admin request");
+    // Another user's requests are attributed to its uid in the evidence
+    // log (the daemon's own user is implied by every other record).
+    if peer.uid != state.daemon_uid && !(method == Method::GET && path == "/v1/health") {
+        state
+            .audit(
+                Kind::Admin,
+                None,
+                serde_json::json!({"event": "admin_request", "method": method.as_str(),
+                    "path": path, "status": resp.status().as_u16(), "uid": peer.uid,
+                    "pid": peer.pid}),
+            )
+            .await;
+    }
     resp
+}
+
+/// Routes any admitted user may call: health, decisions, its own runs,
+/// the grants' names.
+fn user_route(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET => {
+            matches!(path, "/v1/health" | "/v1/grants" | "/v1/runs")
+                || path.starts_with("/v1/runs/")
+        }
+        Method::POST => matches!(path, "/v1/evaluate" | "/v1/runs"),
+        Method::PATCH | Method::DELETE => path.starts_with("/v1/runs/"),
+        _ => false,
+    }
 }
 
 /// Confinement: a process inside a run (or its descendant) may only ask for

@@ -112,6 +112,64 @@ pub enum Command {
     /// The evidence log: signing keys, verification, tail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The daemon as a systemd service: `--system` runs it as its own
+    /// `keyward` user (home /var/lib/keyward, socket /run/keyward/keyward.sock
+    /// opened to the users named in [admin]); `--user` installs a user unit.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Install the unit (and, with --system, the user, home and config).
+    Install(ServiceInstallArgs),
+    /// Remove what install made; the home (the vault) stays unless --purge.
+    Uninstall(ServiceUninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceScope {
+    /// The system service (root): the daemon as its own user.
+    #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+    pub system: bool,
+    /// A user unit: the daemon as you, in your default home.
+    #[arg(long)]
+    pub user: bool,
+    /// With --system: write the files under this directory instead of /
+    /// (packaging, tests); the system user is still created on this machine.
+    #[arg(long, value_name = "DIR", default_value = "/", requires = "system")]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceInstallArgs {
+    #[command(flatten)]
+    pub scope: ServiceScope,
+    /// A uid that may use the system daemon: runs, grants, decisions
+    /// (repeatable; written to admin.allow_uids).
+    #[arg(long, value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// A group whose members may use it likewise (repeatable).
+    #[arg(long, value_name = "GROUP")]
+    pub allow_group: Vec<String>,
+    /// A uid that may also manage secrets, the vault and the daemon
+    /// (repeatable).
+    #[arg(long, value_name = "UID")]
+    pub admin_uid: Vec<u32>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceUninstallArgs {
+    #[command(flatten)]
+    pub scope: ServiceScope,
+    /// Also remove the system daemon's home (its vault) and the user
+    /// install created.
+    #[arg(long)]
+    pub purge: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

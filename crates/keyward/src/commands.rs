@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::audit;
 use crate::cli::{
-    Cli, Command, ConfigCommand, DaemonCommand, GrantCommand, IdleExitArg, StartArgs, StopArgs,
+    Cli, Command, ConfigCommand, DaemonCommand, GrantCommand, IdleExitArg, ServiceCommand,
+    StartArgs, StopArgs,
 };
 use crate::demo;
 use crate::exit;
@@ -82,6 +83,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => block_on(policy_cmd::eval(&cli, args)),
         Command::Policy(cmd) => policy_cmd::policy(cmd),
         Command::Audit(cmd) => audit::audit(&cli, cmd),
+        Command::Service(cmd) => service(cmd),
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
             stop(&cli, &args.stop, true).await?;
             start_detached(&cli, &args.idle, args.stop.json.json).await
@@ -229,6 +231,19 @@ pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
     if running.health().await.is_ok() {
         return Ok(running);
     }
+    // A socket named by KEYWARD_SOCKET belongs to a daemon managed
+    // elsewhere (a system service): use it, never start one in its place.
+    if home.socket_elsewhere() {
+        return Err(ControlError::NotRunning {
+            detail: format!(
+                "nothing answers on {} (KEYWARD_SOCKET); start that daemon (e.g. \
+                 `systemctl start keyward`)",
+                home.socket_path().display()
+            ),
+            home: home.root().to_owned(),
+        }
+        .into());
+    }
     let (exe, args) = daemon_command(cli, None)?;
     if let Some(pid) = control::ensure_running(&home, &exe, args, DETACH_READY_TIMEOUT).await? {
         eprintln!("keyward: started the daemon (pid {pid})");
@@ -306,6 +321,52 @@ async fn stop(cli: &Cli, args: &StopArgs, tolerate_not_running: bool) -> Result<
         // restart prints only the start's JSON, keeping stdout one object.
         (true, true) => {}
         (false, _) => println!("keyward daemon {how} (pid {pid})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyward service install|uninstall`.
+fn service(cmd: &ServiceCommand) -> Result<ExitCode> {
+    use keyward_daemon::service;
+    let user_home = || {
+        std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .context("HOME is not set, so there is no place for a user unit")
+    };
+    let (report, json) = match cmd {
+        ServiceCommand::Install(args) => {
+            let exe = std::env::current_exe().context("cannot locate the keyward binary")?;
+            let report = if args.scope.system {
+                service::install_system(&service::SystemInstall {
+                    root: args.scope.root.clone(),
+                    exe,
+                    allow_uids: args.allow_uid.clone(),
+                    allow_groups: args.allow_group.clone(),
+                    admin_uids: args.admin_uid.clone(),
+                })?
+            } else {
+                service::install_user(&user_home()?, &exe)?
+            };
+            (report, args.json.json)
+        }
+        ServiceCommand::Uninstall(args) => {
+            let report = if args.scope.system {
+                service::uninstall_system(&args.scope.root, args.purge)?
+            } else {
+                service::uninstall_user(&user_home()?)?
+            };
+            (report, args.json.json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for line in &report.done {
+            println!("{line}");
+        }
+        for line in &report.next {
+            println!("next: {line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

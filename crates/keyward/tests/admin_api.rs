@@ -142,7 +142,7 @@ fn another_uid_is_refused() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("peer_refused"), "{run:?}");
     assert!(
-        run.stderr.contains("only from its own user and root"),
+        run.stderr.contains("only from its own user, root and the users"),
         "{run:?}"
     );
     assert!(
