@@ -135,13 +135,33 @@ const SYSTEM_EXEC: &[&str] = &[
 /// System directories a program reads.
 const SYSTEM_READ: &[&str] = &["/etc", "/proc", "/sys", "/dev", "/run/systemd/resolve"];
 /// Devices and shared memory a program writes.
-const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/shm"];
+/// Not `/dev/pts`: other terminals of the same user (where a passphrase may
+/// be typed) must stay out of reach; inherited descriptors work without it.
+const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/tty", "/dev/shm"];
 /// Under the user's home: toolchains run from there.
-const HOME_EXEC: &[&str] = &[".rustup", ".local/bin", ".pyenv", ".nvm", ".bun", ".deno"];
+const HOME_EXEC: &[&str] = &[
+    ".rustup",
+    ".cargo/bin",
+    ".local/bin",
+    ".pyenv",
+    ".nvm",
+    ".bun",
+    ".deno",
+];
 /// Under the user's home: configuration tools read.
 const HOME_READ: &[&str] = &[".gitconfig", ".config/git", ".local/lib"];
-/// Under the user's home: caches tools write.
-const HOME_WRITE: &[&str] = &[".cache", ".cargo", ".npm", ".yarn", ".m2", "go/pkg"];
+/// Under the user's home: caches tools write. Only the download caches of
+/// cargo and Maven: `~/.cargo/bin`, `~/.cargo/config.toml`, `~/.cargo/env`
+/// and `~/.m2/settings.xml` hold credentials or run later, outside the run.
+const HOME_WRITE: &[&str] = &[
+    ".cache",
+    ".cargo/registry",
+    ".cargo/git",
+    ".npm",
+    ".yarn/berry/cache",
+    ".m2/repository",
+    "go/pkg/mod",
+];
 
 /// Plans the sandbox of a run whose program starts in `cwd` and reaches
 /// the proxy on `proxy_port`.

@@ -57,10 +57,10 @@ pub fn kill_with_parent_on_spawn(cmd: &mut Command) {
 
 /// The direct children of this process, whichever of its threads they
 /// belong to (zombies included), read from `/proc/self/task/*/children`.
-pub fn own_children() -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
+/// An error when `/proc` cannot be read (callers must not take that for
+/// "no children").
+pub fn own_children() -> io::Result<Vec<u32>> {
+    let tasks = std::fs::read_dir("/proc/self/task")?;
     let mut children: Vec<u32> = tasks
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
@@ -72,14 +72,38 @@ pub fn own_children() -> Vec<u32> {
         .collect();
     children.sort_unstable();
     children.dedup();
-    children
+    Ok(children)
+}
+
+/// Whether this process has any child at all, exited or not: asked of the
+/// kernel (`waitid` with `WNOWAIT`), so it works without a free descriptor.
+pub fn has_children() -> bool {
+    // SAFETY: waitid writes only into `info`, a zeroed siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    !(rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
+}
+
+/// Reaps every exited child (`waitpid(-1, WNOHANG)`); only for use once no
+/// other waiter expects a child's status.
+pub fn reap_any_exited() {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG; `status` is a valid writable int.
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
 /// Reaps the children of this process that have exited, except `keep`
 /// (whose status its own waiter collects). Returns how many were reaped.
 pub fn reap_exited_children(keep: Option<u32>) -> usize {
     let mut reaped = 0;
-    for pid in own_children() {
+    for pid in own_children().unwrap_or_default() {
         if Some(pid) == keep {
             continue;
         }
@@ -142,7 +166,8 @@ mod tests {
     fn children_are_listed_and_reaped() {
         let mut child = Command::new("true").spawn().unwrap();
         let pid = child.id();
-        assert!(own_children().contains(&pid), "{:?}", own_children());
+        assert!(own_children().unwrap().contains(&pid));
+        assert!(has_children());
         // Zombie once it exits; `keep` protects it from our reaping.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while crate::process_exists(pid) && std::time::Instant::now() < deadline {

@@ -11,8 +11,8 @@ mod process;
 mod sandbox;
 
 pub use confine::{
-    become_child_subreaper, kill_with_parent_on_spawn, make_non_dumpable, own_children, peer_pidfd,
-    pidfd_has_exited, reap_exited_children,
+    become_child_subreaper, has_children, kill_with_parent_on_spawn, make_non_dumpable,
+    own_children, peer_pidfd, pidfd_has_exited, reap_any_exited, reap_exited_children,
 };
 pub use fs::{redirect_output, reserve_space};
 pub use sandbox::{

@@ -15,6 +15,10 @@ pub enum Signal {
     Hup,
     /// Interrupt (Ctrl-C).
     Int,
+    /// Quit (Ctrl-\\).
+    Quit,
+    /// Stop, which cannot be caught or ignored.
+    Stop,
 }
 
 impl Signal {
@@ -24,6 +28,8 @@ impl Signal {
             Signal::Kill => libc::SIGKILL,
             Signal::Hup => libc::SIGHUP,
             Signal::Int => libc::SIGINT,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Stop => libc::SIGSTOP,
         }
     }
 }

@@ -23,6 +23,9 @@ use crate::commands::ensure_daemon;
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let client = ensure_daemon(cli).await?;
+    // A daemon this process just started is its child; it is not one of
+    // the program's leftovers.
+    let daemon_pid = client.health().await.ok().map(|h| h.pid);
     let confinement = plan_confinement(cli, args, &client).await?;
     // Orphans of the program (double fork, `setsid -f`) come back to this
     // process instead of pid 1, so they stay inside the run's ancestry.
@@ -93,6 +96,10 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Ctrl-\\ (or a terminal whose quit character the program changed)
+    // must not kill this wrapper and leave the program's processes outside
+    // their run: it is forwarded like the others.
+    let mut sigquit = signal(SignalKind::quit())?;
     let mut sigchld = signal(SignalKind::child())?;
     let spawned = tokio::process::Command::from(cmd).spawn();
     let mut child = match spawned {
@@ -116,6 +123,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             _ = sigint.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Int); }
             _ = sigterm.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Term); }
             _ = sighup.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Hup); }
+            _ = sigquit.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Quit); }
             // Orphans that exit are reaped here; the program's own status
             // is left for `wait`.
             _ = sigchld.recv() => { keyward_sys::reap_exited_children(Some(pid)); }
@@ -123,7 +131,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     };
     // Nothing the program started outlives the run: what it left behind
     // is ended before the run (and its confinement) goes.
-    let ended = end_leftovers().await;
+    let ended = end_leftovers(daemon_pid).await;
     if ended > 0 {
         eprintln!("keyward run: ended {ended} process(es) the program left running");
     }
@@ -241,31 +249,59 @@ fn remove_private_tmp(dir: Option<&std::path::Path>) {
 }
 
 /// Ends every process left among this wrapper's children (orphans of the
-/// program reparented to it): SIGTERM, then SIGKILL after a grace period,
-/// until none is left; returns how many were asked to stop.
-async fn end_leftovers() -> usize {
+/// program reparented to it), except `spare` (a daemon this wrapper
+/// started): SIGTERM, then after a grace period SIGSTOP and SIGKILL (a
+/// stopped process cannot fork, so a process that keeps forking is caught),
+/// until the kernel reports no child left. It never gives up: while it
+/// cannot tell (e.g. `/proc` unreadable), the run stays registered and its
+/// processes stay inside it. Returns how many processes it signalled.
+async fn end_leftovers(spare: Option<u32>) -> usize {
     const GRACE: Duration = Duration::from_secs(2);
-    const GIVE_UP: Duration = Duration::from_secs(10);
+    const WARN_AFTER: Duration = Duration::from_secs(10);
     let started = Instant::now();
-    let mut asked = std::collections::HashSet::new();
+    let mut signalled = std::collections::HashSet::new();
+    let mut warned = false;
     loop {
-        keyward_sys::reap_exited_children(None);
-        let left: Vec<u32> = keyward_sys::own_children()
-            .into_iter()
-            .filter(|pid| keyward_sys::process_exists(*pid))
-            .collect();
-        if left.is_empty() || started.elapsed() > GIVE_UP {
-            return asked.len();
+        keyward_sys::reap_any_exited();
+        // `unknown`: children exist but cannot be named; the run stays open.
+        let (left, unknown): (Vec<u32>, bool) = match keyward_sys::own_children() {
+            Ok(children) => (
+                children.into_iter().filter(|p| Some(*p) != spare).collect(),
+                false,
+            ),
+            Err(_) => (Vec::new(), keyward_sys::has_children()),
+        };
+        if left.is_empty() && !unknown {
+            return signalled.len();
         }
-        let force = started.elapsed() >= GRACE;
-        for pid in left {
-            if force {
-                let _ = keyward_sys::send_signal(pid, Signal::Kill);
-            } else if asked.insert(pid) {
-                let _ = keyward_sys::send_signal(pid, Signal::Term);
+        if started.elapsed() > WARN_AFTER && !warned {
+            warned = true;
+            eprintln!(
+                "keyward run: processes the program left are still being ended; \
+                 the run stays open until they are gone"
+            );
+        }
+        if started.elapsed() < GRACE {
+            for pid in left {
+                if signalled.insert(pid) {
+                    let _ = keyward_sys::send_signal(pid, Signal::Term);
+                }
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        for pid in &left {
+            let _ = keyward_sys::send_signal(*pid, Signal::Stop);
+            signalled.insert(*pid);
+        }
+        for pid in &left {
+            let _ = keyward_sys::send_signal(*pid, Signal::Kill);
+        }
+        if unknown {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -142,7 +142,8 @@ fn another_uid_is_refused() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("peer_refused"), "{run:?}");
     assert!(
-        run.stderr.contains("only from its own user, root and the users"),
+        run.stderr
+            .contains("only from its own user, root and the users"),
         "{run:?}"
     );
     assert!(

@@ -1418,7 +1418,7 @@ fn what_a_program_leaves_running_is_ended_with_its_run() {
         ),
     );
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("ended 1 process"), "{run:?}");
+    assert!(run.stderr.contains("keyward run: ended"), "{run:?}");
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -1743,4 +1743,65 @@ curl -sS {url}
     );
     let run = home.run(&["run", "--sandbox-profile", "x", "--", "true"]);
     assert_eq!(run.code, 2, "needs --sandbox: {run:?}");
+}
+
+/// A leftover that keeps forking (each parent exits at once, so every
+/// listing finds a fresh orphan or a zombie) and ignores SIGTERM is still
+/// ended before the run goes; and a daemon that `keyward run` itself
+/// started is not taken for a leftover.
+#[test]
+fn a_fork_hopping_leftover_is_ended_and_the_daemon_is_spared() {
+    let home = TestHome::new();
+    let dir = home.path.parent().unwrap().to_owned();
+    let log = dir.join("hopper.log");
+    let hopper = format!(
+        r#"
+import os, signal, socket, time, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork(): sys.exit(0)
+end = time.time() + 4
+while time.time() < end:
+    if os.fork(): os._exit(0)
+s = socket.socket(socket.AF_UNIX)
+s.connect("{sock}")
+s.sendall(b"GET /v1/secrets HTTP/1.1\r\nhost: k\r\nconnection: close\r\n\r\n")
+open("{log}", "w").write(f"ppid={{os.getppid()}} " + s.recv(4096).decode(errors="replace"))
+"#,
+        sock = home.socket().display(),
+        log = log.display()
+    );
+    // No daemon yet: this run starts it.
+    let run = home.run(&["run", "--", "python3", "-c", &hopper]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("ended"), "{run:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!seen.contains("\"secrets\""), "the hopper escaped: {seen}");
+    assert!(seen.is_empty() || seen.contains("run_confined"), "{seen}");
+    assert_eq!(home.run(&["status"]).code, 0, "the daemon outlived the run");
+}
+
+/// Ctrl-\ reaches the program; it does not kill `keyward run` and leave the
+/// program's processes outside their run.
+#[test]
+fn sigquit_is_forwarded_not_fatal_to_the_wrapper() {
+    let (home, _upstream) = setup("");
+    let ready = home.path.parent().unwrap().join("quit-trap-set");
+    let child = home
+        .cmd(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "trap 'exit 33' QUIT; : > '{}'; sleep 30 & wait",
+                ready.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(30), || ready.exists()));
+    common::signal(child.id(), "QUIT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(33), "{out:?}");
 }
