@@ -5,6 +5,7 @@
 //! only after fsync.
 #![forbid(unsafe_code)]
 
+mod head;
 mod jcs;
 mod keys;
 mod log;
@@ -12,16 +13,17 @@ mod record;
 mod redact;
 mod verify;
 
+pub use head::{Anchor, HEAD_FILE, HEAD_SCHEMA, Head, HeadSig};
 pub use keys::{
     ED25519_ALG, HMAC_ALG, KeyError, Signer, Verifier, generate_ed25519, generate_hmac,
 };
 pub use log::{
-    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, list_segments,
-    read_log_id, segment_name,
+    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, TailProblem,
+    list_segments, read_log_id, segment_name,
 };
 pub use record::{Kind, SCHEMA};
 pub use redact::{MIN_KNOWN_LEN, REDACTED, redact, redact_known};
-pub use verify::{Report, VerifyError, verify_dir};
+pub use verify::{Report, VerifyError, VerifyOptions, verify, verify_dir};
 
 /// Canonical JSON (RFC 8785) of `value`.
 pub fn canonical_json(value: &serde_json::Value) -> String {
