@@ -68,7 +68,7 @@ impl std::str::FromStr for Anchor {
     /// Parses `SEQ:HASH` as `keyward audit head` prints it.
     fn from_str(s: &str) -> Result<Self, String> {
         let expected =
-            "expected SEQ:HASH as `keyward audit head` prints it, e.g. 42:9f86d0…(64 hex digits)";
+            "expected SEQ:HASH as `keyward audit head` prints it, e.g. 42:9f86d0… (64 hex digits)";
         let (seq, hash) = s
             .trim()
             .split_once(':')
