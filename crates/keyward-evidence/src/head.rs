@@ -164,11 +164,19 @@ impl Head {
     /// Replaces `<dir>/head.json` atomically: a temporary file, fsync,
     /// rename, fsync of the directory.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
         let mut text = serde_json::to_string(self).map_err(std::io::Error::other)?;
         text.push('\n');
-        crate::write_durably(&tmp, text.as_bytes(), 0o600)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
         std::fs::rename(&tmp, dir.join(HEAD_FILE))?;
         std::fs::File::open(dir)?.sync_all()
     }

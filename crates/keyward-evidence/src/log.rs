@@ -393,6 +393,8 @@ impl EvidenceLog {
                 dir: dir.clone(),
                 log_id: log_id.clone(),
                 signer: signer.clone(),
+                offer: Mutex::new(HeadOffer::default()),
+                wake: Condvar::new(),
             },
         });
         let mut writer = Writer {
@@ -632,18 +634,69 @@ struct Durability {
     head: HeadKeeper,
 }
 
-/// Writes the head checkpoint: after each fsync, the last record it
-/// covered, signed with the log's key. The head never names a record that
-/// is not on disk; after a crash it may lag the log, never lead it.
+/// Keeps the head checkpoint: after each fsync the syncer offers the last
+/// record it covered, and a thread of its own writes the newest offer,
+/// signed with the log's key, so the syncer's next fsync never waits for
+/// the head's. Offers made while a write is under way are folded into the
+/// next one. The head never names a record that is not on disk; after a
+/// crash it may lag the log, never lead it.
 struct HeadKeeper {
     dir: PathBuf,
     log_id: String,
     signer: Option<Arc<Signer>>,
+    offer: Mutex<HeadOffer>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct HeadOffer {
+    /// The newest synced (seq, hash) not yet in the head.
+    newest: Option<(u64, String)>,
+    /// The log is closing: write what is offered, then stop.
+    closing: bool,
 }
 
 impl HeadKeeper {
     fn write(&self, seq: u64, hash: &str) -> std::io::Result<()> {
         Head::new(&self.log_id, seq, hash, self.signer.as_deref()).write(&self.dir)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HeadOffer> {
+        self.offer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn offer(&self, seq: u64, hash: String) {
+        self.lock().newest = Some((seq, hash));
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        // Logged once per run of failures, not once per fsync.
+        let mut failing = false;
+        loop {
+            let next = self
+                .wake
+                .wait_while(self.lock(), |o| o.newest.is_none() && !o.closing)
+                .unwrap_or_else(|p| p.into_inner())
+                .newest
+                .take();
+            let Some((seq, hash)) = next else { return };
+            match self.write(seq, &hash) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(
+                        "evidence log: cannot write the head checkpoint: {e}; records are still written"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -707,6 +760,15 @@ impl Durability {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let durability = self.durability.clone();
+        let head_keeper = std::thread::Builder::new()
+            .name("keyward-evidence-head".into())
+            .spawn(move || durability.head.run());
+        if let Err(e) = &head_keeper {
+            tracing::error!(
+                "evidence log: cannot start the head checkpoint thread: {e}; the head stays where it is"
+            );
+        }
+        let durability = self.durability.clone();
         let synced = self.seq;
         let syncer = std::thread::Builder::new()
             .name("keyward-evidence-sync".into())
@@ -752,6 +814,11 @@ impl Writer {
         self.durability.lock().closing = true;
         self.durability.wake.notify_all();
         if let Ok(handle) = syncer {
+            let _ = handle.join();
+        }
+        // Everything is synced: the head takes the last offer and stops.
+        self.durability.head.close();
+        if let Ok(handle) = head_keeper {
             let _ = handle.join();
         }
     }
@@ -932,8 +999,6 @@ impl Writer {
 /// fsyncs what the writer has written and acknowledges it, until the
 /// writer closes and everything is synced.
 fn sync_loop(durability: &Durability, mut synced: u64) {
-    // Logged once per run of failures, not once per fsync.
-    let mut head_failing = false;
     loop {
         let mut state = durability
             .wake
@@ -980,17 +1045,7 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
             ack.send(outcome(seq));
         }
         if result.is_ok() {
-            // After the acknowledgements: nobody's answer waits for it.
-            match durability.head.write(target, &hash) {
-                Ok(()) => head_failing = false,
-                Err(e) if !head_failing => {
-                    head_failing = true;
-                    tracing::error!(
-                        "evidence log: cannot write the head checkpoint: {e}; records are still written"
-                    );
-                }
-                Err(_) => {}
-            }
+            durability.head.offer(target, hash);
         }
         synced = target;
     }
