@@ -2,7 +2,9 @@
 //! `<home>/audit/evidence-NNNNNN.jsonl`, each hashed (SHA-256 of its RFC
 //! 8785 canonical form without `hash` and `sig`), chained to the one
 //! before, optionally signed (HMAC-SHA256 or Ed25519), and acknowledged
-//! only after fsync.
+//! only after fsync. A signed head checkpoint (`head.json`) names the last
+//! synced record, so records deleted from the end can be found: by the
+//! writer at open, and by [`verify`] against a head kept elsewhere.
 #![forbid(unsafe_code)]
 
 mod head;

@@ -162,7 +162,8 @@ fn check_head(
             return Some(problem(
                 "head_missing",
                 format!(
-                    "the evidence log has {} record(s) but no head checkpoint ({}): records at its tail may                      have been deleted along with it (expected once, after upgrading from a keyward without checkpoints)",
+                    "the evidence log has {} record(s) but no head checkpoint ({}): records at its tail may \
+                     have been deleted along with it (expected once, after upgrading from a keyward without checkpoints)",
                     last.0,
                     crate::HEAD_FILE
                 ),
@@ -195,7 +196,8 @@ fn check_head(
         return Some(problem(
             "head_invalid",
             format!(
-                "the evidence log's head checkpoint cannot be trusted ({why}); it names seq {}, the log ends at seq {}:                  the tail cannot be checked (expected once after changing the signing key)",
+                "the evidence log's head checkpoint cannot be trusted ({why}); it names seq {}, the log ends at seq {}: \
+                 the tail cannot be checked (expected once after changing the signing key)",
                 head.seq, last.0
             ),
             Some(&head),
@@ -205,7 +207,8 @@ fn check_head(
         return Some(problem(
             "truncation_detected",
             format!(
-                "the evidence log ends at seq {} but its head checkpoint (written {}) names seq {}:                  {} record(s) were deleted from its tail",
+                "the evidence log ends at seq {} but its head checkpoint (written {}) names seq {}: \
+                 {} record(s) were deleted from its tail",
                 last.0,
                 head.ts,
                 head.seq,
@@ -218,7 +221,8 @@ fn check_head(
         return Some(problem(
             "truncation_detected",
             format!(
-                "the evidence log's last record (seq {}) is not the one its head checkpoint names:                  its tail was cut and rewritten",
+                "the evidence log's last record (seq {}) is not the one its head checkpoint names: \
+                 its tail was cut and rewritten",
                 last.0
             ),
             Some(&head),
