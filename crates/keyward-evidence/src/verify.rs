@@ -53,6 +53,9 @@ pub struct Report {
     /// `SEQ:HASH`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_head: Option<String>,
+    /// Where that head came from ([`VerifyOptions::head_source`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_source: Option<String>,
 }
 
 /// What [`verify`] checks besides every record and link.
@@ -66,6 +69,9 @@ pub struct VerifyOptions {
     /// A record the log must contain, taken from a head stored elsewhere:
     /// a log that ends before it lost records at its tail (`expected_head`).
     pub expect_head: Option<Anchor>,
+    /// Where `expect_head` came from (a file, the command line), for the
+    /// report.
+    pub head_source: Option<String>,
 }
 
 const MAX_LISTED: usize = 1000;
@@ -390,6 +396,7 @@ pub fn verify_dir(dir: &Path, verifier: Option<&Verifier>) -> std::io::Result<Re
     let options = VerifyOptions {
         keys: verifier.into_iter().cloned().collect(),
         expect_head: None,
+        head_source: None,
     };
     verify(dir, &options)
 }
@@ -418,6 +425,10 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> std::io::Result<Report> {
             errors: Vec::new(),
             error_count: 0,
             expected_head: options.expect_head.as_ref().map(Anchor::to_string),
+            head_source: options
+                .expect_head
+                .as_ref()
+                .and(options.head_source.clone()),
         },
         prev: None,
         expect_head: options.expect_head.clone(),

@@ -479,6 +479,7 @@ fn verify_against(audit: &Path, keys: &[Verifier], head: &Head) -> keyward_evide
     let options = VerifyOptions {
         keys: keys.to_vec(),
         expect_head: head.anchor(),
+        head_source: None,
     };
     keyward_evidence::verify(audit, &options).unwrap()
 }
@@ -564,6 +565,7 @@ async fn deleting_records_or_the_last_segment_passes_the_chain_but_not_the_head(
         &VerifyOptions {
             keys: key.to_vec(),
             expect_head: None,
+            head_source: None,
         },
     )
     .unwrap();
@@ -752,6 +754,7 @@ async fn a_log_spanning_a_key_rotation_verifies_with_both_keys_only() {
             &VerifyOptions {
                 keys: keys.to_vec(),
                 expect_head: None,
+                head_source: None,
             },
         )
         .unwrap()

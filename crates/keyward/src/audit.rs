@@ -1,4 +1,4 @@
-//! `keyward audit ...`: keys, verification and tail of the evidence log.
+//! `keyward audit ...`: keys, verification, head and tail of the evidence log.
 //! Offline: these read the files, so they work with the daemon stopped.
 
 use std::io::{BufRead as _, Seek as _};
@@ -82,18 +82,27 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
                 );
             }
             let keys = verifiers(hmac_key_file, public_key, key_id)?;
-            let expect_head = match (expect_head, head) {
-                (Some(anchor), _) => Some(anchor.clone()),
-                (None, Some(file)) => head_anchor(file, &dir, &keys)?,
-                (None, None) => None,
+            // Read before the segments: a running daemon only moves the
+            // head past records already on disk.
+            let (anchor, head_source) = match (expect_head, head) {
+                (Some(anchor), _) => (Some(anchor.clone()), "--expect-head".to_owned()),
+                (None, Some(file)) => (head_anchor(file, &dir, &keys)?, file.display().to_string()),
+                (None, None) => (
+                    own_head(&dir, &keys),
+                    dir.join(HEAD_FILE).display().to_string(),
+                ),
             };
-            let options = VerifyOptions { keys, expect_head };
+            let options = VerifyOptions {
+                keys,
+                expect_head: anchor,
+                head_source: Some(head_source),
+            };
             let report =
                 verify(&dir, &options).with_context(|| format!("cannot read {}", dir.display()))?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_report(&report);
+                print_report(&report, expect_head.is_some() || head.is_some());
             }
             Ok(if report.valid {
                 ExitCode::SUCCESS
@@ -200,6 +209,30 @@ fn head_anchor(file: &Path, dir: &Path, keys: &[Verifier]) -> Result<Option<Anch
     Ok(head.anchor())
 }
 
+/// The record the log's own head checkpoint names, when it can be trusted
+/// as far as it goes: signed by one of `keys` (or unsigned, with none)
+/// and of this log. It catches a tail cut by someone who left the head
+/// alone; someone who can also delete the head or put back an older one
+/// is caught only by a head stored elsewhere.
+fn own_head(dir: &Path, keys: &[Verifier]) -> Option<Anchor> {
+    let why = match Head::read(dir) {
+        Ok(None) => format!("there is no {HEAD_FILE}"),
+        Ok(Some(head)) => match head.check(keys) {
+            Ok(()) if read_log_id(dir).is_none_or(|id| id == head.log_id) => {
+                return head.anchor();
+            }
+            Ok(()) => "it names another log".to_owned(),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    eprintln!(
+        "keyward: note: the log's own head checkpoint is not used ({why}); \
+         records deleted from the tail can go unnoticed"
+    );
+    None
+}
+
 fn print_head(head: &Head) {
     let signed = head.sig.as_ref().map_or("unsigned".to_owned(), |s| {
         format!("signed {} by key {:?}", s.alg, s.key_id)
@@ -215,7 +248,9 @@ fn print_head(head: &Head) {
     );
 }
 
-fn print_report(report: &Report) {
+/// `anchored_elsewhere`: the expected head came from the command line
+/// (`--expect-head`, `--head`), not from the log's own directory.
+fn print_report(report: &Report, anchored_elsewhere: bool) {
     for e in &report.errors {
         println!("{}:{}: {}: {}", e.segment, e.line, e.check, e.message);
     }
@@ -233,7 +268,10 @@ fn print_report(report: &Report) {
         report
             .expected_head
             .as_ref()
-            .map_or(String::new(), |h| format!(", expected head {h}")),
+            .map_or(String::new(), |h| format!(
+                ", expected head {h} (from {})",
+                report.head_source.as_deref().unwrap_or("?")
+            )),
         if report.error_count > 0 {
             format!(", {} error(s)", report.error_count)
         } else {
@@ -248,10 +286,11 @@ fn print_report(report: &Report) {
             )
         }
     );
-    if report.expected_head.is_none() {
+    if !anchored_elsewhere {
         println!(
-            "  (records deleted from the end of the log leave no trace in the chain: \
-             check against a head stored elsewhere with --expect-head or --head)"
+            "  (records deleted from the end of the log, with its head checkpoint deleted or put back \
+             to an older one, leave no trace here: check against a head stored elsewhere with \
+             --expect-head or --head)"
         );
     }
 }

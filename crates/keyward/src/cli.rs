@@ -182,8 +182,10 @@ pub enum AuditCommand {
         hmac: bool,
     },
     /// Check every segment: hashes, chain, sequence and signatures, and
-    /// with --expect-head or --head that no record up to a head stored
-    /// elsewhere was deleted from the tail. Exit 0 valid, 1 invalid.
+    /// that no record up to the head was deleted from the tail: a head
+    /// stored elsewhere (--expect-head, --head) or else the log's own
+    /// head.json, which someone who cuts the tail can delete too. Exit 0
+    /// valid, 1 invalid.
     Verify {
         /// The log directory [default: <home>/audit].
         #[arg(long, value_name = "D")]

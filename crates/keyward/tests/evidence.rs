@@ -187,10 +187,23 @@ fn a_tail_cut_while_the_daemon_is_stopped_is_detected_recorded_and_shown() {
 
     cut_tail(&home, 3);
     let public = public.to_str().unwrap();
-    // The chain alone cannot tell...
+    // The log's own head catches a cut that left it alone...
+    let own = home.run(&["audit", "verify", "--public-key", public]);
+    assert_eq!(own.code, 1, "{own:?}");
+    assert!(
+        own.stdout.contains("expected_head: the log ends at seq")
+            && own.stdout.contains("head.json)"),
+        "{own:?}"
+    );
+    // ...but not one that took the head too: the chain alone cannot tell...
+    let local_head = std::fs::read(home.file("audit/head.json")).unwrap();
+    std::fs::remove_file(home.file("audit/head.json")).unwrap();
     let plain = home.run(&["audit", "verify", "--public-key", public]);
     assert_eq!(plain.code, 0, "{plain:?}");
-    assert!(plain.stdout.contains("--expect-head"), "{plain:?}");
+    assert!(
+        plain.stdout.contains("--expect-head") && plain.stderr.contains("no head.json"),
+        "{plain:?}"
+    );
     // ...a head kept elsewhere can, in either form.
     let by_anchor = home.run(&[
         "audit",
@@ -221,6 +234,8 @@ fn a_tail_cut_while_the_daemon_is_stopped_is_detected_recorded_and_shown() {
     let report = json(&by_file.stdout);
     assert_eq!(report["errors"][0]["check"], "expected_head", "{report}");
     assert_eq!(report["expected_head"], anchor.as_str());
+    assert_eq!(report["head_source"], saved.to_str().unwrap());
+    std::fs::write(home.file("audit/head.json"), local_head).unwrap();
 
     // The daemon finds the cut at start: on record, and said by status and health.
     home.start(&[]);
@@ -287,10 +302,11 @@ fn deleting_the_last_segment_fails_verify_against_the_head() {
     );
     std::fs::remove_file(newest_segment(&home)).unwrap();
     let public = public.to_str().unwrap();
-    assert_eq!(
-        home.run(&["audit", "verify", "--public-key", public]).code,
-        0
-    );
+    let own = home.run(&["audit", "verify", "--public-key", public]);
+    assert_eq!(own.code, 1, "the log's own head: {own:?}");
+    std::fs::remove_file(home.file("audit/head.json")).unwrap();
+    let plain = home.run(&["audit", "verify", "--public-key", public]);
+    assert_eq!(plain.code, 0, "the chain alone: {plain:?}");
     let verify = home.run(&[
         "audit",
         "verify",
