@@ -496,6 +496,15 @@ async fn the_signed_head_names_the_last_synced_record_and_refuses_other_keys() {
             64 << 20,
         );
         fill(&log, 7).await;
+        // Kept while the log is open, not only when it closes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Head::read(&audit).unwrap().is_none_or(|h| h.seq < 7) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the head never reached seq 7"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     let head = Head::read(&audit)
         .unwrap()
