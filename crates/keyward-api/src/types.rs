@@ -27,6 +27,11 @@ pub struct Health {
     /// decisions and proxied requests are refused meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_error: Option<String>,
+    /// What the daemon found wrong with the evidence log's tail at start
+    /// (records deleted after the head checkpoint, a missing or untrusted
+    /// checkpoint); also recorded in the log. Until the daemon stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_warning: Option<String>,
 }
 
 /// Every error response: `{"error":{"code":"snake_case","message":"..."}}`.

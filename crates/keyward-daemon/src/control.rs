@@ -370,6 +370,9 @@ pub struct StatusReport {
     /// Why the evidence log cannot write, while it cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence_error: Option<String>,
+    /// What was wrong with the evidence log's tail at the daemon's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_warning: Option<String>,
     /// The vault's state (`uninitialized`, `sealed`, `unsealed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vault_state: Option<String>,
@@ -454,6 +457,7 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
         detail: None,
         proxy_port: None,
         evidence_error: None,
+        evidence_warning: None,
         vault_state: None,
         vault_mode: None,
         protection: None,
@@ -468,10 +472,12 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
             capabilities,
             proxy_port,
             evidence_error,
+            evidence_warning,
             ..
         }) => {
             report.proxy_port = proxy_port;
             report.evidence_error = evidence_error;
+            report.evidence_warning = evidence_warning;
             report.running = true;
             report.pid = Some(pid);
             report.version = Some(version);

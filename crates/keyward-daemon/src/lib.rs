@@ -8,6 +8,7 @@ pub mod config;
 pub mod config_edit;
 pub mod control;
 mod daemon_log;
+mod egress_evidence;
 mod error;
 mod grant_routes;
 pub mod grants;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, LoadedConfig};
 use crate::daemon_log;
+use crate::egress_evidence::RedactedEvidence;
 use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
@@ -178,7 +179,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     let proxy = match Proxy::with_options(ca, state.authority.clone(), &upstream_ca, proxy_options)
     {
-        Ok(p) => Arc::new(p.with_sink(Arc::new(keyward_proxy::EvidenceSink(evidence.clone())))),
+        Ok(p) => Arc::new(p.with_sink(Arc::new(RedactedEvidence::new(state.clone())))),
         Err(e) => {
             pid_lock.release();
             return Err(DaemonError::Io {

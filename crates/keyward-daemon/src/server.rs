@@ -623,6 +623,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
         capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         proxy_port: Some(state.proxy_port),
         evidence_error: state.evidence.unwritable(),
+        evidence_warning: state.evidence.tail_problem().map(|p| p.message.clone()),
     })
 }
 

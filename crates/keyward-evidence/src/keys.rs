@@ -181,6 +181,21 @@ impl Signer {
         }
     }
 
+    /// The verifier of this key's signatures (for HMAC the same secret,
+    /// for Ed25519 the public half).
+    pub fn verifier(&self) -> Verifier {
+        match self {
+            Signer::Hmac { key_id, key } => Verifier::Hmac {
+                key_id: key_id.clone(),
+                key: key.clone(),
+            },
+            Signer::Ed25519 { key_id, pair } => Verifier::Ed25519 {
+                key_id: key_id.clone(),
+                public: pair.public_key().as_ref().to_vec(),
+            },
+        }
+    }
+
     /// Hex signature of `message`.
     pub fn sign(&self, message: &[u8]) -> String {
         match self {
@@ -244,6 +259,26 @@ impl Verifier {
                 .is_ok(),
         }
     }
+}
+
+/// The key among `keys` that a signature by (`alg`, `key_id`) needs, or
+/// why none fits. Several keys verify a log that spans a key rotation.
+pub(crate) fn find<'k>(
+    keys: &'k [Verifier],
+    alg: &str,
+    key_id: &str,
+) -> Result<&'k Verifier, String> {
+    if let Some(key) = keys.iter().find(|k| k.alg() == alg && k.key_id() == key_id) {
+        return Ok(key);
+    }
+    let given = keys
+        .iter()
+        .map(|k| format!("{} {:?}", k.alg(), k.key_id()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(format!(
+        "signed with {alg} by key {key_id:?}, but the key(s) given are {given}"
+    ))
 }
 
 /// Writes a new Ed25519 key pair: `<stem>.key` (PKCS#8 PEM, 0600) and

@@ -2,9 +2,12 @@
 //! `<home>/audit/evidence-NNNNNN.jsonl`, each hashed (SHA-256 of its RFC
 //! 8785 canonical form without `hash` and `sig`), chained to the one
 //! before, optionally signed (HMAC-SHA256 or Ed25519), and acknowledged
-//! only after fsync.
+//! only after fsync. A signed head checkpoint (`head.json`) names the last
+//! synced record, so records deleted from the end can be found: by the
+//! writer at open, and by [`verify`] against a head kept elsewhere.
 #![forbid(unsafe_code)]
 
+mod head;
 mod jcs;
 mod keys;
 mod log;
@@ -12,16 +15,17 @@ mod record;
 mod redact;
 mod verify;
 
+pub use head::{Anchor, HEAD_FILE, HEAD_SCHEMA, Head, HeadSig};
 pub use keys::{
     ED25519_ALG, HMAC_ALG, KeyError, Signer, Verifier, generate_ed25519, generate_hmac,
 };
 pub use log::{
-    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, list_segments,
-    read_log_id, segment_name,
+    DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, TailProblem,
+    list_segments, read_log_id, segment_name,
 };
 pub use record::{Kind, SCHEMA};
 pub use redact::{MIN_KNOWN_LEN, REDACTED, redact, redact_known};
-pub use verify::{Report, VerifyError, verify_dir};
+pub use verify::{Report, VerifyError, VerifyOptions, verify, verify_dir};
 
 /// Canonical JSON (RFC 8785) of `value`.
 pub fn canonical_json(value: &serde_json::Value) -> String {

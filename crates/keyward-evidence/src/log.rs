@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::head::Head;
 use crate::keys::Signer;
 use crate::record::{Body, Kind};
 
@@ -109,6 +110,127 @@ pub struct Repair {
     pub bytes: u64,
 }
 
+/// How the log's end disagreed with its head checkpoint at open. The log
+/// is opened anyway (refusing would stop every decision), but the problem
+/// is recorded as an `admin` record (its `event`) and reported until the
+/// daemon stops ([`EvidenceLog::tail_problem`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailProblem {
+    /// `truncation_detected` (the log ends before the head, or its last
+    /// record is not the head's), `head_missing` (records but no head) or
+    /// `head_invalid` (a head that does not parse, names another log, or
+    /// whose signature the log's key does not verify).
+    pub event: &'static str,
+    /// What was found and what it means, for people.
+    pub message: String,
+    /// The head's (seq, hash), when it could be read.
+    pub head: Option<(u64, String)>,
+    /// The log's last (seq, hash) as found.
+    pub last: (u64, String),
+}
+
+impl TailProblem {
+    fn record(&self) -> Value {
+        json!({
+            "event": self.event,
+            "message": self.message,
+            "head_seq": self.head.as_ref().map(|h| h.0),
+            "head_hash": self.head.as_ref().map(|h| h.1.as_str()),
+            "log_seq": self.last.0,
+            "log_hash": self.last.1,
+        })
+    }
+}
+
+/// Compares the log's last record with `<dir>/head.json`.
+fn check_head(
+    dir: &Path,
+    log_id: &str,
+    signer: Option<&Signer>,
+    last: &(u64, String),
+) -> Option<TailProblem> {
+    let problem = |event, message: String, head: Option<&Head>| TailProblem {
+        event,
+        message,
+        head: head.map(|h| (h.seq, h.hash.clone())),
+        last: last.clone(),
+    };
+    let head = match Head::read(dir) {
+        Ok(Some(head)) => head,
+        Ok(None) if last.0 == 0 => return None,
+        Ok(None) => {
+            return Some(problem(
+                "head_missing",
+                format!(
+                    "the evidence log has {} record(s) but no head checkpoint ({}): records at its tail may \
+                     have been deleted along with it (expected once, after upgrading from a keyward without checkpoints)",
+                    last.0,
+                    crate::HEAD_FILE
+                ),
+                None,
+            ));
+        }
+        Err(e) => {
+            return Some(problem(
+                "head_invalid",
+                format!(
+                    "the evidence log's head checkpoint is unreadable ({e}): its tail cannot be checked"
+                ),
+                None,
+            ));
+        }
+    };
+    let untrusted = if head.log_id != log_id {
+        Some(format!(
+            "it belongs to log {:?}, not {log_id:?}",
+            head.log_id
+        ))
+    } else {
+        match (signer, &head.sig) {
+            (None, None) => None,
+            (None, Some(_)) => Some("it is signed, but the log no longer is".to_owned()),
+            (Some(signer), _) => head.check(&[signer.verifier()]).err(),
+        }
+    };
+    if let Some(why) = untrusted {
+        return Some(problem(
+            "head_invalid",
+            format!(
+                "the evidence log's head checkpoint cannot be trusted ({why}); it names seq {}, the log ends at seq {}: \
+                 the tail cannot be checked (expected once after changing the signing key)",
+                head.seq, last.0
+            ),
+            Some(&head),
+        ));
+    }
+    if last.0 < head.seq {
+        return Some(problem(
+            "truncation_detected",
+            format!(
+                "the evidence log ends at seq {} but its head checkpoint (written {}) names seq {}: \
+                 {} record(s) were deleted from its tail",
+                last.0,
+                head.ts,
+                head.seq,
+                head.seq - last.0
+            ),
+            Some(&head),
+        ));
+    }
+    if last.0 == head.seq && last.1 != head.hash {
+        return Some(problem(
+            "truncation_detected",
+            format!(
+                "the evidence log's last record (seq {}) is not the one its head checkpoint names: \
+                 its tail was cut and rewritten",
+                last.0
+            ),
+            Some(&head),
+        ));
+    }
+    None
+}
+
 /// The name of segment `n`.
 pub fn segment_name(n: u32) -> String {
     format!("evidence-{n:06}.jsonl")
@@ -185,6 +307,7 @@ pub struct EvidenceLog {
     log_id: String,
     dir: PathBuf,
     durability: Arc<Durability>,
+    tail_problem: Option<TailProblem>,
 }
 
 impl std::fmt::Debug for EvidenceLog {
@@ -195,7 +318,7 @@ impl std::fmt::Debug for EvidenceLog {
 
 struct Writer {
     dir: PathBuf,
-    signer: Option<Signer>,
+    signer: Option<Arc<Signer>>,
     segment_bytes: u64,
     segment: u32,
     file: File,
@@ -242,6 +365,8 @@ impl EvidenceLog {
                 (*n, seq, hash)
             }
         };
+        let signer = options.signer.map(Arc::new);
+        let tail_problem = check_head(&dir, &log_id, signer.as_deref(), &(seq, prev_hash.clone()));
         let path = dir.join(segment_name(segment));
         let file = open_append(&path)?;
         let len = file
@@ -257,6 +382,7 @@ impl EvidenceLog {
         let durability = Arc::new(Durability {
             state: Mutex::new(SyncState {
                 written: seq,
+                written_hash: prev_hash.clone(),
                 urgent: seq,
                 waiting: VecDeque::new(),
                 file: Arc::new(shared),
@@ -267,11 +393,18 @@ impl EvidenceLog {
             wake: Condvar::new(),
             on_the_way: AtomicUsize::new(0),
             unwritable: AtomicBool::new(false),
+            head: HeadKeeper {
+                dir: dir.clone(),
+                log_id: log_id.clone(),
+                signer: signer.clone(),
+                offer: Mutex::new(HeadOffer::default()),
+                wake: Condvar::new(),
+            },
         });
         let mut writer = Writer {
             durability: durability.clone(),
             dir: dir.clone(),
-            signer: options.signer,
+            signer,
             segment_bytes: options.segment_bytes.max(1),
             segment,
             file,
@@ -281,6 +414,7 @@ impl EvidenceLog {
             scratch: String::new(),
             write_failed: false,
         };
+        let mut found = Vec::new();
         if let Some(r) = &repair {
             tracing::warn!(
                 segment = %r.segment.display(),
@@ -288,26 +422,19 @@ impl EvidenceLog {
                 bytes = r.bytes,
                 "evidence log: a torn last record (crash mid-write) was moved aside; the chain continues"
             );
-            let job = Job {
-                kind: Kind::Admin,
-                run_id: None,
-                data: json!({
-                    "event": "torn_tail_repaired",
-                    "segment": r.segment.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "moved_to": r.moved_to.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "bytes": r.bytes,
-                }),
-                ack: None,
-                slot: None,
-                urgent: true,
-            };
-            writer
-                .commit(vec![job])
-                .and_then(|()| writer.file.sync_data().map_err(|e| e.to_string()))
-                .map_err(|e| EvidenceError::Io {
-                    path: dir.display().to_string(),
-                    message: e,
-                })?;
+            found.push(json!({
+                "event": "torn_tail_repaired",
+                "segment": r.segment.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "moved_to": r.moved_to.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "bytes": r.bytes,
+            }));
+        }
+        if let Some(problem) = &tail_problem {
+            tracing::warn!("{}", problem.message);
+            found.push(problem.record());
+        }
+        if !found.is_empty() {
+            writer.commit_now(found).map_err(|e| lost(&dir, e))?;
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -321,9 +448,16 @@ impl EvidenceLog {
                 log_id,
                 dir,
                 durability,
+                tail_problem,
             },
             repair,
         ))
+    }
+
+    /// How the log's end disagreed with its head checkpoint when it was
+    /// opened, if it did (already recorded in the log).
+    pub fn tail_problem(&self) -> Option<&TailProblem> {
+        self.tail_problem.as_ref()
     }
 
     /// Why records cannot be written now, if they cannot: the last write
@@ -500,6 +634,74 @@ struct Durability {
     /// The last write or an fsync failed (the reason is in [`SyncState`]):
     /// read on every proxied request, so not behind the lock.
     unwritable: AtomicBool,
+    /// Where the syncer records what each fsync covered.
+    head: HeadKeeper,
+}
+
+/// Keeps the head checkpoint: after each fsync the syncer offers the last
+/// record it covered, and a thread of its own writes the newest offer,
+/// signed with the log's key, so the syncer's next fsync never waits for
+/// the head's. Offers made while a write is under way are folded into the
+/// next one. The head never names a record that is not on disk; after a
+/// crash it may lag the log, never lead it.
+struct HeadKeeper {
+    dir: PathBuf,
+    log_id: String,
+    signer: Option<Arc<Signer>>,
+    offer: Mutex<HeadOffer>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct HeadOffer {
+    /// The newest synced (seq, hash) not yet in the head.
+    newest: Option<(u64, String)>,
+    /// The log is closing: write what is offered, then stop.
+    closing: bool,
+}
+
+impl HeadKeeper {
+    fn write(&self, seq: u64, hash: &str) -> std::io::Result<()> {
+        Head::new(&self.log_id, seq, hash, self.signer.as_deref()).write(&self.dir)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HeadOffer> {
+        self.offer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn offer(&self, seq: u64, hash: String) {
+        self.lock().newest = Some((seq, hash));
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        // Logged once per run of failures, not once per fsync.
+        let mut failing = false;
+        loop {
+            let next = self
+                .wake
+                .wait_while(self.lock(), |o| o.newest.is_none() && !o.closing)
+                .unwrap_or_else(|p| p.into_inner())
+                .newest
+                .take();
+            let Some((seq, hash)) = next else { return };
+            match self.write(seq, &hash) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(
+                        "evidence log: cannot write the head checkpoint: {e}; records are still written"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 /// A record on its way to the log; see [`EvidenceLog::reserve`].
@@ -520,6 +722,8 @@ impl Drop for Slot {
 struct SyncState {
     /// The highest sequence number written to a segment.
     written: u64,
+    /// That record's hash.
+    written_hash: String,
     /// The highest written sequence number whose fsync someone's answer
     /// waits for.
     urgent: u64,
@@ -559,6 +763,15 @@ impl Durability {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let durability = self.durability.clone();
+        let head_keeper = std::thread::Builder::new()
+            .name("keyward-evidence-head".into())
+            .spawn(move || durability.head.run());
+        if let Err(e) = &head_keeper {
+            tracing::error!(
+                "evidence log: cannot start the head checkpoint thread: {e}; the head stays where it is"
+            );
+        }
         let durability = self.durability.clone();
         let synced = self.seq;
         let syncer = std::thread::Builder::new()
@@ -607,6 +820,11 @@ impl Writer {
         if let Ok(handle) = syncer {
             let _ = handle.join();
         }
+        // Everything is synced: the head takes the last offer and stops.
+        self.durability.head.close();
+        if let Ok(handle) = head_keeper {
+            let _ = handle.join();
+        }
     }
 
     /// Writes `batch` (no fsync: the syncer does that) and hands its
@@ -640,7 +858,7 @@ impl Writer {
                 data: &job.data,
                 prev_hash: &self.prev_hash,
             };
-            let (line, hash) = body.seal(self.signer.as_ref(), &mut self.scratch);
+            let (line, hash) = body.seal(self.signer.as_deref(), &mut self.scratch);
             let grown = self.len + buf.len() as u64;
             if grown > 0 && grown + line.len() as u64 + 1 > self.segment_bytes {
                 if let Err(e) = self.write(&buf) {
@@ -671,6 +889,28 @@ impl Writer {
         self.hand_over(&mut pending, urgent);
         drop(slots);
         Ok(())
+    }
+
+    /// Writes `admin` records found at open (before any other record),
+    /// syncs them and moves the head checkpoint past them.
+    fn commit_now(&mut self, records: Vec<Value>) -> Result<(), String> {
+        let jobs = records
+            .into_iter()
+            .map(|data| Job {
+                kind: Kind::Admin,
+                run_id: None,
+                data,
+                ack: None,
+                slot: None,
+                urgent: true,
+            })
+            .collect();
+        self.commit(jobs)?;
+        self.file.sync_data().map_err(|e| e.to_string())?;
+        self.durability
+            .head
+            .write(self.seq, &self.prev_hash)
+            .map_err(|e| format!("cannot write the head checkpoint: {e}"))
     }
 
     fn write(&mut self, buf: &str) -> Result<(), String> {
@@ -707,6 +947,7 @@ impl Writer {
     fn hand_over(&mut self, pending: &mut Vec<(Option<Ack>, u64)>, urgent: u64) {
         let mut state = self.durability.lock();
         state.written = self.seq;
+        state.written_hash.clone_from(&self.prev_hash);
         state.urgent = state.urgent.max(urgent);
         for (ack, seq) in pending.drain(..) {
             if let Some(ack) = ack {
@@ -777,7 +1018,11 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
         });
         // Records announced as on their way get a moment to join this fsync.
         state = durability.hold(state, GATHER, |_| on_the_way() > 0);
-        let (target, file) = (state.written, state.file.clone());
+        let (target, hash, file) = (
+            state.written,
+            state.written_hash.clone(),
+            state.file.clone(),
+        );
         drop(state);
         let result = file.sync_data();
         let acks: Vec<_> = {
@@ -802,6 +1047,9 @@ fn sync_loop(durability: &Durability, mut synced: u64) {
             .partition(|(_, ack)| matches!(ack, Ack::Waiter(_)));
         for (seq, ack) in waiters.into_iter().chain(callbacks) {
             ack.send(outcome(seq));
+        }
+        if result.is_ok() {
+            durability.head.offer(target, hash);
         }
         synced = target;
     }

@@ -134,8 +134,9 @@ fn redact_str(s: &str, is_secret: &dyn Fn(&str) -> bool) -> Option<String> {
     })
 }
 
-/// The run `[start, end)`, or what follows its first `=` (`key=<value>`
-/// glues both into one run), when `is_secret` recognises it.
+/// The run `[start, end)`, or the first piece of it between separators
+/// (`key=<value>` and `/path/<value>/more` glue a value into a longer
+/// run), when `is_secret` recognises it.
 fn known_value(
     s: &str,
     start: usize,
@@ -145,8 +146,15 @@ fn known_value(
     if end - start >= 16 && is_secret(&s[start..end]) {
         return Some((start, end));
     }
-    let value = start + s[start..end].find('=')? + 1;
-    (end - value >= 16 && is_secret(&s[value..end])).then_some((value, end))
+    let mut from = start;
+    for piece in s[start..end].split(['=', '/', '.', '+']) {
+        let to = from + piece.len();
+        if piece.len() >= 16 && to - from < end - start && is_secret(piece) {
+            return Some((from, to));
+        }
+        from = to + 1;
+    }
+    None
 }
 
 /// The end of the token run starting at `start`.
@@ -323,6 +331,10 @@ mod tests {
         assert_eq!(
             redact_str("curl -H x-key=0123456789abcdef /", &known).as_deref(),
             Some("curl -H x-key=[REDACTED] /")
+        );
+        assert_eq!(
+            redact_str("/p/0123456789abcdef/x.0123456789abcdef+y", &known).as_deref(),
+            Some("/p/[REDACTED]/x.[REDACTED]+y")
         );
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::head::Anchor;
 use crate::keys::Verifier;
 use crate::log::list_segments;
 use crate::record::{Body, SCHEMA, signed_message};
@@ -19,7 +20,7 @@ pub struct VerifyError {
     pub line: usize,
     /// `json`, `schema`, `sequence`, `prev_hash`, `hash`,
     /// `signature_algorithm`, `key_id`, `signature_without_key`,
-    /// `signature_missing` or `signature`.
+    /// `signature_missing`, `signature` or `expected_head`.
     pub check: &'static str,
     /// What failed, for people.
     pub message: String,
@@ -48,6 +49,29 @@ pub struct Report {
     pub errors: Vec<VerifyError>,
     /// All problems, listed or not.
     pub error_count: u64,
+    /// The record the log had to contain (`--expect-head`/`--head`), as
+    /// `SEQ:HASH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_head: Option<String>,
+    /// Where that head came from ([`VerifyOptions::head_source`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_source: Option<String>,
+}
+
+/// What [`verify`] checks besides every record and link.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Every record must carry a valid signature by one of these (several
+    /// when the log spans a key rotation). Empty: signed records are
+    /// errors (`signature_without_key`) because their signatures go
+    /// unchecked.
+    pub keys: Vec<Verifier>,
+    /// A record the log must contain, taken from a head stored elsewhere:
+    /// a log that ends before it lost records at its tail (`expected_head`).
+    pub expect_head: Option<Anchor>,
+    /// Where `expect_head` came from (a file, the command line), for the
+    /// report.
+    pub head_source: Option<String>,
 }
 
 const MAX_LISTED: usize = 1000;
@@ -94,22 +118,17 @@ struct SigEnvelope<'a> {
 /// `sig` members: one hash over a slice, no re-serialisation. A line that
 /// does not check out this way (tampered, or rewritten in another form) is
 /// examined in full by [`examine_slow`].
-fn examine(
-    line: usize,
-    text: &[u8],
-    verifier: Option<&Verifier>,
-    scratch: &mut String,
-) -> Examined {
+fn examine(line: usize, text: &[u8], keys: &[Verifier], scratch: &mut String) -> Examined {
     let Ok(env) = serde_json::from_slice::<Envelope<'_>>(text) else {
-        return examine_slow(line, text, verifier, scratch);
+        return examine_slow(line, text, keys, scratch);
     };
     let Some(body) = canonical_body(text, &env.hash) else {
-        return examine_slow(line, text, verifier, scratch);
+        return examine_slow(line, text, keys, scratch);
     };
     let computed =
         hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body).as_ref());
     if env.schema != SCHEMA || computed != env.hash {
-        return examine_slow(line, text, verifier, scratch);
+        return examine_slow(line, text, keys, scratch);
     }
     let sig = env
         .sig
@@ -123,7 +142,7 @@ fn examine(
         signed: sig.is_some(),
         errors: Vec::new(),
     };
-    if let Some(problem) = signature_problem(sig, verifier, &env.prev_hash, &env.hash) {
+    if let Some(problem) = signature_problem(sig, keys, &env.prev_hash, &env.hash) {
         out.errors.push(problem);
     }
     out
@@ -149,12 +168,7 @@ fn canonical_body(text: &[u8], hash: &str) -> Option<Vec<u8>> {
     Some(body.into_bytes())
 }
 
-fn examine_slow(
-    line: usize,
-    text: &[u8],
-    verifier: Option<&Verifier>,
-    scratch: &mut String,
-) -> Examined {
+fn examine_slow(line: usize, text: &[u8], keys: &[Verifier], scratch: &mut String) -> Examined {
     let mut out = Examined {
         line,
         seq: None,
@@ -227,53 +241,39 @@ fn examine_slow(
         (field("alg"), field("key_id"), field("value"))
     });
     out.signed = sig.is_some();
-    if let Some(problem) =
-        signature_problem(sig, verifier, prev_hash.unwrap_or_default(), &out.hash)
-    {
+    if let Some(problem) = signature_problem(sig, keys, prev_hash.unwrap_or_default(), &out.hash) {
         out.errors.push(problem);
     }
     out
 }
 
-/// `sig` is `(alg, key_id, value)`.
+/// `sig` is `(alg, key_id, value)`. `keys` are every key the log may be
+/// signed with (several when it spans a key rotation).
 fn signature_problem(
     sig: Option<(&str, &str, &str)>,
-    verifier: Option<&Verifier>,
+    keys: &[Verifier],
     prev_hash: &str,
     hash: &str,
 ) -> Option<(&'static str, String)> {
     let Some((alg, key_id, signature)) = sig else {
-        return verifier.map(|v| {
+        return keys.first().map(|v| {
             (
                 "signature_missing",
                 format!("record is unsigned but a {} key was given", v.alg()),
             )
         });
     };
-    let Some(verifier) = verifier else {
+    if keys.is_empty() {
         return Some((
             "signature_without_key",
             "record is signed but no key was given (--hmac-key-file or --public-key)".into(),
         ));
+    }
+    let verifier = match crate::keys::find(keys, alg, key_id) {
+        Ok(v) => v,
+        Err(message) if keys.iter().any(|k| k.alg() == alg) => return Some(("key_id", message)),
+        Err(message) => return Some(("signature_algorithm", message)),
     };
-    if alg != verifier.alg() {
-        return Some((
-            "signature_algorithm",
-            format!(
-                "signed with {alg:?}, but the key given is {}",
-                verifier.alg()
-            ),
-        ));
-    }
-    if key_id != verifier.key_id() {
-        return Some((
-            "key_id",
-            format!(
-                "signed by key {key_id:?}, but the key given is {:?}",
-                verifier.key_id()
-            ),
-        ));
-    }
     (!verifier.verify(signed_message(prev_hash, hash).as_bytes(), signature))
         .then(|| ("signature", "the signature does not verify".into()))
 }
@@ -281,6 +281,9 @@ fn signature_problem(
 struct Chain {
     report: Report,
     prev: Option<(u64, String)>,
+    expect_head: Option<Anchor>,
+    /// The record `expect_head` names turned up.
+    head_found: bool,
 }
 
 impl Chain {
@@ -340,6 +343,18 @@ impl Chain {
         for (check, message) in errors {
             self.error(segment, e.line, check, message);
         }
+        if let Some(anchor) = &self.expect_head
+            && e.seq == Some(anchor.seq)
+        {
+            self.head_found = true;
+            if e.hash != anchor.hash {
+                let message = format!(
+                    "record {} has hash {:?}, but the expected head says {:?}: the log was rewritten from here",
+                    anchor.seq, e.hash, anchor.hash
+                );
+                self.error(segment, e.line, "expected_head", message);
+            }
+        }
         self.report.first_seq = self.report.first_seq.or(e.seq);
         self.report.last_seq = e.seq.or(self.report.last_seq);
         self.prev = Some((e.seq.unwrap_or(expected_seq), e.hash));
@@ -347,7 +362,7 @@ impl Chain {
 }
 
 /// Examines the lines of one segment on every core; results in line order.
-fn examine_segment(bytes: &[u8], verifier: Option<&Verifier>) -> Vec<Examined> {
+fn examine_segment(bytes: &[u8], keys: &[Verifier]) -> Vec<Examined> {
     let lines: Vec<(usize, &[u8])> = bytes
         .split(|&b| b == b'\n')
         .enumerate()
@@ -364,7 +379,7 @@ fn examine_segment(bytes: &[u8], verifier: Option<&Verifier>) -> Vec<Examined> {
                 scope.spawn(move || {
                     let mut scratch = String::new();
                     part.iter()
-                        .map(|(n, text)| examine(*n, text, verifier, &mut scratch))
+                        .map(|(n, text)| examine(*n, text, keys, &mut scratch))
                         .collect::<Vec<_>>()
                 })
             })
@@ -376,10 +391,20 @@ fn examine_segment(bytes: &[u8], verifier: Option<&Verifier>) -> Vec<Examined> {
     })
 }
 
-/// Verifies every segment in `dir`. With a `verifier`, every record must
-/// carry a valid signature by that key; without one, signed records are
-/// errors (`signature_without_key`) because their signatures go unchecked.
+/// [`verify`] with at most one key and no expected head.
 pub fn verify_dir(dir: &Path, verifier: Option<&Verifier>) -> std::io::Result<Report> {
+    let options = VerifyOptions {
+        keys: verifier.into_iter().cloned().collect(),
+        expect_head: None,
+        head_source: None,
+    };
+    verify(dir, &options)
+}
+
+/// Verifies every segment in `dir`: every line, every link, every
+/// signature, and (with [`VerifyOptions::expect_head`]) that no record up
+/// to the expected head is missing.
+pub fn verify(dir: &Path, options: &VerifyOptions) -> std::io::Result<Report> {
     let segments = list_segments(dir)?;
     let mut torn_files: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
@@ -399,9 +424,17 @@ pub fn verify_dir(dir: &Path, verifier: Option<&Verifier>) -> std::io::Result<Re
             torn_files,
             errors: Vec::new(),
             error_count: 0,
+            expected_head: options.expect_head.as_ref().map(Anchor::to_string),
+            head_source: options
+                .expect_head
+                .as_ref()
+                .and(options.head_source.clone()),
         },
         prev: None,
+        expect_head: options.expect_head.clone(),
+        head_found: false,
     };
+    let mut last_segment = String::new();
     for (_, path) in &segments {
         let name = path
             .file_name()
@@ -413,7 +446,7 @@ pub fn verify_dir(dir: &Path, verifier: Option<&Verifier>) -> std::io::Result<Re
             None => (&bytes[..0], &bytes[..]),
         };
         if !complete.is_empty() || bytes.first() == Some(&b'\n') {
-            for examined in examine_segment(complete, verifier) {
+            for examined in examine_segment(complete, &options.keys) {
                 chain.link(&name, examined);
             }
         }
@@ -428,6 +461,23 @@ pub fn verify_dir(dir: &Path, verifier: Option<&Verifier>) -> std::io::Result<Re
                 "last line is not terminated (torn record)".into(),
             );
         }
+        last_segment = name;
+    }
+    if let Some(anchor) = &options.expect_head
+        && !chain.head_found
+    {
+        let message = match chain.report.last_seq {
+            Some(last) if last >= anchor.seq => format!(
+                "no record has seq {}, the expected head: it was deleted",
+                anchor.seq
+            ),
+            last => format!(
+                "the log {}, but the expected head is seq {}: records up to it were deleted from the tail",
+                last.map_or("has no records".to_owned(), |s| format!("ends at seq {s}")),
+                anchor.seq
+            ),
+        };
+        chain.error(&last_segment, 0, "expected_head", message);
     }
     chain.report.valid = chain.report.error_count == 0;
     Ok(chain.report)

@@ -2,8 +2,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keyward_evidence::{
-    EvidenceLog, Kind, LogOptions, Signer, Verifier, generate_ed25519, generate_hmac,
-    list_segments, verify_dir,
+    EvidenceLog, HEAD_FILE, Head, Kind, LogOptions, Signer, Verifier, VerifyOptions,
+    generate_ed25519, generate_hmac, list_segments, verify_dir,
 };
 use serde_json::json;
 
@@ -458,4 +458,335 @@ async fn background_appends_call_back_with_their_reference_after_fsync() {
     drop(log);
     let report = verify_dir(&audit, None).unwrap();
     assert!(report.valid && report.records == 501, "{:?}", report.errors);
+}
+
+/// The lines of every segment, oldest first.
+fn all_lines(audit: &Path) -> Vec<String> {
+    list_segments(audit)
+        .unwrap()
+        .iter()
+        .flat_map(|(_, p)| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn verify_against(audit: &Path, keys: &[Verifier], head: &Head) -> keyward_evidence::Report {
+    let options = VerifyOptions {
+        keys: keys.to_vec(),
+        expect_head: head.anchor(),
+        head_source: None,
+    };
+    keyward_evidence::verify(audit, &options).unwrap()
+}
+
+#[tokio::test]
+async fn the_signed_head_names_the_last_synced_record_and_refuses_other_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hmac, _, public) = keys(tmp.path());
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(
+            &audit,
+            Some(Signer::hmac_from_file(&hmac, None).unwrap()),
+            64 << 20,
+        );
+        fill(&log, 7).await;
+        // Kept while the log is open, not only when it closes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Head::read(&audit).unwrap().is_none_or(|h| h.seq < 7) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the head never reached seq 7"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    let head = Head::read(&audit)
+        .unwrap()
+        .expect("a head after the first fsync");
+    let last: serde_json::Value = serde_json::from_str(all_lines(&audit).last().unwrap()).unwrap();
+    assert_eq!(head.seq, 7);
+    assert_eq!(head.hash, last["hash"].as_str().unwrap());
+    assert_eq!(head.log_id, keyward_evidence::read_log_id(&audit).unwrap());
+    let key = Verifier::hmac_from_file(&hmac, None).unwrap();
+    head.check(std::slice::from_ref(&key)).unwrap();
+    // Written atomically: no temporary file stays behind.
+    let names: Vec<_> = std::fs::read_dir(&audit)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("tmp")), "{names:?}");
+
+    // A head moved back by someone without the key, or checked with another key.
+    let mut forged = head.clone();
+    forged.seq = 3;
+    let err = forged.check(std::slice::from_ref(&key)).unwrap_err();
+    assert!(err.contains("forged or altered"), "{err}");
+    let other = tmp.path().join("other.key");
+    generate_hmac(&other).unwrap();
+    let err = head
+        .check(&[Verifier::hmac_from_file(&other, None).unwrap()])
+        .unwrap_err();
+    assert!(err.contains("key(s) given"), "{err}");
+    let err = head
+        .check(&[Verifier::ed25519_from_file(&public, None).unwrap()])
+        .unwrap_err();
+    assert!(err.contains("HMAC-SHA256"), "{err}");
+    let err = head.check(&[]).unwrap_err();
+    assert!(err.contains("--public-key"), "{err}");
+    let err = Head::parse("{\"seq\":1}").unwrap_err();
+    assert!(err.contains("not a keyward head"), "{err}");
+}
+
+#[tokio::test]
+async fn deleting_records_or_the_last_segment_passes_the_chain_but_not_the_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, private, public) = keys(tmp.path());
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(
+            &audit,
+            Some(Signer::ed25519_from_file(&private, None).unwrap()),
+            2048,
+        );
+        fill(&log, 40).await;
+    }
+    let key = [Verifier::ed25519_from_file(&public, None).unwrap()];
+    let head = Head::read(&audit).unwrap().unwrap();
+    assert!(verify_against(&audit, &key, &head).valid);
+    let segments = list_segments(&audit).unwrap();
+    assert!(segments.len() > 3, "{segments:?}");
+
+    // Whole records cut from the tail: the chain that is left is intact.
+    let newest = &segments.last().unwrap().1;
+    let text = std::fs::read_to_string(newest).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    let kept = lines[..lines.len() - 2].join("\n") + "\n";
+    std::fs::write(newest, kept).unwrap();
+    let plain = keyward_evidence::verify(
+        &audit,
+        &VerifyOptions {
+            keys: key.to_vec(),
+            expect_head: None,
+            head_source: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        plain.valid,
+        "the chain alone cannot see this: {:?}",
+        plain.errors
+    );
+    let anchored = verify_against(&audit, &key, &head);
+    assert!(!anchored.valid);
+    assert_eq!(checks(&anchored), ["expected_head"]);
+    assert!(
+        anchored.errors[0].message.contains("ends at seq 38")
+            && anchored.errors[0].message.contains("seq 40"),
+        "{:?}",
+        anchored.errors
+    );
+
+    // The whole last segment deleted.
+    std::fs::remove_file(newest).unwrap();
+    let anchored = verify_against(&audit, &key, &head);
+    assert_eq!(
+        checks(&anchored),
+        ["expected_head"],
+        "{:?}",
+        anchored.errors
+    );
+
+    // Every segment deleted.
+    for (_, path) in list_segments(&audit).unwrap() {
+        std::fs::remove_file(path).unwrap();
+    }
+    let anchored = verify_against(&audit, &key, &head);
+    assert!(
+        anchored.errors[0].message.contains("has no records"),
+        "{:?}",
+        anchored.errors
+    );
+}
+
+#[tokio::test]
+async fn a_tail_cut_while_closed_is_recorded_at_open_and_never_silently_continued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hmac, _, _) = keys(tmp.path());
+    let signer = || Some(Signer::hmac_from_file(&hmac, None).unwrap());
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(&audit, signer(), 64 << 20);
+        fill(&log, 10).await;
+        assert!(log.tail_problem().is_none());
+    }
+    let segment = list_segments(&audit).unwrap()[0].1.clone();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let kept: String = text.lines().take(6).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&segment, kept).unwrap();
+
+    let log = open(&audit, signer(), 64 << 20);
+    let problem = log.tail_problem().expect("the cut is found").clone();
+    assert_eq!(problem.event, "truncation_detected");
+    assert!(
+        problem.message.contains("ends at seq 6") && problem.message.contains("4 record(s)"),
+        "{}",
+        problem.message
+    );
+    drop(log);
+    // On record (seq 7), and the head moved past it.
+    let lines = all_lines(&audit);
+    let record: serde_json::Value = serde_json::from_str(&lines[6]).unwrap();
+    assert_eq!(record["kind"], "admin");
+    assert_eq!(record["data"]["event"], "truncation_detected");
+    assert_eq!(record["data"]["head_seq"], 10);
+    assert_eq!(record["data"]["log_seq"], 6);
+    assert_eq!(Head::read(&audit).unwrap().unwrap().seq, 7);
+    // Once recorded, the next open finds log and head agreeing.
+    assert!(open(&audit, signer(), 64 << 20).tail_problem().is_none());
+
+    // The tail cut and rewritten with as many records (unsigned, since the
+    // key is not at hand): the same seq with another hash.
+    let head = Head::read(&audit).unwrap().unwrap();
+    let lines = all_lines(&audit);
+    let mut replaced: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    replaced["hash"] = json!("0".repeat(64));
+    let mut text: String = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("{replaced}\n"));
+    std::fs::write(&segment, text).unwrap();
+    let log = open(&audit, signer(), 64 << 20);
+    let problem = log.tail_problem().unwrap();
+    assert_eq!(problem.event, "truncation_detected");
+    assert!(problem.message.contains("rewritten"), "{}", problem.message);
+    assert_eq!(problem.head, Some((head.seq, head.hash.clone())));
+}
+
+#[tokio::test]
+async fn a_missing_or_forged_head_is_reported_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hmac, private, _) = keys(tmp.path());
+    let signer = || Some(Signer::hmac_from_file(&hmac, None).unwrap());
+    let audit = tmp.path().join("audit");
+    {
+        let log = open(&audit, signer(), 64 << 20);
+        fill(&log, 5).await;
+    }
+    // Deleted together with the tail.
+    std::fs::remove_file(audit.join(HEAD_FILE)).unwrap();
+    let log = open(&audit, signer(), 64 << 20);
+    assert_eq!(log.tail_problem().unwrap().event, "head_missing");
+    drop(log);
+
+    // Moved back to match a cut tail, without the key.
+    let mut head = Head::read(&audit).unwrap().unwrap();
+    head.seq -= 2;
+    std::fs::write(audit.join(HEAD_FILE), serde_json::to_string(&head).unwrap()).unwrap();
+    let log = open(&audit, signer(), 64 << 20);
+    let problem = log.tail_problem().unwrap();
+    assert_eq!(problem.event, "head_invalid");
+    assert!(
+        problem.message.contains("forged or altered"),
+        "{}",
+        problem.message
+    );
+    drop(log);
+
+    // Re-signed with another key (after a key change, or by someone with
+    // their own key): it cannot be trusted either.
+    let other = Signer::ed25519_from_file(&private, None).unwrap();
+    let head = Head::read(&audit).unwrap().unwrap();
+    let resigned = Head::new(&head.log_id, head.seq, &head.hash, Some(&other));
+    std::fs::write(
+        audit.join(HEAD_FILE),
+        serde_json::to_string(&resigned).unwrap(),
+    )
+    .unwrap();
+    let log = open(&audit, signer(), 64 << 20);
+    let problem = log.tail_problem().unwrap();
+    assert_eq!(problem.event, "head_invalid");
+    assert!(problem.message.contains("Ed25519"), "{}", problem.message);
+    drop(log);
+
+    // Not JSON at all.
+    std::fs::write(audit.join(HEAD_FILE), "garbage").unwrap();
+    let log = open(&audit, signer(), 64 << 20);
+    assert_eq!(log.tail_problem().unwrap().event, "head_invalid");
+    drop(log);
+    // Each finding is on record, and the log still verifies.
+    let events: Vec<String> = all_lines(&audit)
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "admin")
+        .map(|r| r["data"]["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "head_missing",
+            "head_invalid",
+            "head_invalid",
+            "head_invalid"
+        ]
+    );
+    let key = Verifier::hmac_from_file(&hmac, None).unwrap();
+    assert!(verify_dir(&audit, Some(&key)).unwrap().valid);
+}
+
+#[tokio::test]
+async fn a_log_spanning_a_key_rotation_verifies_with_both_keys_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (old_private, old_public) = generate_ed25519(&tmp.path().join("old")).unwrap();
+    let (new_private, new_public) = generate_ed25519(&tmp.path().join("new")).unwrap();
+    let audit = tmp.path().join("audit");
+    for private in [&old_private, &new_private] {
+        let log = open(
+            &audit,
+            Some(Signer::ed25519_from_file(private, None).unwrap()),
+            64 << 20,
+        );
+        fill(&log, 4).await;
+    }
+    let old = Verifier::ed25519_from_file(&old_public, None).unwrap();
+    let new = Verifier::ed25519_from_file(&new_public, None).unwrap();
+    let with = |keys: &[Verifier]| {
+        keyward_evidence::verify(
+            &audit,
+            &VerifyOptions {
+                keys: keys.to_vec(),
+                expect_head: None,
+                head_source: None,
+            },
+        )
+        .unwrap()
+    };
+    let both = with(&[old.clone(), new.clone()]);
+    assert!(both.valid, "{:?}", both.errors);
+    assert_eq!(both.signed_records, both.records);
+    // Records 1-4 by the old key; 5 (the new key cannot vouch for the old
+    // head) and 6-9 by the new one.
+    let only_new = with(std::slice::from_ref(&new));
+    assert_eq!(checks(&only_new), ["key_id"; 4]);
+    assert!(
+        only_new.errors[0].message.contains("key(s) given"),
+        "{:?}",
+        only_new.errors
+    );
+    let only_old = with(std::slice::from_ref(&old));
+    assert_eq!(checks(&only_old), ["key_id"; 5]);
+    assert_eq!(
+        all_lines(&audit)
+            .iter()
+            .filter(|l| l.contains("head_invalid"))
+            .count(),
+        1
+    );
 }

@@ -1,4 +1,4 @@
-//! `keyward audit ...`: keys, verification and tail of the evidence log.
+//! `keyward audit ...`: keys, verification, head and tail of the evidence log.
 //! Offline: these read the files, so they work with the daemon stopped.
 
 use std::io::{BufRead as _, Seek as _};
@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use keyward_daemon::home::Home;
-use keyward_evidence::{Kind, Verifier, list_segments, verify_dir};
+use keyward_evidence::{
+    Anchor, HEAD_FILE, Head, Kind, Report, Verifier, VerifyOptions, list_segments, read_log_id,
+    verify,
+};
 
 use crate::cli::{AuditCommand, Cli};
 use crate::exit;
@@ -64,6 +67,8 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
             hmac_key_file,
             public_key,
             key_id,
+            expect_head,
+            head,
             json,
         } => {
             let dir = match dir {
@@ -76,50 +81,52 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
                     dir.display()
                 );
             }
-            let verifier = match (hmac_key_file, public_key) {
-                (Some(f), _) => Some(Verifier::hmac_from_file(f, key_id.as_deref())?),
-                (None, Some(f)) => Some(Verifier::ed25519_from_file(f, key_id.as_deref())?),
-                (None, None) => None,
+            let keys = verifiers(hmac_key_file, public_key, key_id)?;
+            // Read before the segments: a running daemon only moves the
+            // head past records already on disk.
+            let (anchor, head_source) = match (expect_head, head) {
+                (Some(anchor), _) => (Some(anchor.clone()), "--expect-head".to_owned()),
+                (None, Some(file)) => (head_anchor(file, &dir, &keys)?, file.display().to_string()),
+                (None, None) => (
+                    own_head(&dir, &keys),
+                    dir.join(HEAD_FILE).display().to_string(),
+                ),
             };
-            let report = verify_dir(&dir, verifier.as_ref())
-                .with_context(|| format!("cannot read {}", dir.display()))?;
+            let options = VerifyOptions {
+                keys,
+                expect_head: anchor,
+                head_source: Some(head_source),
+            };
+            let report =
+                verify(&dir, &options).with_context(|| format!("cannot read {}", dir.display()))?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                for e in &report.errors {
-                    println!("{}:{}: {}: {}", e.segment, e.line, e.check, e.message);
-                }
-                let range = match (report.first_seq, report.last_seq) {
-                    (Some(a), Some(b)) => format!("seq {a}..{b}"),
-                    _ => "no records".to_owned(),
-                };
-                println!(
-                    "{}: {} — {} records ({} signed), {range}, {} segment(s){}{}",
-                    report.path.display(),
-                    if report.valid { "valid" } else { "INVALID" },
-                    report.records,
-                    report.signed_records,
-                    report.segments,
-                    if report.error_count > 0 {
-                        format!(", {} error(s)", report.error_count)
-                    } else {
-                        String::new()
-                    },
-                    if report.torn_files.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; torn tails moved aside at a restart: {}",
-                            report.torn_files.join(", ")
-                        )
-                    }
-                );
+                print_report(&report, expect_head.is_some() || head.is_some());
             }
             Ok(if report.valid {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(exit::FAILURE)
             })
+        }
+        AuditCommand::Head { dir, json } => {
+            let dir = match dir {
+                Some(d) => d.clone(),
+                None => home()?.audit_dir(),
+            };
+            let head = Head::read(&dir).map_err(anyhow::Error::msg)?.with_context(|| {
+                format!(
+                    "no head checkpoint at {} (the daemon writes it after each fsync of the log; start it once)",
+                    dir.join(HEAD_FILE).display()
+                )
+            })?;
+            if json.json {
+                println!("{}", serde_json::to_string(&head)?);
+            } else {
+                print_head(&head);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Tail {
             n,
@@ -148,6 +155,143 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
             };
             tail(&dir, *n, *follow, &filter)
         }
+    }
+}
+
+/// The keys `audit verify` checks signatures with: each `--key-id`
+/// belongs to the key in the same position (HMAC keys first).
+fn verifiers(hmac: &[PathBuf], public: &[PathBuf], key_ids: &[String]) -> Result<Vec<Verifier>> {
+    let count = hmac.len() + public.len();
+    if !key_ids.is_empty() && key_ids.len() != count {
+        usage_error(&format!(
+            "--key-id was given {} time(s) for {count} key(s): give it once per key \
+             (in the order of --hmac-key-file, then --public-key), or not at all",
+            key_ids.len()
+        ));
+    }
+    let id = |i: usize| key_ids.get(i).map(String::as_str);
+    let mut keys = Vec::with_capacity(count);
+    for (i, f) in hmac.iter().enumerate() {
+        keys.push(Verifier::hmac_from_file(f, id(i))?);
+    }
+    for (i, f) in public.iter().enumerate() {
+        keys.push(Verifier::ed25519_from_file(f, id(hmac.len() + i))?);
+    }
+    Ok(keys)
+}
+
+/// Exits with clap's usage error (status 2), like a bad flag.
+fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory as _;
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
+/// The record a head file saved elsewhere names, once its signature checks
+/// out with `keys` and it belongs to the log in `dir`.
+fn head_anchor(file: &Path, dir: &Path, keys: &[Verifier]) -> Result<Option<Anchor>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the head file {}", file.display()))?;
+    let head = Head::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    head.check(keys)
+        .map_err(|e| anyhow::anyhow!("{}: refused: {e}", file.display()))?;
+    if let Some(log_id) = read_log_id(dir)
+        && log_id != head.log_id
+    {
+        bail!(
+            "{}: refused: it is the head of log {:?}, but {} holds log {log_id:?}",
+            file.display(),
+            head.log_id,
+            dir.display()
+        );
+    }
+    Ok(head.anchor())
+}
+
+/// The record the log's own head checkpoint names, when it can be trusted
+/// as far as it goes: signed by one of `keys` (or unsigned, with none)
+/// and of this log. It catches a tail cut by someone who left the head
+/// alone; someone who can also delete the head or put back an older one
+/// is caught only by a head stored elsewhere.
+fn own_head(dir: &Path, keys: &[Verifier]) -> Option<Anchor> {
+    let why = match Head::read(dir) {
+        Ok(None) => format!("there is no {HEAD_FILE}"),
+        Ok(Some(head)) => match head.check(keys) {
+            Ok(()) if read_log_id(dir).is_none_or(|id| id == head.log_id) => {
+                return head.anchor();
+            }
+            Ok(()) => "it names another log".to_owned(),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    eprintln!(
+        "keyward: note: the log's own head checkpoint is not used ({why}); \
+         records deleted from the tail can go unnoticed"
+    );
+    None
+}
+
+fn print_head(head: &Head) {
+    let signed = head.sig.as_ref().map_or("unsigned".to_owned(), |s| {
+        format!("signed {} by key {:?}", s.alg, s.key_id)
+    });
+    match head.anchor() {
+        Some(anchor) => println!("{anchor}"),
+        None => println!("(no records yet)"),
+    }
+    println!(
+        "  seq {} of log {}, written {}, {signed}\n  \
+         check later with: keyward audit verify --expect-head {}:{} (or save `keyward audit head --json` and use --head FILE)",
+        head.seq, head.log_id, head.ts, head.seq, head.hash
+    );
+}
+
+/// `anchored_elsewhere`: the expected head came from the command line
+/// (`--expect-head`, `--head`), not from the log's own directory.
+fn print_report(report: &Report, anchored_elsewhere: bool) {
+    for e in &report.errors {
+        println!("{}:{}: {}: {}", e.segment, e.line, e.check, e.message);
+    }
+    let range = match (report.first_seq, report.last_seq) {
+        (Some(a), Some(b)) => format!("seq {a}..{b}"),
+        _ => "no records".to_owned(),
+    };
+    println!(
+        "{}: {} — {} records ({} signed), {range}, {} segment(s){}{}{}",
+        report.path.display(),
+        if report.valid { "valid" } else { "INVALID" },
+        report.records,
+        report.signed_records,
+        report.segments,
+        report
+            .expected_head
+            .as_ref()
+            .map_or(String::new(), |h| format!(
+                ", expected head {h} (from {})",
+                report.head_source.as_deref().unwrap_or("?")
+            )),
+        if report.error_count > 0 {
+            format!(", {} error(s)", report.error_count)
+        } else {
+            String::new()
+        },
+        if report.torn_files.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; torn tails moved aside at a restart: {}",
+                report.torn_files.join(", ")
+            )
+        }
+    );
+    if !anchored_elsewhere {
+        println!(
+            "  (records deleted from the end of the log, with its head checkpoint deleted or put back \
+             to an older one, leave no trace here: check against a head stored elsewhere with \
+             --expect-head or --head)"
+        );
     }
 }
 

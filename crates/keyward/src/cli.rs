@@ -239,22 +239,49 @@ pub enum AuditCommand {
         #[arg(long)]
         hmac: bool,
     },
-    /// Check every segment: hashes, chain, sequence and signatures. Exit 0
+    /// Check every segment: hashes, chain, sequence and signatures, and
+    /// that no record up to the head was deleted from the tail: a head
+    /// stored elsewhere (--expect-head, --head) or else the log's own
+    /// head.json, which someone who cuts the tail can delete too. Exit 0
     /// valid, 1 invalid.
     Verify {
         /// The log directory [default: <home>/audit].
         #[arg(long, value_name = "D")]
         dir: Option<PathBuf>,
-        /// Check HMAC-SHA256 signatures with this key.
-        #[arg(long, value_name = "F", conflicts_with = "public_key")]
-        hmac_key_file: Option<PathBuf>,
-        /// Check Ed25519 signatures with this public key (PEM).
+        /// Check HMAC-SHA256 signatures with this key (repeat for a log
+        /// that spans a key rotation).
         #[arg(long, value_name = "F")]
-        public_key: Option<PathBuf>,
+        hmac_key_file: Vec<PathBuf>,
+        /// Check Ed25519 signatures with this public key, PEM (repeat for
+        /// a log that spans a key rotation).
+        #[arg(long, value_name = "F")]
+        public_key: Vec<PathBuf>,
         /// The key id records must carry [default: derived from the key,
-        /// as the daemon does when audit.key_id is unset].
+        /// as the daemon does when audit.key_id is unset]. Once per key,
+        /// in the order of --hmac-key-file then --public-key.
         #[arg(long)]
-        key_id: Option<String>,
+        key_id: Vec<String>,
+        /// The log must contain this record (SEQ:HASH, as `keyward audit
+        /// head` prints it): fails when records up to it are missing.
+        #[arg(long, value_name = "SEQ:HASH", conflicts_with = "head",
+              value_parser = |s: &str| s.parse::<keyward_evidence::Anchor>())]
+        expect_head: Option<keyward_evidence::Anchor>,
+        /// Like --expect-head, from a head file saved with `keyward audit
+        /// head --json`; its signature is checked with the keys given.
+        #[arg(long, value_name = "FILE")]
+        head: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Print the signed head checkpoint (the last synced record's seq and
+    /// hash), to store where whoever can delete the log's tail cannot
+    /// reach (a CI artifact); check it later with `audit verify
+    /// --expect-head` or `--head`. Offline; reads <dir>/head.json.
+    Head {
+        /// The log directory [default: <home>/audit].
+        #[arg(long, value_name = "D")]
+        dir: Option<PathBuf>,
+        /// Print the head file's JSON (save it for `audit verify --head FILE`).
         #[command(flatten)]
         json: JsonFlag,
     },

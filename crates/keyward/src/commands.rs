@@ -208,11 +208,15 @@ fn print_status(r: &StatusReport) {
     if let Some(protection) = &r.protection {
         println!("  protection: {protection}");
     }
-    match &r.evidence_error {
-        Some(e) => println!(
+    match (&r.evidence_error, &r.evidence_warning) {
+        (Some(e), _) => println!(
             "  evidence:   CANNOT WRITE ({e}); decisions and proxied requests are refused until it can"
         ),
-        None => println!("  evidence:   ok"),
+        (None, None) => println!("  evidence:   ok"),
+        (None, Some(_)) => {}
+    }
+    if let Some(w) = &r.evidence_warning {
+        println!("  evidence:   WARNING: {w}");
     }
 }
 
