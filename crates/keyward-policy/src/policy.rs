@@ -128,6 +128,9 @@ pub const SHELL_ACTION: &str = "execute_command";
 /// The rule id of a shell line (or a part of one) that cannot be read.
 pub const UNPARSEABLE_RULE_ID: &str = "commands.unparseable";
 
+const SHELL_FIELDS_NEED_SHELL_ACTIONS: &str = "command, subcommand, flags, args, env and input_from \
+     read shell lines: use action = \"execute_command\", or say shell = true on a rule of this action";
+
 /// What a decision cites: a rule or the policy default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleInfo {
@@ -402,7 +405,28 @@ impl Policy {
             policy.rules.push(rule);
         }
         policy.build_index();
+        policy.check_shell_fields(origin)?;
         Ok(policy)
+    }
+
+    /// Argument-aware fields only make sense on actions read as shell lines.
+    fn check_shell_fields(&self, origin: &str) -> Result<(), PolicyError> {
+        let misplaced = self.rules.iter().find(|r| {
+            r.command.is_some()
+                && r.actions
+                    .iter()
+                    .flatten()
+                    .any(|a| !self.shell_actions.contains(a))
+        });
+        match misplaced {
+            None => Ok(()),
+            Some(rule) => Err(PolicyError {
+                origin: origin.to_owned(),
+                rule_id: Some(rule.info.id.clone()),
+                field: Some("action".into()),
+                message: SHELL_FIELDS_NEED_SHELL_ACTIONS.into(),
+            }),
+        }
     }
 
     /// Loads and compiles a policy file.
@@ -438,6 +462,7 @@ impl Policy {
                     acc.id = format!("{}+{}", acc.id, next.id);
                     acc.rules.extend(next.rules);
                     acc.build_index();
+                    acc.check_shell_fields(&path.as_ref().display().to_string())?;
                     acc
                 }
             });
@@ -573,10 +598,10 @@ impl Policy {
         let rules = |tier: usize| tiers[tier].iter().map(|&i| &self.rules[i as usize]);
         let mut decided: Option<Verdict<'_>> = None;
         let mut consider = |verdict: Verdict<'p>| {
-            if decided
-                .as_ref()
-                .is_none_or(|d| strictness(verdict.decision()) > strictness(d.decision()))
-            {
+            // The strictest part decides; among equals the first one a
+            // rule names rather than a fallback or the default.
+            let rank = |v: &Verdict<'_>| (strictness(v.decision()), v.explicit);
+            if decided.as_ref().is_none_or(|d| rank(&verdict) > rank(d)) {
                 decided = Some(verdict);
             }
         };
@@ -741,15 +766,8 @@ fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
             "name the action types whose targets are shell lines, not \"*\"".into(),
         ));
     }
-    if command.is_some() && (any_action || !(raw.shell || actions.iter().all(|a| a == SHELL_ACTION)))
-    {
-        return Err((
-            "action",
-            format!(
-                "command, subcommand, flags, args, env and input_from read shell lines: \
-                 use action = \"{SHELL_ACTION}\" or set shell = true"
-            ),
-        ));
+    if command.is_some() && any_action {
+        return Err(("action", SHELL_FIELDS_NEED_SHELL_ACTIONS.into()));
     }
     let actions = (!any_action).then(|| actions.into_boxed_slice());
     let globs =

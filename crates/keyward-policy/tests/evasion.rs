@@ -230,3 +230,58 @@ fn evasions_get_the_decision_they_deserve() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn decide(line: &str) -> Decision {
+    static PACK: std::sync::OnceLock<keyward_policy::Policy> = std::sync::OnceLock::new();
+    PACK.get_or_init(baseline)
+        .evaluate(&EvaluateRequest {
+            action_type: "execute_command".into(),
+            target: Some(line.into()),
+            ..Default::default()
+        })
+        .decision()
+}
+
+#[test]
+fn deep_nesting_is_refused_not_overflowed() {
+    for (open, close) in [
+        ("$(", ")"),
+        ("(", ")"),
+        ("${X:-", "}"),
+        ("sh -c \"", "\""),
+        ("<(", ")"),
+    ] {
+        let line = format!("{}ls{}", open.repeat(5000), close.repeat(5000));
+        assert_eq!(decide(&line), Ask, "{open}");
+    }
+    let shallow = format!("echo {}ls{}", "\"$(echo ".repeat(5), ")\"".repeat(5));
+    assert_eq!(decide(&shallow), Allow);
+}
+
+/// Property: any text, shell-heavy and multi-byte, is decided without a
+/// panic, and nothing in an allowed line can swallow a command on the next
+/// line: it is then blocked, or not allowed when the line did not end.
+#[test]
+fn arbitrary_lines_never_panic_and_never_hide_the_next_line() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5348_454c);
+    let pieces = [
+        "ls", "terraform", "apply", " ", " ", ";", "&", "|", "&&", "||", "\n", "'", "\"", "\\",
+        "$", "$(", "${", "}", "(", ")", "`", "<", ">", ">&", "<<", "<(", "$'\\x7", "é", "日本",
+        "-rf", "/", "~", "=", "X=", "sh -c ", "sudo ", "env ", "eval ", "#", "*", "{a,b}", "\\c",
+    ];
+    let mut allowed = 0;
+    for _ in 0..20000 {
+        let n = rng.gen_range(0..16);
+        let line: String = (0..n)
+            .map(|_| pieces[rng.gen_range(0..pieces.len())])
+            .collect();
+        if decide(&line) != Allow || line.ends_with('\\') {
+            continue;
+        }
+        allowed += 1;
+        let next = format!("{line}\nterraform apply");
+        assert_ne!(decide(&next), Allow, "{next:?}");
+    }
+    assert!(allowed > 100, "only {allowed} random lines were allowed");
+}

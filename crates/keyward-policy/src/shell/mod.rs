@@ -664,7 +664,11 @@ impl Reader<'_, '_> {
                     return Ok(());
                 }
                 // `${x:-word}` and friends: the word may hold substitutions.
-                self.word(true)?;
+                let depth = self.nested()?;
+                let saved = std::mem::replace(&mut self.depth, depth);
+                let body = self.word(true);
+                self.depth = saved;
+                body?;
                 if self.peek() != Some(b'}') {
                     return Err(Why::UnbalancedQuote);
                 }
@@ -725,7 +729,10 @@ impl Reader<'_, '_> {
                         continue;
                     }
                     match e {
-                        b'x' => bytes.push(self.radix(16, 2).unwrap_or(b'x' as u32) as u8),
+                        b'x' => match self.radix(16, 2) {
+                            Some(value) => bytes.push(value as u8),
+                            None => bytes.extend_from_slice(b"\\x"),
+                        },
                         b'0'..=b'7' => {
                             self.pos -= 1;
                             bytes.push(self.radix(8, 3).unwrap_or(0) as u8);
@@ -739,9 +746,9 @@ impl Reader<'_, '_> {
                             );
                         }
                         b'c' => {
-                            let c = self.peek().unwrap_or(b'@');
-                            self.pos += 1;
-                            bytes.push(c & 0x1f);
+                            let c = self.rest().chars().next().unwrap_or('@');
+                            self.pos += c.len_utf8();
+                            bytes.push(c as u8 & 0x1f);
                         }
                         other => {
                             bytes.push(b'\\');
