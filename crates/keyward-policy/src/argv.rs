@@ -78,9 +78,7 @@ impl CommandMatch {
         };
         match &self.args {
             None => true,
-            Some(globs) => rest
-                .iter()
-                .any(|w| any(globs, &normalize_operand(&w.text))),
+            Some(globs) => rest.iter().any(|w| any(globs, &normalize_operand(&w.text))),
         }
     }
 }
@@ -300,8 +298,14 @@ mod tests {
             );
         }
         assert!(!has_flag(&cmd(&["rm", "--", "-r"]).argv, "-r"));
-        assert!(has_flag(&cmd(&["git", "push", "--force=x"]).argv, "--force"));
-        assert!(!has_flag(&cmd(&["git", "push", "--forced"]).argv, "--force"));
+        assert!(has_flag(
+            &cmd(&["git", "push", "--force=x"]).argv,
+            "--force"
+        ));
+        assert!(!has_flag(
+            &cmd(&["git", "push", "--forced"]).argv,
+            "--force"
+        ));
         assert!(has_flag(
             &cmd(&["terraform", "apply", "-auto-approve"]).argv,
             "-auto-approve"
@@ -320,7 +324,16 @@ mod tests {
         assert_eq!(names(&["terraform", "-chdir=infra", "apply"]), ["apply"]);
         assert_eq!(names(&["terraform", "-chdir", "infra", "apply"]), ["apply"]);
         assert_eq!(
-            names(&["kubectl", "--context", "prod", "-n", "x", "delete", "ns", "x"]),
+            names(&[
+                "kubectl",
+                "--context",
+                "prod",
+                "-n",
+                "x",
+                "delete",
+                "ns",
+                "x"
+            ]),
             ["delete", "ns", "x"]
         );
         assert_eq!(names(&["cargo", "+nightly", "test"]), ["test"]);

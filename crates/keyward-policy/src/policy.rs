@@ -564,7 +564,12 @@ impl Policy {
     }
 
     /// Decides `target` as an `action` (the other fields from `req`).
-    fn evaluate_as(&self, action: &str, target: Option<&str>, req: &EvaluateRequest) -> Verdict<'_> {
+    fn evaluate_as(
+        &self,
+        action: &str,
+        target: Option<&str>,
+        req: &EvaluateRequest,
+    ) -> Verdict<'_> {
         let mode = if PATH_ACTIONS.contains(&action) {
             Mode::Path
         } else {
@@ -664,9 +669,8 @@ impl Policy {
         // A line that runs nothing (empty, comments, bare assignments) is
         // never allowed: a fallback without fields or the default decides.
         decided.unwrap_or_else(|| {
-            let fallback = rules(3).find(|r| {
-                r.targets.is_none() && r.command.is_none() && r.matches_request(req)
-            });
+            let fallback = rules(3)
+                .find(|r| r.targets.is_none() && r.command.is_none() && r.matches_request(req));
             Verdict {
                 rule: fallback.map_or(&self.default, |r| &r.info),
                 explicit: false,
@@ -837,14 +841,20 @@ fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
 
 /// The argument-aware fields, if any is given.
 fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'static str, String)> {
-    fn list(field: &'static str, value: &Option<OneOrMany>) -> Result<Option<Vec<String>>, (&'static str, String)> {
+    fn list(
+        field: &'static str,
+        value: &Option<OneOrMany>,
+    ) -> Result<Option<Vec<String>>, (&'static str, String)> {
         let Some(value) = value else { return Ok(None) };
         let items = match value {
             OneOrMany::One(s) => vec![s.clone()],
             OneOrMany::Many(v) => v.clone(),
         };
         if items.is_empty() {
-            return Err((field, "an empty list matches nothing; remove the field to match anything".into()));
+            return Err((
+                field,
+                "an empty list matches nothing; remove the field to match anything".into(),
+            ));
         }
         if items.iter().any(|i| i.trim().is_empty()) {
             return Err((field, "entries must not be empty".into()));
@@ -863,25 +873,43 @@ fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'sta
     let args = list("args", &raw.args)?;
     let env = list("env", &raw.env)?;
     let inputs = list("input_from", &raw.input_from)?;
-    if let Some(bad) = flags.iter().flatten().find(|f| !f.starts_with('-') || f.len() < 2) {
-        return Err(("flags", format!("{bad:?} is not an option: write it with its dashes (\"-f\", \"--force\")")));
+    if let Some(bad) = flags
+        .iter()
+        .flatten()
+        .find(|f| !f.starts_with('-') || f.len() < 2)
+    {
+        return Err((
+            "flags",
+            format!("{bad:?} is not an option: write it with its dashes (\"-f\", \"--force\")"),
+        ));
     }
     if names.is_none() && subcommands.is_some() {
-        return Err(("subcommand", "a subcommand belongs to a command: add command = \"...\"".into()));
+        return Err((
+            "subcommand",
+            "a subcommand belongs to a command: add command = \"...\"".into(),
+        ));
     }
     let matcher = CommandMatch {
         names: names.as_deref().map(|n| globs("command", n)).transpose()?,
         subcommands: subcommands
             .map(|subs| {
                 subs.iter()
-                    .map(|s| globs("subcommand", &s.split_whitespace().map(str::to_owned).collect::<Vec<_>>()))
+                    .map(|s| {
+                        globs(
+                            "subcommand",
+                            &s.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+                        )
+                    })
                     .collect::<Result<Box<[_]>, _>>()
             })
             .transpose()?,
         flags: flags.map(Vec::into_boxed_slice),
         args: args.as_deref().map(|a| globs("args", a)).transpose()?,
         env: env.as_deref().map(|e| globs("env", e)).transpose()?,
-        inputs: inputs.as_deref().map(|i| globs("input_from", i)).transpose()?,
+        inputs: inputs
+            .as_deref()
+            .map(|i| globs("input_from", i))
+            .transpose()?,
     };
     let any = matcher.names.is_some()
         || matcher.subcommands.is_some()

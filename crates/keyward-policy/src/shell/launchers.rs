@@ -354,7 +354,11 @@ impl Reader<'_, '_> {
                 break;
             }
             if text.starts_with("--") {
-                i += if matches!(text, "--rcfile" | "--init-file") { 2 } else { 1 };
+                i += if matches!(text, "--rcfile" | "--init-file") {
+                    2
+                } else {
+                    1
+                };
                 continue;
             }
             let Some(cluster) = text.strip_prefix(['-', '+']).filter(|c| !c.is_empty()) else {

@@ -151,7 +151,9 @@ impl Why {
                 "an inline script (sh -c, eval, watch, trap, alias) computed at run time"
             }
             Why::DynamicRedirect => "a redirection to a file name computed at run time",
-            Why::LauncherOption => "an option of a launcher (sudo, env, xargs, ...) keyward does not know",
+            Why::LauncherOption => {
+                "an option of a launcher (sudo, env, xargs, ...) keyward does not know"
+            }
             Why::TooDeep => "substitutions or inline scripts nested too deeply",
         }
     }
@@ -449,9 +451,7 @@ impl Reader<'_, '_> {
             [b'<', b'<', ..] => return Err(Why::Heredoc),
             [b'&', b'>', b'>', ..] if digits == 0 => (3, true),
             [b'&', b'>', ..] if digits == 0 => (2, true),
-            [b'>', b'>', ..] | [b'>', b'|', ..] | [b'>', b'&', ..] | [b'<', b'>', ..] => {
-                (2, true)
-            }
+            [b'>', b'>', ..] | [b'>', b'|', ..] | [b'>', b'&', ..] | [b'<', b'>', ..] => (2, true),
             [b'<', b'&', ..] => (2, false),
             [b'>', ..] => (1, true),
             [b'<', ..] => (1, false),
@@ -462,7 +462,10 @@ impl Reader<'_, '_> {
         let duplicates = op.starts_with(b">&") || op.starts_with(b"<&");
         self.pos += digits + len;
         self.skip_blanks();
-        if self.peek().is_none_or(|b| is_meta(b) && b != b'<' && b != b'>') {
+        if self
+            .peek()
+            .is_none_or(|b| is_meta(b) && b != b'<' && b != b'>')
+        {
             return Err(Why::Syntax);
         }
         let target = self.word(false)?;
@@ -542,7 +545,8 @@ impl Reader<'_, '_> {
                     let run = self.rest().as_bytes()[1..]
                         .iter()
                         .position(|&c| {
-                            is_meta(c) || matches!(c, b'\\' | b'\'' | b'"' | b'`' | b'$' | b'*')
+                            is_meta(c)
+                                || matches!(c, b'\\' | b'\'' | b'"' | b'`' | b'$' | b'*')
                                 || matches!(c, b'?' | b'[' | b'{' | b'}')
                         })
                         .map_or(self.src.len() - self.pos, |p| p + 1);
