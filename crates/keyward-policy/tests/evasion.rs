@@ -215,6 +215,9 @@ const CASES: &[Case] = &[
     ("rm / -rf", Block, RM, None),
     ("rm --recursive --force /", Block, RM, None),
     ("sudo /bin/rm -rf /", Block, RM, None),
+    ("busybox rm -rf /", Block, RM, None),
+    ("stdbuf -oL terraform apply", Block, TERRAFORM, None),
+    ("setsid -f terraform apply", Block, TERRAFORM, None),
     ("r''m -rf ~/*", Block, RM, None),
     // Downloads into a shell, however they are fed.
     (
@@ -290,6 +293,18 @@ const CASES: &[Case] = &[
     ("sudo --frobnicate terraform apply", Ask, UNPARSEABLE, None),
     ("ls > \"$OUT\"", Ask, UNPARSEABLE, None),
     ("ls )", Ask, UNPARSEABLE, None),
+    // Arithmetic evaluates array subscripts, which run substitutions hidden
+    // in a variable's value; `${x@P}` runs those in the value itself.
+    (
+        "x='a[$(terraform apply)]'; echo $[x]",
+        Ask,
+        UNPARSEABLE,
+        None,
+    ),
+    ("echo ${s:$o}", Ask, UNPARSEABLE, None),
+    ("echo ${arr[$i]}", Ask, UNPARSEABLE, None),
+    ("echo ${!ref}", Ask, UNPARSEABLE, None),
+    ("echo ${x@P}", Ask, UNPARSEABLE, None),
     // Aliases and indirections that resolve to something unknown.
     ("alias tf=terraform; tf apply", Ask, DEFAULT, None),
     // Options and variables that make an allowed command run anything.
@@ -362,6 +377,12 @@ const CASES: &[Case] = &[
         None,
     ),
     ("ls $(pwd)", Allow, ALLOW, None),
+    (
+        "echo ${x:-default} ${#x} ${x%.txt} ${1} ${@}",
+        Allow,
+        ALLOW,
+        None,
+    ),
     ("bash -c 'cargo test && ls'", Allow, ALLOW, None),
 ];
 

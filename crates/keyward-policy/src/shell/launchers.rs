@@ -2,7 +2,8 @@
 //! command inside is what a policy must see.
 //!
 //! - transparent launchers (`env`, `command`, `exec`, `nohup`, `nice`,
-//!   `time`, `timeout`, `builtin`, `watch -x`) give way to the command they run;
+//!   `time`, `timeout`, `builtin`, `busybox`, `stdbuf`, `setsid`,
+//!   `watch -x`) give way to the command they run;
 //! - `sudo`, `doas` and `xargs` are kept as parts of their own too (they
 //!   change who runs the command, or add arguments nobody can see), besides
 //!   the command they run;
@@ -180,6 +181,18 @@ const WATCH: Options = Options {
     ..NONE
 };
 
+const STDBUF: Options = Options {
+    short_value: "ioe",
+    long_value: &["--input", "--output", "--error"],
+    ..NONE
+};
+
+const SETSID: Options = Options {
+    short_flags: "cfw",
+    long_flags: &["--ctty", "--fork", "--wait"],
+    ..NONE
+};
+
 const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "posh"];
 
 /// Where a launcher's command starts, and the variables it sets; an
@@ -273,7 +286,9 @@ impl Reader<'_, '_> {
                 "env" => (&ENV, false),
                 "command" => (&COMMAND, false),
                 "exec" => (&EXEC, false),
-                "nohup" | "builtin" => (&NONE, false),
+                "nohup" | "builtin" | "busybox" => (&NONE, false),
+                "stdbuf" => (&STDBUF, false),
+                "setsid" => (&SETSID, false),
                 "nice" => (&NICE, false),
                 "time" => (&TIME, false),
                 "timeout" => (&TIMEOUT, false),

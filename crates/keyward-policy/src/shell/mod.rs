@@ -83,7 +83,13 @@ impl Command {
 
     fn render(&self, base_name: bool) -> String {
         if self.argv.is_empty() {
-            return self.env.join(" ");
+            // Bare assignments: the variables they set.
+            return self
+                .env
+                .iter()
+                .map(|n| format!("{n}="))
+                .collect::<Vec<_>>()
+                .join(" ");
         }
         let mut out = String::new();
         for (i, word) in self.argv.iter().enumerate() {
@@ -141,9 +147,10 @@ impl Why {
             Why::Syntax => "shell syntax keyward does not follow (a stray parenthesis)",
             Why::Heredoc => "a here-document, whose text keyward does not read",
             Why::Arithmetic => {
-                "arithmetic ($((...)), ((...)) or [[...]]), which can run commands hidden in variables"
+                "arithmetic or an expansion that evaluates it ($((...)), $[...], ((...)), [[...]], \
+                 ${a[i]}, ${x:offset}, ${!x}) or ${x@P}, which can run commands hidden in variables"
             }
-            Why::Unsupported => "a case, select or coproc statement or an array assignment",
+            Why::Unsupported => "a case or coproc statement or an array assignment",
             Why::DynamicCommand => {
                 "a command name computed at run time (a variable, substitution, glob or brace expansion)"
             }
@@ -189,6 +196,7 @@ fn parse_script(script: &str, ctx: &Context, depth: usize, out: &mut Vec<Part>) 
         pos: 0,
         depth,
         out,
+        ctx: ctx.clone(),
     };
     if let Err(why) = reader.list(ctx, Term::End) {
         out.push(Part::Unparseable {
@@ -209,6 +217,9 @@ struct Reader<'s, 'o> {
     pos: usize,
     depth: usize,
     out: &'o mut Vec<Part>,
+    /// What the command being read passes to the substitutions in its
+    /// words: they share its stdin and variables.
+    ctx: Context,
 }
 
 fn is_meta(b: u8) -> bool {
@@ -338,6 +349,13 @@ impl Reader<'_, '_> {
     /// One simple command (with the reserved words before it skipped), up
     /// to the next operator.
     fn simple_command(&mut self, ctx: &Context) -> Result<(), Why> {
+        let outer = std::mem::replace(&mut self.ctx, ctx.clone());
+        let result = self.read_simple_command(ctx);
+        self.ctx = outer;
+        result
+    }
+
+    fn read_simple_command(&mut self, ctx: &Context) -> Result<(), Why> {
         let nested_start = self.out.len();
         let mut words: Vec<Word> = Vec::new();
         let mut env: Vec<String> = Vec::new();
@@ -620,7 +638,7 @@ impl Reader<'_, '_> {
         }
         let depth = self.nested()?;
         let mut nested = Vec::new();
-        parse_script(&inner, &Context::default(), depth, &mut nested);
+        parse_script(&inner, &self.ctx.clone(), depth, &mut nested);
         self.out.extend(nested);
         word.text.push_str(&self.src[start..self.pos]);
         word.dynamic = true;
@@ -631,7 +649,8 @@ impl Reader<'_, '_> {
     fn nested_list(&mut self) -> Result<(), Why> {
         let depth = self.nested()?;
         let saved = std::mem::replace(&mut self.depth, depth);
-        let result = self.list(&Context::default(), Term::Paren);
+        let ctx = self.ctx.clone();
+        let result = self.list(&ctx, Term::Paren);
         self.depth = saved;
         result
     }
@@ -657,22 +676,31 @@ impl Reader<'_, '_> {
                 word.dynamic = true;
                 Ok(())
             }
+            Some(b'[') => Err(Why::Arithmetic),
             Some(b'{') => {
                 self.pos += 2;
-                let name_len = self.rest().bytes().take_while(|b| is_name(*b)).count();
                 word.dynamic = true;
-                if name_len > 0 && self.peek_at(name_len) == Some(b'}') {
-                    word.text.push('$');
-                    word.text.push_str(&self.src[self.pos..self.pos + name_len]);
-                    self.pos += name_len + 1;
-                    return Ok(());
+                let name_len = self.parameter_name()?;
+                let body = self.rest().as_bytes();
+                match (body.get(name_len), body.get(name_len + 1)) {
+                    (Some(b'}'), _) => {
+                        word.text.push('$');
+                        word.text.push_str(&self.src[self.pos..self.pos + name_len]);
+                        self.pos += name_len + 1;
+                        return Ok(());
+                    }
+                    (Some(b':'), Some(b'-' | b'=' | b'?' | b'+'))
+                    | (Some(b'-' | b'=' | b'?' | b'+' | b'#' | b'%' | b'/' | b'^' | b','), _) => {}
+                    // `${a[i]}`, `${x:offset}` evaluate arithmetic; `${x@P}`
+                    // runs the substitutions inside the value.
+                    _ => return Err(Why::Arithmetic),
                 }
                 // `${x:-word}` and friends: the word may hold substitutions.
                 let depth = self.nested()?;
                 let saved = std::mem::replace(&mut self.depth, depth);
-                let body = self.word(true);
+                let rest = self.word(true);
                 self.depth = saved;
-                body?;
+                rest?;
                 if self.peek() != Some(b'}') {
                     return Err(Why::UnbalancedQuote);
                 }
@@ -699,6 +727,22 @@ impl Reader<'_, '_> {
                 Ok(())
             }
         }
+    }
+
+    /// The length of the parameter after `${`: a name, digits, a special
+    /// parameter or `#name` (its length). `${!x}` (indirection, which can
+    /// reach an array element and so arithmetic) is refused.
+    fn parameter_name(&self) -> Result<usize, Why> {
+        let body = self.rest().as_bytes();
+        let run =
+            |from: usize, f: fn(u8) -> bool| body[from..].iter().take_while(|b| f(**b)).count();
+        Ok(match body.first() {
+            Some(c) if is_name_start(*c) => run(0, is_name),
+            Some(c) if c.is_ascii_digit() => run(0, |b| b.is_ascii_digit()),
+            Some(b'#') if body.get(1).copied().is_some_and(is_name_start) => 1 + run(1, is_name),
+            Some(b'@' | b'*' | b'?' | b'-' | b'$' | b'#') => 1,
+            _ => return Err(Why::Arithmetic),
+        })
     }
 
     /// The body of `$'...'` with its escapes decoded.
@@ -797,5 +841,96 @@ fn push_quoted(out: &mut String, text: &str, dynamic: bool) {
         out.push('\'');
         out.push_str(&text.replace('\'', r"'\''"));
         out.push('\'');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each part as text: `name argv...` for a command (with its variables
+    /// and inputs), `> path`, `< path` or `?why` for what was not read.
+    fn parts(line: &str) -> Vec<String> {
+        parse(line)
+            .into_iter()
+            .map(|p| match p {
+                Part::Command(c) => {
+                    let mut out = c.shown();
+                    if !c.env.is_empty() {
+                        out += &format!(" env={}", c.env.join(","));
+                    }
+                    if !c.inputs.is_empty() {
+                        out += &format!(" from={}", c.inputs.join(","));
+                    }
+                    out
+                }
+                Part::File { write, path } => format!("{} {path}", if write { ">" } else { "<" }),
+                Part::Unparseable { why, .. } => format!("?{why:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_carry_their_variables_and_inputs() {
+        assert_eq!(
+            parts("A=1 sudo -E B=2 env -u X C=3 /bin/cmd 'a b' | tee out >> log"),
+            [
+                "sudo -E B=2 env=A",
+                "/bin/cmd 'a b' env=A,B,C",
+                "tee out from=sudo,cmd",
+                "> log"
+            ]
+        );
+        assert_eq!(
+            parts("X=$(curl u) sh -c 'ls $(wget v)' | bash -c \"$(cat)\""),
+            [
+                "curl u",
+                "wget v env=X from=curl",
+                "ls $(wget v) env=X from=curl,wget",
+                "cat from=curl,wget,ls",
+                "?DynamicScript",
+                "bash -c $(cat) from=curl,wget,ls,cat"
+            ]
+        );
+        assert_eq!(parts("a 2>&1 >&- <in 3<>rw"), ["a", "< in", "> rw"]);
+        assert_eq!(parts("X=1 Y=2"), ["X= Y= env=X,Y"]);
+        assert!(parts("# nothing").is_empty());
+    }
+
+    #[test]
+    fn quotes_are_removed_as_the_shell_removes_them() {
+        assert_eq!(
+            parts(r#"e"c"'h'\o "a;b" 'c|d' $'\x41\n' "\$x""#),
+            ["echo 'a;b' 'c|d' 'A\n' '$x'"]
+        );
+        assert_eq!(
+            parts("echo \"a\\\"b\" 'it'\\''s'"),
+            ["echo 'a\"b' 'it'\\''s'"]
+        );
+        assert_eq!(parts("echo ${HOME} \"$HOME\"/x"), ["echo $HOME $HOME/x"]);
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_named() {
+        for (line, why) in [
+            ("echo 'open", Why::UnbalancedQuote),
+            ("echo $(ls", Why::UnbalancedQuote),
+            ("cat <<EOF", Why::Heredoc),
+            ("echo $((1))", Why::Arithmetic),
+            ("case a in a) ;; esac", Why::Unsupported),
+            ("$cmd x", Why::DynamicCommand),
+            ("eval \"$x\"", Why::DynamicScript),
+            ("ls > $f", Why::DynamicRedirect),
+            ("env --what x", Why::LauncherOption),
+            (")", Why::Syntax),
+        ] {
+            assert!(
+                parse(line)
+                    .iter()
+                    .any(|p| matches!(p, Part::Unparseable { why: w, .. } if *w == why)),
+                "{line:?}: {:?}",
+                parse(line)
+            );
+        }
     }
 }
