@@ -602,12 +602,20 @@ impl Policy {
         let tiers = self.tiers(&req.action_type);
         let rules = |tier: usize| tiers[tier].iter().map(|&i| &self.rules[i as usize]);
         let mut decided: Option<Verdict<'_>> = None;
-        let mut consider = |verdict: Verdict<'p>| {
-            // The strictest part decides; among equals the first one a
-            // rule names rather than a fallback or the default.
-            let rank = |v: &Verdict<'_>| (strictness(v.decision()), v.explicit);
-            if decided.as_ref().is_none_or(|d| rank(&verdict) > rank(d)) {
-                decided = Some(verdict);
+        // The strictest part decides; among equals the first one a rule
+        // names rather than a fallback or the default. The deciding part's
+        // text is only written out once it decides.
+        let mut consider = |rule: &'p RuleInfo, explicit: bool, matched: &dyn Fn() -> String| {
+            let rank = (strictness(rule.decision), explicit);
+            if decided
+                .as_ref()
+                .is_none_or(|d| rank > (strictness(d.decision()), d.explicit))
+            {
+                decided = Some(Verdict {
+                    rule,
+                    explicit,
+                    matched_command: Some(matched()),
+                });
             }
         };
         for part in shell::parse(line) {
@@ -620,18 +628,10 @@ impl Policy {
                             .map(|r| (tier, r))
                     });
                     match hit {
-                        Some((tier, rule)) => consider(Verdict {
-                            rule: &rule.info,
-                            explicit: tier < 3,
-                            matched_command: Some(command.shown()),
-                        }),
+                        Some((tier, rule)) => consider(&rule.info, tier < 3, &|| command.shown()),
                         // Bare assignments no rule speaks of run nothing.
                         None if command.argv.is_empty() => {}
-                        None => consider(Verdict {
-                            rule: &self.default,
-                            explicit: false,
-                            matched_command: Some(command.shown()),
-                        }),
+                        None => consider(&self.default, false, &|| command.shown()),
                     }
                 }
                 Part::File { write, path } => {
@@ -641,16 +641,11 @@ impl Policy {
                         ("read_file", "<")
                     };
                     let verdict = self.evaluate_as(action, Some(&path), req);
-                    consider(Verdict {
-                        matched_command: Some(format!("{sign} {path}")),
-                        ..verdict
-                    });
+                    consider(verdict.rule, verdict.explicit, &|| format!("{sign} {path}"));
                 }
-                Part::Unparseable { why, text } => consider(Verdict {
-                    rule: &self.unparseable[why.index()],
-                    explicit: true,
-                    matched_command: Some(text),
-                }),
+                Part::Unparseable { why, text } => {
+                    consider(&self.unparseable[why.index()], true, &|| text.clone());
+                }
             }
         }
         // Target globs may span operators (`*| sh*`): matched against the
@@ -660,11 +655,7 @@ impl Policy {
             rules(tier).find(|r| r.targets.is_some() && r.matches(req, Some(&whole), Mode::Text))
         });
         if let Some(rule) = spanning {
-            consider(Verdict {
-                rule: &rule.info,
-                explicit: true,
-                matched_command: Some(whole.clone().into_owned()),
-            });
+            consider(&rule.info, true, &|| whole.clone().into_owned());
         }
         // A line that runs nothing (empty, comments, bare assignments) is
         // never allowed: a fallback without fields or the default decides.

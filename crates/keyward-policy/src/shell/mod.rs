@@ -59,9 +59,11 @@ pub(crate) struct Command {
 impl Command {
     /// The base name of `argv[0]`.
     pub fn name(&self) -> &str {
-        self.argv
-            .first()
-            .map_or("", |w| w.text.rsplit('/').next().unwrap_or(""))
+        self.argv.first().map_or("", |w| {
+            // A byte loop: names are short, and this runs once per rule.
+            let start = w.text.bytes().rposition(|b| b == b'/').map_or(0, |i| i + 1);
+            &w.text[start..]
+        })
     }
 
     /// Whether `argv[0]` is a path (`./x`, `/usr/bin/x`) rather than a
