@@ -435,6 +435,11 @@ fn deep_nesting_is_refused_not_overflowed() {
         let line = format!("{}ls{}", open.repeat(5000), close.repeat(5000));
         assert_eq!(decide(&line), Ask, "{open}");
     }
+    // An endless pipeline or list is refused, not decided in quadratic time.
+    for sep in ["|", ";", "&&"] {
+        let line = format!("ls{sep}").repeat(100_000);
+        assert_eq!(decide(&line), Ask, "{sep}");
+    }
     let shallow = format!("echo {}ls{}", "\"$(echo ".repeat(5), ")\"".repeat(5));
     assert_eq!(decide(&shallow), Allow);
 }

@@ -19,6 +19,10 @@ mod launchers;
 /// How deep substitutions, subshells and inline scripts may nest.
 const MAX_DEPTH: usize = 24;
 
+/// How many commands one line may hold: each command carries the names of
+/// those feeding it, so an endless pipeline must not cost quadratic time.
+const MAX_COMMANDS: usize = 256;
+
 /// One word after quote removal.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Word {
@@ -163,7 +167,9 @@ impl Why {
             Why::LauncherOption => {
                 "an option of a launcher (sudo, env, xargs, ...) keyward does not know"
             }
-            Why::TooDeep => "substitutions or inline scripts nested too deeply",
+            Why::TooDeep => {
+                "more than 256 commands, or substitutions and inline scripts nested too deeply"
+            }
         }
     }
 }
@@ -320,11 +326,7 @@ impl Reader<'_, '_> {
                 b'|' if self.peek_at(1) != Some(b'|') => {
                     // `|` and `|&`: the next stage reads this one's output.
                     self.pos += if self.peek_at(1) == Some(b'&') { 2 } else { 1 };
-                    let names = self.out[stage_start..].iter().filter_map(|p| match p {
-                        Part::Command(c) if !c.argv.is_empty() => Some(c.name().to_owned()),
-                        _ => None,
-                    });
-                    piped.inputs.extend(names);
+                    add_names(&mut piped.inputs, &self.out[stage_start..]);
                     stage_start = self.out.len();
                 }
                 b'&' if self.peek_at(1) == Some(b'>') => self.simple_command(&piped)?,
@@ -358,6 +360,9 @@ impl Reader<'_, '_> {
     }
 
     fn read_simple_command(&mut self, ctx: &Context) -> Result<(), Why> {
+        if self.out.len() >= MAX_COMMANDS {
+            return Err(Why::TooDeep);
+        }
         let nested_start = self.out.len();
         let mut words: Vec<Word> = Vec::new();
         let mut env: Vec<String> = Vec::new();
@@ -422,10 +427,7 @@ impl Reader<'_, '_> {
             return Ok(());
         }
         let mut inputs = ctx.inputs.clone();
-        inputs.extend(self.out[nested_start..].iter().filter_map(|p| match p {
-            Part::Command(c) if !c.argv.is_empty() => Some(c.name().to_owned()),
-            _ => None,
-        }));
+        add_names(&mut inputs, &self.out[nested_start..]);
         let mut all_env = ctx.env.clone();
         all_env.extend(env);
         let command = Command {
@@ -827,6 +829,18 @@ impl Reader<'_, '_> {
         let value = u32::from_str_radix(&self.src[self.pos..self.pos + digits], radix).ok();
         self.pos += digits;
         value
+    }
+}
+
+/// Adds the names of the commands among `parts` to `names`, once each.
+fn add_names(names: &mut Vec<String>, parts: &[Part]) {
+    for part in parts {
+        if let Part::Command(c) = part
+            && !c.argv.is_empty()
+            && !names.iter().any(|n| n == c.name())
+        {
+            names.push(c.name().to_owned());
+        }
     }
 }
 
