@@ -93,9 +93,11 @@ fn subcommand_len(pattern: &[Glob], operands: &[&Word]) -> Option<usize> {
     .then_some(pattern.len())
 }
 
-/// Whether `argv` carries option `flag`: `--name` alone or as `--name=v`;
-/// a single-dash option as written (`-auto-approve`); a one-letter option
-/// also inside a cluster (`-rf` holds `-r` and `-f`). Options end at `--`.
+/// Whether `argv` carries option `flag`: `--name` alone, as `--name=v` or
+/// abbreviated (`--force-w`, which git and GNU tools take for
+/// `--force-with-lease`); a single-dash option as written (`-auto-approve`);
+/// a one-letter option also inside a cluster (`-rf` holds `-r` and `-f`).
+/// Options end at `--`.
 fn has_flag(argv: &[Word], flag: &str) -> bool {
     let letter = flag
         .strip_prefix('-')
@@ -107,6 +109,7 @@ fn has_flag(argv: &[Word], flag: &str) -> bool {
         .any(|w| {
             let name = w.text.split_once('=').map_or(w.text.as_str(), |(n, _)| n);
             name == flag
+                || (name.len() > 2 && name.starts_with("--") && flag.starts_with(name))
                 || letter.is_some_and(|l| {
                     !name.starts_with("--")
                         && name[1..].bytes().all(|b| b.is_ascii_alphanumeric())
@@ -305,6 +308,10 @@ mod tests {
         assert!(!has_flag(
             &cmd(&["git", "push", "--forced"]).argv,
             "--force"
+        ));
+        assert!(has_flag(
+            &cmd(&["git", "push", "--force-w"]).argv,
+            "--force-with-lease"
         ));
         assert!(has_flag(
             &cmd(&["terraform", "apply", "-auto-approve"]).argv,

@@ -167,6 +167,8 @@ const CASES: &[Case] = &[
     ("git -c x=y push --force", Block, FORCE, None),
     ("git -C repo push --force", Block, FORCE, None),
     ("git push origin main -f", Block, FORCE, None),
+    ("git push --force-w origin main", Block, FORCE, None),
+    ("git push --mirr backup", Block, FORCE, None),
     (
         "git push --force-with-lease origin main",
         Block,
@@ -214,6 +216,7 @@ const CASES: &[Case] = &[
     ("rm -rf -- /", Block, RM, None),
     ("rm / -rf", Block, RM, None),
     ("rm --recursive --force /", Block, RM, None),
+    ("rm --recur -f /", Block, RM, None),
     ("sudo /bin/rm -rf /", Block, RM, None),
     ("busybox rm -rf /", Block, RM, None),
     ("stdbuf -oL terraform apply", Block, TERRAFORM, None),
