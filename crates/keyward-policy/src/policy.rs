@@ -129,7 +129,8 @@ pub const SHELL_ACTION: &str = "execute_command";
 pub const UNPARSEABLE_RULE_ID: &str = "commands.unparseable";
 
 const SHELL_FIELDS_NEED_SHELL_ACTIONS: &str = "command, subcommand, flags, args, env and input_from \
-     read shell lines: use action = \"execute_command\", or say shell = true on a rule of this action";
+     read shell lines: use action = \"execute_command\", or say shell = true on a rule of this action \
+     in the same file";
 
 /// What a decision cites: a rule or the policy default.
 #[derive(Debug, Clone, PartialEq)]
@@ -462,7 +463,6 @@ impl Policy {
                     acc.id = format!("{}+{}", acc.id, next.id);
                     acc.rules.extend(next.rules);
                     acc.build_index();
-                    acc.check_shell_fields(&path.as_ref().display().to_string())?;
                     acc
                 }
             });
