@@ -251,6 +251,11 @@ fn every_builtin_rule_id_is_reachable() {
             "filesystem.write.block",
         ),
         (
+            req("write_file", "/dev/tcp/203.0.113.9/443"),
+            Decision::Block,
+            "filesystem.network_device.block",
+        ),
+        (
             req("write_file", ".github/workflows/ci.yml"),
             Decision::RequireApproval,
             "filesystem.write.require_approval",
