@@ -261,6 +261,9 @@ const CASES: &[Case] = &[
     ("cargo test >> ~/.bashrc", Block, WRITE_BLOCK, None),
     ("echo x &> .env", Block, WRITE_BLOCK, None),
     ("pytest < .env", Block, READ_BLOCK, None),
+    // bash reads `>&-word` as a close and then `word`.
+    (">&-terraform apply", Block, TERRAFORM, None),
+    ("ls >&-terraform", Allow, ALLOW, None),
     // A block anywhere wins over a line that cannot be read further on.
     (
         "terraform apply; echo \"unterminated",
@@ -512,4 +515,110 @@ fn arbitrary_lines_never_panic_and_never_hide_the_next_line() {
         assert_ne!(decide(&next), Allow, "{next:?}");
     }
     assert!(allowed > 100, "only {allowed} random lines were allowed");
+}
+
+/// What random lines for bash are made of: commands keyward allows,
+/// `terraform` and `apply` in every position, and shell syntax.
+#[rustfmt::skip]
+const BASH_PIECES: &[&str] = &[
+    "ls", "echo", "terraform", "terraform", "apply", " ", " ", " ", ";", "&", "|", "&&", "||",
+    "|&", "\n", "\t", "'", "'", "\"", "\"", "\\", "\\\n", "$", "$(", "${x:-", "${#", "$[", "}",
+    "(", ")", "`", "<", ">", ">&", "2>", "<(", "<<<", "#", "*", "~", "{ ", " }", "!", "=", "X=",
+    "$'", "$'\\x74'", "\\'", "-", "-c ", "ls ", "echo ", "cd ", "true ", "sh -c ", "bash -c ",
+    "env ", "eval ", "exec ", "time ", "nohup ", "command ", "sudo ", "xargs ", "cat ", "alias ",
+    "trap ", "EXIT ", "if ", "then ", "fi", "for x in ", "do ", "done", "f() ", "function ",
+    "[[", "te'rr'aform", "t=terraform", "$t",
+];
+
+/// Differential test against the real shell: random lines that keyward
+/// allows are run by bash, with `terraform` and `apply` as programs that
+/// log each start. An allowed line must never start them: whatever bash
+/// runs, keyward saw.
+#[test]
+fn lines_keyward_allows_never_run_a_hidden_command_in_bash() {
+    use rand::{Rng, SeedableRng};
+    use std::process::Command;
+    // Found now: the runs below get a PATH of stubs only.
+    let which = |name: &str| {
+        ["/bin", "/usr/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.exists())
+    };
+    let (Some(bash_path), Some(timeout)) = (which("bash"), which("timeout")) else {
+        eprintln!("bash or timeout is not installed: skipped");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "keyward-bash-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let bin = dir.join("bin");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let log = dir.join("started.log");
+    for name in ["terraform", "apply"] {
+        let stub = bin.join(name);
+        std::fs::write(
+            &stub,
+            format!("#!/bin/sh\necho {name} \"$@\" >> '{}'\n", log.display()),
+        )
+        .unwrap();
+        let mut perms = std::fs::metadata(&stub).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&stub, perms).unwrap();
+    }
+    for (name, target) in [
+        ("sh", "/bin/sh"),
+        ("env", "/usr/bin/env"),
+        ("ls", "/bin/ls"),
+    ] {
+        std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
+    }
+    let bash = |line: &str| {
+        Command::new(&timeout)
+            .arg("5")
+            .arg(&bash_path)
+            .args(["-c", line])
+            .current_dir(&work)
+            .env_clear()
+            .env("PATH", &bin)
+            .env("HOME", &work)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+    };
+    // The harness sees a start when there is one.
+    bash("true; env terraform apply");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("terraform apply")
+    );
+    std::fs::remove_file(&log).unwrap();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6261_7368);
+    let pieces = BASH_PIECES;
+    let mut ran = 0;
+    for _ in 0..40000 {
+        let n = rng.gen_range(1..18);
+        let line: String = (0..n)
+            .map(|_| pieces[rng.gen_range(0..pieces.len())])
+            .collect();
+        if !line.contains("terraform") && !line.contains("apply") || decide(&line) != Allow {
+            continue;
+        }
+        ran += 1;
+        bash(&line);
+        if let Ok(started) = std::fs::read_to_string(&log) {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("keyward allowed {line:?}, and bash started: {started}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ran > 50, "only {ran} allowed lines mentioned terraform");
 }

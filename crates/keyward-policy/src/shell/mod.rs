@@ -459,11 +459,11 @@ impl Reader<'_, '_> {
     }
 
     /// A redirection at the cursor, if there is one: its file (not a file
-    /// descriptor) is recorded.
+    /// descriptor) is recorded, or the text of a here-string (`<<<`).
     fn redirect(
         &mut self,
         redirects: &mut Vec<(bool, Word)>,
-        here_string: &mut Option<Word>,
+        stdin_text: &mut Option<Word>,
     ) -> Result<bool, Why> {
         let rest = self.rest().as_bytes();
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -479,11 +479,16 @@ impl Reader<'_, '_> {
             [b'<', ..] => (1, false),
             _ => return Ok(false),
         };
-        let stdin_text = here_string;
         let here_string = op.starts_with(b"<<<");
         let duplicates = op.starts_with(b">&") || op.starts_with(b"<&");
         self.pos += digits + len;
         self.skip_blanks();
+        if duplicates && self.peek() == Some(b'-') {
+            // `>&-` closes; bash reads what follows the `-` as a new word
+            // (`>&-cmd` runs `cmd`).
+            self.pos += 1;
+            return Ok(true);
+        }
         if self
             .peek()
             .is_none_or(|b| is_meta(b) && b != b'<' && b != b'>')
@@ -491,12 +496,14 @@ impl Reader<'_, '_> {
             return Err(Why::Syntax);
         }
         let target = self.word(false)?;
-        let fd_or_close = duplicates
-            && !target.dynamic
-            && (target.text == "-" || target.text.bytes().all(|b| b.is_ascii_digit()));
+        // `>&2` duplicates and `>&3-` moves a descriptor: no file.
+        let fd = duplicates && !target.dynamic && {
+            let digits = target.text.strip_suffix('-').unwrap_or(&target.text);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        };
         if here_string {
             *stdin_text = Some(target);
-        } else if !fd_or_close {
+        } else if !fd {
             redirects.push((write, target));
         }
         Ok(true)
