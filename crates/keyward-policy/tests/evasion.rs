@@ -261,6 +261,17 @@ const CASES: &[Case] = &[
     ("cargo test >> ~/.bashrc", Block, WRITE_BLOCK, None),
     ("echo x &> .env", Block, WRITE_BLOCK, None),
     ("pytest < .env", Block, READ_BLOCK, None),
+    // dash reads `&>` as `&` then `>`, so `terraform apply` is a command.
+    ("ls &>out terraform apply", Block, TERRAFORM, None),
+    // Shells disagree on where `$'...\'...'` ends, and on zsh's `>!`.
+    (
+        "echo $'\\'\nterraform apply\necho '",
+        Ask,
+        UNPARSEABLE,
+        None,
+    ),
+    ("ls >! .bashrc", Ask, UNPARSEABLE, None),
+    ("select x in a; do ls; done", Ask, UNPARSEABLE, None),
     // bash reads `>&-word` as a close and then `word`.
     (">&-terraform apply", Block, TERRAFORM, None),
     ("ls >&-terraform", Allow, ALLOW, None),
@@ -530,12 +541,12 @@ const BASH_PIECES: &[&str] = &[
     "[[", "te'rr'aform", "t=terraform", "$t",
 ];
 
-/// Differential test against the real shell: random lines that keyward
-/// allows are run by bash, with `terraform` and `apply` as programs that
-/// log each start. An allowed line must never start them: whatever bash
-/// runs, keyward saw.
+/// Differential test against the real shells: random lines that keyward
+/// allows are run by bash and by dash (where installed), with `terraform`
+/// and `apply` as programs that log each start. An allowed line must never
+/// start them: whatever the shell runs, keyward saw.
 #[test]
-fn lines_keyward_allows_never_run_a_hidden_command_in_bash() {
+fn lines_keyward_allows_never_run_a_hidden_command_in_bash_or_dash() {
     use rand::{Rng, SeedableRng};
     use std::process::Command;
     // Found now: the runs below get a PATH of stubs only.
@@ -545,10 +556,11 @@ fn lines_keyward_allows_never_run_a_hidden_command_in_bash() {
             .map(|d| std::path::Path::new(d).join(name))
             .find(|p| p.exists())
     };
-    let (Some(bash_path), Some(timeout)) = (which("bash"), which("timeout")) else {
+    let (Some(bash), Some(timeout)) = (which("bash"), which("timeout")) else {
         eprintln!("bash or timeout is not installed: skipped");
         return;
     };
+    let shells: Vec<_> = [Some(bash), which("dash")].into_iter().flatten().collect();
     let dir = std::env::temp_dir().join(format!(
         "keyward-bash-{}-{}",
         std::process::id(),
@@ -577,28 +589,27 @@ fn lines_keyward_allows_never_run_a_hidden_command_in_bash() {
     ] {
         std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
     }
-    let bash = |line: &str| {
-        Command::new(&timeout)
-            .arg("5")
-            .arg(&bash_path)
-            .args(["-c", line])
-            .current_dir(&work)
-            .env_clear()
-            .env("PATH", &bin)
-            .env("HOME", &work)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
+    let run = |line: &str| {
+        for shell in &shells {
+            Command::new(&timeout)
+                .arg("5")
+                .arg(shell)
+                .args(["-c", line])
+                .current_dir(&work)
+                .env_clear()
+                .env("PATH", &bin)
+                .env("HOME", &work)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+        }
     };
     // The harness sees a start when there is one.
-    bash("true; env terraform apply");
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("terraform apply")
-    );
+    run("true; env terraform apply");
+    let started = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(started.matches("terraform apply").count(), shells.len());
     std::fs::remove_file(&log).unwrap();
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6261_7368);
@@ -613,10 +624,10 @@ fn lines_keyward_allows_never_run_a_hidden_command_in_bash() {
             continue;
         }
         ran += 1;
-        bash(&line);
+        run(&line);
         if let Ok(started) = std::fs::read_to_string(&log) {
             let _ = std::fs::remove_dir_all(&dir);
-            panic!("keyward allowed {line:?}, and bash started: {started}");
+            panic!("keyward allowed {line:?}, and a shell started: {started}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -41,7 +41,7 @@ pub(crate) struct Word {
 pub(crate) enum Part {
     /// A simple command, after its launchers were unwrapped.
     Command(Command),
-    /// A file a redirection reads (`<`) or writes (`>`, `>>`, `&>`, ...).
+    /// A file a redirection reads (`<`) or writes (`>`, `>>`, `>|`, `<>`).
     File { write: bool, path: String },
     /// Something the reader cannot follow; never allowed.
     Unparseable { why: Why, text: String },
@@ -156,7 +156,10 @@ impl Why {
                 "arithmetic or an expansion that evaluates it ($((...)), $[...], ((...)), [[...]], \
                  ${a[i]}, ${x:offset}, ${!x}) or ${x@P}, which can run commands hidden in variables"
             }
-            Why::Unsupported => "a case or coproc statement or an array assignment",
+            Why::Unsupported => {
+                "a case, select or coproc statement, an array assignment, or syntax shells read \
+                 differently (zsh's >!, \\' inside $'...')"
+            }
             Why::DynamicCommand => {
                 "a command name computed at run time (a variable, substitution, glob or brace expansion)"
             }
@@ -329,7 +332,6 @@ impl Reader<'_, '_> {
                     add_names(&mut piped.inputs, &self.out[stage_start..]);
                     stage_start = self.out.len();
                 }
-                b'&' if self.peek_at(1) == Some(b'>') => self.simple_command(&piped)?,
                 b'\n' | b';' | b'&' | b'|' => {
                     let double = self.peek_at(1) == Some(b) && b != b'\n';
                     self.pos += if double { 2 } else { 1 };
@@ -407,7 +409,7 @@ impl Reader<'_, '_> {
                     match source {
                         "if" | "then" | "elif" | "else" | "fi" | "do" | "done" | "while"
                         | "until" | "!" | "{" | "}" => continue,
-                        "for" | "select" => {
+                        "for" => {
                             header = true;
                             continue;
                         }
@@ -415,7 +417,8 @@ impl Reader<'_, '_> {
                             function_name = true;
                             continue;
                         }
-                        "case" | "coproc" => return Err(Why::Unsupported),
+                        // `select` is a command name in dash.
+                        "case" | "coproc" | "select" => return Err(Why::Unsupported),
                         "[[" => return Err(Why::Arithmetic),
                         _ => {}
                     }
@@ -471,8 +474,8 @@ impl Reader<'_, '_> {
         let (len, write) = match op {
             [b'<', b'<', b'<', ..] => (3, false),
             [b'<', b'<', ..] => return Err(Why::Heredoc),
-            [b'&', b'>', b'>', ..] if digits == 0 => (3, true),
-            [b'&', b'>', ..] if digits == 0 => (2, true),
+            // zsh's `>!` clobbers the next word, bash writes to `!...`.
+            [b'>', b'!', ..] | [b'>', b'>', b'!', ..] => return Err(Why::Unsupported),
             [b'>', b'>', ..] | [b'>', b'|', ..] | [b'>', b'&', ..] | [b'<', b'>', ..] => (2, true),
             [b'<', b'&', ..] => (2, false),
             [b'>', ..] => (1, true),
@@ -780,7 +783,9 @@ impl Reader<'_, '_> {
                         b'e' | b'E' => Some(27),
                         b'f' => Some(12),
                         b'v' => Some(11),
-                        b'\\' | b'\'' | b'"' | b'?' => Some(e),
+                        // Where `$'it\'s'` ends, bash and dash disagree.
+                        b'\'' => return Err(Why::Unsupported),
+                        b'\\' | b'"' | b'?' => Some(e),
                         _ => None,
                     };
                     if let Some(s) = simple {
