@@ -844,6 +844,12 @@ fn shell_wrapper_runs_only_allowed_lines() {
     assert!(approval.stderr.contains("needs approval"), "{approval:?}");
     assert!(!work.join("marker").exists());
 
+    // sh (dash) runs `ls &` and then `touch pwned`, where bash would pass
+    // both words to ls: keyward decides on the reading that runs more.
+    let split = sh("ls &>/dev/null touch pwned");
+    assert_eq!(split.code, 126, "{split:?}");
+    assert!(!work.join("pwned").exists());
+
     let hidden = sh("ls > .git-credentials");
     assert_eq!(hidden.code, 126, "{hidden:?}");
     assert!(
