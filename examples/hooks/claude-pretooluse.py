@@ -105,7 +105,11 @@ def main():
         error = done.stderr.strip() or f"exit status {done.returncode}"
         answer("ask", f"keyward could not decide ({error}); nothing is allowed without it")
         return
-    resp = json.loads(done.stdout)
+    try:
+        resp = json.loads(done.stdout)
+    except ValueError as e:
+        answer("ask", f"keyward answered something other than a decision ({e}); a person decides")
+        return
     part = resp.get("matched_command")
     by = f" (by: {part})" if part and part != (req.get("target") or "").strip() else ""
     approver = f"; approver: {resp['approver_group']}" if resp.get("approver_group") else ""
