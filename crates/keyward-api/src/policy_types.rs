@@ -115,6 +115,13 @@ pub struct DecisionResponse {
     pub decision: Decision,
     /// The rule that decided (or the policy's default rule id).
     pub rule_id: String,
+    /// For a shell line (`execute_command`): the part that decided, i.e.
+    /// one command as the shell would run it (`terraform apply` in
+    /// `terraform plan; terraform apply`), `> path` for a redirection, or
+    /// the text that could not be read (rule `commands.unparseable`).
+    /// Absent for other actions and from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_command: Option<String>,
     /// The rule's severity.
     pub severity: Severity,
     /// Why, for people.

@@ -73,6 +73,7 @@ pub(crate) fn decide(policy: &Policy, req: &EvaluateRequest) -> DecisionResponse
         decision_id,
         decision: verdict.decision(),
         rule_id: verdict.rule.id.clone(),
+        matched_command: verdict.matched_command,
         severity: verdict.rule.severity,
         reason: verdict.rule.reason.clone(),
         approver_group: verdict.rule.approver_group.clone(),

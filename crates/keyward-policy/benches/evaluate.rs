@@ -1,5 +1,7 @@
 //! Policy evaluation alone, per decision (criterion): the built-in pack and
-//! a generated 1,000-rule pack, over a mix of requests.
+//! a generated 1,000-rule pack, over a mix of requests; and a shell line of
+//! five commands beside a single command with the built-in pack (each
+//! command of a line is parsed out and decided on its own).
 //!
 //! Run: `cargo bench -p keyward-policy --bench evaluate` (or bench/evaluate.sh).
 
@@ -88,5 +90,24 @@ fn evaluation(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, evaluation);
+fn shell_lines(c: &mut Criterion) {
+    let base = baseline();
+    let line = |target: &str| EvaluateRequest {
+        action_type: "execute_command".into(),
+        target: Some(target.into()),
+        ..Default::default()
+    };
+    let single = line("cargo test --workspace");
+    let compound = line(
+        "cd crates && cargo fmt --check && cargo clippy -q -- -D warnings && cargo test --workspace 2>&1 | tee test.log",
+    );
+    c.bench_function("policy/shell line, 1 command, built-in pack", |b| {
+        b.iter(|| black_box(base.evaluate(black_box(&single))))
+    });
+    c.bench_function("policy/shell line, 5 commands, built-in pack", |b| {
+        b.iter(|| black_box(base.evaluate(black_box(&compound))))
+    });
+}
+
+criterion_group!(benches, evaluation, shell_lines);
 criterion_main!(benches);

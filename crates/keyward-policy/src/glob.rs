@@ -150,10 +150,13 @@ impl Glob {
         let text = text.as_bytes();
         let crosses = |t: Token| mode == Mode::Text || t == Token::AnyDepth;
         match &self.shape {
-            Shape::Exact(lit) => **lit == *text,
+            // The first byte rejects most candidates without a memcmp call.
+            Shape::Exact(lit) => text.first() == lit.first() && **lit == *text,
             Shape::Everything(t) => crosses(*t) || !text.contains(&b'/'),
             Shape::Prefix(lit, t) => {
-                text.starts_with(lit) && (crosses(*t) || !text[lit.len()..].contains(&b'/'))
+                text.first() == lit.first()
+                    && text.starts_with(lit)
+                    && (crosses(*t) || !text[lit.len()..].contains(&b'/'))
             }
             Shape::Suffix(t, lit) => {
                 text.ends_with(lit)

@@ -3,13 +3,17 @@
 //! go. Policies are TOML, compiled once at load; evaluation does no parsing.
 #![forbid(unsafe_code)]
 
+mod argv;
 mod cavra;
 mod glob;
 mod policy;
+mod shell;
 
 pub use cavra::import_cavra;
 pub use glob::{Glob, Mode};
-pub use policy::{PATH_ACTIONS, Policy, PolicyError, RuleInfo, Verdict};
+pub use policy::{
+    PATH_ACTIONS, Policy, PolicyError, RuleInfo, SHELL_ACTION, UNPARSEABLE_RULE_ID, Verdict,
+};
 
 /// The name of the built-in pack.
 pub const BASELINE_ID: &str = "agent-baseline";

@@ -13,7 +13,9 @@ use std::path::Path;
 use keyward_api::{Decision, EvaluateRequest, Severity};
 use serde::Deserialize;
 
+use crate::argv::CommandMatch;
 use crate::glob::{Glob, Mode};
+use crate::shell::{self, Part, Why};
 
 /// Action types whose targets are paths: `*` stays within a segment.
 pub const PATH_ACTIONS: &[&str] = &[
@@ -104,7 +106,31 @@ struct RuleFile {
     approver_group: Option<String>,
     #[serde(default)]
     fallback: bool,
+    #[serde(default)]
+    shell: bool,
+    #[serde(default)]
+    command: Option<OneOrMany>,
+    #[serde(default)]
+    subcommand: Option<OneOrMany>,
+    #[serde(default)]
+    flags: Option<OneOrMany>,
+    #[serde(default)]
+    args: Option<OneOrMany>,
+    #[serde(default)]
+    env: Option<OneOrMany>,
+    #[serde(default)]
+    input_from: Option<OneOrMany>,
 }
+
+/// The action whose targets are always shell lines.
+pub const SHELL_ACTION: &str = "execute_command";
+
+/// The rule id of a shell line (or a part of one) that cannot be read.
+pub const UNPARSEABLE_RULE_ID: &str = "commands.unparseable";
+
+const SHELL_FIELDS_NEED_SHELL_ACTIONS: &str = "command, subcommand, flags, args, env and input_from \
+     read shell lines: use action = \"execute_command\", or say shell = true on a rule of this action \
+     in the same file";
 
 /// What a decision cites: a rule or the policy default.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,16 +243,53 @@ struct Rule {
     targets: Option<Box<[Glob]>>,
     operations: Option<Box<[String]>>,
     when: Box<[(Field, Box<[Glob]>)]>,
+    /// Argument-aware fields, for shell lines.
+    command: Option<CommandMatch>,
+    /// Its actions' targets are shell lines.
+    shell: bool,
 }
 
 impl Rule {
     fn matches(&self, req: &EvaluateRequest, target: Option<&str>, mode: Mode) -> bool {
+        if self.command.is_some() {
+            return false;
+        }
         if let Some(targets) = &self.targets {
             let Some(target) = target else { return false };
             if !targets.iter().any(|g| g.matches(target, mode)) {
                 return false;
             }
         }
+        self.matches_request(req)
+    }
+
+    /// One command of a shell line, `text` being its text. An allow rule
+    /// never matches a command named by a path: `./ls` may be anything.
+    fn matches_command(&self, req: &EvaluateRequest, command: &shell::Command, text: &str) -> bool {
+        if command.argv.is_empty() {
+            // A line of bare assignments runs nothing: only the variables
+            // it sets can matter.
+            if !self.command.as_ref().is_some_and(CommandMatch::only_env) {
+                return false;
+            }
+        } else if self.info.decision == Decision::Allow && command.named_by_path() {
+            return false;
+        }
+        if let Some(targets) = &self.targets
+            && !targets.iter().any(|g| g.matches(text, Mode::Text))
+        {
+            return false;
+        }
+        if let Some(matcher) = &self.command
+            && !matcher.matches(command)
+        {
+            return false;
+        }
+        self.matches_request(req)
+    }
+
+    /// The operation and `when` fields.
+    fn matches_request(&self, req: &EvaluateRequest) -> bool {
         if let Some(ops) = &self.operations {
             let Some(op) = req.requested_operation.as_deref() else {
                 return false;
@@ -256,18 +319,25 @@ pub struct Policy {
     index: HashMap<String, Tiers>,
     /// The same for action types no rule names (only `*` rules).
     other: Tiers,
+    /// Action types whose targets are shell lines.
+    shell_actions: HashSet<String>,
+    /// What a line that cannot be read gets, per [`Why`].
+    unparseable: Box<[RuleInfo]>,
 }
 
 type Tiers = [Box<[u32]>; 4];
 
 /// The outcome of [`Policy::evaluate`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict<'p> {
     /// The rule that decided (or the default).
     pub rule: &'p RuleInfo,
     /// True when a non-fallback rule matched (the policy said something
     /// specific about this request).
     pub explicit: bool,
+    /// For a shell line: the part that decided (a command as the shell
+    /// runs it, `> file` for a redirection, or what could not be read).
+    pub matched_command: Option<String>,
 }
 
 impl Verdict<'_> {
@@ -319,6 +389,8 @@ impl Policy {
             rules: Vec::new(),
             index: HashMap::new(),
             other: Default::default(),
+            shell_actions: HashSet::new(),
+            unparseable: unparseable_rules(),
         };
         let mut seen = HashSet::new();
         for raw in file.rules {
@@ -334,7 +406,28 @@ impl Policy {
             policy.rules.push(rule);
         }
         policy.build_index();
+        policy.check_shell_fields(origin)?;
         Ok(policy)
+    }
+
+    /// Argument-aware fields only make sense on actions read as shell lines.
+    fn check_shell_fields(&self, origin: &str) -> Result<(), PolicyError> {
+        let misplaced = self.rules.iter().find(|r| {
+            r.command.is_some()
+                && r.actions
+                    .iter()
+                    .flatten()
+                    .any(|a| !self.shell_actions.contains(a))
+        });
+        match misplaced {
+            None => Ok(()),
+            Some(rule) => Err(PolicyError {
+                origin: origin.to_owned(),
+                rule_id: Some(rule.info.id.clone()),
+                field: Some("action".into()),
+                message: SHELL_FIELDS_NEED_SHELL_ACTIONS.into(),
+            }),
+        }
     }
 
     /// Loads and compiles a policy file.
@@ -410,6 +503,16 @@ impl Policy {
             .map(|a| (a.to_owned(), tiers_for(Some(a))))
             .collect();
         self.other = tiers_for(None);
+        self.shell_actions = std::iter::once(SHELL_ACTION.to_owned())
+            .chain(
+                self.rules
+                    .iter()
+                    .filter(|r| r.shell)
+                    .filter_map(|r| r.actions.as_deref())
+                    .flatten()
+                    .cloned(),
+            )
+            .collect();
     }
 
     /// The policy id.
@@ -447,20 +550,34 @@ impl Policy {
         self.len() == 0
     }
 
-    /// Decides `req`.
+    /// Decides `req`. A shell line is decided on what it runs: each of its
+    /// parts on its own, and the line gets the most restrictive answer.
     pub fn evaluate(&self, req: &EvaluateRequest) -> Verdict<'_> {
-        let mode = if PATH_ACTIONS.contains(&req.action_type.as_str()) {
+        if self.shell_actions.contains(req.action_type.as_str()) {
+            return self.evaluate_line(req);
+        }
+        self.evaluate_as(&req.action_type, req.target.as_deref(), req)
+    }
+
+    fn tiers(&self, action: &str) -> &Tiers {
+        self.index.get(action).unwrap_or(&self.other)
+    }
+
+    /// Decides `target` as an `action` (the other fields from `req`).
+    fn evaluate_as(
+        &self,
+        action: &str,
+        target: Option<&str>,
+        req: &EvaluateRequest,
+    ) -> Verdict<'_> {
+        let mode = if PATH_ACTIONS.contains(&action) {
             Mode::Path
         } else {
             Mode::Text
         };
-        let target = req.target.as_deref().map(|t| normalize_target(t, mode));
+        let target = target.map(|t| normalize_target(t, mode));
         let target = target.as_deref();
-        let tiers = self
-            .index
-            .get(req.action_type.as_str())
-            .unwrap_or(&self.other);
-        for (tier, candidates) in tiers.iter().enumerate() {
+        for (tier, candidates) in self.tiers(action).iter().enumerate() {
             let hit = candidates
                 .iter()
                 .map(|&i| &self.rules[i as usize])
@@ -469,14 +586,114 @@ impl Policy {
                 return Verdict {
                     rule: &rule.info,
                     explicit: tier < 3,
+                    matched_command: None,
                 };
             }
         }
         Verdict {
             rule: &self.default,
             explicit: false,
+            matched_command: None,
         }
     }
+
+    fn evaluate_line<'p>(&'p self, req: &EvaluateRequest) -> Verdict<'p> {
+        let line = req.target.as_deref().unwrap_or_default();
+        let tiers = self.tiers(&req.action_type);
+        let rules = |tier: usize| tiers[tier].iter().map(|&i| &self.rules[i as usize]);
+        let mut decided: Option<Verdict<'_>> = None;
+        // The strictest part decides; among equals the first one a rule
+        // names rather than a fallback or the default. The deciding part's
+        // text is only written out once it decides.
+        let mut consider = |rule: &'p RuleInfo, explicit: bool, matched: &dyn Fn() -> String| {
+            let rank = (strictness(rule.decision), explicit);
+            if decided
+                .as_ref()
+                .is_none_or(|d| rank > (strictness(d.decision()), d.explicit))
+            {
+                decided = Some(Verdict {
+                    rule,
+                    explicit,
+                    matched_command: Some(matched()),
+                });
+            }
+        };
+        for part in shell::parse(line) {
+            match part {
+                Part::Command(command) => {
+                    let text = command.text();
+                    let hit = (0..4).find_map(|tier| {
+                        rules(tier)
+                            .find(|r| r.matches_command(req, &command, &text))
+                            .map(|r| (tier, r))
+                    });
+                    match hit {
+                        Some((tier, rule)) => consider(&rule.info, tier < 3, &|| command.shown()),
+                        // Bare assignments no rule speaks of run nothing.
+                        None if command.argv.is_empty() => {}
+                        None => consider(&self.default, false, &|| command.shown()),
+                    }
+                }
+                Part::File { write, path } => {
+                    let (action, sign) = if write {
+                        ("write_file", ">")
+                    } else {
+                        ("read_file", "<")
+                    };
+                    let verdict = self.evaluate_as(action, Some(&path), req);
+                    consider(verdict.rule, verdict.explicit, &|| format!("{sign} {path}"));
+                }
+                Part::Unparseable { why, text } => {
+                    consider(&self.unparseable[why.index()], true, &|| text.clone());
+                }
+            }
+        }
+        // Target globs may span operators (`*| sh*`): matched against the
+        // whole line they can make it stricter, never allow it.
+        let whole = normalize_target(line, Mode::Text);
+        let spanning = (0..2).find_map(|tier| {
+            rules(tier).find(|r| r.targets.is_some() && r.matches(req, Some(&whole), Mode::Text))
+        });
+        if let Some(rule) = spanning {
+            consider(&rule.info, true, &|| whole.clone().into_owned());
+        }
+        // A line that runs nothing (empty, comments, bare assignments) is
+        // never allowed: a fallback without fields or the default decides.
+        decided.unwrap_or_else(|| {
+            let fallback = rules(3)
+                .find(|r| r.targets.is_none() && r.command.is_none() && r.matches_request(req));
+            Verdict {
+                rule: fallback.map_or(&self.default, |r| &r.info),
+                explicit: false,
+                matched_command: None,
+            }
+        })
+    }
+}
+
+/// Block over require_approval over allow.
+fn strictness(decision: Decision) -> u8 {
+    match decision {
+        Decision::Allow => 0,
+        Decision::RequireApproval => 1,
+        Decision::Block => 2,
+    }
+}
+
+/// The rule a line that cannot be read gets, one per reason.
+fn unparseable_rules() -> Box<[RuleInfo]> {
+    Why::ALL
+        .iter()
+        .map(|why| RuleInfo {
+            id: UNPARSEABLE_RULE_ID.to_owned(),
+            decision: Decision::RequireApproval,
+            severity: Severity::High,
+            reason: format!(
+                "the command line holds {why}, so keyward cannot see every command it runs; a person decides"
+            ),
+            approver_group: None,
+        })
+        .collect()
 }
 
 /// Commands: surrounding whitespace trimmed and runs of whitespace made one
@@ -529,6 +746,7 @@ fn normalize_target(target: &str, mode: Mode) -> Cow<'_, str> {
 }
 
 fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
+    let command = compile_command_fields(&raw)?;
     let actions = raw.action.into_vec();
     if actions.is_empty() {
         return Err(("action", "name at least one action type, or \"*\"".into()));
@@ -536,7 +754,17 @@ fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
     if actions.iter().any(|a| a.trim().is_empty()) {
         return Err(("action", "action names must not be empty".into()));
     }
-    let actions = (!actions.iter().any(|a| a == "*")).then(|| actions.into_boxed_slice());
+    let any_action = actions.iter().any(|a| a == "*");
+    if raw.shell && any_action {
+        return Err((
+            "shell",
+            "name the action types whose targets are shell lines, not \"*\"".into(),
+        ));
+    }
+    if command.is_some() && any_action {
+        return Err(("action", SHELL_FIELDS_NEED_SHELL_ACTIONS.into()));
+    }
+    let actions = (!any_action).then(|| actions.into_boxed_slice());
     let globs =
         |field: &'static str, list: Vec<String>| -> Result<Box<[Glob]>, (&'static str, String)> {
             if list.is_empty() {
@@ -597,7 +825,90 @@ fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
         targets,
         operations,
         when: when.into_boxed_slice(),
+        command,
+        shell: raw.shell,
     })
+}
+
+/// The argument-aware fields, if any is given.
+fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'static str, String)> {
+    fn list(
+        field: &'static str,
+        value: &Option<OneOrMany>,
+    ) -> Result<Option<Vec<String>>, (&'static str, String)> {
+        let Some(value) = value else { return Ok(None) };
+        let items = match value {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if items.is_empty() {
+            return Err((
+                field,
+                "an empty list matches nothing; remove the field to match anything".into(),
+            ));
+        }
+        if items.iter().any(|i| i.trim().is_empty()) {
+            return Err((field, "entries must not be empty".into()));
+        }
+        Ok(Some(items))
+    }
+    fn globs(field: &'static str, items: &[String]) -> Result<Box<[Glob]>, (&'static str, String)> {
+        items
+            .iter()
+            .map(|p| Glob::new(p).map_err(|e| (field, format!("{p:?}: {e}"))))
+            .collect()
+    }
+    let names = list("command", &raw.command)?;
+    let subcommands = list("subcommand", &raw.subcommand)?;
+    let flags = list("flags", &raw.flags)?;
+    let args = list("args", &raw.args)?;
+    let env = list("env", &raw.env)?;
+    let inputs = list("input_from", &raw.input_from)?;
+    if let Some(bad) = flags
+        .iter()
+        .flatten()
+        .find(|f| !f.starts_with('-') || f.len() < 2)
+    {
+        return Err((
+            "flags",
+            format!("{bad:?} is not an option: write it with its dashes (\"-f\", \"--force\")"),
+        ));
+    }
+    if names.is_none() && subcommands.is_some() {
+        return Err((
+            "subcommand",
+            "a subcommand belongs to a command: add command = \"...\"".into(),
+        ));
+    }
+    let matcher = CommandMatch {
+        names: names.as_deref().map(|n| globs("command", n)).transpose()?,
+        subcommands: subcommands
+            .map(|subs| {
+                subs.iter()
+                    .map(|s| {
+                        globs(
+                            "subcommand",
+                            &s.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect::<Result<Box<[_]>, _>>()
+            })
+            .transpose()?,
+        flags: flags.map(Vec::into_boxed_slice),
+        args: args.as_deref().map(|a| globs("args", a)).transpose()?,
+        env: env.as_deref().map(|e| globs("env", e)).transpose()?,
+        inputs: inputs
+            .as_deref()
+            .map(|i| globs("input_from", i))
+            .transpose()?,
+    };
+    let any = matcher.names.is_some()
+        || matcher.subcommands.is_some()
+        || matcher.flags.is_some()
+        || matcher.args.is_some()
+        || matcher.env.is_some()
+        || matcher.inputs.is_some();
+    Ok(any.then_some(matcher))
 }
 
 fn at_line(text: &str, span: Option<std::ops::Range<usize>>) -> String {

@@ -203,7 +203,8 @@ pub enum PolicyCommand {
         json: JsonFlag,
     },
     /// Run test cases against a policy file, offline. CASES is a JSON array
-    /// of {"name", "request": {EvaluateRequest}, "decision", "rule_id"?}.
+    /// of {"name", "request": {EvaluateRequest}, "decision", "rule_id"?,
+    /// "matched_command"?}.
     /// Prints a table; exit 1 on any mismatch.
     Test {
         /// The policy file (TOML), or `agent-baseline` for the built-in pack.

@@ -61,8 +61,15 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
             .as_deref()
             .map(|g| format!(" (approver: {g})"))
             .unwrap_or_default();
+        // Which command of a shell line decided, when it is not the whole line.
+        let part = resp
+            .matched_command
+            .as_deref()
+            .filter(|m| Some(*m) != resp.target.as_deref().map(str::trim))
+            .map(|m| format!(" (by: {m})"))
+            .unwrap_or_default();
         println!(
-            "{}: {} {}{} — rule {} of {}: {}{approver} [{}]",
+            "{}: {} {}{}{part} — rule {} of {}: {}{approver} [{}]",
             resp.decision,
             resp.action_type,
             resp.target.as_deref().unwrap_or("-"),
@@ -101,6 +108,9 @@ struct Case {
     decision: Decision,
     #[serde(default)]
     rule_id: Option<String>,
+    /// For a shell line: the part expected to decide.
+    #[serde(default)]
+    matched_command: Option<String>,
 }
 
 pub fn policy(cmd: &PolicyCommand) -> Result<ExitCode> {
@@ -168,7 +178,7 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", cases_path.display()))?;
     let cases: Vec<Case> = serde_json::from_str(&text).map_err(|e| {
         anyhow::Error::new(PolicyInvalid(format!(
-            "{}: expected a JSON array of {{\"name\", \"request\", \"decision\", \"rule_id\"}}: {e}",
+            "{}: expected a JSON array of {{\"name\", \"request\", \"decision\", \"rule_id\", \"matched_command\"}}: {e}",
             cases_path.display()
         )))
     })?;
@@ -180,13 +190,17 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
     for (i, case) in cases.iter().enumerate() {
         let verdict = policy.evaluate(&case.request);
         let ok = verdict.decision() == case.decision
-            && case.rule_id.as_deref().is_none_or(|r| r == verdict.rule.id);
+            && case.rule_id.as_deref().is_none_or(|r| r == verdict.rule.id)
+            && case
+                .matched_command
+                .as_deref()
+                .is_none_or(|m| Some(m) == verdict.matched_command.as_deref());
         failed += usize::from(!ok);
         rows.push(serde_json::json!({
             "name": case.name.clone().unwrap_or_else(|| format!("case {}", i + 1)),
             "pass": ok,
-            "expected": {"decision": case.decision, "rule_id": case.rule_id},
-            "got": {"decision": verdict.decision(), "rule_id": verdict.rule.id},
+            "expected": {"decision": case.decision, "rule_id": case.rule_id, "matched_command": case.matched_command},
+            "got": {"decision": verdict.decision(), "rule_id": verdict.rule.id, "matched_command": verdict.matched_command},
         }));
     }
     if json {
@@ -198,8 +212,12 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
         println!("{:<6} {:<32} {:<40} GOT", "RESULT", "CASE", "EXPECTED");
         for row in &rows {
             let fmt = |v: &serde_json::Value| {
+                let part = v["matched_command"]
+                    .as_str()
+                    .map(|m| format!(" by `{m}`"))
+                    .unwrap_or_default();
                 format!(
-                    "{} {}",
+                    "{} {}{part}",
                     v["decision"].as_str().unwrap_or("?"),
                     v["rule_id"].as_str().unwrap_or("(any rule)")
                 )

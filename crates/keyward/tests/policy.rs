@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{TestHome, json, signal, wait_for};
@@ -29,7 +30,9 @@ fn eval_answers_with_exit_codes_and_records_every_decision() {
     );
     assert_eq!(block.code, 2, "{block:?}");
     assert!(
-        block.stdout.starts_with("block: ") && block.stdout.contains("commands.block"),
+        block.stdout.starts_with("block: ")
+            && block.stdout.contains("(by: sh)")
+            && block.stdout.contains("commands.download_to_shell.block"),
         "{block:?}"
     );
     let allow = eval(
@@ -259,9 +262,25 @@ fn policy_check_test_and_import_work_offline() {
     // The built-in pack by name.
     let test = policy_test(
         "agent-baseline",
-        r#"[{"request":{"action_type":"read_file","target":"/home/u/.ssh/id_ed25519"},"decision":"block","rule_id":"filesystem.read.block"}]"#,
+        r#"[{"request":{"action_type":"read_file","target":"/home/u/.ssh/id_ed25519"},"decision":"block","rule_id":"filesystem.read.block"},
+            {"request":{"action_type":"execute_command","target":"terraform plan; terraform apply"},"decision":"block",
+             "rule_id":"commands.terraform.block","matched_command":"terraform apply"}]"#,
     );
     assert_eq!(test.code, 0, "{test:?}");
+    // The part that decided is checked too when a case names it.
+    let test = policy_test(
+        "agent-baseline",
+        r#"[{"name":"wrong part","request":{"action_type":"execute_command","target":"terraform plan; terraform apply"},
+             "decision":"block","matched_command":"terraform plan"}]"#,
+    );
+    assert_eq!(test.code, 1, "{test:?}");
+    assert!(
+        test.stdout.contains("FAIL   wrong part")
+            && test
+                .stdout
+                .contains("commands.terraform.block by `terraform apply`"),
+        "{test:?}"
+    );
 
     let compiled = dir.join("compiled.json");
     std::fs::write(
@@ -650,4 +669,215 @@ fn evidence_never_records_a_vault_secret_even_outside_any_run() {
         "{:?}",
         home.files_containing(VALUE)
     );
+}
+
+/// A script of `examples/hooks`.
+fn hook(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/hooks")
+        .join(name)
+}
+
+/// Runs `cmd` against `home` with `input` on stdin.
+fn run_against(home: &TestHome, mut cmd: Command, input: &str) -> common::Run {
+    use std::io::Write as _;
+    let mut child = cmd
+        .env("KEYWARD_HOME", &home.path)
+        .env_remove("KEYWARD_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    common::Run::from(child.wait_with_output().unwrap())
+}
+
+/// The Claude Code `PreToolUse` hook, fed hook input as Claude Code sends
+/// it, asks a real daemon and answers in the hook output format: an agent
+/// that hides a force-push behind an allowed command is denied.
+#[test]
+fn claude_code_hook_maps_decisions_to_allow_deny_and_ask() {
+    let home = TestHome::new();
+    let ask_hook = |input: serde_json::Value, keyward: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(hook("claude-pretooluse.py"))
+            .env("KEYWARD_BIN", keyward);
+        run_against(&home, cmd, &input.to_string())
+    };
+    let answer = |input: serde_json::Value| -> (String, String) {
+        let run = ask_hook(input, common::BIN);
+        assert_eq!(run.code, 0, "{run:?}");
+        let out = json(run.stdout.trim());
+        let specific = &out["hookSpecificOutput"];
+        assert_eq!(specific["hookEventName"], "PreToolUse", "{out}");
+        (
+            specific["permissionDecision"].as_str().unwrap().to_owned(),
+            specific["permissionDecisionReason"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    let bash = |command: &str| {
+        serde_json::json!({
+            "session_id": "sess-1", "cwd": "/home/u/proj", "hook_event_name": "PreToolUse",
+            "tool_name": "Bash", "tool_input": {"command": command, "description": "x"},
+            "tool_use_id": "toolu_1"
+        })
+    };
+    let (decision, reason) = answer(bash("git status && git push --force"));
+    assert_eq!(decision, "deny", "{reason}");
+    assert!(
+        reason.contains("(by: git push --force)")
+            && reason.contains("commands.git.force_push.block"),
+        "{reason}"
+    );
+    let (decision, reason) = answer(bash("cargo test && git status"));
+    assert_eq!(decision, "allow", "{reason}");
+    let (decision, reason) = answer(bash("t=terraform; $t apply"));
+    assert_eq!(decision, "ask", "{reason}");
+    assert!(reason.contains("commands.unparseable"), "{reason}");
+    let (decision, reason) = answer(bash("docker run alpine"));
+    assert_eq!(decision, "ask", "{reason}");
+    assert!(reason.contains("approver: maintainers"), "{reason}");
+    let tool = |name: &str, input: serde_json::Value| serde_json::json!({"session_id": "sess-1", "tool_name": name, "tool_input": input});
+    let (decision, reason) = answer(tool(
+        "Read",
+        serde_json::json!({"file_path": "/home/u/proj/.env"}),
+    ));
+    assert_eq!(
+        (decision.as_str(), reason.contains("filesystem.read.block")),
+        ("deny", true),
+        "{reason}"
+    );
+    let (decision, _) = answer(tool(
+        "Edit",
+        serde_json::json!({"file_path": "/home/u/proj/src/lib.rs", "old_string": "a", "new_string": "b"}),
+    ));
+    assert_eq!(decision, "allow");
+    let (decision, reason) = answer(tool("mcp__shady__run", serde_json::json!({})));
+    assert_eq!(
+        (
+            decision.as_str(),
+            reason.contains("mcp.server.trust.block_unknown")
+        ),
+        ("deny", true),
+        "{reason}"
+    );
+    // A tool keyward has no say over is left to Claude Code: no output.
+    let other = ask_hook(tool("TodoWrite", serde_json::json!({})), common::BIN);
+    assert_eq!((other.code, other.stdout.as_str()), (0, ""), "{other:?}");
+    // Without keyward nothing is allowed: the person is asked.
+    let missing = ask_hook(bash("ls"), "/nonexistent/keyward");
+    let out = json(missing.stdout.trim());
+    assert_eq!(
+        out["hookSpecificOutput"]["permissionDecision"], "ask",
+        "{out}"
+    );
+    assert!(
+        out["hookSpecificOutput"]["permissionDecisionReason"]
+            .as_str()
+            .unwrap()
+            .contains("could not decide"),
+        "{out}"
+    );
+
+    // Each decision is in the evidence log with the part that decided.
+    let tail = home.run(&["audit", "tail", "-n", "100", "--kind", "decision", "--json"]);
+    let records: Vec<serde_json::Value> = tail.stdout.lines().map(json).collect();
+    let push = records
+        .iter()
+        .find(|r| r["data"]["request"]["target"] == "git status && git push --force")
+        .expect("the push decision is recorded");
+    assert_eq!(
+        push["data"]["response"]["matched_command"],
+        "git push --force"
+    );
+    assert_eq!(push["data"]["request"]["session_id"], "sess-1");
+    assert_eq!(push["data"]["request"]["agent_id"], "claude-code");
+}
+
+/// The generic wrapper decides the whole line before any of it runs: a
+/// refused line leaves no trace of its harmless first command either.
+#[test]
+fn shell_wrapper_runs_only_allowed_lines() {
+    let home = TestHome::new();
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let sh = |line: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(hook("keyward-sh"))
+            .args(["-c", line])
+            .current_dir(&work)
+            .env("KEYWARD_BIN", common::BIN);
+        run_against(&home, cmd, "")
+    };
+    let allowed = sh("echo ran > out.txt && ls");
+    assert_eq!(allowed.code, 0, "{allowed:?}");
+    assert!(allowed.stdout.contains("out.txt"), "{allowed:?}");
+    assert_eq!(
+        std::fs::read_to_string(work.join("out.txt")).unwrap(),
+        "ran\n"
+    );
+
+    let blocked = sh("echo ran > first.txt; git status && git push --force");
+    assert_eq!(blocked.code, 126, "{blocked:?}");
+    assert!(
+        blocked.stderr.contains("refused")
+            && blocked.stderr.contains("commands.git.force_push.block"),
+        "{blocked:?}"
+    );
+    assert!(
+        !work.join("first.txt").exists(),
+        "nothing of a refused line runs"
+    );
+
+    let approval = sh("touch marker");
+    assert_eq!(approval.code, 126, "{approval:?}");
+    assert!(approval.stderr.contains("needs approval"), "{approval:?}");
+    assert!(!work.join("marker").exists());
+
+    // sh (dash) runs `ls &` and then `touch pwned`, where bash would pass
+    // both words to ls: keyward decides on the reading that runs more.
+    let split = sh("ls &>/dev/null touch pwned");
+    assert_eq!(split.code, 126, "{split:?}");
+    assert!(!work.join("pwned").exists());
+
+    let hidden = sh("ls > .git-credentials");
+    assert_eq!(hidden.code, 126, "{hidden:?}");
+    assert!(
+        hidden.stderr.contains("filesystem.write.block"),
+        "{hidden:?}"
+    );
+    assert!(!work.join(".git-credentials").exists());
+
+    let mut script = Command::new("sh");
+    script
+        .arg(hook("keyward-sh"))
+        .arg("script.sh")
+        .current_dir(&work)
+        .env("KEYWARD_BIN", common::BIN);
+    let script = run_against(&home, script, "");
+    assert_eq!(script.code, 2, "{script:?}");
+    assert!(
+        script.stderr.contains("only `keyward-sh -c LINE`"),
+        "{script:?}"
+    );
+
+    let mut unreachable = Command::new("sh");
+    unreachable
+        .arg(hook("keyward-sh"))
+        .args(["-c", "echo ran > late.txt"])
+        .current_dir(&work)
+        .env("KEYWARD_BIN", "/nonexistent/keyward");
+    let unreachable = run_against(&home, unreachable, "");
+    assert_eq!(unreachable.code, 126, "{unreachable:?}");
+    assert!(!work.join("late.txt").exists());
 }

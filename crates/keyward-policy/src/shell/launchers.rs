@@ -1,0 +1,482 @@
+//! Programs that run another command or a script given as text: the
+//! command inside is what a policy must see.
+//!
+//! - transparent launchers (`env`, `command`, `exec`, `nohup`, `nice`,
+//!   `time`, `timeout`, `builtin`, `busybox`, `stdbuf`, `setsid`,
+//!   `watch -x`) give way to the command they run;
+//! - `sudo`, `doas` and `xargs` are kept as parts of their own too (they
+//!   change who runs the command, or add arguments nobody can see), besides
+//!   the command they run;
+//! - shells with `-c` (or a here-string), `eval`, `watch`, `alias` and
+//!   `trap` run text as a script, which is read like the line itself.
+//!
+//! An option a launcher does not know makes the part unparseable: it might
+//! take a value, and then the command would be another word.
+
+use super::{Command, Context, Part, Reader, Why, Word, assignment_prefix, parse_script};
+
+/// The options of a launcher.
+struct Options {
+    /// Short options that take a value (attached or in the next word).
+    short_value: &'static str,
+    /// Short options without a value.
+    short_flags: &'static str,
+    /// Short options whose value, if any, is attached (`-i{}`).
+    short_optional: &'static str,
+    long_value: &'static [&'static str],
+    long_flags: &'static [&'static str],
+    /// `NAME=value` words before the command are assignments.
+    assignments: bool,
+    /// Operands before the command (timeout's duration).
+    leading_operands: usize,
+}
+
+const NONE: Options = Options {
+    short_value: "",
+    short_flags: "",
+    short_optional: "",
+    long_value: &[],
+    long_flags: &[],
+    assignments: false,
+    leading_operands: 0,
+};
+
+const ENV: Options = Options {
+    short_value: "uCP",
+    short_flags: "i0v",
+    long_value: &["--unset", "--chdir"],
+    long_flags: &[
+        "--ignore-environment",
+        "--null",
+        "--debug",
+        "--default-signal",
+        "--ignore-signal",
+        "--block-signal",
+        "--list-signal-handling",
+    ],
+    assignments: true,
+    ..NONE
+};
+
+const SUDO: Options = Options {
+    short_value: "ughprtCDRTU",
+    short_flags: "ABbEHiKklNnPSsVv",
+    long_value: &[
+        "--user",
+        "--group",
+        "--host",
+        "--prompt",
+        "--role",
+        "--type",
+        "--close-from",
+        "--chdir",
+        "--chroot",
+        "--command-timeout",
+        "--other-user",
+    ],
+    long_flags: &[
+        "--askpass",
+        "--bell",
+        "--background",
+        "--preserve-env",
+        "--set-home",
+        "--login",
+        "--remove-timestamp",
+        "--reset-timestamp",
+        "--non-interactive",
+        "--preserve-groups",
+        "--stdin",
+        "--shell",
+        "--validate",
+    ],
+    assignments: true,
+    ..NONE
+};
+
+const DOAS: Options = Options {
+    short_value: "uC",
+    short_flags: "nsL",
+    ..NONE
+};
+
+const COMMAND: Options = Options {
+    short_flags: "pvV",
+    ..NONE
+};
+
+const EXEC: Options = Options {
+    short_value: "a",
+    short_flags: "cl",
+    ..NONE
+};
+
+const NICE: Options = Options {
+    short_value: "n",
+    short_flags: "0123456789",
+    long_value: &["--adjustment"],
+    ..NONE
+};
+
+const TIME: Options = Options {
+    short_value: "of",
+    short_flags: "pavq",
+    long_value: &["--output", "--format"],
+    long_flags: &["--portability", "--append", "--verbose", "--quiet"],
+    ..NONE
+};
+
+const TIMEOUT: Options = Options {
+    short_value: "sk",
+    short_flags: "v",
+    long_value: &["--signal", "--kill-after"],
+    long_flags: &["--preserve-status", "--foreground", "--verbose"],
+    leading_operands: 1,
+    ..NONE
+};
+
+const XARGS: Options = Options {
+    short_value: "adEILnPs",
+    short_flags: "0prtxo",
+    short_optional: "eil",
+    long_value: &[
+        "--arg-file",
+        "--delimiter",
+        "--max-lines",
+        "--max-args",
+        "--max-procs",
+        "--max-chars",
+        "--process-slot-var",
+    ],
+    long_flags: &[
+        "--null",
+        "--eof",
+        "--replace",
+        "--interactive",
+        "--no-run-if-empty",
+        "--verbose",
+        "--exit",
+        "--open-tty",
+        "--show-limits",
+    ],
+    ..NONE
+};
+
+const WATCH: Options = Options {
+    short_value: "nq",
+    short_flags: "dtbegcxpwr",
+    long_value: &["--interval", "--equexit"],
+    long_flags: &[
+        "--differences",
+        "--no-title",
+        "--beep",
+        "--errexit",
+        "--chgexit",
+        "--color",
+        "--no-color",
+        "--exec",
+        "--precise",
+        "--no-wrap",
+        "--no-rerun",
+    ],
+    ..NONE
+};
+
+const STDBUF: Options = Options {
+    short_value: "ioe",
+    long_value: &["--input", "--output", "--error"],
+    ..NONE
+};
+
+const SETSID: Options = Options {
+    short_flags: "cfw",
+    long_flags: &["--ctty", "--fork", "--wait"],
+    ..NONE
+};
+
+const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "posh"];
+
+/// Where a launcher's command starts, and the variables it sets; an
+/// unknown option is an error.
+fn split(argv: &[Word], options: &Options) -> Result<(usize, Vec<String>), Why> {
+    let mut env = Vec::new();
+    let mut operands = options.leading_operands;
+    let mut i = 1;
+    while let Some(word) = argv.get(i) {
+        if word.dynamic {
+            return Err(Why::LauncherOption);
+        }
+        let text = word.text.as_str();
+        if text == "--" {
+            return Ok((i + 1 + operands, env));
+        }
+        if let Some(long) = text.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((name, _)) => (name, true),
+                None => (long, false),
+            };
+            let name = &text[..name.len() + 2];
+            if options.long_value.contains(&name) {
+                i += if inline { 1 } else { 2 };
+            } else if options.long_flags.contains(&name) {
+                i += 1;
+            } else {
+                return Err(Why::LauncherOption);
+            }
+            continue;
+        }
+        if text == "-" && options.assignments {
+            // `env -` is `env -i`.
+            i += 1;
+            continue;
+        }
+        if let Some(cluster) = text.strip_prefix('-').filter(|c| !c.is_empty()) {
+            let mut takes_next = false;
+            for (at, c) in cluster.char_indices() {
+                if options.short_value.contains(c) {
+                    takes_next = at + c.len_utf8() == cluster.len();
+                    break;
+                }
+                if options.short_optional.contains(c) {
+                    break;
+                }
+                if !options.short_flags.contains(c) {
+                    return Err(Why::LauncherOption);
+                }
+            }
+            i += if takes_next { 2 } else { 1 };
+            continue;
+        }
+        if options.assignments
+            && let Some((name_len, _)) = assignment_prefix(text)
+        {
+            env.push(text[..name_len].to_owned());
+            i += 1;
+            continue;
+        }
+        if operands > 0 {
+            operands -= 1;
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    Ok((i, env))
+}
+
+impl Reader<'_, '_> {
+    /// Records `command`, or what it runs when it is a launcher or runs a
+    /// script. `stdin_text` is a here-string given to it.
+    pub(super) fn unwrap(
+        &mut self,
+        mut command: Command,
+        stdin_text: Option<Word>,
+    ) -> Result<(), Why> {
+        loop {
+            let Some(first) = command.argv.first() else {
+                return Ok(());
+            };
+            if first.dynamic || first.pattern {
+                self.out.push(Part::Unparseable {
+                    why: Why::DynamicCommand,
+                    text: command.shown(),
+                });
+                return Ok(());
+            }
+            let (options, visible) = match command.name() {
+                "env" => (&ENV, false),
+                "command" => (&COMMAND, false),
+                "exec" => (&EXEC, false),
+                "nohup" | "builtin" | "busybox" => (&NONE, false),
+                "stdbuf" => (&STDBUF, false),
+                "setsid" => (&SETSID, false),
+                "nice" => (&NICE, false),
+                "time" => (&TIME, false),
+                "timeout" => (&TIMEOUT, false),
+                "sudo" => (&SUDO, true),
+                "doas" => (&DOAS, true),
+                "xargs" => (&XARGS, true),
+                "watch" => return self.watch(command),
+                "eval" => {
+                    let script = Word {
+                        text: join(&command.argv[1..]),
+                        dynamic: command.argv[1..].iter().any(|w| w.dynamic),
+                        pattern: false,
+                    };
+                    return self.script(command, &script);
+                }
+                "alias" => return self.alias(command),
+                "trap" => return self.trap(command),
+                name if SHELLS.contains(&name) => return self.shell(command, stdin_text),
+                _ => {
+                    self.out.push(Part::Command(command));
+                    return Ok(());
+                }
+            };
+            let (at, env) = match split(&command.argv, options) {
+                Ok(split) => split,
+                Err(why) => {
+                    let text = command.shown();
+                    self.out.push(Part::Unparseable { why, text });
+                    return Ok(());
+                }
+            };
+            if at >= command.argv.len() {
+                // The launcher alone (`sudo -v`, `env`): it is the command.
+                self.out.push(Part::Command(command));
+                return Ok(());
+            }
+            let inner = command.argv.split_off(at);
+            if visible {
+                self.out.push(Part::Command(command.clone()));
+            }
+            command.argv = inner;
+            command.env.extend(env);
+        }
+    }
+
+    /// A script given as text to `command`: read like a line of its own,
+    /// with the command's inputs and variables. One computed at run time
+    /// cannot be read; the command itself is then recorded too, so rules on
+    /// what feeds it still apply.
+    fn script(&mut self, command: Command, script: &Word) -> Result<(), Why> {
+        if script.dynamic {
+            self.out.push(Part::Unparseable {
+                why: Why::DynamicScript,
+                text: command.shown(),
+            });
+            self.out.push(Part::Command(command));
+            return Ok(());
+        }
+        let ctx = Context {
+            inputs: command.inputs,
+            env: command.env,
+        };
+        let depth = self.nested()?;
+        parse_script(&script.text, &ctx, depth, self.out);
+        Ok(())
+    }
+
+    /// `sh -c SCRIPT`, `bash -lc SCRIPT`, `bash <<< SCRIPT`; with a script
+    /// file or a script on stdin, the shell is the command.
+    fn shell(&mut self, command: Command, stdin_text: Option<Word>) -> Result<(), Why> {
+        let argv = &command.argv;
+        let mut inline = false;
+        let mut i = 1;
+        while let Some(word) = argv.get(i) {
+            let text = word.text.as_str();
+            if word.dynamic || text == "--" || text == "-" {
+                i += usize::from(!word.dynamic);
+                break;
+            }
+            if text.starts_with("--") {
+                i += if matches!(text, "--rcfile" | "--init-file") {
+                    2
+                } else {
+                    1
+                };
+                continue;
+            }
+            let Some(cluster) = text.strip_prefix(['-', '+']).filter(|c| !c.is_empty()) else {
+                break;
+            };
+            inline |= cluster.contains('c');
+            i += if cluster.contains(['o', 'O']) { 2 } else { 1 };
+        }
+        let script = if inline {
+            argv.get(i).cloned()
+        } else if i >= argv.len() {
+            stdin_text
+        } else {
+            None
+        };
+        match script {
+            Some(script) => self.script(command, &script),
+            None => {
+                self.out.push(Part::Command(command));
+                Ok(())
+            }
+        }
+    }
+
+    /// `watch CMD...` runs `sh -c "CMD..."`; `watch -x CMD...` runs CMD.
+    fn watch(&mut self, mut command: Command) -> Result<(), Why> {
+        let (at, _) = match split(&command.argv, &WATCH) {
+            Ok(split) => split,
+            Err(why) => {
+                let text = command.shown();
+                self.out.push(Part::Unparseable { why, text });
+                return Ok(());
+            }
+        };
+        if at >= command.argv.len() {
+            self.out.push(Part::Command(command));
+            return Ok(());
+        }
+        let exec = command.argv[1..at]
+            .iter()
+            .any(|w| w.text == "--exec" || (!w.text.starts_with("--") && w.text.contains('x')));
+        let inner = command.argv.split_off(at);
+        if exec {
+            command.argv = inner;
+            return self.unwrap(command, None);
+        }
+        let script = Word {
+            text: join(&inner),
+            dynamic: inner.iter().any(|w| w.dynamic),
+            pattern: false,
+        };
+        command.argv.extend(inner);
+        self.script(command, &script)
+    }
+
+    /// `alias name='text'`: the text is what `name` will run.
+    fn alias(&mut self, command: Command) -> Result<(), Why> {
+        let definitions: Vec<Word> = command.argv[1..]
+            .iter()
+            .filter_map(|w| {
+                let (_, value) = w.text.split_once('=')?;
+                Some(Word {
+                    text: value.to_owned(),
+                    dynamic: w.dynamic,
+                    pattern: false,
+                })
+            })
+            .collect();
+        if definitions.is_empty() {
+            self.out.push(Part::Command(command));
+            return Ok(());
+        }
+        for definition in &definitions {
+            self.script(command.clone(), definition)?;
+        }
+        Ok(())
+    }
+
+    /// `trap 'text' SIGNAL...`: the text runs when the signal comes.
+    fn trap(&mut self, command: Command) -> Result<(), Why> {
+        match command.argv.get(1) {
+            Some(action)
+                if command.argv.len() > 2 && !matches!(action.text.as_str(), "-" | "" | "--") =>
+            {
+                let action = action.clone();
+                self.script(command, &action)
+            }
+            _ => {
+                self.out.push(Part::Command(command));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Words joined by spaces, as `eval` and `watch` join them.
+fn join(words: &[Word]) -> String {
+    let mut out = String::new();
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&w.text);
+    }
+    out
+}
