@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use keyward_api::Network;
 use keyward_evidence::{DEFAULT_SEGMENT_BYTES, EvidenceLog, LogOptions};
 use keyward_proxy::{
-    CertificateAuthority, Credential, EvidenceSink, HostPattern, Injection, Proxy, RunAuthority,
+    CertificateAuthority, Credential, EvidenceSink, GrantHost, Injection, Proxy, RunAuthority,
     RunContext,
 };
 use rustls_pki_types::pem::PemObject;
@@ -259,13 +259,18 @@ fn main() {
             vec![],
             vec![Credential {
                 grant: "bench".into(),
-                hosts: vec![HostPattern::parse("localhost").unwrap()],
+                hosts: [http1_only, with_h2]
+                    .iter()
+                    .map(|a| GrantHost::parse(&format!("localhost:{}", a.port())).unwrap())
+                    .collect(),
                 inject: Injection::Header {
                     name: "authorization".into(),
                     format: "Bearer {secret}".into(),
                 },
                 secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
                 placeholder: None,
+                plaintext: false,
+                substitute_body: false,
             }],
         )
         .with_policy(Arc::new(keyward_policy::baseline()));

@@ -65,6 +65,7 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
             query: args.query.clone(),
         }),
         placeholder_env: args.placeholder_env.clone(),
+        ..GrantConfig::default()
     };
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;
