@@ -193,7 +193,7 @@ pub(crate) fn mask(len: usize) -> Vec<u8> {
 /// The forms a secret takes when a server encodes it: base64 (standard
 /// and URL-safe, at each of the three alignments it can start at inside a
 /// longer encoded text, so only the characters that depend on the secret
-/// alone), hex in both cases, and percent-encoding (both hex cases).
+/// alone), hex in both cases, and percent-encoding.
 fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let mut forms = Vec::new();
     for engine in [
@@ -213,29 +213,26 @@ fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let hex_lower: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     forms.push(hex_lower.to_ascii_uppercase().into_bytes());
     forms.push(hex_lower.into_bytes());
-    let percent_upper: String = secret
-        .iter()
-        .map(|&b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    if percent_upper.as_bytes() != secret {
-        // Lower-case hex digits after each %, the rest as it was.
-        let mut lower = percent_upper.clone().into_bytes();
-        let mut i = 0;
-        while i < lower.len() {
-            if lower[i] == b'%' {
-                lower[i + 1..i + 3].make_ascii_lowercase();
-                i += 3;
-            } else {
-                i += 1;
+    // Percent-encoding: encoders differ on which punctuation they keep
+    // (RFC 3986's unreserved `-._~`, or none), and on the case of the hex.
+    for keep in [&b"-._~"[..], b""] {
+        for upper in [true, false] {
+            let encoded: String = secret
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_alphanumeric() || keep.contains(&b) {
+                        (b as char).to_string()
+                    } else if upper {
+                        format!("%{b:02X}")
+                    } else {
+                        format!("%{b:02x}")
+                    }
+                })
+                .collect();
+            if encoded.as_bytes() != secret {
+                forms.push(encoded.into_bytes());
             }
         }
-        forms.push(lower);
-        forms.push(percent_upper.into_bytes());
     }
     forms
 }

@@ -817,14 +817,14 @@ impl Proxy {
         if let Some(protocol) = &upgrade {
             if !injected.is_empty() && !websocket {
                 self.finish(event, 403, Some(UPGRADE_REFUSED));
-                return blocked_response(
+                return closing(blocked_response(
                     StatusCode::FORBIDDEN,
                     UPGRADE_REFUSED,
                     &format!(
                         "keyward refused this upgrade to {:?}: a handshake that carries a secret may only upgrade to WebSocket, whose frames keyward scrubs\n",
                         String::from_utf8_lossy(protocol.as_bytes())
                     ),
-                );
+                ));
             }
             parts.headers.insert(header::UPGRADE, protocol.clone());
             parts
@@ -928,7 +928,7 @@ impl Proxy {
                 // The server switched to something whose bytes cannot be
                 // scrubbed: nothing of it reaches the child.
                 self.finish(event, 502, Some(UPGRADE_REFUSED));
-                return blocked_response(
+                return closing(blocked_response(
                     StatusCode::BAD_GATEWAY,
                     UPGRADE_REFUSED,
                     &format!(
@@ -939,7 +939,7 @@ impl Proxy {
                             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                             .unwrap_or_default()
                     ),
-                );
+                ));
             }
             event.status = 101;
             let sink = self.events.clone();
@@ -1020,13 +1020,26 @@ impl Proxy {
             let trailers = collected.trailers().cloned();
             let whole = collected.to_bytes();
             let whole = scrubber.replace(&whole).map_or(whole, Bytes::from);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
             let mut frames = vec![Frame::data(whole)];
-            if let Some(mut trailers) = trailers {
-                scrubber.scrub_headers(&mut trailers);
-                frames.push(Frame::trailers(trailers));
+            match trailers {
+                None => {
+                    parts.headers.insert(
+                        header::CONTENT_LENGTH,
+                        HeaderValue::from(frames_len(&frames)),
+                    );
+                }
+                Some(mut trailers) => {
+                    // Chunked, declaring the trailers: an HTTP/1.1 client
+                    // gets only declared ones (HTTP/2 upstreams, gRPC
+                    // among them, do not declare them).
+                    scrubber.scrub_headers(&mut trailers);
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    let names: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
+                    if let Ok(declared) = HeaderValue::from_str(&names.join(", ")) {
+                        parts.headers.insert(header::TRAILER, declared);
+                    }
+                    frames.push(Frame::trailers(trailers));
+                }
             }
             return Ok(Frames(frames.into()).boxed());
         }
@@ -1091,14 +1104,30 @@ impl hyper::body::Body for Frames {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        let len: usize = self
-            .0
-            .iter()
-            .filter_map(Frame::data_ref)
-            .map(Bytes::len)
-            .sum();
-        hyper::body::SizeHint::with_exact(len as u64)
+        // With trailers the length is left open: HTTP/1.1 sends trailers
+        // only in chunked framing.
+        if self.0.iter().any(Frame::is_trailers) {
+            return hyper::body::SizeHint::default();
+        }
+        hyper::body::SizeHint::with_exact(frames_len(&self.0) as u64)
     }
+}
+
+/// The data bytes of `frames`.
+fn frames_len<'a>(frames: impl IntoIterator<Item = &'a Frame<Bytes>>) -> usize {
+    frames
+        .into_iter()
+        .filter_map(Frame::data_ref)
+        .map(Bytes::len)
+        .sum()
+}
+
+/// `resp` with the connection closed after it: a client that asked to
+/// switch protocols is not left waiting on a connection that will not.
+fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The block rule of a refused upgrade.
