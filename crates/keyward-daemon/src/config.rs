@@ -152,14 +152,39 @@ pub struct ProxyConfig {
     pub response_header_timeout: Option<Duration>,
 }
 
+/// File descriptors a full proxy leaves to the rest of the daemon.
+const RESERVED_FILES: u64 = 256;
+
 /// The largest `proxy.max_connections`: each connection may hold a few
 /// file descriptors, and the daemon needs some for everything else.
 pub const MAX_PROXY_CONNECTIONS: usize = 65_536;
 
 impl ProxyConfig {
     /// The proxy's options (the config is validated: every bound is set).
-    pub fn options(&self, drain_timeout: Duration) -> keyward_proxy::ProxyOptions {
+    /// With the process's open-file limit, the connection cap is lowered
+    /// so that a full proxy leaves descriptors for the admin socket, the
+    /// evidence log and the vault.
+    pub fn options(
+        &self,
+        drain_timeout: Duration,
+        open_file_limit: Option<u64>,
+    ) -> keyward_proxy::ProxyOptions {
         let defaults = keyward_proxy::ProxyOptions::default();
+        let mut max_connections = self.max_connections;
+        if let Some(limit) = open_file_limit {
+            // A proxied connection holds up to three: the client's socket,
+            // the upstream's and a pooled upstream connection.
+            let affordable = usize::try_from(limit.saturating_sub(RESERVED_FILES) / 3)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            if affordable < max_connections {
+                tracing::warn!(
+                    "proxy.max_connections {max_connections} lowered to {affordable}: the open-file limit is {limit}, \
+                     and {RESERVED_FILES} descriptors stay reserved for the admin socket and the daemon's files"
+                );
+                max_connections = affordable;
+            }
+        }
         keyward_proxy::ProxyOptions {
             max_substitution_body: self.max_substitution_body,
             intercept: match self.intercept {
@@ -171,7 +196,7 @@ impl ProxyConfig {
                 .header_read_timeout
                 .unwrap_or(defaults.header_read_timeout),
             idle_timeout: self.idle_timeout.unwrap_or(defaults.idle_timeout),
-            max_connections: self.max_connections,
+            max_connections,
             connect_timeout: self.connect_timeout.unwrap_or(defaults.connect_timeout),
             response_header_timeout: self
                 .response_header_timeout

@@ -136,7 +136,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map(|a| a.port())
         .unwrap_or_default();
     let upstream_ca = opts.config.config.proxy.upstream_ca.clone();
-    let proxy_options = opts.config.config.proxy.options(DRAIN_TIMEOUT);
+    let open_files = hardening.nofile_limit.as_ref().ok().copied();
+    let proxy_options = opts.config.config.proxy.options(DRAIN_TIMEOUT, open_files);
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());

@@ -1,0 +1,109 @@
+//! The proxy's bounds against slow and hostile clients, on a real daemon:
+//! its `[proxy]` settings are validated like the rest of the config, and a
+//! flood of idle connections neither takes the daemon down nor keeps
+//! `keyward status` from answering.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{TestHome, json};
+
+#[test]
+fn bad_proxy_bounds_are_exit_64_naming_the_key_and_nothing_starts() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let path = home.file("keyward.toml");
+    for (key, value, expected) in [
+        ("header_read_timeout", "\"0\"", "above zero"),
+        ("idle_timeout", "\"off\"", "above zero"),
+        ("connect_timeout", "\"soon\"", "expected a duration"),
+        ("response_header_timeout", "\"0\"", "above zero"),
+        ("max_connections", "0", "expected 1 to 65536"),
+        ("max_connections", "100000", "expected 1 to 65536"),
+    ] {
+        std::fs::write(&path, format!("[proxy]\n{key} = {value}\n")).unwrap();
+        for args in [&["config", "check"][..], &["daemon", "start"][..]] {
+            let run = home.run(args);
+            assert_eq!(run.code, 64, "{key} = {value}: {run:?}");
+            assert!(run.stderr.contains(&format!("proxy.{key}")), "{run:?}");
+            assert!(run.stderr.contains(expected), "{run:?}");
+        }
+        assert!(!home.pid_file().exists(), "nothing started");
+    }
+    std::fs::remove_file(&path).unwrap();
+    let run = home.run(&["config", "check", "--json"]);
+    let proxy = &json(&run.stdout)["config"]["proxy"];
+    assert_eq!(proxy["header_read_timeout"], "30s");
+    assert_eq!(proxy["idle_timeout"], "2m");
+    assert_eq!(proxy["connect_timeout"], "30s");
+    assert_eq!(proxy["response_header_timeout"], "5m");
+    assert_eq!(proxy["max_connections"], 1024);
+}
+
+#[test]
+fn a_flood_of_idle_clients_is_capped_timed_out_and_status_still_answers() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        "[proxy]\nmax_connections = 8\nheader_read_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    home.start(&[]);
+    let port: u16 = std::fs::read_to_string(home.file("proxy.port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Slowloris: connections that send half a request head and stop.
+    let flood: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _ = s.write_all(b"GET http://example.invalid/ HTTP/1.1\r\nHost: exa");
+            s
+        })
+        .collect();
+    let status = home.run(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}\n{}", home.log());
+    assert_eq!(json(&status.stdout)["running"], true);
+    assert!(
+        common::wait_for(Duration::from_secs(10), || home
+            .log()
+            .contains("refusing new ones until some close")),
+        "the cap is logged: {}",
+        home.log()
+    );
+
+    // The ones let in are closed when their head does not arrive in time;
+    // the rest were closed at once. Either way every socket ends (a read
+    // returns end of file or a reset, not the safety timeout).
+    for mut s in flood {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) => assert!(n == 0 || buf.starts_with(b"HTTP/1.1 408"), "{n}"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "a flood connection stayed open: {e}"
+            ),
+        }
+    }
+
+    // With the flood gone, the proxy serves again.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 407"),
+        "asks for a run token: {reply}"
+    );
+}
