@@ -90,8 +90,8 @@ impl Decoder {
                             done: false,
                         });
                     }
-                    let zlib =
-                        input[0] & 0x0f == 8 && u16::from_be_bytes([input[0], input[1]]) % 31 == 0;
+                    let zlib = input[0] & 0x0f == 8
+                        && u16::from_be_bytes([input[0], input[1]]).is_multiple_of(31);
                     *state = Some(Decompress::new(zlib));
                 }
                 let inflate = state.as_mut().expect("set above");
@@ -464,5 +464,106 @@ where
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::io::Write;
+
+    /// A body yielding fixed chunks.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    /// `data` in chunks of `size` bytes.
+    fn chunked(data: &[u8], size: usize) -> Chunks {
+        Chunks(data.chunks(size).map(Bytes::copy_from_slice).collect())
+    }
+
+    async fn decode(encoding: &str, data: &[u8], chunk: usize) -> Result<Vec<u8>, String> {
+        let decoders = decoders_for(encoding).unwrap().unwrap();
+        let body = Decoded::new(chunked(data, chunk), decoders);
+        body.collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn streams_decode_in_any_chunking_and_damage_is_an_error() {
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let gz = gzip(&data);
+        for chunk in [1, 7, 4096, gz.len()] {
+            assert_eq!(decode("gzip", &gz, chunk).await.unwrap(), data, "{chunk}");
+        }
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        raw.write_all(&data).unwrap();
+        assert_eq!(
+            decode("deflate", &raw.finish().unwrap(), 999)
+                .await
+                .unwrap(),
+            data
+        );
+        let zstd = ruzstd::encoding::compress_to_vec(
+            &data[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        for chunk in [3, 1000, zstd.len()] {
+            assert_eq!(decode("zstd", &zstd, chunk).await.unwrap(), data, "{chunk}");
+        }
+        // Two gzip members one after the other are one stream.
+        let mut two = gzip(b"first ");
+        two.extend(gzip(b"second"));
+        assert_eq!(decode("gzip", &two, 5).await.unwrap(), b"first second");
+
+        let truncated = &gz[..gz.len() - 4];
+        assert!(
+            decode("gzip", truncated, 512)
+                .await
+                .unwrap_err()
+                .contains("ends early")
+        );
+        let mut corrupt = gz.clone();
+        let n = corrupt.len();
+        corrupt[n - 6] ^= 0xff;
+        assert!(decode("gzip", &corrupt, 512).await.is_err());
+        assert!(decode("br", b"\xff\xff\xff\xff", 2).await.is_err());
+    }
+
+    #[test]
+    fn unknown_encodings_are_named_and_identity_is_nothing() {
+        assert!(decoders_for("identity").unwrap().is_none());
+        assert!(decoders_for("").unwrap().is_none());
+        assert_eq!(decoders_for("gzip, x-magic").err().unwrap(), "x-magic");
+        assert_eq!(decoders_for("compress").err().unwrap(), "compress");
+    }
+
+    #[test]
+    fn a_zstd_window_over_the_limit_is_refused() {
+        // Frame header: magic, descriptor (no single segment), window
+        // descriptor for 2^(10+20) = 1 GiB.
+        let header = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 20 << 3];
+        let err = zstd_header(&header).unwrap_err();
+        assert!(err.to_string().contains("zstd window"), "{err}");
     }
 }

@@ -82,7 +82,7 @@ async fn a_stored_secret_read_back_compressed_or_through_another_name_comes_back
     let stored = Arc::new(Mutex::new(String::new()));
     let api = RawUpstream::tls(&h, storing_api(stored.clone())).await;
     let granted = format!("localhost:{}", api.port);
-    h.start_proxy(vec![bearer(&[granted.clone()])], ProxyOptions::default())
+    h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
 
     // Toward the granted host the credential is injected, and the proxy
@@ -182,7 +182,7 @@ async fn reason_phrases_header_names_informational_responses_encodings_and_trail
     let mut h = Harness::new();
     let api = RawUpstream::tls(&h, leaky_api()).await;
     let granted = format!("localhost:{}", api.port);
-    h.start_proxy(vec![bearer(&[granted.clone()])], ProxyOptions::default())
+    h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
     let other = format!("127.0.0.1:{}", api.port);
     for tunnel in [&granted, &other] {
@@ -264,7 +264,7 @@ async fn http2_trailers_are_relayed_scrubbed() {
     let mut h = Harness::new();
     let port = h2_upstream_with_trailers(&h).await;
     let granted = format!("localhost:{port}");
-    h.start_proxy(vec![bearer(&[granted.clone()])], ProxyOptions::default())
+    h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
     // An HTTP/1.1 child (the trailers are declared for it).
     let out = h
@@ -309,7 +309,7 @@ async fn cleartext_other_ports_and_another_host_get_no_secret() {
     let granted = format!("localhost:{}", granted_api.port);
     let plain_host = format!("localhost:{}", plain.port);
     h.start_proxy(
-        vec![bearer(&[granted.clone(), plain_host.clone()])],
+        vec![bearer(&[&granted, &plain_host])],
         ProxyOptions::default(),
     )
     .await;
@@ -391,7 +391,7 @@ async fn a_plaintext_grant_may_go_in_clear_and_is_still_scrubbed() {
     let mut h = Harness::new();
     let plain = RawUpstream::plain(echo_api()).await;
     let host = format!("localhost:{}", plain.port);
-    let mut cred = bearer(std::slice::from_ref(&host));
+    let mut cred = bearer(&[&host]);
     cred.plaintext = true;
     h.start_proxy(vec![cred], ProxyOptions::default()).await;
     let request =
@@ -470,7 +470,7 @@ async fn only_websocket_is_joined_and_its_fragmented_messages_are_scrubbed() {
     let ws_host = format!("localhost:{}", ws.port);
     let raw_host = format!("localhost:{}", raw.port);
     h.start_proxy(
-        vec![bearer(&[ws_host.clone(), raw_host.clone()])],
+        vec![bearer(&[&ws_host, &raw_host])],
         ProxyOptions::default(),
     )
     .await;
@@ -566,7 +566,7 @@ fn metadata_addresses_in_every_form_are_refused_before_any_connect() {
         .unwrap();
     runtime.block_on(async {
         let mut h = Harness::new();
-        h.start_proxy(vec![bearer(&["localhost".to_owned()])], ProxyOptions::default())
+        h.start_proxy(vec![bearer(&["localhost"])], ProxyOptions::default())
             .await;
         let forms = [
             "169.254.169.254",
@@ -599,7 +599,7 @@ fn metadata_addresses_in_every_form_are_refused_before_any_connect() {
         let mut relaying = Harness::new();
         relaying
             .start_proxy(
-                vec![bearer(&["localhost".to_owned()])],
+                vec![bearer(&["localhost"])],
                 ProxyOptions {
                     intercept: keyward_proxy::Intercept::Granted,
                     ..ProxyOptions::default()

@@ -38,7 +38,7 @@ impl RunAuthority for Fixed {
 }
 
 /// A header credential (`Authorization: Bearer SECRET`) for `hosts`.
-pub fn bearer(hosts: &[String]) -> Credential {
+pub fn bearer(hosts: &[&str]) -> Credential {
     Credential {
         grant: "api".into(),
         hosts: hosts.iter().map(|h| GrantHost::parse(h).unwrap()).collect(),

@@ -1,7 +1,8 @@
-//! The proxy's bounds against slow and hostile clients, on a real daemon:
-//! its `[proxy]` settings are validated like the rest of the config, and a
-//! flood of idle connections neither takes the daemon down nor keeps
-//! `keyward status` from answering.
+//! The proxy's settings on a real daemon: grants bound to a port, over TLS
+//! or explicitly in clear, as `grant list` shows them; `[proxy]` bounds
+//! validated like the rest of the config; and a flood of idle connections
+//! that neither takes the daemon down nor keeps `keyward status` from
+//! answering.
 
 mod common;
 
@@ -10,6 +11,51 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{TestHome, json};
+
+#[test]
+fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let path = home.file("keyward.toml");
+    std::fs::write(
+        &path,
+        "[grants.legacy]\nsecret = \"vault:legacy\"\nhosts = [\"legacy.example.com:8080\"]\n\
+         inject = { header = \"X-Key\" }\nplaceholder_env = \"LEGACY_KEY\"\nplaintext = true\nsubstitute_body = true\n",
+    )
+    .unwrap();
+    home.start(&[]);
+    let list = json(&home.run(&["grant", "list", "--json"]).stdout);
+    let grants = list["grants"].as_array().unwrap();
+    let legacy = grants.iter().find(|g| g["name"] == "legacy").unwrap();
+    assert_eq!(
+        legacy["hosts"],
+        serde_json::json!(["legacy.example.com:8080"])
+    );
+    assert_eq!(legacy["plaintext"], true);
+    assert_eq!(legacy["substitute_body"], true);
+    let github = grants.iter().find(|g| g["name"] == "github").unwrap();
+    assert_eq!(github["plaintext"], false, "presets stay TLS only");
+    assert_eq!(github["substitute_body"], false);
+    let text = home.run(&["grant", "list"]).stdout;
+    assert!(text.contains("may go over plain HTTP"), "{text}");
+    assert!(text.contains("swapped in bodies too"), "{text}");
+    home.run(&["daemon", "stop"]);
+
+    for (hosts, expected) in [
+        ("api.example.com:0", "not a port"),
+        ("api.example.com:https", "not a port"),
+    ] {
+        std::fs::write(
+            &path,
+            format!("[grants.x]\nsecret = \"vault:x\"\nhosts = [\"{hosts}\"]\ninject = {{ header = \"X\" }}\n"),
+        )
+        .unwrap();
+        let run = home.run(&["config", "check"]);
+        assert_eq!(run.code, 64, "{run:?}");
+        assert!(run.stderr.contains("grants.x.hosts"), "{run:?}");
+        assert!(run.stderr.contains(expected), "{run:?}");
+    }
+}
 
 #[test]
 fn bad_proxy_bounds_are_exit_64_naming_the_key_and_nothing_starts() {
