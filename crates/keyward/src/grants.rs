@@ -73,7 +73,8 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
             query: args.query.clone(),
         }),
         placeholder_env: args.placeholder_env.clone(),
-        ..GrantConfig::default()
+        plaintext: args.plaintext.then_some(true),
+        substitute_body: args.substitute_body.then_some(true),
     };
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;

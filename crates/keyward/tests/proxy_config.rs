@@ -39,6 +39,41 @@ fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
     let text = home.run(&["grant", "list"]).stdout;
     assert!(text.contains("may go over plain HTTP"), "{text}");
     assert!(text.contains("swapped in bodies too"), "{text}");
+
+    // `grant add` writes the same keys.
+    let run = home.run(&[
+        "grant",
+        "add",
+        "intranet",
+        "--secret",
+        "vault:intranet",
+        "--host",
+        "wiki.intranet.example:8080",
+        "--header",
+        "X-Key",
+        "--placeholder-env",
+        "WIKI_KEY",
+        "--plaintext",
+        "--substitute-body",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.contains("plaintext = true"), "{written}");
+    assert!(written.contains("substitute_body = true"), "{written}");
+    let list = json(&home.run(&["grant", "list", "--json"]).stdout);
+    let intranet = list["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "intranet")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        intranet["hosts"],
+        serde_json::json!(["wiki.intranet.example:8080"])
+    );
+    assert_eq!(intranet["plaintext"], true);
+    assert_eq!(intranet["substitute_body"], true);
     home.run(&["daemon", "stop"]);
 
     for (hosts, expected) in [
