@@ -188,3 +188,67 @@ fn a_flood_of_idle_clients_is_capped_timed_out_and_status_still_answers() {
         "asks for a run token: {reply}"
     );
 }
+
+/// A plain-HTTP server that answers with the Authorization it received.
+const PLAIN_ECHO: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        out = ("got " + (self.headers.get("authorization") or "nothing")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn a_grant_goes_over_plain_http_only_when_it_says_plaintext() {
+    use std::io::BufRead;
+    const SECRET: &str = "plain-SECRET-4a7c19e2";
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", PLAIN_ECHO])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let path = home.file("keyward.toml");
+    let grant = format!(
+        "[grants.plain]\nsecret = \"vault:plain\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n"
+    );
+    std::fs::write(&path, &grant).unwrap();
+    assert_eq!(home.run_stdin(&["secret", "set", "plain"], SECRET).code, 0);
+    let url = format!("http://localhost:{port}/x");
+    let curl = [
+        "run", "--grant", "plain", "--", "curl", "-sS", "-D", "-", &url,
+    ];
+
+    let refused = home.run(&curl);
+    assert!(refused.stdout.contains("403"), "{refused:?}");
+    assert!(
+        refused
+            .stdout
+            .contains("x-keyward-blocked: plaintext_refused"),
+        "{refused:?}"
+    );
+    assert!(refused.stdout.contains("plaintext = true"), "{refused:?}");
+
+    std::fs::write(&path, format!("{grant}plaintext = true\n")).unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    let sent = home.run(&curl);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(sent.stdout.contains("got Bearer [REDACTED]"), "{sent:?}");
+    assert!(!sent.stdout.contains(SECRET), "{sent:?}");
+}
