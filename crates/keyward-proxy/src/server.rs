@@ -417,8 +417,8 @@ impl Proxy {
     }
 }
 
-/// Responses to requests that carried a secret, up to this size and of
-/// known length, are scrubbed whole rather than streamed.
+/// Responses of a run that holds secrets, uncompressed, up to this size
+/// and of known length, are scrubbed whole rather than streamed.
 const SCRUB_IN_ONE_PIECE: u64 = 64 * 1024;
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
