@@ -26,6 +26,12 @@ pub struct GrantInfo {
     /// The child's placeholder variable, if any.
     #[serde(default)]
     pub placeholder_env: Option<String>,
+    /// The secret may also go over plain HTTP (off: TLS only).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// The placeholder is swapped in request bodies too.
+    #[serde(default)]
+    pub substitute_body: bool,
     /// `ok`, `missing`, `sealed` or `error`.
     pub status: String,
     /// Why, when not `ok`.

@@ -174,6 +174,88 @@ pub struct ProxyConfig {
     /// `granted`: only tunnels to hosts a grant of the run names, relaying
     /// the others byte for byte after the network check.
     pub intercept: InterceptMode,
+    /// How long a client may take to send a request head (or finish the
+    /// TLS handshake of a tunnel); also how long an idle HTTP/1.1
+    /// keep-alive connection waits for its next request.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub header_read_timeout: Option<Duration>,
+    /// How long an HTTP/2 client connection with nothing in flight stays
+    /// open.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Client connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long connecting to an upstream may take.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// How long an upstream may take to send its response head.
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub response_header_timeout: Option<Duration>,
+}
+
+/// File descriptors a full proxy leaves to the rest of the daemon.
+const RESERVED_FILES: u64 = 256;
+
+/// The largest `proxy.max_connections`: each connection may hold a few
+/// file descriptors, and the daemon needs some for everything else.
+pub const MAX_PROXY_CONNECTIONS: usize = 65_536;
+
+impl ProxyConfig {
+    /// The proxy's options (the config is validated: every bound is set).
+    /// With the process's open-file limit, the connection cap is lowered
+    /// so that a full proxy leaves descriptors for the admin socket, the
+    /// evidence log and the vault.
+    pub fn options(
+        &self,
+        drain_timeout: Duration,
+        open_file_limit: Option<u64>,
+    ) -> keyward_proxy::ProxyOptions {
+        let defaults = keyward_proxy::ProxyOptions::default();
+        let mut max_connections = self.max_connections;
+        if let Some(limit) = open_file_limit {
+            // A proxied connection holds up to three: the client's socket,
+            // the upstream's and a pooled upstream connection.
+            let affordable = usize::try_from(limit.saturating_sub(RESERVED_FILES) / 3)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            if affordable < max_connections {
+                tracing::warn!(
+                    "proxy.max_connections {max_connections} lowered to {affordable}: the open-file limit is {limit}, \
+                     and {RESERVED_FILES} descriptors stay reserved for the admin socket and the daemon's files"
+                );
+                max_connections = affordable;
+            }
+        }
+        keyward_proxy::ProxyOptions {
+            max_substitution_body: self.max_substitution_body,
+            intercept: match self.intercept {
+                InterceptMode::All => keyward_proxy::Intercept::All,
+                InterceptMode::Granted => keyward_proxy::Intercept::Granted,
+            },
+            drain_timeout,
+            header_read_timeout: self
+                .header_read_timeout
+                .unwrap_or(defaults.header_read_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(defaults.idle_timeout),
+            max_connections,
+            connect_timeout: self.connect_timeout.unwrap_or(defaults.connect_timeout),
+            response_header_timeout: self
+                .response_header_timeout
+                .unwrap_or(defaults.response_header_timeout),
+        }
+    }
 }
 
 /// `proxy.intercept`.
@@ -193,6 +275,11 @@ impl Default for ProxyConfig {
             upstream_ca: Vec::new(),
             max_substitution_body: 1 << 20,
             intercept: InterceptMode::All,
+            header_read_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(120)),
+            max_connections: 1024,
+            connect_timeout: Some(Duration::from_secs(30)),
+            response_header_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -575,6 +662,36 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
                 format!("{} is not a readable file", ca.display()),
             ));
         }
+    }
+    for (key, value) in [
+        (
+            "proxy.header_read_timeout",
+            config.proxy.header_read_timeout,
+        ),
+        ("proxy.idle_timeout", config.proxy.idle_timeout),
+        ("proxy.connect_timeout", config.proxy.connect_timeout),
+        (
+            "proxy.response_header_timeout",
+            config.proxy.response_header_timeout,
+        ),
+    ] {
+        if value.is_none() {
+            return Err((
+                key.to_owned(),
+                "expected a duration above zero such as \"30s\" (a proxy without this bound \
+                 can be held open by a slow client)"
+                    .to_owned(),
+            ));
+        }
+    }
+    if !(1..=MAX_PROXY_CONNECTIONS).contains(&config.proxy.max_connections) {
+        return Err((
+            "proxy.max_connections".to_owned(),
+            format!(
+                "expected 1 to {MAX_PROXY_CONNECTIONS}, got {}",
+                config.proxy.max_connections
+            ),
+        ));
     }
     if let Some(bao) = &config.backends.openbao {
         bao.settings().map_err(|(k, m)| (k.to_owned(), m))?;

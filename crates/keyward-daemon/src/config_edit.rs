@@ -110,6 +110,12 @@ fn grant_table(grant: &GrantConfig) -> Table {
     if let Some(var) = &grant.placeholder_env {
         t["placeholder_env"] = value(var.as_str());
     }
+    if let Some(plaintext) = grant.plaintext {
+        t["plaintext"] = value(plaintext);
+    }
+    if let Some(substitute_body) = grant.substitute_body {
+        t["substitute_body"] = value(substitute_body);
+    }
     t
 }
 

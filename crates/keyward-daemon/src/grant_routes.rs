@@ -55,6 +55,8 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<GrantList> 
             hosts: grant.hosts.iter().map(ToString::to_string).collect(),
             inject: inject_info(&grant.inject),
             placeholder_env: grant.placeholder_env.clone(),
+            plaintext: grant.plaintext,
+            substitute_body: grant.substitute_body,
             status,
             message,
         });

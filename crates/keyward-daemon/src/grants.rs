@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use keyward_proxy::{HostPattern, Injection};
+use keyward_proxy::{GrantHost, Injection};
 use keyward_vault::SecretRef;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,8 @@ pub struct GrantConfig {
     /// Secret reference, e.g. `vault:github-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// Host patterns: `api.github.com` or `*.githubusercontent.com`.
+    /// Host patterns: `api.github.com` or `*.githubusercontent.com`,
+    /// optionally with a port (`api.example.com:8443`); without one, 443.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Vec<String>>,
     /// How the secret is injected.
@@ -28,6 +29,14 @@ pub struct GrantConfig {
     /// The child gets this variable set to a placeholder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placeholder_env: Option<String>,
+    /// The secret may also go over plain HTTP (and a host without a port
+    /// then covers 80 too). Off: injection is TLS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<bool>,
+    /// The placeholder is swapped in request bodies too. Off: a body that
+    /// a granted API stores and returns could otherwise carry the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substitute_body: Option<bool>,
 }
 
 /// `inject = { header = "...", format = "..." }`, `{ basic = { username = "..." } }`
@@ -86,11 +95,15 @@ pub struct Grant {
     /// The secret reference.
     pub secret: SecretRef,
     /// Where the secret may go.
-    pub hosts: Vec<HostPattern>,
+    pub hosts: Vec<GrantHost>,
     /// How.
     pub inject: Injection,
     /// The child's placeholder variable, if any.
     pub placeholder_env: Option<String>,
+    /// Whether the secret may go over plain HTTP.
+    pub plaintext: bool,
+    /// Whether the placeholder is swapped in request bodies.
+    pub substitute_body: bool,
 }
 
 /// The built-in presets, as config tables.
@@ -106,6 +119,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
         hosts: Some(hosts.iter().map(|h| (*h).to_owned()).collect()),
         inject: Some(inject),
         placeholder_env: Some(env.to_owned()),
+        ..GrantConfig::default()
     };
     BTreeMap::from([
         (
@@ -216,6 +230,8 @@ fn merge(base: Option<&GrantConfig>, over: &GrantConfig) -> GrantConfig {
         hosts: over.hosts.clone().or(base.hosts),
         inject: over.inject.clone().or(base.inject),
         placeholder_env: over.placeholder_env.clone().or(base.placeholder_env),
+        plaintext: over.plaintext.or(base.plaintext),
+        substitute_body: over.substitute_body.or(base.substitute_body),
     }
 }
 
@@ -258,7 +274,7 @@ fn build(
     }
     let hosts = hosts
         .iter()
-        .map(|h| HostPattern::parse(h).map_err(|e| (key("hosts"), e)))
+        .map(|h| GrantHost::parse(h).map_err(|e| (key("hosts"), e)))
         .collect::<Result<Vec<_>, _>>()?;
     let inject = injection(table.inject.as_ref()).map_err(|e| (key("inject"), e))?;
     if let Some(var) = &table.placeholder_env {
@@ -279,6 +295,8 @@ fn build(
         hosts,
         inject,
         placeholder_env: table.placeholder_env.clone(),
+        plaintext: table.plaintext.unwrap_or(false),
+        substitute_body: table.substitute_body.unwrap_or(false),
     })
 }
 
@@ -369,8 +387,10 @@ mod tests {
             hosts = ["git.example.com"]
             [api]
             secret = "file:/run/k"
-            hosts = ["api.example.com"]
+            hosts = ["api.example.com", "legacy.example.com:8080"]
             inject = { query = "app_key" }
+            plaintext = true
+            substitute_body = true
             "#,
         ))
         .unwrap();
@@ -384,6 +404,16 @@ mod tests {
                 param: "app_key".into()
             }
         );
+        assert_eq!(
+            grants["api"].hosts[1].to_string(),
+            "legacy.example.com:8080"
+        );
+        assert!(grants["api"].plaintext && grants["api"].substitute_body);
+        // Off unless asked for, presets included.
+        assert!(!grants["github"].plaintext && !grants["github"].substitute_body);
+        assert!(!grants["internal"].plaintext);
+        assert!(grants["github"].hosts[0].matches("api.github.com", 443, true));
+        assert!(!grants["github"].hosts[0].matches("api.github.com", 8443, true));
     }
 
     #[test]
@@ -418,6 +448,11 @@ mod tests {
                 "[x]\nhosts=[\"a.com\"]\ninject={query=\"k\"}",
                 "grants.x.secret",
                 "missing",
+            ),
+            (
+                "[x]\nsecret = \"vault:a\"\nhosts=[\"a.com:99999\"]\ninject={query=\"k\"}",
+                "grants.x.hosts",
+                "not a port",
             ),
             (
                 "[x]\npreset = \"nope\"",

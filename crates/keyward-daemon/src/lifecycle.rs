@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use keyward_api::KeyMode;
-use keyward_proxy::{CertificateAuthority, Intercept, Proxy, ProxyOptions};
+use keyward_proxy::{CertificateAuthority, Proxy};
 use keyward_vault::Vault;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -144,14 +144,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map(|a| a.port())
         .unwrap_or_default();
     let upstream_ca = opts.config.config.proxy.upstream_ca.clone();
-    let proxy_options = ProxyOptions {
-        max_substitution_body: opts.config.config.proxy.max_substitution_body,
-        intercept: match opts.config.config.proxy.intercept {
-            crate::config::InterceptMode::All => Intercept::All,
-            crate::config::InterceptMode::Granted => Intercept::Granted,
-        },
-        drain_timeout: DRAIN_TIMEOUT,
-    };
+    let open_files = hardening.nofile_limit.as_ref().ok().copied();
+    let proxy_options = opts.config.config.proxy.options(DRAIN_TIMEOUT, open_files);
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());

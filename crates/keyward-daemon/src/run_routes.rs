@@ -173,6 +173,8 @@ impl Authority {
                         .placeholder_env
                         .as_ref()
                         .and_then(|var| run.placeholders.get(var).cloned()),
+                    plaintext: grant.plaintext,
+                    substitute_body: grant.substitute_body,
                 }),
                 Err(e) => {
                     tracing::warn!(run = run.id, grant = name, "secret does not resolve: {e}");

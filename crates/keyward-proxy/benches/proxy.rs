@@ -3,7 +3,8 @@
 //! client speaking HTTP/1.1 keep-alive either directly or through the proxy
 //! at concurrency 1 and 64; the cost of a new CONNECT + TLS handshake; and
 //! the process's peak RSS (client, proxy and upstream together, so an upper
-//! bound for the proxy).
+//! bound for the proxy); and what scrubbing every response costs (a run
+//! that holds a secret against one that holds none, same requests).
 //!
 //! "Through keyward" is the daemon's per-request pipeline: CONNECT, TLS
 //! interception with a cached leaf, the built-in policy consulted, header
@@ -29,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use keyward_api::Network;
 use keyward_evidence::{DEFAULT_SEGMENT_BYTES, EvidenceLog, LogOptions};
 use keyward_proxy::{
-    CertificateAuthority, Credential, EvidenceSink, HostPattern, Injection, Proxy, RunAuthority,
+    CertificateAuthority, Credential, EvidenceSink, GrantHost, Injection, Proxy, RunAuthority,
     RunContext,
 };
 use rustls_pki_types::pem::PemObject;
@@ -229,6 +230,46 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// The bench's credential, injected toward `hosts`.
+fn credential(hosts: &[String]) -> Credential {
+    Credential {
+        grant: "bench".into(),
+        hosts: hosts.iter().map(|h| GrantHost::parse(h).unwrap()).collect(),
+        inject: Injection::Header {
+            name: "authorization".into(),
+            format: "Bearer {secret}".into(),
+        },
+        secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
+        placeholder: None,
+        plaintext: false,
+        substitute_body: false,
+    }
+}
+
+/// A proxy for one run holding `credentials`, with the daemon's pipeline
+/// (built-in policy, an evidence record per request); returns its address.
+async fn spawn_proxy(
+    dir: &tempfile::TempDir,
+    upstream_ca: &std::path::Path,
+    evidence: &Arc<EvidenceLog>,
+    credentials: Vec<Credential>,
+) -> SocketAddr {
+    let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
+    let ctx = RunContext::new("run_bench".into(), Network::Permissive, vec![], credentials)
+        .with_policy(Arc::new(keyward_policy::baseline()));
+    let proxy = Proxy::new(
+        ca,
+        Arc::new(Fixed(Arc::new(ctx))),
+        &[upstream_ca.to_owned()],
+    )
+    .unwrap()
+    .with_sink(Arc::new(EvidenceSink(evidence.clone())));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Arc::new(proxy).serve(listener, std::future::pending()));
+    addr
+}
+
 fn rss_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -252,23 +293,10 @@ fn main() {
         std::fs::write(&upstream_ca, &identity.ca_pem).unwrap();
         let http1_only = upstream(&identity, &[b"http/1.1"]).await;
         let with_h2 = upstream(&identity, &[b"h2", b"http/1.1"]).await;
-        let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
-        let ctx = RunContext::new(
-            "run_bench".into(),
-            Network::Permissive,
-            vec![],
-            vec![Credential {
-                grant: "bench".into(),
-                hosts: vec![HostPattern::parse("localhost").unwrap()],
-                inject: Injection::Header {
-                    name: "authorization".into(),
-                    format: "Bearer {secret}".into(),
-                },
-                secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
-                placeholder: None,
-            }],
-        )
-        .with_policy(Arc::new(keyward_policy::baseline()));
+        let grant_hosts: Vec<String> = [http1_only, with_h2]
+            .iter()
+            .map(|a| format!("localhost:{}", a.port()))
+            .collect();
         let (evidence, _) = EvidenceLog::open(LogOptions {
             dir: dir.path().join("audit"),
             signer: None,
@@ -276,17 +304,7 @@ fn main() {
         })
         .unwrap();
         let evidence = Arc::new(evidence);
-        let proxy = Proxy::new(
-            ca,
-            Arc::new(Fixed(Arc::new(ctx))),
-            std::slice::from_ref(&upstream_ca),
-        )
-        .unwrap()
-        .with_sink(Arc::new(EvidenceSink(evidence.clone())));
-        let proxy = Arc::new(proxy);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = listener.local_addr().unwrap();
-        tokio::spawn(proxy.serve(listener, std::future::pending()));
+        let proxy_addr = spawn_proxy(&dir, &upstream_ca, &evidence, vec![credential(&grant_hosts)]).await;
 
         let direct_tls = client_tls(&upstream_ca, &[]);
         let direct_h2_tls = client_tls(&upstream_ca, &[b"h2"]);
@@ -330,6 +348,32 @@ fn main() {
             }
         }
         let target = http1_only;
+
+        // What scrubbing every response costs: the same requests, carrying
+        // no secret, through a run that holds one (for another host: the
+        // response is scrubbed all the same) and through a run that holds
+        // none (nothing to scrub).
+        let holding = spawn_proxy(&dir, &upstream_ca, &evidence, vec![credential(&["elsewhere.invalid".to_owned()])]).await;
+        let holding_none = spawn_proxy(&dir, &upstream_ca, &evidence, Vec::new()).await;
+        println!("scrubbing every response: a run holding a secret vs one holding none, requests carrying none, HTTP/1.1-only upstream");
+        for (concurrency, per_conn) in [(1usize, 1000usize), (64, 60)] {
+            let mut rounds = Vec::new();
+            for _ in 0..ROUNDS {
+                let none = load(target, Some(holding_none), &proxied_tls, concurrency, per_conn).await;
+                let scrubbed = load(target, Some(holding), &proxied_tls, concurrency, per_conn).await;
+                rounds.push((scrubbed.rps / none.rps, none, scrubbed));
+            }
+            rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.0)).collect();
+            let (ratio, none, scrubbed) = &rounds[ROUNDS / 2];
+            println!("concurrency {concurrency} (median of {ROUNDS} rounds; ratios {}):", ratios.join(" "));
+            println!("  nothing to scrub {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us", none.rps, us(none.p50), us(none.p99));
+            println!("  scrubbed         {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us", scrubbed.rps, us(scrubbed.p50), us(scrubbed.p99));
+            println!(
+                "  ratio b/a        throughput {ratio:.2}x   added p50 {:+.1} us",
+                us(scrubbed.p50) - us(none.p50)
+            );
+        }
 
         let n = 200;
         let mut direct_new = Vec::new();

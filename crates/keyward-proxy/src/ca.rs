@@ -294,6 +294,12 @@ impl std::fmt::Debug for ServiceIdentity {
 impl ServiceIdentity {
     /// Mints a CA and a leaf for `host`.
     pub fn new(host: &str) -> Result<Self, CaError> {
+        Self::for_names(&[host])
+    }
+
+    /// Like [`ServiceIdentity::new`], with a leaf valid for several names
+    /// (host names or IP addresses).
+    pub fn for_names(names: &[&str]) -> Result<Self, CaError> {
         let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
         let mut ca_params = CertificateParams::default();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -303,10 +309,11 @@ impl ServiceIdentity {
         let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
-        let leaf = CertificateParams::new(vec![host.to_owned()])
-            .map_err(cert_err)?
-            .signed_by(&leaf_key, &issuer)
-            .map_err(cert_err)?;
+        let leaf =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .map_err(cert_err)?
+                .signed_by(&leaf_key, &issuer)
+                .map_err(cert_err)?;
         Ok(Self {
             ca_pem: ca_cert.pem(),
             cert_pem: leaf.pem(),

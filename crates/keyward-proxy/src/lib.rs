@@ -1,10 +1,12 @@
 //! keyward's egress proxy: CONNECT with TLS interception by a local CA,
-//! credential injection toward the hosts a grant names, and scrubbing of
-//! those credentials from responses.
+//! credential injection toward the hosts (and ports, over TLS) a grant
+//! names, and scrubbing of the run's credentials from every response.
 #![forbid(unsafe_code)]
 
 mod ca;
+mod decode;
 mod events;
+mod limits;
 mod rules;
 mod scrub;
 mod server;
@@ -12,7 +14,7 @@ mod websocket;
 
 pub use ca::{CaError, CertificateAuthority, ServiceIdentity};
 pub use events::{EgressEvent, EgressSink, EvidenceSink, LogSink, PolicyDecision, log_event};
-pub use rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
+pub use rules::{AllowRule, GrantHost, HostPattern, Injection, is_denied_address, is_metadata};
 pub use server::{
     Credential, Intercept, Proxy, ProxyBody, ProxyError, ProxyOptions, RunAuthority, RunContext,
 };

@@ -121,34 +121,111 @@ impl AllowRule {
     }
 }
 
-/// Names and addresses that are denied whatever a run allows: cloud
-/// metadata services hand out credentials of their own.
-const METADATA_HOSTS: &[&str] = &[
-    "169.254.169.254",
-    "fd00:ec2::254",
-    "metadata.google.internal",
-    "metadata.azure.internal",
-];
+/// A host a grant's secret may go to: a pattern and, optionally, the one
+/// port it covers. Without a port a grant covers 443 over TLS, and 80 in
+/// clear (which only a `plaintext` grant may use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantHost {
+    pattern: HostPattern,
+    port: Option<u16>,
+}
 
-/// Whether an address is link-local (where metadata services live).
-pub fn is_link_local(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_link_local(),
-        std::net::IpAddr::V6(v6) => {
-            let aws = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-            (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == aws
+impl std::fmt::Display for GrantHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.pattern),
+            None => write!(f, "{}", self.pattern),
         }
     }
 }
 
-/// Whether `host` names a metadata service or a link-local address.
+impl GrantHost {
+    /// Parses `host`, `*.example.com` or either with `:port`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (host, port) = match text.rsplit_once(':').filter(|_| !text.contains('/')) {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        format!("{text:?}: {port:?} is not a port (expected 1-65535, as in api.example.com:8443)")
+                    })?;
+                (host, Some(port))
+            }
+            None => (text, None),
+        };
+        let pattern = HostPattern::parse(host).map_err(|e| {
+            e.replace(
+                "(no scheme, port or path)",
+                "optionally with :port (no scheme or path)",
+            )
+        })?;
+        Ok(Self { pattern, port })
+    }
+
+    /// Whether a request to `host:port`, over TLS or in clear, is covered.
+    pub fn matches(&self, host: &str, port: u16, tls: bool) -> bool {
+        let default_port = if tls { 443 } else { 80 };
+        self.port.unwrap_or(default_port) == port && self.pattern.matches(host)
+    }
+
+    /// Whether `host` matches, whatever the port.
+    pub fn matches_host(&self, host: &str) -> bool {
+        self.pattern.matches(host)
+    }
+}
+
+/// Names that are denied whatever a run allows: cloud metadata services
+/// hand out credentials of their own.
+const METADATA_NAMES: &[&str] = &["metadata.google.internal", "metadata.azure.internal"];
+
+/// The one check every IP literal and every resolved address goes
+/// through: IPv6 forms that carry an IPv4 address (IPv4-mapped
+/// `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96` and the
+/// local-use `64:ff9b:1::/48`) are judged as that IPv4 address; link-local
+/// addresses (where metadata services live, 169.254.169.254 among them)
+/// and AWS's `fd00:ec2::254` are denied.
+pub fn is_denied_address(ip: std::net::IpAddr) -> bool {
+    match embedded_v4(ip) {
+        Some(v4) => v4.is_link_local(),
+        None => match ip {
+            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => {
+                let aws = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+                (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == aws
+            }
+        },
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for, if it is one of the forms
+/// that carry one.
+fn embedded_v4(ip: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
+    let std::net::IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::from(u128::from(v6) as u32);
+    let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
+    // ::/96 less :: and ::1, which are not IPv4 addresses.
+    let compatible = s[..6] == [0; 6] && u32::from(low) > 1;
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    let nat64_local = s[..3] == [0x64, 0xff9b, 1];
+    (mapped || compatible || nat64 || nat64_local).then_some(low)
+}
+
+/// Whether `host` names a metadata service or is an IP literal that
+/// [`is_denied_address`] refuses.
 pub fn is_metadata(host: &str) -> bool {
     let bare = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .trim_end_matches('.');
-    METADATA_HOSTS.iter().any(|m| bare.eq_ignore_ascii_case(m))
-        || bare.parse::<std::net::IpAddr>().is_ok_and(is_link_local)
+    METADATA_NAMES.iter().any(|m| bare.eq_ignore_ascii_case(m))
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(is_denied_address)
 }
 
 #[cfg(test)]
@@ -191,15 +268,63 @@ mod tests {
                 .matches("a.example.com", 1)
         );
         assert!(AllowRule::parse("x.com:http").is_err());
+    }
+
+    #[test]
+    fn grant_hosts_cover_443_or_their_port_and_80_only_in_clear() {
+        let plain = GrantHost::parse("api.example.com").unwrap();
+        assert!(plain.matches("api.example.com", 443, true));
+        assert!(!plain.matches("api.example.com", 8444, true));
+        assert!(!plain.matches("api.example.com", 80, true));
+        assert!(plain.matches("api.example.com", 80, false));
+        assert!(!plain.matches("api.example.com", 443, false));
+        let ported = GrantHost::parse("*.example.com:8443").unwrap();
+        assert!(ported.matches("a.example.com", 8443, true));
+        assert!(ported.matches("a.example.com", 8443, false));
+        assert!(!ported.matches("a.example.com", 443, true));
+        assert_eq!(ported.to_string(), "*.example.com:8443");
+        for bad in [
+            "a.com:",
+            "a.com:0",
+            "a.com:99999",
+            "a.com:x",
+            "[::1]:443",
+            "a.com:443/x",
+        ] {
+            assert!(GrantHost::parse(bad).is_err(), "{bad}");
+        }
+        assert!(
+            GrantHost::parse("a.com:x")
+                .unwrap_err()
+                .contains("not a port")
+        );
         for m in [
             "169.254.169.254",
             "metadata.google.internal",
+            "METADATA.google.internal.",
             "[fe80::1]",
             "169.254.1.2",
             "fd00:ec2::254",
+            "[::ffff:169.254.169.254]",
+            "[::ffff:a9fe:a9fe]",
+            "[::169.254.169.254]",
+            "[64:ff9b::a9fe:a9fe]",
+            "[64:ff9b::169.254.169.254]",
+            "[64:ff9b:1::a9fe:a9fe]",
+            "[0:0:0:0:0:ffff:a9fe:1]",
         ] {
             assert!(is_metadata(m), "{m}");
         }
-        assert!(!is_metadata("127.0.0.1") && !is_metadata("example.com"));
+        for fine in [
+            "127.0.0.1",
+            "example.com",
+            "[::1]",
+            "[::]",
+            "[::ffff:127.0.0.1]",
+            "[64:ff9b::808:808]",
+            "[2001:db8::a9fe:a9fe]",
+        ] {
+            assert!(!is_metadata(fine), "{fine}");
+        }
     }
 }

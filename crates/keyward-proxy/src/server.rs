@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -31,9 +32,11 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ca::CertificateAuthority;
+use crate::decode::{Decoded, decoders_for};
 use crate::events::{EgressEvent, EgressSink, LogSink, Metered, PolicyDecision};
-use crate::rules::{AllowRule, HostPattern, Injection, is_link_local, is_metadata};
-use crate::scrub::{Needles, Scrubbed, replace_all};
+use crate::limits::{Idle, Slot, Tracked};
+use crate::rules::{AllowRule, GrantHost, Injection, is_denied_address, is_metadata};
+use crate::scrub::{Scrubbed, Scrubber};
 use crate::websocket;
 
 /// The body type of everything the proxy answers.
@@ -46,13 +49,18 @@ pub struct Credential {
     /// The grant it comes from.
     pub grant: String,
     /// Where it may go.
-    pub hosts: Vec<HostPattern>,
+    pub hosts: Vec<GrantHost>,
     /// How.
     pub inject: Injection,
     /// The value.
     pub secret: SecretString,
     /// The placeholder the child holds instead, if any.
     pub placeholder: Option<String>,
+    /// May go over plain HTTP (the grant says `plaintext = true`).
+    pub plaintext: bool,
+    /// Its placeholder is swapped in request bodies too (the grant says
+    /// `substitute_body = true`).
+    pub substitute_body: bool,
 }
 
 impl std::fmt::Debug for Credential {
@@ -64,9 +72,33 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// Whether a credential may go to a request's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Not one of its hosts and ports.
+    Outside,
+    /// Its host and port, over TLS or to a `plaintext` grant.
+    Allowed,
+    /// Its host and port, but in clear, which the grant does not allow.
+    Cleartext,
+}
+
 impl Credential {
-    fn applies_to(&self, host: &str) -> bool {
-        self.hosts.iter().any(|h| h.matches(host))
+    fn scope(&self, host: &str, port: u16, tls: bool) -> Scope {
+        if !self.hosts.iter().any(|h| h.matches(host, port, tls)) {
+            Scope::Outside
+        } else if tls || self.plaintext {
+            Scope::Allowed
+        } else {
+            Scope::Cleartext
+        }
+    }
+
+    /// Whether `host:port` is one of its destinations, by either scheme.
+    fn names(&self, host: &str, port: u16) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.matches(host, port, true) || h.matches(host, port, false))
     }
 }
 
@@ -82,11 +114,12 @@ pub struct RunContext {
     pub allow: Vec<AllowRule>,
     /// Resolved credentials.
     pub credentials: Vec<Credential>,
-    /// (secret, placeholder or `[REDACTED]`) for every credential: what
-    /// response scrubbing replaces.
-    scrub: Needles,
-    /// Every credential's placeholder: what a request body is checked for.
-    placeholders: Arc<Vec<Vec<u8>>>,
+    /// Finds every secret of the run (raw and encoded) in responses;
+    /// `None` when the run holds no secret.
+    scrubber: Option<Arc<Scrubber>>,
+    /// Placeholders of credentials that swap them in request bodies: what
+    /// a request body is checked for.
+    body_placeholders: Arc<Vec<Vec<u8>>>,
     /// Per credential (same order), the header it injects, made once here
     /// rather than per request; `None` for query injection or a header
     /// that cannot be sent (warned about when the context is made).
@@ -96,26 +129,25 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    /// A run's context; scrubbing and placeholder needles are built here,
-    /// not per request.
+    /// A run's context; the scrubber and placeholder needles are built
+    /// here, not per request.
     pub fn new(
         run_id: String,
         network: Network,
         allow: Vec<AllowRule>,
         credentials: Vec<Credential>,
     ) -> Self {
-        let scrub = credentials
+        let pairs: Vec<(&[u8], &[u8])> = credentials
             .iter()
             .map(|c| {
                 let replacement = c.placeholder.as_deref().unwrap_or("[REDACTED]");
-                (
-                    c.secret.expose_secret().as_bytes().to_vec(),
-                    replacement.as_bytes().to_vec(),
-                )
+                (c.secret.expose_secret().as_bytes(), replacement.as_bytes())
             })
             .collect();
-        let placeholders = credentials
+        let scrubber = Scrubber::new(&pairs).map(Arc::new);
+        let body_placeholders = credentials
             .iter()
+            .filter(|c| c.substitute_body)
             .filter_map(|c| c.placeholder.as_ref().map(|p| p.as_bytes().to_vec()))
             .collect();
         let headers = credentials.iter().map(injected_header).collect();
@@ -124,8 +156,8 @@ impl RunContext {
             network,
             allow,
             credentials,
-            scrub: Arc::new(scrub),
-            placeholders: Arc::new(placeholders),
+            scrubber,
+            body_placeholders: Arc::new(body_placeholders),
             headers,
             policy: None,
         }
@@ -141,7 +173,7 @@ impl RunContext {
     /// grant's host.
     fn names_host(&self, host: &str, port: u16) -> bool {
         self.allow.iter().any(|a| a.matches(host, port))
-            || self.credentials.iter().any(|c| c.applies_to(host))
+            || self.credentials.iter().any(|c| c.names(host, port))
     }
 }
 
@@ -183,7 +215,12 @@ struct DrainGuard<'a>(&'a Drain);
 /// generic function: rustc cannot prove a generic wrapper around hyper's
 /// connection futures `Send` for `tokio::spawn`.)
 macro_rules! drained {
-    ($drain:expr, $conn:expr) => {{
+    ($drain:expr, $conn:expr) => {
+        drained!($drain, $conn, std::future::pending::<()>())
+    };
+    // `$idle` completes when the connection has been idle too long: it is
+    // closed like a stopping proxy closes it.
+    ($drain:expr, $conn:expr, $idle:expr) => {{
         let drain = &$drain;
         let _active = drain.enter();
         let conn = $conn;
@@ -191,6 +228,10 @@ macro_rules! drained {
         tokio::select! {
             out = &mut conn => out,
             () = drain.closing() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = $idle => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -276,7 +317,20 @@ pub struct ProxyOptions {
     /// Which tunnels are intercepted.
     pub intercept: Intercept,
     /// How long a stopping proxy lets requests in flight finish.
-    pub drain_timeout: std::time::Duration,
+    pub drain_timeout: Duration,
+    /// How long a client may take to send a request head (HTTP/1.1; also
+    /// how long an idle keep-alive connection waits for its next request)
+    /// or to finish the TLS handshake of an intercepted tunnel.
+    pub header_read_timeout: Duration,
+    /// How long an HTTP/2 connection with no request in flight and no
+    /// traffic stays open.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long connecting to an upstream may take.
+    pub connect_timeout: Duration,
+    /// How long an upstream may take to answer with its response head.
+    pub response_header_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -284,7 +338,12 @@ impl Default for ProxyOptions {
         Self {
             max_substitution_body: 1 << 20,
             intercept: Intercept::All,
-            drain_timeout: std::time::Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 1024,
+            connect_timeout: Duration::from_secs(30),
+            response_header_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -353,24 +412,25 @@ impl Proxy {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
             roots.add_parsable_certificates(self.extra_roots.iter().cloned());
-            build_client(roots)
+            build_client(roots, self.options.connect_timeout)
         })
     }
 }
 
-/// Responses to requests that carried a secret, up to this size and of
-/// known length, are scrubbed whole rather than streamed.
+/// Responses of a run that holds secrets, uncompressed, up to this size
+/// and of known length, are scrubbed whole rather than streamed.
 const SCRUB_IN_ONE_PIECE: u64 = 64 * 1024;
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
 
-fn build_client(roots: rustls::RootCertStore) -> UpstreamClient {
+fn build_client(roots: rustls::RootCertStore, connect_timeout: Duration) -> UpstreamClient {
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut http = HttpConnector::new_with_resolver(CheckedResolver);
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -440,6 +500,8 @@ impl Proxy {
     /// in flight finish (up to `ProxyOptions::drain_timeout`) and returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
+        let mut refusing = false;
         loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -447,27 +509,55 @@ impl Proxy {
                     return self.drain.close(self.options.drain_timeout).await;
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let proxy = self.clone();
-                        tokio::spawn(async move { proxy.connection(stream, peer).await });
-                    }
+                    Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            refusing = false;
+                            let proxy = self.clone();
+                            tokio::spawn(async move {
+                                proxy.connection(stream, peer, Arc::new(slot)).await
+                            });
+                        }
+                        Err(_) => {
+                            // Closed at once: a flood of clients cannot
+                            // take the daemon's file descriptors.
+                            if !refusing {
+                                tracing::warn!(
+                                    "proxy: {} connections open (proxy.max_connections); refusing new ones until some close",
+                                    self.options.max_connections
+                                );
+                                refusing = true;
+                            }
+                            drop(stream);
+                        }
+                    },
                     Err(e) => {
                         tracing::error!("proxy accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
             }
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// An HTTP/1.1 server connection with the proxy's header-read timeout.
+    fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.options.header_read_timeout);
+        builder
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let _ = stream.set_nodelay(true);
         let proxy = self.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.outer(req).await) }
+            let slot = slot.clone();
+            async move { Ok::<_, Infallible>(proxy.outer(req, slot).await) }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
+        let conn = self
+            .http1()
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();
         if let Err(e) = drained!(self.drain, conn) {
@@ -476,7 +566,7 @@ impl Proxy {
     }
 
     /// A request on the plain proxy connection: CONNECT or absolute-form.
-    async fn outer(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn outer(self: Arc<Self>, req: Request<Incoming>, slot: Slot) -> Response<ProxyBody> {
         let Some(token) = proxy_token(&req) else {
             return proxy_auth_required();
         };
@@ -495,7 +585,10 @@ impl Proxy {
                 return blocked.response();
             }
             if self.options.intercept == Intercept::Granted
-                && !run.credentials.iter().any(|c| c.applies_to(&host))
+                && run
+                    .credentials
+                    .iter()
+                    .all(|c| c.scope(&host, port, true) == Scope::Outside)
             {
                 // Not intercepted: the policy sees the host, not the paths.
                 let (decision, verdict) = policy_check(&run, "CONNECT", &host, port, "/");
@@ -507,7 +600,7 @@ impl Proxy {
                 if let Some(refused) = self.refuse_unrecorded(&event) {
                     return refused;
                 }
-                return tunnel(req, host, port, event, self.events.clone()).await;
+                return self.tunnel(req, host, port, event, slot).await;
             }
             let server_config = match self.ca.server_config(&host) {
                 Ok(cfg) => cfg,
@@ -520,41 +613,58 @@ impl Proxy {
             };
             let proxy = self.clone();
             let drain_for_inner = self.drain.clone();
+            let http1 = self.http1();
+            let idle_timeout = self.options.idle_timeout;
             tokio::spawn(async move {
+                // The tunnel holds the connection's slot until it ends.
+                let _slot = slot;
                 let upgraded = match hyper::upgrade::on(req).await {
                     Ok(u) => u,
                     Err(e) => return tracing::debug!("CONNECT upgrade failed: {e}"),
                 };
                 let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-                let tls = match acceptor.accept(TokioIo::new(upgraded)).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
+                let handshake = acceptor.accept(TokioIo::new(upgraded));
+                let tls = match tokio::time::timeout(proxy.options.header_read_timeout, handshake)
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
                         return tracing::info!(
                             host,
                             "client TLS handshake failed (does it trust the keyward CA?): {e}"
                         );
                     }
+                    Err(_) => {
+                        return tracing::info!(
+                            host,
+                            "client did not finish its TLS handshake within proxy.header_read_timeout"
+                        );
+                    }
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let idle = Idle::new(idle_timeout);
+                let in_flight = idle.clone();
                 let svc = service_fn(move |inner: Request<Incoming>| {
                     let proxy = proxy.clone();
                     let token = token.clone();
                     let host = host.clone();
+                    let in_flight = in_flight.begin();
                     async move {
                         // Re-check per request: a removed run loses access at once.
                         let Some(run) = proxy.authority.authenticate(&token).await else {
                             return Ok::<_, Infallible>(proxy_auth_required());
                         };
-                        Ok(proxy.forward(&run, "https", &host, port, inner).await)
+                        let resp = proxy.forward(&run, "https", &host, port, inner).await;
+                        Ok(resp.map(|body| Tracked::new(body, in_flight).boxed()))
                     }
                 });
                 let drain = drain_for_inner.clone();
                 let served = if h2 {
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc);
-                    drained!(drain, conn)
+                        .serve_connection(TokioIo::new(idle.watch(tls)), svc);
+                    drained!(drain, conn, idle.expired())
                 } else {
-                    let conn = hyper::server::conn::http1::Builder::new()
+                    let conn = http1
                         .serve_connection(TokioIo::new(tls), svc)
                         .with_upgrades();
                     drained!(drain, conn)
@@ -588,12 +698,12 @@ impl Proxy {
         port: u16,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        let tls = scheme == "https";
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         // An HTTP/1.1 upgrade (WebSocket): the handshake goes through the
         // same pipeline (injection included); after a 101 both sides are
-        // joined, and when the handshake carried a secret the server's
-        // WebSocket frames are scrubbed (see websocket.rs).
+        // joined, WebSocket frames scrubbed (see websocket.rs).
         let upgrade = req
             .headers()
             .get(header::UPGRADE)
@@ -616,14 +726,36 @@ impl Proxy {
         }
         let (mut parts, body) = req.into_parts();
 
-        // upstream_request_filter: placeholders, then injection.
+        // upstream_request_filter: where the run's credentials may go,
+        // then placeholders, then injection.
+        let scopes: Vec<Scope> = run
+            .credentials
+            .iter()
+            .map(|c| c.scope(host, port, tls))
+            .collect();
+        if let Some(cred) = run
+            .credentials
+            .iter()
+            .zip(&scopes)
+            .find_map(|(c, s)| (*s == Scope::Cleartext).then_some(c))
+        {
+            let blocked = plaintext_refused(cred, host, port);
+            self.finish(event, 403, Some(&blocked.rule));
+            return blocked.response();
+        }
+        if scopes.contains(&Scope::Allowed)
+            && let Err(blocked) = authority_check(&parts, host, port, tls)
+        {
+            self.finish(event, 403, Some(&blocked.rule));
+            return blocked.response();
+        }
         let mut injected: Vec<&str> = Vec::new();
         let mut path_and_query = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        for cred in &run.credentials {
+        for (cred, scope) in run.credentials.iter().zip(&scopes) {
             let Some(placeholder) = &cred.placeholder else {
                 continue;
             };
@@ -636,13 +768,13 @@ impl Proxy {
             if !(in_headers || in_uri) {
                 continue;
             }
-            if !cred.applies_to(host) {
+            if *scope != Scope::Allowed {
                 self.finish(event, 403, Some("placeholder_wrong_host"));
                 return blocked_response(
                     StatusCode::FORBIDDEN,
                     "placeholder_wrong_host",
                     &format!(
-                        "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {host}\n",
+                        "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {host}:{port}\n",
                         cred.grant
                     ),
                 );
@@ -650,13 +782,14 @@ impl Proxy {
             let secret = cred.secret.expose_secret();
             replace_in_headers(
                 &mut parts.headers,
-                &[(placeholder.as_bytes().to_vec(), secret.as_bytes().to_vec())],
+                placeholder.as_bytes(),
+                secret.as_bytes(),
             );
             path_and_query = path_and_query.replace(placeholder.as_str(), secret);
             injected.push(&cred.grant);
         }
-        let granted = run.credentials.iter().zip(&run.headers);
-        for (cred, prepared) in granted.filter(|(c, _)| c.applies_to(host)) {
+        let granted = run.credentials.iter().zip(&run.headers).zip(&scopes);
+        for ((cred, prepared), _) in granted.filter(|(_, scope)| **scope == Scope::Allowed) {
             match (&cred.inject, prepared) {
                 (Injection::Query { param }, _) => {
                     let secret = cred.secret.expose_secret();
@@ -672,16 +805,33 @@ impl Proxy {
             }
         }
         strip_hop_by_hop(&mut parts.headers);
-        let scrub_frames = !injected.is_empty()
-            && upgrade
-                .as_ref()
-                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        // Toward a grant's host, ask for an uncompressed response: it is
+        // scrubbed as it streams, without decoding.
+        if run.credentials.iter().any(|c| c.names(host, port)) {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let websocket = upgrade.as_ref().is_some_and(is_websocket);
         if let Some(protocol) = &upgrade {
+            if !injected.is_empty() && !websocket {
+                self.finish(event, 403, Some(UPGRADE_REFUSED));
+                return closing(blocked_response(
+                    StatusCode::FORBIDDEN,
+                    UPGRADE_REFUSED,
+                    &format!(
+                        "keyward refused this upgrade to {:?}: a handshake that carries a secret may only upgrade to WebSocket, whose frames keyward scrubs\n",
+                        String::from_utf8_lossy(protocol.as_bytes())
+                    ),
+                ));
+            }
             parts.headers.insert(header::UPGRADE, protocol.clone());
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
+        let scrub_frames = websocket && run.scrubber.is_some();
         if scrub_frames {
             // Compressed frames could not be scrubbed.
             parts.headers.remove("sec-websocket-extensions");
@@ -689,7 +839,7 @@ impl Proxy {
         // The upstream connection negotiates its own version (ALPN); the
         // client's (h2 or HTTP/1.1 with the proxy) does not carry over.
         parts.version = hyper::Version::HTTP_11;
-        let authority = if (scheme == "https" && port == 443) || (scheme == "http" && port == 80) {
+        let authority = if (tls && port == 443) || (!tls && port == 80) {
             host.to_owned()
         } else {
             format!("{host}:{port}")
@@ -708,7 +858,10 @@ impl Proxy {
                 );
             }
         };
-        let body = match self.request_body(run, host, &mut parts, body).await {
+        let body = match self
+            .request_body(run, &scopes, host, &mut parts, body)
+            .await
+        {
             Ok((body, body_injected)) => {
                 for grant in body_injected {
                     if !injected.contains(&grant) {
@@ -725,9 +878,13 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
         event.injected = injected.iter().map(|g| (*g).to_owned()).collect();
 
-        let resp = match self.client().request(upstream_req).await {
-            Ok(resp) => resp,
-            Err(e) if is_large_body_refusal(&e) => {
+        let sent = tokio::time::timeout(
+            self.options.response_header_timeout,
+            self.client().request(upstream_req),
+        );
+        let resp = match sent.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) if is_large_body_refusal(&e) => {
                 event.injected.clear();
                 self.finish(event, 413, Some("placeholder_body"));
                 return text(
@@ -735,7 +892,7 @@ impl Proxy {
                     &large_body_message(self.options.max_substitution_body),
                 );
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 let why = keyward_api::error_chain(&e);
                 self.finish(event, 502, None);
                 return text(
@@ -743,20 +900,57 @@ impl Proxy {
                     &format!("keyward could not reach {authority}: {why}\n"),
                 );
             }
+            Err(_) => {
+                self.finish(event, 504, None);
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "keyward gave up on {authority}: no response head within proxy.response_header_timeout ({}s)\n",
+                        self.options.response_header_timeout.as_secs()
+                    ),
+                );
+            }
         };
-        let status = resp.status();
-        if status == StatusCode::SWITCHING_PROTOCOLS
+
+        // response_filter: every response of a run that holds secrets is
+        // scrubbed of all of them, whatever the request carried.
+        let (mut parts, body) = resp.into_parts();
+        if let Some(scrubber) = &run.scrubber {
+            scrub_reason_phrase(&mut parts.extensions, scrubber);
+            scrubber.scrub_headers(&mut parts.headers);
+        }
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
+            let joined_websocket =
+                websocket && parts.headers.get(header::UPGRADE).is_some_and(is_websocket);
+            if !joined_websocket && (!injected.is_empty() || scrub_frames) {
+                // The server switched to something whose bytes cannot be
+                // scrubbed: nothing of it reaches the child.
+                self.finish(event, 502, Some(UPGRADE_REFUSED));
+                return closing(blocked_response(
+                    StatusCode::BAD_GATEWAY,
+                    UPGRADE_REFUSED,
+                    &format!(
+                        "keyward refused {authority}'s switch to {:?}: only WebSocket is joined when frames must be scrubbed\n",
+                        parts
+                            .headers
+                            .get(header::UPGRADE)
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
             event.status = 101;
             let sink = self.events.clone();
-            let masks = scrub_frames.then(|| websocket::masks(&run.scrub));
+            let scrubber = run.scrubber.clone().filter(|_| joined_websocket);
+            let resp = Response::from_parts(parts, body);
             let mut resp = resp;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
-                        event.bytes = join_upgraded(client, upstream, masks).await;
+                        event.bytes = join_upgraded(client, upstream, scrubber).await;
                     }
                     Err(e) => tracing::debug!("upgrade failed: {e}"),
                 }
@@ -765,72 +959,283 @@ impl Proxy {
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, empty());
         }
-        event.status = status.as_u16();
-
-        // response_filter: a response to a request that carried a secret
-        // is scrubbed of every secret of the run.
-        let (mut parts, body) = resp.into_parts();
+        event.status = parts.status.as_u16();
         strip_hop_by_hop(&mut parts.headers);
-        let body = if injected.is_empty() {
-            body.map_err(|e| Box::new(e) as BoxError).boxed()
-        } else {
-            replace_in_headers(&mut parts.headers, &run.scrub);
-            use hyper::body::Body as _;
-            // The declared length must be the body's: not so for HEAD or 304.
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n <= SCRUB_IN_ONE_PIECE)
-                && declared == body.size_hint().exact()
-            {
-                // A small body of known length is scrubbed whole and keeps
-                // an exact (new) Content-Length: no chunked framing, one
-                // write toward the client.
-                let whole = match body.collect().await {
-                    Ok(collected) => collected.to_bytes(),
-                    Err(e) => {
-                        self.finish(event, 502, None);
-                        return text(
-                            StatusCode::BAD_GATEWAY,
-                            &format!("keyward lost the response of {authority}: {e}\n"),
-                        );
-                    }
-                };
-                let whole = replace_all(&whole, &run.scrub).map_or(whole, Bytes::from);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
-                Full::new(whole).map_err(|never| match never {}).boxed()
-            } else {
-                // Lengths change when a secret is replaced.
-                parts.headers.remove(header::CONTENT_LENGTH);
-                Scrubbed::new(body, run.scrub.clone())
-                    .map_err(|e| Box::new(e) as BoxError)
-                    .boxed()
-            }
+        let body = match &run.scrubber {
+            None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            Some(scrubber) => match self.scrubbed_body(&mut parts, body, scrubber).await {
+                Ok(body) => body,
+                Err(why) => {
+                    self.finish(event, 502, Some(why.rule()));
+                    return why.response(&authority);
+                }
+            },
         };
         // logging: the event goes out when the body is done, with its size.
         let body = Metered::new(body, event, self.events.clone());
         Response::from_parts(parts, body.boxed())
     }
+
+    /// A response body scrubbed of the run's secrets. One that arrived
+    /// compressed is decoded first and goes on uncompressed; a small body
+    /// of known length is scrubbed whole and keeps an exact (new)
+    /// `Content-Length`: no chunked framing, one write toward the client.
+    async fn scrubbed_body(
+        &self,
+        parts: &mut hyper::http::response::Parts,
+        body: Incoming,
+        scrubber: &Arc<Scrubber>,
+    ) -> Result<ProxyBody, Unscrubbable> {
+        use hyper::body::Body as _;
+        let encoding = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let decoders = if body.is_end_stream() {
+            None
+        } else {
+            decoders_for(&encoding).map_err(Unscrubbable::Encoding)?
+        };
+        if let Some(decoders) = decoders {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let decoded = Decoded::new(body, decoders);
+            return Ok(Scrubbed::new(decoded, scrubber.clone()).boxed());
+        }
+        // The declared length must be the body's: not so for HEAD or 304.
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n <= SCRUB_IN_ONE_PIECE) && declared == body.size_hint().exact()
+        {
+            let collected = body
+                .collect()
+                .await
+                .map_err(|e| Unscrubbable::Lost(e.to_string()))?;
+            let trailers = collected.trailers().cloned();
+            let whole = collected.to_bytes();
+            let whole = scrubber.replace(&whole).map_or(whole, Bytes::from);
+            let mut frames = vec![Frame::data(whole)];
+            match trailers {
+                None => {
+                    parts.headers.insert(
+                        header::CONTENT_LENGTH,
+                        HeaderValue::from(frames_len(&frames)),
+                    );
+                }
+                Some(mut trailers) => {
+                    // Chunked, declaring the trailers: an HTTP/1.1 client
+                    // gets only declared ones (HTTP/2 upstreams, gRPC
+                    // among them, do not declare them).
+                    scrubber.scrub_headers(&mut trailers);
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    let names: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
+                    if let Ok(declared) = HeaderValue::from_str(&names.join(", ")) {
+                        parts.headers.insert(header::TRAILER, declared);
+                    }
+                    frames.push(Frame::trailers(trailers));
+                }
+            }
+            return Ok(Frames(frames.into()).boxed());
+        }
+        // Lengths change when a secret is replaced.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(Scrubbed::new(body, scrubber.clone())
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed())
+    }
+}
+
+/// Why a response could not be scrubbed: it is refused rather than sent.
+enum Unscrubbable {
+    /// A `Content-Encoding` the proxy cannot decode.
+    Encoding(String),
+    /// The upstream broke off while the body was read whole.
+    Lost(String),
+}
+
+impl Unscrubbable {
+    fn rule(&self) -> &'static str {
+        match self {
+            Unscrubbable::Encoding(_) => "unknown_encoding",
+            Unscrubbable::Lost(_) => "upstream_lost",
+        }
+    }
+
+    fn response(&self, authority: &str) -> Response<ProxyBody> {
+        match self {
+            Unscrubbable::Encoding(coding) => blocked_response(
+                StatusCode::BAD_GATEWAY,
+                self.rule(),
+                &format!(
+                    "keyward refused {authority}'s response: it is encoded with {coding:?}, which keyward cannot decode to scrub \
+                     (it decodes gzip, deflate, br and zstd, and asks a grant's hosts for identity)\n"
+                ),
+            ),
+            Unscrubbable::Lost(e) => text(
+                StatusCode::BAD_GATEWAY,
+                &format!("keyward lost the response of {authority}: {e}\n"),
+            ),
+        }
+    }
+}
+
+/// A body of frames known in advance (a scrubbed body and its trailers).
+struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // With trailers the length is left open: HTTP/1.1 sends trailers
+        // only in chunked framing.
+        if self.0.iter().any(Frame::is_trailers) {
+            return hyper::body::SizeHint::default();
+        }
+        hyper::body::SizeHint::with_exact(frames_len(&self.0) as u64)
+    }
+}
+
+/// The data bytes of `frames`.
+fn frames_len<'a>(frames: impl IntoIterator<Item = &'a Frame<Bytes>>) -> usize {
+    frames
+        .into_iter()
+        .filter_map(Frame::data_ref)
+        .map(Bytes::len)
+        .sum()
+}
+
+/// `resp` with the connection closed after it: a client that asked to
+/// switch protocols is not left waiting on a connection that will not.
+fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// The block rule of a refused upgrade.
+const UPGRADE_REFUSED: &str = "upgrade_refused";
+
+/// Whether an `Upgrade` value is exactly one protocol, WebSocket (a list
+/// such as `websocket, x-other` is not: the server may pick the other).
+fn is_websocket(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let mut tokens = text.split(',').map(str::trim).filter(|t| !t.is_empty());
+    tokens
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("websocket"))
+        && tokens.next().is_none()
+}
+
+/// A reason phrase that holds a secret is scrubbed (or dropped, when the
+/// scrubbed text is not a valid reason phrase).
+fn scrub_reason_phrase(extensions: &mut hyper::http::Extensions, scrubber: &Scrubber) {
+    let Some(reason) = extensions.get::<hyper::ext::ReasonPhrase>() else {
+        return;
+    };
+    if let Some(replaced) = scrubber.replace(reason.as_bytes()) {
+        match hyper::ext::ReasonPhrase::try_from(replaced) {
+            Ok(scrubbed) => {
+                extensions.insert(scrubbed);
+            }
+            Err(_) => {
+                extensions.remove::<hyper::ext::ReasonPhrase>();
+            }
+        }
+    }
+}
+
+/// A refusal of a request that would carry a grant's secret in clear.
+fn plaintext_refused(cred: &Credential, host: &str, port: u16) -> Blocked {
+    Blocked {
+        rule: "plaintext_refused".to_owned(),
+        message: format!(
+            "keyward refused to send grant {}'s secret to {host}:{port} unencrypted; use https://, \
+             or set `plaintext = true` in [grants.{}] if this host only speaks plain HTTP\n",
+            cred.grant, cred.grant
+        ),
+    }
+}
+
+/// The request's `Host` and URI authority (`:authority` in HTTP/2) must
+/// name the destination the grant matched: a front end that routes by
+/// `Host` would otherwise take the secret to another tenant.
+fn authority_check(
+    parts: &hyper::http::request::Parts,
+    host: &str,
+    port: u16,
+    tls: bool,
+) -> Result<(), Blocked> {
+    let names_target = |claimed: &[u8]| {
+        let Ok(authority) = hyper::http::uri::Authority::try_from(claimed) else {
+            return false;
+        };
+        let default_port = if tls { 443 } else { 80 };
+        !authority.as_str().contains('@')
+            && authority.port_u16().unwrap_or(default_port) == port
+            && authority
+                .host()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(host.trim_end_matches('.'))
+    };
+    let uri_authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    let claimed = uri_authority.into_iter().chain(
+        parts
+            .headers
+            .get_all(header::HOST)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    for name in claimed {
+        if !names_target(name) {
+            return Err(Blocked {
+                rule: "host_mismatch".to_owned(),
+                message: format!(
+                    "keyward refused this request: it goes to {host}:{port}, where a grant's secret is injected, \
+                     but names {:?} as its host; send it with the host it is addressed to\n",
+                    String::from_utf8_lossy(name)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Proxy {
-    /// Request bodies: swap placeholders of credentials that apply to
-    /// `host`; refuse a placeholder of any other credential (403); refuse a
-    /// placeholder in a body too large to buffer (413). Bodiless requests
-    /// and runs without placeholders pass through untouched.
+    /// Request bodies, for grants with `substitute_body`: swap the
+    /// placeholders of those that may go to this destination; refuse a
+    /// placeholder of any other (403); refuse a placeholder in a body too
+    /// large to buffer (413). Bodiless requests and runs without such
+    /// grants pass through untouched.
     async fn request_body<'r>(
         &self,
         run: &'r RunContext,
+        scopes: &[Scope],
         host: &str,
         parts: &mut hyper::http::request::Parts,
         body: Incoming,
     ) -> Result<(ProxyBody, Vec<&'r str>), Response<ProxyBody>> {
         use hyper::body::Body as _;
-        if run.placeholders.is_empty() || body.is_end_stream() {
+        if run.body_placeholders.is_empty() || body.is_end_stream() {
             return Ok((
                 body.map_err(|e| Box::new(e) as BoxError).boxed(),
                 Vec::new(),
@@ -863,13 +1268,14 @@ impl Proxy {
             // placeholder appears, before its last byte leaves.
             let prefix = buf.freeze();
             // The length is unchanged: nothing is substituted on this path.
-            let guarded = Guarded::new(prefix, body, run.placeholders.clone());
+            let guarded = Guarded::new(prefix, body, run.body_placeholders.clone());
             return Ok((guarded.boxed(), Vec::new()));
         }
         let mut bytes = buf.to_vec();
         let mut used = Vec::new();
-        for cred in &run.credentials {
-            let Some(placeholder) = &cred.placeholder else {
+        for (cred, scope) in run.credentials.iter().zip(scopes) {
+            let Some(placeholder) = cred.placeholder.as_ref().filter(|_| cred.substitute_body)
+            else {
                 continue;
             };
             let found = bytes
@@ -878,7 +1284,7 @@ impl Proxy {
             if !found {
                 continue;
             }
-            if !cred.applies_to(host) {
+            if *scope != Scope::Allowed {
                 return Err(blocked_response(
                     StatusCode::FORBIDDEN,
                     "placeholder_wrong_host",
@@ -888,13 +1294,11 @@ impl Proxy {
                     ),
                 ));
             }
-            let needle = [(
-                placeholder.as_bytes().to_vec(),
-                cred.secret.expose_secret().as_bytes().to_vec(),
-            )];
-            if let Some(replaced) = replace_all(&bytes, &needle) {
-                bytes = replaced;
-            }
+            bytes = replace_bytes(
+                &bytes,
+                placeholder.as_bytes(),
+                cred.secret.expose_secret().as_bytes(),
+            );
             used.push(cred.grant.as_str());
         }
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -1033,6 +1437,7 @@ impl hyper::body::Body for Guarded {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
 /// `Connection` header names: they concern this hop only, and HTTP/2
 /// forbids them. `Proxy-Authorization` (the run token) never goes upstream.
+/// `TE: trailers` is kept (gRPC needs it; the proxy relays trailers).
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -1041,6 +1446,12 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for name in named {
         headers.remove(name);
     }
@@ -1048,7 +1459,6 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         header::CONNECTION,
         header::PROXY_AUTHORIZATION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         HeaderName::from_static("keep-alive"),
@@ -1056,29 +1466,53 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     ] {
         headers.remove(name);
     }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
-/// Replaces needles in every header value (a value that would become
-/// invalid is left as it was).
-fn replace_in_headers(headers: &mut hyper::HeaderMap, needles: &[(Vec<u8>, Vec<u8>)]) {
+/// `hay` with every `needle` replaced by `with`.
+fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Swaps a placeholder for its secret in every header value (a value that
+/// would become invalid is left as it was).
+fn replace_in_headers(headers: &mut hyper::HeaderMap, placeholder: &[u8], secret: &[u8]) {
     for value in headers.values_mut() {
-        if let Some(v) = replace_all(value.as_bytes(), needles)
-            .and_then(|replaced| HeaderValue::from_bytes(&replaced).ok())
+        if value
+            .as_bytes()
+            .windows(placeholder.len())
+            .any(|w| w == placeholder)
+            && let Ok(mut v) =
+                HeaderValue::from_bytes(&replace_bytes(value.as_bytes(), placeholder, secret))
         {
+            v.set_sensitive(true);
             *value = v;
         }
     }
 }
 
-/// Joins an upgraded client and upstream; with `masks`, the upstream's
+/// Joins an upgraded client and upstream; with a scrubber, the upstream's
 /// WebSocket frames are scrubbed on the way. Returns the bytes relayed.
 async fn join_upgraded(
     client: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
-    masks: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    scrubber: Option<Arc<Scrubber>>,
 ) -> u64 {
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    let Some(masks) = masks else {
+    let Some(scrubber) = scrubber else {
         return tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .map_or(0, |(up, down)| up + down);
@@ -1090,7 +1524,7 @@ async fn join_upgraded(
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut upstream_write).await;
         n
     };
-    let down = websocket::relay_scrubbed(upstream_read, client_write, &masks);
+    let down = websocket::relay_scrubbed(upstream_read, client_write, &scrubber);
     let (up, down) = tokio::join!(up, down);
     if let Err(e) = &down {
         tracing::info!("websocket relay ended: {e}");
@@ -1098,64 +1532,76 @@ async fn join_upgraded(
     up.unwrap_or(0) + down.unwrap_or(0)
 }
 
-/// Relays a CONNECT tunnel byte for byte to `host:port`, connecting to an
-/// address the resolver checked.
-async fn tunnel(
-    req: Request<Incoming>,
-    host: String,
-    port: u16,
-    mut event: EgressEvent,
-    sink: Arc<dyn EgressSink>,
-) -> Response<ProxyBody> {
-    let addrs = match resolve_checked(&host).await {
-        Ok(addrs) => addrs,
-        Err(e) => {
+impl Proxy {
+    /// Relays a CONNECT tunnel byte for byte to `host:port`, connecting to
+    /// an address the resolver checked.
+    async fn tunnel(
+        &self,
+        req: Request<Incoming>,
+        host: String,
+        port: u16,
+        mut event: EgressEvent,
+        slot: Slot,
+    ) -> Response<ProxyBody> {
+        let sink = self.events.clone();
+        let addrs = match resolve_checked(&host).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                event.status = 502;
+                sink.record(event);
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("keyward could not resolve {host}: {e}\n"),
+                );
+            }
+        };
+        let mut upstream = None;
+        let mut last_err = None;
+        for mut addr in addrs {
+            addr.set_port(port);
+            match tokio::time::timeout(self.options.connect_timeout, TcpStream::connect(addr)).await
+            {
+                Ok(Ok(s)) => {
+                    upstream = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last_err = Some(e.to_string()),
+                Err(_) => {
+                    last_err = Some(format!(
+                        "no connection within proxy.connect_timeout ({}s)",
+                        self.options.connect_timeout.as_secs()
+                    ));
+                }
+            }
+        }
+        let Some(mut upstream) = upstream else {
+            let why = last_err.unwrap_or_else(|| "no address".to_owned());
             event.status = 502;
             sink.record(event);
             return text(
                 StatusCode::BAD_GATEWAY,
-                &format!("keyward could not resolve {host}: {e}\n"),
+                &format!("keyward could not reach {host}:{port}: {why}\n"),
             );
-        }
-    };
-    let mut upstream = None;
-    let mut last_err = None;
-    for mut addr in addrs {
-        addr.set_port(port);
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                upstream = Some(s);
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    let Some(mut upstream) = upstream else {
-        let why = last_err.map_or("no address".to_owned(), |e| e.to_string());
-        event.status = 502;
-        sink.record(event);
-        return text(
-            StatusCode::BAD_GATEWAY,
-            &format!("keyward could not reach {host}:{port}: {why}\n"),
-        );
-    };
-    let _ = upstream.set_nodelay(true);
-    tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                if let Ok((up, down)) =
-                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                {
-                    event.bytes = up + down;
+        };
+        let _ = upstream.set_nodelay(true);
+        tokio::spawn(async move {
+            let _slot = slot;
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let mut client = TokioIo::new(upgraded);
+                    if let Ok((up, down)) =
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        event.bytes = up + down;
+                    }
                 }
+                Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
             }
-            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
-        }
-        event.status = 200;
-        sink.record(event);
-    });
-    Response::new(empty())
+            event.status = 200;
+            sink.record(event);
+        });
+        Response::new(empty())
+    }
 }
 
 /// The block rule of a request refused because it could not be recorded.
@@ -1388,12 +1834,12 @@ async fn resolve_checked(host: &str) -> std::io::Result<Vec<SocketAddr>> {
     let allowed: Vec<SocketAddr> = addrs
         .iter()
         .copied()
-        .filter(|a| !is_link_local(a.ip()))
+        .filter(|a| !is_denied_address(a.ip()))
         .collect();
     if allowed.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            format!("{host} resolves only to link-local addresses (metadata services); denied"),
+            format!("{host} resolves only to link-local or metadata addresses; denied"),
         ));
     }
     Ok(allowed)
@@ -1422,14 +1868,12 @@ impl tower_service::Service<Name> for CheckedResolver {
             let allowed: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
-                .filter(|a| !is_link_local(a.ip()))
+                .filter(|a| !is_denied_address(a.ip()))
                 .collect();
             if allowed.is_empty() && !addrs.is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{host} resolves only to link-local addresses (metadata services); denied"
-                    ),
+                    format!("{host} resolves only to link-local or metadata addresses; denied"),
                 ));
             }
             Ok(allowed.into_iter())

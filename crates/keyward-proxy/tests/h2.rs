@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyward_api::Network;
 use keyward_proxy::{
-    CertificateAuthority, Credential, HostPattern, Injection, Proxy, RunAuthority, RunContext,
+    CertificateAuthority, Credential, GrantHost, Injection, Proxy, RunAuthority, RunContext,
 };
 
 const TOKEN: &str = "h2-test-token";
@@ -97,13 +97,15 @@ async fn h2_client_and_h2_upstream_through_the_proxy() {
         vec![],
         vec![Credential {
             grant: "h2".into(),
-            hosts: vec![HostPattern::parse("localhost").unwrap()],
+            hosts: vec![GrantHost::parse(&format!("localhost:{port}")).unwrap()],
             inject: Injection::Header {
                 name: "authorization".into(),
                 format: "Bearer {secret}".into(),
             },
             secret: secrecy::SecretString::from(SECRET.to_owned()),
             placeholder: None,
+            plaintext: false,
+            substitute_body: false,
         }],
     );
     let proxy = Arc::new(

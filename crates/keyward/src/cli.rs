@@ -360,7 +360,7 @@ pub struct GrantAddArgs {
     #[arg(long, value_name = "REF")]
     pub secret: String,
     /// Host pattern the secret may go to (repeatable): api.example.com or
-    /// *.example.com.
+    /// *.example.com, optionally with :PORT (without one: 443).
     #[arg(long = "host", value_name = "HOST", required = true)]
     pub hosts: Vec<String>,
     /// Inject as this header.
@@ -378,6 +378,13 @@ pub struct GrantAddArgs {
     /// Give the child this variable holding a placeholder.
     #[arg(long, value_name = "VAR")]
     pub placeholder_env: Option<String>,
+    /// Let the secret go over plain HTTP too (default: TLS only).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// Swap the placeholder in request bodies too (default: headers and
+    /// URL only).
+    #[arg(long, requires = "placeholder_env")]
+    pub substitute_body: bool,
     /// Overwrite a grant of the same name in the file.
     #[arg(long)]
     pub replace: bool,

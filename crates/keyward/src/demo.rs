@@ -105,7 +105,7 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
     std::fs::write(
         home_path.join("keyward.toml"),
         format!(
-            "[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.demo]\nsecret = \"vault:demo-token\"\nhosts = [\"localhost\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"DEMO_TOKEN\"\n",
+            "[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.demo]\nsecret = \"vault:demo-token\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"DEMO_TOKEN\"\n",
             service_ca.display()
         ),
     )?;

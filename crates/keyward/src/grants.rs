@@ -45,7 +45,15 @@ pub async fn list(cli: &Cli, json: bool) -> Result<ExitCode> {
         println!("  hosts:   {}", g.hosts.join(", "));
         println!("  inject:  {inject}");
         if let Some(var) = &g.placeholder_env {
-            println!("  env:     {var} (placeholder)");
+            let bodies = if g.substitute_body {
+                ", swapped in bodies too"
+            } else {
+                ""
+            };
+            println!("  env:     {var} (placeholder{bodies})");
+        }
+        if g.plaintext {
+            println!("  plain:   may go over plain HTTP");
         }
         println!("  status:  {status}");
     }
@@ -65,6 +73,8 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
             query: args.query.clone(),
         }),
         placeholder_env: args.placeholder_env.clone(),
+        plaintext: args.plaintext.then_some(true),
+        substitute_body: args.substitute_body.then_some(true),
     };
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;

@@ -136,8 +136,9 @@ fn setup(proxy_extra: &str) -> (TestHome, Upstream) {
     std::fs::write(
         home.file("keyward.toml"),
         format!(
-            "[proxy]\nupstream_ca = [\"{}\"]\n{proxy_extra}\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n",
-            upstream.ca.display()
+            "[proxy]\nupstream_ca = [\"{}\"]\n{proxy_extra}\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n",
+            upstream.ca.display(),
+            upstream.port
         ),
     )
     .unwrap();
@@ -647,16 +648,33 @@ fn interception_uses_the_rotated_ca() {
 #[test]
 fn placeholders_in_request_bodies_are_swapped_refused_or_too_large() {
     let (home, upstream) = setup("");
-    // A small body: swapped toward the granted host.
+    // Bodies are left alone unless the grant opts in: a granted API that
+    // stores a body and returns it must not be a way to the secret.
     let url = upstream.url("/body");
-    let run = run_sh(
-        &home,
-        &["local"],
-        &format!("curl -sS -X POST --data \"{{\\\"token\\\":\\\"$LOCAL_TOKEN\\\"}}\" {url}"),
-    );
+    let post = format!("curl -sS -X POST --data \"{{\\\"token\\\":\\\"$LOCAL_TOKEN\\\"}}\" {url}");
+    let run = run_sh(&home, &["local"], &post);
     assert_eq!(run.code, 0, "{run:?}");
     let got = upstream.received();
-    assert_eq!(got[0]["body"], format!("{{\"token\":\"{SECRET}\"}}"));
+    assert!(
+        got[0]["body"].as_str().unwrap().contains("kw_ph_"),
+        "{got:?}"
+    );
+    let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        config.replace(
+            "placeholder_env = \"LOCAL_TOKEN\"\n",
+            "placeholder_env = \"LOCAL_TOKEN\"\nsubstitute_body = true\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+
+    // A small body: swapped toward the granted host.
+    let run = run_sh(&home, &["local"], &post);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = upstream.received();
+    assert_eq!(got[1]["body"], format!("{{\"token\":\"{SECRET}\"}}"));
     assert!(!run.stdout.contains(SECRET), "echo is scrubbed: {run:?}");
 
     // Toward another host: refused.
@@ -687,7 +705,8 @@ fn placeholders_in_request_bodies_are_swapped_refused_or_too_large() {
     // complete placeholder reached the upstream.
     std::thread::sleep(Duration::from_millis(200));
     upstream.settle();
-    for rec in upstream.received() {
+    // (The first request, sent before the opt-in, carried one on purpose.)
+    for rec in upstream.received().iter().skip(1) {
         let body = rec["body"].as_str().unwrap_or_default();
         let complete = body.match_indices("kw_ph_").any(|(i, _)| {
             body[i + 6..]
@@ -919,6 +938,13 @@ fn websocket_upgrades_get_injection_and_scrubbed_frames() {
         .read_line(&mut line)
         .unwrap();
     let port: u16 = line.trim().parse().unwrap();
+    let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        config.replace("hosts = [\"", &format!("hosts = [\"localhost:{port}\", \"")),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
     let client = format!(
         r#"
 import http.client, os, ssl, urllib.parse
@@ -1050,7 +1076,8 @@ fn git_ls_remote_over_https_gets_basic_auth_injected() {
     std::fs::write(
         home.file("keyward.toml"),
         format!(
-            "{config}\n[grants.git]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\ninject = {{ basic = {{ username = \"x-access-token\" }} }}\n"
+            "{config}\n[grants.git]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{}\"]\ninject = {{ basic = {{ username = \"x-access-token\" }} }}\n",
+            line.trim()
         ),
     )
     .unwrap();
@@ -1085,8 +1112,9 @@ fn a_running_child_gets_a_rotated_file_secret_after_the_cache_ttl() {
     std::fs::write(
         home.file("keyward.toml"),
         format!(
-            "{config}\n[backends]\ncache_ttl = \"1s\"\n\n[grants.rot]\nsecret = \"file:{}\"\nhosts = [\"localhost\"]\ninject = {{ header = \"X-Rot\" }}\n",
-            token.display()
+            "{config}\n[backends]\ncache_ttl = \"1s\"\n\n[grants.rot]\nsecret = \"file:{}\"\nhosts = [\"localhost:{}\"]\ninject = {{ header = \"X-Rot\" }}\n",
+            token.display(),
+            upstream.port
         ),
     )
     .unwrap();

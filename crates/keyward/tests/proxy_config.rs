@@ -1,0 +1,254 @@
+//! The proxy's settings on a real daemon: grants bound to a port, over TLS
+//! or explicitly in clear, as `grant list` shows them; `[proxy]` bounds
+//! validated like the rest of the config; and a flood of idle connections
+//! that neither takes the daemon down nor keeps `keyward status` from
+//! answering.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{TestHome, json};
+
+#[test]
+fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let path = home.file("keyward.toml");
+    std::fs::write(
+        &path,
+        "[grants.legacy]\nsecret = \"vault:legacy\"\nhosts = [\"legacy.example.com:8080\"]\n\
+         inject = { header = \"X-Key\" }\nplaceholder_env = \"LEGACY_KEY\"\nplaintext = true\nsubstitute_body = true\n",
+    )
+    .unwrap();
+    home.start(&[]);
+    let list = json(&home.run(&["grant", "list", "--json"]).stdout);
+    let grants = list["grants"].as_array().unwrap();
+    let legacy = grants.iter().find(|g| g["name"] == "legacy").unwrap();
+    assert_eq!(
+        legacy["hosts"],
+        serde_json::json!(["legacy.example.com:8080"])
+    );
+    assert_eq!(legacy["plaintext"], true);
+    assert_eq!(legacy["substitute_body"], true);
+    let github = grants.iter().find(|g| g["name"] == "github").unwrap();
+    assert_eq!(github["plaintext"], false, "presets stay TLS only");
+    assert_eq!(github["substitute_body"], false);
+    let text = home.run(&["grant", "list"]).stdout;
+    assert!(text.contains("may go over plain HTTP"), "{text}");
+    assert!(text.contains("swapped in bodies too"), "{text}");
+
+    // `grant add` writes the same keys.
+    let run = home.run(&[
+        "grant",
+        "add",
+        "intranet",
+        "--secret",
+        "vault:intranet",
+        "--host",
+        "wiki.intranet.example:8080",
+        "--header",
+        "X-Key",
+        "--placeholder-env",
+        "WIKI_KEY",
+        "--plaintext",
+        "--substitute-body",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.contains("plaintext = true"), "{written}");
+    assert!(written.contains("substitute_body = true"), "{written}");
+    let list = json(&home.run(&["grant", "list", "--json"]).stdout);
+    let intranet = list["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "intranet")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        intranet["hosts"],
+        serde_json::json!(["wiki.intranet.example:8080"])
+    );
+    assert_eq!(intranet["plaintext"], true);
+    assert_eq!(intranet["substitute_body"], true);
+    home.run(&["daemon", "stop"]);
+
+    for (hosts, expected) in [
+        ("api.example.com:0", "not a port"),
+        ("api.example.com:https", "not a port"),
+    ] {
+        std::fs::write(
+            &path,
+            format!("[grants.x]\nsecret = \"vault:x\"\nhosts = [\"{hosts}\"]\ninject = {{ header = \"X\" }}\n"),
+        )
+        .unwrap();
+        let run = home.run(&["config", "check"]);
+        assert_eq!(run.code, 64, "{run:?}");
+        assert!(run.stderr.contains("grants.x.hosts"), "{run:?}");
+        assert!(run.stderr.contains(expected), "{run:?}");
+    }
+}
+
+#[test]
+fn bad_proxy_bounds_are_exit_64_naming_the_key_and_nothing_starts() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let path = home.file("keyward.toml");
+    for (key, value, expected) in [
+        ("header_read_timeout", "\"0\"", "above zero"),
+        ("idle_timeout", "\"off\"", "above zero"),
+        ("connect_timeout", "\"soon\"", "expected a duration"),
+        ("response_header_timeout", "\"0\"", "above zero"),
+        ("max_connections", "0", "expected 1 to 65536"),
+        ("max_connections", "100000", "expected 1 to 65536"),
+    ] {
+        std::fs::write(&path, format!("[proxy]\n{key} = {value}\n")).unwrap();
+        for args in [&["config", "check"][..], &["daemon", "start"][..]] {
+            let run = home.run(args);
+            assert_eq!(run.code, 64, "{key} = {value}: {run:?}");
+            assert!(run.stderr.contains(&format!("proxy.{key}")), "{run:?}");
+            assert!(run.stderr.contains(expected), "{run:?}");
+        }
+        assert!(!home.pid_file().exists(), "nothing started");
+    }
+    std::fs::remove_file(&path).unwrap();
+    let run = home.run(&["config", "check", "--json"]);
+    let proxy = &json(&run.stdout)["config"]["proxy"];
+    assert_eq!(proxy["header_read_timeout"], "30s");
+    assert_eq!(proxy["idle_timeout"], "2m");
+    assert_eq!(proxy["connect_timeout"], "30s");
+    assert_eq!(proxy["response_header_timeout"], "5m");
+    assert_eq!(proxy["max_connections"], 1024);
+}
+
+#[test]
+fn a_flood_of_idle_clients_is_capped_timed_out_and_status_still_answers() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        "[proxy]\nmax_connections = 8\nheader_read_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    home.start(&[]);
+    let port: u16 = std::fs::read_to_string(home.file("proxy.port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Slowloris: connections that send half a request head and stop.
+    let flood: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _ = s.write_all(b"GET http://example.invalid/ HTTP/1.1\r\nHost: exa");
+            s
+        })
+        .collect();
+    let status = home.run(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}\n{}", home.log());
+    assert_eq!(json(&status.stdout)["running"], true);
+    assert!(
+        common::wait_for(Duration::from_secs(10), || home
+            .log()
+            .contains("refusing new ones until some close")),
+        "the cap is logged: {}",
+        home.log()
+    );
+
+    // The ones let in are closed when their head does not arrive in time;
+    // the rest were closed at once. Either way every socket ends (a read
+    // returns end of file or a reset, not the safety timeout).
+    for mut s in flood {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) => assert!(n == 0 || buf.starts_with(b"HTTP/1.1 408"), "{n}"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "a flood connection stayed open: {e}"
+            ),
+        }
+    }
+
+    // With the flood gone, the proxy serves again.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 407"),
+        "asks for a run token: {reply}"
+    );
+}
+
+/// A plain-HTTP server that answers with the Authorization it received.
+const PLAIN_ECHO: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        out = ("got " + (self.headers.get("authorization") or "nothing")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn a_grant_goes_over_plain_http_only_when_it_says_plaintext() {
+    use std::io::BufRead;
+    const SECRET: &str = "plain-SECRET-4a7c19e2";
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", PLAIN_ECHO])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let path = home.file("keyward.toml");
+    let grant = format!(
+        "[grants.plain]\nsecret = \"vault:plain\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n"
+    );
+    std::fs::write(&path, &grant).unwrap();
+    assert_eq!(home.run_stdin(&["secret", "set", "plain"], SECRET).code, 0);
+    let url = format!("http://localhost:{port}/x");
+    let curl = [
+        "run", "--grant", "plain", "--", "curl", "-sS", "-D", "-", &url,
+    ];
+
+    let refused = home.run(&curl);
+    assert!(refused.stdout.contains("403"), "{refused:?}");
+    assert!(
+        refused
+            .stdout
+            .contains("x-keyward-blocked: plaintext_refused"),
+        "{refused:?}"
+    );
+    assert!(refused.stdout.contains("plaintext = true"), "{refused:?}");
+
+    std::fs::write(&path, format!("{grant}plaintext = true\n")).unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    let sent = home.run(&curl);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(sent.stdout.contains("got Bearer [REDACTED]"), "{sent:?}");
+    assert!(!sent.stdout.contains(SECRET), "{sent:?}");
+}
