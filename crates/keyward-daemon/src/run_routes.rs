@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
 use keyward_policy::Policy;
-use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext};
+use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 
 use crate::config::LoadedConfig;
 use crate::grants::Grant;
@@ -138,6 +138,7 @@ impl Authority {
         let resolver = state.resolver();
         let frozen = state.authority.frozen_for(&config, run);
         let mut credentials = Vec::new();
+        let mut withheld = Vec::new();
         let mut failures = Vec::new();
         for name in &run.grants {
             let (Some(grant), Some(now)) = (frozen.grants.get(name), config.grants.get(name))
@@ -178,6 +179,12 @@ impl Authority {
                 }),
                 Err(e) => {
                     tracing::warn!(run = run.id, grant = name, "secret does not resolve: {e}");
+                    withheld.push(Withheld {
+                        grant: name.clone(),
+                        hosts,
+                        sealed: e == ResolveError::Sealed,
+                        reason: e.to_string(),
+                    });
                     failures.push((name.clone(), e));
                 }
             }
@@ -188,7 +195,8 @@ impl Authority {
             .filter_map(|a| AllowRule::parse(a).ok())
             .collect();
         let ctx = RunContext::new(run.id.clone(), run.network, allow, credentials)
-            .with_policy(frozen.policy.clone());
+            .with_policy(frozen.policy.clone())
+            .with_withheld(withheld);
         (ctx, failures)
     }
 }
@@ -247,6 +255,25 @@ impl RunAuthority for Authority {
             }
             Some(ctx)
         })
+    }
+
+    fn credential_rejected(&self, run_id: &str, grants: &[String]) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let frozen = self.frozen_map().get(run_id).cloned();
+        let resolver = state.resolver();
+        for name in grants {
+            if let Some(grant) = frozen.as_ref().and_then(|f| f.grants.get(name)) {
+                resolver.forget(&grant.secret);
+            }
+        }
+        self.contexts().remove(run_id);
+        tracing::info!(
+            run = run_id,
+            grants = grants.join(","),
+            "upstream answered 401: the grants' secrets are resolved again on the next request"
+        );
     }
 }
 

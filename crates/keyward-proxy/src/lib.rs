@@ -17,4 +17,5 @@ pub use events::{EgressEvent, EgressSink, EvidenceSink, LogSink, PolicyDecision,
 pub use rules::{AllowRule, GrantHost, HostPattern, Injection, is_denied_address, is_metadata};
 pub use server::{
     Credential, Intercept, Proxy, ProxyBody, ProxyError, ProxyOptions, RunAuthority, RunContext,
+    Withheld,
 };

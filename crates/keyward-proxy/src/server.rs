@@ -126,6 +126,24 @@ pub struct RunContext {
     headers: Vec<Option<(HeaderName, HeaderValue)>>,
     /// The policy every request is evaluated against (`http_request`).
     pub policy: Option<Arc<Policy>>,
+    /// Grants of the run whose secret is unavailable right now (the vault
+    /// is sealed, the secret was removed): requests toward their hosts are
+    /// refused rather than sent without the credential.
+    pub withheld: Vec<Withheld>,
+}
+
+/// A grant whose secret cannot be had right now.
+#[derive(Debug, Clone)]
+pub struct Withheld {
+    /// The grant.
+    pub grant: String,
+    /// Its hosts.
+    pub hosts: Vec<GrantHost>,
+    /// Whether the cause is a sealed vault (423) rather than a secret that
+    /// does not resolve (503).
+    pub sealed: bool,
+    /// Why, for people (never a secret).
+    pub reason: String,
 }
 
 impl RunContext {
@@ -160,12 +178,19 @@ impl RunContext {
             body_placeholders: Arc::new(body_placeholders),
             headers,
             policy: None,
+            withheld: Vec::new(),
         }
     }
 
     /// Evaluates every request of the run against `policy`.
     pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
         self.policy = Some(policy);
+        self
+    }
+
+    /// The grants whose secret is unavailable now.
+    pub fn with_withheld(mut self, withheld: Vec<Withheld>) -> Self {
+        self.withheld = withheld;
         self
     }
 
@@ -182,6 +207,13 @@ impl RunContext {
 pub trait RunAuthority: Send + Sync + 'static {
     /// The run holding `token`, if any.
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Arc<RunContext>>>;
+
+    /// An upstream answered 401 to a request that carried `grants`' secrets
+    /// for `run_id`: a cached value may be stale, so the next request
+    /// should resolve it again.
+    fn credential_rejected(&self, run_id: &str, grants: &[String]) {
+        let _ = (run_id, grants);
+    }
 }
 
 /// The proxy.
@@ -743,6 +775,27 @@ impl Proxy {
             self.finish(event, 403, Some(&blocked.rule));
             return blocked.response();
         }
+        if let Some(w) = run
+            .withheld
+            .iter()
+            .find(|w| w.hosts.iter().any(|h| h.matches(host, port, tls)))
+        {
+            let (status, rule) = if w.sealed {
+                (StatusCode::LOCKED, "vault_sealed")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "secret_unavailable")
+            };
+            self.finish(event, status.as_u16(), Some(rule));
+            return blocked_response(
+                status,
+                rule,
+                &format!(
+                    "keyward did not send this request: the secret of grant {} is unavailable ({}); \
+                     nothing was sent to {host}:{port}\n",
+                    w.grant, w.reason
+                ),
+            );
+        }
         if scopes.contains(&Scope::Allowed)
             && let Err(blocked) = authority_check(&parts, host, port, tls)
         {
@@ -912,6 +965,10 @@ impl Proxy {
             }
         };
 
+        if resp.status() == StatusCode::UNAUTHORIZED && !event.injected.is_empty() {
+            self.authority
+                .credential_rejected(&run.run_id, &event.injected);
+        }
         // response_filter: every response of a run that holds secrets is
         // scrubbed of all of them, whatever the request carried.
         let (mut parts, body) = resp.into_parts();

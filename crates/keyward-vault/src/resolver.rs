@@ -134,6 +134,15 @@ impl Resolver {
             .map(|c| c.value.clone())
     }
 
+    /// Drops a cached value (an upstream rejected it), so the next
+    /// resolution reads it again.
+    pub fn forget(&self, r: &SecretRef) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(r);
+    }
+
     fn store(&self, r: &SecretRef, value: &SecretString, ttl: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|_, c| c.expires > Instant::now());

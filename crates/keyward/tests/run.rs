@@ -16,7 +16,8 @@ const SECRET: &str = "kw-run-SECRET-7d2e91c4aa";
 /// A python HTTPS server that echoes the request (path, headers, body) and
 /// appends each request's headers to a log, so a test can see what the
 /// upstream received (the echo itself comes back scrubbed). `/big/N`
-/// answers N bytes and notes its path in `<log>.big` as it starts.
+/// answers N bytes and notes its path in `<log>.big` as it starts;
+/// `/status/N/...` echoes with status N.
 const ECHO_SERVER: &str = r#"
 import http.server, ssl, json, sys
 cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -41,7 +42,7 @@ class H(http.server.BaseHTTPRequestHandler):
         with open(log, "a") as f:
             f.write(json.dumps(rec) + "\n")
         out = json.dumps(rec).encode()
-        self.send_response(200)
+        self.send_response(int(self.path.split("/")[2]) if self.path.startswith("/status/") else 200)
         self.send_header("content-type", "application/json")
         self.send_header("x-echo-auth", self.headers.get("authorization") or "")
         self.send_header("content-length", str(len(out)))
@@ -858,7 +859,7 @@ fn demo_checks_every_claim() {
     let run = home.run(&["demo"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("every check held."), "{run:?}");
-    assert_eq!(run.stdout.matches("[ok]").count(), 6, "{run:?}");
+    assert_eq!(run.stdout.matches("[ok]").count(), 7, "{run:?}");
     assert!(run.stdout.contains("chain verified"), "{run:?}");
     assert!(!home.path.exists(), "the demo uses its own temporary home");
 }
@@ -1563,7 +1564,7 @@ fn a_config_edit_and_reload_never_widen_a_live_run() {
         // The grant starts pointed at a host nobody serves.
         std::fs::write(
             &config,
-            original.replace("hosts = [\"localhost\"]", "hosts = [\"nowhere.invalid\"]"),
+            original.replace("hosts = [\"localhost:", "hosts = [\"nowhere.invalid:"),
         )
         .unwrap();
         assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
@@ -1832,4 +1833,124 @@ fn sigquit_is_forwarded_not_fatal_to_the_wrapper() {
     common::signal(child.id(), "QUIT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(33), "{out:?}");
+}
+
+/// A child that waits for each step of the test before its next request.
+fn stepping_child(home: &TestHome, grant: &str, urls: &[String]) -> (Child, PathBuf) {
+    let dir = home.path.parent().unwrap().join(format!("steps-{grant}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut script = String::new();
+    for (i, url) in urls.iter().enumerate() {
+        script.push_str(&format!(
+            "while [ ! -e {d}/go{i} ]; do sleep 0.05; done; curl -s -o /dev/null -w '%{{http_code}}\\n' {url}; : > {d}/done{i}; ",
+            d = dir.display()
+        ));
+    }
+    let child = home
+        .cmd(&["run", "--grant", grant, "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
+fn step(dir: &Path, i: usize) {
+    std::fs::write(dir.join(format!("go{i}")), "").unwrap();
+    assert!(wait_for(Duration::from_secs(30), || dir
+        .join(format!("done{i}"))
+        .exists()));
+}
+
+/// `secret set` and `vault seal` reach a live run at its next request: the
+/// new value is injected at once, and while sealed nothing is sent (423
+/// `vault_sealed`) rather than a request without its credential.
+#[test]
+fn a_live_run_sees_a_new_vault_value_and_a_seal_at_once() {
+    let (home, upstream) = setup("");
+    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+    std::fs::remove_dir_all(home.file("vault")).unwrap();
+    assert_eq!(
+        home.run_stdin(&["vault", "init", "--passphrase"], "pw\n")
+            .code,
+        0
+    );
+    assert_eq!(
+        home.run_stdin(&["secret", "set", "local-token"], "first-vault-value")
+            .code,
+        0
+    );
+    let urls: Vec<String> = ["/one", "/two", "/three"]
+        .iter()
+        .map(|p| upstream.url(p))
+        .collect();
+    let (child, dir) = stepping_child(&home, "local", &urls);
+    step(&dir, 0);
+    assert_eq!(
+        home.run_stdin(&["secret", "set", "local-token"], "second-vault-value")
+            .code,
+        0
+    );
+    step(&dir, 1);
+    assert_eq!(home.run(&["vault", "seal"]).code, 0);
+    step(&dir, 2);
+    let out = child.wait_with_output().unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        codes.lines().collect::<Vec<_>>(),
+        ["200", "200", "423"],
+        "{out:?}"
+    );
+    upstream.settle();
+    let got = upstream.received();
+    assert_eq!(
+        got.len(),
+        2,
+        "nothing reached the upstream while sealed: {got:?}"
+    );
+    assert_eq!(
+        got[0]["headers"]["authorization"],
+        "Bearer first-vault-value"
+    );
+    assert_eq!(
+        got[1]["headers"]["authorization"],
+        "Bearer second-vault-value"
+    );
+}
+
+/// An upstream 401 to a request with a cached `file:` secret drops the
+/// cached value: the next request reads the rotated file, long before the
+/// cache TTL.
+#[test]
+fn an_upstream_401_makes_a_cached_secret_be_read_again() {
+    let (home, upstream) = setup("");
+    let token = home.path.parent().unwrap().join("rejected-token");
+    std::fs::write(&token, "old-file-value\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        format!(
+            "{config}\n[backends]\ncache_ttl = \"5m\"\n\n[grants.rej]\nsecret = \"file:{}\"\nhosts = [\"localhost:{}\"]\ninject = {{ header = \"X-Rej\" }}\n",
+            token.display(),
+            upstream.port
+        ),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    let urls = [upstream.url("/status/401/old"), upstream.url("/after")];
+    let (child, dir) = stepping_child(&home, "rej", &urls);
+    step(&dir, 0);
+    std::fs::write(&token, "new-file-value\n").unwrap();
+    step(&dir, 1);
+    assert!(child.wait_with_output().unwrap().status.success());
+    upstream.settle();
+    let got = upstream.received();
+    assert_eq!(got[0]["headers"]["x-rej"], "old-file-value");
+    assert_eq!(
+        got[1]["headers"]["x-rej"],
+        "new-file-value",
+        "{}",
+        home.log()
+    );
 }
