@@ -48,9 +48,12 @@ pub struct Config {
 /// `[admin]`: for a daemon running as its own user (system mode), the
 /// other users it serves. The daemon's own uid and root are always served
 /// and always administer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Admin connections open at once (processes inside runs get a quarter
+    /// of them, so a run cannot lock out its owner). Read at start.
+    pub max_connections: usize,
     /// Uids that may use the socket: create and end their own runs, list
     /// grants, evaluate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -62,6 +65,17 @@ pub struct AdminConfig {
     /// CA and the daemon, and see every run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub admin_uids: Vec<u32>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            allow_uids: Vec::new(),
+            allow_groups: Vec::new(),
+            admin_uids: Vec::new(),
+        }
+    }
 }
 
 impl AdminConfig {
@@ -641,6 +655,15 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         .admin
         .allowed_gids()
         .map_err(|e| ("admin.allow_groups".to_owned(), e))?;
+    if !(1..=65536).contains(&config.admin.max_connections) {
+        return Err((
+            "admin.max_connections".to_owned(),
+            format!(
+                "{} is out of range; expected 1 to 65536",
+                config.admin.max_connections
+            ),
+        ));
+    }
     config.grants()?;
     config
         .proxy

@@ -4,6 +4,7 @@
 //! binary stays a thin CLI.
 #![forbid(unsafe_code)]
 
+mod admin_conn;
 pub mod config;
 pub mod config_edit;
 pub mod control;

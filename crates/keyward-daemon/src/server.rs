@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use crate::admin_conn::{AdminConn, ConnectionBudget};
 use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
 use crate::run_routes::{self, Authority};
@@ -64,6 +65,9 @@ pub(crate) struct AdminListener {
     inner: UnixListener,
     daemon_uid: u32,
     state: std::sync::Weak<AppState>,
+    budget: ConnectionBudget,
+    /// When a full pool was last logged (once a second at most).
+    full_logged: Option<Instant>,
 }
 
 impl AdminListener {
@@ -72,6 +76,8 @@ impl AdminListener {
             inner,
             daemon_uid,
             state: Arc::downgrade(state),
+            budget: ConnectionBudget::new(state.config().config.admin.max_connections),
+            full_logged: None,
         }
     }
 
@@ -135,7 +141,7 @@ fn peer_groups(pid: i32) -> Vec<u32> {
 }
 
 impl Listener for AdminListener {
-    type Io = UnixStream;
+    type Io = AdminConn;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -150,7 +156,31 @@ impl Listener for AdminListener {
                 }
             };
             match self.admit(&stream) {
-                Ok(peer) => return (stream, peer),
+                Ok(peer) => {
+                    let confined = self
+                        .state
+                        .upgrade()
+                        .is_none_or(|state| peer.membership(&state.runs) != Membership::Outside);
+                    if let Some(slot) = self.budget.take(confined) {
+                        return (AdminConn::new(stream, slot), peer);
+                    }
+                    if self
+                        .full_logged
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        self.full_logged = Some(Instant::now());
+                        tracing::warn!(
+                            confined,
+                            "admin connections are at their cap (admin.max_connections{}); \
+                             refusing new ones until some close",
+                            if confined {
+                                ", the share of processes inside runs"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
                 Err(why) => {
                     tracing::warn!("refused admin connection: {why}");
                     tokio::spawn(refuse(stream));

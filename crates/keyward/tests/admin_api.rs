@@ -157,3 +157,61 @@ fn another_uid_is_refused() {
     assert!(alive(pid));
     assert_eq!(home.run(&["status"]).code, 0);
 }
+
+/// A run that floods the admin socket with idle connections fills only its
+/// own share: its owner's `keyward status` still answers. Connections past
+/// the cap are refused with a log line, and served again once some close.
+#[test]
+fn an_admin_socket_flood_is_capped_and_the_owner_stays_served() {
+    use std::os::unix::net::UnixStream;
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(home.file("keyward.toml"), "[admin]\nmax_connections = 8\n").unwrap();
+    home.start(&[]);
+    let ready = home.path.parent().unwrap().join("flooding");
+    let flood = format!(
+        "import socket, os, time\nsocks = []\nfor _ in range(40):\n    s = socket.socket(socket.AF_UNIX); s.connect({sock:?}); socks.append(s)\nopen({ready:?}, 'w').close()\ntime.sleep(30)\n",
+        sock = home.socket().display().to_string(),
+        ready = ready.display().to_string()
+    );
+    let mut child = home
+        .cmd(&["run", "--", "python3", "-c", &flood])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(30), || ready.exists()));
+    assert_eq!(home.run(&["status"]).code, 0, "the owner is locked out");
+    assert!(
+        wait_for(Duration::from_secs(10), || home
+            .log()
+            .contains("at their cap")),
+        "{}",
+        home.log()
+    );
+    // The owner's own pool has a cap too.
+    let held: Vec<UnixStream> = (0..8)
+        .map(|_| UnixStream::connect(home.socket()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(
+        home.run(&["status"]).code,
+        0,
+        "a ninth connection was served"
+    );
+    drop(held);
+    assert!(wait_for(Duration::from_secs(10), || home
+        .run(&["status"])
+        .code
+        == 0));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn an_admin_connection_cap_out_of_range_is_a_config_error() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(home.file("keyward.toml"), "[admin]\nmax_connections = 0\n").unwrap();
+    let check = home.run(&["config", "check"]);
+    assert_eq!(check.code, 64, "{check:?}");
+    assert!(check.stderr.contains("admin.max_connections"), "{check:?}");
+}
