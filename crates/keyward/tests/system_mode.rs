@@ -217,7 +217,7 @@ fn a_system_daemon_serves_named_users_who_cannot_read_its_files() {
     std::fs::write(
         &config_path,
         format!(
-            "{config}\n[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n",
+            "{config}\n[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n",
             upstream_ca.display()
         ),
     )
