@@ -133,10 +133,20 @@ const SYSTEM_EXEC: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/nix",
 ];
 /// System directories a program reads.
-const SYSTEM_READ: &[&str] = &["/etc", "/proc", "/sys", "/dev", "/run/systemd/resolve"];
+const SYSTEM_READ: &[&str] = &[
+    "/etc",
+    "/proc",
+    "/sys",
+    "/run/systemd/resolve",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
 /// Devices and shared memory a program writes.
-/// Not `/dev/pts`: other terminals of the same user (where a passphrase may
-/// be typed) must stay out of reach; inherited descriptors work without it.
+/// Devices one by one, never `/dev` as a whole: other terminals of the same
+/// user (`/dev/pts/*`, where a passphrase may be typed) must stay out of
+/// reach; inherited descriptors work without a rule.
 const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/tty", "/dev/shm"];
 /// Under the user's home: toolchains run from there.
 const HOME_EXEC: &[&str] = &[

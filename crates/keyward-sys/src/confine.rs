@@ -60,16 +60,19 @@ pub fn kill_with_parent_on_spawn(cmd: &mut Command) {
 /// An error when `/proc` cannot be read (callers must not take that for
 /// "no children").
 pub fn own_children() -> io::Result<Vec<u32>> {
-    let tasks = std::fs::read_dir("/proc/self/task")?;
-    let mut children: Vec<u32> = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let list = match std::fs::read_to_string(task?.path().join("children")) {
+            Ok(list) => list,
+            // A thread that exited meanwhile has no children to report.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        children.extend(
             list.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
     children.sort_unstable();
     children.dedup();
     Ok(children)

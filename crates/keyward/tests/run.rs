@@ -1672,6 +1672,8 @@ except OSError as e:
 cat {config} >/dev/null 2>&1 && echo CONFIG-READ
 ls {vault} >/dev/null 2>&1 && echo VAULT-LISTED
 kill -HUP {daemon} 2>/dev/null && echo DAEMON-SIGNALLED
+ls /dev/pts >/dev/null 2>&1 && echo PTS-LISTED
+cat /dev/ptmx >/dev/null 2>&1 && echo PTMX-OPENED
 echo ok > written && echo CWD-WRITABLE
 echo ok > "$TMPDIR/t" && echo TMP-WRITABLE
 curl -sS {url}
@@ -1953,4 +1955,27 @@ fn an_upstream_401_makes_a_cached_secret_be_read_again() {
         "{}",
         home.log()
     );
+}
+
+/// A program that lowers its wrapper's open-file limit (prlimit is not a
+/// signal, so Landlock does not stop it) before leaving a process behind:
+/// the wrapper cannot list what is left, so it keeps the run open until the
+/// kernel reports no child, and the leftover never reaches the admin API
+/// from outside a run.
+#[test]
+fn a_wrapper_starved_of_descriptors_keeps_the_run_open() {
+    let (home, _upstream) = setup("");
+    let out = home.path.parent().unwrap().join("starved.out");
+    let script = format!(
+        "setsid -f sh -c 'sleep 2; {req} > {out} 2>&1'; prlimit --pid $PPID --nofile=10:10; exit 0",
+        req = secrets_request(&home),
+        out = out.display()
+    );
+    let run = run_sh(&home, &[], &script);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(wait_for(Duration::from_secs(10), || out.exists()));
+    std::thread::sleep(Duration::from_millis(300));
+    let got = std::fs::read_to_string(&out).unwrap();
+    assert!(got.contains("run_confined"), "{got}");
+    assert!(!got.contains("\"secrets\""), "{got}");
 }
