@@ -77,26 +77,7 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts the echo server with a fresh test CA and a leaf for localhost.
     fn start(dir: &Path) -> Self {
-        let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
-        let ca = dir.join("upstream-ca.pem");
-        let cert = dir.join("upstream.pem");
-        let key = dir.join("upstream.key");
-        let log = dir.join("upstream.log");
-        std::fs::write(&ca, &identity.ca_pem).unwrap();
-        std::fs::write(&cert, &identity.cert_pem).unwrap();
-        std::fs::write(&key, &identity.key_pem).unwrap();
-        let mut child = Command::new("python3")
-            .args(["-c", ECHO_SERVER])
-            .args([&cert, &key, &log])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("echo server port");
+        let (child, port, ca, log) = common::start_tls_python(dir, ECHO_SERVER);
         Self {
             child,
             port,
@@ -287,7 +268,7 @@ fn curl_placeholders_are_swapped_only_toward_granted_hosts() {
 }
 
 #[test]
-fn strict_mode_and_metadata_are_blocked_with_a_reason() {
+fn strict_mode_blocks_unnamed_hosts_with_a_reason() {
     let (home, upstream) = setup("");
     let run = home.run(&[
         "run",
@@ -324,8 +305,16 @@ fn strict_mode_and_metadata_are_blocked_with_a_reason() {
         &upstream.url("/ok"),
     ]);
     assert_eq!(ok.stdout, "200", "{ok:?}");
+}
 
-    // Metadata stays blocked even when allowed.
+/// Metadata stays blocked even when allowed; run in a network namespace
+/// with only loopback, so a regression cannot reach a real endpoint.
+#[test]
+fn metadata_stays_blocked_even_when_allowed() {
+    if common::rerun_without_network("metadata_stays_blocked_even_when_allowed") {
+        return;
+    }
+    let (home, _upstream) = setup("");
     let meta = home.run(&[
         "run",
         "--network",
@@ -483,25 +472,29 @@ fn exit_status_and_signals_pass_through() {
         home.run(&["run", "--", "sh", "-c", "kill -TERM $$"]).code,
         143
     );
-    // SIGTERM to `keyward run` reaches the child (once its trap is set).
-    let ready = home.path.parent().unwrap().join("trap-set");
-    let child = home
-        .cmd(&[
-            "run",
-            "--",
-            "sh",
-            "-c",
-            &format!(
-                "trap 'exit 42' TERM; : > '{}'; sleep 30 & wait",
-                ready.display()
-            ),
-        ])
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(30), || ready.exists()));
-    common::signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(42));
+    // SIGTERM to `keyward run` reaches the child (once its trap is set);
+    // so does SIGQUIT (Ctrl-\), which must not kill the wrapper and leave
+    // the program's processes outside their run.
+    for (sig, code) in [("TERM", 42), ("QUIT", 33)] {
+        let ready = home.path.parent().unwrap().join(format!("trap-set-{sig}"));
+        let child = home
+            .cmd(&[
+                "run",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "trap 'exit {code}' {sig}; : > '{}'; sleep 30 & wait",
+                    ready.display()
+                ),
+            ])
+            .spawn()
+            .unwrap();
+        assert!(wait_for(Duration::from_secs(30), || ready.exists()));
+        common::signal(child.id(), sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{sig}");
+    }
     let missing = home.run(&["run", "--", "/nonexistent/program"]);
     assert_eq!(missing.code, 1);
     assert!(
@@ -1810,31 +1803,6 @@ open("{log}", "w").write(f"ppid={{os.getppid()}} " + s.recv(4096).decode(errors=
     assert!(!seen.contains("\"secrets\""), "the hopper escaped: {seen}");
     assert!(seen.is_empty() || seen.contains("run_confined"), "{seen}");
     assert_eq!(home.run(&["status"]).code, 0, "the daemon outlived the run");
-}
-
-/// Ctrl-\ reaches the program; it does not kill `keyward run` and leave the
-/// program's processes outside their run.
-#[test]
-fn sigquit_is_forwarded_not_fatal_to_the_wrapper() {
-    let (home, _upstream) = setup("");
-    let ready = home.path.parent().unwrap().join("quit-trap-set");
-    let child = home
-        .cmd(&[
-            "run",
-            "--",
-            "sh",
-            "-c",
-            &format!(
-                "trap 'exit 33' QUIT; : > '{}'; sleep 30 & wait",
-                ready.display()
-            ),
-        ])
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(30), || ready.exists()));
-    common::signal(child.id(), "QUIT");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(33), "{out:?}");
 }
 
 /// A child that waits for each step of the test before its next request.

@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -131,32 +130,6 @@ impl Drop for System {
     }
 }
 
-fn start_upstream(dir: &Path) -> (Child, u16, PathBuf, PathBuf) {
-    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
-    let (ca, cert, key, log) = (
-        dir.join("upstream-ca.pem"),
-        dir.join("upstream.pem"),
-        dir.join("upstream.key"),
-        dir.join("upstream.log"),
-    );
-    std::fs::write(&ca, &identity.ca_pem).unwrap();
-    std::fs::write(&cert, &identity.cert_pem).unwrap();
-    std::fs::write(&key, &identity.key_pem).unwrap();
-    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut child = Command::new("python3")
-        .args(["-c", UPSTREAM])
-        .args([&cert, &key, &log])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().parse().unwrap(), ca, log)
-}
-
 #[test]
 fn a_system_daemon_serves_named_users_who_cannot_read_its_files() {
     if !is_root() {
@@ -174,7 +147,8 @@ fn a_system_daemon_serves_named_users_who_cannot_read_its_files() {
     let exe = root.path().join("keyward");
     std::fs::copy(BIN, &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (upstream, port, upstream_ca, upstream_log) = start_upstream(root.path());
+    let (upstream, port, upstream_ca, upstream_log) =
+        common::start_tls_python(root.path(), UPSTREAM);
     let sys = System {
         root,
         exe,

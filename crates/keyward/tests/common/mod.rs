@@ -295,3 +295,72 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// Starts `python3 -c SCRIPT CERT KEY LOG`: a TLS test server with a fresh
+/// test CA and a leaf for localhost, which prints its port on its first
+/// line. Returns the child, the port, the CA file (0644, for the daemon's
+/// `proxy.upstream_ca`) and the log path.
+pub fn start_tls_python(dir: &Path, script: &str) -> (std::process::Child, u16, PathBuf, PathBuf) {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
+    let (ca, cert, key, log) = (
+        dir.join("upstream-ca.pem"),
+        dir.join("upstream.pem"),
+        dir.join("upstream.key"),
+        dir.join("upstream.log"),
+    );
+    std::fs::write(&ca, &identity.ca_pem).unwrap();
+    std::fs::write(&cert, &identity.cert_pem).unwrap();
+    std::fs::write(&key, &identity.key_pem).unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .args([&cert, &key, &log])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the test server's port");
+    (child, port, ca, log)
+}
+
+const WITHOUT_NETWORK_VAR: &str = "KEYWARD_TEST_WITHOUT_NETWORK";
+
+/// For tests that name metadata or link-local addresses: the calling test
+/// (`test`, its name) is run again, alone, in a private network namespace
+/// with only loopback up (`unshare -n`, plus a user namespace when not
+/// root), so a proxy that wrongly connects cannot send a packet off the
+/// machine. Returns true in the outer run (which asserts the inner one
+/// passed): the caller then returns.
+pub fn rerun_without_network(test: &str) -> bool {
+    if std::env::var_os(WITHOUT_NETWORK_VAR).is_some() {
+        return false;
+    }
+    let flags = if keyward_sys::effective_uid() == 0 {
+        "-n"
+    } else {
+        "-rn"
+    };
+    let run = Run::from(
+        Command::new("unshare")
+            .args([flags, "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(WITHOUT_NETWORK_VAR, "1")
+            .output()
+            .expect("unshare (util-linux) runs"),
+    );
+    assert!(
+        run.code == 0 && run.stdout.contains("1 passed"),
+        "{test} failed inside its network namespace (exit {}):\n{}\n{}",
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    true
+}
