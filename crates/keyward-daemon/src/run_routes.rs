@@ -183,7 +183,6 @@ impl Authority {
                         grant: name.clone(),
                         hosts,
                         sealed: e == ResolveError::Sealed,
-                        reason: e.to_string(),
                     });
                     failures.push((name.clone(), e));
                 }

@@ -140,10 +140,9 @@ pub struct Withheld {
     /// Its hosts.
     pub hosts: Vec<GrantHost>,
     /// Whether the cause is a sealed vault (423) rather than a secret that
-    /// does not resolve (503).
+    /// does not resolve (503). The detail stays in the daemon's log: a
+    /// backend's error text is not the child's to read.
     pub sealed: bool,
-    /// Why, for people (never a secret).
-    pub reason: String,
 }
 
 impl RunContext {
@@ -792,7 +791,12 @@ impl Proxy {
                 &format!(
                     "keyward did not send this request: the secret of grant {} is unavailable ({}); \
                      nothing was sent to {host}:{port}\n",
-                    w.grant, w.reason
+                    w.grant,
+                    if w.sealed {
+                        "the vault is sealed: `keyward vault unseal`"
+                    } else {
+                        "see the daemon log"
+                    }
                 ),
             );
         }
