@@ -12,7 +12,8 @@ use keyward_api::Decision;
 use keyward_evidence::{EvidenceLog, Kind};
 use serde_json::json;
 
-use crate::server::ProxyBody;
+use crate::body::ProxyBody;
+use crate::refusal::Fault;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -51,6 +52,32 @@ pub struct EgressEvent {
     pub blocked: Option<String>,
     /// The policy decision, when the policy was consulted.
     pub decision: Option<PolicyDecision>,
+    /// How the request came in.
+    pub via: Via,
+    /// Whose doing it was, when the request was refused or failed.
+    pub fault: Option<Fault>,
+}
+
+/// How a request reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `HTTPS_PROXY` / `HTTP_PROXY`: CONNECT or absolute-form.
+    Proxy,
+    /// A stream the run's fd broker minted.
+    Broker,
+    /// A grant's base-URL endpoint.
+    BaseUrl,
+}
+
+impl Via {
+    /// The word in evidence and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Proxy => "proxy",
+            Via::Broker => "broker",
+            Via::BaseUrl => "base_url",
+        }
+    }
 }
 
 /// Where events go.
@@ -90,6 +117,8 @@ pub fn log_event(event: &EgressEvent, evidence_ref: Option<&str>) {
         injected = event.injected.join(","),
         blocked = event.blocked.as_deref().unwrap_or(""),
         rule = event.decision.as_ref().map_or("", |d| d.rule_id.as_str()),
+        via = event.via.as_str(),
+        fault = event.fault.map_or("", Fault::as_str),
         evidence = evidence_ref.unwrap_or(""),
         "egress"
     );
@@ -108,6 +137,8 @@ impl EgressSink for EvidenceSink {
             "response": {"status": event.status, "bytes": event.bytes},
             "injected": event.injected,
             "blocked": event.blocked,
+            "fault": event.fault.map(Fault::as_str),
+            "via": event.via.as_str(),
             "decision": event.decision.as_ref().map(|d| json!({
                 "decision": d.decision, "rule_id": d.rule_id, "policy_id": d.policy_id,
             })),

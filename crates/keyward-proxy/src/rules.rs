@@ -174,6 +174,13 @@ impl GrantHost {
     pub fn matches_host(&self, host: &str) -> bool {
         self.pattern.matches(host)
     }
+
+    /// The one destination this names over TLS (`host`, port or 443);
+    /// `None` for a wildcard, which names no single host.
+    pub fn tls_destination(&self) -> Option<(&str, u16)> {
+        let host = self.pattern.exact.as_deref()?;
+        Some((host, self.port.unwrap_or(443)))
+    }
 }
 
 /// Names that are denied whatever a run allows: cloud metadata services

@@ -1,0 +1,132 @@
+//! Streams minted by a run's fd broker: no port, no token, no CA on the
+//! child's side. The child speaks plain HTTP/1.1 on the stream as to a
+//! reverse proxy; `Host` names the grant host (or, without one, the run's
+//! single grant's host), and the request goes over TLS to it through the
+//! same pipeline. The stream belongs to the run whose broker minted it:
+//! attribution is by construction, and evidence says `via: broker`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use crate::body::{ProxyBody, text};
+use crate::context::RunContext;
+use crate::events::Via;
+use crate::proxy::Proxy;
+use crate::record::Target;
+use crate::refusal::Refusal;
+
+impl Proxy {
+    /// Serves one broker stream of the run holding `token` until the child
+    /// closes it (or the run ends: every request checks the run again).
+    pub async fn serve_broker_stream(self: Arc<Self>, stream: UnixStream, token: String) {
+        let proxy = self.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            let token = token.clone();
+            async move {
+                let Some(run) = proxy.authority.authenticate(&token).await else {
+                    return Ok::<_, Infallible>(text(
+                        StatusCode::GONE,
+                        "keyward: this broker stream's run has ended\n",
+                    ));
+                };
+                Ok(proxy.broker_request(&run, req).await)
+            }
+        });
+        let conn = self.http1().serve_connection(TokioIo::new(stream), svc);
+        if let Err(e) = drained!(self.drain, conn) {
+            tracing::debug!("broker stream ended: {e}");
+        }
+    }
+
+    async fn broker_request(
+        &self,
+        run: &RunContext,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let named = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| hyper::http::uri::Authority::try_from(v.as_bytes()).ok())
+            .or_else(|| req.uri().authority().cloned());
+        let target = match &named {
+            Some(authority) => Target {
+                tls: true,
+                host: authority.host().trim_end_matches('.').to_ascii_lowercase(),
+                port: authority.port_u16().unwrap_or(443),
+            },
+            None => {
+                let mut grants = run
+                    .credentials
+                    .iter()
+                    .map(|c| &c.hosts)
+                    .chain(run.withheld.iter().map(|w| &w.hosts));
+                let only = match (grants.next(), grants.next()) {
+                    (Some(hosts), None) => hosts.iter().find_map(|h| h.tls_destination()),
+                    _ => None,
+                };
+                match only {
+                    Some((host, port)) => Target {
+                        tls: true,
+                        host: host.to_owned(),
+                        port,
+                    },
+                    None => {
+                        let target = Target {
+                            tls: true,
+                            host: String::new(),
+                            port: 0,
+                        };
+                        let event =
+                            self.event(run, Via::Broker, req.method().as_str(), &target, "");
+                        return self.refuse(
+                            event,
+                            Refusal::child(
+                                StatusCode::BAD_REQUEST,
+                                "broker.no_host",
+                                "keyward: send a Host header naming one of the run's grant hosts \
+                                 (the run has more than one grant, or its grant names only wildcards)\n"
+                                    .to_owned(),
+                            ),
+                        );
+                    }
+                }
+            }
+        };
+        let granted = run
+            .credentials
+            .iter()
+            .map(|c| &c.hosts)
+            .chain(run.withheld.iter().map(|w| &w.hosts))
+            .flatten()
+            .any(|h| h.matches(&target.host, target.port, true));
+        if !granted {
+            let event = self.event(
+                run,
+                Via::Broker,
+                req.method().as_str(),
+                &target,
+                req.uri().path(),
+            );
+            return self.refuse(
+                event,
+                Refusal::child(
+                    StatusCode::FORBIDDEN,
+                    "broker.host_not_granted",
+                    format!(
+                        "keyward: the broker reaches only the hosts of the run's grants, and {}:{} is none of them\n",
+                        target.host, target.port
+                    ),
+                ),
+            );
+        }
+        self.forward(run, &target, Via::Broker, req).await
+    }
+}

@@ -1,0 +1,211 @@
+//! request_filter: the network rules, the policy, and the checks that
+//! decide whether a credential may go to this destination at all.
+
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
+use keyward_api::{Decision, EvaluateRequest, Network};
+
+use crate::context::{Credential, RunContext, Scope};
+use crate::events::PolicyDecision;
+use crate::record::Target;
+use crate::refusal::Refusal;
+use crate::rules::is_metadata;
+
+/// The network rules: metadata endpoints always denied; in strict mode
+/// only hosts the run names.
+pub(crate) fn network_check(run: &RunContext, target: &Target) -> Result<(), Refusal> {
+    let (host, port) = (&target.host, target.port);
+    if is_metadata(host) {
+        return Err(Refusal::child(
+            StatusCode::FORBIDDEN,
+            "network.metadata",
+            format!(
+                "keyward blocked {host}: cloud metadata endpoints are always denied (they hand out credentials)\n"
+            ),
+        ));
+    }
+    if run.network == Network::Strict && !run.names_host(host, port) {
+        return Err(Refusal::child(
+            StatusCode::FORBIDDEN,
+            "network.strict",
+            format!(
+                "keyward blocked {host}:{port}: this run is in strict network mode and {host} is not allowed; \
+                 rerun with `--allow {host}` or add a grant for it\n"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The policy step: the request as `http_request` with target
+/// `host[:port]/path` and the method as operation. The run's own allow
+/// list comes ahead of the pack: a host the run names is allowed unless a
+/// rule of the pack blocks it or asks for approval explicitly.
+pub(crate) fn policy_check(
+    run: &RunContext,
+    method: &str,
+    target: &Target,
+    path: &str,
+) -> (Option<PolicyDecision>, Result<(), Refusal>) {
+    let Some(policy) = &run.policy else {
+        return (None, Ok(()));
+    };
+    let (host, port) = (&target.host, target.port);
+    let subject = if port == 443 || port == 80 {
+        format!("{host}{path}")
+    } else {
+        format!("{host}:{port}{path}")
+    };
+    let req = EvaluateRequest {
+        action_type: "http_request".to_owned(),
+        target: Some(subject),
+        requested_operation: Some(method.to_owned()),
+        session_id: Some(run.run_id.clone()),
+        ..EvaluateRequest::default()
+    };
+    let verdict = policy.evaluate(&req);
+    let (decision, rule_id) =
+        if verdict.decision() != Decision::Allow && !verdict.explicit && run.names_host(host, port)
+        {
+            (Decision::Allow, "network.allow")
+        } else {
+            (verdict.decision(), verdict.rule.id.as_str())
+        };
+    let recorded = PolicyDecision {
+        decision,
+        rule_id: rule_id.to_owned(),
+        policy_id: policy.id().to_owned(),
+    };
+    let outcome = match decision {
+        Decision::Allow => Ok(()),
+        Decision::Block => Err(Refusal::child(
+            StatusCode::FORBIDDEN,
+            rule_id,
+            format!(
+                "keyward blocked {method} {host}{path}: policy {} rule {rule_id}: {}\n",
+                policy.id(),
+                verdict.rule.reason
+            ),
+        )),
+        Decision::RequireApproval => Err(Refusal::child(
+            StatusCode::FORBIDDEN,
+            rule_id,
+            format!(
+                "keyward blocked {method} {host}{path}: policy {} rule {rule_id} requires approval{}: {}\n",
+                policy.id(),
+                verdict
+                    .rule
+                    .approver_group
+                    .as_deref()
+                    .map(|g| format!(" by {g}"))
+                    .unwrap_or_default(),
+                verdict.rule.reason
+            ),
+        )),
+    };
+    (Some(recorded), outcome)
+}
+
+/// Where each of the run's credentials may go for this request; a
+/// credential for this destination that may not go in clear refuses the
+/// request, and so does a grant for it whose secret is unavailable now
+/// (rather than sending the request without it).
+pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec<Scope>, Refusal> {
+    let (host, port, tls) = (&target.host, target.port, target.tls);
+    let scopes: Vec<Scope> = run
+        .credentials
+        .iter()
+        .map(|c| c.scope(host, port, tls))
+        .collect();
+    if let Some(cred) = run
+        .credentials
+        .iter()
+        .zip(&scopes)
+        .find_map(|(c, s)| (*s == Scope::Cleartext).then_some(c))
+    {
+        return Err(plaintext_refused(cred, host, port));
+    }
+    if let Some(w) = run
+        .withheld
+        .iter()
+        .find(|w| w.hosts.iter().any(|h| h.matches(host, port, tls)))
+    {
+        let (status, rule) = if w.sealed {
+            (StatusCode::LOCKED, "vault_sealed")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "secret_unavailable")
+        };
+        return Err(Refusal::keyward(
+            status,
+            rule,
+            format!(
+                "keyward did not send this request: the secret of grant {} is unavailable ({}); \
+                 nothing was sent to {host}:{port}\n",
+                w.grant,
+                if w.sealed {
+                    "the vault is sealed: `keyward vault unseal`"
+                } else {
+                    "see the daemon log"
+                }
+            ),
+        ));
+    }
+    Ok(scopes)
+}
+
+/// A refusal of a request that would carry a grant's secret in clear.
+fn plaintext_refused(cred: &Credential, host: &str, port: u16) -> Refusal {
+    Refusal::child(
+        StatusCode::FORBIDDEN,
+        "plaintext_refused",
+        format!(
+            "keyward refused to send grant {}'s secret to {host}:{port} unencrypted; use https://, \
+             or set `plaintext = true` in [grants.{}] if this host only speaks plain HTTP\n",
+            cred.grant, cred.grant
+        ),
+    )
+}
+
+/// The request's `Host` and URI authority (`:authority` in HTTP/2) must
+/// name the destination the grant matched: a front end that routes by
+/// `Host` would otherwise take the secret to another tenant.
+pub(crate) fn authority_check(
+    parts: &hyper::http::request::Parts,
+    target: &Target,
+) -> Result<(), Refusal> {
+    let (host, port) = (&target.host, target.port);
+    let names_target = |claimed: &[u8]| {
+        let Ok(authority) = hyper::http::uri::Authority::try_from(claimed) else {
+            return false;
+        };
+        let default_port = if target.tls { 443 } else { 80 };
+        !authority.as_str().contains('@')
+            && authority.port_u16().unwrap_or(default_port) == port
+            && authority
+                .host()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(host.trim_end_matches('.'))
+    };
+    let uri_authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    let claimed = uri_authority.into_iter().chain(
+        parts
+            .headers
+            .get_all(header::HOST)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    for name in claimed {
+        if !names_target(name) {
+            return Err(Refusal::child(
+                StatusCode::FORBIDDEN,
+                "host_mismatch",
+                format!(
+                    "keyward refused this request: it goes to {host}:{port}, where a grant's secret is injected, \
+                     but names {:?} as its host; send it with the host it is addressed to\n",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! upstream_request_filter: what goes upstream. Placeholders are swapped
+//! for secrets and credentials injected only toward the destinations their
+//! grants name; hop-by-hop headers (the run token among them) are removed;
+//! request bodies are buffered only where a placeholder may need swapping.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::context::{Credential, RunContext, Scope};
+use crate::record::Target;
+use crate::refusal::Refusal;
+use crate::rules::Injection;
+
+/// Swaps the placeholders in the request's headers and URL for the
+/// secrets of the grants that may go to `target`, and injects those
+/// grants' credentials. A placeholder of a grant that may not go there
+/// refuses the request. Returns the grants whose secrets went in.
+pub(crate) fn inject<'r>(
+    run: &'r RunContext,
+    scopes: &[Scope],
+    target: &Target,
+    headers: &mut hyper::HeaderMap,
+    path_and_query: &mut String,
+) -> Result<Vec<&'r str>, Refusal> {
+    let mut injected: Vec<&str> = Vec::new();
+    for (cred, scope) in run.credentials.iter().zip(scopes) {
+        let Some(placeholder) = &cred.placeholder else {
+            continue;
+        };
+        let in_headers = headers.values().any(|v| {
+            v.as_bytes()
+                .windows(placeholder.len())
+                .any(|w| w == placeholder.as_bytes())
+        });
+        let in_uri = path_and_query.contains(placeholder.as_str());
+        if !(in_headers || in_uri) {
+            continue;
+        }
+        if *scope != Scope::Allowed {
+            return Err(Refusal::child(
+                StatusCode::FORBIDDEN,
+                "placeholder_wrong_host",
+                format!(
+                    "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {}:{}\n",
+                    cred.grant, target.host, target.port
+                ),
+            ));
+        }
+        let secret = cred.secret.expose_secret();
+        replace_in_headers(headers, placeholder.as_bytes(), secret.as_bytes());
+        *path_and_query = path_and_query.replace(placeholder.as_str(), secret);
+        injected.push(&cred.grant);
+    }
+    let granted = run.credentials.iter().zip(&run.headers).zip(scopes);
+    for ((cred, prepared), _) in granted.filter(|(_, scope)| **scope == Scope::Allowed) {
+        match (&cred.inject, prepared) {
+            (Injection::Query { param }, _) => {
+                let secret = cred.secret.expose_secret();
+                *path_and_query = set_query_param(path_and_query, param, secret);
+            }
+            (_, Some((name, value))) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            (_, None) => continue,
+        }
+        if !injected.contains(&cred.grant.as_str()) {
+            injected.push(&cred.grant);
+        }
+    }
+    Ok(injected)
+}
+
+/// Request bodies, for grants with `substitute_body`: swap the
+/// placeholders of those that may go to this destination; refuse a
+/// placeholder of any other (403); refuse a placeholder in a body too
+/// large to buffer (413, when the upload reaches it). Bodiless requests
+/// and runs without such grants pass through untouched.
+pub(crate) async fn request_body<'r>(
+    run: &'r RunContext,
+    scopes: &[Scope],
+    host: &str,
+    max_substitution_body: usize,
+    parts: &mut hyper::http::request::Parts,
+    body: Incoming,
+) -> Result<(ProxyBody, Vec<&'r str>), Refusal> {
+    use hyper::body::Body as _;
+    if run.body_placeholders.is_empty() || body.is_end_stream() {
+        return Ok((
+            body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            Vec::new(),
+        ));
+    }
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut complete = false;
+    while buf.len() <= max_substitution_body {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Refusal::child(
+                    StatusCode::BAD_REQUEST,
+                    "request_body_unreadable",
+                    format!("keyward could not read the request body: {e}\n"),
+                ));
+            }
+            None => {
+                complete = true;
+                break;
+            }
+        }
+    }
+    if !complete {
+        // Too large to buffer: stream it, but fail the upload if a
+        // placeholder appears, before its last byte leaves.
+        let prefix = buf.freeze();
+        // The length is unchanged: nothing is substituted on this path.
+        let guarded = Guarded::new(prefix, body, run.body_placeholders.clone());
+        return Ok((guarded.boxed(), Vec::new()));
+    }
+    let mut bytes = buf.to_vec();
+    let mut used = Vec::new();
+    for (cred, scope) in run.credentials.iter().zip(scopes) {
+        let Some(placeholder) = cred.placeholder.as_ref().filter(|_| cred.substitute_body) else {
+            continue;
+        };
+        let found = bytes
+            .windows(placeholder.len())
+            .any(|w| w == placeholder.as_bytes());
+        if !found {
+            continue;
+        }
+        if *scope != Scope::Allowed {
+            return Err(Refusal::child(
+                StatusCode::FORBIDDEN,
+                "placeholder_wrong_host",
+                format!(
+                    "keyward refused this request: its body carries the placeholder of grant {}, whose secret may not go to {host}\n",
+                    cred.grant
+                ),
+            ));
+        }
+        bytes = replace_bytes(
+            &bytes,
+            placeholder.as_bytes(),
+            cred.secret.expose_secret().as_bytes(),
+        );
+        used.push(cred.grant.as_str());
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if let Ok(len) = HeaderValue::from_str(&bytes.len().to_string()) {
+        parts.headers.insert(header::CONTENT_LENGTH, len);
+    }
+    Ok((
+        Full::new(Bytes::from(bytes))
+            .map_err(|never| match never {})
+            .boxed(),
+        used,
+    ))
+}
+
+pub(crate) fn large_body_message(max: usize) -> String {
+    format!(
+        "keyward refused this request: its body is over proxy.max_substitution_body ({max} bytes) and \
+         carries a placeholder, which would have been sent unreplaced; send a smaller body or raise the limit\n"
+    )
+}
+
+/// The error a [`Guarded`] body fails with.
+#[derive(Debug)]
+struct PlaceholderInLargeBody;
+
+impl std::fmt::Display for PlaceholderInLargeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a placeholder in a request body over proxy.max_substitution_body")
+    }
+}
+
+impl std::error::Error for PlaceholderInLargeBody {}
+
+pub(crate) fn is_large_body_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<PlaceholderInLargeBody>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// Streams a large request body, failing it if a placeholder appears; a
+/// carry of one byte less than the longest placeholder is held back so a
+/// whole placeholder never leaves.
+struct Guarded {
+    prefix: Option<Bytes>,
+    inner: Incoming,
+    needles: Arc<Vec<Vec<u8>>>,
+    carry: Vec<u8>,
+    keep: usize,
+    done: bool,
+}
+
+impl Guarded {
+    fn new(prefix: Bytes, inner: Incoming, needles: Arc<Vec<Vec<u8>>>) -> Self {
+        let keep = needles
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        Self {
+            prefix: Some(prefix),
+            inner,
+            needles,
+            carry: Vec::new(),
+            keep,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, data: &[u8]) -> Result<Option<Bytes>, BoxError> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(data);
+        if self
+            .needles
+            .iter()
+            .any(|n| buf.windows(n.len()).any(|w| w == n.as_slice()))
+        {
+            return Err(Box::new(PlaceholderInLargeBody));
+        }
+        let split = buf.len().saturating_sub(self.keep);
+        self.carry = buf.split_off(split);
+        Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
+    }
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use hyper::body::Frame;
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            match this.check(&prefix) {
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+        loop {
+            if this.done {
+                if this.carry.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let rest = std::mem::take(&mut this.carry);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        match this.check(&data) {
+                            Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                            Ok(None) => {}
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names: they concern this hop only, and HTTP/2
+/// forbids them. `Proxy-Authorization` (the run token) never goes upstream.
+/// `TE: trailers` is kept (gRPC needs it; the proxy relays trailers).
+pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// `hay` with every `needle` replaced by `with`.
+fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Swaps a placeholder for its secret in every header value (a value that
+/// would become invalid is left as it was).
+fn replace_in_headers(headers: &mut hyper::HeaderMap, placeholder: &[u8], secret: &[u8]) {
+    for value in headers.values_mut() {
+        if value
+            .as_bytes()
+            .windows(placeholder.len())
+            .any(|w| w == placeholder)
+            && let Ok(mut v) =
+                HeaderValue::from_bytes(&replace_bytes(value.as_bytes(), placeholder, secret))
+        {
+            v.set_sensitive(true);
+            *value = v;
+        }
+    }
+}
+
+/// The header a header or basic-auth credential injects (replacing any
+/// the client sent). `None` for query injection, or when the name or the
+/// value cannot be sent in a header (logged, without the value).
+pub(crate) fn injected_header(cred: &Credential) -> Option<(HeaderName, HeaderValue)> {
+    let secret = cred.secret.expose_secret();
+    let (name, value) = match &cred.inject {
+        Injection::Header { name, format } => (
+            HeaderName::from_bytes(name.as_bytes()).ok(),
+            format.replace("{secret}", secret),
+        ),
+        Injection::Basic { username } => {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"));
+            (Some(header::AUTHORIZATION), format!("Basic {encoded}"))
+        }
+        Injection::Query { .. } => return None,
+    };
+    let prepared = name.zip(HeaderValue::from_str(&value).ok());
+    match prepared {
+        Some((name, mut value)) => {
+            value.set_sensitive(true);
+            Some((name, value))
+        }
+        None => {
+            tracing::warn!(
+                grant = cred.grant,
+                "grant's header name or value cannot be sent in HTTP; it is not injected"
+            );
+            None
+        }
+    }
+}
+
+fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let encoded = percent_encode(value);
+    let mut parts: Vec<String> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(param))
+        .map(str::to_owned)
+        .collect();
+    parts.push(format!("{param}={encoded}"));
+    format!("{path}?{}", parts.join("&"))
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! The proxy: its settings, collaborators and upstream client. Requests
+//! come in through `accept` (the forward proxy and CONNECT), `broker` (a
+//! run's fd broker) and `base_url` (a grant's plain-HTTP endpoint), and all
+//! go through the one pipeline in `pipeline`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::ca::CertificateAuthority;
+use crate::context::RunAuthority;
+use crate::drain::Drain;
+use crate::events::{EgressSink, LogSink};
+use crate::resolve::{UpstreamClient, build_client};
+
+/// The proxy.
+pub struct Proxy {
+    pub(crate) options: ProxyOptions,
+    pub(crate) ca: Arc<CertificateAuthority>,
+    pub(crate) authority: Arc<dyn RunAuthority>,
+    /// Built on first use: loading the system roots is slow, and start-up
+    /// should not wait for it.
+    client: std::sync::OnceLock<UpstreamClient>,
+    /// `proxy.upstream_ca`, read (and checked) at construction.
+    extra_roots: Vec<CertificateDer<'static>>,
+    pub(crate) events: Arc<dyn EgressSink>,
+    pub(crate) drain: Arc<Drain>,
+}
+
+/// Which CONNECT tunnels are intercepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Intercept {
+    /// Every tunnel: policy sees every request.
+    #[default]
+    All,
+    /// Only tunnels to hosts a grant of the run names; others are relayed
+    /// byte for byte after the network check.
+    Granted,
+}
+
+/// Proxy settings beyond its collaborators.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyOptions {
+    /// Request bodies up to this size are buffered so placeholders in them
+    /// can be swapped; a larger body that carries one is refused (413).
+    pub max_substitution_body: usize,
+    /// Which tunnels are intercepted.
+    pub intercept: Intercept,
+    /// How long a stopping proxy lets requests in flight finish.
+    pub drain_timeout: Duration,
+    /// How long a client may take to send a request head (HTTP/1.1; also
+    /// how long an idle keep-alive connection waits for its next request)
+    /// or to finish the TLS handshake of an intercepted tunnel.
+    pub header_read_timeout: Duration,
+    /// How long an HTTP/2 connection with no request in flight and no
+    /// traffic stays open.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long connecting to an upstream may take.
+    pub connect_timeout: Duration,
+    /// How long an upstream may take to answer with its response head.
+    pub response_header_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            max_substitution_body: 1 << 20,
+            intercept: Intercept::All,
+            drain_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 1024,
+            connect_timeout: Duration::from_secs(30),
+            response_header_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProxyError(String);
+
+impl Proxy {
+    /// A proxy signing with `ca`, asking `authority` about tokens, and
+    /// trusting the system roots plus `upstream_ca` upstream.
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        authority: Arc<dyn RunAuthority>,
+        upstream_ca: &[PathBuf],
+    ) -> Result<Self, ProxyError> {
+        Self::with_options(ca, authority, upstream_ca, ProxyOptions::default())
+    }
+
+    /// Like [`Proxy::new`], with explicit [`ProxyOptions`].
+    pub fn with_options(
+        ca: Arc<CertificateAuthority>,
+        authority: Arc<dyn RunAuthority>,
+        upstream_ca: &[PathBuf],
+        options: ProxyOptions,
+    ) -> Result<Self, ProxyError> {
+        let mut extra_roots = Vec::new();
+        for path in upstream_ca {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| {
+                    ProxyError(format!(
+                        "cannot read proxy.upstream_ca {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            for cert in certs {
+                rustls::RootCertStore::empty()
+                    .add(cert.clone())
+                    .map_err(|e| {
+                        ProxyError(format!("bad certificate in {}: {e}", path.display()))
+                    })?;
+                extra_roots.push(cert);
+            }
+        }
+        // Warm the system roots now, on their own thread.
+        std::thread::spawn(|| {
+            crate::ca::system_roots();
+        });
+        Ok(Self {
+            options,
+            ca,
+            authority,
+            client: std::sync::OnceLock::new(),
+            extra_roots,
+            events: Arc::new(LogSink),
+            drain: Arc::new(Drain::new()),
+        })
+    }
+
+    /// The pooled upstream client (system roots plus `proxy.upstream_ca`;
+    /// TLS 1.2 or newer, verification always on).
+    pub(crate) fn client(&self) -> &UpstreamClient {
+        self.client.get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
+            roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+            build_client(roots, self.options.connect_timeout)
+        })
+    }
+}
+
+impl Proxy {
+    /// Sends each request's event to `sink` instead of the log.
+    pub fn with_sink(mut self, sink: Arc<dyn EgressSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    /// An HTTP/1.1 server connection with the proxy's header-read timeout.
+    pub(crate) fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.options.header_read_timeout);
+        builder
+    }
+}
