@@ -5,6 +5,7 @@
 //! meaning, and clients ignore fields they do not know.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 mod client;
 mod grant_types;
 mod policy_types;
@@ -16,7 +17,10 @@ mod vault_types;
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
 pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, Severity};
-pub use run_types::{CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo, RunList};
+pub use run_types::{
+    BrokerAttach, BrokerAttached, CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo,
+    RunList,
+};
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
 pub use vault_types::{

@@ -58,6 +58,41 @@ pub struct CreateRunRequest {
     /// (e.g. `landlock ABI 7: fs, tcp, signals, abstract-unix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confinement: Option<String>,
+    /// The program reaches the proxy only through an fd broker
+    /// (`keyward run --broker fd`): its environment gets no proxy URL, no
+    /// token and no CA variables, only `KEYWARD_BROKER_FD`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker: bool,
+    /// Each grant with a base-URL variable gets a plain-HTTP endpoint on
+    /// loopback, exported in that variable (`keyward run --base-url`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_url: bool,
+}
+
+/// `POST /v1/runs/{id}/broker`: the daemon's end of the run's broker goes
+/// with this request (`SCM_RIGHTS`); the token proves the run is the
+/// caller's. `Debug` never shows the token.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct BrokerAttach {
+    /// The run's token.
+    pub token: String,
+}
+
+impl fmt::Debug for BrokerAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerAttach")
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The answer to `POST /v1/runs/{id}/broker`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerAttached {
+    /// The run.
+    pub run_id: String,
+    /// The broker protocol version (1).
+    pub protocol: u32,
 }
 
 /// The answer to `POST /v1/runs`. `Debug` never shows the token.
@@ -111,6 +146,12 @@ pub struct RunInfo {
     /// What confines the run's processes, as its `keyward run` reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confinement: Option<String>,
+    /// Started with an fd broker (`keyward run --broker fd`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker: bool,
+    /// Started with base-URL endpoints (`keyward run --base-url`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_url: bool,
 }
 
 /// `GET /v1/runs`.

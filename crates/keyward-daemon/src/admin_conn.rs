@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -46,19 +47,71 @@ impl ConnectionBudget {
 }
 
 /// An admitted admin connection: it holds its slot until dropped and ends
-/// with `TimedOut` after [`ADMIN_IDLE_TIMEOUT`] without traffic.
+/// with `TimedOut` after [`ADMIN_IDLE_TIMEOUT`] without traffic. A
+/// descriptor sent with the request bytes (`SCM_RIGHTS`: `keyward run`
+/// handing over its fd broker) waits in its [`FdInbox`] for the handler.
 pub(crate) struct AdminConn {
     inner: UnixStream,
     _slot: OwnedSemaphorePermit,
     idle: Pin<Box<Sleep>>,
+    inbox: FdInbox,
+}
+
+/// Descriptors received on one admin connection: at most one is kept
+/// (more are closed at once), and it is closed with the connection unless
+/// a handler takes it.
+#[derive(Clone, Default)]
+pub(crate) struct FdInbox(Arc<std::sync::Mutex<Option<OwnedFd>>>);
+
+impl std::fmt::Debug for FdInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FdInbox")
+    }
+}
+
+impl FdInbox {
+    /// The descriptor sent on this connection, if any (once).
+    pub(crate) fn take(&self) -> Option<OwnedFd> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn put(&self, fds: Vec<OwnedFd>) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for fd in fds {
+            if slot.is_none() {
+                *slot = Some(fd);
+            }
+        }
+    }
 }
 
 impl AdminConn {
-    pub(crate) fn new(inner: UnixStream, slot: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(inner: UnixStream, slot: OwnedSemaphorePermit, inbox: FdInbox) -> Self {
         Self {
             inner,
             _slot: slot,
             idle: Box::pin(tokio::time::sleep(ADMIN_IDLE_TIMEOUT)),
+            inbox,
+        }
+    }
+
+    /// Reads like `read`, keeping a descriptor that comes with the bytes.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let inner = &self.inner;
+            match inner.try_io(tokio::io::Interest::READABLE, || {
+                keyward_sys::recv_with_fds(inner.as_fd(), unfilled, 1)
+            }) {
+                Ok(got) => {
+                    self.inbox.put(got.fds);
+                    buf.advance(got.len);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 
@@ -86,7 +139,7 @@ impl AsyncRead for AdminConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+        match self.poll_recv(cx, buf) {
             Poll::Ready(result) => {
                 self.active();
                 Poll::Ready(result)

@@ -37,6 +37,14 @@ pub struct GrantConfig {
     /// a granted API stores and returns could otherwise carry the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substitute_body: Option<bool>,
+    /// `keyward run --base-url` sets this variable to the grant's
+    /// plain-HTTP endpoint on loopback (e.g. `ANTHROPIC_BASE_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url_env: Option<String>,
+    /// A path the base URL ends with, where the tool expects one (`/v1`
+    /// for OpenAI's SDKs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url_path: Option<String>,
 }
 
 /// `inject = { header = "...", format = "..." }`, `{ basic = { username = "..." } }`
@@ -104,6 +112,9 @@ pub struct Grant {
     pub plaintext: bool,
     /// Whether the placeholder is swapped in request bodies.
     pub substitute_body: bool,
+    /// The variable `keyward run --base-url` sets to the grant's endpoint,
+    /// and the path that URL ends with.
+    pub base_url: Option<(String, String)>,
 }
 
 /// The built-in presets, as config tables.
@@ -113,14 +124,17 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
         format: Some(format.to_owned()),
         ..Default::default()
     };
-    let preset = |hosts: &[&str], inject: InjectConfig, env: &str| GrantConfig {
-        preset: None,
-        secret: None,
-        hosts: Some(hosts.iter().map(|h| (*h).to_owned()).collect()),
-        inject: Some(inject),
-        placeholder_env: Some(env.to_owned()),
-        ..GrantConfig::default()
-    };
+    let preset =
+        |hosts: &[&str], inject: InjectConfig, env: &str, base: (&str, &str)| GrantConfig {
+            base_url_env: (!base.0.is_empty()).then(|| base.0.to_owned()),
+            base_url_path: (!base.1.is_empty()).then(|| base.1.to_owned()),
+            preset: None,
+            secret: None,
+            hosts: Some(hosts.iter().map(|h| (*h).to_owned()).collect()),
+            inject: Some(inject),
+            placeholder_env: Some(env.to_owned()),
+            ..GrantConfig::default()
+        };
     BTreeMap::from([
         (
             "github",
@@ -128,6 +142,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
                 &["api.github.com", "github.com", "*.githubusercontent.com"],
                 header("Authorization", "Bearer {secret}"),
                 "GH_TOKEN",
+                ("GITHUB_API_URL", ""),
             ),
         ),
         (
@@ -136,6 +151,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
                 &["gitlab.com", "*.gitlab.com"],
                 header("PRIVATE-TOKEN", "{secret}"),
                 "GITLAB_TOKEN",
+                ("", ""),
             ),
         ),
         (
@@ -144,6 +160,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
                 &["api.anthropic.com"],
                 header("x-api-key", "{secret}"),
                 "ANTHROPIC_API_KEY",
+                ("ANTHROPIC_BASE_URL", ""),
             ),
         ),
         (
@@ -152,6 +169,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
                 &["api.openai.com"],
                 header("Authorization", "Bearer {secret}"),
                 "OPENAI_API_KEY",
+                ("OPENAI_BASE_URL", "/v1"),
             ),
         ),
         (
@@ -160,6 +178,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
                 &["registry.npmjs.org"],
                 header("Authorization", "Bearer {secret}"),
                 "NPM_TOKEN",
+                ("NPM_CONFIG_REGISTRY", "/"),
             ),
         ),
         (
@@ -173,6 +192,7 @@ pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
                     ..Default::default()
                 },
                 "TWINE_PASSWORD",
+                ("", ""),
             ),
         ),
     ])
@@ -232,6 +252,8 @@ fn merge(base: Option<&GrantConfig>, over: &GrantConfig) -> GrantConfig {
         placeholder_env: over.placeholder_env.clone().or(base.placeholder_env),
         plaintext: over.plaintext.or(base.plaintext),
         substitute_body: over.substitute_body.or(base.substitute_body),
+        base_url_env: over.base_url_env.clone().or(base.base_url_env),
+        base_url_path: over.base_url_path.clone().or(base.base_url_path),
     }
 }
 
@@ -277,16 +299,41 @@ fn build(
         .map(|h| GrantHost::parse(h).map_err(|e| (key("hosts"), e)))
         .collect::<Result<Vec<_>, _>>()?;
     let inject = injection(table.inject.as_ref()).map_err(|e| (key("inject"), e))?;
-    if let Some(var) = &table.placeholder_env {
-        let ok = !var.is_empty()
+    let is_var_name = |var: &str| {
+        !var.is_empty()
             && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !var.as_bytes()[0].is_ascii_digit();
-        if !ok {
+            && !var.as_bytes()[0].is_ascii_digit()
+    };
+    for (field, var) in [
+        ("placeholder_env", &table.placeholder_env),
+        ("base_url_env", &table.base_url_env),
+    ] {
+        if let Some(var) = var
+            && !is_var_name(var)
+        {
             return Err((
-                key("placeholder_env"),
+                key(field),
                 format!("{var:?} is not an environment variable name"),
             ));
         }
+    }
+    let base_url_path = table.base_url_path.clone().unwrap_or_default();
+    if !base_url_path.is_empty()
+        && (!base_url_path.starts_with('/')
+            || base_url_path
+                .bytes()
+                .any(|b| !(b.is_ascii_graphic()) || b == b'?' || b == b'#'))
+    {
+        return Err((
+            key("base_url_path"),
+            format!("{base_url_path:?} is not a URL path (expected e.g. \"/v1\")"),
+        ));
+    }
+    if table.base_url_path.is_some() && table.base_url_env.is_none() {
+        return Err((
+            key("base_url_path"),
+            "needs base_url_env: the variable the base URL goes in".to_owned(),
+        ));
     }
     Ok(Grant {
         name: name.to_owned(),
@@ -297,6 +344,7 @@ fn build(
         placeholder_env: table.placeholder_env.clone(),
         plaintext: table.plaintext.unwrap_or(false),
         substitute_body: table.substitute_body.unwrap_or(false),
+        base_url: table.base_url_env.clone().map(|var| (var, base_url_path)),
     })
 }
 

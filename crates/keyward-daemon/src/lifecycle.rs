@@ -167,13 +167,19 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         public_bundle: home.public_dir().map(|dir| dir.join("bundle.pem")),
         evidence: evidence.clone(),
         baseline: Arc::new(keyward_policy::baseline()),
+        proxy: std::sync::OnceLock::new(),
+        brokers: crate::broker::Brokers::default(),
     });
     if let Err(e) = state.publish_bundle() {
         tracing::error!("cannot publish the CA trust bundle for other users: {e}");
     }
     let proxy = match Proxy::with_options(ca, state.authority.clone(), &upstream_ca, proxy_options)
     {
-        Ok(p) => Arc::new(p.with_sink(Arc::new(RedactedEvidence::new(state.clone())))),
+        Ok(p) => {
+            let proxy = Arc::new(p.with_sink(Arc::new(RedactedEvidence::new(state.clone()))));
+            let _ = state.proxy.set(Arc::downgrade(&proxy));
+            proxy
+        }
         Err(e) => {
             pid_lock.release();
             return Err(DaemonError::Io {

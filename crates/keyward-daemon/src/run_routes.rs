@@ -282,6 +282,7 @@ pub(crate) fn reap(state: &AppState) {
         Ok(ended) => {
             for id in ended {
                 state.authority.forget(&id);
+                state.brokers.end(&id);
                 tracing::info!(
                     run = id,
                     "run ended: its process exited; its token is revoked"
@@ -340,6 +341,26 @@ fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>,
         if let Some(var) = &grant.placeholder_env {
             vars.push(var.clone());
         }
+    }
+    if req.base_url
+        && !req
+            .grants
+            .iter()
+            .any(|g| grants.get(g).is_some_and(|g| g.base_url.is_some()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_base_url",
+            "--base-url: none of the run's grants has a base-URL variable \
+             (set base_url_env in [grants.NAME]; presets anthropic, openai, github and npm have one)",
+        ));
+    }
+    if req.broker && req.base_url {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a run has either an fd broker (no token in its environment) or base-URL endpoints (the token is in their path), not both",
+        ));
     }
     for allow in &req.allow {
         AllowRule::parse(allow).map_err(|e| {
@@ -438,14 +459,53 @@ pub(crate) async fn create(
             json!({"event": "run_created", "run": run.info()}),
         )
         .await;
+    let env = if req.broker {
+        // No proxy, no token, no CA: the broker's descriptor is the way out.
+        std::collections::BTreeMap::from([(
+            keyward_api::broker::BROKER_FD_VAR.to_owned(),
+            "3".to_owned(),
+        )])
+    } else {
+        let mut env = run_env(&state, &proxy_url);
+        if req.base_url {
+            env.extend(base_url_env(&state, &run, &token));
+            // Tools send base-URL requests straight to the endpoint, not
+            // through the proxy to itself.
+            for var in ["NO_PROXY", "no_proxy"] {
+                env.insert(var.to_owned(), "127.0.0.1,localhost".to_owned());
+            }
+        }
+        env
+    };
     Ok(Json(RunCreated {
         run_id: run.id.clone(),
-        env: run_env(&state, &proxy_url),
+        env,
         proxy_url,
         token,
         placeholders: run.placeholders.clone(),
         drop_env,
     }))
+}
+
+/// `keyward run --base-url`: each grant's base-URL variable, set to its
+/// plain-HTTP endpoint on the proxy's loopback port.
+fn base_url_env(
+    state: &AppState,
+    run: &RunRecord,
+    token: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let config = state.config();
+    run.grants
+        .iter()
+        .filter_map(|name| {
+            let (var, path) = config.grants.get(name)?.base_url.clone()?;
+            let url = format!(
+                "http://127.0.0.1:{}/r/{token}/{name}{path}",
+                state.proxy_port
+            );
+            Some((var, url))
+        })
+        .collect()
 }
 
 /// The caller's variables that hold one of the run's secrets (compared by
@@ -550,6 +610,7 @@ pub(crate) async fn remove(
     let run = visible_run(&state, &peer, &id)?;
     state.runs.remove(&id)?;
     state.authority.forget(&id);
+    state.brokers.end(&id);
     tracing::info!(run = id, "run removed");
     state
         .audit(Kind::Run, Some(&id), json!({"event": "run_removed"}))

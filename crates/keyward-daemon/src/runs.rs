@@ -58,6 +58,12 @@ pub struct RunRecord {
     /// The uid that created it: other non-admin users do not see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// Started with an fd broker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker: bool,
+    /// Started with base-URL endpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_url: bool,
 }
 
 impl RunRecord {
@@ -73,6 +79,8 @@ impl RunRecord {
             policy: self.policy.clone(),
             created_at: self.created_at.clone(),
             confinement: self.confinement.clone(),
+            broker: self.broker,
+            base_url: self.base_url,
         }
     }
 }
@@ -192,6 +200,8 @@ impl Registry {
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             confinement: req.confinement.clone(),
             uid: Some(uid),
+            broker: req.broker,
+            base_url: req.base_url,
         };
         self.lock().insert(id, record.clone());
         self.changes.fetch_add(1, Ordering::SeqCst);

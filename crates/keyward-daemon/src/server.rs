@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::admin_conn::{AdminConn, ConnectionBudget};
+use crate::admin_conn::{AdminConn, ConnectionBudget, FdInbox};
 use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
 use crate::run_routes::{self, Authority};
@@ -47,6 +47,8 @@ pub(crate) struct Peer {
     /// manage secrets, the vault, grants, the CA and the daemon, and sees
     /// every run. Others admitted by `[admin]` only use runs.
     pub admin: bool,
+    /// A descriptor the peer sent on this connection (`SCM_RIGHTS`).
+    pub inbox: FdInbox,
 }
 
 impl Peer {
@@ -90,6 +92,7 @@ impl AdminListener {
             pid: cred.pid(),
             pidfd: keyward_sys::peer_pidfd(stream).map(Arc::new),
             admin: true,
+            inbox: FdInbox::default(),
         };
         if peer.uid == self.daemon_uid || peer.uid == 0 {
             return Ok(peer);
@@ -162,7 +165,7 @@ impl Listener for AdminListener {
                         .upgrade()
                         .is_none_or(|state| peer.membership(&state.runs) != Membership::Outside);
                     if let Some(slot) = self.budget.take(confined) {
-                        return (AdminConn::new(stream, slot), peer);
+                        return (AdminConn::new(stream, slot, peer.inbox.clone()), peer);
                     }
                     if self
                         .full_logged
@@ -195,6 +198,7 @@ impl Listener for AdminListener {
             pid: None,
             pidfd: None,
             admin: true,
+            inbox: FdInbox::default(),
         })
     }
 }
@@ -302,6 +306,11 @@ pub(crate) struct AppState {
     pub evidence: Arc<EvidenceLog>,
     /// The built-in pack, compiled once (for `policy_pack: "agent-baseline"`).
     pub baseline: Arc<keyward_policy::Policy>,
+    /// The proxy, once it is built (weak: the proxy's evidence sink holds
+    /// this state).
+    pub proxy: std::sync::OnceLock<std::sync::Weak<keyward_proxy::Proxy>>,
+    /// The runs' fd brokers.
+    pub brokers: crate::broker::Brokers,
 }
 
 impl AppState {
@@ -517,6 +526,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/evaluate", post(policy_routes::evaluate))
         .route("/v1/runs", post(run_routes::create).get(run_routes::list))
         .route("/v1/ca/rotate", post(run_routes::rotate_ca))
+        .route("/v1/runs/{id}/broker", post(crate::broker::attach))
         .route(
             "/v1/runs/{id}",
             get(run_routes::get_one)
@@ -598,7 +608,10 @@ fn user_route(method: &Method, path: &str) -> bool {
             matches!(path, "/v1/health" | "/v1/grants" | "/v1/runs")
                 || path.starts_with("/v1/runs/")
         }
-        Method::POST => matches!(path, "/v1/evaluate" | "/v1/runs"),
+        Method::POST => {
+            matches!(path, "/v1/evaluate" | "/v1/runs")
+                || (path.starts_with("/v1/runs/") && path.ends_with("/broker"))
+        }
         Method::PATCH | Method::DELETE => path.starts_with("/v1/runs/"),
         _ => false,
     }
@@ -617,7 +630,7 @@ fn confinement_refusal(state: &AppState, peer: &Peer, req: &Request) -> Option<R
     }
     let message = match peer.membership(&state.runs) {
         Membership::Outside => return None,
-        Membership::Inside(run) if ends_own_run(state, peer, req, &run) => return None,
+        Membership::Inside(run) if own_run_request(state, peer, req, &run) => return None,
         Membership::Inside(run) => {
             tracing::warn!(pid = ?peer.pid, run, path = req.uri().path(),
                 "refused an admin request from inside a run");
@@ -635,11 +648,16 @@ fn confinement_refusal(state: &AppState, peer: &Peer, req: &Request) -> Option<R
     Some(ApiError::new(StatusCode::FORBIDDEN, "run_confined", message).into_response())
 }
 
-/// Whether `req` is the run's own `keyward run` process removing that run.
-fn ends_own_run(state: &AppState, peer: &Peer, req: &Request, run: &str) -> bool {
-    req.method() == Method::DELETE
-        && req.uri().path().strip_prefix("/v1/runs/") == Some(run)
-        && state.runs.get(run).and_then(|r| r.pid).map(i64::from) == peer.pid.map(i64::from)
+/// Whether `req` is the run's own `keyward run` process removing that run
+/// or handing over its fd broker.
+fn own_run_request(state: &AppState, peer: &Peer, req: &Request, run: &str) -> bool {
+    let path = req.uri().path().strip_prefix("/v1/runs/");
+    let own_route = match *req.method() {
+        Method::DELETE => path == Some(run),
+        Method::POST => path.and_then(|p| p.strip_suffix("/broker")) == Some(run),
+        _ => false,
+    };
+    own_route && state.runs.get(run).and_then(|r| r.pid).map(i64::from) == peer.pid.map(i64::from)
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {

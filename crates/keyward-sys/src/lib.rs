@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod confine;
+mod fdpass;
 mod fs;
 mod harden;
 mod process;
@@ -13,6 +14,10 @@ mod sandbox;
 pub use confine::{
     become_child_subreaper, has_children, kill_with_parent_on_spawn, make_non_dumpable,
     own_children, peer_pidfd, pidfd_has_exited, reap_any_exited, reap_exited_children,
+};
+pub use fdpass::{
+    AsyncSeqpacket, Received, broker_dial, broker_dial_inherited, is_unix_seqpacket,
+    pass_fd_on_spawn, recv_with_fds, send_with_fd, seqpacket_pair,
 };
 pub use fs::{redirect_output, reserve_space};
 pub use sandbox::{

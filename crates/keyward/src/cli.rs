@@ -347,7 +347,7 @@ pub enum GrantCommand {
     List(JsonFlag),
     /// Write a grant into the config file (keeping its comments and
     /// layout), then reload the daemon if it runs.
-    Add(GrantAddArgs),
+    Add(Box<GrantAddArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +385,13 @@ pub struct GrantAddArgs {
     /// URL only).
     #[arg(long, requires = "placeholder_env")]
     pub substitute_body: bool,
+    /// The variable `keyward run --base-url` sets to this grant's
+    /// plain-HTTP endpoint (e.g. MYAPI_BASE_URL).
+    #[arg(long, value_name = "VAR")]
+    pub base_url_env: Option<String>,
+    /// A path the base URL ends with (e.g. /v1).
+    #[arg(long, value_name = "PATH", requires = "base_url_env")]
+    pub base_url_path: Option<String>,
     /// Overwrite a grant of the same name in the file.
     #[arg(long)]
     pub replace: bool,
@@ -495,9 +502,31 @@ pub struct RunArgs {
     /// A TCP port the sandboxed program may listen on (repeatable).
     #[arg(long, value_name = "PORT", requires = "sandbox")]
     pub allow_bind: Vec<u16>,
+    /// `fd`: the program reaches its grants' hosts through an fd broker
+    /// (its fd 3, `KEYWARD_BROKER_FD`) instead of the proxy: its
+    /// environment gets no proxy URL, no token and no CA. Each dial returns
+    /// a stream on which it speaks plain HTTP/1.1 with `Host` naming the
+    /// grant's host; keyward forwards over TLS with the same policy,
+    /// injection, scrubbing and evidence.
+    #[arg(long, value_enum, value_name = "KIND", conflicts_with = "base_url")]
+    pub broker: Option<BrokerArg>,
+    /// Export each grant's base-URL variable (ANTHROPIC_BASE_URL,
+    /// OPENAI_BASE_URL, GITHUB_API_URL, NPM_CONFIG_REGISTRY, or the grant's
+    /// base_url_env) set to a plain-HTTP endpoint on loopback that forwards
+    /// over TLS to the grant's host: for tools that ignore HTTPS_PROXY or
+    /// pin certificates. No CA trust is needed.
+    #[arg(long)]
+    pub base_url: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `--broker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BrokerArg {
+    /// A descriptor (fd 3) that mints streams on request.
+    Fd,
 }
 
 /// `--sandbox`.

@@ -18,8 +18,29 @@ use keyward_sys::Signal;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{CaCommand, CaFormat, Cli, NetworkArg, RunArgs, SandboxArg};
+use crate::cli::{BrokerArg, CaCommand, CaFormat, Cli, NetworkArg, RunArgs, SandboxArg};
 use crate::commands::ensure_daemon;
+
+/// The program's broker descriptor (`KEYWARD_BROKER_FD`).
+const BROKER_FD: i32 = 3;
+
+/// Makes the run's broker: a socketpair whose daemon end goes to the
+/// daemon now; the other end is returned for the program.
+async fn attach_broker(
+    client: &keyward_api::Client,
+    created: &RunCreated,
+) -> Result<std::os::fd::OwnedFd> {
+    let (program_end, daemon_end) =
+        keyward_sys::seqpacket_pair().context("cannot make the broker's socketpair")?;
+    let socket = client.socket().to_owned();
+    let (run_id, token) = (created.run_id.clone(), created.token.clone());
+    tokio::task::spawn_blocking(move || {
+        keyward_api::broker::attach(&socket, &run_id, &token, daemon_end)
+    })
+    .await?
+    .context("cannot hand the fd broker to the daemon")?;
+    Ok(program_end)
+}
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let client = ensure_daemon(cli).await?;
@@ -63,6 +84,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             .transpose()?,
         env_sha256,
         confinement: Some(confinement.summary.clone()),
+        broker: args.broker.is_some(),
+        base_url: args.base_url,
     };
     let created: RunCreated = match client.call(Method::POST, "/v1/runs", Some(&req)).await {
         Ok(created) => created,
@@ -70,6 +93,18 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             confinement.cleanup();
             return Err(e.into());
         }
+    };
+
+    let broker = match args.broker {
+        Some(BrokerArg::Fd) => match attach_broker(&client, &created).await {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let _ = unregister(&client, &created.run_id).await;
+                confinement.cleanup();
+                return Err(e);
+            }
+        },
+        None => None,
     };
 
     let mut cmd = std::process::Command::new(&args.command[0]);
@@ -90,6 +125,12 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         ..
     } = confinement;
     keyward_sys::sandbox_on_spawn(&mut cmd, sandbox);
+    if let Some(fd) = broker {
+        // The program's end becomes its fd 3; this process keeps no copy
+        // (dropped with `cmd` after the spawn), so the broker sees EOF
+        // once the program and its descendants have all closed it.
+        keyward_sys::pass_fd_on_spawn(&mut cmd, fd, BROKER_FD);
+    }
     // Caught from before the program starts: a signal that arrived while
     // it was being registered would otherwise kill this process (default
     // action) and leave the program running without its wrapper.

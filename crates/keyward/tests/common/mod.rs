@@ -3,6 +3,8 @@
 //! drops, so a failing test leaves no process behind.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod upstream;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

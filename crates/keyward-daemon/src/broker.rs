@@ -1,0 +1,193 @@
+//! The fd broker, daemon side. `keyward run --broker fd` makes a
+//! `SOCK_SEQPACKET` pair, gives one end to the program as its fd 3 and
+//! sends the other here with `POST /v1/runs/{id}/broker` (`SCM_RIGHTS` on
+//! the admin socket). Protocol version 1: the program sends one byte
+//! `0x01` (dial); the broker answers `0x01` with exactly one descriptor, a
+//! fresh stream served by the proxy's pipeline for this run, or `0xFF`
+//! with none when the message is malformed (any other byte or length, or
+//! descriptors attached) or cannot be served. EOF means the broker is gone
+//! (the run ended or the daemon stopped).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use hyper::body::Bytes;
+use keyward_api::{BrokerAttach, BrokerAttached};
+use keyward_evidence::Kind;
+use keyward_proxy::Proxy;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::server::{ApiError, AppState, Peer, json_body};
+
+/// The broker protocol's version (`BrokerAttached::protocol`).
+const PROTOCOL: u32 = 1;
+const DIAL: u8 = 0x01;
+const REFUSED: u8 = 0xFF;
+/// Streams one broker may have open at once; dials beyond get `0xFF`, so
+/// a program cannot take the daemon's descriptors.
+const MAX_STREAMS: usize = 256;
+
+/// The brokers of live runs.
+#[derive(Default)]
+pub(crate) struct Brokers {
+    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+impl Brokers {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::AbortHandle>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the broker of `run_id` (its end closes: the program's next
+    /// dial sees EOF). Streams already minted end with their run's next
+    /// request, which no longer authenticates.
+    pub(crate) fn end(&self, run_id: &str) {
+        if let Some(task) = self.running().remove(run_id) {
+            task.abort();
+        }
+    }
+}
+
+/// `POST /v1/runs/{id}/broker`: the run's own `keyward run` hands over the
+/// daemon's end of its broker, with the run token as proof.
+pub(crate) async fn attach(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BrokerAttached>, ApiError> {
+    let req: BrokerAttach = json_body(body)?;
+    let fd = peer.inbox.take();
+    let run = state
+        .runs
+        .get(&id)
+        .filter(|r| peer.admin || r.uid == Some(peer.uid))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "run_not_found",
+                format!("no run {id}"),
+            )
+        })?;
+    if state.runs.id_for_token(&req.token).as_deref() != Some(run.id.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_token",
+            format!("the token is not run {id}'s"),
+        ));
+    }
+    let fd = fd
+        .filter(|fd| keyward_sys::is_unix_seqpacket(fd.as_fd()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no_broker_fd",
+                "send the daemon's end of a SOCK_SEQPACKET socketpair with this request (SCM_RIGHTS)",
+            )
+        })?;
+    let proxy = state.proxy.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "the proxy is not up yet",
+        )
+    })?;
+    let fd = keyward_sys::AsyncSeqpacket::new(fd).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "broker_io",
+            format!("cannot watch the broker: {e}"),
+        )
+    })?;
+    let task = tokio::spawn(serve(fd, req.token, proxy, run.id.clone()));
+    if let Some(old) = state
+        .brokers
+        .running()
+        .insert(run.id.clone(), task.abort_handle())
+    {
+        old.abort();
+    }
+    tracing::info!(run = run.id, "fd broker attached");
+    state
+        .audit(
+            Kind::Run,
+            Some(&run.id),
+            json!({"event": "broker_attached", "protocol": PROTOCOL}),
+        )
+        .await;
+    Ok(Json(BrokerAttached {
+        run_id: run.id,
+        protocol: PROTOCOL,
+    }))
+}
+
+/// Answers the run's dials until the program's end closes.
+async fn serve(fd: keyward_sys::AsyncSeqpacket, token: String, proxy: Weak<Proxy>, run_id: String) {
+    let streams = Arc::new(Semaphore::new(MAX_STREAMS));
+    loop {
+        let mut message = [0u8; 2];
+        // No room for descriptors: any the program attaches are closed by
+        // the kernel and the message is flagged truncated.
+        let got = match fd.recv(&mut message, 0).await {
+            Ok(got) => got,
+            Err(e) => {
+                tracing::warn!(run = run_id, "fd broker: cannot read: {e}; it stops");
+                return;
+            }
+        };
+        if got.eof {
+            tracing::debug!(run = run_id, "fd broker: the program's end closed");
+            return;
+        }
+        let well_formed = got.len == 1 && message[0] == DIAL && !got.truncated;
+        let minted = if well_formed {
+            mint(&proxy, &token, &streams)
+        } else {
+            tracing::debug!(run = run_id, "fd broker: malformed dial refused");
+            None
+        };
+        let answer = match &minted {
+            Some(theirs) => fd.send(&[DIAL], Some(theirs.as_fd())).await,
+            None => fd.send(&[REFUSED], None).await,
+        };
+        // Our copy of the program's end closes here, whatever happened.
+        drop(minted);
+        if let Err(e) = answer {
+            tracing::debug!(
+                run = run_id,
+                "fd broker: the program is gone ({e}); it stops"
+            );
+            return;
+        }
+    }
+}
+
+/// A fresh stream for the program: ours is served by the pipeline before
+/// theirs is handed out, so a dial never leaves the program on a
+/// connection nobody serves.
+fn mint(proxy: &Weak<Proxy>, token: &str, streams: &Arc<Semaphore>) -> Option<OwnedFd> {
+    let proxy = proxy.upgrade()?;
+    let Ok(permit) = streams.clone().try_acquire_owned() else {
+        tracing::warn!("fd broker: {MAX_STREAMS} streams open; dial refused");
+        return None;
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .inspect_err(|e| tracing::warn!("fd broker: cannot make a stream: {e}"))
+        .ok()?;
+    ours.set_nonblocking(true).ok()?;
+    let ours = tokio::net::UnixStream::from_std(ours)
+        .inspect_err(|e| tracing::warn!("fd broker: cannot serve a stream: {e}"))
+        .ok()?;
+    let token = token.to_owned();
+    tokio::spawn(async move {
+        let _permit = permit;
+        proxy.serve_broker_stream(ours, token).await;
+    });
+    Some(OwnedFd::from(theirs))
+}
