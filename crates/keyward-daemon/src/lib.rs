@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_conn;
+mod compat_cavra;
 pub mod config;
 pub mod config_edit;
 pub mod control;

@@ -250,7 +250,8 @@ pub enum AuditCommand {
         #[arg(long, value_name = "D")]
         dir: Option<PathBuf>,
         /// Check HMAC-SHA256 signatures with this key (repeat for a log
-        /// that spans a key rotation).
+        /// that spans a key rotation). With no key option at all, the key
+        /// in KEYWARD_EVIDENCE_HMAC_KEY is used when that is set.
         #[arg(long, value_name = "F")]
         hmac_key_file: Vec<PathBuf>,
         /// Check Ed25519 signatures with this public key, PEM (repeat for
