@@ -24,6 +24,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::admin_conn::ConnectionBudget;
+use crate::config::{ConfigError, LoadedConfig};
 use crate::error::DaemonError;
 use crate::lifecycle::{SocketId, bind_socket, remove_socket_if_ours};
 use crate::policy_routes;
@@ -110,10 +111,24 @@ pub(crate) struct Bound {
 /// Binds `[compat.cavra] socket`, if configured, with the admin socket's
 /// mode. A stale socket nobody listens on is replaced; a live one is never
 /// removed.
-pub(crate) fn bind(compat: &CompatConfig, mode: u32) -> Result<Option<Bound>, DaemonError> {
-    let Some(cavra) = &compat.cavra else {
+pub(crate) fn bind(
+    config: &LoadedConfig,
+    admin_socket: &Path,
+    mode: u32,
+) -> Result<Option<Bound>, DaemonError> {
+    let Some(cavra) = &config.config.compat.cavra else {
         return Ok(None);
     };
+    if cavra.socket == admin_socket {
+        return Err(DaemonError::Config(ConfigError::Invalid {
+            path: config.source.path.clone(),
+            key: Some("compat.cavra.socket".to_owned()),
+            message: format!(
+                "{} is the admin socket; give the CAVRA socket a path of its own",
+                cavra.socket.display()
+            ),
+        }));
+    }
     let (listener, id) = bind_socket(&cavra.socket, mode, "the CAVRA socket")?;
     Ok(Some(Bound {
         listener,

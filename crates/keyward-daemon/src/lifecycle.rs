@@ -100,7 +100,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     };
     let socket_id = bound.1;
-    let cavra = match compat_cavra::bind(&opts.config.config.compat, socket_mode) {
+    let cavra = match compat_cavra::bind(&opts.config, &socket_path, socket_mode) {
         Ok(cavra) => cavra,
         Err(e) => {
             remove_socket_if_ours(&socket_path, socket_id, "the admin socket");

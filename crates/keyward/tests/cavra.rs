@@ -568,6 +568,12 @@ fn cavra_socket_config_errors_are_clear_and_bind_nothing() {
         start.stderr.contains("compat.cavra.socket") && start.stderr.contains("107-byte limit"),
         "{start:?}"
     );
+    // The admin socket's own path.
+    write_config(&home, "[compat.cavra]\nsocket = \"keyward.sock\"\n");
+    let start = home.run(&["daemon", "start"]);
+    assert_eq!(start.code, 64, "{start:?}");
+    assert!(start.stderr.contains("is the admin socket"), "{start:?}");
+    assert!(!home.socket().exists());
     write_config(&home, "[compat.cavra]\nsockett = \"x.sock\"\n");
     let check = home.run(&["config", "check"]);
     assert_eq!(check.code, 64, "{check:?}");
