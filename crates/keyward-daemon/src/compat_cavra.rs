@@ -486,7 +486,8 @@ mod tests {
                 "{cut}"
             );
         }
-        assert_eq!(frame(&[" \n {\"a\":[1,{\"b\":2}]}"]), Frame::Complete(21));
+        let nested = " \n {\"a\":[1,{\"b\":2}]}";
+        assert_eq!(frame(&[nested, "{"]), Frame::Complete(nested.len()));
         assert_eq!(frame(&["{\"a\":"]), Frame::Incomplete);
         assert_eq!(frame(&["  [1]"]), Frame::NotAnObject(b'['));
         assert_eq!(frame(&["hello"]), Frame::NotAnObject(b'h'));
