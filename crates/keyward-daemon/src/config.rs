@@ -13,6 +13,7 @@ use std::time::Duration;
 use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
 use secrecy::{ExposeSecret, SecretString};
 
+pub use crate::compat_cavra::{CavraCompatConfig, CompatConfig};
 use crate::grants::{self, Grant, GrantConfig, GrantError};
 use crate::sandbox::SandboxConfig;
 use keyward_policy::Policy;
@@ -43,6 +44,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// `[admin]`: who may use the admin socket besides the daemon's user.
     pub admin: AdminConfig,
+    /// `[compat]`: other tools' protocols (`[compat.cavra]`).
+    pub compat: CompatConfig,
 }
 
 /// `[admin]`: for a daemon running as its own user (system mode), the
@@ -153,10 +156,16 @@ impl Default for AuditConfig {
 }
 
 impl AuditConfig {
-    /// The configured signer, if any.
+    /// The configured signer, if any. A key in `KEYWARD_EVIDENCE_HMAC_KEY`
+    /// (the daemon's environment) wins over the key files named here.
     pub fn signer(&self) -> Result<Option<keyward_evidence::Signer>, (String, String)> {
         use keyward_evidence::Signer;
         let key_id = self.key_id.as_deref();
+        if let Some(from_env) = Signer::hmac_from_env(key_id) {
+            return from_env
+                .map(Some)
+                .map_err(|e| (keyward_evidence::HMAC_KEY_ENV.to_owned(), e.message));
+        }
         match (&self.hmac_key_file, &self.ed25519_key_file) {
             (Some(_), Some(_)) => Err((
                 "audit".to_owned(),
@@ -591,13 +600,14 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
         }
     };
     let mut config = parse(&text, &source.path)?;
-    // Policy files are relative to the config file.
+    // Policy files and the CAVRA socket are relative to the config file.
     if let Some(dir) = source.path.parent() {
         for file in &mut config.policy.files {
             if file.is_relative() {
                 *file = dir.join(&*file);
             }
         }
+        config.compat.resolve_relative(dir);
     }
     Ok(LoadedConfig {
         grants: effective_grants(&config, &source.path)?,
@@ -623,7 +633,13 @@ fn compile_policy(config: &Config, path: &Path) -> Result<Arc<Policy>, ConfigErr
         return Ok(Arc::new(keyward_policy::baseline()));
     }
     Policy::from_files(&config.policy.files)
-        .map(Arc::new)
+        .map(|policy| {
+            // What a CAVRA policy holds that keyward cannot express.
+            for warning in policy.warnings() {
+                tracing::warn!("policy.files: {warning}");
+            }
+            Arc::new(policy)
+        })
         .map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             key: Some("policy.files".to_owned()),
@@ -726,6 +742,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         ));
     }
     config.audit.signer()?;
+    config.compat.validate()?;
     if (1..4096).contains(&config.daemon.log_max_bytes) {
         return Err((
             "daemon.log_max_bytes".to_owned(),

@@ -6,6 +6,7 @@
 
 mod admin_conn;
 mod broker;
+mod compat_cavra;
 pub mod config;
 pub mod config_edit;
 pub mod control;

@@ -15,6 +15,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::compat_cavra;
 use crate::config::{self, LoadedConfig};
 use crate::daemon_log;
 use crate::egress_evidence::RedactedEvidence;
@@ -91,7 +92,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     } else {
         0o600
     };
-    let bound = match bind_socket(&socket_path, socket_mode) {
+    let bound = match bind_socket(&socket_path, socket_mode, "the admin socket") {
         Ok(bound) => bound,
         Err(e) => {
             pid_lock.release();
@@ -99,6 +100,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     };
     let socket_id = bound.1;
+    let cavra = match compat_cavra::bind(&opts.config, &socket_path, socket_mode) {
+        Ok(cavra) => cavra,
+        Err(e) => {
+            remove_socket_if_ours(&socket_path, socket_id, "the admin socket");
+            pid_lock.release();
+            return Err(e);
+        }
+    };
 
     let mut vault = Vault::new(home.vault_dir(), opts.config.config.vault.keep);
     open_at_start(&mut vault);
@@ -195,6 +204,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let listener = AdminListener::new(bound.0, state.daemon_uid, &state);
+    let cavra = cavra.map(|bound| compat_cavra::serve(bound, &state));
     let mut serve = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -267,7 +277,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     notify("STOPPING=1");
     // New clients get "not running" at once instead of queueing on a
     // listener that no longer accepts.
-    remove_socket_if_ours(&socket_path, socket_id);
+    remove_socket_if_ours(&socket_path, socket_id, "the admin socket");
+    if let Some(cavra) = cavra {
+        cavra.stop();
+    }
     let _ = drain_tx.send(());
     // The proxy drains at the same time (it stops itself after DRAIN_TIMEOUT).
     let (admin, _) = tokio::join!(tokio::time::timeout(DRAIN_TIMEOUT, &mut serve), proxy_task);
@@ -351,6 +364,25 @@ fn open_evidence(
         what: format!("cannot load the evidence signing key ({key})"),
         source: std::io::Error::other(message),
     })?;
+    if std::env::var_os(keyward_evidence::HMAC_KEY_ENV).is_some_and(|v| !v.is_empty()) {
+        let ignored = [
+            ("audit.hmac_key_file", &audit.hmac_key_file),
+            ("audit.ed25519_key_file", &audit.ed25519_key_file),
+        ];
+        for (key, file) in ignored {
+            if let Some(file) = file {
+                tracing::warn!(
+                    "{key} ({}) is not used: the key in {} wins",
+                    file.display(),
+                    keyward_evidence::HMAC_KEY_ENV
+                );
+            }
+        }
+        tracing::info!(
+            "evidence records are signed with the HMAC key from {}",
+            keyward_evidence::HMAC_KEY_ENV
+        );
+    }
     if signer.is_none() {
         tracing::info!(
             "evidence records are hash-chained but unsigned; set audit.ed25519_key_file \
@@ -394,9 +426,15 @@ fn seal_if_idle(vault: &Mutex<Vault>, idle: Option<Duration>) {
 
 /// (device, inode) of the socket we bound, so we never remove a socket that
 /// is not ours.
-type SocketId = (u64, u64);
+pub(crate) type SocketId = (u64, u64);
 
-fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, SocketId), DaemonError> {
+/// Binds a Unix socket at `path` (`what` names it in errors) with `mode`,
+/// replacing a stale socket nobody listens on and never a live one.
+pub(crate) fn bind_socket(
+    path: &Path,
+    mode: u32,
+    what: &str,
+) -> Result<(UnixListener, SocketId), DaemonError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(DaemonError::NotASocket {
@@ -434,7 +472,7 @@ fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, SocketId), Daemo
             });
         }
     }
-    let bind_err = || DaemonError::io(format!("cannot bind the admin socket {}", path.display()));
+    let bind_err = || DaemonError::io(format!("cannot bind {what} {}", path.display()));
     let listener = UnixListener::bind(path).map_err(bind_err())?;
     // The umask already made it 0700; a socket needs no execute bit.
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(bind_err())?;
@@ -442,15 +480,15 @@ fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, SocketId), Daemo
     Ok((listener, (meta.dev(), meta.ino())))
 }
 
-fn remove_socket_if_ours(path: &Path, ours: SocketId) {
+pub(crate) fn remove_socket_if_ours(path: &Path, ours: SocketId, what: &str) {
     match fs::symlink_metadata(path) {
         Ok(meta) if (meta.dev(), meta.ino()) == ours => {
             if let Err(e) = fs::remove_file(path) {
-                tracing::warn!(socket = %path.display(), "cannot remove the admin socket: {e}");
+                tracing::warn!(socket = %path.display(), "cannot remove {what}: {e}");
             }
         }
         Ok(_) => {
-            tracing::warn!(socket = %path.display(), "the admin socket was replaced by another file; leaving it")
+            tracing::warn!(socket = %path.display(), "{what} was replaced by another file; leaving it")
         }
         Err(_) => {}
     }

@@ -84,45 +84,56 @@ impl AdminListener {
     }
 
     fn admit(&self, stream: &UnixStream) -> Result<Peer, String> {
-        let cred = stream
-            .peer_cred()
-            .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-        let mut peer = Peer {
-            uid: cred.uid(),
-            pid: cred.pid(),
-            pidfd: keyward_sys::peer_pidfd(stream).map(Arc::new),
-            admin: true,
-            inbox: FdInbox::default(),
-        };
-        if peer.uid == self.daemon_uid || peer.uid == 0 {
-            return Ok(peer);
-        }
-        let refused = || {
-            format!(
-                "uid {} (pid {}) is not the daemon's uid {}, root, or a user in [admin]",
-                peer.uid,
-                peer.pid.map_or("?".to_owned(), |p| p.to_string()),
-                self.daemon_uid
-            )
-        };
-        let Some(state) = self.state.upgrade() else {
-            return Err(refused());
-        };
-        let admin = &state.config().config.admin;
-        peer.admin = admin.admin_uids.contains(&peer.uid);
-        let in_group = || {
-            let gids = admin.allowed_gids().unwrap_or_default();
-            !gids.is_empty()
-                && (gids.contains(&cred.gid())
-                    || peer
-                        .pid
-                        .is_some_and(|pid| peer_groups(pid).iter().any(|g| gids.contains(g))))
-        };
-        if peer.admin || admin.allow_uids.contains(&peer.uid) || in_group() {
-            Ok(peer)
-        } else {
-            Err(refused())
-        }
+        admit(stream, self.daemon_uid, &self.state)
+    }
+}
+
+/// Checks the peer of a connection to one of the daemon's sockets: its
+/// user, root and the users `[admin]` names are admitted (the last only
+/// while the daemon's state exists).
+pub(crate) fn admit(
+    stream: &UnixStream,
+    daemon_uid: u32,
+    state: &std::sync::Weak<AppState>,
+) -> Result<Peer, String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let mut peer = Peer {
+        uid: cred.uid(),
+        pid: cred.pid(),
+        pidfd: keyward_sys::peer_pidfd(stream).map(Arc::new),
+        admin: true,
+        inbox: FdInbox::default(),
+    };
+    if peer.uid == daemon_uid || peer.uid == 0 {
+        return Ok(peer);
+    }
+    let refused = || {
+        format!(
+            "uid {} (pid {}) is not the daemon's uid {}, root, or a user in [admin]",
+            peer.uid,
+            peer.pid.map_or("?".to_owned(), |p| p.to_string()),
+            daemon_uid
+        )
+    };
+    let Some(state) = state.upgrade() else {
+        return Err(refused());
+    };
+    let admin = &state.config().config.admin;
+    peer.admin = admin.admin_uids.contains(&peer.uid);
+    let in_group = || {
+        let gids = admin.allowed_gids().unwrap_or_default();
+        !gids.is_empty()
+            && (gids.contains(&cred.gid())
+                || peer
+                    .pid
+                    .is_some_and(|pid| peer_groups(pid).iter().any(|g| gids.contains(g))))
+    };
+    if peer.admin || admin.allow_uids.contains(&peer.uid) || in_group() {
+        Ok(peer)
+    } else {
+        Err(refused())
     }
 }
 
@@ -473,6 +484,11 @@ impl ApiError {
     /// The message, for logs.
     pub(crate) fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The error code (`bad_request`, ...).
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
     }
 }
 

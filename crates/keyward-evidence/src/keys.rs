@@ -90,21 +90,44 @@ fn default_key_id(alg: &str, material: &[u8]) -> String {
 
 fn read_hmac_key(path: &Path) -> Result<Vec<u8>, KeyError> {
     let raw = std::fs::read(path).map_err(|e| key_err(path, format!("cannot read: {e}")))?;
+    decode_hmac_key(raw, &path.display().to_string())
+}
+
+/// An HMAC key's bytes: hex when the text is hex, else the bytes as they
+/// are; at least 32. `origin` names where it came from (never the key).
+fn decode_hmac_key(raw: Vec<u8>, origin: &str) -> Result<Vec<u8>, KeyError> {
     let trimmed = std::str::from_utf8(&raw).map(str::trim).ok();
     let bytes = match trimmed.and_then(|t| hex::decode(t).ok()) {
         Some(decoded) => decoded,
         None => raw,
     };
     if bytes.len() < 32 {
-        return Err(key_err(
-            path,
-            format!(
+        return Err(KeyError {
+            path: origin.to_owned(),
+            message: format!(
                 "an HMAC key needs at least 32 bytes (this one has {}); create one with `keyward audit keygen --hmac`",
                 bytes.len()
             ),
-        ));
+        });
     }
     Ok(bytes)
+}
+
+/// The environment variable that may hold the evidence HMAC key (the key
+/// itself, hex or raw, like a key file's contents).
+pub const HMAC_KEY_ENV: &str = "KEYWARD_EVIDENCE_HMAC_KEY";
+
+/// The HMAC key in [`HMAC_KEY_ENV`], if the variable is set and not empty.
+fn env_hmac_key(key_id: Option<&str>) -> Option<Result<(String, Box<hmac::Key>), KeyError>> {
+    let value = std::env::var_os(HMAC_KEY_ENV).filter(|v| !v.is_empty())?;
+    let bytes = match decode_hmac_key(value.into_encoded_bytes(), HMAC_KEY_ENV) {
+        Ok(bytes) => bytes,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Ok((
+        key_id.map_or_else(|| default_key_id(HMAC_ALG, &bytes), str::to_owned),
+        Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
+    )))
 }
 
 fn pem_decode(path: &Path, label: &str) -> Result<Vec<u8>, KeyError> {
@@ -151,6 +174,12 @@ impl Signer {
     pub fn hmac_from_file(path: &Path, key_id: Option<&str>) -> Result<Self, KeyError> {
         let (key_id, key) = hmac_key(path, key_id)?;
         Ok(Signer::Hmac { key_id, key })
+    }
+
+    /// An HMAC signer from the key in [`HMAC_KEY_ENV`], or `None` when the
+    /// variable is unset or empty.
+    pub fn hmac_from_env(key_id: Option<&str>) -> Option<Result<Self, KeyError>> {
+        env_hmac_key(key_id).map(|k| k.map(|(key_id, key)| Signer::Hmac { key_id, key }))
     }
 
     /// An Ed25519 signer from a PKCS#8 PEM file; `key_id` defaults to a
@@ -216,6 +245,11 @@ impl Verifier {
     pub fn hmac_from_file(path: &Path, key_id: Option<&str>) -> Result<Self, KeyError> {
         let (key_id, key) = hmac_key(path, key_id)?;
         Ok(Verifier::Hmac { key_id, key })
+    }
+
+    /// From the key in [`HMAC_KEY_ENV`], or `None` when it is unset or empty.
+    pub fn hmac_from_env(key_id: Option<&str>) -> Option<Result<Self, KeyError>> {
+        env_hmac_key(key_id).map(|k| k.map(|(key_id, key)| Verifier::Hmac { key_id, key }))
     }
 
     /// From an Ed25519 public key PEM file.

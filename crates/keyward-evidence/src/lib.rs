@@ -17,7 +17,8 @@ mod verify;
 
 pub use head::{Anchor, HEAD_FILE, HEAD_SCHEMA, Head, HeadSig};
 pub use keys::{
-    ED25519_ALG, HMAC_ALG, KeyError, Signer, Verifier, generate_ed25519, generate_hmac,
+    ED25519_ALG, HMAC_ALG, HMAC_KEY_ENV, KeyError, Signer, Verifier, generate_ed25519,
+    generate_hmac,
 };
 pub use log::{
     DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, TailProblem,

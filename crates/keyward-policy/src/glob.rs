@@ -5,8 +5,10 @@
 //! and `?` stay within a `/`-separated segment, `**` crosses segments and
 //! `**/` also matches no directory at all (`**/*.pem` matches `key.pem`); in
 //! *text* mode (commands, branches, fields) `*` and `**` match any
-//! characters. Matching is an NFA simulation over byte positions, so no
-//! pattern can make it backtrack exponentially.
+//! characters. In both modes a backslash makes the next character literal
+//! (`\*`, `\?`, `\\`): a rule that means a literal star must write `\*`.
+//! Matching is an NFA simulation over byte positions, so no pattern can
+//! make it backtrack exponentially.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -50,6 +52,19 @@ enum Shape {
     /// Anything else: the NFA, after checking that the longest literal run
     /// occurs at all (most patterns fail here, cheaply).
     General(String),
+}
+
+/// `literal` as a glob that matches exactly it: `*`, `?` and `\` escaped
+/// with a backslash (`\*` is a literal star in every mode).
+pub fn escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A compiled glob.
@@ -300,6 +315,34 @@ mod tests {
         assert!(!path(".env", "x.env"));
         assert!(path(r"literal\*", "literal*"));
         assert!(!path(r"literal\*", "literalx"));
+    }
+
+    #[test]
+    fn a_backslash_makes_the_next_character_literal_in_every_mode() {
+        for mode in [Mode::Path, Mode::Text] {
+            let m = |p: &str, t: &str| Glob::new(p).unwrap().matches(t, mode);
+            assert!(m(r"/\*", "/*"));
+            assert!(!m(r"/\*", "/tmp"));
+            assert!(!m(r"/\*", "/tmp/build"));
+            assert!(m(r"what\?", "what?"));
+            assert!(!m(r"what\?", "whats"));
+            assert!(m(r"a\\b", r"a\b"));
+            assert!(m(r"$HOME/\*", "$HOME/*"));
+            assert!(!m(r"$HOME/\*", "$HOME/src"));
+            // A trailing backslash is itself.
+            assert!(m("a\\", "a\\"));
+        }
+        for literal in ["/*", "a?b", r"c:\x\*", "**", "plain"] {
+            let g = Glob::new(&escape(literal)).unwrap();
+            assert!(g.matches(literal, Mode::Text), "{literal}");
+            assert!(g.matches(literal, Mode::Path), "{literal}");
+            assert!(!g.matches(&format!("{literal}x"), Mode::Text), "{literal}");
+        }
+        assert!(
+            !Glob::new(&escape("*"))
+                .unwrap()
+                .matches("anything", Mode::Text)
+        );
     }
 
     #[test]

@@ -9,10 +9,11 @@ mod glob;
 mod policy;
 mod shell;
 
-pub use cavra::import_cavra;
-pub use glob::{Glob, Mode};
+pub use cavra::{CavraImport, import_cavra, is_cavra_json};
+pub use glob::{Glob, Mode, escape};
 pub use policy::{
-    PATH_ACTIONS, Policy, PolicyError, RuleInfo, SHELL_ACTION, UNPARSEABLE_RULE_ID, Verdict,
+    GIT_ACTION, PATH_ACTIONS, Policy, PolicyError, RuleInfo, SHELL_ACTION, UNPARSEABLE_RULE_ID,
+    Verdict, canonical_action,
 };
 
 /// The name of the built-in pack.

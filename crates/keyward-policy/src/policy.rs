@@ -125,6 +125,15 @@ struct RuleFile {
 /// The action whose targets are always shell lines.
 pub const SHELL_ACTION: &str = "execute_command";
 
+/// The action type of git operations (`git` is an alias of it).
+pub const GIT_ACTION: &str = "git_operation";
+
+/// The name an action type is indexed and matched under: `git` is an
+/// alias of `git_operation`, in rules and requests alike.
+pub fn canonical_action(action: &str) -> &str {
+    if action == "git" { GIT_ACTION } else { action }
+}
+
 /// The rule id of a shell line (or a part of one) that cannot be read.
 pub const UNPARSEABLE_RULE_ID: &str = "commands.unparseable";
 
@@ -203,7 +212,7 @@ impl Field {
             Field::SessionId => borrowed(&req.session_id),
             Field::AgentId => borrowed(&req.agent_id),
             Field::Actor => borrowed(&req.actor),
-            Field::ActionType => Some(Cow::Borrowed(&req.action_type)),
+            Field::ActionType => Some(Cow::Borrowed(canonical_action(&req.action_type))),
             Field::Target => borrowed(&req.target),
             Field::Operation => borrowed(&req.requested_operation),
             Field::PolicyPack => borrowed(&req.policy_pack),
@@ -323,6 +332,9 @@ pub struct Policy {
     shell_actions: HashSet<String>,
     /// What a line that cannot be read gets, per [`Why`].
     unparseable: Box<[RuleInfo]>,
+    /// What loading left out (parts of a CAVRA policy with no keyward
+    /// equivalent), for the loader to show.
+    warnings: Vec<String>,
 }
 
 type Tiers = [Box<[u32]>; 4];
@@ -391,6 +403,7 @@ impl Policy {
             other: Default::default(),
             shell_actions: HashSet::new(),
             unparseable: unparseable_rules(),
+            warnings: Vec::new(),
         };
         let mut seen = HashSet::new();
         for raw in file.rules {
@@ -430,15 +443,39 @@ impl Policy {
         }
     }
 
-    /// Loads and compiles a policy file.
+    /// Loads and compiles a policy file: keyward TOML, or a CAVRA compiled
+    /// policy (JSON, see [`crate::is_cavra_json`]) converted as `keyward
+    /// policy import` converts it, its warnings kept in [`Policy::warnings`].
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
+        let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            origin: path.display().to_string(),
+            origin: origin.clone(),
             rule_id: None,
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        if !crate::cavra::is_cavra_json(path, &text) {
+            return Self::from_toml(&text, &origin);
+        }
+        let import = crate::import_cavra(&text, &origin).map_err(|message| PolicyError {
+            origin: origin.clone(),
+            rule_id: None,
+            field: None,
+            // The message already names the file.
+            message: message
+                .strip_prefix(&format!("{origin}: "))
+                .unwrap_or(&message)
+                .to_owned(),
+        })?;
+        let mut policy = Self::from_toml(&import.toml, &origin)?;
+        policy.warnings = import.warnings;
+        Ok(policy)
+    }
+
+    /// What loading left out: one line for each part of a CAVRA policy
+    /// that has no keyward equivalent (empty for keyward TOML).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Loads several files as one policy: rules in file order (earlier
@@ -462,6 +499,7 @@ impl Policy {
                     }
                     acc.id = format!("{}+{}", acc.id, next.id);
                     acc.rules.extend(next.rules);
+                    acc.warnings.extend(next.warnings);
                     acc.build_index();
                     acc
                 }
@@ -553,10 +591,11 @@ impl Policy {
     /// Decides `req`. A shell line is decided on what it runs: each of its
     /// parts on its own, and the line gets the most restrictive answer.
     pub fn evaluate(&self, req: &EvaluateRequest) -> Verdict<'_> {
-        if self.shell_actions.contains(req.action_type.as_str()) {
-            return self.evaluate_line(req);
+        let action = canonical_action(&req.action_type);
+        if self.shell_actions.contains(action) {
+            return self.evaluate_line(action, req);
         }
-        self.evaluate_as(&req.action_type, req.target.as_deref(), req)
+        self.evaluate_as(action, req.target.as_deref(), req)
     }
 
     fn tiers(&self, action: &str) -> &Tiers {
@@ -597,9 +636,9 @@ impl Policy {
         }
     }
 
-    fn evaluate_line<'p>(&'p self, req: &EvaluateRequest) -> Verdict<'p> {
+    fn evaluate_line<'p>(&'p self, action: &str, req: &EvaluateRequest) -> Verdict<'p> {
         let line = req.target.as_deref().unwrap_or_default();
-        let tiers = self.tiers(&req.action_type);
+        let tiers = self.tiers(action);
         let rules = |tier: usize| tiers[tier].iter().map(|&i| &self.rules[i as usize]);
         let mut decided: Option<Verdict<'_>> = None;
         // The strictest part decides; among equals the first one a rule
@@ -755,6 +794,10 @@ fn compile_rule(raw: RuleFile) -> Result<Rule, (&'static str, String)> {
         return Err(("action", "action names must not be empty".into()));
     }
     let any_action = actions.iter().any(|a| a == "*");
+    let actions: Vec<String> = actions
+        .into_iter()
+        .map(|a| canonical_action(&a).to_owned())
+        .collect();
     if raw.shell && any_action {
         return Err((
             "shell",

@@ -16,6 +16,8 @@ const KUBECTL: &str = "commands.kubectl.delete.block";
 const CLOUD: &str = "commands.cloud.delete.block";
 const DOWNLOAD: &str = "commands.download_to_shell.block";
 const BLOCK: &str = "commands.block";
+const DISK: &str = "commands.disk.block";
+const PERMISSIONS: &str = "commands.permissions.root.block";
 const UNPARSEABLE: &str = "commands.unparseable";
 const DEFAULT: &str = "commands.default.require_approval";
 const GIT_RUN: &str = "commands.git.run_options.require_approval";
@@ -248,8 +250,12 @@ const CASES: &[Case] = &[
     ("python3 <(curl -s https://x.py)", Block, DOWNLOAD, None),
     // Disks and whole-line patterns.
     ("mkfs.ext4 /dev/sda1", Block, BLOCK, None),
-    ("sudo dd if=/dev/zero of=/dev/sda", Block, BLOCK, None),
-    ("chmod -R 777 /", Block, BLOCK, None),
+    ("sudo dd if=/dev/zero of=/dev/sda", Block, DISK, None),
+    ("dd if=x.img of=/dev/nvme0n1 bs=4M", Block, DISK, None),
+    ("shred -n 1 /dev/mapper/root", Block, DISK, None),
+    ("chmod -R 777 /", Block, PERMISSIONS, None),
+    ("chmod --recursive 000 /*", Block, PERMISSIONS, None),
+    ("sudo chown -R nobody /", Block, PERMISSIONS, None),
     (":(){ :|:& };:", Block, BLOCK, None),
     // Redirections are file writes and reads.
     (
@@ -401,6 +407,49 @@ const CASES: &[Case] = &[
         None,
     ),
     ("bash -c 'cargo test && ls'", Allow, ALLOW, None),
+    // Globs mean no more than intended: a subdirectory is not `/`, a stray
+    // device is not a disk, a longer command name is another program.
+    ("rm -rf /tmp/build", Ask, DEFAULT, None),
+    ("rm -rf /tmp/*", Ask, DEFAULT, None),
+    ("rm -rf ~/project/target", Ask, DEFAULT, None),
+    ("rm -rf $HOME/.cache/x", Ask, DEFAULT, None),
+    ("rm -r ./build", Ask, DEFAULT, None),
+    ("rm -rf '/*'", Block, RM, None),
+    ("chmod -R 777 /tmp/build", Ask, DEFAULT, None),
+    ("chmod 755 /", Ask, DEFAULT, None),
+    ("dd if=/dev/zero of=/dev/null count=1", Ask, DEFAULT, None),
+    ("dd if=/dev/sda of=disk.img", Ask, DEFAULT, None),
+    ("shred notes.txt", Ask, DEFAULT, None),
+    (
+        "gcloud storage cat gs://b/delete-notes.txt",
+        Ask,
+        DEFAULT,
+        None,
+    ),
+    ("gcloud config list; echo delete", Ask, DEFAULT, None),
+    (
+        "gcloud compute instances delete vm-1",
+        Block,
+        "commands.gcloud.delete.block",
+        None,
+    ),
+    (
+        "gcloud --project prod sql instances delete db",
+        Block,
+        "commands.gcloud.delete.block",
+        None,
+    ),
+    ("mkfsx --help", Ask, DEFAULT, None),
+    ("cargo testx", Ask, DEFAULT, None),
+    ("cargo test-evil", Ask, DEFAULT, None),
+    ("pytest-evil -q", Ask, DEFAULT, None),
+    ("python3 -m pytest_evil", Ask, DEFAULT, None),
+    ("npx jestx", Ask, DEFAULT, None),
+    ("toxic", Ask, DEFAULT, None),
+    ("go testdata", Ask, DEFAULT, None),
+    ("cargo test", Allow, ALLOW, None),
+    ("python3 -m pytest -q tests/", Allow, ALLOW, None),
+    ("npm run test:unit", Allow, ALLOW, None),
 ];
 
 #[test]

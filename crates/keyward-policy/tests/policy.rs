@@ -316,6 +316,21 @@ fn every_builtin_rule_id_is_reachable() {
             "commands.block",
         ),
         (
+            req("execute_command", "chmod -R 777 /"),
+            Decision::Block,
+            "commands.permissions.root.block",
+        ),
+        (
+            req("execute_command", "dd if=/dev/zero of=/dev/sda"),
+            Decision::Block,
+            "commands.disk.block",
+        ),
+        (
+            req("execute_command", "gcloud projects delete p"),
+            Decision::Block,
+            "commands.gcloud.delete.block",
+        ),
+        (
             req("execute_command", "git -c core.pager=less log"),
             Decision::RequireApproval,
             "commands.git.run_options.require_approval",
@@ -369,6 +384,11 @@ fn every_builtin_rule_id_is_reachable() {
             with_op(req("git", "feature/x"), "push"),
             Decision::Allow,
             "git.allow",
+        ),
+        (
+            with_op(req("git_operation", "origin/main"), "push"),
+            Decision::Block,
+            "git.protected_branch.block_direct_push",
         ),
         (
             with_op(req("git", "main"), "fetch"),
@@ -502,8 +522,9 @@ const CAVRA: &str = r#"{
 
 #[test]
 fn cavra_import_is_equivalent() {
-    let toml = import_cavra(CAVRA, "compiled.json").unwrap();
-    let p = Policy::from_toml(&toml, "imported.toml").unwrap();
+    let import = import_cavra(CAVRA, "compiled.json").unwrap();
+    assert!(import.warnings.is_empty(), "{:?}", import.warnings);
+    let p = Policy::from_toml(&import.toml, "imported.toml").unwrap();
     assert_eq!(p.id(), "acme-agents");
     let mcp = |server: &str| EvaluateRequest {
         server: Some(server.into()),
@@ -566,11 +587,300 @@ fn cavra_import_is_equivalent() {
     for (r, d, id) in cases {
         assert_eq!(decide(&p, &r), (d, id.to_string()), "{r:?}");
     }
-    let err = import_cavra("{\"commands\": 3}", "bad.json").unwrap_err();
-    assert!(
-        err.contains("bad.json") && err.contains("not a CAVRA compiled policy"),
-        "{err}"
+    for (bad, says) in [
+        (
+            "{\"commands\": 3}",
+            "`commands` must be an object, not a number",
+        ),
+        (
+            "{\"filesystem\": {\"block_read\": [\".env\", 7]}}",
+            "`filesystem.block_read` must be a list of strings; it holds a number",
+        ),
+        ("[1]", "not a CAVRA compiled policy"),
+        ("{\"metadata\": ", "not a CAVRA compiled policy (JSON)"),
+    ] {
+        let err = import_cavra(bad, "bad.json").unwrap_err();
+        assert!(err.starts_with("bad.json: ") && err.contains(says), "{err}");
+    }
+}
+
+/// A compiled policy as CAVRA writes it (its `cavra-agentic-delivery`
+/// pack after overlays): sections keyward converts and sections it cannot.
+const CAVRA_REAL: &str = r#"{
+  "metadata": {"id": "cavra-agentic-delivery", "title": "Delivery", "version": "0.1.0",
+               "inherits": ["cavra-ai-agent-baseline"], "mode": "enforce"},
+  "filesystem": {"block_read": [".env", "**/*token*", "*.pem"],
+                 "require_approval_write": [".github/workflows/**", "policies/**"],
+                 "block_write": ["**/main.tf"]},
+  "commands": {"block": ["git push --force*", "gh pr merge*", "rm -rf .git"],
+               "allow": ["git status*", "pytest*", "terraform plan*"],
+               "require_approval": ["git tag*", "twine upload*"]},
+  "git": {"require_pull_request": true, "block_direct_push_to_protected_branch": true,
+          "require_human_reviewer": true},
+  "mcp": {"allowlist_enabled": true, "allowed_servers": ["github", "file*"],
+          "risk_scoring": {"shell": "critical"}},
+  "approvals": {"protected_actions": {"approvers": ["Repository Owners"]}},
+  "evidence": {"require_agent_manifest": true},
+  "release_governance": {"require_approval_state": "approved"}
+}"#;
+
+#[test]
+fn cavra_import_converts_the_real_format_and_names_what_it_leaves_out() {
+    let import = import_cavra(CAVRA_REAL, "delivery.json").unwrap();
+    let mut warned: Vec<&str> = import
+        .warnings
+        .iter()
+        .map(|w| {
+            assert!(w.starts_with("delivery.json: "), "{w}");
+            w.split('`').nth(1).unwrap()
+        })
+        .collect();
+    warned.sort_unstable();
+    assert_eq!(
+        warned,
+        [
+            "approvals",
+            "evidence",
+            "git.require_human_reviewer",
+            "git.require_pull_request",
+            "mcp.allowlist_enabled",
+            "mcp.risk_scoring",
+            "release_governance",
+        ],
+        "{:#?}",
+        import.warnings
     );
+    // The TOML says so too, for whoever reads the file later.
+    assert!(
+        import
+            .toml
+            .contains("# warning: delivery.json: section `release_governance`")
+    );
+    let p = Policy::from_toml(&import.toml, "imported.toml").unwrap();
+    assert_eq!(p.id(), "cavra-agentic-delivery");
+    let mcp = |server: &str| EvaluateRequest {
+        server: Some(server.into()),
+        ..req("mcp_tool_call", "x")
+    };
+    let cases = [
+        // CAVRA anchors patterns and its `*` crosses directories.
+        (
+            req("read_file", ".env"),
+            Decision::Block,
+            "filesystem.read.block",
+        ),
+        (
+            req("read_file", "app/.env"),
+            Decision::Allow,
+            "filesystem.read.allow",
+        ),
+        (
+            req("read_file", "a/b/gh_token.txt"),
+            Decision::Block,
+            "filesystem.read.block",
+        ),
+        (
+            req("read_file", "certs/deep/key.pem"),
+            Decision::Block,
+            "filesystem.read.block",
+        ),
+        (
+            req("write_file", "infra/prod/main.tf"),
+            Decision::Block,
+            "filesystem.write.block",
+        ),
+        (
+            req("write_file", "policies/a/b.yaml"),
+            Decision::RequireApproval,
+            "filesystem.write.require_approval",
+        ),
+        (
+            req("write_file", "src/lib.rs"),
+            Decision::Allow,
+            "filesystem.write.allow",
+        ),
+        (
+            req("execute_command", "git push --force origin x"),
+            Decision::Block,
+            "commands.block",
+        ),
+        (
+            req("execute_command", "git tag v1"),
+            Decision::RequireApproval,
+            "commands.require_approval",
+        ),
+        (
+            req("execute_command", "pytest -q"),
+            Decision::Allow,
+            "commands.allow",
+        ),
+        (
+            req("execute_command", "make"),
+            Decision::RequireApproval,
+            "commands.default.require_approval",
+        ),
+        // What CAVRA's runtime decides whatever the file says.
+        (
+            with_op(req("git_operation", "origin/main"), "push"),
+            Decision::Block,
+            "git.protected_branch.block_direct_push",
+        ),
+        (
+            with_op(req("git_operation", "agent/x"), "push"),
+            Decision::Allow,
+            "git.allow",
+        ),
+        (mcp("github"), Decision::Allow, "mcp.server.trust.allow"),
+        // A server name is exact: CAVRA compares names, it has no globs.
+        (
+            mcp("filesystem"),
+            Decision::Block,
+            "mcp.server.trust.block_unknown",
+        ),
+        (mcp("file*"), Decision::Allow, "mcp.server.trust.allow"),
+        (
+            mcp("evil"),
+            Decision::Block,
+            "mcp.server.trust.block_unknown",
+        ),
+    ];
+    for (r, d, id) in cases {
+        assert_eq!(decide(&p, &r), (d, id.to_string()), "{r:?}");
+    }
+    // `block_unknown_servers = false` lets unlisted servers through, as in
+    // CAVRA; the default (absent) blocks them.
+    let open = import_cavra(r#"{"mcp": {"block_unknown_servers": false}}"#, "o.json").unwrap();
+    let p = Policy::from_toml(&open.toml, "o.toml").unwrap();
+    assert_eq!(
+        decide(&p, &mcp("anything")),
+        (Decision::Allow, "mcp.server.trust.allow_unknown".into())
+    );
+    let closed = import_cavra(r#"{"metadata": {"id": "x"}}"#, "c.json").unwrap();
+    let p = Policy::from_toml(&closed.toml, "c.toml").unwrap();
+    assert_eq!(
+        decide(&p, &mcp("anything")),
+        (Decision::Block, "mcp.server.trust.block_unknown".into())
+    );
+    assert_eq!(
+        decide(&p, &req("read_file", "x")),
+        (Decision::Allow, "filesystem.read.allow".into())
+    );
+}
+
+#[test]
+fn a_cavra_json_file_loads_directly_with_its_warnings() {
+    let dir = tempdir();
+    let json = dir.join("compiled.json");
+    std::fs::write(&json, CAVRA_REAL).unwrap();
+    // Also without the extension: recognised by its first character.
+    let bare = dir.join("compiled-policy");
+    std::fs::write(&bare, format!("\n  {CAVRA_REAL}")).unwrap();
+    let toml = dir.join("extra.toml");
+    std::fs::write(&toml, "[policy]\nid = \"extra\"\ndefault = \"block\"\n[[rules]]\nid = \"x.allow\"\naction = \"x\"\ndecision = \"allow\"\n").unwrap();
+    for file in [&json, &bare] {
+        let p = Policy::from_file(file).unwrap();
+        assert_eq!(p.id(), "cavra-agentic-delivery");
+        assert_eq!(p.warnings().len(), 7, "{:?}", p.warnings());
+        assert!(p.warnings()[0].starts_with(&file.display().to_string()));
+        assert_eq!(
+            decide(&p, &req("read_file", ".env")),
+            (Decision::Block, "filesystem.read.block".into())
+        );
+    }
+    let merged = Policy::from_files(&[&toml, &json]).unwrap();
+    assert_eq!(merged.id(), "extra+cavra-agentic-delivery");
+    assert_eq!(merged.warnings().len(), 7);
+    assert!(Policy::from_file(&toml).unwrap().warnings().is_empty());
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{\"filesystem\": []}").unwrap();
+    let err = Policy::from_file(&broken).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}: `filesystem` must be an object, not a list",
+            broken.display()
+        )
+    );
+}
+
+#[test]
+fn protected_branches_are_caught_in_every_push_form() {
+    let p = baseline();
+    for action in ["git_operation", "git"] {
+        for target in [
+            "main",
+            "master",
+            "refs/heads/main",
+            "refs/heads/master",
+            "origin/main",
+            "upstream/master",
+            "origin main",
+            "HEAD:main",
+            "feature:refs/heads/main",
+            "+feature:main",
+            "+HEAD:refs/heads/master",
+            "+main",
+            ":main",
+            "+refs/heads/x:refs/heads/main",
+        ] {
+            assert_eq!(
+                decide(&p, &with_op(req(action, target), "push")),
+                (
+                    Decision::Block,
+                    "git.protected_branch.block_direct_push".into()
+                ),
+                "{action} push {target}"
+            );
+        }
+        for target in [
+            "feature/x",
+            "domain",
+            "main-fix",
+            "mainline",
+            "refs/heads/feature",
+            "main:feature",
+            "refs/heads/main:refs/heads/backup",
+            "origin/maintenance",
+        ] {
+            assert_eq!(
+                decide(&p, &with_op(req(action, target), "push")),
+                (Decision::Allow, "git.allow".into()),
+                "{action} push {target}"
+            );
+        }
+        assert_eq!(
+            decide(&p, &with_op(req(action, "origin/main"), "fetch")),
+            (Decision::Allow, "git.allow".into())
+        );
+    }
+}
+
+#[test]
+fn git_is_an_alias_of_git_operation_in_rules_and_requests() {
+    for written in ["git", "git_operation"] {
+        let p = Policy::from_toml(
+            &format!(
+                "[policy]\nid = \"t\"\ndefault = \"allow\"\n[[rules]]\nid = \"no.tags\"\n\
+                 action = \"{written}\"\noperation = \"tag\"\ndecision = \"block\"\n\
+                 [[rules]]\nid = \"when.action\"\naction = \"*\"\n\
+                 when = {{ action_type = \"git_operation\" }}\ndecision = \"require_approval\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        for asked in ["git", "git_operation"] {
+            assert_eq!(
+                decide(&p, &with_op(req(asked, "v1"), "tag")),
+                (Decision::Block, "no.tags".into()),
+                "rule {written}, request {asked}"
+            );
+            assert_eq!(
+                decide(&p, &with_op(req(asked, "v1"), "push")),
+                (Decision::RequireApproval, "when.action".into()),
+                "rule {written}, request {asked}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -272,6 +272,8 @@ async fn run_command(
         .join(" ");
     let child = tokio::process::Command::new(program)
         .args(args)
+        // The daemon's evidence signing key stays in the daemon.
+        .env_remove("KEYWARD_EVIDENCE_HMAC_KEY")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -162,6 +162,14 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
 /// belongs to the key in the same position (HMAC keys first).
 fn verifiers(hmac: &[PathBuf], public: &[PathBuf], key_ids: &[String]) -> Result<Vec<Verifier>> {
     let count = hmac.len() + public.len();
+    // No key file named: the key in the environment, as the daemon reads
+    // it (`--key-id` may then be given once, for it).
+    if count == 0
+        && key_ids.len() <= 1
+        && let Some(from_env) = Verifier::hmac_from_env(key_ids.first().map(String::as_str))
+    {
+        return Ok(vec![from_env?]);
+    }
     if !key_ids.is_empty() && key_ids.len() != count {
         usage_error(&format!(
             "--key-id was given {} time(s) for {count} key(s): give it once per key \

@@ -177,8 +177,8 @@ pub struct EvalArgs {
     /// An EvaluateRequest as JSON, from a file or `-` for stdin.
     #[arg(long, value_name = "FILE|-", conflicts_with_all = ["action", "target", "operation"])]
     pub input: Option<PathBuf>,
-    /// The action type: read_file, write_file, execute_command, git,
-    /// mcp_tool_call, http_request, ...
+    /// The action type: read_file, write_file, execute_command,
+    /// git_operation (or git), mcp_tool_call, http_request, ...
     #[arg(long, value_name = "A", required_unless_present = "input")]
     pub action: Option<String>,
     /// The target: a path, a command line, a branch, host/path.
@@ -250,7 +250,8 @@ pub enum AuditCommand {
         #[arg(long, value_name = "D")]
         dir: Option<PathBuf>,
         /// Check HMAC-SHA256 signatures with this key (repeat for a log
-        /// that spans a key rotation).
+        /// that spans a key rotation). With no key option at all, the key
+        /// in KEYWARD_EVIDENCE_HMAC_KEY is used when that is set.
         #[arg(long, value_name = "F")]
         hmac_key_file: Vec<PathBuf>,
         /// Check Ed25519 signatures with this public key, PEM (repeat for

@@ -86,12 +86,24 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(decision_status(resp.decision)))
 }
 
-/// A policy file, or the built-in pack by name.
+/// A policy file (keyward TOML or a CAVRA compiled policy, whose parts
+/// without a keyward equivalent are named on stderr), or the built-in pack
+/// by name.
 fn load(file: &Path) -> Result<Policy> {
     if file == Path::new(keyward_policy::BASELINE_ID) && !file.exists() {
         return Ok(keyward_policy::baseline());
     }
-    Policy::from_file(file).map_err(|e| anyhow::Error::new(PolicyInvalid(e.to_string())))
+    let policy =
+        Policy::from_file(file).map_err(|e| anyhow::Error::new(PolicyInvalid(e.to_string())))?;
+    warn_all(policy.warnings());
+    Ok(policy)
+}
+
+/// What a conversion left out, one `warning:` line each on stderr.
+fn warn_all(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("keyward: warning: {warning}");
+    }
 }
 
 /// A policy that does not compile: exit 64.
@@ -138,8 +150,10 @@ pub fn policy(cmd: &PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Import { file, output } => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let toml = keyward_policy::import_cavra(&text, &file.display().to_string())
+            let import = keyward_policy::import_cavra(&text, &file.display().to_string())
                 .map_err(|e| anyhow::Error::new(PolicyInvalid(e)))?;
+            warn_all(&import.warnings);
+            let toml = import.toml;
             match output {
                 Some(out) => {
                     write_new(out, toml.as_bytes())?;

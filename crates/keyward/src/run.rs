@@ -112,6 +112,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     for var in &created.drop_env {
         cmd.env_remove(var);
     }
+    // A CI job may hand the daemon its evidence key this way; the program
+    // must not be able to sign records.
+    cmd.env_remove(keyward_evidence::HMAC_KEY_ENV);
     cmd.envs(&created.env).envs(&created.placeholders);
     if let Some(tmp) = &confinement.private_tmp {
         cmd.env("TMPDIR", tmp);
