@@ -6,6 +6,7 @@
 mod ca;
 mod decode;
 mod events;
+mod grpc;
 mod limits;
 mod rules;
 mod scrub;

@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::ca::CertificateAuthority;
 use crate::decode::{Decoded, decoders_for};
 use crate::events::{EgressEvent, EgressSink, LogSink, Metered, PolicyDecision};
+use crate::grpc::GrpcScrubbed;
 use crate::limits::{Idle, Slot, Tracked};
 use crate::rules::{AllowRule, GrantHost, Injection, is_denied_address, is_metadata};
 use crate::scrub::{Scrubbed, Scrubber};
@@ -870,6 +871,9 @@ impl Proxy {
                 HeaderValue::from_static("identity"),
             );
         }
+        if run.scrubber.is_some() && crate::grpc::is_grpc(&parts.headers) {
+            crate::grpc::ask_uncompressed(&mut parts.headers);
+        }
         let websocket = upgrade.as_ref().is_some_and(is_websocket);
         if let Some(protocol) = &upgrade {
             if !injected.is_empty() && !websocket {
@@ -1048,6 +1052,12 @@ impl Proxy {
         scrubber: &Arc<Scrubber>,
     ) -> Result<ProxyBody, Unscrubbable> {
         use hyper::body::Body as _;
+        if crate::grpc::is_grpc(&parts.headers) {
+            // Lengths must not change: masked in place, message by message.
+            return Ok(GrpcScrubbed::new(body, &parts.headers, scrubber.clone())
+                .map_err(|e| Box::new(e) as BoxError)
+                .boxed());
+        }
         let encoding = parts
             .headers
             .get_all(header::CONTENT_ENCODING)
@@ -1296,7 +1306,11 @@ impl Proxy {
         body: Incoming,
     ) -> Result<(ProxyBody, Vec<&'r str>), Response<ProxyBody>> {
         use hyper::body::Body as _;
-        if run.body_placeholders.is_empty() || body.is_end_stream() {
+        // gRPC messages are never buffered nor swapped in: see grpc.rs.
+        if run.body_placeholders.is_empty()
+            || body.is_end_stream()
+            || crate::grpc::is_grpc(&parts.headers)
+        {
             return Ok((
                 body.map_err(|e| Box::new(e) as BoxError).boxed(),
                 Vec::new(),
