@@ -7,6 +7,7 @@ mod ca;
 mod decode;
 mod events;
 mod grpc;
+mod h2c;
 mod limits;
 mod rules;
 mod scrub;

@@ -35,6 +35,7 @@ use crate::ca::CertificateAuthority;
 use crate::decode::{Decoded, decoders_for};
 use crate::events::{EgressEvent, EgressSink, LogSink, Metered, PolicyDecision};
 use crate::grpc::GrpcScrubbed;
+use crate::h2c::Tunnel;
 use crate::limits::{Idle, Slot, Tracked};
 use crate::rules::{AllowRule, GrantHost, Injection, is_denied_address, is_metadata};
 use crate::scrub::{Scrubbed, Scrubber};
@@ -224,6 +225,9 @@ pub struct Proxy {
     /// Built on first use: loading the system roots is slow, and start-up
     /// should not wait for it.
     client: std::sync::OnceLock<UpstreamClient>,
+    /// For cleartext HTTP/2 clients (h2c, see h2c.rs): HTTP/2 with prior
+    /// knowledge, over `http://` only.
+    h2c_client: std::sync::OnceLock<UpstreamClient>,
     /// `proxy.upstream_ca`, read (and checked) at construction.
     extra_roots: Vec<CertificateDer<'static>>,
     events: Arc<dyn EgressSink>,
@@ -431,6 +435,7 @@ impl Proxy {
             ca,
             authority,
             client: std::sync::OnceLock::new(),
+            h2c_client: std::sync::OnceLock::new(),
             extra_roots,
             events: Arc::new(LogSink),
             drain: Arc::new(Drain::new()),
@@ -444,7 +449,16 @@ impl Proxy {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
             roots.add_parsable_certificates(self.extra_roots.iter().cloned());
-            build_client(roots, self.options.connect_timeout)
+            build_client(roots, self.options.connect_timeout, false)
+        })
+    }
+
+    /// The client for requests that came as h2c: no roots, as it never
+    /// speaks TLS.
+    fn h2c_client(&self) -> &UpstreamClient {
+        self.h2c_client.get_or_init(|| {
+            let roots = rustls::RootCertStore::empty();
+            build_client(roots, self.options.connect_timeout, true)
         })
     }
 }
@@ -455,7 +469,11 @@ const SCRUB_IN_ONE_PIECE: u64 = 64 * 1024;
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
 
-fn build_client(roots: rustls::RootCertStore, connect_timeout: Duration) -> UpstreamClient {
+fn build_client(
+    roots: rustls::RootCertStore,
+    connect_timeout: Duration,
+    http2_only: bool,
+) -> UpstreamClient {
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -470,6 +488,7 @@ fn build_client(roots: rustls::RootCertStore, connect_timeout: Duration) -> Upst
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
+        .http2_only(http2_only)
         .build(connector)
 }
 
@@ -654,26 +673,42 @@ impl Proxy {
                     Ok(u) => u,
                     Err(e) => return tracing::debug!("CONNECT upgrade failed: {e}"),
                 };
-                let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-                let handshake = acceptor.accept(TokioIo::new(upgraded));
-                let tls = match tokio::time::timeout(proxy.options.header_read_timeout, handshake)
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        return tracing::info!(
-                            host,
-                            "client TLS handshake failed (does it trust the keyward CA?): {e}"
-                        );
-                    }
+                // One deadline for the tunnel's start and the TLS handshake.
+                let deadline = tokio::time::Instant::now() + proxy.options.header_read_timeout;
+                // TLS, or cleartext HTTP/2 (an insecure gRPC channel).
+                let start = crate::h2c::sniff(TokioIo::new(upgraded));
+                let (stream, cleartext) = match tokio::time::timeout_at(deadline, start).await {
+                    Ok(Ok(sniffed)) => sniffed,
+                    Ok(Err(e)) => return tracing::debug!(host, "tunnel ended at its start: {e}"),
                     Err(_) => {
                         return tracing::info!(
                             host,
-                            "client did not finish its TLS handshake within proxy.header_read_timeout"
+                            "client sent nothing in its tunnel within proxy.header_read_timeout"
                         );
                     }
                 };
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let tunnel = if cleartext {
+                    Tunnel::Cleartext(stream)
+                } else {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout_at(deadline, handshake).await {
+                        Ok(Ok(tls)) => Tunnel::Tls(tls),
+                        Ok(Err(e)) => {
+                            return tracing::info!(
+                                host,
+                                "client TLS handshake failed (does it trust the keyward CA?): {e}"
+                            );
+                        }
+                        Err(_) => {
+                            return tracing::info!(
+                                host,
+                                "client did not finish its TLS handshake within proxy.header_read_timeout"
+                            );
+                        }
+                    }
+                };
+                let scheme = if cleartext { "http" } else { "https" };
                 let idle = Idle::new(idle_timeout);
                 let in_flight = idle.clone();
                 let svc = service_fn(move |inner: Request<Incoming>| {
@@ -686,20 +721,27 @@ impl Proxy {
                         let Some(run) = proxy.authority.authenticate(&token).await else {
                             return Ok::<_, Infallible>(proxy_auth_required());
                         };
-                        let resp = proxy.forward(&run, "https", &host, port, inner).await;
+                        let resp = proxy.forward(&run, scheme, &host, port, inner).await;
                         Ok(resp.map(|body| Tracked::new(body, in_flight).boxed()))
                     }
                 });
                 let drain = drain_for_inner.clone();
-                let served = if h2 {
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(idle.watch(tls)), svc);
-                    drained!(drain, conn, idle.expired())
-                } else {
-                    let conn = http1
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .with_upgrades();
-                    drained!(drain, conn)
+                let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let served = match tunnel {
+                    Tunnel::Cleartext(plain) => {
+                        let conn = http2.serve_connection(TokioIo::new(idle.watch(plain)), svc);
+                        drained!(drain, conn, idle.expired())
+                    }
+                    Tunnel::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        let conn = http2.serve_connection(TokioIo::new(idle.watch(tls)), svc);
+                        drained!(drain, conn, idle.expired())
+                    }
+                    Tunnel::Tls(tls) => {
+                        let conn = http1
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .with_upgrades();
+                        drained!(drain, conn)
+                    }
                 };
                 if let Err(e) = served {
                     tracing::debug!("intercepted connection ended: {e}");
@@ -731,6 +773,8 @@ impl Proxy {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let tls = scheme == "https";
+        // HTTP/2 in clear came through an h2c tunnel: upstream likewise.
+        let prior_knowledge = !tls && req.version() == hyper::Version::HTTP_2;
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         // An HTTP/1.1 upgrade (WebSocket): the handshake goes through the
@@ -939,9 +983,14 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
         event.injected = injected.iter().map(|g| (*g).to_owned()).collect();
 
+        let client = if prior_knowledge {
+            self.h2c_client()
+        } else {
+            self.client()
+        };
         let sent = tokio::time::timeout(
             self.options.response_header_timeout,
-            self.client().request(upstream_req),
+            client.request(upstream_req),
         );
         let resp = match sent.await {
             Ok(Ok(resp)) => resp,

@@ -31,6 +31,9 @@ struct Grpc {
     port: u16,
     ca: PathBuf,
     log: PathBuf,
+    /// The server speaks cleartext HTTP/2; the client uses an insecure
+    /// channel.
+    cleartext: bool,
 }
 
 impl Drop for Grpc {
@@ -41,19 +44,31 @@ impl Drop for Grpc {
 }
 
 impl Grpc {
-    /// `grant_extra` goes into the grant's table.
+    /// Over TLS; `grant_extra` goes into the grant's table.
     fn start(grant_extra: &str) -> Self {
+        Self::start_with(grant_extra, false)
+    }
+
+    fn start_with(grant_extra: &str, cleartext: bool) -> Self {
         let home = TestHome::new();
         std::fs::create_dir_all(&home.path).unwrap();
         let dir = home.path.parent().unwrap();
         // The server reads what it requires from <log>.expect.
         std::fs::write(dir.join("upstream.log.expect"), format!("Bearer {SECRET}")).unwrap();
-        let (server, port, ca, log) = common::start_tls_python(dir, SERVER);
+        let (server, port, ca, log) = if cleartext {
+            start_cleartext(dir)
+        } else {
+            common::start_tls_python(dir, SERVER)
+        };
+        let trust = if cleartext {
+            String::new()
+        } else {
+            format!("[proxy]\nupstream_ca = [\"{}\"]\n", ca.display())
+        };
         std::fs::write(
             home.file("keyward.toml"),
             format!(
-                "[proxy]\nupstream_ca = [\"{}\"]\n\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n{grant_extra}\n",
-                ca.display(),
+                "{trust}\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n{grant_extra}\n",
             ),
         )
         .unwrap();
@@ -65,6 +80,7 @@ impl Grpc {
             port,
             ca,
             log,
+            cleartext,
         }
     }
 
@@ -77,6 +93,7 @@ impl Grpc {
             .home
             .cmd(&["run", "--grant", "local", "--", "python3", CLIENT])
             .args([&self.port.to_string(), self.log.to_str().unwrap(), call])
+            .args(self.cleartext.then_some("insecure"))
             .env("SOME_COPY_OF_IT", SECRET)
             .env(
                 "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
@@ -115,6 +132,25 @@ impl Grpc {
         let start = environ.find("'LOCAL_TOKEN': '").unwrap() + "'LOCAL_TOKEN': '".len();
         environ[start..].split('\'').next().unwrap().to_owned()
     }
+}
+
+/// Starts server.py in cleartext: (child, port, no CA, log).
+fn start_cleartext(dir: &std::path::Path) -> (Child, u16, PathBuf, PathBuf) {
+    use std::io::BufRead;
+    let log = dir.join("upstream.log");
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SERVER, "-", "-"])
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the test server's port");
+    (child, port, PathBuf::new(), log)
 }
 
 /// The lines of `run`'s output that start with `key`, without it.
@@ -290,4 +326,29 @@ fn a_credential_echoed_in_metadata_trailers_and_messages_comes_back_scrubbed() {
         [format!("you sent: Bearer {mask}")],
         "{run:?}"
     );
+}
+
+#[test]
+fn an_insecure_channel_gets_the_credential_only_where_the_grant_allows_plaintext() {
+    // A grant without `plaintext = true`: the cleartext call is refused
+    // before anything reaches the server.
+    let grpc = Grpc::start_with("", true);
+    let run = grpc.call("unary");
+    assert_eq!(values(&run, "CODE"), ["PERMISSION_DENIED"], "{run:?}");
+    assert_eq!(grpc.server_log(), "");
+    assert!(
+        grpc.home.log().contains("blocked=\"plaintext_refused\""),
+        "{}",
+        grpc.home.log()
+    );
+
+    // With it: HTTP/2 in clear (prior knowledge) both ways, the
+    // credential injected.
+    let grpc = Grpc::start_with("plaintext = true", true);
+    let run = grpc.call("unary");
+    assert_eq!(run.code, 0, "{run:?}\n{}", grpc.home.log());
+    assert_eq!(values(&run, "REPLY"), ["echo:hello"], "{run:?}");
+    let run = grpc.call("bidi");
+    assert_eq!(run.code, 0, "{run:?}\n{}", grpc.server_log());
+    assert_eq!(values(&run, "ANSWER").len(), 3, "{run:?}");
 }

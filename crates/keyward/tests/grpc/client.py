@@ -3,7 +3,7 @@ reaches the server through the proxy from the environment and trusts the
 CA bundle `keyward run` names in GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, as any
 grpcio program would.
 
-Usage: python3 client.py PORT LOG CALL. Prints its environment, then what
+Usage: python3 client.py PORT LOG CALL [insecure]. Prints its environment, then what
 the call returned, one `KEY value` line each.
 """
 import os
@@ -13,9 +13,12 @@ import time
 
 import grpc
 
-port, log_file, call = sys.argv[1], sys.argv[2], sys.argv[3]
+port, log_file, call = sys.argv[1:4]
 print("ENVIRON", dict(os.environ), flush=True)
-channel = grpc.secure_channel("localhost:" + port, grpc.ssl_channel_credentials())
+if sys.argv[4:] == ["insecure"]:
+    channel = grpc.insecure_channel("localhost:" + port)
+else:
+    channel = grpc.secure_channel("localhost:" + port, grpc.ssl_channel_credentials())
 DEADLINE = 20
 
 

@@ -2,7 +2,8 @@
 bytes (no protoc), every call refused unless it carries the expected
 `authorization` metadata.
 
-Usage: python3 server.py CERT KEY LOG. The expected authorization value is
+Usage: python3 server.py CERT KEY LOG (CERT and KEY "-": cleartext
+HTTP/2, as an insecure channel expects). The expected authorization value is
 read from LOG.expect; what the server sees is appended to LOG, one line per
 event, so a test can tell what reached the server and when. Prints its port
 on its first line.
@@ -123,9 +124,12 @@ handlers = grpc.method_handlers_generic_handler(
 )
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
 server.add_generic_rpc_handlers((handlers,))
-with open(cert_file, "rb") as c, open(key_file, "rb") as k:
-    credentials = grpc.ssl_server_credentials(((k.read(), c.read()),))
-port = server.add_secure_port("127.0.0.1:0", credentials)
+if cert_file == "-":
+    port = server.add_insecure_port("127.0.0.1:0")
+else:
+    with open(cert_file, "rb") as c, open(key_file, "rb") as k:
+        credentials = grpc.ssl_server_credentials(((k.read(), c.read()),))
+    port = server.add_secure_port("127.0.0.1:0", credentials)
 server.start()
 print(port, flush=True)
 server.wait_for_termination()
