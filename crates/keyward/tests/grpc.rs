@@ -14,14 +14,23 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use common::{TestHome, wait_for};
 
 const SECRET: &str = "kw-grpc-SECRET-5f0c2b7e91";
 const SERVER: &str = include_str!("grpc/server.py");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/client.py");
+
+/// How the test server is reached.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// TLS, with a certificate for this name (from a fresh test CA).
+    Tls(&'static str),
+    /// Cleartext HTTP/2; clients use an insecure channel.
+    Cleartext,
+}
 
 /// A daemon whose `local` grant injects `authorization: Bearer SECRET`
 /// toward the gRPC server, and that server.
@@ -31,9 +40,7 @@ struct Grpc {
     port: u16,
     ca: PathBuf,
     log: PathBuf,
-    /// The server speaks cleartext HTTP/2; the client uses an insecure
-    /// channel.
-    cleartext: bool,
+    transport: Transport,
 }
 
 impl Drop for Grpc {
@@ -44,31 +51,29 @@ impl Drop for Grpc {
 }
 
 impl Grpc {
-    /// Over TLS; `grant_extra` goes into the grant's table.
+    /// Over TLS to localhost; `grant_extra` goes into the grant's table.
     fn start(grant_extra: &str) -> Self {
-        Self::start_with(grant_extra, false)
+        Self::start_with(grant_extra, Transport::Tls("localhost"))
     }
 
-    fn start_with(grant_extra: &str, cleartext: bool) -> Self {
+    fn start_with(grant_extra: &str, transport: Transport) -> Self {
         let home = TestHome::new();
         std::fs::create_dir_all(&home.path).unwrap();
         let dir = home.path.parent().unwrap();
         // The server reads what it requires from <log>.expect.
         std::fs::write(dir.join("upstream.log.expect"), format!("Bearer {SECRET}")).unwrap();
-        let (server, port, ca, log) = if cleartext {
-            start_cleartext(dir)
-        } else {
-            common::start_tls_python(dir, SERVER)
-        };
-        let trust = if cleartext {
-            String::new()
-        } else {
-            format!("[proxy]\nupstream_ca = [\"{}\"]\n", ca.display())
+        let (server, port, ca, log) = start_server(dir, transport);
+        let (host, trust) = match transport {
+            Transport::Tls(name) => (
+                name,
+                format!("[proxy]\nupstream_ca = [\"{}\"]\n", ca.display()),
+            ),
+            Transport::Cleartext => ("localhost", String::new()),
         };
         std::fs::write(
             home.file("keyward.toml"),
             format!(
-                "{trust}\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n{grant_extra}\n",
+                "{trust}\n[grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"{host}:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\nplaceholder_env = \"LOCAL_TOKEN\"\n{grant_extra}\n",
             ),
         )
         .unwrap();
@@ -80,7 +85,7 @@ impl Grpc {
             port,
             ca,
             log,
-            cleartext,
+            transport,
         }
     }
 
@@ -93,7 +98,7 @@ impl Grpc {
             .home
             .cmd(&["run", "--grant", "local", "--", "python3", CLIENT])
             .args([&self.port.to_string(), self.log.to_str().unwrap(), call])
-            .args(self.cleartext.then_some("insecure"))
+            .args((self.transport == Transport::Cleartext).then_some("insecure"))
             .env("SOME_COPY_OF_IT", SECRET)
             .env(
                 "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
@@ -101,20 +106,38 @@ impl Grpc {
             )
             .output()
             .unwrap();
+        let bundle = self.home.file("ca/public/bundle.pem");
+        let trust = format!("'GRPC_DEFAULT_SSL_ROOTS_FILE_PATH': '{}'", bundle.display());
+        self.checked(out, &trust)
+    }
+
+    /// Runs client.go's `call` (built as `client`) like [`Grpc::call`]; Go
+    /// programs trust SSL_CERT_FILE.
+    fn go_call(&self, client: &Path, call: &str) -> common::Run {
+        let out = self
+            .home
+            .cmd(&["run", "--grant", "local", "--"])
+            .arg(client)
+            .arg(format!("{GO_HOST}:{}", self.port))
+            .arg(call)
+            .env("SOME_COPY_OF_IT", SECRET)
+            .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+            .output()
+            .unwrap();
+        let bundle = self.home.file("ca/public/bundle.pem");
+        self.checked(out, &format!("SSL_CERT_FILE={}", bundle.display()))
+    }
+
+    /// The child's output, once shown to name keyward's bundle (`trust`,
+    /// as its environment prints it) and never to have held the secret.
+    fn checked(&self, out: std::process::Output, trust: &str) -> common::Run {
         let run = common::Run::from(out);
         let environ = run
             .stdout
             .lines()
             .find(|l| l.starts_with("ENVIRON "))
             .unwrap_or_else(|| panic!("the child did not start: {run:?}"));
-        let bundle = self.home.file("ca/public/bundle.pem");
-        assert!(
-            environ.contains(&format!(
-                "'GRPC_DEFAULT_SSL_ROOTS_FILE_PATH': '{}'",
-                bundle.display()
-            )),
-            "{environ}"
-        );
+        assert!(environ.contains(trust), "{environ}");
         assert!(
             !run.stdout.contains(SECRET) && !run.stderr.contains(SECRET),
             "the child held the secret: {run:?}"
@@ -127,22 +150,42 @@ impl Grpc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The child's LOCAL_TOKEN, from its printed environment.
     fn placeholder(&self, run: &common::Run) -> String {
         let environ = run.stdout.lines().next().unwrap();
-        let start = environ.find("'LOCAL_TOKEN': '").unwrap() + "'LOCAL_TOKEN': '".len();
-        environ[start..].split('\'').next().unwrap().to_owned()
+        let at = environ.find("LOCAL_TOKEN").unwrap();
+        environ[at..]
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|word| word.starts_with("kw_ph_"))
+            .unwrap()
+            .to_owned()
     }
 }
 
-/// Starts server.py in cleartext: (child, port, no CA, log).
-fn start_cleartext(dir: &std::path::Path) -> (Child, u16, PathBuf, PathBuf) {
+/// Starts server.py: (child, port, CA file, log). It prints its port on
+/// its first line.
+fn start_server(dir: &Path, transport: Transport) -> (Child, u16, PathBuf, PathBuf) {
     use std::io::BufRead;
-    let log = dir.join("upstream.log");
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", SERVER, "-", "-"])
-        .arg(&log)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+    use std::os::unix::fs::PermissionsExt;
+    let (ca, log) = (dir.join("upstream-ca.pem"), dir.join("upstream.log"));
+    let (cert, key) = match transport {
+        Transport::Tls(name) => {
+            let identity = keyward_proxy::ServiceIdentity::new(name).unwrap();
+            let (cert, key) = (dir.join("upstream.pem"), dir.join("upstream.key"));
+            std::fs::write(&ca, &identity.ca_pem).unwrap();
+            std::fs::write(&cert, &identity.cert_pem).unwrap();
+            std::fs::write(&key, &identity.key_pem).unwrap();
+            // Read by the daemon, as proxy.upstream_ca.
+            std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+            (cert, key)
+        }
+        Transport::Cleartext => ("-".into(), "-".into()),
+    };
+    let mut child = Command::new("python3")
+        .args(["-c", SERVER])
+        .args([&cert, &key, &log])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -150,7 +193,90 @@ fn start_cleartext(dir: &std::path::Path) -> (Child, u16, PathBuf, PathBuf) {
         .read_line(&mut line)
         .unwrap();
     let port = line.trim().parse().expect("the test server's port");
-    (child, port, PathBuf::new(), log)
+    (child, port, ca, log)
+}
+
+const GO_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/client.go");
+
+/// The Go test's server name. Go never sends `localhost` or a loopback
+/// address through a proxy (net/http's ProxyFromEnvironment), so the test
+/// gives 127.0.0.1 a name of its own, in its own /etc/hosts.
+const GO_HOST: &str = "grpc-go.keyward.test";
+
+/// Set in the run of the Go test inside its mount namespace.
+const GO_HOSTS_VAR: &str = "KEYWARD_TEST_GO_HOSTS";
+
+/// Runs `test` again, alone, in a private mount namespace (`unshare
+/// --mount`, plus `--map-root-user` when not root) where /etc/hosts also
+/// maps [`GO_HOST`] to 127.0.0.1; the daemon it starts resolves the name
+/// there too. Returns true in the outer run, which asserts the inner one
+/// passed.
+fn rerun_with_go_host(test: &str) -> bool {
+    if std::env::var_os(GO_HOSTS_VAR).is_some() {
+        return false;
+    }
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    text.push_str(&format!("\n127.0.0.1 {GO_HOST}\n"));
+    std::fs::write(hosts.path(), text).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.arg("--mount");
+    if keyward_sys::effective_uid() != 0 {
+        cmd.arg("--map-root-user");
+    }
+    let run = common::Run::from(
+        cmd.args([
+            "sh",
+            "-c",
+            r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#,
+            "sh",
+        ])
+        .arg(hosts.path())
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(GO_HOSTS_VAR, "1")
+        .output()
+        .expect("unshare (util-linux) runs"),
+    );
+    assert!(
+        run.code == 0 && run.stdout.contains("1 passed"),
+        "{test} failed in its mount namespace (exit {}):\n{}\n{}",
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    true
+}
+
+/// Builds client.go in GOPATH mode against Debian's golang-google-grpc-dev
+/// (`.ci/run` installs it with golang-go): no module is downloaded.
+fn go_client() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out = tmp.join("grpc-go-client");
+    let build = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(GO_CLIENT)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", tmp.join("go-build"))
+        .output()
+        .expect("go (Debian's golang-go) runs");
+    assert!(
+        build.status.success(),
+        "go build of client.go failed (is golang-google-grpc-dev installed?): {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    out
+}
+
+/// What a secret in a gRPC message becomes: a mask of its length, so
+/// gRPC's and protobuf's length prefixes still hold.
+fn masked_secret() -> String {
+    format!(
+        "[REDACTED]{}",
+        "*".repeat(SECRET.len() - "[REDACTED]".len())
+    )
 }
 
 /// The lines of `run`'s output that start with `key`, without it.
@@ -166,7 +292,7 @@ fn a_unary_call_gets_the_credential_as_metadata_the_child_never_holds() {
     let grpc = Grpc::start("");
     // Without keyward, the same client is refused: the server really
     // requires the credential.
-    let direct = std::process::Command::new("python3")
+    let direct = Command::new("python3")
         .args([CLIENT, &grpc.port.to_string(), grpc.log.to_str().unwrap()])
         .arg("unary")
         .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", &grpc.ca)
@@ -318,12 +444,10 @@ fn a_credential_echoed_in_metadata_trailers_and_messages_comes_back_scrubbed() {
         "{run:?}"
     );
     assert_eq!(values(&run, "STATUS"), ["OK"]);
-    // The message: a mask of the secret's length, so gRPC's and protobuf's
-    // length prefixes still hold (the server compressed it if it could).
-    let mask = format!("[REDACTED]{}", "*".repeat(SECRET.len() - 10));
+    // The message: masked (the server compressed it if it could).
     assert_eq!(
         values(&run, "REPLY"),
-        [format!("you sent: Bearer {mask}")],
+        [format!("you sent: Bearer {}", masked_secret())],
         "{run:?}"
     );
 }
@@ -332,7 +456,7 @@ fn a_credential_echoed_in_metadata_trailers_and_messages_comes_back_scrubbed() {
 fn an_insecure_channel_gets_the_credential_only_where_the_grant_allows_plaintext() {
     // A grant without `plaintext = true`: the cleartext call is refused
     // before anything reaches the server.
-    let grpc = Grpc::start_with("", true);
+    let grpc = Grpc::start_with("", Transport::Cleartext);
     let run = grpc.call("unary");
     assert_eq!(values(&run, "CODE"), ["PERMISSION_DENIED"], "{run:?}");
     assert_eq!(grpc.server_log(), "");
@@ -344,11 +468,37 @@ fn an_insecure_channel_gets_the_credential_only_where_the_grant_allows_plaintext
 
     // With it: HTTP/2 in clear (prior knowledge) both ways, the
     // credential injected.
-    let grpc = Grpc::start_with("plaintext = true", true);
+    let grpc = Grpc::start_with("plaintext = true", Transport::Cleartext);
     let run = grpc.call("unary");
     assert_eq!(run.code, 0, "{run:?}\n{}", grpc.home.log());
     assert_eq!(values(&run, "REPLY"), ["echo:hello"], "{run:?}");
     let run = grpc.call("bidi");
     assert_eq!(run.code, 0, "{run:?}\n{}", grpc.server_log());
     assert_eq!(values(&run, "ANSWER").len(), 3, "{run:?}");
+}
+
+#[test]
+fn a_go_client_trusts_keyward_through_ssl_cert_file_and_never_holds_the_secret() {
+    if rerun_with_go_host(
+        "a_go_client_trusts_keyward_through_ssl_cert_file_and_never_holds_the_secret",
+    ) {
+        return;
+    }
+    let client = go_client();
+    let grpc = Grpc::start_with("", Transport::Tls(GO_HOST));
+    let run = grpc.go_call(&client, "unary");
+    assert_eq!(run.code, 0, "{run:?}\n{}", grpc.home.log());
+    assert_eq!(values(&run, "REPLY"), ["echo:hello"], "{run:?}");
+    assert!(grpc.server_log().contains("METADATA "));
+
+    let run = grpc.go_call(&client, "echo_auth");
+    assert_eq!(run.code, 0, "{run:?}\n{}", grpc.home.log());
+    let placeholder = grpc.placeholder(&run);
+    assert_eq!(values(&run, "INITIAL"), [format!("Bearer {placeholder}")]);
+    assert_eq!(values(&run, "TRAILER"), [format!("Bearer {placeholder}")]);
+    assert_eq!(
+        values(&run, "REPLY"),
+        [format!("you sent: Bearer {}", masked_secret())],
+        "{run:?}"
+    );
 }
