@@ -34,21 +34,27 @@ const MAX_DECOMPRESSED: u64 = 16 << 20;
 /// The message prefix: a flag byte and a 4-byte length.
 const PREFIX: usize = 5;
 
-/// Whether `headers` describe a gRPC body (`application/grpc`, or
-/// `application/grpc+proto` and the like; not gRPC-Web, whose text form
-/// is base64).
+/// Whether `headers` describe a gRPC body: `application/grpc`,
+/// `application/grpc+proto` and the like, and gRPC-Web's binary form
+/// (`application/grpc-web`, `application/grpc-web+proto`), whose trailers
+/// travel as a last message with flag 0x80. Not gRPC-Web's text form,
+/// which is base64.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
+    let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
+    else {
+        return false;
+    };
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let media = media.to_ascii_lowercase();
+    ["application/grpc", "application/grpc-web"]
+        .iter()
+        .any(|base| {
+            media
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('+'))
         })
-        .is_some_and(|t| t == "application/grpc" || t.starts_with("application/grpc+"))
 }
 
 /// What the proxy asks a gRPC server for in a run that holds secrets:
@@ -340,7 +346,10 @@ mod tests {
             ("application/grpc", true),
             ("application/grpc+proto", true),
             ("Application/GRPC; charset=x", true),
+            ("application/grpc-web", true),
+            ("application/grpc-web+proto", true),
             ("application/grpc-web-text", false),
+            ("application/grpcx", false),
             ("application/json", false),
         ] {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
