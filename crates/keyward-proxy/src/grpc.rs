@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
+use hyper::{HeaderMap, Response};
 
 use crate::scrub::Scrubber;
 
@@ -61,6 +61,64 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// uncompressed messages, which can be scrubbed as they stream.
 pub(crate) fn ask_uncompressed(headers: &mut HeaderMap) {
     headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+}
+
+/// Marks a response keyward made itself (a refusal, a 502), not the
+/// upstream's.
+#[derive(Clone, Copy)]
+pub(crate) struct OwnAnswer;
+
+/// For a gRPC request, keyward's own answer as a gRPC status: a gRPC
+/// client shows `grpc-message`, not an HTTP body, so the reason (what was
+/// refused and what to do) would otherwise be lost. A trailers-only
+/// response: HTTP 200, `grpc-status` mapped from the HTTP status as gRPC
+/// maps them, the text in `grpc-message`, `x-keyward-blocked` kept.
+pub(crate) async fn own_answer_as_status<B>(resp: Response<B>) -> Response<B>
+where
+    B: Body<Data = Bytes> + Default,
+{
+    use http_body_util::BodyExt;
+    if resp.extensions().get::<OwnAnswer>().is_none() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let code: &'static str = match parts.status.as_u16() {
+        400 => "13",                         // INTERNAL
+        401 | 407 => "16",                   // UNAUTHENTICATED
+        403 => "7",                          // PERMISSION_DENIED
+        404 => "12",                         // UNIMPLEMENTED
+        413 => "8",                          // RESOURCE_EXHAUSTED
+        423 | 429 | 502 | 503 | 504 => "14", // UNAVAILABLE
+        _ => "2",                            // UNKNOWN
+    };
+    parts.status = hyper::StatusCode::OK;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert("grpc-status", HeaderValue::from_static(code));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(text.trim_ascii())) {
+        parts.headers.insert("grpc-message", message);
+    }
+    Response::from_parts(parts, B::default())
+}
+
+/// `grpc-message`'s encoding: bytes outside printable ASCII, and `%`,
+/// percent-encoded.
+fn percent_encode(text: &[u8]) -> String {
+    text.iter()
+        .map(|&b| match b {
+            b' '..=b'~' if b != b'%' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The message being read.
@@ -436,6 +494,31 @@ mod tests {
                 .contains("\"snappy\"")
         );
         assert!(collected.to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn keywards_own_answers_become_a_grpc_status_with_the_reason() {
+        use http_body_util::Full;
+        let mut refusal = Response::new(Full::new(Bytes::from_static(
+            b"keyward refused this: 100% \xc3\xa9\n",
+        )));
+        *refusal.status_mut() = hyper::StatusCode::FORBIDDEN;
+        refusal.extensions_mut().insert(OwnAnswer);
+        refusal
+            .headers_mut()
+            .insert("x-keyward-blocked", HeaderValue::from_static("rule"));
+        let status = own_answer_as_status(refusal).await;
+        assert_eq!(status.status(), 200);
+        assert!(status.body().is_end_stream());
+        let h = status.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "7");
+        assert_eq!(h["grpc-message"], "keyward refused this: 100%25 %C3%A9");
+        assert_eq!(h["x-keyward-blocked"], "rule");
+        // The upstream's answers are left as they are.
+        let mut upstream = Response::new(Full::new(Bytes::from_static(b"x")));
+        *upstream.status_mut() = hyper::StatusCode::FORBIDDEN;
+        assert_eq!(own_answer_as_status(upstream).await.status(), 403);
     }
 
     #[test]

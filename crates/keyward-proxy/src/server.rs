@@ -717,12 +717,18 @@ impl Proxy {
                     let host = host.clone();
                     let in_flight = in_flight.begin();
                     async move {
+                        let grpc = crate::grpc::is_grpc(inner.headers());
                         // Re-check per request: a removed run loses access at once.
-                        let Some(run) = proxy.authority.authenticate(&token).await else {
-                            return Ok::<_, Infallible>(proxy_auth_required());
+                        let resp = match proxy.authority.authenticate(&token).await {
+                            Some(run) => proxy.forward(&run, scheme, &host, port, inner).await,
+                            None => proxy_auth_required(),
                         };
-                        let resp = proxy.forward(&run, scheme, &host, port, inner).await;
-                        Ok(resp.map(|body| Tracked::new(body, in_flight).boxed()))
+                        let resp = if grpc {
+                            crate::grpc::own_answer_as_status(resp).await
+                        } else {
+                            resp
+                        };
+                        Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight).boxed()))
                     }
                 });
                 let drain = drain_for_inner.clone();
@@ -1948,6 +1954,7 @@ fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(crate::grpc::OwnAnswer);
     resp
 }
 

@@ -459,6 +459,14 @@ fn an_insecure_channel_gets_the_credential_only_where_the_grant_allows_plaintext
     let grpc = Grpc::start_with("", Transport::Cleartext);
     let run = grpc.call("unary");
     assert_eq!(values(&run, "CODE"), ["PERMISSION_DENIED"], "{run:?}");
+    // keyward's reason reaches the client as the status message.
+    let details = values(&run, "DETAILS");
+    assert!(
+        details.len() == 1
+            && details[0].starts_with("keyward refused to send grant local's secret")
+            && details[0].contains("plaintext = true"),
+        "{run:?}"
+    );
     assert_eq!(grpc.server_log(), "");
     assert!(
         grpc.home.log().contains("blocked=\"plaintext_refused\""),
