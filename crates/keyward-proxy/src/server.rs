@@ -1107,12 +1107,6 @@ impl Proxy {
         scrubber: &Arc<Scrubber>,
     ) -> Result<ProxyBody, Unscrubbable> {
         use hyper::body::Body as _;
-        if crate::grpc::is_grpc(&parts.headers) {
-            // Lengths must not change: masked in place, message by message.
-            return Ok(GrpcScrubbed::new(body, &parts.headers, scrubber.clone())
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed());
-        }
         let encoding = parts
             .headers
             .get_all(header::CONTENT_ENCODING)
@@ -1130,6 +1124,14 @@ impl Proxy {
             parts.headers.remove(header::CONTENT_LENGTH);
             let decoded = Decoded::new(body, decoders);
             return Ok(Scrubbed::new(decoded, scrubber.clone()).boxed());
+        }
+        if crate::grpc::is_grpc(&parts.headers) {
+            // Lengths must not change: masked in place, message by message
+            // (a gRPC body that came with a Content-Encoding was decoded
+            // and scrubbed above, as any body: safe, if no longer gRPC).
+            return Ok(GrpcScrubbed::new(body, &parts.headers, scrubber.clone())
+                .map_err(|e| Box::new(e) as BoxError)
+                .boxed());
         }
         // The declared length must be the body's: not so for HEAD or 304.
         let declared = parts
