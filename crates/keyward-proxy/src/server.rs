@@ -2019,6 +2019,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn te_keeps_only_trailers() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("deflate, trailers"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers[header::TE], "trailers");
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get(header::TE).is_none());
+    }
+
+    #[test]
     fn query_parameters_are_set_once_and_encoded() {
         assert_eq!(set_query_param("/a", "key", "v 1"), "/a?key=v%201");
         assert_eq!(
