@@ -4,7 +4,9 @@
 //! child (tests/grpc/client.py), which finds the proxy and keyward's CA
 //! bundle only through the environment `keyward run` gives it. The server
 //! speaks only HTTP/2, so every call also shows the upstream connection
-//! negotiating h2 over ALPN.
+//! negotiating h2 over ALPN. Also: an insecure channel (cleartext HTTP/2)
+//! against the same server in clear, and a grpc-go client
+//! (tests/grpc/client.go).
 //!
 //! Streaming calls show that one message arrives before the next is sent:
 //! the sender waits (with a deadline) for the other side to note the
