@@ -395,11 +395,14 @@ fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<Stri
         "https_proxy",
         "ALL_PROXY",
         "all_proxy",
+        // gRPC C-core reads grpc_proxy first and no_grpc_proxy before no_proxy.
+        "grpc_proxy",
     ] {
         env.insert(var.to_owned(), proxy_url.to_owned());
     }
     env.insert("NO_PROXY".to_owned(), String::new());
     env.insert("no_proxy".to_owned(), String::new());
+    env.insert("no_grpc_proxy".to_owned(), String::new());
     let bundle = state.bundle_path().display().to_string();
     for var in [
         "SSL_CERT_FILE",
@@ -409,6 +412,8 @@ fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<Stri
         "GIT_SSL_CAINFO",
         "AWS_CA_BUNDLE",
         "DENO_CERT",
+        // gRPC C-core (Python, Ruby, C++ ...) ignores SSL_CERT_FILE.
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
     ] {
         env.insert(var.to_owned(), bundle.clone());
     }

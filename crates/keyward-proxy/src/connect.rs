@@ -17,6 +17,7 @@ use crate::body::{ProxyBody, empty};
 use crate::context::{RunContext, Scope};
 use crate::events::Via;
 use crate::filters::request::{network_check, policy_check};
+use crate::h2c::Tunnel;
 use crate::limits::{Idle, Slot, Tracked};
 use crate::proxy::{Intercept, Proxy};
 use crate::record::Target;
@@ -95,53 +96,87 @@ impl Proxy {
                 Err(e) => return tracing::debug!("CONNECT upgrade failed: {e}"),
             };
             let host = target.host.clone();
-            let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-            let handshake = acceptor.accept(TokioIo::new(upgraded));
-            let tls = match tokio::time::timeout(proxy.options.header_read_timeout, handshake).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::info!(
-                        host,
-                        "client TLS handshake failed (does it trust the keyward CA?): {e}"
-                    );
-                }
+            // One deadline for the tunnel's start and the TLS handshake.
+            let deadline = tokio::time::Instant::now() + proxy.options.header_read_timeout;
+            // TLS, or cleartext HTTP/2 (an insecure gRPC channel).
+            let start = crate::h2c::sniff(TokioIo::new(upgraded));
+            let (stream, cleartext) = match tokio::time::timeout_at(deadline, start).await {
+                Ok(Ok(sniffed)) => sniffed,
+                Ok(Err(e)) => return tracing::debug!(host, "tunnel ended at its start: {e}"),
                 Err(_) => {
                     return tracing::info!(
                         host,
-                        "client did not finish its TLS handshake within proxy.header_read_timeout"
+                        "client sent nothing in its tunnel within proxy.header_read_timeout"
                     );
                 }
             };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let tunnel = if cleartext {
+                Tunnel::Cleartext(stream)
+            } else {
+                let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+                let handshake = acceptor.accept(stream);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Ok(Ok(tls)) => Tunnel::Tls(tls),
+                    Ok(Err(e)) => {
+                        return tracing::info!(
+                            host,
+                            "client TLS handshake failed (does it trust the keyward CA?): {e}"
+                        );
+                    }
+                    Err(_) => {
+                        return tracing::info!(
+                            host,
+                            "client did not finish its TLS handshake within proxy.header_read_timeout"
+                        );
+                    }
+                }
+            };
             let idle = Idle::new(proxy.options.idle_timeout);
             let in_flight = idle.clone();
             let drain = proxy.drain.clone();
             let http1 = proxy.http1();
-            let target = Arc::new(target);
+            // An h2c tunnel's requests go upstream in clear: only a
+            // `plaintext` grant's credential may go with them.
+            let target = Arc::new(Target {
+                tls: !cleartext,
+                ..target
+            });
             let svc = service_fn(move |inner: Request<Incoming>| {
                 let proxy = proxy.clone();
                 let token = token.clone();
                 let target = target.clone();
                 let in_flight = in_flight.begin();
                 async move {
+                    let grpc = crate::grpc::is_grpc(inner.headers());
                     // Re-check per request: a removed run loses access at once.
-                    let Some(run) = proxy.authority.authenticate(&token).await else {
-                        return Ok::<_, Infallible>(proxy_auth_required());
+                    let resp = match proxy.authority.authenticate(&token).await {
+                        Some(run) => proxy.forward(&run, &target, Via::Proxy, inner).await,
+                        None => proxy_auth_required(),
                     };
-                    let resp = proxy.forward(&run, &target, Via::Proxy, inner).await;
-                    Ok(resp.map(|body| Tracked::new(body, in_flight).boxed()))
+                    let resp = if grpc {
+                        crate::grpc::own_answer_as_status(resp).await
+                    } else {
+                        resp
+                    };
+                    Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight).boxed()))
                 }
             });
-            let served = if h2 {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(idle.watch(tls)), svc);
-                drained!(drain, conn, idle.expired())
-            } else {
-                let conn = http1
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades();
-                drained!(drain, conn)
+            let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let served = match tunnel {
+                Tunnel::Cleartext(plain) => {
+                    let conn = http2.serve_connection(TokioIo::new(idle.watch(plain)), svc);
+                    drained!(drain, conn, idle.expired())
+                }
+                Tunnel::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    let conn = http2.serve_connection(TokioIo::new(idle.watch(tls)), svc);
+                    drained!(drain, conn, idle.expired())
+                }
+                Tunnel::Tls(tls) => {
+                    let conn = http1
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades();
+                    drained!(drain, conn)
+                }
             };
             if let Err(e) = served {
                 tracing::debug!("intercepted connection ended: {e}");

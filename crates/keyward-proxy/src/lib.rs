@@ -18,6 +18,8 @@ mod context;
 mod decode;
 mod events;
 mod filters;
+mod grpc;
+mod h2c;
 mod limits;
 mod pipeline;
 mod proxy;

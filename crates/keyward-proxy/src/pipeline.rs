@@ -35,6 +35,8 @@ impl Proxy {
         via: Via,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        // HTTP/2 in clear came through an h2c tunnel: upstream likewise.
+        let prior_knowledge = !target.tls && req.version() == hyper::Version::HTTP_2;
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         // An HTTP/1.1 upgrade (WebSocket): the handshake goes through the
@@ -99,6 +101,9 @@ impl Proxy {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+        }
+        if run.scrubber.is_some() && crate::grpc::is_grpc(&parts.headers) {
+            crate::grpc::ask_uncompressed(&mut parts.headers);
         }
         let websocket = upgrade.as_ref().is_some_and(is_websocket);
         if let Some(protocol) = &upgrade {
@@ -172,9 +177,14 @@ impl Proxy {
         event.injected = injected.iter().map(|g| (*g).to_owned()).collect();
 
         // The exchange.
+        let client = if prior_knowledge {
+            self.h2c_client()
+        } else {
+            self.client()
+        };
         let sent = tokio::time::timeout(
             self.options.response_header_timeout,
-            self.client().request(upstream_req),
+            client.request(upstream_req),
         );
         let resp = match sent.await {
             Ok(Ok(resp)) => resp,

@@ -24,6 +24,9 @@ pub struct Proxy {
     /// Built on first use: loading the system roots is slow, and start-up
     /// should not wait for it.
     client: std::sync::OnceLock<UpstreamClient>,
+    /// For cleartext HTTP/2 clients (h2c, see h2c.rs): HTTP/2 with prior
+    /// knowledge, over `http://` only.
+    h2c_client: std::sync::OnceLock<UpstreamClient>,
     /// `proxy.upstream_ca`, read (and checked) at construction.
     extra_roots: Vec<CertificateDer<'static>>,
     pub(crate) events: Arc<dyn EgressSink>,
@@ -132,6 +135,7 @@ impl Proxy {
             ca,
             authority,
             client: std::sync::OnceLock::new(),
+            h2c_client: std::sync::OnceLock::new(),
             extra_roots,
             events: Arc::new(LogSink),
             drain: Arc::new(Drain::new()),
@@ -145,7 +149,16 @@ impl Proxy {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
             roots.add_parsable_certificates(self.extra_roots.iter().cloned());
-            build_client(roots, self.options.connect_timeout)
+            build_client(roots, self.options.connect_timeout, false)
+        })
+    }
+
+    /// The client for requests that came as h2c: no roots, as it never
+    /// speaks TLS.
+    pub(crate) fn h2c_client(&self) -> &UpstreamClient {
+        self.h2c_client.get_or_init(|| {
+            let roots = rustls::RootCertStore::empty();
+            build_client(roots, self.options.connect_timeout, true)
         })
     }
 }

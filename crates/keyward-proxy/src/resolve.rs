@@ -25,6 +25,7 @@ pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedReso
 pub(crate) fn build_client(
     roots: rustls::RootCertStore,
     connect_timeout: Duration,
+    http2_only: bool,
 ) -> UpstreamClient {
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -40,6 +41,7 @@ pub(crate) fn build_client(
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
+        .http2_only(http2_only)
         .build(connector)
 }
 

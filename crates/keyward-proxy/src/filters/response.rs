@@ -48,6 +48,16 @@ pub(crate) async fn scrubbed_body(
         let decoded = Decoded::new(body, decoders);
         return Ok(Scrubbed::new(decoded, scrubber.clone()).boxed());
     }
+    if crate::grpc::is_grpc(&parts.headers) {
+        // Lengths must not change: masked in place, message by message
+        // (a gRPC body that came with a Content-Encoding was decoded and
+        // scrubbed above, as any body: safe, if no longer gRPC).
+        return Ok(
+            crate::grpc::GrpcScrubbed::new(body, &parts.headers, scrubber.clone())
+                .map_err(|e| Box::new(e) as BoxError)
+                .boxed(),
+        );
+    }
     // The declared length must be the body's: not so for HEAD or 304.
     let declared = parts
         .headers

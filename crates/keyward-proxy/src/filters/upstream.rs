@@ -94,7 +94,11 @@ pub(crate) async fn request_body<'r>(
     body: Incoming,
 ) -> Result<(ProxyBody, Vec<&'r str>), Refusal> {
     use hyper::body::Body as _;
-    if run.body_placeholders.is_empty() || body.is_end_stream() {
+    // gRPC messages are never buffered nor swapped in: see grpc.rs.
+    if run.body_placeholders.is_empty()
+        || body.is_end_stream()
+        || crate::grpc::is_grpc(&parts.headers)
+    {
         return Ok((
             body.map_err(|e| Box::new(e) as BoxError).boxed(),
             Vec::new(),
@@ -419,4 +423,29 @@ fn percent_encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_set_once_and_encoded() {
+        assert_eq!(set_query_param("/a", "key", "v 1"), "/a?key=v%201");
+        assert_eq!(
+            set_query_param("/a?x=1&key=old", "key", "new"),
+            "/a?x=1&key=new"
+        );
+    }
+
+    #[test]
+    fn te_keeps_only_trailers() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("deflate, trailers"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers[header::TE], "trailers");
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get(header::TE).is_none());
+    }
 }

@@ -1,0 +1,345 @@
+//! The three ways into keyward's pipeline against the physical bar, in one
+//! run: a client speaking HTTP/1.1 keep-alive at concurrency 1 and 64 to
+//! the same HTTPS origin
+//!
+//! - directly,
+//! - through a null relay (nginx: TLS in, one header injected, TLS out over
+//!   a keep-alive pool; the same crypto and parsing work with no logic,
+//!   `../shared/bench/null-relay.sh`'s setup, started by `bench/proxy.sh`),
+//! - through keyward's forward proxy (CONNECT + TLS interception),
+//! - through a base-URL endpoint (plain HTTP in, TLS out),
+//! - through fd-broker streams (plain HTTP over a Unix stream, TLS out).
+//!
+//! keyward runs in this process with the daemon's per-request pipeline: the
+//! built-in policy, header injection, scrubbing and one evidence record per
+//! request. Without `KEYWARD_BENCH_RELAY` ("ORIGIN_PORT RELAY_PORT CA_PEM")
+//! the relay line is skipped and an in-process origin is used.
+//!
+//! Run: `bash bench/proxy.sh`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use keyward_api::Network;
+use keyward_evidence::{DEFAULT_SEGMENT_BYTES, EvidenceLog, LogOptions};
+use keyward_proxy::{
+    CertificateAuthority, Credential, EvidenceSink, GrantHost, Injection, Proxy, RunAuthority,
+    RunContext,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "bench-token";
+const ROUNDS: usize = 5;
+
+struct Fixed(Arc<RunContext>);
+
+impl RunAuthority for Fixed {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
+        let ctx = (token == TOKEN).then(|| self.0.clone());
+        Box::pin(async move { ctx })
+    }
+}
+
+/// How a client reaches the origin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Direct,
+    Relay,
+    ForwardProxy,
+    BaseUrl,
+    Broker,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Direct => "direct",
+            Way::Relay => "null relay (nginx)",
+            Way::ForwardProxy => "keyward forward proxy",
+            Way::BaseUrl => "keyward base URL",
+            Way::Broker => "keyward fd broker",
+        }
+    }
+}
+
+struct Setup {
+    origin: u16,
+    relay: Option<u16>,
+    origin_tls: tokio_rustls::TlsConnector,
+    proxied_tls: tokio_rustls::TlsConnector,
+    proxy: Arc<Proxy>,
+    proxy_port: u16,
+}
+
+fn client_tls(ca_pem: &std::path::Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+async fn handshake<T>(io: T) -> SendRequest<Empty<Bytes>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn tcp(port: u16) -> TcpStream {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+async fn tls(
+    connector: &tokio_rustls::TlsConnector,
+    io: TcpStream,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), io)
+        .await
+        .unwrap()
+}
+
+/// One keep-alive connection by `way`, and the path and host its requests use.
+async fn connect(s: &Setup, way: Way) -> (SendRequest<Empty<Bytes>>, String, String) {
+    let origin = format!("localhost:{}", s.origin);
+    match way {
+        Way::Direct => (
+            handshake(tls(&s.origin_tls, tcp(s.origin).await).await).await,
+            "/bench".into(),
+            origin,
+        ),
+        Way::Relay => {
+            let relay = s.relay.unwrap();
+            (
+                handshake(tls(&s.origin_tls, tcp(relay).await).await).await,
+                "/bench".into(),
+                format!("localhost:{relay}"),
+            )
+        }
+        Way::ForwardProxy => {
+            let mut io = tcp(s.proxy_port).await;
+            let req = format!(
+                "CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\nProxy-Authorization: Bearer {TOKEN}\r\n\r\n"
+            );
+            io.write_all(req.as_bytes()).await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                io.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200"));
+            (
+                handshake(tls(&s.proxied_tls, io).await).await,
+                "/bench".into(),
+                origin,
+            )
+        }
+        Way::BaseUrl => (
+            handshake(tcp(s.proxy_port).await).await,
+            format!("/r/{TOKEN}/bench/bench"),
+            format!("127.0.0.1:{}", s.proxy_port),
+        ),
+        Way::Broker => {
+            let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+            tokio::spawn(s.proxy.clone().serve_broker_stream(ours, TOKEN.to_owned()));
+            (handshake(theirs).await, "/bench".into(), origin)
+        }
+    }
+}
+
+async fn one(sender: &mut SendRequest<Empty<Bytes>>, path: &str, host: &str) -> Duration {
+    let t = Instant::now();
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.into_body().collect().await.unwrap();
+    t.elapsed()
+}
+
+struct Figures {
+    rps: f64,
+    p50: Duration,
+}
+
+async fn load(s: &Setup, way: Way, concurrency: usize, per_conn: usize) -> Figures {
+    let mut conns = Vec::new();
+    for _ in 0..concurrency {
+        let (mut sender, path, host) = connect(s, way).await;
+        one(&mut sender, &path, &host).await; // warm
+        conns.push((sender, path, host));
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(mut sender, path, host)| {
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_conn);
+                for _ in 0..per_conn {
+                    lat.push(one(&mut sender, &path, &host).await);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Figures {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: all[all.len() / 2],
+    }
+}
+
+/// An in-process HTTPS origin answering "ok\n", for runs without nginx.
+async fn own_origin(dir: &std::path::Path) -> (u16, PathBuf) {
+    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
+    let ca = dir.join("origin-ca.pem");
+    std::fs::write(&ca, &identity.ca_pem).unwrap();
+    let cfg = identity.server_config(&[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"ok\n",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, ca)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let relay_env = std::env::var("KEYWARD_BENCH_RELAY").ok();
+        let (origin, relay, origin_ca) = match relay_env.as_deref().map(|v| v.split_whitespace().collect::<Vec<_>>()) {
+            Some(parts) if parts.len() >= 3 => (parts[0].parse().unwrap(), Some(parts[1].parse().unwrap()), PathBuf::from(parts[2])),
+            _ => {
+                let (port, ca) = own_origin(dir.path()).await;
+                (port, None, ca)
+            }
+        };
+        let (evidence, _) = EvidenceLog::open(LogOptions {
+            dir: dir.path().join("audit"),
+            signer: None,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        })
+        .unwrap();
+        let credential = Credential {
+            grant: "bench".into(),
+            hosts: vec![GrantHost::parse(&format!("localhost:{origin}")).unwrap()],
+            inject: Injection::Header { name: "authorization".into(), format: "Bearer {secret}".into() },
+            secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
+            placeholder: None,
+            plaintext: false,
+            substitute_body: false,
+        };
+        let ctx = RunContext::new("run_bench".into(), Network::Permissive, vec![], vec![credential])
+            .with_policy(Arc::new(keyward_policy::baseline()));
+        let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
+        let proxy = Arc::new(
+            Proxy::new(ca, Arc::new(Fixed(Arc::new(ctx))), std::slice::from_ref(&origin_ca))
+                .unwrap()
+                .with_sink(Arc::new(EvidenceSink(Arc::new(evidence)))),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_port = listener.local_addr().unwrap().port();
+        tokio::spawn(proxy.clone().serve(listener, std::future::pending()));
+        let setup = Setup {
+            origin,
+            relay,
+            origin_tls: client_tls(&origin_ca),
+            proxied_tls: client_tls(&dir.path().join("ca/public/ca.pem")),
+            proxy,
+            proxy_port,
+        };
+        println!("ways into keyward vs the null relay: HTTPS origin {}, HTTP/1.1 keep-alive clients (2 cores shared by client, relay/keyward and origin)",
+            if relay.is_some() { "nginx" } else { "in-process (no relay: set KEYWARD_BENCH_RELAY, see bench/proxy.sh)" });
+        let mut ways = vec![Way::Direct];
+        if relay.is_some() {
+            ways.push(Way::Relay);
+        }
+        ways.extend([Way::ForwardProxy, Way::BaseUrl, Way::Broker]);
+        for (concurrency, per_conn) in [(1usize, 2000usize), (64, 80)] {
+            // Each round measures every way once; the median round (by
+            // the forward proxy's throughput) is shown, with the range.
+            let mut rounds: Vec<Vec<Figures>> = Vec::new();
+            for _ in 0..ROUNDS {
+                let mut round = Vec::new();
+                for way in &ways {
+                    round.push(load(&setup, *way, concurrency, per_conn).await);
+                }
+                rounds.push(round);
+            }
+            let fwd = ways.iter().position(|w| *w == Way::ForwardProxy).unwrap();
+            rounds.sort_by(|a, b| a[fwd].rps.total_cmp(&b[fwd].rps));
+            let median = &rounds[ROUNDS / 2];
+            println!("concurrency {concurrency} (median of {ROUNDS} rounds):");
+            let bar = relay.map(|_| &median[1]);
+            let direct = &median[0];
+            for (way, f) in ways.iter().zip(median) {
+                let vs_bar = bar.map_or(String::new(), |b| format!("  {:.2}x relay req/s, p50 {:+.1} us vs relay", f.rps / b.rps, us(f.p50) - us(b.p50)));
+                println!(
+                    "  {:<22} {:>8.0} req/s  p50 {:>7.1} us  (+{:.1} us over direct){vs_bar}",
+                    way.name(), f.rps, us(f.p50), us(f.p50) - us(direct.p50)
+                );
+            }
+        }
+    });
+}
