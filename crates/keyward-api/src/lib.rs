@@ -15,7 +15,7 @@ mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
-pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, Severity};
+pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, RunnerAuth, Severity};
 pub use run_types::{CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo, RunList};
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};

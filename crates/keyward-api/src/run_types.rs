@@ -58,6 +58,11 @@ pub struct CreateRunRequest {
     /// (e.g. `landlock ABI 7: fs, tcp, signals, abstract-unix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confinement: Option<String>,
+    /// Proof of the CI runner's identity, as with `POST /v1/evaluate`:
+    /// the run is bound to the verified claims (and grants with
+    /// `require_runner` need them).
+    #[serde(default, skip_serializing_if = "crate::RunnerAuth::is_empty")]
+    pub runner_auth: crate::RunnerAuth,
 }
 
 /// The answer to `POST /v1/runs`. `Debug` never shows the token.
@@ -111,6 +116,9 @@ pub struct RunInfo {
     /// What confines the run's processes, as its `keyward run` reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confinement: Option<String>,
+    /// The CI runner identity verified when the run was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<BTreeMap<String, String>>,
 }
 
 /// `GET /v1/runs`.

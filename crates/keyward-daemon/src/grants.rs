@@ -37,6 +37,10 @@ pub struct GrantConfig {
     /// a granted API stores and returns could otherwise carry the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substitute_body: Option<bool>,
+    /// Globs a run's verified runner claims must match for the run to get
+    /// this grant, e.g. `{ repository = "acme/*", ref = "refs/heads/main" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_runner: Option<BTreeMap<String, String>>,
 }
 
 /// `inject = { header = "...", format = "..." }`, `{ basic = { username = "..." } }`
@@ -104,6 +108,9 @@ pub struct Grant {
     pub plaintext: bool,
     /// Whether the placeholder is swapped in request bodies.
     pub substitute_body: bool,
+    /// Globs (claim name to pattern) a run's verified runner claims must
+    /// match for the run to get this grant.
+    pub require_runner: BTreeMap<String, String>,
 }
 
 /// The built-in presets, as config tables.
@@ -232,6 +239,7 @@ fn merge(base: Option<&GrantConfig>, over: &GrantConfig) -> GrantConfig {
         placeholder_env: over.placeholder_env.clone().or(base.placeholder_env),
         plaintext: over.plaintext.or(base.plaintext),
         substitute_body: over.substitute_body.or(base.substitute_body),
+        require_runner: over.require_runner.clone().or(base.require_runner),
     }
 }
 
@@ -288,7 +296,13 @@ fn build(
             ));
         }
     }
+    let require_runner = table.require_runner.clone().unwrap_or_default();
+    for (claim, pattern) in &require_runner {
+        keyward_policy::Glob::new(pattern)
+            .map_err(|e| (key(&format!("require_runner.{claim}")), e))?;
+    }
     Ok(Grant {
+        require_runner,
         name: name.to_owned(),
         source,
         secret,

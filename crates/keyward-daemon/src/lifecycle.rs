@@ -47,6 +47,9 @@ pub struct DaemonOptions {
     /// `--idle-exit` from the command line: overrides the config, also
     /// after reloads. `Some(None)` turns idle exit off.
     pub idle_exit_override: Option<Option<Duration>>,
+    /// `--require-runner-auth`: every evaluation needs verified runner
+    /// auth, whatever the config says (also after reloads).
+    pub require_runner_auth: bool,
     /// Log filter control for reloads.
     pub log: Box<dyn LogControl>,
 }
@@ -167,6 +170,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         public_bundle: home.public_dir().map(|dir| dir.join("bundle.pem")),
         evidence: evidence.clone(),
         baseline: Arc::new(keyward_policy::baseline()),
+        require_runner_auth: opts.require_runner_auth,
     });
     if let Err(e) = state.publish_bundle() {
         tracing::error!("cannot publish the CA trust bundle for other users: {e}");

@@ -58,6 +58,9 @@ pub struct RunRecord {
     /// The uid that created it: other non-admin users do not see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// The CI runner identity verified when the run was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<keyward_identity::RunnerClaims>,
 }
 
 impl RunRecord {
@@ -73,6 +76,11 @@ impl RunRecord {
             policy: self.policy.clone(),
             created_at: self.created_at.clone(),
             confinement: self.confinement.clone(),
+            runner: self.runner.as_ref().map(|c| {
+                c.iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            }),
         }
     }
 }
@@ -192,6 +200,7 @@ impl Registry {
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             confinement: req.confinement.clone(),
             uid: Some(uid),
+            runner: None,
         };
         self.lock().insert(id, record.clone());
         self.changes.fetch_add(1, Ordering::SeqCst);
@@ -235,6 +244,23 @@ impl Registry {
     pub fn set_pid(&self, id: &str, pid: Option<u32>) -> Result<Option<RunRecord>, RunsError> {
         let updated = self.lock().get_mut(id).map(|r| {
             r.pid = pid;
+            r.clone()
+        });
+        if updated.is_some() {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+            self.save()?;
+        }
+        Ok(updated)
+    }
+
+    /// Binds a run to the runner identity verified for it.
+    pub fn bind_runner(
+        &self,
+        id: &str,
+        runner: keyward_identity::RunnerClaims,
+    ) -> Result<Option<RunRecord>, RunsError> {
+        let updated = self.lock().get_mut(id).map(|r| {
+            r.runner = Some(runner);
             r.clone()
         });
         if updated.is_some() {

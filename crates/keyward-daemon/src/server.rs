@@ -302,6 +302,9 @@ pub(crate) struct AppState {
     pub evidence: Arc<EvidenceLog>,
     /// The built-in pack, compiled once (for `policy_pack: "agent-baseline"`).
     pub baseline: Arc<keyward_policy::Policy>,
+    /// `daemon start --require-runner-auth`: as `auth.require_runner_auth`,
+    /// whatever the config (also after reloads).
+    pub require_runner_auth: bool,
 }
 
 impl AppState {

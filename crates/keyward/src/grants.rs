@@ -75,6 +75,7 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
         placeholder_env: args.placeholder_env.clone(),
         plaintext: args.plaintext.then_some(true),
         substitute_body: args.substitute_body.then_some(true),
+        require_runner: None,
     };
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;

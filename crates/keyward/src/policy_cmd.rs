@@ -36,7 +36,7 @@ fn read_input(path: &Path) -> Result<String> {
 }
 
 pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
-    let req = match &args.input {
+    let mut req = match &args.input {
         Some(path) => {
             let text = read_input(path)?;
             serde_json::from_str::<EvaluateRequest>(&text)
@@ -49,6 +49,9 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
             ..EvaluateRequest::default()
         },
     };
+    if let Some(auth) = crate::runner_auth::load(&args.runner_auth)? {
+        req.runner_auth = auth;
+    }
     let client = ensure_daemon(cli).await?;
     let resp: DecisionResponse = client
         .call(Method::POST, "/v1/evaluate", Some(&req))

@@ -63,6 +63,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             .transpose()?,
         env_sha256,
         confinement: Some(confinement.summary.clone()),
+        runner_auth: crate::runner_auth::load(&args.runner_auth)?.unwrap_or_default(),
     };
     let created: RunCreated = match client.call(Method::POST, "/v1/runs", Some(&req)).await {
         Ok(created) => created,
