@@ -15,8 +15,8 @@ use keyward_policy::Policy;
 use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 
 use crate::config::LoadedConfig;
-use crate::runner_auth::{self, RunnerAuth};
 use crate::grants::Grant;
+use crate::runner_auth::{self, RunnerAuth};
 use keyward_vault::ResolveError;
 
 use crate::runs::{RunRecord, RunsError};

@@ -36,9 +36,8 @@ impl fmt::Debug for HmacKey {
 /// else its UTF-8 bytes. At least [`MIN_KEY_BYTES`].
 pub fn key_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     let trimmed = text.trim();
-    let bytes = Zeroizing::new(
-        hex::decode(trimmed).unwrap_or_else(|_| trimmed.as_bytes().to_vec()),
-    );
+    let bytes =
+        Zeroizing::new(hex::decode(trimmed).unwrap_or_else(|_| trimmed.as_bytes().to_vec()));
     if bytes.len() < MIN_KEY_BYTES {
         return Err(format!(
             "a runner HMAC key needs at least {MIN_KEY_BYTES} bytes (this one has {}); \

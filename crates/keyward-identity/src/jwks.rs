@@ -156,11 +156,7 @@ impl Jwks {
         let stale = cached
             .fetched
             .is_none_or(|t| t.elapsed() >= self.bounds.ttl);
-        (
-            cached.keys.get(kid).cloned(),
-            stale,
-            cached.keys.is_empty(),
-        )
+        (cached.keys.get(kid).cloned(), stale, cached.keys.is_empty())
     }
 
     /// The key named `kid`.
@@ -203,8 +199,7 @@ impl Jwks {
             return state.last_error.clone();
         }
         state.last_attempt = Some(Instant::now());
-        match tokio::time::timeout(FETCH_TIMEOUT, fetch(client, uri, self.bounds.max_bytes)).await
-        {
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch(client, uri, self.bounds.max_bytes)).await {
             Ok(Ok(keys)) => {
                 tracing::info!(url = %uri, keys = keys.len(), "JWKS fetched");
                 *self.cached.write().unwrap_or_else(|p| p.into_inner()) = Cached {

@@ -127,7 +127,9 @@ impl Identity {
             None if config.runner_key_id.is_some() => {
                 return Err((
                     "auth.runner_key_id".to_owned(),
-                    format!("set, but there is no key: set auth.runner_hmac_key_file or {HMAC_KEY_ENV}"),
+                    format!(
+                        "set, but there is no key: set auth.runner_hmac_key_file or {HMAC_KEY_ENV}"
+                    ),
                 ));
             }
             None => None,
@@ -226,10 +228,16 @@ impl Identity {
 fn oidc_verifier(config: &OidcConfig, base_dir: &Path) -> Result<oidc::OidcVerifier, ConfigError> {
     let key = |name: &str| format!("auth.oidc.{name}");
     if config.issuer.is_empty() {
-        return Err((key("issuer"), "expected the issuer URL tokens carry as iss".to_owned()));
+        return Err((
+            key("issuer"),
+            "expected the issuer URL tokens carry as iss".to_owned(),
+        ));
     }
     if config.audience.is_empty() {
-        return Err((key("audience"), "expected the audience tokens carry as aud".to_owned()));
+        return Err((
+            key("audience"),
+            "expected the audience tokens carry as aud".to_owned(),
+        ));
     }
     let mut algorithms = Vec::new();
     for name in &config.algorithms {
@@ -265,9 +273,8 @@ fn oidc_verifier(config: &OidcConfig, base_dir: &Path) -> Result<oidc::OidcVerif
             let ca = config.jwks_ca_file.as_ref().map(|f| base_dir.join(f));
             jwks::Jwks::from_url(url, ca.as_deref(), bounds).map_err(|e| (key("jwks_url"), e))?
         }
-        (None, Some(file)) => {
-            jwks::Jwks::from_file(&base_dir.join(file), bounds).map_err(|e| (key("jwks_file"), e))?
-        }
+        (None, Some(file)) => jwks::Jwks::from_file(&base_dir.join(file), bounds)
+            .map_err(|e| (key("jwks_file"), e))?,
         _ => {
             return Err((
                 key("jwks_url"),
@@ -277,8 +284,8 @@ fn oidc_verifier(config: &OidcConfig, base_dir: &Path) -> Result<oidc::OidcVerif
     };
     let mut require = Vec::new();
     for (name, pattern) in &config.require {
-        let glob = keyward_policy::Glob::new(pattern)
-            .map_err(|e| (key(&format!("require.{name}")), e))?;
+        let glob =
+            keyward_policy::Glob::new(pattern).map_err(|e| (key(&format!("require.{name}")), e))?;
         require.push((name.clone(), glob));
     }
     Ok(oidc::OidcVerifier {

@@ -143,7 +143,9 @@ impl OidcVerifier {
 
     fn failure(&self, kind: &ErrorKind) -> AuthFailure {
         let (check, detail) = match kind {
-            ErrorKind::InvalidSignature => (Check::Signature, "the signature does not verify".to_owned()),
+            ErrorKind::InvalidSignature => {
+                (Check::Signature, "the signature does not verify".to_owned())
+            }
             ErrorKind::InvalidIssuer => (
                 Check::Issuer,
                 format!("iss is not the configured issuer {:?}", self.issuer),
@@ -167,7 +169,10 @@ impl OidcVerifier {
             ErrorKind::MissingRequiredClaim(claim) => {
                 (Check::Malformed, format!("the token has no {claim} claim"))
             }
-            other => (Check::Malformed, format!("the token is not valid: {other:?}")),
+            other => (
+                Check::Malformed,
+                format!("the token is not valid: {other:?}"),
+            ),
         };
         AuthFailure::new(check, detail)
     }
@@ -265,7 +270,11 @@ mod tests {
             Some("acme/app/.github/workflows/ci.yml@refs/heads/main")
         );
         assert_eq!(c.get("repository_owner"), Some("acme"));
-        assert_eq!(c.get("iss"), None, "registered claims are not runner claims");
+        assert_eq!(
+            c.get("iss"),
+            None,
+            "registered claims are not runner claims"
+        );
     }
 
     #[test]
@@ -292,7 +301,11 @@ mod tests {
         );
         assert_eq!(
             (c.get("repository"), c.get("workflow"), c.get("provider")),
-            (Some("acme/app"), Some("prod-connection"), Some("azure-pipelines"))
+            (
+                Some("acme/app"),
+                Some("prod-connection"),
+                Some("azure-pipelines")
+            )
         );
     }
 }

@@ -573,7 +573,8 @@ pub struct IdleExitArg {
     /// Exit after this long with no runs and no admin requests, e.g. `15m`;
     /// `0` turns it off [default: daemon.idle_exit, else off].
     #[arg(long, value_name = "DURATION", value_parser = parse_idle_exit)]
-    pub idle_exit: Option<IdleExit>,    /// Every evaluation needs verified runner auth (HMAC-signed claims or
+    pub idle_exit: Option<IdleExit>,
+    /// Every evaluation needs verified runner auth (HMAC-signed claims or
     /// an OIDC token): without it the decision is a block with rule
     /// `runner_auth.invalid`, whatever `auth.require_runner_auth` says.
     #[arg(long)]

@@ -280,11 +280,7 @@ async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<Exi
 /// Starts the daemon detached with this CLI's home, config and log format.
 async fn spawn_daemon(cli: &Cli, idle: &IdleExitArg) -> Result<u32> {
     let home = Home::resolve(cli.home.as_deref())?;
-    let (exe, args) = daemon_command(
-        cli,
-        idle.idle_exit.map(|i| i.0),
-        idle.require_runner_auth,
-    )?;
+    let (exe, args) = daemon_command(cli, idle.idle_exit.map(|i| i.0), idle.require_runner_auth)?;
     Ok(control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?)
 }
 
