@@ -186,4 +186,8 @@ fi
 
 "$kw" audit verify --json >"$out/audit-verify.json" || die "the evidence log does not verify: see $out/audit-verify.json"
 "$kw" audit head --json >"$out/audit-head.json" || die "cannot read the evidence log's signed head"
+# The log itself, so the artifact can be verified again elsewhere.
+if [[ -n ${KEYWARD_HOME:-} && -d $KEYWARD_HOME/audit ]]; then
+    cp -R "$KEYWARD_HOME/audit" "$out/"
+fi
 exit "$status"
