@@ -105,3 +105,43 @@ impl HmacKey {
         Ok(claims)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vector in the README, as Python's `json.dumps(claims,
+    /// sort_keys=True, separators=(",", ":"), ensure_ascii=False)` signs it.
+    #[test]
+    fn readme_test_vector() {
+        let key = HmacKey::new(
+            "default",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        )
+        .unwrap();
+        let claims = RunnerClaims::from_json(&serde_json::json!({
+            "repository": "acme/app", "ref": "refs/heads/main", "actor": "Zoë \"q\"\n"
+        }))
+        .unwrap();
+        assert_eq!(
+            claims.canonical_bytes(),
+            "{\"actor\":\"Zoë \\\"q\\\"\\n\",\"ref\":\"refs/heads/main\",\"repository\":\"acme/app\"}"
+                .as_bytes()
+        );
+        assert_eq!(
+            key.sign(&claims),
+            "cd1cd3233e5a1cfe35c12f4fa7e4ec258479acaabe9921bbcc014b0046b24976"
+        );
+    }
+
+    #[test]
+    fn short_keys_are_refused_and_debug_hides_the_key() {
+        assert!(
+            HmacKey::new("k", "abcd")
+                .unwrap_err()
+                .contains("at least 32 bytes")
+        );
+        let key = HmacKey::new("k", &"ab".repeat(32)).unwrap();
+        assert!(!format!("{key:?}").contains("abab"));
+    }
+}
