@@ -51,9 +51,11 @@ enum Source {
     File,
     Url {
         uri: Uri,
-        client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+        client: Box<HttpsClient>,
     },
 }
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Cache bounds for a fetched JWKS.
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +133,7 @@ impl Jwks {
             .https_only()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Box::new(Client::builder(TokioExecutor::new()).build(connector));
         Ok(Self::with(Source::Url { uri, client }, bounds, None))
     }
 
@@ -221,7 +223,7 @@ impl Jwks {
 }
 
 async fn fetch(
-    client: &Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: &HttpsClient,
     uri: &Uri,
     max_bytes: usize,
 ) -> Result<KeySet, String> {
