@@ -222,11 +222,7 @@ impl Jwks {
     }
 }
 
-async fn fetch(
-    client: &HttpsClient,
-    uri: &Uri,
-    max_bytes: usize,
-) -> Result<KeySet, String> {
+async fn fetch(client: &HttpsClient, uri: &Uri, max_bytes: usize) -> Result<KeySet, String> {
     let req = Request::get(uri.clone())
         .header("accept", "application/json")
         .body(Empty::new())

@@ -222,7 +222,8 @@ pub enum PolicyCommand {
     },
     /// Run test cases against a policy file, offline. CASES is a JSON array
     /// of {"name", "request": {EvaluateRequest}, "decision", "rule_id"?,
-    /// "matched_command"?}.
+    /// "matched_command"?, "runner"?} ("runner": claims taken as verified,
+    /// for rules on runner.*).
     /// Prints a table; exit 1 on any mismatch.
     Test {
         /// The policy file (TOML), or `agent-baseline` for the built-in pack.

@@ -114,6 +114,10 @@ struct Case {
     /// For a shell line: the part expected to decide.
     #[serde(default)]
     matched_command: Option<String>,
+    /// Runner claims taken as verified (the daemon would have checked
+    /// them), for rules on `runner.*`.
+    #[serde(default)]
+    runner: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 pub fn policy(cmd: &PolicyCommand) -> Result<ExitCode> {
@@ -191,7 +195,9 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut failed = 0;
     for (i, case) in cases.iter().enumerate() {
-        let verdict = policy.evaluate(&case.request);
+        let mut request = case.request.clone();
+        request.verified_runner = case.runner.clone();
+        let verdict = policy.evaluate(&request);
         let ok = verdict.decision() == case.decision
             && case.rule_id.as_deref().is_none_or(|r| r == verdict.rule.id)
             && case

@@ -1055,3 +1055,32 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
 fn issuer_file(issuer: &Issuer, name: &str) -> String {
     std::fs::read_to_string(issuer.dir.join(name)).unwrap()
 }
+
+#[test]
+fn offline_policy_tests_state_verified_claims_explicitly() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("ci.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        json!([
+            {"name": "verified", "request": {"action_type": "deploy"},
+             "runner": {"repository": "acme/prod"},
+             "decision": "allow", "rule_id": "ci.prod_only_from_acme"},
+            {"name": "claimed in the request", "request": {"action_type": "deploy",
+             "runner_auth": {"repository": "acme/prod"}},
+             "decision": "block", "rule_id": "ci.deploy_needs_identity"},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let home = TestHome::new();
+    let run = home.run(&[
+        "policy",
+        "test",
+        policy.to_str().unwrap(),
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
