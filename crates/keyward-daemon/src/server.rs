@@ -32,8 +32,17 @@ use keyward_proxy::CertificateAuthority;
 
 /// What the API can do in this build, reported by `/v1/health`.
 const CAPABILITIES: &[&str] = &[
-    "health", "shutdown", "reload", "vault", "secrets", "grants", "runs", "proxy", "evaluate",
+    "health",
+    "shutdown",
+    "reload",
+    "vault",
+    "secrets",
+    "grants",
+    "runs",
+    "proxy",
+    "evaluate",
     "evidence",
+    "runner_auth",
 ];
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`),

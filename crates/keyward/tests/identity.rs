@@ -790,6 +790,15 @@ fn require_runner_auth_flag_blocks_without_auth() {
     let home = home_with("[auth]\nrunner_hmac_key_file = \"runner.key\"\n");
     std::fs::write(home.file("runner.key"), RUNNER_KEY).unwrap();
     home.start(&["--require-runner-auth"]);
+    // Clients can tell a daemon that verifies runner auth from an older one.
+    let (_, health) = home.http("GET", "/v1/health", None);
+    assert!(
+        json(&health)["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "runner_auth")
+    );
     assert_refused(eval_with(&home, None), "missing");
     assert_verified_allow(eval_with(
         &home,
