@@ -1,10 +1,13 @@
 //! What verified runner auth adds to a decision (criterion): the built-in
 //! policy pack deciding a request alone, beside the same decision after
 //! verifying an OIDC token (RS256 and ES256, keys from a JWKS already
-//! cached) or HMAC-signed claims. Prints the added microseconds per decision.
+//! cached) on a token's first use (signature checked) and on its next uses
+//! (remembered: time claims and key checked again), and HMAC-signed claims.
+//! Prints the added microseconds per decision.
 //!
 //! Run: `cargo bench -p keyward-identity --bench verify`.
 
+use std::cell::Cell;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,24 +19,47 @@ use keyward_identity::{AuthConfig, HmacKey, Identity, OidcConfig, Provider, Runn
 use serde_json::{Map, Value, json};
 
 const ISSUER: &str = "https://issuer.keyward.test";
+/// More distinct tokens than are remembered, so cycling through them never
+/// finds one already verified.
+const FRESH_TOKENS: usize = 4200;
+
+type Envelope = Map<String, Value>;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn claims() -> Value {
-    let now = SystemTime::now()
+fn now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_secs();
-    json!({"iss": ISSUER, "aud": "keyward", "iat": now, "exp": now + 3600,
-           "repository": "acme/app", "workflow": "ci", "run_id": "1", "run_attempt": "1",
-           "ref": "refs/heads/main", "sha": "abc", "actor": "octocat",
-           "job_workflow_ref": "acme/app/.github/workflows/ci.yml@refs/heads/main"})
+        .as_secs()
 }
 
-/// Two issuer keys (RSA, P-256), their JWKS, and a token from each.
-fn keys_and_tokens() -> (Value, String, String) {
+/// The signing input of a GitHub-like token numbered `n`.
+fn signing_input(alg: &str, kid: &str, n: usize) -> String {
+    let claims = json!({"iss": ISSUER, "aud": "keyward", "iat": now(), "exp": now() + 3600,
+        "jti": n.to_string(), "repository": "acme/app", "workflow": "ci", "run_id": "1",
+        "run_attempt": "1", "ref": "refs/heads/main", "sha": "abc", "actor": "octocat",
+        "job_workflow_ref": "acme/app/.github/workflows/ci.yml@refs/heads/main"});
+    let header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
+    format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+fn oidc(token: String) -> Envelope {
+    let mut auth = Map::new();
+    auth.insert("algorithm".into(), "OIDC-JWT".into());
+    auth.insert("token".into(), token.into());
+    auth
+}
+
+/// Two issuer keys (RSA, P-256), their JWKS, and [`FRESH_TOKENS`] distinct
+/// tokens from each.
+fn keys_and_tokens() -> (Value, Vec<Envelope>, Vec<Envelope>) {
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let parts = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(rsa.public_key());
@@ -44,38 +70,36 @@ fn keys_and_tokens() -> (Value, String, String) {
         {"kty": "RSA", "kid": "rsa", "alg": "RS256", "n": b64(&parts.n), "e": b64(&parts.e)},
         {"kty": "EC", "kid": "ec", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])},
     ]});
-    let input = |alg: &str, kid: &str| {
-        format!(
-            "{}.{}",
-            b64(json!({"alg": alg, "kid": kid, "typ": "JWT"})
-                .to_string()
-                .as_bytes()),
-            b64(claims().to_string().as_bytes())
-        )
-    };
-    let rs = input("RS256", "rsa");
-    let mut sig = vec![0; rsa.public_modulus_len()];
-    rsa.sign(
-        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-        &rng,
-        rs.as_bytes(),
-        &mut sig,
-    )
-    .unwrap();
-    let rs = format!("{rs}.{}", b64(&sig));
-    let es = input("ES256", "ec");
-    let es = format!(
-        "{es}.{}",
-        b64(ec.sign(&rng, es.as_bytes()).unwrap().as_ref())
-    );
-    (jwks, rs, es)
+    let rs256 = (0..FRESH_TOKENS)
+        .map(|n| {
+            let input = signing_input("RS256", "rsa", n);
+            let mut sig = vec![0; rsa.public_modulus_len()];
+            let alg = &aws_lc_rs::signature::RSA_PKCS1_SHA256;
+            rsa.sign(alg, &rng, input.as_bytes(), &mut sig).unwrap();
+            oidc(format!("{input}.{}", b64(&sig)))
+        })
+        .collect();
+    let es256 = (0..FRESH_TOKENS)
+        .map(|n| {
+            let input = signing_input("ES256", "ec", n);
+            let sig = ec.sign(&rng, input.as_bytes()).unwrap();
+            oidc(format!("{input}.{}", b64(sig.as_ref())))
+        })
+        .collect();
+    (jwks, rs256, es256)
 }
 
-fn envelope(pairs: &[(&str, Value)]) -> Map<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
+fn hmac_envelope(key: &str) -> Envelope {
+    let claims = json!({"provider": "github-actions", "repository": "acme/app",
+        "ref": "refs/heads/main", "sha": "abc", "run_id": "1", "actor": "octocat"});
+    let signature = HmacKey::new("default", key)
+        .unwrap()
+        .sign(&RunnerClaims::from_json(&claims).unwrap());
+    json!({"algorithm": "HMAC-SHA256", "key_id": "default", "claims": claims,
+           "signature": signature})
+    .as_object()
+    .unwrap()
+    .clone()
 }
 
 fn bench(c: &mut Criterion) {
@@ -103,29 +127,12 @@ fn bench(c: &mut Criterion) {
         }),
     };
     let identity = Identity::from_config(&config, dir.path(), Some(key)).unwrap();
-    let hmac_claims = json!({"provider": "github-actions", "repository": "acme/app",
-        "ref": "refs/heads/main", "sha": "abc", "run_id": "1", "actor": "octocat"});
-    let signature = HmacKey::new("default", key)
-        .unwrap()
-        .sign(&RunnerClaims::from_json(&hmac_claims).unwrap());
-    let cases = [
-        (
-            "oidc_rs256",
-            envelope(&[("algorithm", "OIDC-JWT".into()), ("token", rs256.into())]),
-        ),
-        (
-            "oidc_es256",
-            envelope(&[("algorithm", "OIDC-JWT".into()), ("token", es256.into())]),
-        ),
-        (
-            "hmac_sha256",
-            envelope(&[
-                ("algorithm", "HMAC-SHA256".into()),
-                ("key_id", "default".into()),
-                ("claims", hmac_claims),
-                ("signature", signature.into()),
-            ]),
-        ),
+    let cases: [(&str, Vec<Envelope>); 5] = [
+        ("oidc_rs256_first_use", rs256.clone()),
+        ("oidc_rs256_repeat", rs256[..1].to_vec()),
+        ("oidc_es256_first_use", es256.clone()),
+        ("oidc_es256_repeat", es256[..1].to_vec()),
+        ("hmac_sha256", vec![hmac_envelope(key)]),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -137,9 +144,14 @@ fn bench(c: &mut Criterion) {
         requested_operation: Some("push".into()),
         ..Default::default()
     };
-    let decide = |auth: Option<&Map<String, Value>>| {
+    // Each call takes the next envelope of its pool (the only one for a
+    // repeated token).
+    let next = Cell::new(0usize);
+    let decide = |pool: Option<&[Envelope]>| {
         let mut req = base.clone();
-        if let Some(auth) = auth {
+        if let Some(pool) = pool {
+            let auth = &pool[next.get() % pool.len()];
+            next.set(next.get() + 1);
             let verified = runtime.block_on(identity.verify(auth)).unwrap().unwrap();
             req.verified_runner = Some(verified.claims.to_json());
         }
@@ -148,21 +160,21 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decision");
     group.bench_function("without_runner_auth", |b| b.iter(|| decide(None)));
-    for (name, auth) in &cases {
-        group.bench_function(*name, |b| b.iter(|| decide(Some(auth))));
+    for (name, pool) in &cases {
+        group.bench_function(*name, |b| b.iter(|| decide(Some(pool))));
     }
     group.finish();
 
-    // The added time, measured here the same way for each, so the figure
-    // needs no reading of criterion's report.
-    let per_call = |auth: Option<&Map<String, Value>>| {
-        let n = 2000;
+    // The added time, measured the same way for each, so the figure needs
+    // no reading of criterion's report.
+    let per_call = |pool: Option<&[Envelope]>| {
+        let n = 3000;
         for _ in 0..200 {
-            decide(auth);
+            decide(pool);
         }
         let start = Instant::now();
         for _ in 0..n {
-            decide(auth);
+            decide(pool);
         }
         start.elapsed() / n
     };
@@ -171,8 +183,8 @@ fn bench(c: &mut Criterion) {
         "\nper decision without runner auth: {:.1} µs",
         micros(without)
     );
-    for (name, auth) in &cases {
-        let with = per_call(Some(auth));
+    for (name, pool) in &cases {
+        let with = per_call(Some(pool));
         println!(
             "{name}: {:.1} µs per decision, {:.1} µs added by verification (target <= 50 µs)",
             micros(with),

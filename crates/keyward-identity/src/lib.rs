@@ -296,5 +296,6 @@ fn oidc_verifier(config: &OidcConfig, base_dir: &Path) -> Result<oidc::OidcVerif
         leeway: duration(&key("leeway"), &config.leeway)?,
         require,
         jwks,
+        verified: oidc::VerifiedTokens::default(),
     })
 }

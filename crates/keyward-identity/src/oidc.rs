@@ -2,6 +2,8 @@
 //! provider's ID token checked against the issuer's keys, then its claims
 //! mapped to runner claims.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -22,6 +24,48 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Registered JWT claims, checked here and not copied into runner claims.
 const REGISTERED: &[&str] = &["iss", "aud", "exp", "nbf", "iat", "jti"];
+/// Tokens remembered as verified; when full, the memory starts over.
+const VERIFIED_TOKENS: usize = 4096;
+
+/// A token that passed every check, remembered by its SHA-256 so a CI job
+/// sending the same token with each request pays for the signature once.
+/// The time claims are checked again on every use, and the entry counts
+/// only while its key is still in the JWKS (refetched as usual).
+#[derive(Clone)]
+struct Remembered {
+    claims: RunnerClaims,
+    kid: String,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+#[derive(Default)]
+pub(crate) struct VerifiedTokens(Mutex<HashMap<[u8; 32], Remembered>>);
+
+impl VerifiedTokens {
+    fn get(&self, digest: &[u8; 32]) -> Option<Remembered> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    fn put(&self, digest: [u8; 32], token: Remembered) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= VERIFIED_TOKENS {
+            map.clear();
+        }
+        map.insert(digest, token);
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
 
 pub(crate) struct OidcVerifier {
     pub provider: Provider,
@@ -31,6 +75,7 @@ pub(crate) struct OidcVerifier {
     pub leeway: Duration,
     pub require: Vec<(String, Glob)>,
     pub jwks: Jwks,
+    pub verified: VerifiedTokens,
 }
 
 /// What a verified token yields: its mapped claims and the key that
@@ -52,6 +97,14 @@ impl OidcVerifier {
                 Check::Malformed,
                 format!("the token is longer than {MAX_TOKEN_BYTES} bytes"),
             ));
+        }
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .expect("SHA-256 is 32 bytes");
+        if let Some(known) = self.verified.get(&digest) {
+            return self.reuse(known).await;
         }
         let alg = self.allowed_algorithm(token)?;
         let header = jsonwebtoken::decode_header(token)
@@ -79,10 +132,7 @@ impl OidcVerifier {
             .map_err(|e| self.failure(e.kind()))?;
         let claims = data.claims;
         if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
+            let now = now_secs();
             if iat > now + self.leeway.as_secs() {
                 return Err(AuthFailure::new(
                     Check::NotYetValid,
@@ -104,9 +154,39 @@ impl OidcVerifier {
                 ));
             }
         }
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            self.verified.put(
+                digest,
+                Remembered {
+                    claims: mapped.clone(),
+                    kid: kid.clone(),
+                    exp,
+                    nbf: claims.get("nbf").and_then(Value::as_u64),
+                },
+            );
+        }
         Ok(VerifiedToken {
             claims: mapped,
             kid,
+        })
+    }
+
+    /// A token verified before: only its time claims and its key's
+    /// presence can have changed since.
+    async fn reuse(&self, known: Remembered) -> Result<VerifiedToken, AuthFailure> {
+        let (now, leeway) = (now_secs(), self.leeway.as_secs());
+        if now > known.exp + leeway {
+            return Err(self.failure(&ErrorKind::ExpiredSignature));
+        }
+        if known.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(self.failure(&ErrorKind::ImmatureSignature));
+        }
+        // Refetched like any lookup when the cache is stale: a key the
+        // issuer retired ends its tokens too.
+        self.jwks.key(&known.kid).await?;
+        Ok(VerifiedToken {
+            claims: known.claims,
+            kid: known.kid,
         })
     }
 

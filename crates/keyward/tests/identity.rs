@@ -1093,3 +1093,24 @@ fn offline_policy_tests_state_verified_claims_explicitly() {
     ]);
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+/// A token verified once is remembered (its signature is not checked again),
+/// but its expiry still is, on every use.
+#[test]
+fn a_remembered_token_still_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ec("ec-1");
+    let issuer = Issuer::start(&dir.path().join("issuer"), &jwks(&[&key]));
+    let home = home_with(&oidc_config(&issuer, "leeway = \"0s\"\n"));
+    home.start(&[]);
+    let mut claims = github_claims("acme/prod");
+    claims["exp"] = (now() + 2).into();
+    let token = key.sign(&claims);
+    assert_verified_allow(eval_with(&home, Some(&oidc(&token))));
+    assert_verified_allow(eval_with(&home, Some(&oidc(&token))));
+    let exp = claims["exp"].as_i64().unwrap();
+    while now() <= exp {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_refused(eval_with(&home, Some(&oidc(&token))), "expired");
+}
