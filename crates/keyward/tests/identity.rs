@@ -930,12 +930,14 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
         "sha": "abc", "user_login": "dev", "job_id": "5"}));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ci/keyward-ci.sh");
 
-    let wrapper = |provider: &str, config: String, env: &[(&str, &str)], action: &str| {
+    let calls = std::cell::Cell::new(0);
+    let wrapper = |provider: &str, config: String, env: &[(&str, &str)], args: &[&str]| {
         let home = home_with(&config);
-        let out = dir.path().join(format!("out-{provider}-{action}"));
+        calls.set(calls.get() + 1);
+        let out = dir.path().join(format!("out-{}", calls.get()));
         let mut cmd = std::process::Command::new("bash");
         cmd.arg(&script)
-            .args(["--action", action, "--target", "prod"])
+            .args(args)
             .env("KEYWARD_BIN", common::BIN)
             .env("KEYWARD_HOME", &home.path)
             .env("KEYWARD_CONFIG", home.file("keyward.toml"))
@@ -968,7 +970,7 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
     };
 
     // GitHub Actions: allowed, the report and signed head written.
-    let (home, out, run) = wrapper("github", oidc_cfg("github"), &github_env, "deploy");
+    let (home, out, run) = wrapper("github", oidc_cfg("github"), &github_env, DEPLOY);
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     let decision = json(&std::fs::read_to_string(out.join("decision.json")).unwrap());
     assert_eq!(decision["rule_id"], "ci.prod_only_from_acme");
@@ -991,7 +993,7 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
     // The gate: a blocked decision fails the step with eval's exit code,
     // and still leaves the evidence.
     let strict = oidc_config(&issuer, "require = { repository = \"other/*\" }\n");
-    let (_home, out, run) = wrapper("github", strict, &github_env, "deploy");
+    let (_home, out, run) = wrapper("github", strict, &github_env, DEPLOY);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stdout.contains("block (rule runner_auth.invalid)"),
@@ -1000,7 +1002,7 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
     assert!(out.join("audit-verify.json").is_file());
     let mut bad_env = github_env.clone();
     bad_env[3] = ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "wrong");
-    let (_home, _, run) = wrapper("github", oidc_cfg("github"), &bad_env, "deploy");
+    let (_home, _, run) = wrapper("github", oidc_cfg("github"), &bad_env, DEPLOY);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains("could not get the OIDC token"),
@@ -1015,7 +1017,7 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
             ("KEYWARD_OIDC_AUTO", "true"),
             ("KEYWARD_ID_TOKEN", &gitlab_token),
         ],
-        "deploy",
+        DEPLOY,
     );
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     // Azure Pipelines: the OIDC request endpoint with System.AccessToken.
@@ -1029,7 +1031,7 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
             ("SYSTEM_ACCESSTOKEN", "runner-request-token-123"),
             ("KEYWARD_AZURE_SERVICE_CONNECTION_ID", "conn-1"),
         ],
-        "deploy",
+        DEPLOY,
     );
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     assert!(
@@ -1054,12 +1056,34 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
             ("KEYWARD_RUNNER_ACTOR", "Zoë \"the\" \\ dev"),
             ("KEYWARD_RUNNER_REF", "refs/heads/main"),
         ],
-        "deploy",
+        DEPLOY,
     );
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     let decision = json(&std::fs::read_to_string(out.join("decision.json")).unwrap());
     assert_eq!(decision["rule_id"], "ci.prod_only_from_acme", "{decision}");
+
+    // --run: the command runs bound to the job's identity, and its status
+    // is the step's.
+    let inner = format!("{} eval --action deploy --target prod", common::BIN);
+    for (repository, status) in [("acme/prod", 0), ("acme/fork", 2)] {
+        let (home, out, run) = wrapper(
+            "generic",
+            format!(
+                "[auth]\nrunner_hmac_key_file = \"{}\"\n",
+                key_file.display()
+            ),
+            &[
+                ("KEYWARD_RUNNER_HMAC_KEY", RUNNER_KEY),
+                ("KEYWARD_RUNNER_REPOSITORY", repository),
+            ],
+            &["--run", "--", "sh", "-c", &inner],
+        );
+        assert_eq!(run.code, status, "{run:?}\n{}", home.log());
+        assert!(out.join("audit-head.json").is_file());
+    }
 }
+
+const DEPLOY: &[&str] = &["--action", "deploy", "--target", "prod"];
 
 fn issuer_file(issuer: &Issuer, name: &str) -> String {
     std::fs::read_to_string(issuer.dir.join(name)).unwrap()
