@@ -1,6 +1,6 @@
-"""Checks the CI wrapper files: each parses as YAML and has the shape its CI
-expects. (actionlint checks workflow files, not composite actions or other
-CIs' files, so this is the check for all three.)"""
+"""Checks the CI wrapper templates: each parses as YAML and has the shape its
+CI expects. (actionlint lints workflow files only, not composite actions or
+other CIs' files; .ci/run runs it on the example workflow.)"""
 import sys
 
 import yaml
