@@ -807,6 +807,14 @@ fn require_runner_auth_flag_blocks_without_auth() {
     // Survives a reload of a config that does not require it.
     assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
     assert_refused(eval_with(&home, None), "missing");
+    // A run without runner auth is refused too.
+    let run = home.run(&["run", "--", "true"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the run is refused: runner auth failed the missing check"),
+        "{run:?}"
+    );
 }
 
 #[test]
