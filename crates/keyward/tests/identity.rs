@@ -1146,3 +1146,23 @@ fn a_remembered_token_still_expires() {
     }
     assert_refused(eval_with(&home, Some(&oidc(&token))), "expired");
 }
+
+/// A server in the middle with a certificate the pinned CA did not sign
+/// (`jwks_ca_file`) cannot hand the daemon its own keys.
+#[test]
+fn jwks_from_a_server_the_pinned_ca_did_not_sign_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Issuer::start(&dir.path().join("real"), &jwks(&[&TestKey::ec("real")]));
+    let attacker_key = TestKey::ec("attacker");
+    let impostor = Issuer::start(&dir.path().join("impostor"), &jwks(&[&attacker_key]));
+    let config =
+        oidc_config(&real, "").replace(&real.url("/jwks.json"), &impostor.url("/jwks.json"));
+    let home = home_with(&config);
+    home.start(&[]);
+    let (code, decision) = eval_with(
+        &home,
+        Some(&oidc(&attacker_key.sign(&github_claims("acme/prod")))),
+    );
+    assert_refused((code, decision.clone()), "jwks unavailable");
+    assert_eq!(impostor.requests("GET"), 0, "no request got past TLS");
+}
