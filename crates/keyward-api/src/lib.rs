@@ -16,7 +16,7 @@ mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
-pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, Severity};
+pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, RunnerAuth, Severity};
 pub use run_types::{
     BrokerAttach, BrokerAttached, CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo,
     RunList,

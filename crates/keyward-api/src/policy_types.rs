@@ -43,9 +43,56 @@ pub struct EvaluateRequest {
     /// Free-form fields rules can match with `when = { "context.x" = ... }`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub context: serde_json::Map<String, serde_json::Value>,
-    /// The CI runner's identity (`runner.repository`, ...).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub runner_auth: serde_json::Map<String, serde_json::Value>,
+    /// Proof of the CI runner's identity, as sent: signed claims
+    /// (`{claims, algorithm: "HMAC-SHA256", key_id, signature}`) or a CI
+    /// provider's token (`{algorithm: "OIDC-JWT", token}`). Policy never
+    /// reads it: the daemon verifies it into `verified_runner`.
+    #[serde(default, skip_serializing_if = "RunnerAuth::is_empty")]
+    pub runner_auth: RunnerAuth,
+    /// The runner claims the daemon verified from `runner_auth`: what
+    /// `when = { "runner.<claim>" = ... }` matches. Never read from or
+    /// written to the wire, so a caller cannot claim an identity.
+    #[serde(skip)]
+    pub verified_runner: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Runner auth as a caller sent it (an HMAC envelope or an OIDC token): a
+/// JSON object whose `Debug` hides the token and signature.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunnerAuth(pub serde_json::Map<String, serde_json::Value>);
+
+impl RunnerAuth {
+    /// Whether nothing was sent.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for RunnerAuth {
+    type Target = serde_json::Map<String, serde_json::Value>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RunnerAuth {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for RunnerAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.0 {
+            match key.as_str() {
+                "token" | "signature" => map.entry(key, &"[REDACTED]"),
+                _ => map.entry(key, value),
+            };
+        }
+        map.finish()
+    }
 }
 
 /// What a policy decided.

@@ -67,6 +67,11 @@ pub struct CreateRunRequest {
     /// loopback, exported in that variable (`keyward run --base-url`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub base_url: bool,
+    /// Proof of the CI runner's identity, as with `POST /v1/evaluate`:
+    /// the run is bound to the verified claims (and grants with
+    /// `require_runner` need them).
+    #[serde(default, skip_serializing_if = "crate::RunnerAuth::is_empty")]
+    pub runner_auth: crate::RunnerAuth,
 }
 
 /// `POST /v1/runs/{id}/broker`: the daemon's end of the run's broker goes
@@ -152,6 +157,9 @@ pub struct RunInfo {
     /// Started with base-URL endpoints (`keyward run --base-url`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub base_url: bool,
+    /// The CI runner identity verified when the run was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<BTreeMap<String, String>>,
 }
 
 /// `GET /v1/runs`.

@@ -46,6 +46,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[compat]`: other tools' protocols (`[compat.cavra]`).
     pub compat: CompatConfig,
+    /// `[auth]`: verified CI runner identity.
+    pub auth: keyward_identity::AuthConfig,
 }
 
 /// `[admin]`: for a daemon running as its own user (system mode), the
@@ -535,6 +537,9 @@ pub struct LoadedConfig {
     pub grants: BTreeMap<String, Grant>,
     /// The compiled policy (`policy.files`, or the built-in pack).
     pub policy: Arc<Policy>,
+    /// The runner-auth verifiers built from `[auth]` (keys read, JWKS
+    /// cache empty until first use).
+    pub identity: Arc<keyward_identity::Identity>,
 }
 
 /// A config that cannot be used.
@@ -582,6 +587,7 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
             return Ok(LoadedConfig {
                 grants: effective_grants(&config, &source.path)?,
                 policy: compile_policy(&config, &source.path)?,
+                identity: build_identity(&config, &source.path)?,
                 config,
                 source: source.clone(),
                 from_file: false,
@@ -612,6 +618,7 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
     Ok(LoadedConfig {
         grants: effective_grants(&config, &source.path)?,
         policy: compile_policy(&config, &source.path)?,
+        identity: build_identity(&config, &source.path)?,
         config,
         source: source.clone(),
         from_file: true,
@@ -644,6 +651,23 @@ fn compile_policy(config: &Config, path: &Path) -> Result<Arc<Policy>, ConfigErr
             path: path.to_owned(),
             key: Some("policy.files".to_owned()),
             message: e.to_string(),
+        })
+}
+
+/// The runner-auth verifiers; files are relative to the config file, and
+/// the HMAC key may come from the daemon's environment.
+fn build_identity(
+    config: &Config,
+    path: &Path,
+) -> Result<Arc<keyward_identity::Identity>, ConfigError> {
+    let env_key = std::env::var(keyward_identity::HMAC_KEY_ENV).ok();
+    let base = path.parent().unwrap_or(Path::new("."));
+    keyward_identity::Identity::from_config(&config.auth, base, env_key.as_deref())
+        .map(Arc::new)
+        .map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: Some(key),
+            message,
         })
 }
 

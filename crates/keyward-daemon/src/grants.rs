@@ -45,6 +45,10 @@ pub struct GrantConfig {
     /// for OpenAI's SDKs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url_path: Option<String>,
+    /// Globs a run's verified runner claims must match for the run to get
+    /// this grant, e.g. `{ repository = "acme/*", ref = "refs/heads/main" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_runner: Option<BTreeMap<String, String>>,
 }
 
 /// `inject = { header = "...", format = "..." }`, `{ basic = { username = "..." } }`
@@ -115,6 +119,9 @@ pub struct Grant {
     /// The variable `keyward run --base-url` sets to the grant's endpoint,
     /// and the path that URL ends with.
     pub base_url: Option<(String, String)>,
+    /// Globs (claim name to pattern) a run's verified runner claims must
+    /// match for the run to get this grant.
+    pub require_runner: BTreeMap<String, String>,
 }
 
 /// The built-in presets, as config tables.
@@ -254,6 +261,7 @@ fn merge(base: Option<&GrantConfig>, over: &GrantConfig) -> GrantConfig {
         substitute_body: over.substitute_body.or(base.substitute_body),
         base_url_env: over.base_url_env.clone().or(base.base_url_env),
         base_url_path: over.base_url_path.clone().or(base.base_url_path),
+        require_runner: over.require_runner.clone().or(base.require_runner),
     }
 }
 
@@ -335,7 +343,13 @@ fn build(
             "needs base_url_env: the variable the base URL goes in".to_owned(),
         ));
     }
+    let require_runner = table.require_runner.clone().unwrap_or_default();
+    for (claim, pattern) in &require_runner {
+        keyward_policy::Glob::new(pattern)
+            .map_err(|e| (key(&format!("require_runner.{claim}")), e))?;
+    }
     Ok(Grant {
+        require_runner,
         name: name.to_owned(),
         source,
         secret,

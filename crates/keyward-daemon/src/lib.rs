@@ -21,6 +21,7 @@ mod notify;
 pub mod pidfile;
 mod policy_routes;
 mod run_routes;
+mod runner_auth;
 pub mod runs;
 pub mod sandbox;
 mod server;

@@ -48,6 +48,9 @@ pub struct DaemonOptions {
     /// `--idle-exit` from the command line: overrides the config, also
     /// after reloads. `Some(None)` turns idle exit off.
     pub idle_exit_override: Option<Option<Duration>>,
+    /// `--require-runner-auth`: every evaluation needs verified runner
+    /// auth, whatever the config says (also after reloads).
+    pub require_runner_auth: bool,
     /// Log filter control for reloads.
     pub log: Box<dyn LogControl>,
 }
@@ -178,6 +181,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         baseline: Arc::new(keyward_policy::baseline()),
         proxy: std::sync::OnceLock::new(),
         brokers: crate::broker::Brokers::default(),
+        require_runner_auth: opts.require_runner_auth,
     });
     if let Err(e) = state.publish_bundle() {
         tracing::error!("cannot publish the CA trust bundle for other users: {e}");

@@ -12,6 +12,7 @@ use keyward_api::{DecisionResponse, EvaluateRequest};
 use keyward_evidence::Kind;
 use keyward_policy::Policy;
 
+use crate::runner_auth::{self, RunnerAuth};
 use crate::runs::RunRecord;
 use crate::server::{ApiError, AppState, Peer, json_body};
 
@@ -100,7 +101,7 @@ pub(crate) async fn evaluate(
 ) -> Result<Json<DecisionResponse>, ApiError> {
     // Announced first, so an fsync starting meanwhile may wait for it.
     let slot = state.evidence.reserve();
-    let req: EvaluateRequest = json_body(body)?;
+    let mut req: EvaluateRequest = json_body(body)?;
     if req.action_type.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -110,8 +111,15 @@ pub(crate) async fn evaluate(
     }
     let run = calling_run(&state, peer);
     let policy = pick_policy(&state, run.as_ref(), req.policy_pack.as_deref())?;
+    let runner =
+        RunnerAuth::check(&state, &std::mem::take(&mut req.runner_auth), run.as_ref()).await;
+    req.verified_runner = runner.claims();
     let mut resp = decide(&policy, &req);
-    let data = state.evidence_data(&req, &resp);
+    if let Some(failure) = runner.refusal() {
+        runner_auth::block(&mut resp, failure);
+    }
+    let mut data = state.evidence_data(&req, &resp);
+    runner.record(&mut data);
     // Answered only once the decision is on disk.
     let evidence_ref = state
         .evidence

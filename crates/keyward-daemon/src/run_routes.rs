@@ -16,6 +16,7 @@ use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 
 use crate::config::LoadedConfig;
 use crate::grants::Grant;
+use crate::runner_auth::{self, RunnerAuth};
 use keyward_vault::ResolveError;
 
 use crate::runs::{RunRecord, RunsError};
@@ -427,7 +428,16 @@ pub(crate) async fn create(
 ) -> Result<Json<RunCreated>, ApiError> {
     let req: CreateRunRequest = json_body(body)?;
     let vars = check_grants(&state, &req)?;
-    let (run, token) = state.runs.create(&req, &vars, peer.uid)?;
+    let runner = RunnerAuth::check(&state, &req.runner_auth, None).await;
+    if let Some(failure) = &runner.failure {
+        return Err(runner_auth::refuse_run(failure));
+    }
+    let claims = runner.verified.map(|v| v.claims);
+    runner_auth::check_grant_requirements(&state.config().grants, &req.grants, claims.as_ref())?;
+    let (mut run, token) = state.runs.create(&req, &vars, peer.uid)?;
+    if let Some(claims) = claims {
+        run = state.runs.bind_runner(&run.id, claims)?.unwrap_or(run);
+    }
     // Resolve now so a sealed vault or a missing secret fails here, loudly,
     // not at the child's first request.
     let (ctx, failures) = Authority::build(&state, &run).await;

@@ -64,6 +64,9 @@ pub struct RunRecord {
     /// Started with base-URL endpoints.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub base_url: bool,
+    /// The CI runner identity verified when the run was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<keyward_identity::RunnerClaims>,
 }
 
 impl RunRecord {
@@ -81,6 +84,11 @@ impl RunRecord {
             confinement: self.confinement.clone(),
             broker: self.broker,
             base_url: self.base_url,
+            runner: self.runner.as_ref().map(|c| {
+                c.iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            }),
         }
     }
 }
@@ -202,6 +210,7 @@ impl Registry {
             uid: Some(uid),
             broker: req.broker,
             base_url: req.base_url,
+            runner: None,
         };
         self.lock().insert(id, record.clone());
         self.changes.fetch_add(1, Ordering::SeqCst);
@@ -245,6 +254,23 @@ impl Registry {
     pub fn set_pid(&self, id: &str, pid: Option<u32>) -> Result<Option<RunRecord>, RunsError> {
         let updated = self.lock().get_mut(id).map(|r| {
             r.pid = pid;
+            r.clone()
+        });
+        if updated.is_some() {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+            self.save()?;
+        }
+        Ok(updated)
+    }
+
+    /// Binds a run to the runner identity verified for it.
+    pub fn bind_runner(
+        &self,
+        id: &str,
+        runner: keyward_identity::RunnerClaims,
+    ) -> Result<Option<RunRecord>, RunsError> {
+        let updated = self.lock().get_mut(id).map(|r| {
+            r.runner = Some(runner);
             r.clone()
         });
         if updated.is_some() {

@@ -32,8 +32,17 @@ use keyward_proxy::CertificateAuthority;
 
 /// What the API can do in this build, reported by `/v1/health`.
 const CAPABILITIES: &[&str] = &[
-    "health", "shutdown", "reload", "vault", "secrets", "grants", "runs", "proxy", "evaluate",
+    "health",
+    "shutdown",
+    "reload",
+    "vault",
+    "secrets",
+    "grants",
+    "runs",
+    "proxy",
+    "evaluate",
     "evidence",
+    "runner_auth",
 ];
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`),
@@ -322,6 +331,9 @@ pub(crate) struct AppState {
     pub proxy: std::sync::OnceLock<std::sync::Weak<keyward_proxy::Proxy>>,
     /// The runs' fd brokers.
     pub brokers: crate::broker::Brokers,
+    /// `daemon start --require-runner-auth`: as `auth.require_runner_auth`,
+    /// whatever the config (also after reloads).
+    pub require_runner_auth: bool,
 }
 
 impl AppState {

@@ -220,7 +220,8 @@ impl Field {
             Field::Tool => borrowed(&req.tool),
             Field::Capability => borrowed(&req.capability),
             Field::Context(path) => lookup(&req.context, path),
-            Field::Runner(path) => lookup(&req.runner_auth, path),
+            // Verified claims only: `runner_auth` as sent proves nothing.
+            Field::Runner(path) => lookup(req.verified_runner.as_ref()?, path),
         }
     }
 }

@@ -136,13 +136,23 @@ decision = "block"
     .unwrap();
     let mut r = with_op(req("git", "feature"), "PUSH");
     assert_eq!(decide(&p, &r).0, Decision::Allow, "fields missing");
+    r.context.insert("env".into(), "prod".into());
+    // What a caller sends as runner_auth proves nothing: only claims the
+    // daemon verified (verified_runner) are matched.
     r.runner_auth
         .insert("repository".into(), "acme/infra".into());
+    assert_eq!(decide(&p, &r).0, Decision::Allow, "unverified claim");
+    let verified = |repo: &str| {
+        let mut m = serde_json::Map::new();
+        m.insert("repository".into(), repo.into());
+        Some(m)
+    };
+    r.verified_runner = verified("acme/infra");
+    assert_eq!(decide(&p, &r), (Decision::Block, "acme.push".into()));
+    r.context.clear();
     assert_eq!(decide(&p, &r).0, Decision::Allow, "context missing");
     r.context.insert("env".into(), "prod".into());
-    assert_eq!(decide(&p, &r), (Decision::Block, "acme.push".into()));
-    r.runner_auth
-        .insert("repository".into(), "other/infra".into());
+    r.verified_runner = verified("other/infra");
     assert_eq!(decide(&p, &r).0, Decision::Allow);
     let r = req("git", "feature");
     assert_eq!(decide(&p, &r).0, Decision::Allow, "no operation given");

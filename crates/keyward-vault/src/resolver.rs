@@ -272,8 +272,9 @@ async fn run_command(
         .join(" ");
     let child = tokio::process::Command::new(program)
         .args(args)
-        // The daemon's evidence signing key stays in the daemon.
+        // The daemon's own keys stay with the daemon.
         .env_remove("KEYWARD_EVIDENCE_HMAC_KEY")
+        .env_remove("KEYWARD_RUNNER_AUTH_HMAC_KEY")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -190,6 +190,24 @@ pub struct EvalArgs {
     /// Print the DecisionResponse JSON instead of one line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub runner_auth: RunnerAuthArgs,
+}
+
+/// Proof of a CI runner's identity, sent with an evaluation or a run (it
+/// replaces any `runner_auth` in `--input`). Policy matches `runner.*` only
+/// on claims the daemon verified.
+#[derive(Debug, Args)]
+pub struct RunnerAuthArgs {
+    /// A file holding the CI provider's OIDC ID token (a JWT), verified by
+    /// the daemon against `[auth.oidc]`.
+    #[arg(long, value_name = "FILE", conflicts_with = "runner_auth_file")]
+    pub oidc_token_file: Option<PathBuf>,
+    /// A file holding runner auth JSON: HMAC-signed claims
+    /// `{"claims", "algorithm": "HMAC-SHA256", "key_id", "signature"}`
+    /// (or `{"algorithm": "OIDC-JWT", "token"}`).
+    #[arg(long, value_name = "FILE")]
+    pub runner_auth_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,7 +222,8 @@ pub enum PolicyCommand {
     },
     /// Run test cases against a policy file, offline. CASES is a JSON array
     /// of {"name", "request": {EvaluateRequest}, "decision", "rule_id"?,
-    /// "matched_command"?}.
+    /// "matched_command"?, "runner"?} ("runner": claims taken as verified,
+    /// for rules on runner.*).
     /// Prints a table; exit 1 on any mismatch.
     Test {
         /// The policy file (TOML), or `agent-baseline` for the built-in pack.
@@ -518,6 +537,8 @@ pub struct RunArgs {
     /// pin certificates. No CA trust is needed.
     #[arg(long)]
     pub base_url: bool,
+    #[command(flatten)]
+    pub runner_auth: RunnerAuthArgs,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
@@ -584,6 +605,11 @@ pub struct IdleExitArg {
     /// `0` turns it off [default: daemon.idle_exit, else off].
     #[arg(long, value_name = "DURATION", value_parser = parse_idle_exit)]
     pub idle_exit: Option<IdleExit>,
+    /// Every evaluation needs verified runner auth (HMAC-signed claims or
+    /// an OIDC token): without it the decision is a block with rule
+    /// `runner_auth.invalid`, whatever `auth.require_runner_auth` says.
+    #[arg(long)]
+    pub require_runner_auth: bool,
 }
 
 /// A parsed `--idle-exit`: `None` inside means "off".

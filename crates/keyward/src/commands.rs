@@ -48,6 +48,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Daemon(DaemonCommand::Start(args)) if !args.detach => {
             let home = Home::resolve(cli.home.as_deref())?;
             let loaded = load_config(&cli)?;
+            if args.idle.require_runner_auth {
+                runner_auth_verifiable(&loaded)?;
+            }
             use keyward_daemon::LogControl;
             if let Err(e) = log.set_filter(&loaded.config.daemon.log_level) {
                 tracing::warn!("cannot apply daemon.log_level: {e}");
@@ -56,6 +59,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 home,
                 config: loaded,
                 idle_exit_override: args.idle.idle_exit.map(|i| i.0),
+                require_runner_auth: args.idle.require_runner_auth,
                 log: Box::new(log),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -248,7 +252,7 @@ pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
         }
         .into());
     }
-    let (exe, args) = daemon_command(cli, None)?;
+    let (exe, args) = daemon_command(cli, None, false)?;
     if let Some(pid) = control::ensure_running(&home, &exe, args, DETACH_READY_TIMEOUT).await? {
         eprintln!("keyward: started the daemon (pid {pid})");
     }
@@ -257,7 +261,7 @@ pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
 
 async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<ExitCode> {
     let home = Home::resolve(cli.home.as_deref())?;
-    let pid = spawn_daemon(cli, idle.idle_exit.map(|i| i.0)).await?;
+    let pid = spawn_daemon(cli, idle).await?;
     if json {
         println!(
             "{}",
@@ -274,9 +278,9 @@ async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<Exi
 }
 
 /// Starts the daemon detached with this CLI's home, config and log format.
-async fn spawn_daemon(cli: &Cli, idle_exit: Option<Option<Duration>>) -> Result<u32> {
+async fn spawn_daemon(cli: &Cli, idle: &IdleExitArg) -> Result<u32> {
     let home = Home::resolve(cli.home.as_deref())?;
-    let (exe, args) = daemon_command(cli, idle_exit)?;
+    let (exe, args) = daemon_command(cli, idle.idle_exit.map(|i| i.0), idle.require_runner_auth)?;
     Ok(control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?)
 }
 
@@ -285,12 +289,16 @@ async fn spawn_daemon(cli: &Cli, idle_exit: Option<Option<Duration>>) -> Result<
 fn daemon_command(
     cli: &Cli,
     idle_exit: Option<Option<Duration>>,
+    require_runner_auth: bool,
 ) -> Result<(std::path::PathBuf, Vec<OsString>)> {
     let home = Home::resolve(cli.home.as_deref())?;
     // Validate here too, so a bad config fails fast with exit 64 and no
     // process is spawned.
     let source = config_source(cli)?;
-    config::load(&source)?;
+    let loaded = config::load(&source)?;
+    if require_runner_auth {
+        runner_auth_verifiable(&loaded)?;
+    }
 
     let mut args: Vec<OsString> = vec!["--home".into(), home.root().into()];
     if source.explicit {
@@ -298,6 +306,9 @@ fn daemon_command(
     }
     args.extend(["--log-format".into(), cli.log_format.as_arg().into()]);
     args.extend(["daemon".into(), "start".into()]);
+    if require_runner_auth {
+        args.push("--require-runner-auth".into());
+    }
     if let Some(idle) = idle_exit {
         args.extend([
             "--idle-exit".into(),
@@ -306,6 +317,21 @@ fn daemon_command(
     }
     let exe = std::env::current_exe().context("cannot find the keyward executable")?;
     Ok((exe, args))
+}
+
+/// For `--require-runner-auth`: the config must say how to verify runner
+/// auth, else every evaluation would be blocked.
+fn runner_auth_verifiable(loaded: &LoadedConfig) -> Result<(), config::ConfigError> {
+    if loaded.identity.configured() {
+        return Ok(());
+    }
+    Err(config::ConfigError::Invalid {
+        path: loaded.source.path.clone(),
+        key: Some("auth".to_owned()),
+        message: "--require-runner-auth needs a way to verify runner auth: set \
+                  auth.runner_hmac_key_file (or KEYWARD_RUNNER_AUTH_HMAC_KEY) or [auth.oidc]"
+            .to_owned(),
+    })
 }
 
 /// Stops the daemon; with `tolerate_not_running` (restart) a daemon that is

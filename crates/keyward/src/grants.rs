@@ -77,6 +77,7 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
         substitute_body: args.substitute_body.then_some(true),
         base_url_env: args.base_url_env.clone(),
         base_url_path: args.base_url_path.clone(),
+        require_runner: None,
     };
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;

@@ -36,7 +36,7 @@ fn read_input(path: &Path) -> Result<String> {
 }
 
 pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
-    let req = match &args.input {
+    let mut req = match &args.input {
         Some(path) => {
             let text = read_input(path)?;
             serde_json::from_str::<EvaluateRequest>(&text)
@@ -49,6 +49,9 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
             ..EvaluateRequest::default()
         },
     };
+    if let Some(auth) = crate::runner_auth::load(&args.runner_auth)? {
+        req.runner_auth = auth;
+    }
     let client = ensure_daemon(cli).await?;
     let resp: DecisionResponse = client
         .call(Method::POST, "/v1/evaluate", Some(&req))
@@ -123,6 +126,10 @@ struct Case {
     /// For a shell line: the part expected to decide.
     #[serde(default)]
     matched_command: Option<String>,
+    /// Runner claims taken as verified (the daemon would have checked
+    /// them), for rules on `runner.*`.
+    #[serde(default)]
+    runner: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 pub fn policy(cmd: &PolicyCommand) -> Result<ExitCode> {
@@ -202,7 +209,9 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut failed = 0;
     for (i, case) in cases.iter().enumerate() {
-        let verdict = policy.evaluate(&case.request);
+        let mut request = case.request.clone();
+        request.verified_runner = case.runner.clone();
+        let verdict = policy.evaluate(&request);
         let ok = verdict.decision() == case.decision
             && case.rule_id.as_deref().is_none_or(|r| r == verdict.rule.id)
             && case

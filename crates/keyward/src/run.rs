@@ -86,6 +86,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         confinement: Some(confinement.summary.clone()),
         broker: args.broker.is_some(),
         base_url: args.base_url,
+        runner_auth: crate::runner_auth::load(&args.runner_auth)?.unwrap_or_default(),
     };
     let created: RunCreated = match client.call(Method::POST, "/v1/runs", Some(&req)).await {
         Ok(created) => created,
