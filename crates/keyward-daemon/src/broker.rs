@@ -184,10 +184,9 @@ fn mint(proxy: &Weak<Proxy>, token: &str, streams: &Arc<Semaphore>) -> Option<Ow
     let ours = tokio::net::UnixStream::from_std(ours)
         .inspect_err(|e| tracing::warn!("fd broker: cannot serve a stream: {e}"))
         .ok()?;
-    let token = token.to_owned();
-    tokio::spawn(async move {
-        let _permit = permit;
-        proxy.serve_broker_stream(ours, token).await;
-    });
+    // The run's permit lives as long as the stream is served.
+    if !proxy.admit_broker_stream(ours, token.to_owned(), permit) {
+        return None;
+    }
     Some(OwnedFd::from(theirs))
 }

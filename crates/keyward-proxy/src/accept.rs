@@ -31,7 +31,7 @@ impl Proxy {
     /// in flight finish (up to `ProxyOptions::drain_timeout`) and returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
+        let slots = self.slots.clone();
         let mut refusing = false;
         loop {
             tokio::select! {

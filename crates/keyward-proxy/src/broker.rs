@@ -23,6 +23,32 @@ use crate::record::Target;
 use crate::refusal::Refusal;
 
 impl Proxy {
+    /// Takes one broker stream of the run holding `token` and serves it in
+    /// the background, if the proxy's connection budget
+    /// (`proxy.max_connections`, shared with client connections) has room;
+    /// `false` when it has none (the dial is then refused). `hold` (the
+    /// caller's own per-run permit) is kept as long as the stream is served.
+    pub fn admit_broker_stream(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        token: String,
+        hold: impl Send + 'static,
+    ) -> bool {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "proxy: {} connections and broker streams open (proxy.max_connections); broker dial refused",
+                self.options.max_connections
+            );
+            return false;
+        };
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let _held = (slot, hold);
+            proxy.serve_broker_stream(stream, token).await;
+        });
+        true
+    }
+
     /// Serves one broker stream of the run holding `token` until the child
     /// closes it (or the run ends: every request checks the run again).
     pub async fn serve_broker_stream(self: Arc<Self>, stream: UnixStream, token: String) {
@@ -51,6 +77,33 @@ impl Proxy {
         run: &RunContext,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        if req.headers().contains_key(header::UPGRADE) {
+            // Streams are plain HTTP/1.1 exchanges: a switch of protocols
+            // (WebSocket) is not joined here, so it is refused before
+            // anything goes upstream.
+            let target = Target {
+                tls: true,
+                host: String::new(),
+                port: 0,
+            };
+            let event = self.event(
+                run,
+                Via::Broker,
+                req.method().as_str(),
+                &target,
+                req.uri().path(),
+            );
+            return self.refuse(
+                event,
+                Refusal::child(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "broker.upgrade_unsupported",
+                    "keyward: broker streams carry plain HTTP/1.1 requests; upgrades (WebSocket) \
+                     are not supported on them yet: use the proxy for WebSocket\n"
+                        .to_owned(),
+                ),
+            );
+        }
         let named = req
             .headers()
             .get(header::HOST)

@@ -19,7 +19,8 @@ use crate::events::{EgressEvent, Metered, Via};
 use crate::filters::request::{authority_check, credential_scopes, network_check, policy_check};
 use crate::filters::response::{scrub_reason_phrase, scrubbed_body};
 use crate::filters::upstream::{
-    inject, is_large_body_refusal, large_body_message, request_body, strip_hop_by_hop,
+    inject, is_client_body_error, is_large_body_refusal, large_body_message, request_body,
+    strip_hop_by_hop,
 };
 use crate::proxy::Proxy;
 use crate::record::Target;
@@ -48,32 +49,53 @@ impl Proxy {
             .cloned()
             .filter(|_| req.version() == hyper::Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let mut event = self.event(run, via, method.as_str(), target, &path);
+        let mut event = self.pending(self.event(run, via, method.as_str(), target, &path));
 
-        // request_filter.
+        // request_filter. A CONNECT here (inside an intercepted tunnel, on
+        // a broker stream or to a base URL) would open a raw tunnel from
+        // a place that already is one: refused.
+        if method == hyper::Method::CONNECT {
+            return self.refuse(
+                event.take(),
+                Refusal::child(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "connect_not_here",
+                    "keyward refused CONNECT here: tunnels are opened on the proxy itself\n"
+                        .to_owned(),
+                ),
+            );
+        }
         if let Err(refusal) = network_check(run, target) {
-            return self.refuse(event, refusal);
+            return self.refuse(event.take(), refusal);
         }
         let (decision, verdict) = policy_check(run, method.as_str(), target, &path);
         event.decision = decision;
         if let Err(refusal) = verdict {
-            return self.refuse(event, refusal);
+            return self.refuse(event.take(), refusal);
         }
         if let Some(refusal) = self.unrecordable(&event) {
-            return self.refuse(event, refusal);
+            return self.refuse(event.take(), refusal);
         }
         let scopes = match credential_scopes(run, target) {
             Ok(scopes) => scopes,
-            Err(refusal) => return self.refuse(event, refusal),
+            Err(refusal) => return self.refuse(event.take(), refusal),
         };
         let (mut parts, body) = req.into_parts();
         if scopes.contains(&Scope::Allowed)
             && let Err(refusal) = authority_check(&parts, target)
         {
-            return self.refuse(event, refusal);
+            return self.refuse(event.take(), refusal);
         }
 
-        // upstream_request_filter.
+        // upstream_request_filter. Hop-by-hop headers go first, so a
+        // `Connection` header cannot name (and so remove) what is injected.
+        strip_hop_by_hop(&mut parts.headers);
+        if scopes.contains(&Scope::Allowed) {
+            // The destination's own spelling of its name, whatever case,
+            // trailing dots or leading zeros the client used: a front end
+            // routing on the exact Host string sees the grant's host.
+            parts.headers.remove(header::HOST);
+        }
         let mut path_and_query = parts
             .uri
             .path_and_query()
@@ -87,9 +109,8 @@ impl Proxy {
             &mut path_and_query,
         ) {
             Ok(injected) => injected,
-            Err(refusal) => return self.refuse(event, refusal),
+            Err(refusal) => return self.refuse(event.take(), refusal),
         };
-        strip_hop_by_hop(&mut parts.headers);
         // Toward a grant's host, ask for an uncompressed response: it is
         // scrubbed as it streams, without decoding.
         if run
@@ -109,7 +130,7 @@ impl Proxy {
         if let Some(protocol) = &upgrade {
             if !injected.is_empty() && !websocket {
                 return self.refuse(
-                    event,
+                    event.take(),
                     Refusal::child(
                         StatusCode::FORBIDDEN,
                         UPGRADE_REFUSED,
@@ -144,7 +165,7 @@ impl Proxy {
             Ok(uri) => uri,
             Err(e) => {
                 return self.refuse(
-                    event,
+                    event.take(),
                     Refusal::child(
                         StatusCode::BAD_REQUEST,
                         "bad_url",
@@ -171,7 +192,7 @@ impl Proxy {
                 }
                 body
             }
-            Err(refusal) => return self.refuse(event, refusal),
+            Err(refusal) => return self.refuse(event.take(), refusal),
         };
         let upstream_req = Request::from_parts(parts, body);
         event.injected = injected.iter().map(|g| (*g).to_owned()).collect();
@@ -191,7 +212,7 @@ impl Proxy {
             Ok(Err(e)) if is_large_body_refusal(&e) => {
                 event.injected.clear();
                 return self.refuse(
-                    event,
+                    event.take(),
                     Refusal::child(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "placeholder_body",
@@ -199,10 +220,21 @@ impl Proxy {
                     ),
                 );
             }
+            Ok(Err(e)) if is_client_body_error(&e) => {
+                return self.refuse(
+                    event.take(),
+                    Refusal::child(
+                        StatusCode::BAD_REQUEST,
+                        "client_body_aborted",
+                        "keyward: the program's request body broke off before it was complete\n"
+                            .to_owned(),
+                    ),
+                );
+            }
             Ok(Err(e)) => {
                 let why = keyward_api::error_chain(&e);
                 return self.refuse(
-                    event,
+                    event.take(),
                     Refusal::upstream(
                         StatusCode::BAD_GATEWAY,
                         "upstream_unreachable",
@@ -212,7 +244,7 @@ impl Proxy {
             }
             Err(_) => {
                 return self.refuse(
-                    event,
+                    event.take(),
                     Refusal::upstream(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream_timeout",
@@ -244,7 +276,7 @@ impl Proxy {
                 // The server switched to something whose bytes cannot be
                 // scrubbed: nothing of it reaches the child.
                 return self.refuse(
-                    event,
+                    event.take(),
                     Refusal::upstream(
                         StatusCode::BAD_GATEWAY,
                         UPGRADE_REFUSED,
@@ -263,7 +295,7 @@ impl Proxy {
             let scrubber = run.scrubber.clone().filter(|_| joined_websocket);
             let mut resp = Response::from_parts(parts, body);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            self.join_after_switch(event, client_upgrade, upstream_upgrade, scrubber);
+            self.join_after_switch(event.take(), client_upgrade, upstream_upgrade, scrubber);
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, empty());
         }
@@ -273,11 +305,11 @@ impl Proxy {
             None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
             Some(scrubber) => match scrubbed_body(&authority, &mut parts, body, scrubber).await {
                 Ok(body) => body,
-                Err(refusal) => return self.refuse(event, refusal),
+                Err(refusal) => return self.refuse(event.take(), refusal),
             },
         };
         // logging: the event goes out when the body is done, with its size.
-        let body = Metered::new(body, event, self.events.clone());
+        let body = Metered::new(body, event.take(), self.events.clone());
         Response::from_parts(parts, body.boxed())
     }
 

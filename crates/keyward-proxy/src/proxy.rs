@@ -31,6 +31,9 @@ pub struct Proxy {
     extra_roots: Vec<CertificateDer<'static>>,
     pub(crate) events: Arc<dyn EgressSink>,
     pub(crate) drain: Arc<Drain>,
+    /// Client connections and broker streams open at once
+    /// (`proxy.max_connections`): one budget for every way in.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Which CONNECT tunnels are intercepted.
@@ -136,6 +139,7 @@ impl Proxy {
             authority,
             client: std::sync::OnceLock::new(),
             h2c_client: std::sync::OnceLock::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
             extra_roots,
             events: Arc::new(LogSink),
             drain: Arc::new(Drain::new()),

@@ -1,13 +1,15 @@
 //! The logging phase's side of a request that ends in the proxy: its
 //! event, and the one record of each refusal.
 
+use std::sync::Arc;
+
 use hyper::{Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::context::RunContext;
-use crate::events::{EgressEvent, Via};
+use crate::events::{EgressEvent, EgressSink, Via};
 use crate::proxy::Proxy;
-use crate::refusal::{EVIDENCE_UNAVAILABLE, Refusal};
+use crate::refusal::{EVIDENCE_UNAVAILABLE, Fault, Refusal};
 
 /// Where a request goes: what the policy, the network rules and the
 /// grants are asked about.
@@ -34,7 +36,59 @@ impl Target {
     }
 }
 
+/// The event of a request in flight. If the request is dropped before an
+/// outcome is recorded (the client went away while keyward waited on the
+/// upstream or read the body), the drop records it: a request that may
+/// have reached the upstream with a secret is never off the record.
+pub(crate) struct Pending {
+    event: Option<EgressEvent>,
+    sink: Arc<dyn EgressSink>,
+}
+
+impl Pending {
+    /// The event, to be recorded by whoever takes it.
+    pub(crate) fn take(mut self) -> EgressEvent {
+        self.event.take().expect("a pending event is taken once")
+    }
+}
+
+impl std::ops::Deref for Pending {
+    type Target = EgressEvent;
+    fn deref(&self) -> &EgressEvent {
+        self.event.as_ref().expect("a pending event is taken once")
+    }
+}
+
+impl std::ops::DerefMut for Pending {
+    fn deref_mut(&mut self) -> &mut EgressEvent {
+        self.event.as_mut().expect("a pending event is taken once")
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            // 499: nginx's "client closed request".
+            event.status = 499;
+            event.blocked = Some(CLIENT_CLOSED.to_owned());
+            event.fault = Some(Fault::Child);
+            self.sink.record(event);
+        }
+    }
+}
+
+/// The rule of a request whose client went away before it was answered.
+pub(crate) const CLIENT_CLOSED: &str = "client_closed";
+
 impl Proxy {
+    /// `event`, recorded even if the request is dropped before it ends.
+    pub(crate) fn pending(&self, event: EgressEvent) -> Pending {
+        Pending {
+            event: Some(event),
+            sink: self.events.clone(),
+        }
+    }
+
     /// The event of a request, before its outcome is known.
     pub(crate) fn event(
         &self,

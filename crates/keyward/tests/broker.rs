@@ -405,3 +405,99 @@ fn the_go_example_dials_through_the_broker() {
         format!("Bearer {SECRET}")
     );
 }
+
+/// What a hostile program tries on its streams: each is refused before
+/// anything goes upstream, or goes upstream and is on the record as what
+/// it was.
+#[test]
+fn hostile_streams_are_refused_or_recorded_as_what_they_are() {
+    let (home, upstream) = setup("");
+    let host = format!("localhost:{}", upstream.port);
+    let script = format!(
+        r#"
+import time
+def head(host, raw):
+    s = dial()
+    s.sendall(raw)
+    data = s.recv(65536)
+    s.close()
+    return data.decode(errors="replace").split("\r\n")[0] + " " + " ".join(
+        l for l in data.decode(errors="replace").split("\r\n") if l.startswith("x-keyward-blocked"))
+# A CONNECT on a stream, and an upgrade: refused, nothing sent upstream.
+print("CONNECT", head("{host}", b"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+print("UPGRADE", head("{host}", b"GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+# A Host in another spelling reaches the upstream as the grant's own.
+print("CASE", get("{host}".upper(), "/case").split("\r\n")[0])
+# A Connection header naming the injected header does not remove it.
+print("HOP", get("{host}", "/hop", "Connection: Authorization\r\n").split("\r\n")[0])
+# Gone before the answer: the request (sent upstream) is still on record.
+s = dial()
+s.sendall(b"GET /slow/gone HTTP/1.1\r\nHost: {host}\r\n\r\n")
+time.sleep(0.5)
+s.close()
+# A body broken off: the child's doing, not an unreachable upstream.
+s = dial()
+s.sendall(b"POST /cut HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\nx")
+time.sleep(0.5)
+s.close()
+time.sleep(2.5)
+print("DONE")
+"#
+    );
+    let out = run_python(&home, &["local"], &script);
+    assert_eq!(out.code, 0, "{out:?}\n{}", home.log());
+    assert!(
+        out.stdout.contains(
+            "CONNECT HTTP/1.1 405 Method Not Allowed x-keyward-blocked: connect_not_here"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "UPGRADE HTTP/1.1 501 Not Implemented x-keyward-blocked: broker.upgrade_unsupported"
+        ),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("CASE HTTP/1.1 200"), "{out:?}");
+    assert!(out.stdout.contains("HOP HTTP/1.1 200"), "{out:?}");
+    upstream.settle();
+    let got = upstream.received();
+    let by_path = |p: &str| got.iter().find(|r| r["path"] == p).cloned();
+    assert!(
+        by_path("/ws").is_none() && got.iter().all(|r| r["method"] != "CONNECT"),
+        "{got:?}"
+    );
+    let case = by_path("/case").unwrap();
+    assert_eq!(case["headers"]["host"], host, "{case}");
+    let hop = by_path("/hop").unwrap();
+    assert_eq!(
+        hop["headers"]["authorization"],
+        format!("Bearer {SECRET}"),
+        "{hop}"
+    );
+    assert!(
+        by_path("/slow/gone").is_some(),
+        "the slow request reached the upstream: {got:?}"
+    );
+    // Every request is on record, each as what happened.
+    let records = egress_records(&home, 6);
+    let record = |p: &str| {
+        records
+            .iter()
+            .find(|r| r["data"]["request"]["path"] == p)
+            .unwrap_or_else(|| panic!("no record for {p}: {records:?}"))
+            .clone()
+    };
+    let gone = record("/slow/gone");
+    assert_eq!(gone["data"]["blocked"], "client_closed", "{gone}");
+    assert_eq!(gone["data"]["fault"], "child", "{gone}");
+    assert_eq!(gone["data"]["injected"], json(r#"["local"]"#), "{gone}");
+    let cut = record("/cut");
+    assert!(
+        cut["data"]["blocked"] == "client_body_aborted"
+            || cut["data"]["blocked"] == "client_closed",
+        "{cut}"
+    );
+    assert_eq!(cut["data"]["fault"], "child", "{cut}");
+    assert_eq!(record("/hop")["data"]["injected"], json(r#"["local"]"#));
+}

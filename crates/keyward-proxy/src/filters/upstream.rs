@@ -100,7 +100,8 @@ pub(crate) async fn request_body<'r>(
         || crate::grpc::is_grpc(&parts.headers)
     {
         return Ok((
-            body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
+                .boxed(),
             Vec::new(),
         ));
     }
@@ -175,6 +176,35 @@ pub(crate) async fn request_body<'r>(
             .boxed(),
         used,
     ))
+}
+
+/// An error reading the client's request body while it streams upstream
+/// (the program broke off): its doing, not the upstream's.
+#[derive(Debug)]
+struct ClientBodyError(hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Whether an upstream exchange failed because the client's body did.
+pub(crate) fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<ClientBodyError>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 pub(crate) fn large_body_message(max: usize) -> String {
@@ -281,7 +311,9 @@ impl hyper::body::Body for Guarded {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => this.done = true,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))));
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         match this.check(&data) {

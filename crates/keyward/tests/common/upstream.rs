@@ -13,9 +13,9 @@ pub const SECRET: &str = "kw-run-SECRET-7d2e91c4aa";
 /// appends each request's headers to a log, so a test can see what the
 /// upstream received (the echo itself comes back scrubbed). `/big/N`
 /// answers N bytes and notes its path in `<log>.big` as it starts;
-/// `/status/N/...` echoes with status N.
+/// `/status/N/...` echoes with status N; `/slow/...` echoes after 2 s.
 pub const ECHO_SERVER: &str = r#"
-import http.server, ssl, json, sys
+import http.server, ssl, json, sys, time
 cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -32,6 +32,8 @@ class H(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(chunk[:size])
                 size -= len(chunk)
             return
+        if self.path.startswith("/slow/"):
+            time.sleep(2)
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n).decode() if n else ""
         rec = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
