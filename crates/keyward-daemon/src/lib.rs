@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_conn;
+mod authority;
 mod broker;
 mod compat_cavra;
 pub mod config;

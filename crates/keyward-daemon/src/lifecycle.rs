@@ -15,6 +15,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::authority::{Authority, Live};
 use crate::compat_cavra;
 use crate::config::{self, LoadedConfig};
 use crate::daemon_log;
@@ -23,7 +24,7 @@ use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
-use crate::run_routes::{self, Authority};
+use crate::run_routes;
 use crate::runs::Registry;
 use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, build_resolver, router};
 use crate::vault_routes::open_at_start;
@@ -161,18 +162,27 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let activity = Arc::new(Activity::new());
-    let state = Arc::new_cyclic(|weak| AppState {
+    let config = Arc::new(RwLock::new(Arc::new(opts.config)));
+    let resolver = Arc::new(RwLock::new(resolver));
+    let authority = Arc::new(Authority::new(Live {
+        runs: runs.clone(),
+        activity: activity.clone(),
+        config: config.clone(),
+        resolver: resolver.clone(),
+        vault_values: vault_values.clone(),
+    }));
+    let state = Arc::new(AppState {
         started_at: SystemTime::now(),
         started: Instant::now(),
         activity: activity.clone(),
         stop: stop_tx,
         vault: vault.clone(),
         vault_values,
-        config: RwLock::new(Arc::new(opts.config)),
-        resolver: RwLock::new(resolver),
+        config,
+        resolver,
         log: opts.log,
         runs: runs.clone(),
-        authority: Arc::new(Authority::new(weak.clone())),
+        authority,
         ca: ca.clone(),
         proxy_port,
         daemon_uid: keyward_sys::effective_uid(),

@@ -1,9 +1,7 @@
-//! `/v1/runs` and the proxy's view of runs (token -> credentials).
+//! `/v1/runs`: creating, listing and ending runs (what a run may use is
+//! in `authority`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -12,10 +10,8 @@ use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
 use keyward_policy::Policy;
-use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
+use keyward_proxy::{AllowRule, RunContext};
 
-use crate::config::LoadedConfig;
-use crate::grants::Grant;
 use crate::runner_auth::{self, RunnerAuth};
 use keyward_vault::ResolveError;
 
@@ -28,252 +24,6 @@ impl From<RunsError> for ApiError {
     fn from(e: RunsError) -> Self {
         tracing::error!("{e}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string())
-    }
-}
-
-/// A run's authority as it was when the run was created: its grants (with
-/// their hosts, injection and secret reference) and its policy. A reload
-/// can narrow it (a grant removed, a host dropped) but never widen it.
-struct Frozen {
-    grants: BTreeMap<String, Grant>,
-    policy: Arc<Policy>,
-}
-
-/// Resolved credentials per run, built on first use and dropped (zeroized)
-/// when the run goes.
-pub(crate) struct Authority {
-    state: Weak<AppState>,
-    /// run id -> (when resolved, the vault values it was resolved against,
-    /// context). Re-resolved after `backends.cache_ttl`, so rotated `file:`,
-    /// `cmd:` and `openbao:` secrets reach running runs, and at once after
-    /// any vault change (set, rm, rollback, seal, unseal).
-    contexts: Mutex<HashMap<String, CachedContext>>,
-    /// run id -> what the run was created with.
-    frozen: Mutex<HashMap<String, Arc<Frozen>>>,
-}
-
-struct CachedContext {
-    at: std::time::Instant,
-    vault: Arc<Vec<secrecy::SecretString>>,
-    context: Arc<RunContext>,
-}
-
-impl Authority {
-    pub(crate) fn new(state: Weak<AppState>) -> Self {
-        Self {
-            state,
-            contexts: Mutex::new(HashMap::new()),
-            frozen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn frozen_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Frozen>>> {
-        self.frozen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What `run` was created with; frozen now from the current config if
-    /// it has not been yet (a run created before this daemon started).
-    fn frozen_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Frozen> {
-        if let Some(frozen) = self.frozen_map().get(&run.id) {
-            return frozen.clone();
-        }
-        let frozen = Arc::new(Frozen {
-            grants: run
-                .grants
-                .iter()
-                .filter_map(|name| Some((name.clone(), config.grants.get(name)?.clone())))
-                .collect(),
-            policy: match &run.policy {
-                Some(path) => compile_run_policy(run, path),
-                None => config.policy.clone(),
-            },
-        });
-        self.frozen_map()
-            .entry(run.id.clone())
-            .or_insert(frozen)
-            .clone()
-    }
-
-    /// The policy deciding for `run`: the one it was created with (its own
-    /// file or the configured policy), compiled once and kept for the
-    /// run's life; a reload does not change it.
-    pub(crate) fn policy_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
-        self.frozen_for(config, run).policy.clone()
-    }
-
-    fn contexts(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedContext>> {
-        self.contexts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The resolved contexts of live runs: the secret values the daemon
-    /// holds right now (evidence redaction looks for them).
-    pub(crate) fn live_contexts(&self) -> Vec<Arc<RunContext>> {
-        self.contexts()
-            .values()
-            .map(|cached| cached.context.clone())
-            .collect()
-    }
-
-    /// Forgets a run entirely.
-    pub(crate) fn forget(&self, run_id: &str) {
-        self.contexts().remove(run_id);
-        self.frozen_map().remove(run_id);
-    }
-
-    /// Forgets every run's resolved credentials (config reload): they are
-    /// resolved again, narrowed by the new config, on the next request.
-    pub(crate) fn forget_credentials(&self) {
-        self.contexts().clear();
-    }
-
-    /// Resolves a run's grants: each as the run was created with it, less
-    /// the hosts the current config no longer gives it; a grant the config
-    /// no longer has is left out. A grant that is gone or whose secret does
-    /// not resolve is returned with why; the context is then not cached, so
-    /// the next request tries again.
-    pub(crate) async fn build(
-        state: &AppState,
-        run: &RunRecord,
-    ) -> (RunContext, Vec<(String, ResolveError)>) {
-        let config = state.config();
-        let resolver = state.resolver();
-        let frozen = state.authority.frozen_for(&config, run);
-        let mut credentials = Vec::new();
-        let mut withheld = Vec::new();
-        let mut failures = Vec::new();
-        for name in &run.grants {
-            let (Some(grant), Some(now)) = (frozen.grants.get(name), config.grants.get(name))
-            else {
-                tracing::warn!(run = run.id, grant = name, "grant no longer exists");
-                failures.push((
-                    name.clone(),
-                    ResolveError::Missing(format!("grant {name} no longer exists")),
-                ));
-                continue;
-            };
-            let hosts: Vec<_> = grant
-                .hosts
-                .iter()
-                .filter(|h| now.hosts.contains(h))
-                .cloned()
-                .collect();
-            if hosts.is_empty() {
-                tracing::warn!(
-                    run = run.id,
-                    grant = name,
-                    "grant has none of its hosts left"
-                );
-                continue;
-            }
-            match resolver.resolve(&grant.secret).await {
-                Ok(secret) => credentials.push(Credential {
-                    grant: name.clone(),
-                    hosts,
-                    inject: grant.inject.clone(),
-                    secret,
-                    placeholder: grant
-                        .placeholder_env
-                        .as_ref()
-                        .and_then(|var| run.placeholders.get(var).cloned()),
-                    plaintext: grant.plaintext,
-                    substitute_body: grant.substitute_body,
-                }),
-                Err(e) => {
-                    tracing::warn!(run = run.id, grant = name, "secret does not resolve: {e}");
-                    withheld.push(Withheld {
-                        grant: name.clone(),
-                        hosts,
-                        sealed: e == ResolveError::Sealed,
-                    });
-                    failures.push((name.clone(), e));
-                }
-            }
-        }
-        let allow = run
-            .allow
-            .iter()
-            .filter_map(|a| AllowRule::parse(a).ok())
-            .collect();
-        let ctx = RunContext::new(run.id.clone(), run.network, allow, credentials)
-            .with_policy(frozen.policy.clone())
-            .with_withheld(withheld);
-        (ctx, failures)
-    }
-}
-
-/// Compiles a run's own policy file. One that no longer loads fails
-/// closed: every request is blocked, with the reason in the log and in the
-/// block message.
-fn compile_run_policy(run: &RunRecord, path: &str) -> Arc<Policy> {
-    match Policy::from_file(std::path::Path::new(path)) {
-        Ok(policy) => Arc::new(policy),
-        Err(e) => {
-            tracing::error!(
-                run = run.id,
-                "the run's policy no longer loads, so its requests are blocked: {e}"
-            );
-            let closed = "[policy]\nid = \"run-policy-invalid\"\ndefault = \"block\"\n\
-                          default_rule_id = \"run.policy.invalid\"\n\
-                          default_reason = \"the run's policy file no longer loads; see the daemon log\"\n";
-            Arc::new(
-                Policy::from_toml(closed, "fail-closed policy")
-                    .expect("the fail-closed policy compiles"),
-            )
-        }
-    }
-}
-
-impl RunAuthority for Authority {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
-        Box::pin(async move {
-            let state = self.state.upgrade()?;
-            let id = state.runs.id_for_token(token)?;
-            state.activity.touch();
-            let ttl = state.config().config.backends.cache_ttl.unwrap_or_default();
-            let vault = state.vault_values.current();
-            if let Some(cached) = self.contexts().get(&id)
-                && cached.at.elapsed() < ttl
-                && Arc::ptr_eq(&cached.vault, &vault)
-            {
-                return Some(cached.context.clone());
-            }
-            let run = state.runs.get(&id)?;
-            let (ctx, failures) = Authority::build(&state, &run).await;
-            let ctx = Arc::new(ctx);
-            if failures.is_empty() {
-                self.contexts().insert(
-                    run.id.clone(),
-                    CachedContext {
-                        at: std::time::Instant::now(),
-                        vault,
-                        context: ctx.clone(),
-                    },
-                );
-            }
-            Some(ctx)
-        })
-    }
-
-    fn credential_rejected(&self, run_id: &str, grants: &[String]) {
-        let Some(state) = self.state.upgrade() else {
-            return;
-        };
-        let frozen = self.frozen_map().get(run_id).cloned();
-        let resolver = state.resolver();
-        for name in grants {
-            if let Some(grant) = frozen.as_ref().and_then(|f| f.grants.get(name)) {
-                resolver.forget(&grant.secret);
-            }
-        }
-        self.contexts().remove(run_id);
-        tracing::info!(
-            run = run_id,
-            grants = grants.join(","),
-            "upstream answered 401: the grants' secrets are resolved again on the next request"
-        );
     }
 }
 
@@ -440,7 +190,7 @@ pub(crate) async fn create(
     }
     // Resolve now so a sealed vault or a missing secret fails here, loudly,
     // not at the child's first request.
-    let (ctx, failures) = Authority::build(&state, &run).await;
+    let (ctx, failures) = state.authority.build(&run).await;
     if !failures.is_empty() {
         let _ = state.runs.remove(&run.id);
         if failures.iter().any(|(_, e)| *e == ResolveError::Sealed) {

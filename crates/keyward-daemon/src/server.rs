@@ -22,9 +22,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::admin_conn::{AdminConn, ConnectionBudget, FdInbox};
+use crate::authority::Authority;
 use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
-use crate::run_routes::{self, Authority};
+use crate::run_routes;
 use crate::runs::{Membership, Registry};
 use crate::{grant_routes, policy_routes, vault_routes};
 use keyward_evidence::{EvidenceLog, Kind};
@@ -311,8 +312,8 @@ pub(crate) struct AppState {
     pub vault: Arc<Mutex<Vault>>,
     /// The open vault's secret values, for redaction (no vault lock).
     pub vault_values: keyward_vault::KnownValues,
-    pub config: RwLock<Arc<LoadedConfig>>,
-    pub resolver: RwLock<Arc<Resolver>>,
+    pub config: Arc<RwLock<Arc<LoadedConfig>>>,
+    pub resolver: Arc<RwLock<Arc<Resolver>>>,
     pub log: Box<dyn LogControl>,
     pub runs: Arc<Registry>,
     pub authority: Arc<Authority>,
