@@ -207,7 +207,8 @@ impl Authority {
             .collect();
         let ctx = RunContext::new(run.id.clone(), run.network, allow, credentials)
             .with_policy(frozen.policy.clone())
-            .with_withheld(withheld);
+            .with_withheld(withheld)
+            .with_runner(run.runner.as_ref().map(|claims| claims.to_json()));
         (ctx, failures)
     }
 }

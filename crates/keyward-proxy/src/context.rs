@@ -103,6 +103,9 @@ pub struct RunContext {
     /// is sealed, the secret was removed): requests toward their hosts are
     /// refused rather than sent without the credential.
     pub withheld: Vec<Withheld>,
+    /// The CI runner identity verified when the run was created: what the
+    /// policy's `runner.*` conditions see for the run's requests.
+    pub runner: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A grant whose secret cannot be had right now.
@@ -151,12 +154,22 @@ impl RunContext {
             headers,
             policy: None,
             withheld: Vec::new(),
+            runner: None,
         }
     }
 
     /// Evaluates every request of the run against `policy`.
     pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
         self.policy = Some(policy);
+        self
+    }
+
+    /// The run's verified CI runner identity.
+    pub fn with_runner(
+        mut self,
+        runner: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Self {
+        self.runner = runner;
         self
     }
 

@@ -1166,3 +1166,66 @@ fn jwks_from_a_server_the_pinned_ca_did_not_sign_is_refused() {
     assert_refused((code, decision.clone()), "jwks unavailable");
     assert_eq!(impostor.requests("GET"), 0, "no request got past TLS");
 }
+
+/// The run's verified identity is what `runner.*` sees in the proxy's
+/// `http_request` decisions too: an egress rule on the runner applies to
+/// the run bound to it and to no other.
+#[test]
+fn egress_decisions_see_the_runs_verified_identity() {
+    let home = home_with("[auth]\nrunner_hmac_key_file = \"runner.key\"\n");
+    std::fs::write(home.file("runner.key"), RUNNER_KEY).unwrap();
+    let policy = home.path.parent().unwrap().join("egress.toml");
+    std::fs::write(
+        &policy,
+        r#"[policy]
+id = "egress"
+default = "allow"
+[[rules]]
+id = "egress.prod_runner_stays_home"
+action = "http_request"
+target = "localhost:*/**"
+when = { "runner.repository" = "acme/prod" }
+decision = "block"
+reason = "acme/prod's jobs do not call this host"
+"#,
+    )
+    .unwrap();
+    // Nothing listens there: an allowed request ends in a 502, a blocked
+    // one in a 403 naming the rule, before any connection.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let auth_file = home.path.parent().unwrap().join("auth.json");
+    let status_for = |repository: &str| {
+        std::fs::write(
+            &auth_file,
+            hmac_auth(&json!({"repository": repository}), RUNNER_KEY, "default").to_string(),
+        )
+        .unwrap();
+        let run = home.run(&[
+            "run",
+            "--runner-auth-file",
+            auth_file.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &format!("curl -s -o /dev/null -D - http://localhost:{closed}/x | grep -i -e '^HTTP' -e x-keyward-blocked"),
+        ]);
+        assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
+        run.stdout
+    };
+    let prod = status_for("acme/prod");
+    assert!(
+        prod.contains("403") && prod.contains("egress.prod_runner_stays_home"),
+        "{prod}"
+    );
+    let other = status_for("acme/other");
+    assert!(
+        other.contains("502") && other.contains("upstream_unreachable"),
+        "{other}"
+    );
+}

@@ -61,6 +61,7 @@ pub(crate) fn policy_check(
         target: Some(subject),
         requested_operation: Some(method.to_owned()),
         session_id: Some(run.run_id.clone()),
+        verified_runner: run.runner.clone(),
         ..EvaluateRequest::default()
     };
     let verdict = policy.evaluate(&req);
