@@ -16,23 +16,18 @@
 //!
 //! Run: `bash bench/proxy.sh` (or `cargo bench -p keyward-proxy --bench proxy`).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
 use hyper_util::rt::TokioIo;
 use keyward_api::Network;
 use keyward_evidence::{DEFAULT_SEGMENT_BYTES, EvidenceLog, LogOptions};
-use keyward_proxy::{
-    CertificateAuthority, Credential, EvidenceSink, GrantHost, Injection, Proxy, RunAuthority,
-    RunContext,
-};
+use keyward_proxy::{CertificateAuthority, Credential, EvidenceSink, Proxy, RunContext};
+use keyward_testkit::{FixedAuthority, Origin, Reply, bearer_credential};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,54 +36,6 @@ use tokio::net::{TcpListener, TcpStream};
 const TOKEN: &str = "bench-token";
 /// Rounds of direct-then-proxied load per concurrency level.
 const ROUNDS: usize = 7;
-
-struct Fixed(Arc<RunContext>);
-
-impl RunAuthority for Fixed {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
-        let ctx = (token == TOKEN).then(|| self.0.clone());
-        Box::pin(async move { ctx })
-    }
-}
-
-async fn upstream(identity: &keyward_proxy::ServiceIdentity, alpn: &[&[u8]]) -> SocketAddr {
-    let cfg = identity.server_config(alpn).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"{\"ok\":true}",
-                    ))))
-                });
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// A TLS client trusting `ca_pem`, offering `alpn` (none: HTTP/1.1).
 fn client_tls(ca_pem: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
@@ -232,18 +179,8 @@ fn us(d: Duration) -> f64 {
 
 /// The bench's credential, injected toward `hosts`.
 fn credential(hosts: &[String]) -> Credential {
-    Credential {
-        grant: "bench".into(),
-        hosts: hosts.iter().map(|h| GrantHost::parse(h).unwrap()).collect(),
-        inject: Injection::Header {
-            name: "authorization".into(),
-            format: "Bearer {secret}".into(),
-        },
-        secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
-        placeholder: None,
-        plaintext: false,
-        substitute_body: false,
-    }
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    bearer_credential("bench", &hosts, "bench-secret-value")
 }
 
 /// A proxy for one run holding `credentials`, with the daemon's pipeline
@@ -259,7 +196,7 @@ async fn spawn_proxy(
         .with_policy(Arc::new(keyward_policy::baseline()));
     let proxy = Proxy::new(
         ca,
-        Arc::new(Fixed(Arc::new(ctx))),
+        Arc::new(FixedAuthority::new(TOKEN, ctx)),
         &[upstream_ca.to_owned()],
     )
     .unwrap()
@@ -291,8 +228,9 @@ fn main() {
         let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
         let upstream_ca = dir.path().join("upstream-ca.pem");
         std::fs::write(&upstream_ca, &identity.ca_pem).unwrap();
-        let http1_only = upstream(&identity, &[b"http/1.1"]).await;
-        let with_h2 = upstream(&identity, &[b"h2", b"http/1.1"]).await;
+        let ok = || Reply::Fixed(Bytes::from_static(b"{\"ok\":true}"));
+        let http1_only = Origin::start_with(&identity, &[b"http/1.1"], ok()).await.addr;
+        let with_h2 = Origin::start_with(&identity, &[b"h2", b"http/1.1"], ok()).await.addr;
         let grant_hosts: Vec<String> = [http1_only, with_h2]
             .iter()
             .map(|a| format!("localhost:{}", a.port()))

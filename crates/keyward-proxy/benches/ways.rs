@@ -17,24 +17,19 @@
 //!
 //! Run: `bash bench/proxy.sh`.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use keyward_api::Network;
 use keyward_evidence::{DEFAULT_SEGMENT_BYTES, EvidenceLog, LogOptions};
-use keyward_proxy::{
-    CertificateAuthority, Credential, EvidenceSink, GrantHost, Injection, Proxy, RunAuthority,
-    RunContext,
-};
+use keyward_proxy::{CertificateAuthority, EvidenceSink, Proxy, RunContext};
+use keyward_testkit::{FixedAuthority, Origin, Reply, bearer_credential};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,18 +37,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "bench-token";
 const ROUNDS: usize = 5;
-
-struct Fixed(Arc<RunContext>);
-
-impl RunAuthority for Fixed {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
-        let ctx = (token == TOKEN).then(|| self.0.clone());
-        Box::pin(async move { ctx })
-    }
-}
 
 /// How a client reaches the origin.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -225,33 +208,12 @@ async fn load(s: &Setup, way: Way, concurrency: usize, per_conn: usize) -> Figur
 
 /// An in-process HTTPS origin answering "ok\n", for runs without nginx.
 async fn own_origin(dir: &std::path::Path) -> (u16, PathBuf) {
-    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
+    let origin = Origin::start(&[b"http/1.1"], Reply::Fixed(Bytes::from_static(b"ok\n"))).await;
     let ca = dir.join("origin-ca.pem");
-    std::fs::write(&ca, &identity.ca_pem).unwrap();
-    let cfg = identity.server_config(&[b"http/1.1"]).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"ok\n",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    std::fs::write(&ca, &origin.ca_pem).unwrap();
+    let port = origin.addr.port();
+    // The origin serves for the bench's whole run.
+    std::mem::forget(origin);
     (port, ca)
 }
 
@@ -281,20 +243,13 @@ fn main() {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
         })
         .unwrap();
-        let credential = Credential {
-            grant: "bench".into(),
-            hosts: vec![GrantHost::parse(&format!("localhost:{origin}")).unwrap()],
-            inject: Injection::Header { name: "authorization".into(), format: "Bearer {secret}".into() },
-            secret: secrecy::SecretString::from("bench-secret-value".to_owned()),
-            placeholder: None,
-            plaintext: false,
-            substitute_body: false,
-        };
+        let credential =
+            bearer_credential("bench", &[&format!("localhost:{origin}")], "bench-secret-value");
         let ctx = RunContext::new("run_bench".into(), Network::Permissive, vec![], vec![credential])
             .with_policy(Arc::new(keyward_policy::baseline()));
         let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
         let proxy = Arc::new(
-            Proxy::new(ca, Arc::new(Fixed(Arc::new(ctx))), std::slice::from_ref(&origin_ca))
+            Proxy::new(ca, Arc::new(FixedAuthority::new(TOKEN, ctx)), std::slice::from_ref(&origin_ca))
                 .unwrap()
                 .with_sink(Arc::new(EvidenceSink(Arc::new(evidence)))),
         );

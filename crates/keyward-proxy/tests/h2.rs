@@ -1,8 +1,6 @@
 //! HTTP/2 on both sides of the proxy: a client negotiating h2 with the
 //! proxy's leaf (curl --http2), and an upstream that speaks only h2.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -10,24 +8,11 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyward_api::Network;
-use keyward_proxy::{
-    CertificateAuthority, Credential, GrantHost, Injection, Proxy, RunAuthority, RunContext,
-};
+use keyward_proxy::{CertificateAuthority, Credential, GrantHost, Injection, Proxy, RunContext};
+use keyward_testkit::FixedAuthority;
 
 const TOKEN: &str = "h2-test-token";
 const SECRET: &str = "h2-SECRET-value-31f9";
-
-struct Fixed(Arc<RunContext>);
-
-impl RunAuthority for Fixed {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
-        let ctx = (token == TOKEN).then(|| self.0.clone());
-        Box::pin(async move { ctx })
-    }
-}
 
 /// (version, authorization) of each request the upstream saw.
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -111,7 +96,7 @@ async fn h2_client_and_h2_upstream_through_the_proxy() {
     let proxy = Arc::new(
         Proxy::new(
             ca,
-            Arc::new(Fixed(Arc::new(ctx))),
+            Arc::new(FixedAuthority::new(TOKEN, ctx)),
             std::slice::from_ref(&upstream_ca),
         )
         .unwrap(),

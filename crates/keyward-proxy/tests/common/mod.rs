@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use keyward_api::Network;
 use keyward_proxy::{
-    CertificateAuthority, Credential, GrantHost, Injection, Proxy, ProxyOptions, RunAuthority,
-    RunContext, ServiceIdentity,
+    CertificateAuthority, Credential, Proxy, ProxyOptions, RunContext, ServiceIdentity,
 };
+pub use keyward_testkit::FixedAuthority;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -25,32 +25,9 @@ pub const TOKEN: &str = "attack-test-token";
 /// Has characters that percent-encoding and both base64 alphabets change.
 pub const SECRET: &str = "kw/SECRET+v4lue=7d2e?x~Q";
 
-pub struct Fixed(pub Arc<RunContext>);
-
-impl RunAuthority for Fixed {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<RunContext>>> + Send + 'a>> {
-        let ctx = (token == TOKEN).then(|| self.0.clone());
-        Box::pin(async move { ctx })
-    }
-}
-
 /// A header credential (`Authorization: Bearer SECRET`) for `hosts`.
 pub fn bearer(hosts: &[&str]) -> Credential {
-    Credential {
-        grant: "api".into(),
-        hosts: hosts.iter().map(|h| GrantHost::parse(h).unwrap()).collect(),
-        inject: Injection::Header {
-            name: "authorization".into(),
-            format: "Bearer {secret}".into(),
-        },
-        secret: secrecy::SecretString::from(SECRET.to_owned()),
-        placeholder: None,
-        plaintext: false,
-        substitute_body: false,
-    }
+    keyward_testkit::bearer_credential("api", hosts, SECRET)
 }
 
 /// A temporary directory with an upstream identity (a test CA and a leaf
@@ -89,7 +66,7 @@ impl Harness {
         );
         let proxy = Proxy::with_options(
             ca,
-            Arc::new(Fixed(Arc::new(ctx))),
+            Arc::new(FixedAuthority::new(TOKEN, ctx)),
             std::slice::from_ref(&self.upstream_ca),
             options,
         )
