@@ -54,6 +54,11 @@ pub struct EvaluateRequest {
     /// written to the wire, so a caller cannot claim an identity.
     #[serde(skip)]
     pub verified_runner: Option<serde_json::Map<String, serde_json::Value>>,
+    /// How those claims were verified (`algorithm`, `key_id`, `issuer`):
+    /// what `when = { "runner_auth.<field>" = ... }` matches. Set by the
+    /// daemon only, like `verified_runner`.
+    #[serde(skip)]
+    pub verified_runner_auth: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Runner auth as a caller sent it (an HMAC envelope or an OIDC token): a

@@ -114,6 +114,7 @@ pub(crate) async fn evaluate(
     let runner =
         RunnerAuth::check(&state, &std::mem::take(&mut req.runner_auth), run.as_ref()).await;
     req.verified_runner = runner.claims();
+    req.verified_runner_auth = runner.provenance();
     let mut resp = decide(&policy, &req);
     if let Some(failure) = runner.refusal() {
         runner_auth::block(&mut resp, failure);

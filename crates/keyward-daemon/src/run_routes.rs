@@ -177,6 +177,9 @@ pub(crate) async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunCreated>, ApiError> {
     let req: CreateRunRequest = json_body(body)?;
+    if let Some(pid) = req.pid {
+        check_run_pid(&state, &peer, pid, None)?;
+    }
     let vars = check_grants(&state, &req)?;
     let runner = RunnerAuth::check(&state, &req.runner_auth, None).await;
     if let Some(failure) = &runner.failure {
@@ -349,6 +352,49 @@ pub(crate) async fn get_one(
     visible_run(&state, &peer, &id).map(|r| Json(r.info()))
 }
 
+/// A run may be tied only to the caller itself or one of its descendants,
+/// of the caller's own user, and to no process another run already has:
+/// membership is "the run's pid among a process's ancestors", so a run on
+/// pid 1 (or another user's process) would take in every process under it.
+fn check_run_pid(
+    state: &AppState,
+    peer: &Peer,
+    pid: u32,
+    run: Option<&str>,
+) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        tracing::warn!(pid, uid = peer.uid, "refused a run's pid: {why}");
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_run_pid",
+            format!("pid {pid} cannot hold a run: {why}"),
+        ))
+    };
+    if pid <= 1 || pid == std::process::id() {
+        return refuse("it is init or the daemon".to_owned());
+    }
+    if state
+        .runs
+        .list()
+        .iter()
+        .any(|r| r.pid == Some(pid) && Some(r.id.as_str()) != run)
+    {
+        return refuse("another run is tied to it".to_owned());
+    }
+    let Some(caller) = peer.pid.and_then(|p| u32::try_from(p).ok()) else {
+        return refuse("the caller's own pid is unknown".to_owned());
+    };
+    match crate::runs::process_uid(pid) {
+        Some(uid) if uid == peer.uid => {}
+        Some(_) => return refuse("it belongs to another user".to_owned()),
+        None => return refuse("no such process".to_owned()),
+    }
+    if !crate::runs::is_self_or_descendant(pid, caller) {
+        return refuse("it is neither the caller nor one of its descendants".to_owned());
+    }
+    Ok(())
+}
+
 pub(crate) async fn patch(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -357,6 +403,9 @@ pub(crate) async fn patch(
 ) -> Result<Json<RunInfo>, ApiError> {
     let req: PatchRunRequest = json_body(body)?;
     visible_run(&state, &peer, &id)?;
+    if let Some(pid) = req.pid {
+        check_run_pid(&state, &peer, pid, Some(&id))?;
+    }
     let run = state
         .runs
         .set_pid(&id, req.pid)?

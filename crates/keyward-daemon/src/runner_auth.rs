@@ -37,20 +37,29 @@ impl RunnerAuth {
     ) -> Self {
         let identity = state.config().identity.clone();
         let required = state.require_runner_auth || identity.required();
+        // Inside a run bound to an identity, that identity decides: what a
+        // process of the run sends (another identity, or broken auth to
+        // shed the run's) is ignored.
+        if let Some((run, claims)) = run.and_then(|r| Some((r, r.runner.clone()?))) {
+            if !sent.is_empty() {
+                tracing::info!(
+                    run = run.id,
+                    "runner auth sent from inside a run bound to an identity is ignored: the run's identity decides"
+                );
+            }
+            return Self {
+                verified: Some(Verified {
+                    claims,
+                    algorithm: RUN_ALGORITHM,
+                    key_id: run.id.clone(),
+                    issuer: None,
+                }),
+                failure: None,
+                required,
+            };
+        }
         let (verified, failure) = match identity.verify(sent).await {
             Ok(Some(v)) => (Some(v), None),
-            Ok(None) if run.is_some_and(|r| r.runner.is_some()) => {
-                let run = run.expect("checked above");
-                (
-                    Some(Verified {
-                        claims: run.runner.clone().unwrap_or_default(),
-                        algorithm: RUN_ALGORITHM,
-                        key_id: run.id.clone(),
-                        issuer: None,
-                    }),
-                    None,
-                )
-            }
             Ok(None) if required => (
                 None,
                 Some(AuthFailure {
@@ -80,6 +89,14 @@ impl RunnerAuth {
     /// The verified claims as policy matches them.
     pub(crate) fn claims(&self) -> Option<Map<String, Value>> {
         self.verified.as_ref().map(|v| v.claims.to_json())
+    }
+
+    /// How they were verified, as `runner_auth.*` matches it.
+    pub(crate) fn provenance(&self) -> Option<Map<String, Value>> {
+        match self.verified.as_ref()?.provenance() {
+            Value::Object(map) => Some(map),
+            _ => None,
+        }
     }
 
     /// Adds what the decision record keeps of runner auth: the verified

@@ -406,6 +406,34 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The real uid of a process, from `/proc/<pid>/status`.
+pub(crate) fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants.
+pub(crate) fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    // Bounded: a chain of parents ends at init long before this.
+    for _ in 0..4096 {
+        if current == ancestor {
+            return true;
+        }
+        match parent_of(current) {
+            Some(parent) if parent != current && parent != 0 => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

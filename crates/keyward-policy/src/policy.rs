@@ -171,6 +171,9 @@ enum Field {
     Capability,
     Context(Box<[String]>),
     Runner(Box<[String]>),
+    /// How the runner's claims were verified (`algorithm`, `key_id`,
+    /// `issuer`), never the claims themselves: a signer cannot choose it.
+    RunnerAuth(Box<[String]>),
 }
 
 impl Field {
@@ -190,16 +193,17 @@ impl Field {
             _ => {
                 if let Some(rest) = name.strip_prefix("context.").filter(|r| !r.is_empty()) {
                     Field::Context(path(rest))
-                } else if let Some(rest) = name
-                    .strip_prefix("runner_auth.")
-                    .or_else(|| name.strip_prefix("runner."))
-                    .filter(|r| !r.is_empty())
-                {
+                } else if let Some(rest) = name.strip_prefix("runner.").filter(|r| !r.is_empty()) {
                     Field::Runner(path(rest))
+                } else if let Some(rest) =
+                    name.strip_prefix("runner_auth.").filter(|r| !r.is_empty())
+                {
+                    Field::RunnerAuth(path(rest))
                 } else {
                     return Err(format!(
                         "unknown request field {name:?}: expected session_id, agent_id, actor, action_type, \
-                         target, operation, policy_pack, server, tool, capability, context.<key> or runner.<key>"
+                         target, operation, policy_pack, server, tool, capability, context.<key>, runner.<key> \
+                         or runner_auth.<algorithm|key_id|issuer>"
                     ));
                 }
             }
@@ -222,6 +226,7 @@ impl Field {
             Field::Context(path) => lookup(&req.context, path),
             // Verified claims only: `runner_auth` as sent proves nothing.
             Field::Runner(path) => lookup(req.verified_runner.as_ref()?, path),
+            Field::RunnerAuth(path) => lookup(req.verified_runner_auth.as_ref()?, path),
         }
     }
 }

@@ -21,6 +21,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::{BrokerArg, CaCommand, CaFormat, Cli, NetworkArg, RunArgs, SandboxArg};
 use crate::commands::ensure_daemon;
 
+/// Variables never passed to the program: evidence and runner-auth keys,
+/// and the CI providers' OIDC token endpoints with their request tokens.
+const IDENTITY_VARS: &[&str] = &[
+    keyward_evidence::HMAC_KEY_ENV,
+    "KEYWARD_RUNNER_AUTH_HMAC_KEY",
+    "KEYWARD_RUNNER_HMAC_KEY",
+    "KEYWARD_ID_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "SYSTEM_ACCESSTOKEN",
+    "SYSTEM_OIDCREQUESTURI",
+];
+
 /// The program's broker descriptor (`KEYWARD_BROKER_FD`).
 const BROKER_FD: i32 = 3;
 
@@ -113,9 +126,13 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     for var in &created.drop_env {
         cmd.env_remove(var);
     }
-    // A CI job may hand the daemon its evidence key this way; the program
-    // must not be able to sign records.
-    cmd.env_remove(keyward_evidence::HMAC_KEY_ENV);
+    // What signs evidence or proves a CI identity stays out of the
+    // program: a CI job may hand the daemon its keys this way, and a
+    // program holding them (or the provider's token endpoint and its
+    // request token) could sign records or mint any identity for itself.
+    for var in IDENTITY_VARS {
+        cmd.env_remove(var);
+    }
     cmd.envs(&created.env).envs(&created.placeholders);
     if let Some(tmp) = &confinement.private_tmp {
         cmd.env("TMPDIR", tmp);

@@ -1229,3 +1229,202 @@ reason = "acme/prod's jobs do not call this host"
         "{other}"
     );
 }
+
+/// Red-team findings, each performed: a process inside a run bound to an
+/// identity cannot shed it (broken auth) or replace it (another signed
+/// identity); `runner_auth.*` is how claims were verified, which a signer
+/// cannot choose; the program never gets the keys or token endpoints that
+/// would let it sign or mint an identity.
+#[test]
+fn a_run_keeps_its_identity_and_its_program_cannot_mint_another() {
+    let home = home_with("[auth]\nrunner_hmac_key_file = \"runner.key\"\n");
+    std::fs::write(home.file("runner.key"), RUNNER_KEY).unwrap();
+    // Provenance rules: only OIDC may deploy "oidc-only"; HMAC claims
+    // naming the same fields do not pass.
+    std::fs::write(
+        home.file("ci-policy.toml"),
+        r#"[policy]
+id = "ci"
+default = "allow"
+[[rules]]
+id = "ci.no_deploy_from_forks"
+action = "deploy"
+target = "prod"
+when = { "runner.repository" = "acme/fork*" }
+decision = "block"
+[[rules]]
+id = "ci.oidc_only"
+action = "deploy"
+target = "oidc-only"
+when = { "runner_auth.algorithm" = "OIDC-JWT" }
+decision = "allow"
+[[rules]]
+id = "ci.oidc_only.default"
+action = "deploy"
+target = "oidc-only"
+decision = "block"
+"#,
+    )
+    .unwrap();
+    let dir = home.path.parent().unwrap();
+    let write = |name: &str, value: &Value| {
+        let path = dir.join(name);
+        std::fs::write(&path, value.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let forked = write(
+        "forked.json",
+        &hmac_auth(&json!({"repository": "acme/forked"}), RUNNER_KEY, "default"),
+    );
+    let prod = write(
+        "prod.json",
+        &hmac_auth(&json!({"repository": "acme/prod"}), RUNNER_KEY, "default"),
+    );
+    let junk = write("junk.json", &json!({"algorithm": "nope"}));
+    let posing = write(
+        "posing.json",
+        &hmac_auth(
+            &json!({"repository": "acme/prod", "algorithm": "OIDC-JWT", "issuer": "https://token.actions.githubusercontent.com"}),
+            RUNNER_KEY,
+            "default",
+        ),
+    );
+    let script = format!(
+        "env | grep -c -e RUNNER_HMAC -e RUNNER_AUTH_HMAC -e ID_TOKEN_REQUEST -e SYSTEM_ACCESSTOKEN; \
+         for f in none {junk} {prod}; do \
+           if [ $f = none ]; then keyward eval --action deploy --target prod >/dev/null; \
+           else keyward eval --runner-auth-file $f --action deploy --target prod >/dev/null; fi; echo \"exit=$?\"; \
+         done"
+    );
+    let out = home
+        .cmd(&[
+            "run",
+            "--runner-auth-file",
+            &forked,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                std::path::Path::new(common::BIN)
+                    .parent()
+                    .unwrap()
+                    .display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .env("KEYWARD_RUNNER_HMAC_KEY", RUNNER_KEY)
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token-value")
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", "https://127.0.0.1:9/token")
+        .output()
+        .unwrap();
+    let out = common::Run::from(out);
+    // No identity-minting variable reached the program (grep -c prints 0
+    // and exits 1: hence no code check on the whole script's first line).
+    assert!(out.stdout.starts_with("0\n"), "{out:?}");
+    // The run's identity (acme/forked) decides every time: with nothing
+    // sent, with broken auth, and with another validly signed identity.
+    assert_eq!(
+        out.stdout.matches("exit=2").count(),
+        3,
+        "{out:?}\n{}",
+        home.log()
+    );
+    // Outside any run, claims posing as OIDC provenance do not pass.
+    let posing_run = home.run(&[
+        "eval",
+        "--runner-auth-file",
+        &posing,
+        "--action",
+        "deploy",
+        "--target",
+        "oidc-only",
+    ]);
+    assert_eq!(posing_run.code, 2, "{posing_run:?}");
+    assert!(
+        posing_run.stdout.contains("ci.oidc_only.default"),
+        "{posing_run:?}"
+    );
+}
+
+/// A run can be tied only to the caller or its descendants, of the
+/// caller's user, and to no pid another run has: never init.
+#[test]
+fn a_run_cannot_be_tied_to_someone_elses_process() {
+    let home = home_with("");
+    home.start(&[]);
+    let create = |pid: u32| {
+        home.http(
+            "POST",
+            "/v1/runs",
+            Some(&format!(r#"{{"grants":[],"pid":{pid}}}"#)),
+        )
+    };
+    for pid in [1, home.pid_in_file().unwrap()] {
+        let (status, body) = create(pid);
+        assert_eq!(status, 403, "{pid}: {body}");
+        assert!(body.contains("bad_run_pid"), "{body}");
+    }
+    // A process that is not this test's descendant (setsid -f reparents it).
+    let pid_file = home.path.parent().unwrap().join("orphan.pid");
+    let started = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "setsid -f sh -c 'echo $$ > {}; exec sleep 30' >/dev/null 2>&1",
+            pid_file.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(started.success());
+    assert!(common::wait_for(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let orphan: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, body) = create(orphan);
+    let _ = std::process::Command::new("kill")
+        .arg(orphan.to_string())
+        .status();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("neither the caller nor one of its descendants"),
+        "{body}"
+    );
+    // Another user's process.
+    let mut other = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    let (status, body) = create(other.id());
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("another user"), "{body}");
+    // Our own child: accepted once; a second run on the same pid is not.
+    let mut mine = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let first = create(mine.id());
+    let second = create(mine.id());
+    let _ = mine.kill();
+    let _ = mine.wait();
+    assert_eq!(first.0, 200, "{first:?}");
+    assert_eq!(second.0, 403, "{second:?}");
+    assert!(second.1.contains("another run"), "{second:?}");
+}

@@ -62,6 +62,14 @@ pub(crate) fn policy_check(
         requested_operation: Some(method.to_owned()),
         session_id: Some(run.run_id.clone()),
         verified_runner: run.runner.clone(),
+        // The run's identity was verified when it was created; its
+        // requests are decided with it, as `POST /v1/evaluate` does.
+        verified_runner_auth: run.runner.as_ref().map(|_| {
+            serde_json::Map::from_iter([
+                ("algorithm".to_owned(), "run".into()),
+                ("key_id".to_owned(), run.run_id.clone().into()),
+            ])
+        }),
         ..EvaluateRequest::default()
     };
     let verdict = policy.evaluate(&req);
