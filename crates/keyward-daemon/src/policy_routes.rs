@@ -48,6 +48,16 @@ fn pick_policy(
     match pack {
         None => Ok(configured),
         Some(id) if id == configured.id() => Ok(configured),
+        // A process inside a run is decided by its run's policy: naming
+        // another pack (a laxer one) is refused, not obeyed.
+        Some(id) if run.is_some() => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "policy_pack_refused",
+            format!(
+                "policy_pack {id:?}: a process inside a run is decided by its run's policy ({:?}) and cannot pick another",
+                configured.id()
+            ),
+        )),
         Some(keyward_policy::BASELINE_ID) => Ok(state.baseline.clone()),
         Some(id) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -881,3 +881,40 @@ fn shell_wrapper_runs_only_allowed_lines() {
     assert_eq!(unreachable.code, 126, "{unreachable:?}");
     assert!(!work.join("late.txt").exists());
 }
+
+/// A process inside a run cannot swap its run's policy for another pack by
+/// naming it in `policy_pack`; outside runs the built-in pack stays
+/// reachable by name.
+#[test]
+fn a_process_inside_a_run_cannot_pick_a_laxer_pack() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let strict = home.file("strict.toml");
+    std::fs::write(
+        &strict,
+        "[policy]\nid = \"strict\"\ndefault = \"block\"\ndefault_rule_id = \"strict.default\"\n",
+    )
+    .unwrap();
+    home.start(&[]);
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = '{"action_type":"deploy","target":"prod","policy_pack":"agent-baseline"}'
+s.sendall(f"POST /v1/evaluate HTTP/1.1\r\nHost: k\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode())
+print(s.recv(65536).decode())
+"#;
+    let socket = home.socket();
+    let out = home.run(&[
+        "run",
+        "--policy",
+        strict.to_str().unwrap(),
+        "--",
+        "python3",
+        "-c",
+        script,
+        socket.to_str().unwrap(),
+    ]);
+    assert!(out.stdout.starts_with("HTTP/1.1 403"), "{out:?}");
+    assert!(out.stdout.contains("policy_pack_refused"), "{out:?}");
+}
