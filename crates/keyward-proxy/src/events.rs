@@ -51,6 +51,9 @@ pub struct EgressEvent {
     pub blocked: Option<String>,
     /// The policy decision, when the policy was consulted.
     pub decision: Option<PolicyDecision>,
+    /// Why the response body did not reach the client whole (the upstream
+    /// broke off or stalled), when it did not.
+    pub error: Option<String>,
 }
 
 /// Where events go.
@@ -90,6 +93,7 @@ pub fn log_event(event: &EgressEvent, evidence_ref: Option<&str>) {
         injected = event.injected.join(","),
         blocked = event.blocked.as_deref().unwrap_or(""),
         rule = event.decision.as_ref().map_or("", |d| d.rule_id.as_str()),
+        error = event.error.as_deref().unwrap_or(""),
         evidence = evidence_ref.unwrap_or(""),
         "egress"
     );
@@ -105,7 +109,7 @@ impl EgressSink for EvidenceSink {
     fn record(&self, event: EgressEvent) {
         let data = json!({
             "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
-            "response": {"status": event.status, "bytes": event.bytes},
+            "response": {"status": event.status, "bytes": event.bytes, "error": event.error},
             "injected": event.injected,
             "blocked": event.blocked,
             "decision": event.decision.as_ref().map(|d| json!({
@@ -154,10 +158,17 @@ impl Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let (Some(data), Some(event)) = (frame.data_ref(), self.event.as_mut())
-        {
-            event.bytes += data.len() as u64;
+        match (&polled, self.event.as_mut()) {
+            (Poll::Ready(Some(Ok(frame))), Some(event)) => {
+                event.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            (Poll::Ready(Some(Err(e))), Some(event)) => {
+                event.error = Some(format!(
+                    "the response body broke off: {}",
+                    keyward_api::error_chain(&**e)
+                ));
+            }
+            _ => {}
         }
         polled
     }

@@ -6,6 +6,8 @@
 mod ca;
 mod decode;
 mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod rules;
 mod scrub;

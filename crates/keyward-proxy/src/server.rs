@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::ca::CertificateAuthority;
 use crate::decode::{Decoded, decoders_for};
 use crate::events::{EgressEvent, EgressSink, LogSink, Metered, PolicyDecision};
-use crate::limits::{Idle, Slot, Tracked};
+use crate::limits::{Idle, Slot, StallLimited, Tracked};
 use crate::rules::{AllowRule, GrantHost, Injection, is_denied_address, is_metadata};
 use crate::scrub::{Scrubbed, Scrubber};
 use crate::websocket;
@@ -360,7 +360,8 @@ pub struct ProxyOptions {
     pub max_connections: usize,
     /// How long connecting to an upstream may take.
     pub connect_timeout: Duration,
-    /// How long an upstream may take to answer with its response head.
+    /// How long an upstream may take to answer with its response head, and
+    /// each further part of its body.
     pub response_header_timeout: Duration,
 }
 
@@ -499,6 +500,7 @@ impl Proxy {
             injected: Vec::new(),
             blocked: None,
             decision: None,
+            error: None,
         }
     }
 
@@ -1022,8 +1024,9 @@ impl Proxy {
         }
         event.status = parts.status.as_u16();
         strip_hop_by_hop(&mut parts.headers);
+        let body = StallLimited::new(body, self.options.response_header_timeout).boxed();
         let body = match &run.scrubber {
-            None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            None => body,
             Some(scrubber) => match self.scrubbed_body(&mut parts, body, scrubber).await {
                 Ok(body) => body,
                 Err(why) => {
@@ -1044,7 +1047,7 @@ impl Proxy {
     async fn scrubbed_body(
         &self,
         parts: &mut hyper::http::response::Parts,
-        body: Incoming,
+        body: ProxyBody,
         scrubber: &Arc<Scrubber>,
     ) -> Result<ProxyBody, Unscrubbable> {
         use hyper::body::Body as _;
@@ -1106,9 +1109,7 @@ impl Proxy {
         }
         // Lengths change when a secret is replaced.
         parts.headers.remove(header::CONTENT_LENGTH);
-        Ok(Scrubbed::new(body, scrubber.clone())
-            .map_err(|e| Box::new(e) as BoxError)
-            .boxed())
+        Ok(Scrubbed::new(body, scrubber.clone()).boxed())
     }
 }
 
@@ -1533,7 +1534,7 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 }
 
 /// `hay` with every `needle` replaced by `with`.
-fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+pub(crate) fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(hay.len());
     let mut i = 0;
     while i < hay.len() {
@@ -1550,7 +1551,11 @@ fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
 
 /// Swaps a placeholder for its secret in every header value (a value that
 /// would become invalid is left as it was).
-fn replace_in_headers(headers: &mut hyper::HeaderMap, placeholder: &[u8], secret: &[u8]) {
+pub(crate) fn replace_in_headers(
+    headers: &mut hyper::HeaderMap,
+    placeholder: &[u8],
+    secret: &[u8],
+) {
     for value in headers.values_mut() {
         if value
             .as_bytes()
@@ -1811,7 +1816,7 @@ fn injected_header(cred: &Credential) -> Option<(HeaderName, HeaderValue)> {
     }
 }
 
-fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
+pub(crate) fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
