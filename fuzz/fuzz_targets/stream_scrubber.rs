@@ -7,13 +7,12 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
-use keyward_fuzz::{Input, Rewrite, contains, naive_scrub, needles, secrets, text};
-use keyward_proxy::fuzzing::{Scrubbed, Scrubber};
+use keyward_fuzz::{Input, Rewrite, contains, naive_scrub, needles, scrubber, secrets, text};
+use keyward_proxy::fuzzing::Scrubbed;
 use libfuzzer_sys::fuzz_target;
 
 /// A body yielding the given chunks, each at once.
@@ -51,12 +50,7 @@ fuzz_target!(|data: &[u8]| {
     }
     chunks.push_back(Bytes::copy_from_slice(rest));
 
-    let pairs: Vec<(&[u8], &[u8])> = secrets
-        .iter()
-        .map(|(s, r)| (s.as_slice(), r.as_slice()))
-        .collect();
-    let scrubber = Arc::new(Scrubber::new(&pairs).expect("there is a secret"));
-    let mut scrubbed = Scrubbed::new(Chunks(chunks), scrubber);
+    let mut scrubbed = Scrubbed::new(Chunks(chunks), scrubber(&secrets));
     let mut streamed = Vec::new();
     let mut cx = Context::from_waker(std::task::Waker::noop());
     while let Poll::Ready(Some(frame)) = Pin::new(&mut scrubbed).poll_frame(&mut cx) {

@@ -7,7 +7,12 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use base64::Engine;
+use keyward_proxy::fuzzing::Scrubber;
 
 /// Takes bytes off the front of the fuzz input; zeros once it runs out.
 pub struct Input<'a>(pub &'a [u8]);
@@ -28,6 +33,24 @@ impl<'a> Input<'a> {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         head
+    }
+
+    /// Like [`Input::byte`], from the end.
+    pub fn byte_back(&mut self) -> u8 {
+        match self.0.split_last() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    /// Like [`Input::bytes`], from the end (the bytes keep their order).
+    pub fn bytes_back(&mut self, n: usize) -> &'a [u8] {
+        let (rest, tail) = self.0.split_at(self.0.len() - n.min(self.0.len()));
+        self.0 = rest;
+        tail
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,18 +74,19 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
 pub const REDACTED: &[u8] = b"[REDACTED]";
 
 /// A run's secrets and what the raw form of each is replaced by (its
-/// placeholder), read from fuzz input. `None` when the input describes
+/// placeholder), read from the end of the fuzz input (so that the
+/// fuzzer's edits of the rest keep them, and [`scrubber`] has them built). `None` when the input describes
 /// secrets the oracle cannot judge: the "no needle in the output" property
 /// holds only when no needle overlaps a replacement, which the brackets
 /// around every replacement (and a mask being `[REDACTED]` and `*`)
 /// guarantee as long as no secret holds a bracket or `*` and
 /// no needle is part of a replacement (as with real, random placeholders).
 pub fn secrets(input: &mut Input<'_>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let count = usize::from(input.byte() % 3) + 1;
+    let count = usize::from(input.byte_back() % 3) + 1;
     let mut pairs = Vec::new();
     for i in 0..count {
-        let len = usize::from(input.byte() % 40) + 1;
-        let secret = input.bytes(len).to_vec();
+        let len = usize::from(input.byte_back() % 40) + 1;
+        let secret = input.bytes_back(len).to_vec();
         if secret.is_empty() || secret.iter().any(|b| matches!(b, b'[' | b']' | b'*')) {
             return None;
         }
@@ -77,6 +101,31 @@ pub fn secrets(input: &mut Input<'_>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
             .any(|r| contains(r, needle))
     });
     (!inside_replacement).then_some(pairs)
+}
+
+/// The scrubber of `secrets`, as a run context builds it. Building its
+/// automata costs far more than scrubbing one input, so the last few are
+/// kept: inputs mutated outside their secrets reuse them.
+pub fn scrubber(secrets: &[(Vec<u8>, Vec<u8>)]) -> Arc<Scrubber> {
+    thread_local! {
+        static BUILT: RefCell<HashMap<Vec<(Vec<u8>, Vec<u8>)>, Arc<Scrubber>>> =
+            RefCell::new(HashMap::new());
+    }
+    BUILT.with_borrow_mut(|built| {
+        if let Some(scrubber) = built.get(secrets) {
+            return scrubber.clone();
+        }
+        if built.len() >= 512 {
+            built.clear();
+        }
+        let pairs: Vec<(&[u8], &[u8])> = secrets
+            .iter()
+            .map(|(s, r)| (s.as_slice(), r.as_slice()))
+            .collect();
+        let scrubber = Arc::new(Scrubber::new(&pairs).expect("there is a secret"));
+        built.insert(secrets.to_vec(), scrubber.clone());
+        scrubber
+    })
 }
 
 /// Every needle of `secrets` with its replacement, in the scrubber's
@@ -170,7 +219,7 @@ mod hex {
 
 /// Whether `hay` holds `needle`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// How a found needle is rewritten.
@@ -185,10 +234,15 @@ pub enum Rewrite {
 /// The naive scrub of a whole input: at each position the longest needle
 /// starting there, if any, is rewritten; otherwise the byte stays.
 pub fn naive_scrub(input: &[u8], needles: &[(Vec<u8>, Vec<u8>)], rewrite: Rewrite) -> Vec<u8> {
+    // Needles by first byte, only to keep the fuzzer fast.
+    let mut by_first: Vec<Vec<&(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); 256];
+    for needle in needles {
+        by_first[usize::from(needle.0[0])].push(needle);
+    }
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        let found = needles
+        let found = by_first[usize::from(input[i])]
             .iter()
             .filter(|(n, _)| input[i..].starts_with(n))
             .max_by_key(|(n, _)| n.len());
@@ -221,14 +275,17 @@ pub fn mask(len: usize) -> Vec<u8> {
     m
 }
 
+/// The longest text [`text`] builds: past the scrubbers' 64 KiB reads.
+pub const MAX_TEXT: usize = 80 * 1024;
+
 /// Text built from fuzz input in which the needles are easy to reach: up
 /// to `items` items, each a literal byte, a whole needle (0xFE, index), a
 /// needle's first bytes (0xFD, index, length) or a run of filler (0xFC,
-/// count of 512-byte blocks).
+/// count of 512-byte blocks); at most about [`MAX_TEXT`] bytes.
 pub fn text(input: &mut Input<'_>, needles: &[(Vec<u8>, Vec<u8>)], items: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..items {
-        if input.is_empty() {
+        if input.is_empty() || out.len() >= MAX_TEXT {
             break;
         }
         match input.byte() {
