@@ -116,6 +116,38 @@ class Daemon:
     def fds(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fd_kinds(self, ports):
+        """The daemon's descriptors by kind; TCP sockets by the port of
+        their local or peer end (`ports` names the ones of interest)."""
+        inodes = {}
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = "socket (not TCP)"
+            else:
+                kind = target.split(":")[0] if ":" in target else "file"
+                inodes[f"{kind}-{fd}"] = kind
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    local, peer, inode = cols[1], cols[2], cols[9]
+                    if inode in inodes:
+                        lport = int(local.rsplit(":", 1)[1], 16)
+                        pport = int(peer.rsplit(":", 1)[1], 16)
+                        name = ports.get(lport) or ports.get(pport) or "other"
+                        state = {"01": "established", "0A": "listening",
+                                 "08": "close-wait"}.get(cols[3], cols[3])
+                        inodes[inode] = f"tcp {name} {state}"
+        kinds = {}
+        for kind in inodes.values():
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return dict(sorted(kinds.items()))
+
     def errors_in_log(self):
         with open(os.path.join(self.home, "daemon.log"), errors="replace") as f:
             return [l.rstrip() for l in f if " ERROR " in l]
@@ -203,8 +235,9 @@ def run_soak(d, up_port, minutes):
         new_run()
     registration = time.time() - started
     fds_start, rss_start = d.fds(), d.status("VmRSS")
+    kinds_start = d.fd_kinds({d.proxy_port: "client-side", up_port: "upstream"})
     print(f"registered 1000 runs in {registration:.1f} s; daemon fds {fds_start}, "
-          f"RSS {rss_start // 1024} MiB", flush=True)
+          f"RSS {rss_start // 1024} MiB; by kind {json.dumps(kinds_start)}", flush=True)
 
     ctx = ssl.create_default_context(cafile=d.ca)
     deadline = time.time() + minutes * 60
@@ -317,6 +350,7 @@ def run_soak(d, up_port, minutes):
         time.sleep(1)
     fds_end, rss_end, rss_peak = d.fds(), d.status("VmRSS"), d.status("VmHWM")
     settled_in = time.time() - settle
+    kinds = d.fd_kinds({d.proxy_port: "client-side", up_port: "upstream"})
     log_errors = d.errors_in_log()
     d.cli("daemon", "stop")
     verify = subprocess.run([BIN, "audit", "verify", "--json"], env=d.env,
@@ -330,6 +364,7 @@ def run_soak(d, up_port, minutes):
           f"end {rss_end // 1024}); fds start {fds_start}, peak {peak_fds[0]}, "
           f"5 s after the clients {fds_after_clients}, end {fds_end} "
           f"({settled_in + 5:.0f} s after the clients)")
+    print(f"daemon fds at the end by kind: {json.dumps(kinds)}")
     print(f"daemon log ERROR lines: {len(log_errors)}")
     for line in log_errors[:5]:
         print(f"  {line}")

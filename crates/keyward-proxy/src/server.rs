@@ -23,7 +23,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyward_api::{Decision, EvaluateRequest, Network};
 use keyward_policy::Policy;
 use rustls_pki_types::CertificateDer;
@@ -453,6 +453,9 @@ impl Proxy {
 /// and of known length, are scrubbed whole rather than streamed.
 const SCRUB_IN_ONE_PIECE: u64 = 64 * 1024;
 
+/// How long a pooled upstream connection may stay idle.
+const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(90);
+
 type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
 
 fn build_client(roots: rustls::RootCertStore, connect_timeout: Duration) -> UpstreamClient {
@@ -468,8 +471,12 @@ fn build_client(roots: rustls::RootCertStore, connect_timeout: Duration) -> Upst
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
+    // Without a timer the pool never closes an idle connection: up to 256
+    // per upstream host would stay open for the daemon's lifetime.
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(UPSTREAM_POOL_IDLE)
         .build(connector)
 }
 

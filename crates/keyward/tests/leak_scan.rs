@@ -6,7 +6,10 @@
 //! evidence record or a file that holds one. The scanner itself is tested
 //! against a deliberate leak in each encoding
 //! (`the_scanner_finds_a_planted_secret_in_every_encoding`), so the scan
-//! cannot pass by finding nothing.
+//! cannot pass by finding nothing; and end to end, a deliberate
+//! `tracing::trace!` of a secret's hex in the secret-set route makes
+//! `no_secret_shows_anywhere_at_trace_level` fail, naming `daemon.log`
+//! and the byte where each secret shows.
 
 mod common;
 
