@@ -51,8 +51,8 @@ pub struct EgressEvent {
     pub blocked: Option<String>,
     /// The policy decision, when the policy was consulted.
     pub decision: Option<PolicyDecision>,
-    /// Why the response body did not reach the client whole (the upstream
-    /// broke off or stalled), when it did not.
+    /// What went wrong upstream, if anything: no response, or a response
+    /// body that broke off or stalled before it reached the client whole.
     pub error: Option<String>,
 }
 

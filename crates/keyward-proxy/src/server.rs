@@ -960,6 +960,7 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 let why = keyward_api::error_chain(&e);
+                event.error = Some(format!("no response: {why}"));
                 self.finish(event, 502, None);
                 return text(
                     StatusCode::BAD_GATEWAY,
@@ -1037,6 +1038,9 @@ impl Proxy {
             Some(scrubber) => match self.scrubbed_body(&mut parts, body, scrubber).await {
                 Ok(body) => body,
                 Err(why) => {
+                    if let Unscrubbable::Lost(e) = &why {
+                        event.error = Some(format!("the response body broke off: {e}"));
+                    }
                     self.finish(event, 502, Some(why.rule()));
                     return why.response(&authority);
                 }

@@ -178,7 +178,14 @@ fn an_upstream_that_stalls_after_its_head_is_cut_off() {
     let records = egress_records(&home);
     let small = to(&records, "/stall/100");
     assert_eq!(small.len(), 1, "{records:?}");
-    assert_eq!(small[0]["data"]["response"]["status"], 502);
+    let response = &small[0]["data"]["response"];
+    assert_eq!(response["status"], 502);
+    assert!(
+        response["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stalled")),
+        "{response}"
+    );
     let large = to(&records, "/stall/10000000");
     assert_eq!(large.len(), 1, "{records:?}");
     let response = &large[0]["data"]["response"];
@@ -203,5 +210,12 @@ fn a_tls_failure_after_a_good_handshake_is_a_502_saying_why() {
     let records = egress_records(&home);
     let garbage = to(&records, "/garbage");
     assert_eq!(garbage.len(), 1, "{records:?}");
-    assert_eq!(garbage[0]["data"]["response"]["status"], 502);
+    let response = &garbage[0]["data"]["response"];
+    assert_eq!(response["status"], 502);
+    assert!(
+        response["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no response: ")),
+        "{response}"
+    );
 }
