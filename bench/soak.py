@@ -342,11 +342,11 @@ def run_soak(d, up_port, minutes):
     for t in helpers:
         t.join()
     # Tunnels close as clients hang up; pooled upstream connections close
-    # once idle for the pool's timeout (90 s).
+    # once idle for the pool's timeout (90 s; its reaper ticks as often).
     time.sleep(5)
     fds_after_clients = d.fds()
     settle = time.time()
-    while d.fds() > fds_start + 8 and time.time() - settle < 120:
+    while d.fds() > fds_start + 8 and time.time() - settle < 200:
         time.sleep(1)
     fds_end, rss_end, rss_peak = d.fds(), d.status("VmRSS"), d.status("VmHWM")
     settled_in = time.time() - settle
