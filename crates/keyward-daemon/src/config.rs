@@ -222,7 +222,8 @@ pub struct ProxyConfig {
         deserialize_with = "deserialize_duration_or_off"
     )]
     pub connect_timeout: Option<Duration>,
-    /// How long an upstream may take to send its response head.
+    /// How long an upstream may take to send its response head, and each
+    /// further part of its body.
     #[serde(
         serialize_with = "serialize_duration_or_off",
         deserialize_with = "deserialize_duration_or_off"

@@ -56,6 +56,9 @@ pub struct EgressEvent {
     pub via: Via,
     /// Whose doing it was, when the request was refused or failed.
     pub fault: Option<Fault>,
+    /// What went wrong upstream, if anything: no response, or a response
+    /// body that broke off or stalled before it reached the client whole.
+    pub error: Option<String>,
 }
 
 /// How a request reached the proxy.
@@ -119,6 +122,7 @@ pub fn log_event(event: &EgressEvent, evidence_ref: Option<&str>) {
         rule = event.decision.as_ref().map_or("", |d| d.rule_id.as_str()),
         via = event.via.as_str(),
         fault = event.fault.map_or("", Fault::as_str),
+        error = event.error.as_deref().unwrap_or(""),
         evidence = evidence_ref.unwrap_or(""),
         "egress"
     );
@@ -134,7 +138,7 @@ impl EgressSink for EvidenceSink {
     fn record(&self, event: EgressEvent) {
         let data = json!({
             "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
-            "response": {"status": event.status, "bytes": event.bytes},
+            "response": {"status": event.status, "bytes": event.bytes, "error": event.error},
             "injected": event.injected,
             "blocked": event.blocked,
             "fault": event.fault.map(Fault::as_str),
@@ -185,10 +189,17 @@ impl Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let (Some(data), Some(event)) = (frame.data_ref(), self.event.as_mut())
-        {
-            event.bytes += data.len() as u64;
+        match (&polled, self.event.as_mut()) {
+            (Poll::Ready(Some(Ok(frame))), Some(event)) => {
+                event.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            (Poll::Ready(Some(Err(e))), Some(event)) => {
+                event.error = Some(format!(
+                    "the response body broke off: {}",
+                    keyward_api::error_chain(&**e)
+                ));
+            }
+            _ => {}
         }
         polled
     }

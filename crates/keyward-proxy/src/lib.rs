@@ -18,6 +18,8 @@ mod context;
 mod decode;
 mod events;
 mod filters;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod h2c;
 mod limits;

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 
-use crate::body::{BoxError, ProxyBody, empty};
+use crate::body::{ProxyBody, empty};
 use crate::context::{RunContext, Scope};
 use crate::events::{EgressEvent, Metered, Via};
 use crate::filters::request::{authority_check, credential_scopes, network_check, policy_check};
@@ -22,6 +22,7 @@ use crate::filters::upstream::{
     inject, is_client_body_error, is_large_body_refusal, large_body_message, request_body,
     strip_hop_by_hop,
 };
+use crate::limits::StallLimited;
 use crate::proxy::Proxy;
 use crate::record::Target;
 use crate::refusal::{Refusal, UPGRADE_REFUSED};
@@ -233,6 +234,7 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 let why = keyward_api::error_chain(&e);
+                event.error = Some(format!("no response: {why}"));
                 return self.refuse(
                     event.take(),
                     Refusal::upstream(
@@ -301,11 +303,21 @@ impl Proxy {
         }
         event.status = parts.status.as_u16();
         strip_hop_by_hop(&mut parts.headers);
+        // An upstream that stalls in the middle of its body is cut off.
+        let body = StallLimited::new(body, self.options.response_header_timeout).boxed();
         let body = match &run.scrubber {
-            None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            None => body,
             Some(scrubber) => match scrubbed_body(&authority, &mut parts, body, scrubber).await {
                 Ok(body) => body,
-                Err(refusal) => return self.refuse(event.take(), refusal),
+                Err(refusal) => {
+                    if refusal.rule == "upstream_lost" {
+                        event.error = Some(format!(
+                            "the response body broke off: {}",
+                            refusal.message.trim_end()
+                        ));
+                    }
+                    return self.refuse(event.take(), refusal);
+                }
             },
         };
         // logging: the event goes out when the body is done, with its size.

@@ -68,7 +68,8 @@ pub struct ProxyOptions {
     pub max_connections: usize,
     /// How long connecting to an upstream may take.
     pub connect_timeout: Duration,
-    /// How long an upstream may take to answer with its response head.
+    /// How long an upstream may take to answer with its response head, and
+    /// each further part of its body.
     pub response_header_timeout: Duration,
 }
 

@@ -111,6 +111,7 @@ impl Proxy {
             decision: None,
             via,
             fault: None,
+            error: None,
         }
     }
 

@@ -17,6 +17,9 @@ use crate::rules::is_denied_address;
 
 type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// How long a pooled upstream connection may stay idle.
+const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(90);
+
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
 
 /// The upstream client: verification always on, TLS 1.2 or newer, h2 or
@@ -41,6 +44,10 @@ pub(crate) fn build_client(
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
+        // Without a timer the pool never closes an idle connection: up to
+        // 256 per upstream host would stay open for the daemon's lifetime.
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(UPSTREAM_POOL_IDLE)
         .http2_only(http2_only)
         .build(connector)
 }

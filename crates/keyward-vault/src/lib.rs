@@ -6,6 +6,8 @@
 
 mod document;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod name;
 mod openbao;
 mod reference;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::StatusCode;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{self, HeaderName, HeaderValue};
 
-use crate::body::{BoxError, Frames, ProxyBody, frames_len};
+use crate::body::{Frames, ProxyBody, frames_len};
 use crate::decode::{Decoded, decoders_for};
 use crate::refusal::Refusal;
 use crate::scrub::{Scrubbed, Scrubber};
@@ -26,7 +26,7 @@ const SCRUB_IN_ONE_PIECE: u64 = 64 * 1024;
 pub(crate) async fn scrubbed_body(
     authority: &str,
     parts: &mut hyper::http::response::Parts,
-    body: Incoming,
+    body: ProxyBody,
     scrubber: &Arc<Scrubber>,
 ) -> Result<ProxyBody, Refusal> {
     use hyper::body::Body as _;
@@ -52,11 +52,7 @@ pub(crate) async fn scrubbed_body(
         // Lengths must not change: masked in place, message by message
         // (a gRPC body that came with a Content-Encoding was decoded and
         // scrubbed above, as any body: safe, if no longer gRPC).
-        return Ok(
-            crate::grpc::GrpcScrubbed::new(body, &parts.headers, scrubber.clone())
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed(),
-        );
+        return Ok(crate::grpc::GrpcScrubbed::new(body, &parts.headers, scrubber.clone()).boxed());
     }
     // The declared length must be the body's: not so for HEAD or 304.
     let declared = parts
@@ -100,9 +96,7 @@ pub(crate) async fn scrubbed_body(
     }
     // Lengths change when a secret is replaced.
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(Scrubbed::new(body, scrubber.clone())
-        .map_err(|e| Box::new(e) as BoxError)
-        .boxed())
+    Ok(Scrubbed::new(body, scrubber.clone()).boxed())
 }
 
 /// A response in a `Content-Encoding` the proxy cannot decode: refused

@@ -366,7 +366,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 }
 
 /// `hay` with every `needle` replaced by `with`.
-fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+pub(crate) fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(hay.len());
     let mut i = 0;
     while i < hay.len() {
@@ -383,7 +383,11 @@ fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
 
 /// Swaps a placeholder for its secret in every header value (a value that
 /// would become invalid is left as it was).
-fn replace_in_headers(headers: &mut hyper::HeaderMap, placeholder: &[u8], secret: &[u8]) {
+pub(crate) fn replace_in_headers(
+    headers: &mut hyper::HeaderMap,
+    placeholder: &[u8],
+    secret: &[u8],
+) {
     for value in headers.values_mut() {
         if value
             .as_bytes()
@@ -431,7 +435,7 @@ pub(crate) fn injected_header(cred: &Credential) -> Option<(HeaderName, HeaderVa
     }
 }
 
-fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
+pub(crate) fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
