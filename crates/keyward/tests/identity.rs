@@ -1410,6 +1410,15 @@ fn a_run_cannot_be_tied_to_someone_elses_process() {
         ])
         .spawn()
         .unwrap();
+    // setpriv runs as root until it switches users and execs.
+    let switched = common::wait_for(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/status", other.id())).is_ok_and(|status| {
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534"))
+        })
+    });
+    assert!(switched, "setpriv did not switch to uid 65534");
     let (status, body) = create(other.id());
     let _ = other.kill();
     let _ = other.wait();
