@@ -4,8 +4,9 @@
 //!
 //! - directly,
 //! - through a null relay (nginx: TLS in, one header injected, TLS out over
-//!   a keep-alive pool; the same crypto and parsing work with no logic,
-//!   `../shared/bench/null-relay.sh`'s setup, started by `bench/proxy.sh`),
+//!   a keep-alive pool; the same crypto and parsing work with no logic:
+//!   `bench/null-relay.sh`, started by `bench/proxy.sh`; see
+//!   docs/ARCHITECTURE.md, "The physical bar"),
 //! - through keyward's forward proxy (CONNECT + TLS interception),
 //! - through a base-URL endpoint (plain HTTP in, TLS out),
 //! - through fd-broker streams (plain HTTP over a Unix stream, TLS out).

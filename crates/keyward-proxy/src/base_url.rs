@@ -72,11 +72,7 @@ impl Proxy {
             });
         let destination = hosts.and_then(|hosts| hosts.iter().find_map(|h| h.tls_destination()));
         let Some((host, port)) = destination else {
-            let target = Target {
-                tls: true,
-                host: String::new(),
-                port: 0,
-            };
+            let target = Target::none();
             let event = self.event(&run, Via::BaseUrl, req.method().as_str(), &target, "");
             let why = if hosts.is_some() {
                 "names no single host (only wildcards)"

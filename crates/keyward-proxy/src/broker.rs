@@ -81,11 +81,7 @@ impl Proxy {
             // Streams are plain HTTP/1.1 exchanges: a switch of protocols
             // (WebSocket) is not joined here, so it is refused before
             // anything goes upstream.
-            let target = Target {
-                tls: true,
-                host: String::new(),
-                port: 0,
-            };
+            let target = Target::none();
             let event = self.event(
                 run,
                 Via::Broker,
@@ -132,11 +128,7 @@ impl Proxy {
                         port,
                     },
                     None => {
-                        let target = Target {
-                            tls: true,
-                            host: String::new(),
-                            port: 0,
-                        };
+                        let target = Target::none();
                         let event =
                             self.event(run, Via::Broker, req.method().as_str(), &target, "");
                         return self.refuse(

@@ -22,6 +22,16 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// No destination: a request refused before one was known (recorded
+    /// with an empty host and port 0).
+    pub(crate) fn none() -> Self {
+        Self {
+            tls: true,
+            host: String::new(),
+            port: 0,
+        }
+    }
+
     pub(crate) fn scheme(&self) -> &'static str {
         if self.tls { "https" } else { "http" }
     }

@@ -173,8 +173,10 @@ fn strict_mode_blocks_unnamed_hosts_with_a_reason() {
     assert_eq!(ok.stdout, "200", "{ok:?}");
 }
 
-/// Metadata stays blocked even when allowed; run in a network namespace
-/// with only loopback, so a regression cannot reach a real endpoint.
+/// Metadata stays blocked even when allowed; run again inside a private
+/// network namespace (`unshare -n`, only loopback up, by
+/// `common::rerun_without_network`), so a regression cannot reach a real
+/// endpoint.
 #[test]
 fn metadata_stays_blocked_even_when_allowed() {
     if common::rerun_without_network("metadata_stays_blocked_even_when_allowed") {
