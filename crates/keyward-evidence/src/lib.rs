@@ -16,6 +16,7 @@ mod redact;
 mod verify;
 
 pub use head::{Anchor, HEAD_FILE, HEAD_SCHEMA, Head, HeadSig};
+pub use jcs::CanonicalObject;
 pub use keys::{
     ED25519_ALG, HMAC_ALG, HMAC_KEY_ENV, KeyError, Signer, Verifier, generate_ed25519,
     generate_hmac,
@@ -24,7 +25,7 @@ pub use log::{
     DEFAULT_SEGMENT_BYTES, EvidenceError, EvidenceLog, LogOptions, Repair, Slot, TailProblem,
     list_segments, read_log_id, segment_name,
 };
-pub use record::{Kind, SCHEMA};
+pub use record::{Kind, Payload, SCHEMA};
 pub use redact::{MIN_KNOWN_LEN, REDACTED, redact, redact_known};
 pub use verify::{Report, VerifyError, VerifyOptions, verify, verify_dir};
 

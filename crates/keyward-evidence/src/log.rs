@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::head::Head;
 use crate::keys::Signer;
-use crate::record::{Body, Kind};
+use crate::record::{Body, Kind, Payload};
 
 /// Default segment size before rotation: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -32,6 +32,9 @@ const GATHER: Duration = Duration::from_micros(400);
 const BACKGROUND_SYNC: Duration = Duration::from_millis(10);
 /// How long the writer lets such records gather between writes.
 const BACKGROUND_WRITE: Duration = Duration::from_millis(1);
+/// The least time between two head checkpoint writes while the log is
+/// open: the head lags the synced records by at most this, plus a write.
+const HEAD_INTERVAL: Duration = Duration::from_millis(100);
 /// While writes fail, how often the writer looks for free space again, so
 /// the proxy's refusals end soon after space comes back.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -292,7 +295,7 @@ impl Ack {
 struct Job {
     kind: Kind,
     run_id: Option<String>,
-    data: Value,
+    data: Payload,
     ack: Option<Ack>,
     /// Released once the record is written.
     slot: Option<Slot>,
@@ -508,7 +511,7 @@ impl EvidenceLog {
         &self,
         kind: Kind,
         run_id: Option<String>,
-        data: Value,
+        data: impl Into<Payload>,
         then: impl FnOnce(Result<String, EvidenceError>) + Send + 'static,
     ) {
         let (log_id, dir) = (self.log_id.clone(), self.dir.clone());
@@ -522,7 +525,7 @@ impl EvidenceLog {
         let job = Job {
             kind,
             run_id,
-            data,
+            data: data.into(),
             ack: Some(ack),
             slot: None,
             urgent: false,
@@ -567,7 +570,7 @@ impl EvidenceLog {
         self.send(Job {
             kind,
             run_id,
-            data,
+            data: data.into(),
             ack: Some(Ack::Waiter(ack)),
             slot,
             urgent: true,
@@ -586,7 +589,7 @@ impl EvidenceLog {
         let _ = self.send(Job {
             kind,
             run_id,
-            data,
+            data: data.into(),
             ack: None,
             slot: None,
             urgent: false,
@@ -639,7 +642,8 @@ struct Durability {
 }
 
 /// Keeps the head checkpoint: after each fsync the syncer offers the last
-/// record it covered, and a thread of its own writes the newest offer,
+/// record it covered, and a thread of its own writes the newest offer (at
+/// most once per [`HEAD_INTERVAL`], and at once when the log closes),
 /// signed with the log's key, so the syncer's next fsync never waits for
 /// the head's. Offers made while a write is under way are folded into the
 /// next one. The head never names a record that is not on disk; after a
@@ -682,13 +686,26 @@ impl HeadKeeper {
     fn run(&self) {
         // Logged once per run of failures, not once per fsync.
         let mut failing = false;
+        let mut last_write: Option<std::time::Instant> = None;
         loop {
-            let next = self
+            let mut offer = self
                 .wake
                 .wait_while(self.lock(), |o| o.newest.is_none() && !o.closing)
-                .unwrap_or_else(|p| p.into_inner())
-                .newest
-                .take();
+                .unwrap_or_else(|p| p.into_inner());
+            // At most one head write per HEAD_INTERVAL while records keep
+            // coming: each costs two fsyncs and a rename, which a busy
+            // proxy would otherwise pay about once per group of records.
+            // Closing writes at once.
+            if let Some(wait) = last_write.and_then(|at| HEAD_INTERVAL.checked_sub(at.elapsed())) {
+                offer = self
+                    .wake
+                    .wait_timeout_while(offer, wait, |o| !o.closing)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let next = offer.newest.take();
+            drop(offer);
+            last_write = Some(std::time::Instant::now());
             let Some((seq, hash)) = next else { return };
             match self.write(seq, &hash) {
                 Ok(()) => failing = false,
@@ -855,7 +872,7 @@ impl Writer {
                 ts: &ts,
                 kind: job.kind.as_str(),
                 run_id: job.run_id.as_deref(),
-                data: &job.data,
+                data: job.data.as_data(),
                 prev_hash: &self.prev_hash,
             };
             let (line, hash) = body.seal(self.signer.as_deref(), &mut self.scratch);
@@ -899,7 +916,7 @@ impl Writer {
             .map(|data| Job {
                 kind: Kind::Admin,
                 run_id: None,
-                data,
+                data: data.into(),
                 ack: None,
                 slot: None,
                 urgent: true,
@@ -917,10 +934,10 @@ impl Writer {
         if buf.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(segment_name(self.segment));
-        self.file
-            .write_all(buf.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.file.write_all(buf.as_bytes()).map_err(|e| {
+            let path = self.dir.join(segment_name(self.segment));
+            format!("cannot write {}: {e}", path.display())
+        })?;
         self.len += buf.len() as u64;
         Ok(())
     }

@@ -3,7 +3,7 @@
 use aws_lc_rs::digest;
 use serde_json::Value;
 
-use crate::jcs;
+use crate::jcs::{self, CanonicalObject};
 use crate::keys::Signer;
 
 /// The `schema` of every record.
@@ -66,9 +66,65 @@ pub struct Body<'a> {
     /// The run, if any.
     pub run_id: Option<&'a str>,
     /// Payload.
-    pub data: &'a Value,
+    pub data: Data<'a>,
     /// The previous record's hash ("" for the first).
     pub prev_hash: &'a str,
+}
+
+/// A record's payload, as it is handed to the log: a JSON value, or an
+/// object already written in canonical form ([`CanonicalObject`]).
+#[derive(Debug)]
+pub enum Payload {
+    /// Canonicalized when the record is written.
+    Value(Value),
+    /// Canonical already.
+    Canonical(String),
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload::Value(value)
+    }
+}
+
+impl From<CanonicalObject> for Payload {
+    fn from(object: CanonicalObject) -> Self {
+        Payload::Canonical(object.finish())
+    }
+}
+
+impl Payload {
+    pub(crate) fn as_data(&self) -> Data<'_> {
+        match self {
+            Payload::Value(value) => Data::Value(value),
+            Payload::Canonical(text) => Data::Canonical(text),
+        }
+    }
+}
+
+/// A payload borrowed for hashing and writing.
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    /// To be canonicalized.
+    Value(&'a Value),
+    /// Canonical already.
+    Canonical(&'a str),
+}
+
+impl Data<'_> {
+    /// The canonical text, written into `buf` when it must be made.
+    fn canonical<'b>(self, buf: &'b mut String) -> &'b str
+    where
+        Self: 'b,
+    {
+        match self {
+            Data::Value(value) => {
+                jcs::write(value, buf);
+                buf
+            }
+            Data::Canonical(text) => text,
+        }
+    }
 }
 
 /// A signature as recorded.
@@ -90,7 +146,7 @@ impl Body<'_> {
         out.push_str(data);
         if let Some(hash) = hash {
             out.push_str(",\"hash\":");
-            jcs::write_str(hash, out);
+            plain_str(hash, out);
         }
         out.push_str(",\"kind\":");
         jcs::write_str(self.kind, out);
@@ -102,7 +158,7 @@ impl Body<'_> {
             None => out.push_str("null"),
         }
         out.push_str(",\"schema\":");
-        jcs::write_str(SCHEMA, out);
+        plain_str(SCHEMA, out);
         out.push_str(",\"seq\":");
         out.push_str(&self.seq.to_string());
         if let (Some(_), Some(sig)) = (hash, sig) {
@@ -121,24 +177,24 @@ impl Body<'_> {
 
     /// Hex SHA-256 of the canonical record without `hash` and `sig`.
     pub fn hash(&self, scratch: &mut String) -> String {
-        let mut data = String::new();
-        jcs::write(self.data, &mut data);
-        self.hash_with(&data, scratch)
+        let mut buf = String::new();
+        let data = self.data.canonical(&mut buf);
+        self.hash_with(data, scratch)
     }
 
     fn hash_with(&self, data: &str, scratch: &mut String) -> String {
         scratch.clear();
         self.render_with(data, None, None, scratch);
-        hex::encode(digest::digest(&digest::SHA256, scratch.as_bytes()).as_ref())
+        lower_hex(digest::digest(&digest::SHA256, scratch.as_bytes()).as_ref())
     }
 
     /// The complete line (no newline), signed when `signer` is given.
     /// Returns the line and the record's hash. The payload is made
     /// canonical once, for both the hash and the line.
     pub fn seal(&self, signer: Option<&Signer>, scratch: &mut String) -> (String, String) {
-        let mut data = String::with_capacity(scratch.capacity());
-        jcs::write(self.data, &mut data);
-        let hash = self.hash_with(&data, scratch);
+        let mut buf = String::new();
+        let data = self.data.canonical(&mut buf);
+        let hash = self.hash_with(data, scratch);
         let value = signer.map(|s| s.sign(signed_message(self.prev_hash, &hash).as_bytes()));
         let sig = signer.zip(value.as_deref()).map(|(s, v)| Sig {
             alg: s.alg(),
@@ -146,9 +202,31 @@ impl Body<'_> {
             value: v,
         });
         let mut line = String::with_capacity(scratch.len() + 256);
-        self.render_with(&data, Some(&hash), sig.as_ref(), &mut line);
+        self.render_with(data, Some(&hash), sig.as_ref(), &mut line);
         (line, hash)
     }
+}
+
+/// A string keyward makes itself (the hash it computed, the schema name)
+/// as JSON: such strings never need escaping, so they are not scanned for
+/// it. Never for a field read back from a file (verify renders those).
+fn plain_str(s: &str, out: &mut String) {
+    debug_assert!(s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+    out.push('"');
+    out.push_str(s);
+    out.push('"');
+}
+
+/// Lowercase hex, without the per-character iterator of `hex::encode`
+/// (this runs once per record).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// What a signature covers: `schema + "\n" + prev_hash + "\n" + hash`.

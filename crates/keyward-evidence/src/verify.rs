@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::head::Anchor;
 use crate::keys::Verifier;
 use crate::log::list_segments;
-use crate::record::{Body, SCHEMA, signed_message};
+use crate::record::{Body, Data, SCHEMA, signed_message};
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -217,7 +217,7 @@ fn examine_slow(line: usize, text: &[u8], keys: &[Verifier], scratch: &mut Strin
             ts,
             kind,
             run_id,
-            data,
+            data: Data::Value(data),
             prev_hash,
         }
         .hash(scratch);

@@ -11,10 +11,18 @@
 //! - through a base-URL endpoint (plain HTTP in, TLS out),
 //! - through fd-broker streams (plain HTTP over a Unix stream, TLS out).
 //!
-//! keyward runs in this process with the daemon's per-request pipeline: the
+//! keyward runs in this process, on a runtime of its own (as in the daemon:
+//! two worker threads), with the daemon's per-request pipeline: the
 //! built-in policy, header injection, scrubbing and one evidence record per
-//! request. Without `KEYWARD_BENCH_RELAY` ("ORIGIN_PORT RELAY_PORT CA_PEM")
+//! request. Besides throughput and latency, each line gives the CPU time
+//! the middle box spent per request: keyward's threads (everything but the
+//! client's) or the relay's nginx workers, read from /proc. That figure is
+//! the work itself, much less disturbed by whatever else the machine runs. Without `KEYWARD_BENCH_RELAY` ("ORIGIN_PORT RELAY_PORT CA_PEM")
 //! the relay line is skipped and an in-process origin is used.
+//! `KEYWARD_BENCH_PROFILE=forward|base_url|broker[:N]` runs only that way
+//! at concurrency 64, N requests per connection (default 400), to profile
+//! it (`perf record -g`, or `valgrind --tool=callgrind
+//! --separate-threads=yes` for instructions per request).
 //!
 //! Run: `bash bench/proxy.sh`.
 
@@ -35,6 +43,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The daemon's allocator (crates/keyward/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOKEN: &str = "bench-token";
 const ROUNDS: usize = 5;
@@ -64,6 +76,10 @@ impl Way {
 struct Setup {
     origin: u16,
     relay: Option<u16>,
+    /// The relay's nginx master; its workers are its children.
+    relay_master: Option<u32>,
+    /// keyward's runtime, apart from the client's.
+    keyward: tokio::runtime::Handle,
     origin_tls: tokio_rustls::TlsConnector,
     proxied_tls: tokio_rustls::TlsConnector,
     proxy: Arc<Proxy>,
@@ -151,7 +167,8 @@ async fn connect(s: &Setup, way: Way) -> (SendRequest<Empty<Bytes>>, String, Str
         ),
         Way::Broker => {
             let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
-            tokio::spawn(s.proxy.clone().serve_broker_stream(ours, TOKEN.to_owned()));
+            s.keyward
+                .spawn(s.proxy.clone().serve_broker_stream(ours, TOKEN.to_owned()));
             (handshake(theirs).await, "/bench".into(), origin)
         }
     }
@@ -173,7 +190,69 @@ async fn one(sender: &mut SendRequest<Empty<Bytes>>, path: &str, host: &str) -> 
 struct Figures {
     rps: f64,
     p50: Duration,
+    /// CPU time the middle box spent per request (none for direct).
+    cpu_per_request: Option<Duration>,
 }
+
+/// Clock ticks per second of /proc's utime and stime (USER_HZ: 100 on
+/// Linux everywhere).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// utime + stime, in ticks, from a /proc/.../stat line.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU ticks of this process's threads that are not the client's: keyward
+/// (its runtime, the evidence writer, the CA's threads).
+fn keyward_ticks() -> u64 {
+    let me = std::process::id().to_string();
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == CLIENT_THREAD || task.file_name() == me.as_str() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        total += stat_ticks(&stat).unwrap_or(0);
+    }
+    total
+}
+
+/// CPU ticks of the children of `master` (nginx's workers).
+fn children_ticks(master: u32) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let ppid = stat[close + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(master) {
+            total += stat_ticks(&stat).unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The CPU ticks so far of the middle box `way` goes through.
+fn middle_ticks(s: &Setup, way: Way) -> Option<u64> {
+    match way {
+        Way::Direct => None,
+        Way::Relay => s.relay_master.map(children_ticks),
+        Way::ForwardProxy | Way::BaseUrl | Way::Broker => Some(keyward_ticks()),
+    }
+}
+
+const CLIENT_THREAD: &str = "bench-client";
 
 async fn load(s: &Setup, way: Way, concurrency: usize, per_conn: usize) -> Figures {
     let mut conns = Vec::new();
@@ -183,6 +262,7 @@ async fn load(s: &Setup, way: Way, concurrency: usize, per_conn: usize) -> Figur
         conns.push((sender, path, host));
     }
     let start = Instant::now();
+    let ticks_before = middle_ticks(s, way);
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|(mut sender, path, host)| {
@@ -200,10 +280,16 @@ async fn load(s: &Setup, way: Way, concurrency: usize, per_conn: usize) -> Figur
         all.extend(t.await.unwrap());
     }
     let elapsed = start.elapsed();
+    let cpu_per_request = ticks_before
+        .zip(middle_ticks(s, way))
+        .map(|(before, after)| {
+            Duration::from_secs_f64((after - before) as f64 / TICKS_PER_SECOND / all.len() as f64)
+        });
     all.sort();
     Figures {
         rps: all.len() as f64 / elapsed.as_secs_f64(),
         p50: all[all.len() / 2],
+        cpu_per_request,
     }
 }
 
@@ -225,17 +311,26 @@ fn us(d: Duration) -> f64 {
 fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CLIENT_THREAD)
         .enable_all()
         .build()
         .unwrap();
+    let keyward_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("keyward")
+        .enable_all()
+        .build()
+        .unwrap();
+    let keyward = keyward_runtime.handle().clone();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let relay_env = std::env::var("KEYWARD_BENCH_RELAY").ok();
-        let (origin, relay, origin_ca) = match relay_env.as_deref().map(|v| v.split_whitespace().collect::<Vec<_>>()) {
-            Some(parts) if parts.len() >= 3 => (parts[0].parse().unwrap(), Some(parts[1].parse().unwrap()), PathBuf::from(parts[2])),
+        let (origin, relay, origin_ca, relay_master) = match relay_env.as_deref().map(|v| v.split_whitespace().collect::<Vec<_>>()) {
+            Some(parts) if parts.len() >= 3 => (parts[0].parse().unwrap(), Some(parts[1].parse().unwrap()), PathBuf::from(parts[2]), parts.get(4).map(|p| p.parse().unwrap())),
             _ => {
                 let (port, ca) = own_origin(dir.path()).await;
-                (port, None, ca)
+                (port, None, ca, None)
             }
         };
         let (evidence, _) = EvidenceLog::open(LogOptions {
@@ -254,12 +349,19 @@ fn main() {
                 .unwrap()
                 .with_sink(Arc::new(EvidenceSink(Arc::new(evidence)))),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let proxy_port = listener.local_addr().unwrap().port();
-        tokio::spawn(proxy.clone().serve(listener, std::future::pending()));
+        let served = proxy.clone();
+        keyward.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            served.serve(listener, std::future::pending()).await
+        });
         let setup = Setup {
             origin,
             relay,
+            relay_master,
+            keyward: keyward.clone(),
             origin_tls: client_tls(&origin_ca),
             proxied_tls: client_tls(&dir.path().join("ca/public/ca.pem")),
             proxy,
@@ -267,6 +369,24 @@ fn main() {
         };
         println!("ways into keyward vs the null relay: HTTPS origin {}, HTTP/1.1 keep-alive clients (2 cores shared by client, relay/keyward and origin)",
             if relay.is_some() { "nginx" } else { "in-process (no relay: set KEYWARD_BENCH_RELAY, see bench/proxy.sh)" });
+        if let Ok(profile) = std::env::var("KEYWARD_BENCH_PROFILE") {
+            let (way, per_conn) = profile.split_once(':').unwrap_or((&profile, "400"));
+            let per_conn = per_conn.parse().expect("KEYWARD_BENCH_PROFILE=WAY:N, N a count");
+            let way = match way {
+                "forward" => Way::ForwardProxy,
+                "base_url" => Way::BaseUrl,
+                "broker" => Way::Broker,
+                other => panic!("KEYWARD_BENCH_PROFILE={other:?}: expected forward, base_url or broker"),
+            };
+            let f = load(&setup, way, 64, per_conn).await;
+            println!(
+                "{}: {:.0} req/s at concurrency 64, cpu {:.1} us/req",
+                way.name(),
+                f.rps,
+                f.cpu_per_request.map_or(0.0, us)
+            );
+            return;
+        }
         let mut ways = vec![Way::Direct];
         if relay.is_some() {
             ways.push(Way::Relay);
@@ -291,8 +411,9 @@ fn main() {
             let direct = &median[0];
             for (way, f) in ways.iter().zip(median) {
                 let vs_bar = bar.map_or(String::new(), |b| format!("  {:.2}x relay req/s, p50 {:+.1} us vs relay", f.rps / b.rps, us(f.p50) - us(b.p50)));
+                let cpu = f.cpu_per_request.map_or(String::new(), |c| format!("  cpu {:>5.1} us/req", us(c)));
                 println!(
-                    "  {:<22} {:>8.0} req/s  p50 {:>7.1} us  (+{:.1} us over direct){vs_bar}",
+                    "  {:<22} {:>8.0} req/s  p50 {:>7.1} us  (+{:.1} us over direct){cpu}{vs_bar}",
                     way.name(), f.rps, us(f.p50), us(f.p50) - us(direct.p50)
                 );
             }

@@ -9,8 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use keyward_api::Decision;
-use keyward_evidence::{EvidenceLog, Kind};
-use serde_json::json;
+use keyward_evidence::{CanonicalObject, EvidenceLog, Kind};
 
 use crate::body::ProxyBody;
 use crate::refusal::Fault;
@@ -136,17 +135,7 @@ pub struct EvidenceSink(pub Arc<EvidenceLog>);
 
 impl EgressSink for EvidenceSink {
     fn record(&self, event: EgressEvent) {
-        let data = json!({
-            "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
-            "response": {"status": event.status, "bytes": event.bytes, "error": event.error},
-            "injected": event.injected,
-            "blocked": event.blocked,
-            "fault": event.fault.map(Fault::as_str),
-            "via": event.via.as_str(),
-            "decision": event.decision.as_ref().map(|d| json!({
-                "decision": d.decision, "rule_id": d.rule_id, "policy_id": d.policy_id,
-            })),
-        });
+        let data = egress_record(&event);
         let run_id = Some(event.run_id.clone());
         self.0
             .append_then(Kind::Egress, run_id, data, move |reference| {
@@ -160,6 +149,40 @@ impl EgressSink for EvidenceSink {
     fn unwritable(&self) -> Option<String> {
         self.0.unwritable()
     }
+}
+
+/// The `data` of an event's `egress` record, written in canonical form
+/// directly (one per proxied request: building a JSON value and then
+/// canonicalizing it cost more than the rest of the record).
+fn egress_record(event: &EgressEvent) -> CanonicalObject {
+    let mut request = CanonicalObject::new();
+    request
+        .str("host", &event.host)
+        .str("method", &event.method)
+        .str("path", &event.path)
+        .u64("port", event.port.into());
+    let mut response = CanonicalObject::new();
+    response
+        .u64("bytes", event.bytes)
+        .opt_str("error", event.error.as_deref())
+        .u64("status", event.status.into());
+    let decision = event.decision.as_ref().map(|d| {
+        let mut decision = CanonicalObject::new();
+        decision
+            .str("decision", d.decision.as_str())
+            .str("policy_id", &d.policy_id)
+            .str("rule_id", &d.rule_id);
+        decision
+    });
+    let mut data = CanonicalObject::new();
+    data.opt_str("blocked", event.blocked.as_deref())
+        .object("decision", decision)
+        .opt_str("fault", event.fault.map(Fault::as_str))
+        .strs("injected", &event.injected)
+        .object("request", Some(request))
+        .object("response", Some(response))
+        .str("via", event.via.as_str());
+    data
 }
 
 /// A response body that counts what it passes and emits the event when it
@@ -217,6 +240,75 @@ impl Drop for Metered {
     fn drop(&mut self) {
         if let Some(event) = self.event.take() {
             self.sink.record(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_api::Decision;
+    use keyward_evidence::Payload;
+    use serde_json::json;
+
+    use super::*;
+
+    /// What the record was before it was written by hand: the oracle.
+    fn as_value(event: &EgressEvent) -> serde_json::Value {
+        json!({
+            "request": {"method": event.method, "host": event.host, "port": event.port, "path": event.path},
+            "response": {"status": event.status, "bytes": event.bytes, "error": event.error},
+            "injected": event.injected,
+            "blocked": event.blocked,
+            "fault": event.fault.map(Fault::as_str),
+            "via": event.via.as_str(),
+            "decision": event.decision.as_ref().map(|d| json!({
+                "decision": d.decision, "rule_id": d.rule_id, "policy_id": d.policy_id,
+            })),
+        })
+    }
+
+    #[test]
+    fn the_hand_written_record_is_the_canonical_form_of_the_event() {
+        let plain = EgressEvent {
+            run_id: "run_1".into(),
+            method: "GET".into(),
+            host: "api.example.com".into(),
+            port: 443,
+            path: "/v1/x".into(),
+            status: 200,
+            bytes: 12_345,
+            injected: vec![],
+            blocked: None,
+            decision: None,
+            via: Via::Proxy,
+            fault: None,
+            error: None,
+        };
+        let odd = EgressEvent {
+            method: "P\"O\\ST\u{7f}".into(),
+            host: "h\u{e9}st\u{1F600}\u{1}".into(),
+            port: u16::MAX,
+            path: "/a\nb\tc\u{2028}\u{ffff}".into(),
+            status: 499,
+            bytes: u64::MAX,
+            injected: vec!["b".into(), "a\"".into(), String::new()],
+            blocked: Some("client_closed".into()),
+            decision: Some(PolicyDecision {
+                decision: Decision::RequireApproval,
+                rule_id: "r\u{0}".into(),
+                policy_id: "p".into(),
+            }),
+            via: Via::Broker,
+            fault: Some(Fault::Upstream),
+            error: Some("broke \"off\"\r\n".into()),
+            ..plain.clone()
+        };
+        for event in [plain, odd] {
+            let written = Payload::from(egress_record(&event));
+            let Payload::Canonical(text) = written else {
+                panic!("not canonical")
+            };
+            assert_eq!(text, keyward_evidence::canonical_json(&as_value(&event)));
         }
     }
 }

@@ -333,6 +333,11 @@ impl hyper::body::Body for Guarded {
 /// forbids them. `Proxy-Authorization` (the run token) never goes upstream.
 /// `TE: trailers` is kept (gRPC needs it; the proxy relays trailers).
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a
+    // lookup per hop-by-hop name (this runs twice per request).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -363,6 +368,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The headers [`strip_hop_by_hop`] removes whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// `hay` with every `needle` replaced by `with`.
