@@ -17,6 +17,7 @@ if command -v nginx >/dev/null && command -v openssl >/dev/null; then
     dir=$(mktemp -d)
     read -r origin relay_port ca origin_pid relay_pid < <(bash bench/null-relay.sh "$dir")
     trap 'kill "$origin_pid" "$relay_pid" 2>/dev/null; rm -rf "$dir"' EXIT
-    relay="$origin $relay_port $ca"
+    # The relay's master pid last: the bench reads its workers' CPU time.
+    relay="$origin $relay_port $ca $origin_pid $relay_pid"
 fi
 KEYWARD_BENCH_RELAY="$relay" cargo bench -q -p keyward-proxy --bench ways

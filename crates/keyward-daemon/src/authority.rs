@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
+use keyward_evidence::KnownSecrets;
 use keyward_policy::Policy;
 use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 use keyward_vault::{KnownValues, ResolveError, Resolver};
@@ -64,7 +65,14 @@ pub(crate) struct Authority {
     contexts: Mutex<HashMap<String, CachedContext>>,
     /// run id -> what the run was created with.
     frozen: Mutex<HashMap<String, Arc<Frozen>>>,
+    /// The secret values of the cached contexts and the vault as one
+    /// matcher (every record is redacted against them), with the vault
+    /// values it was built from; dropped when a context's secrets change.
+    known: Mutex<Option<BuiltSecrets>>,
 }
+
+/// The vault values a [`KnownSecrets`] was built with, and it.
+type BuiltSecrets = (Arc<Vec<secrecy::SecretString>>, Arc<KnownSecrets>);
 
 struct CachedContext {
     at: std::time::Instant,
@@ -78,6 +86,7 @@ impl Authority {
             live,
             contexts: Mutex::new(HashMap::new()),
             frozen: Mutex::new(HashMap::new()),
+            known: Mutex::new(None),
         }
     }
 
@@ -119,25 +128,52 @@ impl Authority {
         self.contexts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The resolved contexts of live runs: the secret values the daemon
-    /// holds right now (evidence redaction looks for them).
-    pub(crate) fn live_contexts(&self) -> Vec<Arc<RunContext>> {
-        self.contexts()
-            .values()
-            .map(|cached| cached.context.clone())
-            .collect()
+    /// The secret values the daemon holds right now (live runs' resolved
+    /// credentials and the vault's values), as one matcher that evidence
+    /// redaction runs over every record. Built again only after they
+    /// changed, so a record costs the same with one live run or a thousand.
+    pub(crate) fn known_secrets(&self) -> Arc<KnownSecrets> {
+        use secrecy::ExposeSecret as _;
+        let vault = self.live.vault_values.current();
+        // Lock order: `known`, then `contexts` (nothing takes them the
+        // other way round), so a change made while this builds drops the
+        // result right after it is stored.
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_from, secrets)) = known.as_ref()
+            && Arc::ptr_eq(built_from, &vault)
+        {
+            return secrets.clone();
+        }
+        let contexts = self.contexts();
+        let secrets = Arc::new(KnownSecrets::new(
+            contexts
+                .values()
+                .flat_map(|cached| cached.context.credentials.iter())
+                .map(|c| c.secret.expose_secret())
+                .chain(vault.iter().map(|s| s.expose_secret())),
+        ));
+        drop(contexts);
+        *known = Some((vault, secrets.clone()));
+        secrets
+    }
+
+    /// After a change to the cached contexts' secrets.
+    fn secrets_changed(&self) {
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Forgets a run entirely.
     pub(crate) fn forget(&self, run_id: &str) {
         self.contexts().remove(run_id);
         self.frozen_map().remove(run_id);
+        self.secrets_changed();
     }
 
     /// Forgets every run's resolved credentials (config reload): they are
     /// resolved again, narrowed by the new config, on the next request.
     pub(crate) fn forget_credentials(&self) {
         self.contexts().clear();
+        self.secrets_changed();
     }
 
     /// Resolves a run's grants: each as the run was created with it, less
@@ -256,7 +292,7 @@ impl RunAuthority for Authority {
             let (ctx, failures) = self.build(&run).await;
             let ctx = Arc::new(ctx);
             if failures.is_empty() {
-                self.contexts().insert(
+                let replaced = self.contexts().insert(
                     run.id.clone(),
                     CachedContext {
                         at: std::time::Instant::now(),
@@ -264,6 +300,10 @@ impl RunAuthority for Authority {
                         context: ctx.clone(),
                     },
                 );
+                // Re-resolved after its TTL, usually to the same values.
+                if replaced.is_none_or(|old| !same_secrets(&old.context, &ctx)) {
+                    self.secrets_changed();
+                }
             }
             Some(ctx)
         })
@@ -278,10 +318,21 @@ impl RunAuthority for Authority {
             }
         }
         self.contexts().remove(run_id);
+        self.secrets_changed();
         tracing::info!(
             run = run_id,
             grants = grants.join(","),
             "upstream answered 401: the grants' secrets are resolved again on the next request"
         );
     }
+}
+
+/// Whether two contexts hold the same secret values.
+fn same_secrets(a: &RunContext, b: &RunContext) -> bool {
+    use secrecy::ExposeSecret as _;
+    a.credentials.len() == b.credentials.len()
+        && a.credentials
+            .iter()
+            .zip(&b.credentials)
+            .all(|(x, y)| x.secret.expose_secret() == y.secret.expose_secret())
 }

@@ -169,7 +169,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         activity: activity.clone(),
         config: config.clone(),
         resolver: resolver.clone(),
-        vault_values: vault_values.clone(),
+        vault_values,
     }));
     let state = Arc::new(AppState {
         started_at: SystemTime::now(),
@@ -177,7 +177,6 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         activity: activity.clone(),
         stop: stop_tx,
         vault: vault.clone(),
-        vault_values,
         config,
         resolver,
         log: opts.log,

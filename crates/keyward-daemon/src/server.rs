@@ -310,8 +310,6 @@ pub(crate) struct AppState {
     pub activity: Arc<Activity>,
     pub stop: mpsc::Sender<StopReason>,
     pub vault: Arc<Mutex<Vault>>,
-    /// The open vault's secret values, for redaction (no vault lock).
-    pub vault_values: keyward_vault::KnownValues,
     pub config: Arc<RwLock<Arc<LoadedConfig>>>,
     pub resolver: Arc<RwLock<Arc<Resolver>>>,
     pub log: Box<dyn LogControl>,
@@ -403,17 +401,7 @@ impl AppState {
     /// backend) wherever they appear, sensitive member names, well-known
     /// token formats, and run tokens.
     pub(crate) fn redact(&self, value: &mut serde_json::Value) {
-        use secrecy::ExposeSecret as _;
-        let live = self.authority.live_contexts();
-        let vault = self.vault_values.current();
-        if !live.is_empty() || !vault.is_empty() {
-            let known: Vec<&str> = live
-                .iter()
-                .flat_map(|ctx| ctx.credentials.iter().map(|c| c.secret.expose_secret()))
-                .chain(vault.iter().map(|s| s.expose_secret()))
-                .collect();
-            keyward_evidence::redact_known(value, &known);
-        }
+        self.authority.known_secrets().redact(value);
         let runs = &self.runs;
         keyward_evidence::redact(value, &|s| {
             s.len() == 64

@@ -26,7 +26,7 @@ pub use log::{
     list_segments, read_log_id, segment_name,
 };
 pub use record::{Kind, Payload, SCHEMA};
-pub use redact::{MIN_KNOWN_LEN, REDACTED, redact, redact_known};
+pub use redact::{KnownSecrets, MIN_KNOWN_LEN, REDACTED, redact, redact_known};
 pub use verify::{Report, VerifyError, VerifyOptions, verify, verify_dir};
 
 /// Canonical JSON (RFC 8785) of `value`.

@@ -1,6 +1,7 @@
 //! Redaction of evidence payloads: a record holds the request and the
 //! response, never a secret, bearer token or run token.
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
 
 /// The replacement text.
@@ -234,21 +235,72 @@ pub const MIN_KNOWN_LEN: usize = 4;
 /// daemon holds) inside the strings of `value`, wherever it sits in them,
 /// with [`REDACTED`]. Run it before [`redact`], which could otherwise cut a
 /// known value in pieces that no longer match. Returns how many strings
-/// changed.
+/// changed. For many values or many records, build a [`KnownSecrets`] once.
 pub fn redact_known(value: &mut Value, known: &[&str]) -> usize {
+    KnownSecrets::new(known.iter().copied()).redact(value)
+}
+
+/// Known secret values (at least [`MIN_KNOWN_LEN`] bytes), searched for in
+/// one pass over each string however many there are: the daemon redacts
+/// every record against the values of all live runs.
+pub struct KnownSecrets {
+    matcher: Option<AhoCorasick>,
+}
+
+impl KnownSecrets {
+    /// A matcher for `values`; shorter ones are left out.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let values: Vec<&str> = values
+            .into_iter()
+            .filter(|v| v.len() >= MIN_KNOWN_LEN)
+            .collect();
+        let matcher = (!values.is_empty())
+            .then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&values)
+                    .ok()
+            })
+            .flatten();
+        Self { matcher }
+    }
+
+    /// [`redact_known`] with these values.
+    pub fn redact(&self, value: &mut Value) -> usize {
+        let Some(matcher) = &self.matcher else {
+            return 0;
+        };
+        redact_with(matcher, value)
+    }
+}
+
+impl std::fmt::Debug for KnownSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownSecrets")
+            .field(
+                "values",
+                &self.matcher.as_ref().map_or(0, AhoCorasick::patterns_len),
+            )
+            .finish()
+    }
+}
+
+fn redact_with(matcher: &AhoCorasick, value: &mut Value) -> usize {
     match value {
         Value::String(s) => {
-            let mut changed = false;
-            for k in known.iter().filter(|k| k.len() >= MIN_KNOWN_LEN) {
-                if s.contains(k) {
-                    *s = s.replace(k, REDACTED);
-                    changed = true;
-                }
+            if !matcher.is_match(s.as_str()) {
+                return 0;
             }
-            usize::from(changed)
+            let mut out = String::with_capacity(s.len());
+            matcher.replace_all_with(s, &mut out, |_, _, out| {
+                out.push_str(REDACTED);
+                true
+            });
+            *s = out;
+            1
         }
-        Value::Array(items) => items.iter_mut().map(|v| redact_known(v, known)).sum(),
-        Value::Object(map) => map.values_mut().map(|v| redact_known(v, known)).sum(),
+        Value::Array(items) => items.iter_mut().map(|v| redact_with(matcher, v)).sum(),
+        Value::Object(map) => map.values_mut().map(|v| redact_with(matcher, v)).sum(),
         _ => 0,
     }
 }

@@ -11,18 +11,23 @@
 //! - through a base-URL endpoint (plain HTTP in, TLS out),
 //! - through fd-broker streams (plain HTTP over a Unix stream, TLS out).
 //!
-//! keyward runs in this process, on a runtime of its own (as in the daemon:
-//! two worker threads), with the daemon's per-request pipeline: the
-//! built-in policy, header injection, scrubbing and one evidence record per
-//! request. Besides throughput and latency, each line gives the CPU time
-//! the middle box spent per request: keyward's threads (everything but the
-//! client's) or the relay's nginx workers, read from /proc. That figure is
-//! the work itself, much less disturbed by whatever else the machine runs. Without `KEYWARD_BENCH_RELAY` ("ORIGIN_PORT RELAY_PORT CA_PEM")
-//! the relay line is skipped and an in-process origin is used.
-//! `KEYWARD_BENCH_PROFILE=forward|base_url|broker[:N]` runs only that way
-//! at concurrency 64, N requests per connection (default 400), to profile
-//! it (`perf record -g`, or `valgrind --tool=callgrind
-//! --separate-threads=yes` for instructions per request).
+//! keyward runs in this process, on a runtime of its own (two worker
+//! threads, as the daemon has on this machine), with the daemon's
+//! per-request pipeline: the built-in policy, header injection, scrubbing
+//! and one evidence record per request. Besides throughput and latency,
+//! each line gives the CPU time the middle box spent per request: keyward's
+//! threads (everything but the client's) or the relay's nginx workers, read
+//! from /proc (10 ms ticks). That figure is the work itself, less disturbed
+//! by whatever else the machine runs than requests/s.
+//!
+//! `KEYWARD_BENCH_RELAY` is bench/null-relay.sh's line, "ORIGIN_PORT
+//! RELAY_PORT CA_PEM ORIGIN_PID RELAY_PID" (the relay's master pid gives
+//! its workers' CPU time); without it the relay line is skipped and an
+//! in-process origin is used. `KEYWARD_BENCH_PROFILE=WAY[:N]` (WAY one of
+//! forward, base_url, broker, relay) runs only that way at concurrency 64,
+//! N requests per connection (default 400), to profile it (`perf record
+//! -g`, or `valgrind --tool=callgrind --separate-threads=yes` for
+//! instructions per request and thread).
 //!
 //! Run: `bash bench/proxy.sh`.
 
@@ -376,7 +381,8 @@ fn main() {
                 "forward" => Way::ForwardProxy,
                 "base_url" => Way::BaseUrl,
                 "broker" => Way::Broker,
-                other => panic!("KEYWARD_BENCH_PROFILE={other:?}: expected forward, base_url or broker"),
+                "relay" if relay.is_some() => Way::Relay,
+                other => panic!("KEYWARD_BENCH_PROFILE={other:?}: expected forward, base_url, broker or (with a relay) relay"),
             };
             let f = load(&setup, way, 64, per_conn).await;
             println!(

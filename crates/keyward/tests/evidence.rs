@@ -165,6 +165,101 @@ echo "token=$T""#,
     }
 }
 
+/// The daemon keeps the secret values it redacts as one matcher, built
+/// again only when they change: a value rotated while a run lives (in the
+/// file backend, re-resolved on every request here, and in the vault) is
+/// redacted from the first record after the change, the old one still.
+#[test]
+fn secrets_rotated_while_a_run_lives_are_redacted_from_the_next_record_on() {
+    const RUN_SECRET_2: &str = "kw-file-SECRET-rotated-77a0c4";
+    const VAULT_SECRET_2: &str = "kw-vault-SECRET-rotated-3d9e1b";
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let outside = home.path.parent().unwrap();
+    let secret_file = outside.join("run-secret");
+    std::fs::write(&secret_file, RUN_SECRET).unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        format!(
+            "[backends]\ncache_ttl = \"off\"\n\
+             [grants.filed]\nsecret = \"file:{}\"\nhosts = [\"api.example.invalid\"]\n\
+             inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n",
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    let set = home.run_stdin(&["secret", "set", "other-token"], VAULT_SECRET);
+    assert_eq!(set.code, 0, "{set:?}");
+    // The child sends whatever the leak file holds, then waits for the
+    // test to rotate both secrets and leak the new values.
+    let leak = outside.join("found.env");
+    let go = outside.join("go");
+    std::fs::write(&leak, format!("{RUN_SECRET} {VAULT_SECRET}\n")).unwrap();
+    let script = format!(
+        r#"send() {{ read S V < {leak}; curl -s -o /dev/null -w "sent=%{{http_code}}\n" "http://127.0.0.1:9/p/$S/$V"; }}
+send
+while [ ! -e {go} ]; do sleep 0.05; done
+send"#,
+        leak = leak.display(),
+        go = go.display()
+    );
+    let child = home
+        .cmd(&["run", "--grant", "filed", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(std::time::Duration::from_secs(20), || {
+            home.log().matches("egress").count() >= 1
+        }),
+        "{}",
+        home.log()
+    );
+    std::fs::write(&secret_file, RUN_SECRET_2).unwrap();
+    let set = home.run_stdin(&["secret", "set", "other-token"], VAULT_SECRET_2);
+    assert_eq!(set.code, 0, "{set:?}");
+    std::fs::write(&leak, format!("{RUN_SECRET_2} {VAULT_SECRET_2}\n")).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", home.log());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("sent=")
+            .count(),
+        2,
+        "{out:?}"
+    );
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || {
+            home.log().matches("egress").count() >= 2
+        }),
+        "{}",
+        home.log()
+    );
+    let tail = home.run(&["audit", "tail", "--kind", "egress", "--json", "-n", "10"]);
+    let records: Vec<serde_json::Value> = tail.stdout.lines().map(json).collect();
+    assert_eq!(records.len(), 2, "{tail:?}");
+    for record in &records {
+        assert_eq!(
+            record["data"]["request"]["path"], "/p/[REDACTED]/[REDACTED]",
+            "{record}"
+        );
+    }
+    for needle in [RUN_SECRET, VAULT_SECRET, RUN_SECRET_2, VAULT_SECRET_2] {
+        assert!(
+            home.files_containing(needle).is_empty(),
+            "{needle} in {:?}",
+            home.files_containing(needle)
+        );
+    }
+}
+
 #[test]
 fn a_tail_cut_while_the_daemon_is_stopped_is_detected_recorded_and_shown() {
     let home = TestHome::new();
