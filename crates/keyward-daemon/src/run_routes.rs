@@ -229,19 +229,29 @@ pub(crate) async fn create(
         ));
     }
     let drop_env = env_to_drop(&state, &run, &ctx, &req);
+    // No run starts off the record (a full disk stops it here).
+    let mut created = json!({"event": "run_created", "run": run.info()});
+    state.redact(&mut created);
+    if let Err(e) = state
+        .evidence
+        .append(Kind::Run, Some(run.id.clone()), created)
+        .await
+    {
+        tracing::error!("evidence log: {e}");
+        let _ = state.runs.remove(&run.id);
+        release(&state, &run.id);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "evidence_unavailable",
+            format!("the run's creation could not be recorded, so it does not start: {e}"),
+        ));
+    }
     if let Some(pid) = run.pid {
         watch_exit(&state, &run.id, pid);
     }
     let port = state.proxy_port;
     let proxy_url = format!("http://run:{token}@127.0.0.1:{port}");
     tracing::info!(run = run.id, grants = run.grants.join(","), pid = ?run.pid, "run registered");
-    state
-        .audit(
-            Kind::Run,
-            Some(&run.id),
-            json!({"event": "run_created", "run": run.info()}),
-        )
-        .await;
     let env = if req.broker {
         // No proxy, no token, no CA: the broker's descriptor is the way out.
         std::collections::BTreeMap::from([(

@@ -112,3 +112,56 @@ fn removing_runs_on_live_processes_leaves_no_pidfd_behind() {
     assert_eq!(home.http("GET", "/v1/runs", None).1, "{\"runs\":[]}");
     assert!(!home.log().contains("ERROR"), "{}", home.log());
 }
+
+/// Whether the proxy knows `token`: a forward request to a closed
+/// loopback port is answered 502 for a live run, 407 for an unknown token.
+fn proxy_knows(home: &TestHome, token: &str) -> bool {
+    let port = std::fs::read_to_string(home.file("proxy.port")).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x"])
+        .arg(format!("http://run:{token}@127.0.0.1:{}", port.trim()))
+        .arg("http://127.0.0.1:1/")
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(code == "407" || code == "502", "{code}");
+    code == "502"
+}
+
+/// What the API acknowledged is on disk the moment it answers: after a
+/// `kill -9` (no clean shutdown, no later write) a restarted daemon knows
+/// every registered run by its token, and a removed run's token stays
+/// revoked.
+#[test]
+fn acknowledged_registrations_and_removals_survive_kill_9() {
+    let home = TestHome::new();
+    let daemon = home.start(&[]);
+    let mut made = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = home.http("POST", "/v1/runs", Some("{}"));
+        assert_eq!(status, 200, "{body}");
+        let created = json(&body);
+        made.push((
+            created["run_id"].as_str().unwrap().to_owned(),
+            created["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (removed, removed_token) = made.remove(7);
+    let (status, body) = home.http("DELETE", &format!("/v1/runs/{removed}"), None);
+    assert_eq!(status, 200, "{body}");
+    common::signal(daemon, "KILL");
+    assert!(wait_for(Duration::from_secs(10), || !common::alive(daemon)));
+
+    home.start(&[]);
+    for (id, token) in &made {
+        let (status, body) = home.http("GET", &format!("/v1/runs/{id}"), None);
+        assert_eq!(status, 200, "{id} was lost: {body}");
+        assert!(proxy_knows(&home, token), "{id}'s token was lost");
+    }
+    assert_eq!(
+        home.http("GET", &format!("/v1/runs/{removed}"), None).0,
+        404,
+        "a removed run came back"
+    );
+    assert!(!proxy_knows(&home, &removed_token));
+}
