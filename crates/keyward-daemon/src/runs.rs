@@ -315,7 +315,7 @@ impl Registry {
         };
         self.change(|state| {
             state.insert(record.clone());
-            ((), vec![Change::Put(record.clone())])
+            ((), vec![Change::Put(Box::new(record.clone()))])
         })?;
         Ok((record, token))
     }
@@ -357,7 +357,7 @@ impl Registry {
         self.change(|state| match state.runs.get_mut(id) {
             Some(run) => {
                 edit(run);
-                (Some(run.clone()), vec![Change::Put(run.clone())])
+                (Some(run.clone()), vec![Change::Put(Box::new(run.clone()))])
             }
             None => (None, Vec::new()),
         })

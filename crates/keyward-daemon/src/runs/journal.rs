@@ -29,7 +29,7 @@ use super::{RUNS_VERSION, RunRecord, RunsError, RunsFile};
 #[serde(rename_all = "snake_case")]
 pub(super) enum Change {
     /// A run created or changed: its whole record.
-    Put(RunRecord),
+    Put(Box<RunRecord>),
     /// A run removed.
     Remove(String),
 }
@@ -240,7 +240,7 @@ fn replay(path: &Path, runs: &mut HashMap<String, RunRecord>) -> Result<(usize, 
             reason: format!("line {}: {e}", n + 1),
         })?;
         match change {
-            Change::Put(run) => runs.insert(run.id.clone(), run),
+            Change::Put(run) => runs.insert(run.id.clone(), *run),
             Change::Remove(id) => runs.remove(&id),
         };
         lines += 1;
