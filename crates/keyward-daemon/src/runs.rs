@@ -668,6 +668,23 @@ mod tests {
         assert_eq!(ids_on_disk(&path), kept);
     }
 
+    /// A journal removed from under the registry does not stop it: the
+    /// next fold writes every run and starts a fresh journal.
+    #[test]
+    fn a_removed_journal_is_started_afresh_at_the_next_fold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let reg = Registry::load(&path).unwrap();
+        let (kept, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        std::fs::remove_file(tmp.path().join("runs.json.journal")).unwrap();
+        for _ in 0..FOLD_AFTER / 2 + 1 {
+            let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+            assert!(reg.remove(&run.id).unwrap());
+        }
+        assert!(tmp.path().join("runs.json.journal").exists());
+        assert_eq!(ids_on_disk(&path), vec![kept.id]);
+    }
+
     /// A removal is as durable as a registration: a reloaded registry does
     /// not bring back a removed run's token.
     #[test]

@@ -155,7 +155,15 @@ impl Store {
     /// takes its place. Call with the registry locked, so the snapshot
     /// taken under the same lock holds every change of the old journal.
     pub(super) fn rotate(&self, journal: &mut Journal) -> Result<(), RunsError> {
-        std::fs::rename(&self.journal, &self.old).map_err(save_err(&self.journal))?;
+        match std::fs::rename(&self.journal, &self.old) {
+            Ok(()) => {}
+            // Removed from under the daemon: the snapshot about to be
+            // written holds every run, and a fresh journal takes over.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %self.journal.display(), "the runs journal was removed; writing every run anew");
+            }
+            Err(e) => return Err(save_err(&self.journal)(e)),
+        }
         let fresh = OpenOptions::new()
             .append(true)
             .create_new(true)
