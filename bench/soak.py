@@ -9,8 +9,15 @@
   leaf-cache N   N CONNECTs to N distinct host names: each makes the proxy
                  mint a leaf certificate. Reports the daemon's RSS as the
                  leaf cache fills, to show it stays bounded.
+  registration N N run registrations one after another, then N more from
+                 16 concurrent clients; reports registrations per second
+                 and the cost of each hundred as the registry grows, beside
+                 two baselines measured in the same run: an admin round
+                 trip that touches no disk and a bare durable append
+                 (write + fdatasync) in the daemon's home.
 
-Run through bench/soak.sh and bench/leaf_cache.sh (they build keyward).
+Run through bench/soak.sh, bench/leaf_cache.sh and bench/registration.sh
+(they build keyward).
 KEYWARD_BIN names the binary. Exit status 1 when anything unexpected
 happened.
 """
@@ -218,8 +225,9 @@ def run_soak(d, up_port, minutes):
 
     def new_run():
         while True:
-            status, body = d.api("POST", "/v1/runs",
-                                 {"grants": ["local"], "pid": d.holder.pid, "label": "soak"})
+            # No pid: a process holds one run at most, and these live
+            # until the churn removes them.
+            status, body = d.api("POST", "/v1/runs", {"grants": ["local"], "label": "soak"})
             if status != 423:
                 break
             # A run's grants are resolved when it is created: not while sealed.
@@ -427,6 +435,77 @@ def leaf_cache(hosts):
         d.holder.kill()
 
 
+def registration(n):
+    d = Daemon(lambda dir: '[grants.local]\nsecret = "vault:local"\nhosts = ["localhost"]\n'
+               'inject = { header = "Authorization", format = "Bearer {secret}" }\n')
+    try:
+        d.cli("secret", "set", "local", stdin="kw-bench-registration")
+        # No pid: a process holds one run at most.
+        body = {"grants": ["local"], "label": "bench"}
+
+        def register():
+            status, answer = d.api("POST", "/v1/runs", body)
+            if status != 200:
+                raise RuntimeError(f"run registration: {status} {answer}")
+
+        def timed(what, count, clients, step):
+            """`count` calls of `step` from `clients` threads: seconds."""
+            left = iter(range(count))
+            lock = threading.Lock()
+
+            def worker():
+                while True:
+                    with lock:
+                        if next(left, None) is None:
+                            return
+                    step()
+
+            started = time.perf_counter()
+            threads = [threading.Thread(target=worker) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.perf_counter() - started
+            print(f"{what}: {count} in {took:.2f} s, {count / took:.0f}/s, "
+                  f"{took / count * 1000:.2f} ms each", flush=True)
+            return took
+
+        round_trip = timed("baseline: admin round trip (GET /v1/health)", 200, 1,
+                           lambda: d.api("GET", "/v1/health"))
+        journal = os.path.join(d.home, "bench-append")
+        fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        line = json.dumps(body).encode() * 2 + b"\n"
+        bare = timed("baseline: durable append (write + fdatasync)", 200, 1,
+                     lambda: (os.write(fd, line), os.fdatasync(fd)))
+        os.close(fd)
+        os.unlink(journal)
+        hundreds = []
+        for _ in range(max(n // 100, 1)):
+            started = time.perf_counter()
+            for _ in range(min(n, 100)):
+                register()
+            hundreds.append(time.perf_counter() - started)
+        sequential = sum(hundreds)
+        count = max(n // 100, 1) * min(n, 100)
+        print(f"sequential registrations: {count} in {sequential:.2f} s, "
+              f"{count / sequential:.0f}/s, {sequential / count * 1000:.2f} ms each "
+              f"({sequential / count / (round_trip / 200 + bare / 200):.1f}x a round trip "
+              f"plus a durable append)")
+        print("  ms per registration by hundred: "
+              + " ".join(f"{h * 10:.1f}" for h in hundreds), flush=True)
+        timed(f"concurrent registrations (16 clients, registry at {count})", n, 16, register)
+        sizes = ", ".join(f"{name} {os.path.getsize(os.path.join(d.home, name)) // 1024} KiB"
+                          for name in sorted(os.listdir(d.home)) if name.startswith("runs.json"))
+        print(f"{sizes}; daemon RSS {d.status('VmRSS') // 1024} MiB")
+        return 0
+    finally:
+        d.cli("daemon", "stop")
+        d.holder.kill()
+
+
 if __name__ == "__main__":
     what, n = sys.argv[1], sys.argv[2]
-    sys.exit(soak(float(n)) if what == "soak" else leaf_cache(int(n)))
+    modes = {"soak": lambda: soak(float(n)), "leaf-cache": lambda: leaf_cache(int(n)),
+             "registration": lambda: registration(int(n))}
+    sys.exit(modes[what]())

@@ -8,9 +8,8 @@
 //! descriptors attached) or cannot be served. EOF means the broker is gone
 //! (the run ended or the daemon stopped).
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -32,27 +31,6 @@ const REFUSED: u8 = 0xFF;
 /// Streams one broker may have open at once; dials beyond get `0xFF`, so
 /// a program cannot take the daemon's descriptors.
 const MAX_STREAMS: usize = 256;
-
-/// The brokers of live runs.
-#[derive(Default)]
-pub(crate) struct Brokers {
-    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
-}
-
-impl Brokers {
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::AbortHandle>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stops the broker of `run_id` (its end closes: the program's next
-    /// dial sees EOF). Streams already minted end with their run's next
-    /// request, which no longer authenticates.
-    pub(crate) fn end(&self, run_id: &str) {
-        if let Some(task) = self.running().remove(run_id) {
-            task.abort();
-        }
-    }
-}
 
 /// `POST /v1/runs/{id}/broker`: the run's own `keyward run` hands over the
 /// daemon's end of its broker, with the run token as proof.
@@ -106,13 +84,7 @@ pub(crate) async fn attach(
         )
     })?;
     let task = tokio::spawn(serve(fd, req.token, proxy, run.id.clone()));
-    if let Some(old) = state
-        .brokers
-        .running()
-        .insert(run.id.clone(), task.abort_handle())
-    {
-        old.abort();
-    }
+    state.brokers.keep(&run.id, task.abort_handle());
     tracing::info!(run = run.id, "fd broker attached");
     state
         .audit(

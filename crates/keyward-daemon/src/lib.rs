@@ -22,6 +22,7 @@ mod notify;
 pub mod pidfile;
 mod policy_routes;
 mod run_routes;
+mod run_tasks;
 mod runner_auth;
 pub mod runs;
 pub mod sandbox;

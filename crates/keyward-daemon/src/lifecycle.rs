@@ -25,6 +25,7 @@ use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
 use crate::run_routes;
+use crate::run_tasks::RunTasks;
 use crate::runs::Registry;
 use crate::server::{Activity, AdminListener, AppState, Peer, StopReason, build_resolver, router};
 use crate::vault_routes::open_at_start;
@@ -189,7 +190,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         evidence: evidence.clone(),
         baseline: Arc::new(keyward_policy::baseline()),
         proxy: std::sync::OnceLock::new(),
-        brokers: crate::broker::Brokers::default(),
+        brokers: RunTasks::default(),
+        exit_watchers: RunTasks::default(),
         require_runner_auth: opts.require_runner_auth,
     });
     if let Err(e) = state.publish_bundle() {
@@ -228,7 +230,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     for run in state.runs.list() {
         if let Some(pid) = run.pid {
-            run_routes::watch_exit(&state, pid);
+            run_routes::watch_exit(&state, &run.id, pid);
         }
     }
     evidence.record(

@@ -27,13 +27,20 @@ impl From<RunsError> for ApiError {
     }
 }
 
+/// What a run holds besides its record: its resolved credentials, its fd
+/// broker, the watcher of its process.
+fn release(state: &AppState, id: &str) {
+    state.authority.forget(id);
+    state.brokers.end(id);
+    state.exit_watchers.end(id);
+}
+
 /// Removes runs whose process exited, revoking their tokens.
 pub(crate) fn reap(state: &AppState) {
     match state.runs.reap() {
         Ok(ended) => {
             for id in ended {
-                state.authority.forget(&id);
-                state.brokers.end(&id);
+                release(state, &id);
                 tracing::info!(
                     run = id,
                     "run ended: its process exited; its token is revoked"
@@ -49,9 +56,11 @@ pub(crate) fn reap(state: &AppState) {
     }
 }
 
-/// Reaps as soon as `pid` exits, woken by a pidfd; without pidfd the
-/// periodic check in the lifecycle loop does it.
-pub(crate) fn watch_exit(state: &Arc<AppState>, pid: u32) {
+/// Reaps as soon as `pid`, run `run_id`'s process, exits, woken by a
+/// pidfd; without pidfd the periodic check in the lifecycle loop does it.
+/// The watcher is kept with the run (replacing one for an earlier pid), so
+/// removing the run closes the pidfd even while the process lives.
+pub(crate) fn watch_exit(state: &Arc<AppState>, run_id: &str, pid: u32) {
     let fd = match keyward_sys::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
@@ -59,8 +68,8 @@ pub(crate) fn watch_exit(state: &Arc<AppState>, pid: u32) {
             return;
         }
     };
-    let state = Arc::downgrade(state);
-    tokio::spawn(async move {
+    let weak = Arc::downgrade(state);
+    let task = tokio::spawn(async move {
         if let Err(e) = keyward_sys::pidfd_exited(fd).await {
             tracing::debug!(
                 pid,
@@ -68,10 +77,16 @@ pub(crate) fn watch_exit(state: &Arc<AppState>, pid: u32) {
             );
             return;
         }
-        if let Some(state) = state.upgrade() {
+        if let Some(state) = weak.upgrade() {
             reap(&state);
         }
     });
+    state.exit_watchers.keep(run_id, task.abort_handle());
+    // A removal (or a new pid) that raced this call has already ended the
+    // run's watcher: this one must not outlive it.
+    if state.runs.get(run_id).is_none_or(|r| r.pid != Some(pid)) {
+        state.exit_watchers.end(run_id);
+    }
 }
 
 fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>, ApiError> {
@@ -214,19 +229,29 @@ pub(crate) async fn create(
         ));
     }
     let drop_env = env_to_drop(&state, &run, &ctx, &req);
+    // No run starts off the record (a full disk stops it here).
+    let mut created = json!({"event": "run_created", "run": run.info()});
+    state.redact(&mut created);
+    if let Err(e) = state
+        .evidence
+        .append(Kind::Run, Some(run.id.clone()), created)
+        .await
+    {
+        tracing::error!("evidence log: {e}");
+        let _ = state.runs.remove(&run.id);
+        release(&state, &run.id);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "evidence_unavailable",
+            format!("the run's creation could not be recorded, so it does not start: {e}"),
+        ));
+    }
     if let Some(pid) = run.pid {
-        watch_exit(&state, pid);
+        watch_exit(&state, &run.id, pid);
     }
     let port = state.proxy_port;
     let proxy_url = format!("http://run:{token}@127.0.0.1:{port}");
     tracing::info!(run = run.id, grants = run.grants.join(","), pid = ?run.pid, "run registered");
-    state
-        .audit(
-            Kind::Run,
-            Some(&run.id),
-            json!({"event": "run_created", "run": run.info()}),
-        )
-        .await;
     let env = if req.broker {
         // No proxy, no token, no CA: the broker's descriptor is the way out.
         std::collections::BTreeMap::from([(
@@ -410,8 +435,9 @@ pub(crate) async fn patch(
         .runs
         .set_pid(&id, req.pid)?
         .ok_or_else(|| not_found(&id))?;
-    if let Some(pid) = run.pid {
-        watch_exit(&state, pid);
+    match run.pid {
+        Some(pid) => watch_exit(&state, &id, pid),
+        None => state.exit_watchers.end(&id),
     }
     Ok(Json(run.info()))
 }
@@ -423,8 +449,7 @@ pub(crate) async fn remove(
 ) -> Result<Json<RunInfo>, ApiError> {
     let run = visible_run(&state, &peer, &id)?;
     state.runs.remove(&id)?;
-    state.authority.forget(&id);
-    state.brokers.end(&id);
+    release(&state, &id);
     tracing::info!(run = id, "run removed");
     state
         .audit(Kind::Run, Some(&id), json!({"event": "run_removed"}))

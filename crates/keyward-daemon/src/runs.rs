@@ -13,6 +13,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod journal;
+
+use journal::Change;
+
 /// Where a process stands with respect to runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -120,19 +124,51 @@ pub enum RunsError {
     },
 }
 
-/// The registry. Lookups by token hash are a map access, then a
-/// constant-time comparison.
+/// The registry. A token is found through its SHA-256 in an index, so the
+/// proxy's lookup on every request does not grow with the number of runs.
+/// Every change is on disk before it returns (see [`journal`]).
 #[derive(Debug)]
 pub struct Registry {
-    path: PathBuf,
-    runs: Mutex<HashMap<String, RunRecord>>,
-    /// Serializes saves so the file always ends with the latest state.
-    save_lock: Mutex<()>,
-    /// Bumped after every change.
-    changes: AtomicU64,
-    /// The change count the file reflects.
-    saved: AtomicU64,
+    store: journal::Store,
+    state: Mutex<State>,
+    /// Journal lines appended, counted under the lock, in order.
+    appended: AtomicU64,
+    /// Journal lines known to be on disk.
+    synced: AtomicU64,
+    /// One sync (or fold) at a time: callers arriving meanwhile wait and
+    /// mostly find their line synced by it (group commit).
+    syncing: Mutex<()>,
 }
+
+#[derive(Debug)]
+struct State {
+    runs: HashMap<String, RunRecord>,
+    /// Token SHA-256 -> run id.
+    by_token: HashMap<String, String>,
+    journal: journal::Journal,
+    /// The disk lacks a change the memory has (an append failed, or a fold
+    /// did not finish): the next sync folds, writing every run.
+    must_fold: bool,
+}
+
+impl State {
+    fn insert(&mut self, run: RunRecord) {
+        self.by_token
+            .insert(run.token_sha256.clone(), run.id.clone());
+        self.runs.insert(run.id.clone(), run);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<RunRecord> {
+        let run = self.runs.remove(id)?;
+        self.by_token.remove(&run.token_sha256);
+        Some(run)
+    }
+}
+
+/// The journal is folded into the snapshot once it has more lines than
+/// this, or than twice the runs: a fold writes every run, so it comes
+/// once per that many changes.
+const FOLD_AFTER: usize = 1024;
 
 fn hex_random(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -145,40 +181,105 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Registry {
-    /// Loads `path` (absent: no runs).
+    /// Loads the runs of the snapshot at `path` (absent: none) and its
+    /// journal.
     pub fn load(path: &Path) -> Result<Self, RunsError> {
-        let corrupt = |reason: String| RunsError::Corrupt {
-            path: path.to_owned(),
-            reason,
+        let store = journal::Store::new(path);
+        let (runs, journal) = store.load()?;
+        let mut state = State {
+            runs: HashMap::new(),
+            by_token: HashMap::new(),
+            journal,
+            must_fold: store.fold_unfinished(),
         };
-        let runs = match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: RunsFile =
-                    serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-                if file.version != RUNS_VERSION {
-                    return Err(corrupt(format!("unsupported version {}", file.version)));
-                }
-                file.runs.into_iter().map(|r| (r.id.clone(), r)).collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
+        for run in runs.into_values() {
+            state.insert(run);
+        }
         Ok(Self {
-            path: path.to_owned(),
-            runs: Mutex::new(runs),
-            save_lock: Mutex::new(()),
-            changes: AtomicU64::new(0),
-            saved: AtomicU64::new(0),
+            store,
+            state: Mutex::new(state),
+            appended: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncing: Mutex::new(()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunRecord>> {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a change: `edit` changes the runs and says what to journal
+    /// (appended under the same lock, so the journal's order is the
+    /// memory's); returns once that is on disk.
+    fn change<R>(&self, edit: impl FnOnce(&mut State) -> (R, Vec<Change>)) -> Result<R, RunsError> {
+        let (result, mine) = {
+            let mut state = self.lock();
+            let (result, changes) = edit(&mut state);
+            if changes.is_empty() {
+                return Ok(result);
+            }
+            let state = &mut *state;
+            if let Err(e) = self.store.append(&mut state.journal, &changes) {
+                state.must_fold = true;
+                return Err(e);
+            }
+            let lines = changes.len() as u64;
+            (
+                result,
+                self.appended.fetch_add(lines, Ordering::SeqCst) + lines,
+            )
+        };
+        self.sync(mine)?;
+        Ok(result)
+    }
+
+    /// Returns once journal line `mine` is on disk: synced by this call,
+    /// or by another that began after it was appended.
+    fn sync(&self, mine: u64) -> Result<(), RunsError> {
+        let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.synced.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        let (file, upto, fold) = {
+            let state = self.lock();
+            let fold =
+                state.must_fold || state.journal.lines > FOLD_AFTER.max(2 * state.runs.len());
+            (
+                state.journal.file(),
+                self.appended.load(Ordering::SeqCst),
+                fold,
+            )
+        };
+        if fold {
+            return self.fold();
+        }
+        self.store.sync(&file)?;
+        self.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Writes every run as the snapshot and starts the journal afresh. The
+    /// registry is locked to copy the runs and swap journals, not while
+    /// writing.
+    fn fold(&self) -> Result<(), RunsError> {
+        let (runs, upto) = {
+            let mut state = self.lock();
+            // An unfinished fold's old journal stays until a snapshot that
+            // holds it is written; the journal then only repeats changes.
+            if !self.store.fold_unfinished() {
+                self.store.rotate(&mut state.journal)?;
+            }
+            state.must_fold = false;
+            let runs: Vec<RunRecord> = state.runs.values().cloned().collect();
+            (runs, self.appended.load(Ordering::SeqCst))
+        };
+        if let Err(e) = self.store.write_snapshot(runs) {
+            self.lock().must_fold = true;
+            return Err(e);
+        }
+        self.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Registers a run (grants already validated) and returns it with its
@@ -196,7 +297,7 @@ impl Registry {
             .map(|var| (var.clone(), format!("kw_ph_{}", hex_random(16))))
             .collect();
         let record = RunRecord {
-            id: id.clone(),
+            id,
             label: req.label.clone(),
             grants: req.grants.clone(),
             allow: req.allow.clone(),
@@ -212,37 +313,34 @@ impl Registry {
             base_url: req.base_url,
             runner: None,
         };
-        self.lock().insert(id, record.clone());
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.save()?;
+        self.change(|state| {
+            state.insert(record.clone());
+            ((), vec![Change::Put(Box::new(record.clone()))])
+        })?;
         Ok((record, token))
     }
 
     /// The id of the run a token belongs to (no record copied: this is on
     /// the proxy's per-request path).
     pub fn id_for_token(&self, token: &str) -> Option<String> {
-        let hash = token_hash(token);
-        self.lock()
-            .values()
-            .find(|r| constant_time_eq(r.token_sha256.as_bytes(), hash.as_bytes()))
-            .map(|r| r.id.clone())
+        self.lock().by_token.get(&token_hash(token)).cloned()
     }
 
     /// One run.
     pub fn get(&self, id: &str) -> Option<RunRecord> {
-        self.lock().get(id).cloned()
+        self.lock().runs.get(id).cloned()
     }
 
     /// All runs, oldest first.
     pub fn list(&self) -> Vec<RunRecord> {
-        let mut runs: Vec<_> = self.lock().values().cloned().collect();
+        let mut runs: Vec<_> = self.lock().runs.values().cloned().collect();
         runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         runs
     }
 
     /// How many runs exist.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().runs.len()
     }
 
     /// Whether no run exists.
@@ -250,17 +348,24 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Changes one run's record.
+    fn update(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut RunRecord),
+    ) -> Result<Option<RunRecord>, RunsError> {
+        self.change(|state| match state.runs.get_mut(id) {
+            Some(run) => {
+                edit(run);
+                (Some(run.clone()), vec![Change::Put(Box::new(run.clone()))])
+            }
+            None => (None, Vec::new()),
+        })
+    }
+
     /// Sets a run's pid.
     pub fn set_pid(&self, id: &str, pid: Option<u32>) -> Result<Option<RunRecord>, RunsError> {
-        let updated = self.lock().get_mut(id).map(|r| {
-            r.pid = pid;
-            r.clone()
-        });
-        if updated.is_some() {
-            self.changes.fetch_add(1, Ordering::SeqCst);
-            self.save()?;
-        }
-        Ok(updated)
+        self.update(id, |run| run.pid = pid)
     }
 
     /// Binds a run to the runner identity verified for it.
@@ -269,45 +374,32 @@ impl Registry {
         id: &str,
         runner: keyward_identity::RunnerClaims,
     ) -> Result<Option<RunRecord>, RunsError> {
-        let updated = self.lock().get_mut(id).map(|r| {
-            r.runner = Some(runner);
-            r.clone()
-        });
-        if updated.is_some() {
-            self.changes.fetch_add(1, Ordering::SeqCst);
-            self.save()?;
-        }
-        Ok(updated)
+        self.update(id, |run| run.runner = Some(runner))
     }
 
     /// Removes a run, revoking its token at once.
     pub fn remove(&self, id: &str) -> Result<bool, RunsError> {
-        let removed = self.lock().remove(id).is_some();
-        if removed {
-            self.changes.fetch_add(1, Ordering::SeqCst);
-            self.save()?;
-        }
-        Ok(removed)
+        self.change(|state| match state.remove(id) {
+            Some(_) => (true, vec![Change::Remove(id.to_owned())]),
+            None => (false, Vec::new()),
+        })
     }
 
     /// Removes runs whose process has exited; returns their ids.
     pub fn reap(&self) -> Result<Vec<String>, RunsError> {
-        let dead: Vec<String> = self
-            .lock()
-            .values()
-            .filter(|r| r.pid.is_some_and(|pid| !keyward_sys::process_exists(pid)))
-            .map(|r| r.id.clone())
-            .collect();
-        if !dead.is_empty() {
-            let mut runs = self.lock();
+        self.change(|state| {
+            let dead: Vec<String> = state
+                .runs
+                .values()
+                .filter(|r| r.pid.is_some_and(|pid| !keyward_sys::process_exists(pid)))
+                .map(|r| r.id.clone())
+                .collect();
             for id in &dead {
-                runs.remove(id);
+                state.remove(id);
             }
-            self.changes.fetch_add(1, Ordering::SeqCst);
-            drop(runs);
-            self.save()?;
-        }
-        Ok(dead)
+            let changes = dead.iter().cloned().map(Change::Remove).collect();
+            (dead, changes)
+        })
     }
 
     /// The run whose process is `pid` or one of its ancestors.
@@ -338,6 +430,7 @@ impl Registry {
         }
         let pids: HashMap<u32, String> = self
             .lock()
+            .runs
             .values()
             .filter_map(|r| r.pid.map(|p| (p, r.id.clone())))
             .collect();
@@ -366,36 +459,6 @@ impl Registry {
             return Membership::Unknown("the process that connected has exited");
         }
         found
-    }
-
-    /// Writes the runs, debounced: callers that changed the registry while
-    /// a save was running wait for the next one, and if a save that began
-    /// after their change has already written it, they return at once; so
-    /// a burst of changes costs a couple of writes, and each caller still
-    /// hears about a failed write of its own change.
-    fn save(&self) -> Result<(), RunsError> {
-        let mine = self.changes.load(Ordering::SeqCst);
-        let _saving = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.saved.load(Ordering::SeqCst) >= mine {
-            return Ok(());
-        }
-        // Read the count before the snapshot: the snapshot holds at least
-        // every change counted.
-        let current = self.changes.load(Ordering::SeqCst);
-        let file = RunsFile {
-            version: RUNS_VERSION,
-            runs: self.list(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| RunsError::Save {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        keyward_vault::write_atomic(&self.path, &bytes).map_err(|e| RunsError::Save {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        self.saved.store(current, Ordering::SeqCst);
-        Ok(())
     }
 }
 
@@ -437,6 +500,8 @@ pub(crate) fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     /// Debounced saves lose no change: after a burst of concurrent
     /// creations and removals the file holds exactly the surviving runs.
@@ -491,7 +556,7 @@ mod tests {
         assert!(run.id.starts_with("run_") && run.id.len() == 16);
         assert_eq!(token.len(), 64);
         assert!(run.placeholders["GH_TOKEN"].starts_with("kw_ph_"));
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("runs.json.journal")).unwrap();
         assert!(!text.contains(&token), "token persisted");
         assert!(text.contains(&token_hash(&token)));
 
@@ -539,6 +604,119 @@ mod tests {
             .unwrap();
         assert_eq!(reg.reap().unwrap(), vec![dead_run.id]);
         assert_eq!(reg.len(), 1);
+    }
+
+    fn ids_on_disk(path: &Path) -> Vec<String> {
+        let mut ids: Vec<String> = Registry::load(path)
+            .unwrap()
+            .list()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Past its limit the journal is folded into the snapshot, and a
+    /// registry loaded at any point (snapshot, old journal, journal) holds
+    /// exactly the runs acknowledged: an interrupted fold and an append a
+    /// crash cut short lose nothing acknowledged.
+    #[test]
+    fn the_journal_folds_into_the_snapshot_and_nothing_is_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let journal = tmp.path().join("runs.json.journal");
+        let reg = Registry::load(&path).unwrap();
+        let mut kept = Vec::new();
+        for i in 0..FOLD_AFTER + 100 {
+            let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+            if i % 3 == 0 {
+                assert!(reg.remove(&run.id).unwrap());
+            } else {
+                kept.push(run.id);
+            }
+        }
+        kept.sort();
+        let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+        assert!(
+            lines < FOLD_AFTER,
+            "the journal was never folded: {lines} lines"
+        );
+        let snapshot = std::fs::read_to_string(&path).unwrap();
+        assert!(snapshot.contains(&kept[0]), "{snapshot}");
+        assert!(!tmp.path().join("runs.json.journal.old").exists());
+        assert_eq!(ids_on_disk(&path), kept);
+
+        // A fold cut short after its rotation: the old journal is replayed.
+        drop(reg);
+        std::fs::rename(&journal, tmp.path().join("runs.json.journal.old")).unwrap();
+        assert_eq!(ids_on_disk(&path), kept);
+        let reg = Registry::load(&path).unwrap();
+        let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        kept.push(run.id);
+        kept.sort();
+        assert_eq!(ids_on_disk(&path), kept);
+
+        // An append cut short by a crash (no newline) is dropped, and the
+        // next append does not land behind it.
+        drop(reg);
+        let mut file = OpenOptions::new().append(true).open(&journal).unwrap();
+        file.write_all(b"{\"put\":{\"id\":\"run_half").unwrap();
+        assert_eq!(ids_on_disk(&path), kept);
+        let reg = Registry::load(&path).unwrap();
+        assert!(reg.remove(&kept.remove(0)).unwrap());
+        assert_eq!(ids_on_disk(&path), kept);
+    }
+
+    /// A journal removed from under the registry does not stop it: the
+    /// next fold writes every run and starts a fresh journal.
+    #[test]
+    fn a_removed_journal_is_started_afresh_at_the_next_fold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let reg = Registry::load(&path).unwrap();
+        let (kept, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        std::fs::remove_file(tmp.path().join("runs.json.journal")).unwrap();
+        for _ in 0..FOLD_AFTER / 2 + 1 {
+            let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+            assert!(reg.remove(&run.id).unwrap());
+        }
+        assert!(tmp.path().join("runs.json.journal").exists());
+        assert_eq!(ids_on_disk(&path), vec![kept.id]);
+    }
+
+    /// A removal is as durable as a registration: a reloaded registry does
+    /// not bring back a removed run's token.
+    #[test]
+    fn a_removed_token_stays_revoked_after_a_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let reg = Registry::load(&path).unwrap();
+        let (run, token) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        let (other, other_token) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        assert!(reg.remove(&run.id).unwrap());
+        let reloaded = Registry::load(&path).unwrap();
+        assert_eq!(reloaded.id_for_token(&token), None);
+        assert_eq!(reloaded.id_for_token(&other_token), Some(other.id));
+    }
+
+    #[test]
+    fn a_corrupt_journal_line_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("runs.json");
+        let reg = Registry::load(&path).unwrap();
+        reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        drop(reg);
+        let journal = tmp.path().join("runs.json.journal");
+        let mut file = OpenOptions::new().append(true).open(&journal).unwrap();
+        file.write_all(b"{\"put\":17}\n").unwrap();
+        let err = Registry::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("runs.json.journal")
+                && err.contains("line 2")
+                && err.contains("move it away"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -328,8 +328,12 @@ pub(crate) struct AppState {
     /// The proxy, once it is built (weak: the proxy's evidence sink holds
     /// this state).
     pub proxy: std::sync::OnceLock<std::sync::Weak<keyward_proxy::Proxy>>,
-    /// The runs' fd brokers.
-    pub brokers: crate::broker::Brokers,
+    /// The runs' fd brokers: ending one closes its end (the program's
+    /// next dial sees EOF); streams already minted end with their run's
+    /// next request, which no longer authenticates.
+    pub brokers: crate::run_tasks::RunTasks,
+    /// The watchers of the runs' processes (each holds a pidfd).
+    pub exit_watchers: crate::run_tasks::RunTasks,
     /// `daemon start --require-runner-auth`: as `auth.require_runner_auth`,
     /// whatever the config (also after reloads).
     pub require_runner_auth: bool,

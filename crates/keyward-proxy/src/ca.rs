@@ -23,6 +23,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Leaf certificates kept in memory at most.
 const LEAF_CACHE: usize = 10_000;
+/// TLS sessions intercepted tunnels may resume, all hosts together (rustls
+/// checks that a resumed session's SNI is the one it began with).
+const TLS_SESSIONS: usize = 4_096;
 
 /// Why the CA cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +52,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CaError {
 pub struct CertificateAuthority {
     dir: PathBuf,
     signer: std::sync::RwLock<Arc<Signer>>,
-    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// Leaves by host: the certificate chain and the shared key, about
+    /// 1 KB each.
+    leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// What the TLS server of every intercepted tunnel shares, its leaf
+    /// aside: ALPN and one session cache. A server config per cached leaf
+    /// would carry a session cache of its own (rustls allocates room for
+    /// 256 sessions up front, ~12 KB), which was most of the cache's memory.
+    tls: ServerConfig,
     public_dir: PathBuf,
 }
 
@@ -136,6 +146,7 @@ impl CertificateAuthority {
             dir: dir.to_owned(),
             signer: std::sync::RwLock::new(signer),
             leaves: Mutex::new(HashMap::new()),
+            tls: tunnel_tls(),
             public_dir,
         })
     }
@@ -175,35 +186,50 @@ impl CertificateAuthority {
         self.public_dir.join("bundle.pem")
     }
 
-    /// A TLS server config presenting a leaf for `host`, minted on first
-    /// use and cached.
+    /// The TLS server config of one tunnel to `host`: it presents the leaf
+    /// for `host` (minted on first use and cached) whatever name the client
+    /// sends in SNI, or without one. The tunnel's requests go to `host`,
+    /// so that is the name its certificate must carry; a client cannot get
+    /// a leaf for a name it did not CONNECT to (and the network rules
+    /// passed).
     pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let mut cfg = self.tls.clone();
+        cfg.cert_resolver = Arc::new(FixedCert(self.leaf(host)?));
+        Ok(Arc::new(cfg))
+    }
+
+    fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, CaError> {
         let host = host.to_ascii_lowercase();
-        if let Some(cfg) = self
+        if let Some(leaf) = self
             .leaves
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&host)
         {
-            return Ok(cfg.clone());
+            return Ok(leaf.clone());
         }
-        let cfg = Arc::new(self.mint(&host)?);
+        let leaf = Arc::new(self.mint(&host)?);
         let mut leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
         if leaves.len() >= LEAF_CACHE {
             leaves.clear();
         }
-        leaves.insert(host, cfg.clone());
-        Ok(cfg)
+        leaves.insert(host, leaf.clone());
+        Ok(leaf)
     }
 
-    fn mint(&self, host: &str) -> Result<ServerConfig, CaError> {
+    fn mint(&self, host: &str) -> Result<CertifiedKey, CaError> {
         let signer = self
             .signer
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
+        // An IPv6 authority comes bracketed (`[::1]`).
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        params.subject_alt_names = vec![match ip.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(host.try_into().map_err(cert_err)?),
         }];
@@ -220,13 +246,22 @@ impl CertificateAuthority {
             .signed_by(&leaf_key.key, &signer.issuer)
             .map_err(cert_err)?;
         let chain = vec![leaf.der().clone(), signer.ca_der.clone()];
-        let certified = CertifiedKey::new(chain, leaf_key.signing.clone());
-        let mut cfg = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(cfg)
+        Ok(CertifiedKey::new(chain, leaf_key.signing.clone()))
     }
+}
+
+/// The TLS server config intercepted tunnels share; each tunnel's copy
+/// gets its leaf (copying it costs a few reference counts and the ALPN
+/// list, not a session cache).
+fn tunnel_tls() -> ServerConfig {
+    // No certificate of its own (an empty resolver presents none): every
+    // copy gets its tunnel's leaf.
+    let mut cfg = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSIONS);
+    cfg
 }
 
 /// Reads (creating if absent) the CA in `dir`; the in-memory key for the
@@ -339,7 +374,7 @@ impl ServiceIdentity {
 }
 
 /// Presents one certificate whatever the SNI: the leaf is minted for the
-/// CONNECT target, which is what the client asked for.
+/// CONNECT target, which is where the tunnel's requests go.
 #[derive(Debug)]
 struct FixedCert(Arc<CertifiedKey>);
 

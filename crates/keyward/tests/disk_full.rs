@@ -150,7 +150,7 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing() {
 
     // Nor does the proxy send a request it cannot record: an agent that
     // fills the disk does not get to act off the record. No new run
-    // starts either (its state cannot be saved).
+    // starts either (its creation cannot be recorded).
     let fetched = fetch(&proxy_url, &url);
     assert!(
         fetched.stdout.starts_with("HTTP/1.1 503")
@@ -167,7 +167,8 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing() {
     let run = home.run(&["run", "--", "sh", "-c", "echo child ran"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr.contains("runs.json") && run.stderr.contains("No space left on device"),
+        run.stderr.contains("could not be recorded")
+            && run.stderr.contains("No space left on device"),
         "{run:?}"
     );
     assert!(!run.stdout.contains("child ran"), "{run:?}");

@@ -280,7 +280,8 @@ fn runs_api_validates_and_tracks_processes() {
         !listed.contains(created["token"].as_str().unwrap()),
         "tokens are returned once"
     );
-    let runs_file = std::fs::read_to_string(home.file("runs.json")).unwrap();
+    // A new run is in the registry's journal until the next fold.
+    let runs_file = std::fs::read_to_string(home.file("runs.json.journal")).unwrap();
     assert!(runs_file.contains(&id) && !runs_file.contains(created["token"].as_str().unwrap()));
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
