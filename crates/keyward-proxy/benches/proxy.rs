@@ -33,10 +33,6 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The daemon's allocator (crates/keyward/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const TOKEN: &str = "bench-token";
 /// Rounds of direct-then-proxied load per concurrency level.
 const ROUNDS: usize = 7;

@@ -18,11 +18,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: the proxy allocates on one thread
-/// and frees on another for every request (see bench/proxy.sh).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // Exactly one crypto provider in the process, chosen before any TLS use.
