@@ -1,13 +1,14 @@
 //! Runner identity (`runner_auth`), with no network. The input is a
-//! provider byte, then three parts split by `0xFF`: a JWKS document, an
-//! OIDC token and an HMAC envelope (JSON).
+//! provider byte, then four parts split by `0xFF`: a JWKS document, an
+//! OIDC token, a token's claims (JSON, so that the fuzzer edits them
+//! directly rather than through base64) and an HMAC envelope (JSON).
 //! - The JWKS parser takes only RS256 (RSA) and ES256 (P-256) keys with a
 //!   `kid`, meant for signatures; symmetric keys above all never.
 //! - A token is verified against that JWKS (or a built-in one when it does
 //!   not parse) and is never accepted: the seeds carry no valid signature
 //!   for a live token (theirs have expired) and the fuzzer cannot make one.
 //!   A refusal never repeats the token's signature.
-//! - The token's claims, mapped for each provider as if verified: the
+//! - The claims (and the token's own), mapped as if verified: the
 //!   provider claim is the provider's, registered claims stay out, every
 //!   value keeps the runner-claim bound, and the provider's own mappings
 //!   hold.
@@ -48,13 +49,17 @@ const MAX_VALUE_BYTES: usize = 1024;
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let provider = PROVIDERS[usize::from(input.byte()) % PROVIDERS.len()];
-    let mut parts = input.0.splitn(3, |b| *b == 0xFF);
+    let mut parts = input.0.splitn(4, |b| *b == 0xFF);
     let document = parts.next().unwrap_or_default();
     let token = parts.next().unwrap_or_default();
+    let claims = parts.next().unwrap_or_default();
     let envelope = parts.next().unwrap_or_default();
     check_jwks(document);
     if let Ok(token) = std::str::from_utf8(token) {
         check_token(provider, document, token);
+    }
+    if let Ok(claims) = serde_json::from_slice::<Map<String, Value>>(claims) {
+        check_mapping(provider, &claims);
     }
     check_hmac(envelope);
 });
@@ -165,33 +170,34 @@ fn check_mapping(provider: Provider, token: &Map<String, Value>) {
         let kept = value.as_str().filter(|s| s.len() <= MAX_VALUE_BYTES);
         assert_eq!(mapped.get(name), kept, "claim {name}");
     }
+    // A mapped value past the bound is no claim at all.
     let within = |v: String| (v.len() <= MAX_VALUE_BYTES).then_some(v);
     match provider {
         Provider::Github => {
-            if let Some(job) = text(token, "job_workflow_ref").and_then(within) {
-                assert_eq!(mapped.get("job"), Some(job.as_str()));
+            if let Some(job) = text(token, "job_workflow_ref") {
+                assert_eq!(mapped.get("job"), within(job).as_deref());
             }
         }
         Provider::Gitlab => {
-            if let Some(repository) = text(token, "project_path").and_then(within) {
-                assert_eq!(mapped.get("repository"), Some(repository.as_str()));
+            if let Some(repository) = text(token, "project_path") {
+                assert_eq!(mapped.get("repository"), within(repository).as_deref());
             }
             if let (Some("branch"), Some(name)) =
                 (text(token, "ref_type").as_deref(), text(token, "ref"))
-                && let Some(full) = within(format!("refs/heads/{name}"))
             {
-                assert_eq!(mapped.get("ref"), Some(full.as_str()));
+                let full = within(format!("refs/heads/{name}"));
+                assert_eq!(mapped.get("ref"), full.as_deref());
             }
         }
         Provider::Azure => {
             let sub = text(token, "sub").unwrap_or_default();
             if let Some(rest) = sub.strip_prefix("sc://")
                 && let [org, project, connection] = rest.splitn(3, '/').collect::<Vec<_>>()[..]
-                && let Some(repository) = within(format!("{org}/{project}"))
-                && connection.len() <= MAX_VALUE_BYTES
             {
-                assert_eq!(mapped.get("repository"), Some(repository.as_str()));
-                assert_eq!(mapped.get("workflow"), Some(connection));
+                let repository = within(format!("{org}/{project}"));
+                assert_eq!(mapped.get("repository"), repository.as_deref());
+                let workflow = within(connection.to_owned());
+                assert_eq!(mapped.get("workflow"), workflow.as_deref());
             }
         }
         Provider::Generic => {}
