@@ -28,6 +28,9 @@ use crate::server::{ApiError, AppState, Peer, json_body};
 const PROTOCOL: u32 = 1;
 const DIAL: u8 = 0x01;
 const REFUSED: u8 = 0xFF;
+/// The receive buffer: one byte more than a dial, so that a longer
+/// message shows its length instead of only the kernel's truncation flag.
+pub const MESSAGE_BYTES: usize = 2;
 /// Streams one broker may have open at once; dials beyond get `0xFF`, so
 /// a program cannot take the daemon's descriptors.
 const MAX_STREAMS: usize = 256;
@@ -103,7 +106,7 @@ pub(crate) async fn attach(
 async fn serve(fd: keyward_sys::AsyncSeqpacket, token: String, proxy: Weak<Proxy>, run_id: String) {
     let streams = Arc::new(Semaphore::new(MAX_STREAMS));
     loop {
-        let mut message = [0u8; 2];
+        let mut message = [0u8; MESSAGE_BYTES];
         // No room for descriptors: any the program attaches are closed by
         // the kernel and the message is flagged truncated.
         let got = match fd.recv(&mut message, 0).await {
@@ -117,12 +120,12 @@ async fn serve(fd: keyward_sys::AsyncSeqpacket, token: String, proxy: Weak<Proxy
             tracing::debug!(run = run_id, "fd broker: the program's end closed");
             return;
         }
-        let well_formed = got.len == 1 && message[0] == DIAL && !got.truncated;
-        let minted = if well_formed {
-            mint(&proxy, &token, &streams)
-        } else {
-            tracing::debug!(run = run_id, "fd broker: malformed dial refused");
-            None
+        let minted = match decide(&message[..got.len], got.truncated) {
+            Decision::Dial => mint(&proxy, &token, &streams),
+            Decision::Refuse(why) => {
+                tracing::debug!(run = run_id, "fd broker: malformed dial refused: {why}");
+                None
+            }
         };
         let answer = match &minted {
             Some(theirs) => fd.send(&[DIAL], Some(theirs.as_fd())).await,
@@ -138,6 +141,54 @@ async fn serve(fd: keyward_sys::AsyncSeqpacket, token: String, proxy: Weak<Proxy
             return;
         }
     }
+}
+
+/// What the broker does with one message from the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Exactly the byte `0x01` and nothing else: a stream is minted.
+    Dial,
+    /// Anything else: answered `0xFF`, and the broker keeps serving.
+    Refuse(Malformed),
+}
+
+/// Why a message is not a dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Longer than the buffer, or descriptors came with it (the kernel
+    /// closed them).
+    Truncated,
+    /// No bytes (a zero-length message, not the end of the stream).
+    Empty,
+    /// More than one byte.
+    TooLong(usize),
+    /// One byte, not `0x01`.
+    UnknownByte(u8),
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Malformed::Truncated => f.write_str("larger than a dial, or with descriptors attached"),
+            Malformed::Empty => f.write_str("an empty message"),
+            Malformed::TooLong(len) => write!(f, "{len} bytes; a dial is 1"),
+            Malformed::UnknownByte(byte) => write!(f, "byte {byte:#04x}; a dial is 0x01"),
+        }
+    }
+}
+
+/// Judges one received message: `received` is what the kernel wrote into
+/// the buffer, `truncated` its flag that the message (or its descriptors)
+/// did not fit.
+pub fn decide(received: &[u8], truncated: bool) -> Decision {
+    let why = match received {
+        _ if truncated => Malformed::Truncated,
+        [] => Malformed::Empty,
+        [DIAL] => return Decision::Dial,
+        [byte] => Malformed::UnknownByte(*byte),
+        _ => Malformed::TooLong(received.len()),
+    };
+    Decision::Refuse(why)
 }
 
 /// A fresh stream for the program: ours is served by the pipeline before
@@ -161,4 +212,27 @@ fn mint(proxy: &Weak<Proxy>, token: &str, streams: &Arc<Semaphore>) -> Option<Ow
         return None;
     }
     Some(OwnedFd::from(theirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lone_dial_byte_without_descriptors_dials() {
+        assert_eq!(decide(&[DIAL], false), Decision::Dial);
+        for (received, truncated, why) in [
+            (&[DIAL][..], true, Malformed::Truncated),
+            (&[DIAL, DIAL][..], true, Malformed::Truncated),
+            (&[][..], false, Malformed::Empty),
+            (&[DIAL, 0][..], false, Malformed::TooLong(2)),
+            (&[REFUSED][..], false, Malformed::UnknownByte(REFUSED)),
+        ] {
+            assert_eq!(
+                decide(received, truncated),
+                Decision::Refuse(why),
+                "{received:?}"
+            );
+        }
+    }
 }

@@ -229,7 +229,20 @@ pub struct ProxyConfig {
         deserialize_with = "deserialize_duration_or_off"
     )]
     pub response_header_timeout: Option<Duration>,
+    /// How long a pooled upstream connection may stay idle before it is
+    /// closed ([`UPSTREAM_IDLE_RANGE`]).
+    #[serde(
+        serialize_with = "serialize_duration_or_off",
+        deserialize_with = "deserialize_duration_or_off"
+    )]
+    pub upstream_idle_timeout: Option<Duration>,
 }
+
+/// `proxy.upstream_idle_timeout`'s bounds: below a second the pool
+/// reconnects for nearly every request; past an hour idle connections
+/// hold the daemon's descriptors as if there were no timer.
+pub const UPSTREAM_IDLE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 
 /// File descriptors a full proxy leaves to the rest of the daemon.
 const RESERVED_FILES: u64 = 256;
@@ -280,6 +293,9 @@ impl ProxyConfig {
             response_header_timeout: self
                 .response_header_timeout
                 .unwrap_or(defaults.response_header_timeout),
+            upstream_idle_timeout: self
+                .upstream_idle_timeout
+                .unwrap_or(defaults.upstream_idle_timeout),
         }
     }
 }
@@ -306,6 +322,7 @@ impl Default for ProxyConfig {
             max_connections: 1024,
             connect_timeout: Some(Duration::from_secs(30)),
             response_header_timeout: Some(Duration::from_secs(300)),
+            upstream_idle_timeout: Some(Duration::from_secs(90)),
         }
     }
 }
@@ -747,6 +764,20 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
                     .to_owned(),
             ));
         }
+    }
+    if !config
+        .proxy
+        .upstream_idle_timeout
+        .is_some_and(|d| UPSTREAM_IDLE_RANGE.contains(&d))
+    {
+        return Err((
+            "proxy.upstream_idle_timeout".to_owned(),
+            format!(
+                "expected 1s to 1h such as \"90s\", got \"{}\" (an idle upstream connection \
+                 holds a descriptor until then)",
+                format_duration_or_off(config.proxy.upstream_idle_timeout)
+            ),
+        ));
     }
     if !(1..=MAX_PROXY_CONNECTIONS).contains(&config.proxy.max_connections) {
         return Err((

@@ -14,6 +14,8 @@ pub mod control;
 mod daemon_log;
 mod egress_evidence;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grant_routes;
 pub mod grants;
 pub mod home;

@@ -59,6 +59,10 @@ impl RunnerClaims {
         self.0.insert(name.to_owned(), value);
     }
 
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.0.remove(name);
+    }
+
     /// Checks the shape the canonical form relies on: an object of at most
     /// [`MAX_CLAIMS`] members, names of 1 to [`MAX_NAME_BYTES`] bytes of
     /// `A-Z a-z 0-9 _ . -`, values strings of at most [`MAX_VALUE_BYTES`].

@@ -84,7 +84,12 @@ impl Jwks {
                 bounds.max_bytes
             ));
         }
-        let keys = parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_document(&bytes, bounds).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Keys from a JWKS document read once (a file's contents).
+    pub fn from_document(document: &[u8], bounds: Bounds) -> Result<Self, String> {
+        let keys = parse(document)?;
         Ok(Self::with(Source::File, bounds, Some(keys)))
     }
 
@@ -262,7 +267,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The usable keys of a JWKS document: RSA keys (RS256) and P-256 keys
 /// (ES256) with a `kid`, not marked for encryption. Keys of other kinds,
 /// symmetric (`oct`) keys above all, are skipped.
-fn parse(bytes: &[u8]) -> Result<KeySet, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<KeySet, String> {
     #[derive(serde::Deserialize)]
     struct Doc {
         keys: Vec<serde_json::Value>,

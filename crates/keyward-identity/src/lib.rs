@@ -10,6 +10,8 @@
 mod claims;
 mod config;
 mod failure;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hmac;
 mod jwks;
 mod oidc;

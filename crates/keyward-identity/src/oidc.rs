@@ -278,10 +278,12 @@ pub(crate) fn map_claims(provider: Provider, token: &Map<String, Value>) -> Runn
             claims.insert(name, s.clone());
         }
     }
-    let mut set = |name: &str, value: Option<String>| {
-        if let Some(value) = value {
-            claims.insert(name, value);
-        }
+    // A mapped value keeps the runner-claim bound; past it, the claim is
+    // left out (not replaced by a same-named claim of the token).
+    let mut set = |name: &str, value: Option<String>| match value {
+        Some(value) if value.len() <= MAX_VALUE_BYTES => claims.insert(name, value),
+        Some(_) => claims.remove(name),
+        None => {}
     };
     set("provider", Some(provider.claim().to_owned()));
     match provider {
@@ -355,6 +357,35 @@ mod tests {
             None,
             "registered claims are not runner claims"
         );
+    }
+
+    /// Caught by the `runner_identity` fuzz target's bound check: values
+    /// built by a provider's mapping went past the bound other claims keep.
+    #[test]
+    fn mapped_claims_keep_the_value_bound() {
+        let long = "a".repeat(MAX_VALUE_BYTES + 1);
+        let c = map_claims(
+            Provider::Github,
+            &obj(serde_json::json!({"job_workflow_ref": long, "job": "short"})),
+        );
+        assert_eq!(c.get("job"), None);
+        let c = map_claims(
+            Provider::Gitlab,
+            &obj(serde_json::json!({
+                "project_path": long, "repository": "acme/app", "ref_type": "branch",
+                "ref": "r".repeat(MAX_VALUE_BYTES - 5)
+            })),
+        );
+        assert_eq!((c.get("repository"), c.get("ref")), (None, None));
+        let c = map_claims(
+            Provider::Azure,
+            &obj(serde_json::json!({"sub": format!("sc://acme/app/{long}")})),
+        );
+        assert_eq!(
+            (c.get("repository"), c.get("workflow")),
+            (Some("acme/app"), None)
+        );
+        assert!(c.iter().all(|(_, v)| v.len() <= MAX_VALUE_BYTES));
     }
 
     #[test]

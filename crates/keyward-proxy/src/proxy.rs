@@ -71,6 +71,8 @@ pub struct ProxyOptions {
     /// How long an upstream may take to answer with its response head, and
     /// each further part of its body.
     pub response_header_timeout: Duration,
+    /// How long a pooled upstream connection may stay idle.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -84,6 +86,7 @@ impl Default for ProxyOptions {
             max_connections: 1024,
             connect_timeout: Duration::from_secs(30),
             response_header_timeout: Duration::from_secs(300),
+            upstream_idle_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -154,7 +157,7 @@ impl Proxy {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
             roots.add_parsable_certificates(self.extra_roots.iter().cloned());
-            build_client(roots, self.options.connect_timeout, false)
+            build_client(roots, &self.options, false)
         })
     }
 
@@ -163,7 +166,7 @@ impl Proxy {
     pub(crate) fn h2c_client(&self) -> &UpstreamClient {
         self.h2c_client.get_or_init(|| {
             let roots = rustls::RootCertStore::empty();
-            build_client(roots, self.options.connect_timeout, true)
+            build_client(roots, &self.options, true)
         })
     }
 }

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -12,13 +11,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 
+use crate::ProxyOptions;
 use crate::body::ProxyBody;
 use crate::rules::is_denied_address;
 
 type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// How long a pooled upstream connection may stay idle.
-const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(90);
 
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, ProxyBody>;
 
@@ -27,7 +24,7 @@ pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector<CheckedReso
 /// returned.
 pub(crate) fn build_client(
     roots: rustls::RootCertStore,
-    connect_timeout: Duration,
+    options: &ProxyOptions,
     http2_only: bool,
 ) -> UpstreamClient {
     let tls = rustls::ClientConfig::builder()
@@ -36,7 +33,7 @@ pub(crate) fn build_client(
     let mut http = HttpConnector::new_with_resolver(CheckedResolver);
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(options.connect_timeout));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -47,7 +44,7 @@ pub(crate) fn build_client(
         // Without a timer the pool never closes an idle connection: up to
         // 256 per upstream host would stay open for the daemon's lifetime.
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(UPSTREAM_POOL_IDLE)
+        .pool_idle_timeout(options.upstream_idle_timeout)
         .http2_only(http2_only)
         .build(connector)
 }

@@ -163,7 +163,6 @@ fn another_uid_is_refused() {
 /// the cap are refused with a log line, and served again once some close.
 #[test]
 fn an_admin_socket_flood_is_capped_and_the_owner_stays_served() {
-    use std::os::unix::net::UnixStream;
     let home = TestHome::new();
     std::fs::create_dir_all(&home.path).unwrap();
     std::fs::write(home.file("keyward.toml"), "[admin]\nmax_connections = 8\n").unwrap();
@@ -187,11 +186,9 @@ fn an_admin_socket_flood_is_capped_and_the_owner_stays_served() {
         "{}",
         home.log()
     );
-    // The owner's own pool has a cap too.
-    let held: Vec<UnixStream> = (0..8)
-        .map(|_| UnixStream::connect(home.socket()).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The owner's own pool has a cap too: eight connections the daemon
+    // has admitted fill it.
+    let held = hold_admitted(&home, 8);
     assert_ne!(
         home.run(&["status"]).code,
         0,
@@ -204,6 +201,38 @@ fn an_admin_socket_flood_is_capped_and_the_owner_stays_served() {
         == 0));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `count` admin connections the daemon has admitted and keeps open, each
+/// proven so by an answer on it (HTTP keep-alive). One refused at the cap
+/// (an earlier client's slot can still be on its way back) is replaced,
+/// for up to 30 s.
+fn hold_admitted(home: &TestHome, count: usize) -> Vec<std::os::unix::net::UnixStream> {
+    use std::io::{Read, Write};
+    let mut held = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {count} admin connections were admitted",
+            held.len()
+        );
+        let mut stream = std::os::unix::net::UnixStream::connect(home.socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = [0u8; 12];
+        let admitted = stream
+            .write_all(b"GET /v1/health HTTP/1.1\r\nhost: keyward\r\n\r\n")
+            .and_then(|()| stream.read_exact(&mut answer))
+            .is_ok_and(|()| answer == *b"HTTP/1.1 200");
+        if admitted {
+            held.push(stream);
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    held
 }
 
 #[test]

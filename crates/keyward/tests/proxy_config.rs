@@ -1,8 +1,8 @@
 //! The proxy's settings on a real daemon: grants bound to a port, over TLS
 //! or explicitly in clear, as `grant list` shows them; `[proxy]` bounds
-//! validated like the rest of the config; and a flood of idle connections
+//! validated like the rest of the config; a flood of idle connections
 //! that neither takes the daemon down nor keeps `keyward status` from
-//! answering.
+//! answering; and pooled upstream connections closed once idle.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{TestHome, json};
+use common::{TestHome, json, wait_for};
 
 #[test]
 fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
@@ -104,6 +104,10 @@ fn bad_proxy_bounds_are_exit_64_naming_the_key_and_nothing_starts() {
         ("response_header_timeout", "\"0\"", "above zero"),
         ("max_connections", "0", "expected 1 to 65536"),
         ("max_connections", "100000", "expected 1 to 65536"),
+        ("upstream_idle_timeout", "\"0\"", "expected 1s to 1h"),
+        ("upstream_idle_timeout", "\"500ms\"", "expected 1s to 1h"),
+        ("upstream_idle_timeout", "\"2h\"", "expected 1s to 1h"),
+        ("upstream_idle_timeout", "\"soon\"", "expected a duration"),
     ] {
         std::fs::write(&path, format!("[proxy]\n{key} = {value}\n")).unwrap();
         for args in [&["config", "check"][..], &["daemon", "start"][..]] {
@@ -122,6 +126,86 @@ fn bad_proxy_bounds_are_exit_64_naming_the_key_and_nothing_starts() {
     assert_eq!(proxy["connect_timeout"], "30s");
     assert_eq!(proxy["response_header_timeout"], "5m");
     assert_eq!(proxy["max_connections"], 1024);
+    assert_eq!(proxy["upstream_idle_timeout"], "1m 30s");
+}
+
+/// An HTTPS upstream answering `fine` on HTTP/1.1 keep-alive connections,
+/// which notes in its log (`argv[3]`) each connection it accepts (`open`)
+/// and each one its peer ends (`closed after SECONDS`: how long it sat
+/// idle after its last answer).
+const IDLE_NOTING: &str = r#"
+import http.server, ssl, sys, threading, time
+cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
+lock = threading.Lock()
+def note(line):
+    with lock, open(log, "a") as f:
+        f.write(line + "\n")
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    answered = None
+    def setup(self):
+        super().setup()
+        note("open")
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "4")
+        self.end_headers()
+        self.wfile.write(b"fine")
+        self.wfile.flush()
+        self.answered = time.monotonic()
+    def finish(self):
+        idle = time.monotonic() - self.answered if self.answered else -1
+        super().finish()
+        note("closed after %.3f" % idle)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+srv.daemon_threads = True
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// The proxy keeps an upstream connection for reuse and closes it once it
+/// has been idle for `proxy.upstream_idle_timeout` (here 1 s): the
+/// upstream sees its end, after it sat idle at least that long (a timer
+/// cannot fire early). With the default, 90 s, the wait below fails.
+#[test]
+fn an_idle_upstream_connection_is_closed_after_upstream_idle_timeout() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let (mut upstream, port, ca, log) =
+        common::start_tls_python(home.path.parent().unwrap(), IDLE_NOTING);
+    std::fs::write(
+        home.file("keyward.toml"),
+        format!(
+            "[proxy]\nupstream_ca = [\"{}\"]\nupstream_idle_timeout = \"1s\"\n\n\
+             [grants.local]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{port}\"]\n\
+             inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let set = home.run_stdin(&["secret", "set", "local-token"], "kw-idle-SECRET-5b8e21");
+    assert_eq!(set.code, 0, "{set:?}");
+    let url = format!("https://localhost:{port}/ok");
+    let run = home.run(&["run", "--grant", "local", "--", "curl", "-sS", &url]);
+    assert_eq!(run.stdout, "fine", "{run:?}\n{}", home.log());
+    let noted = || std::fs::read_to_string(&log).unwrap_or_default();
+    let closed = wait_for(Duration::from_secs(30), || noted().contains("closed"));
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    let noted = noted();
+    assert!(closed, "the upstream connection is still open: {noted:?}");
+    assert_eq!(noted.matches("open").count(), 1, "{noted:?}");
+    let idle: f64 = noted
+        .split("closed after ")
+        .nth(1)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{noted:?}"));
+    assert!(idle >= 0.95, "closed {idle}s after its answer: {noted:?}");
 }
 
 #[test]
