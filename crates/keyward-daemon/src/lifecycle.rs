@@ -213,9 +213,23 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     };
     let (proxy_stop_tx, proxy_stop_rx) = oneshot::channel::<()>();
-    let proxy_task = tokio::spawn(proxy.serve(proxy_listener, async {
-        let _ = proxy_stop_rx.await;
-    }));
+    // One worker thread per core serves the proxy's clients; broker streams
+    // and the admin API stay on this runtime.
+    let workers = proxy_listener.into_std().and_then(|listener| {
+        proxy.serve_per_core(listener, async {
+            let _ = proxy_stop_rx.await;
+        })
+    });
+    let proxy_task = match workers {
+        Ok(workers) => tokio::spawn(workers),
+        Err(e) => {
+            pid_lock.release();
+            return Err(DaemonError::Io {
+                what: "cannot start the proxy's workers".to_owned(),
+                source: e,
+            });
+        }
+    };
     let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let listener = AdminListener::new(bound.0, state.daemon_uid, &state);

@@ -11,9 +11,9 @@
 //! - through a base-URL endpoint (plain HTTP in, TLS out),
 //! - through fd-broker streams (plain HTTP over a Unix stream, TLS out).
 //!
-//! keyward runs in this process, on a runtime of its own (two worker
-//! threads, as the daemon has on this machine), with the daemon's
-//! per-request pipeline: the built-in policy, header injection, scrubbing
+//! keyward runs in this process as the daemon runs it: the proxy's clients
+//! served by one worker thread per core (`Proxy::serve_per_core`), broker
+//! streams on a runtime of its own, with the daemon's per-request pipeline: the built-in policy, header injection, scrubbing
 //! and one evidence record per request. Besides throughput and latency,
 //! each line gives the CPU time the middle box spent per request: keyward's
 //! threads (everything but the client's) or the relay's nginx workers, read
@@ -47,7 +47,7 @@ use keyward_testkit::{FixedAuthority, Origin, Reply, bearer_credential};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "bench-token";
 const ROUNDS: usize = 5;
@@ -79,8 +79,6 @@ struct Setup {
     relay: Option<u16>,
     /// The relay's nginx master; its workers are its children.
     relay_master: Option<u32>,
-    /// keyward's runtime, apart from the client's.
-    keyward: tokio::runtime::Handle,
     origin_tls: tokio_rustls::TlsConnector,
     proxied_tls: tokio_rustls::TlsConnector,
     proxy: Arc<Proxy>,
@@ -168,8 +166,8 @@ async fn connect(s: &Setup, way: Way) -> (SendRequest<Empty<Bytes>>, String, Str
         ),
         Way::Broker => {
             let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
-            s.keyward
-                .spawn(s.proxy.clone().serve_broker_stream(ours, TOKEN.to_owned()));
+            // As the daemon hands a dialled stream over: to a core worker.
+            assert!(s.proxy.admit_broker_stream(ours, TOKEN.to_owned(), ()));
             (handshake(theirs).await, "/bench".into(), origin)
         }
     }
@@ -350,19 +348,19 @@ fn main() {
                 .unwrap()
                 .with_sink(Arc::new(EvidenceSink(Arc::new(evidence)))),
         );
+        // As the daemon serves: one worker thread per core.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let proxy_port = listener.local_addr().unwrap().port();
-        let served = proxy.clone();
-        keyward.spawn(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            served.serve(listener, std::future::pending()).await
-        });
+        keyward.spawn(
+            proxy
+                .clone()
+                .serve_per_core(listener, std::future::pending())
+                .unwrap(),
+        );
         let setup = Setup {
             origin,
             relay,
             relay_master,
-            keyward: keyward.clone(),
             origin_tls: client_tls(&origin_ca),
             proxied_tls: client_tls(&dir.path().join("ca/public/ca.pem")),
             proxy,

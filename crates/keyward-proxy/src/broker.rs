@@ -42,9 +42,31 @@ impl Proxy {
             return false;
         };
         let proxy = self.clone();
-        tokio::spawn(async move {
+        let Some(workers) = self.workers.get().filter(|w| !w.is_empty()) else {
+            tokio::spawn(async move {
+                let _held = (slot, hold);
+                proxy.serve_broker_stream(stream, token).await;
+            });
+            return true;
+        };
+        // Served by a core worker, like the proxy's client connections;
+        // the stream moves to that worker's runtime.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("broker stream: {e}");
+                return false;
+            }
+        };
+        let turn = self
+            .next_worker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        workers[turn % workers.len()].spawn(async move {
             let _held = (slot, hold);
-            proxy.serve_broker_stream(stream, token).await;
+            match UnixStream::from_std(stream) {
+                Ok(stream) => proxy.serve_broker_stream(stream, token).await,
+                Err(e) => tracing::warn!("broker stream: {e}"),
+            }
         });
         true
     }

@@ -24,6 +24,14 @@ pub struct Proxy {
     /// Built on first use: loading the system roots is slow, and start-up
     /// should not wait for it.
     client: std::sync::OnceLock<UpstreamClient>,
+    /// One pooled client per core worker ([`Proxy::serve_per_core`]): a
+    /// pooled connection's task then runs on the thread its requests come
+    /// from, with no wake-up across threads per request.
+    worker_clients: Box<[std::sync::OnceLock<UpstreamClient>]>,
+    /// The core workers' runtimes, once they run: broker streams are
+    /// handed to them in turn.
+    pub(crate) workers: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
+    pub(crate) next_worker: std::sync::atomic::AtomicUsize,
     /// For cleartext HTTP/2 clients (h2c, see h2c.rs): HTTP/2 with prior
     /// knowledge, over `http://` only.
     h2c_client: std::sync::OnceLock<UpstreamClient>,
@@ -142,6 +150,11 @@ impl Proxy {
             ca,
             authority,
             client: std::sync::OnceLock::new(),
+            worker_clients: (0..crate::accept::MAX_WORKERS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            workers: std::sync::OnceLock::new(),
+            next_worker: std::sync::atomic::AtomicUsize::new(0),
             h2c_client: std::sync::OnceLock::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
             extra_roots,
@@ -153,7 +166,10 @@ impl Proxy {
     /// The pooled upstream client (system roots plus `proxy.upstream_ca`;
     /// TLS 1.2 or newer, verification always on).
     pub(crate) fn client(&self) -> &UpstreamClient {
-        self.client.get_or_init(|| {
+        let slot = crate::accept::worker()
+            .and_then(|i| self.worker_clients.get(i))
+            .unwrap_or(&self.client);
+        slot.get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
             roots.add_parsable_certificates(self.extra_roots.iter().cloned());

@@ -196,11 +196,13 @@ fn open_fds(pid: u32) -> usize {
 fn ten_thousand_dials_leave_no_descriptor_behind_in_the_daemon() {
     let (home, upstream) = setup("");
     let host = format!("localhost:{}", upstream.port);
-    // Warm the daemon (its pools, its caches) before counting.
+    // Warm the daemon (its pools, its caches) before counting: streams go
+    // to the proxy's core workers in turn, each with its own upstream pool,
+    // so enough dials that every worker (at most 64) has its connection.
     let warm = run_python(
         &home,
         &["local"],
-        &format!("print(get('{host}', '/warm')[:12])"),
+        &format!("for _ in range(64):\n    r = get('{host}', '/warm')\nprint(r[:12])"),
     );
     assert_eq!(warm.code, 0, "{warm:?}");
     let daemon = home.pid_in_file().unwrap();
