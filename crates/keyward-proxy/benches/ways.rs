@@ -27,7 +27,9 @@
 //! forward, base_url, broker, relay) runs only that way at concurrency 64,
 //! N requests per connection (default 400), to profile it (`perf record
 //! -g`, or `valgrind --tool=callgrind --separate-threads=yes` for
-//! instructions per request and thread).
+//! instructions per request and thread). `KEYWARD_BENCH_RUNTIME=shared`
+//! serves keyward's listener on one work-stealing runtime instead of one
+//! worker per core, for comparison.
 //!
 //! Run: `bash bench/proxy.sh`.
 
@@ -348,15 +350,26 @@ fn main() {
                 .unwrap()
                 .with_sink(Arc::new(EvidenceSink(Arc::new(evidence)))),
         );
-        // As the daemon serves: one worker thread per core.
+        // As the daemon serves: one worker thread per core; or, with
+        // KEYWARD_BENCH_RUNTIME=shared, on one work-stealing runtime (how
+        // the daemon served before 2026-12-03), for comparison.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy_port = listener.local_addr().unwrap().port();
-        keyward.spawn(
-            proxy
-                .clone()
-                .serve_per_core(listener, std::future::pending())
-                .unwrap(),
-        );
+        if std::env::var("KEYWARD_BENCH_RUNTIME").as_deref() == Ok("shared") {
+            listener.set_nonblocking(true).unwrap();
+            let served = proxy.clone();
+            keyward.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                served.serve(listener, std::future::pending()).await
+            });
+        } else {
+            keyward.spawn(
+                proxy
+                    .clone()
+                    .serve_per_core(listener, std::future::pending())
+                    .unwrap(),
+            );
+        }
         let setup = Setup {
             origin,
             relay,
