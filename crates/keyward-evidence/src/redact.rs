@@ -244,7 +244,17 @@ pub fn redact_known(value: &mut Value, known: &[&str]) -> usize {
 /// one pass over each string however many there are: the daemon redacts
 /// every record against the values of all live runs.
 pub struct KnownSecrets {
-    matcher: Option<AhoCorasick>,
+    matcher: Matcher,
+}
+
+enum Matcher {
+    /// No value long enough.
+    Nothing,
+    /// Every value in one pass.
+    Automaton(AhoCorasick),
+    /// Each value in turn, should the automaton not build (a set too large
+    /// for it): slower, never less redacted.
+    OneByOne(Vec<String>),
 }
 
 impl KnownSecrets {
@@ -254,53 +264,87 @@ impl KnownSecrets {
             .into_iter()
             .filter(|v| v.len() >= MIN_KNOWN_LEN)
             .collect();
-        let matcher = (!values.is_empty())
-            .then(|| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&values)
-                    .ok()
-            })
-            .flatten();
+        let matcher = if values.is_empty() {
+            Matcher::Nothing
+        } else {
+            match AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&values)
+            {
+                Ok(automaton) => Matcher::Automaton(automaton),
+                Err(_) => Matcher::OneByOne(values.iter().map(|v| (*v).to_owned()).collect()),
+            }
+        };
         Self { matcher }
     }
 
     /// [`redact_known`] with these values.
     pub fn redact(&self, value: &mut Value) -> usize {
-        let Some(matcher) = &self.matcher else {
-            return 0;
-        };
-        redact_with(matcher, value)
+        match &self.matcher {
+            Matcher::Nothing => 0,
+            _ => redact_strings(value, &|s| self.matcher.replace(s)),
+        }
+    }
+}
+
+impl Matcher {
+    /// `s` with every known value replaced, if it holds one.
+    fn replace(&self, s: &str) -> Option<String> {
+        match self {
+            Matcher::Nothing => None,
+            Matcher::Automaton(automaton) => {
+                if !automaton.is_match(s) {
+                    return None;
+                }
+                let mut out = String::with_capacity(s.len());
+                automaton.replace_all_with(s, &mut out, |_, _, out| {
+                    out.push_str(REDACTED);
+                    true
+                });
+                Some(out)
+            }
+            Matcher::OneByOne(values) => {
+                let mut out: Option<String> = None;
+                for v in values {
+                    let current = out.as_deref().unwrap_or(s);
+                    if current.contains(v.as_str()) {
+                        out = Some(current.replace(v.as_str(), REDACTED));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Matcher::Nothing => 0,
+            Matcher::Automaton(automaton) => automaton.patterns_len(),
+            Matcher::OneByOne(values) => values.len(),
+        }
     }
 }
 
 impl std::fmt::Debug for KnownSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KnownSecrets")
-            .field(
-                "values",
-                &self.matcher.as_ref().map_or(0, AhoCorasick::patterns_len),
-            )
+            .field("values", &self.matcher.len())
             .finish()
     }
 }
 
-fn redact_with(matcher: &AhoCorasick, value: &mut Value) -> usize {
+/// Replaces each string of `value` that `replace` changes; how many did.
+fn redact_strings(value: &mut Value, replace: &dyn Fn(&str) -> Option<String>) -> usize {
     match value {
-        Value::String(s) => {
-            if !matcher.is_match(s.as_str()) {
-                return 0;
+        Value::String(s) => match replace(s) {
+            Some(out) => {
+                *s = out;
+                1
             }
-            let mut out = String::with_capacity(s.len());
-            matcher.replace_all_with(s, &mut out, |_, _, out| {
-                out.push_str(REDACTED);
-                true
-            });
-            *s = out;
-            1
-        }
-        Value::Array(items) => items.iter_mut().map(|v| redact_with(matcher, v)).sum(),
-        Value::Object(map) => map.values_mut().map(|v| redact_with(matcher, v)).sum(),
+            None => 0,
+        },
+        Value::Array(items) => items.iter_mut().map(|v| redact_strings(v, replace)).sum(),
+        Value::Object(map) => map.values_mut().map(|v| redact_strings(v, replace)).sum(),
         _ => 0,
     }
 }
@@ -308,6 +352,27 @@ fn redact_with(matcher: &AhoCorasick, value: &mut Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ways of searching redact the same: the one-pass automaton and
+    /// the fallback used when it cannot be built.
+    #[test]
+    fn the_fallback_redacts_what_the_automaton_does() {
+        let values = [
+            "s3cr3t-one-0123",
+            "s3cr3t-one-0123-longer",
+            "other-value-77",
+        ];
+        let text = "a s3cr3t-one-0123-longer b other-value-77 s3cr3t-one-0123 c";
+        let fallback = Matcher::OneByOne(values.iter().map(|v| (*v).to_owned()).collect());
+        let automaton = KnownSecrets::new(values);
+        assert!(matches!(automaton.matcher, Matcher::Automaton(_)));
+        for matcher in [&automaton.matcher, &fallback] {
+            let out = matcher.replace(text).unwrap();
+            assert!(values.iter().all(|v| !out.contains(v)), "{out}");
+            assert!(out.starts_with("a [REDACTED]"), "{out}");
+        }
+        assert_eq!(fallback.replace("nothing known"), None);
+    }
     use serde_json::json;
 
     #[test]

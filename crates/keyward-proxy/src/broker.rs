@@ -103,16 +103,10 @@ impl Proxy {
             // Streams are plain HTTP/1.1 exchanges: a switch of protocols
             // (WebSocket) is not joined here, so it is refused before
             // anything goes upstream.
-            let target = Target::none();
-            let event = self.event(
+            return self.refuse_broker(
                 run,
-                Via::Broker,
-                req.method().as_str(),
-                &target,
-                req.uri().path(),
-            );
-            return self.refuse(
-                event,
+                &req,
+                &Target::none(),
                 Refusal::child(
                     StatusCode::NOT_IMPLEMENTED,
                     "broker.upgrade_unsupported",
@@ -175,15 +169,10 @@ impl Proxy {
             .flatten()
             .any(|h| h.matches(&target.host, target.port, true));
         if !granted {
-            let event = self.event(
+            return self.refuse_broker(
                 run,
-                Via::Broker,
-                req.method().as_str(),
+                &req,
                 &target,
-                req.uri().path(),
-            );
-            return self.refuse(
-                event,
                 Refusal::child(
                     StatusCode::FORBIDDEN,
                     "broker.host_not_granted",
@@ -195,5 +184,23 @@ impl Proxy {
             );
         }
         self.forward(run, &target, Via::Broker, req).await
+    }
+
+    /// A broker request refused before the pipeline, with its one record.
+    fn refuse_broker(
+        &self,
+        run: &RunContext,
+        req: &Request<Incoming>,
+        target: &Target,
+        refusal: Refusal,
+    ) -> Response<ProxyBody> {
+        let event = self.event(
+            run,
+            Via::Broker,
+            req.method().as_str(),
+            target,
+            req.uri().path(),
+        );
+        self.refuse(event, refusal)
     }
 }
