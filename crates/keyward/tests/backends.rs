@@ -317,17 +317,7 @@ impl Bao {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        } else {
-            drop(child.stdin.take());
-        }
+        common::feed_stdin(&mut child, stdin.unwrap_or_default().as_bytes());
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -55,12 +55,7 @@ fn nc(socket: &Path, request: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("nc (netcat-openbsd) is installed; .ci/run installs it");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{request}\n").as_bytes())
-        .unwrap();
+    common::feed_stdin(&mut child, format!("{request}\n").as_bytes());
     // nc keeps its stdin closed and waits for the daemon to close.
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "nc failed: {out:?}");
@@ -103,12 +98,7 @@ fn answer_of(mut cmd: Command, request: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
+    common::feed_stdin(&mut child, request.as_bytes());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap()

@@ -690,12 +690,7 @@ fn run_against(home: &TestHome, mut cmd: Command, input: &str) -> common::Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    common::feed_stdin(&mut child, input.as_bytes());
     common::Run::from(child.wait_with_output().unwrap())
 }
 

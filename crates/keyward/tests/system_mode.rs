@@ -228,8 +228,7 @@ fn a_system_daemon_serves_named_users_who_cannot_read_its_files() {
         .stderr(Stdio::piped())
         .spawn()
         .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(SECRET.as_bytes())?;
+            common::feed_stdin(&mut c, SECRET.as_bytes());
             c.wait_with_output()
         })
         .unwrap();

@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
+/// Writes `input` to a piped child's stdin and closes it. A child may refuse
+/// its arguments and exit before reading anything (`secret set "Bad Name"`):
+/// the pipe is then broken, which is the child's answer, not a test failure;
+/// the caller judges the child by its exit status and output.
+pub fn feed_stdin(child: &mut std::process::Child, input: &[u8]) {
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    match stdin.write_all(input) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => panic!("writing the child's stdin: {e}"),
+    }
+}
+
 pub struct TestHome {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
@@ -77,12 +90,7 @@ impl TestHome {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        feed_stdin(&mut child, input.as_bytes());
         child
     }
 
