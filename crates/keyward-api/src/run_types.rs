@@ -72,6 +72,11 @@ pub struct CreateRunRequest {
     /// `require_runner` need them).
     #[serde(default, skip_serializing_if = "crate::RunnerAuth::is_empty")]
     pub runner_auth: crate::RunnerAuth,
+    /// The run's private TMPDIR (`keyward run --sandbox`), which the daemon
+    /// removes when the run ends, whatever happened to `keyward run`. Only
+    /// a directory the daemon's sandbox planning makes is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_tmp: Option<String>,
 }
 
 /// `POST /v1/runs/{id}/broker`: the daemon's end of the run's broker goes

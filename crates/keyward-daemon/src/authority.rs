@@ -4,7 +4,7 @@
 //! It holds the handles it needs (the registry, the config, the resolver),
 //! not the daemon's state, so nothing points back at what owns it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,8 +15,8 @@ use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 use keyward_vault::{KnownValues, ResolveError, Resolver};
 
 use crate::config::LoadedConfig;
-use crate::grants::Grant;
-use crate::runs::{Registry, RunRecord};
+use crate::frozen::{Frozen, FrozenError};
+use crate::runs::{FrozenAuthority, Registry, RunRecord};
 use crate::server::Activity;
 
 /// What the authority reads, shared with the daemon's state: the config
@@ -28,6 +28,8 @@ pub(crate) struct Live {
     pub config: Arc<RwLock<Arc<LoadedConfig>>>,
     pub resolver: Arc<RwLock<Arc<Resolver>>>,
     pub vault_values: KnownValues,
+    /// Where runs' policy texts are kept (`<home>/policies`).
+    pub policy_store: std::path::PathBuf,
 }
 
 impl Live {
@@ -46,14 +48,6 @@ impl Live {
     }
 }
 
-/// A run's authority as it was when the run was created: its grants (with
-/// their hosts, injection and secret reference) and its policy. A reload
-/// can narrow it (a grant removed, a host dropped) but never widen it.
-struct Frozen {
-    grants: BTreeMap<String, Grant>,
-    policy: Arc<Policy>,
-}
-
 /// Resolved credentials per run, built on first use and dropped (zeroized)
 /// when the run goes.
 pub(crate) struct Authority {
@@ -63,7 +57,8 @@ pub(crate) struct Authority {
     /// `cmd:` and `openbao:` secrets reach running runs, and at once after
     /// any vault change (set, rm, rollback, seal, unseal).
     contexts: Mutex<HashMap<String, CachedContext>>,
-    /// run id -> what the run was created with.
+    /// run id -> what the run was created with: runs this daemon created,
+    /// or whose sealed record it checked. A run not here gets nothing.
     frozen: Mutex<HashMap<String, Arc<Frozen>>>,
     /// The secret values of the cached contexts and the vault as one
     /// matcher (every record is redacted against them), with the vault
@@ -94,34 +89,48 @@ impl Authority {
         self.frozen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What `run` was created with; frozen now from the current config if
-    /// it has not been yet (a run created before this daemon started).
-    fn frozen_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Frozen> {
-        if let Some(frozen) = self.frozen_map().get(&run.id) {
-            return frozen.clone();
-        }
-        let frozen = Arc::new(Frozen {
-            grants: run
-                .grants
-                .iter()
-                .filter_map(|name| Some((name.clone(), config.grants.get(name)?.clone())))
-                .collect(),
-            policy: match &run.policy {
-                Some(path) => compile_run_policy(run, path),
-                None => config.policy.clone(),
-            },
-        });
-        self.frozen_map()
-            .entry(run.id.clone())
-            .or_insert(frozen)
-            .clone()
+    /// Freezes a new run's authority from the current config (its
+    /// policy's text kept in the policy store): what `adopt` then holds.
+    pub(crate) fn freeze(
+        &self,
+        grants: &[String],
+        policy: Option<&str>,
+    ) -> Result<(FrozenAuthority, Arc<Frozen>), FrozenError> {
+        crate::frozen::freeze(&self.live.config(), grants, policy, &self.live.policy_store)
+    }
+
+    /// Holds a run's authority: one this daemon froze, or one restored from
+    /// a record whose seal was checked.
+    pub(crate) fn adopt(&self, run_id: &str, frozen: Arc<Frozen>) {
+        self.frozen_map().insert(run_id.to_owned(), frozen);
+    }
+
+    /// Rebuilds a restored run's authority from its checked record.
+    pub(crate) fn restore(&self, run: &RunRecord) -> Result<(), FrozenError> {
+        let frozen = crate::frozen::restore(run, &self.live.policy_store)?;
+        self.adopt(&run.id, frozen);
+        Ok(())
+    }
+
+    /// Whether `run_id`'s authority is held (created here, or checked).
+    pub(crate) fn trusts(&self, run_id: &str) -> bool {
+        self.frozen_map().contains_key(run_id)
+    }
+
+    /// The runs whose authority is held.
+    pub(crate) fn trusted(&self) -> Vec<String> {
+        self.frozen_map().keys().cloned().collect()
     }
 
     /// The policy deciding for `run`: the one it was created with (its own
-    /// file or the configured policy), compiled once and kept for the
-    /// run's life; a reload does not change it.
-    pub(crate) fn policy_for(&self, config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
-        self.frozen_for(config, run).policy.clone()
+    /// file or the configured policy), kept for the run's life; a reload
+    /// does not change it. A run whose record is not checked yet is
+    /// decided by a policy that blocks everything.
+    pub(crate) fn policy_for(&self, _config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
+        match self.frozen_map().get(&run.id) {
+            Some(frozen) => frozen.policy.clone(),
+            None => unverified_policy(),
+        }
     }
 
     fn contexts(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedContext>> {
@@ -184,7 +193,19 @@ impl Authority {
     pub(crate) async fn build(&self, run: &RunRecord) -> (RunContext, Vec<(String, ResolveError)>) {
         let config = self.live.config();
         let resolver = self.live.resolver();
-        let frozen = self.frozen_for(&config, run);
+        let Some(frozen) = self.frozen_map().get(&run.id).cloned() else {
+            // Restored, and its record not checked yet (the vault is
+            // sealed): nothing gets through until it is.
+            let ctx = RunContext::new(
+                run.id.clone(),
+                keyward_api::Network::Strict,
+                Vec::new(),
+                Vec::new(),
+            )
+            .with_policy(unverified_policy());
+            let failure = ResolveError::Sealed;
+            return (ctx, vec![("*".to_owned(), failure)]);
+        };
         let mut credentials = Vec::new();
         let mut withheld = Vec::new();
         let mut failures = Vec::new();
@@ -249,26 +270,21 @@ impl Authority {
     }
 }
 
-/// Compiles a run's own policy file. One that no longer loads fails
-/// closed: every request is blocked, with the reason in the log and in the
-/// block message.
-fn compile_run_policy(run: &RunRecord, path: &str) -> Arc<Policy> {
-    match Policy::from_file(std::path::Path::new(path)) {
-        Ok(policy) => Arc::new(policy),
-        Err(e) => {
-            tracing::error!(
-                run = run.id,
-                "the run's policy no longer loads, so its requests are blocked: {e}"
-            );
-            let closed = "[policy]\nid = \"run-policy-invalid\"\ndefault = \"block\"\n\
-                          default_rule_id = \"run.policy.invalid\"\n\
-                          default_reason = \"the run's policy file no longer loads; see the daemon log\"\n";
+/// What decides for a restored run whose sealed record has not been
+/// checked yet (the vault is sealed): every request is blocked.
+fn unverified_policy() -> Arc<Policy> {
+    static POLICY: std::sync::OnceLock<Arc<Policy>> = std::sync::OnceLock::new();
+    POLICY
+        .get_or_init(|| {
+            let closed = "[policy]\nid = \"run-unverified\"\ndefault = \"block\"\n\
+                          default_rule_id = \"run.unverified\"\n\
+                          default_reason = \"the run was restored after a daemon restart and its record is checked once the vault is unsealed (keyward vault unseal)\"\n";
             Arc::new(
                 Policy::from_toml(closed, "fail-closed policy")
                     .expect("the fail-closed policy compiles"),
             )
-        }
-    }
+        })
+        .clone()
 }
 
 impl RunAuthority for Authority {

@@ -555,6 +555,9 @@ pub struct LoadedConfig {
     pub grants: BTreeMap<String, Grant>,
     /// The compiled policy (`policy.files`, or the built-in pack).
     pub policy: Arc<Policy>,
+    /// The text `policy` was compiled from: a run keeps it, so its policy
+    /// stays the one it was created under.
+    pub policy_sources: Arc<Vec<keyward_policy::PolicySource>>,
     /// The runner-auth verifiers built from `[auth]` (keys read, JWKS
     /// cache empty until first use).
     pub identity: Arc<keyward_identity::Identity>,
@@ -602,9 +605,11 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !source.explicit => {
             let config = Config::default();
+            let (policy, policy_sources) = compile_policy(&config, &source.path)?;
             return Ok(LoadedConfig {
                 grants: effective_grants(&config, &source.path)?,
-                policy: compile_policy(&config, &source.path)?,
+                policy,
+                policy_sources,
                 identity: build_identity(&config, &source.path)?,
                 config,
                 source: source.clone(),
@@ -633,9 +638,11 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
         }
         config.compat.resolve_relative(dir);
     }
+    let (policy, policy_sources) = compile_policy(&config, &source.path)?;
     Ok(LoadedConfig {
         grants: effective_grants(&config, &source.path)?,
-        policy: compile_policy(&config, &source.path)?,
+        policy,
+        policy_sources,
         identity: build_identity(&config, &source.path)?,
         config,
         source: source.clone(),
@@ -653,17 +660,23 @@ fn effective_grants(config: &Config, path: &Path) -> Result<BTreeMap<String, Gra
         })
 }
 
-fn compile_policy(config: &Config, path: &Path) -> Result<Arc<Policy>, ConfigError> {
+/// The compiled policy and the text it was compiled from.
+type CompiledPolicy = (Arc<Policy>, Arc<Vec<keyward_policy::PolicySource>>);
+
+fn compile_policy(config: &Config, path: &Path) -> Result<CompiledPolicy, ConfigError> {
     if config.policy.files.is_empty() {
-        return Ok(Arc::new(keyward_policy::baseline()));
+        return Ok((
+            Arc::new(keyward_policy::baseline()),
+            Arc::new(vec![keyward_policy::PolicySource::baseline()]),
+        ));
     }
-    Policy::from_files(&config.policy.files)
-        .map(|policy| {
+    Policy::from_files_with_sources(&config.policy.files)
+        .map(|(policy, sources)| {
             // What a CAVRA policy holds that keyward cannot express.
             for warning in policy.warnings() {
                 tracing::warn!("policy.files: {warning}");
             }
-            Arc::new(policy)
+            (Arc::new(policy), Arc::new(sources))
         })
         .map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),

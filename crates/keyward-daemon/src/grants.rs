@@ -124,6 +124,52 @@ pub struct Grant {
     pub require_runner: BTreeMap<String, String>,
 }
 
+impl Grant {
+    /// The grant as one explicit config table (no preset, every field
+    /// set): what a run keeps of it, so the grant can be rebuilt exactly
+    /// after the config changed.
+    pub fn frozen(&self) -> GrantConfig {
+        let inject = match &self.inject {
+            Injection::Header { name, format } => InjectConfig {
+                header: Some(name.clone()),
+                format: Some(format.clone()),
+                ..Default::default()
+            },
+            Injection::Basic { username } => InjectConfig {
+                basic: Some(BasicConfig {
+                    username: username.clone(),
+                }),
+                ..Default::default()
+            },
+            Injection::Query { param } => InjectConfig {
+                query: Some(param.clone()),
+                ..Default::default()
+            },
+        };
+        GrantConfig {
+            preset: None,
+            secret: Some(self.secret.to_string()),
+            hosts: Some(self.hosts.iter().map(ToString::to_string).collect()),
+            inject: Some(inject),
+            placeholder_env: self.placeholder_env.clone(),
+            plaintext: Some(self.plaintext),
+            substitute_body: Some(self.substitute_body),
+            base_url_env: self.base_url.as_ref().map(|(var, _)| var.clone()),
+            base_url_path: self
+                .base_url
+                .as_ref()
+                .map(|(_, path)| path.clone())
+                .filter(|p| !p.is_empty()),
+            require_runner: Some(self.require_runner.clone()),
+        }
+    }
+
+    /// Rebuilds a grant from what [`Grant::frozen`] made.
+    pub fn thaw(name: &str, table: &GrantConfig) -> Result<Self, GrantError> {
+        build(name, table, None, GrantSource::Config)
+    }
+}
+
 /// The built-in presets, as config tables.
 pub fn presets() -> BTreeMap<&'static str, GrantConfig> {
     let header = |name: &str, format: &str| InjectConfig {
@@ -419,6 +465,43 @@ mod tests {
 
     fn table(text: &str) -> BTreeMap<String, GrantConfig> {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_frozen_grant_thaws_to_the_same_grant() {
+        let configured = table(
+            r#"
+            [custom]
+            secret = "cmd:/bin/echo 'a b'"
+            hosts = ["api.example.com:8443", "*.example.org"]
+            inject = { basic = { username = "me" } }
+            plaintext = true
+            base_url_env = "CUSTOM_URL"
+            base_url_path = "/v1"
+            require_runner = { repository = "acme/*" }
+            [q]
+            secret = "env:Q"
+            hosts = ["q.example.com"]
+            inject = { query = "key" }
+            "#,
+        );
+        for grant in effective(&configured).unwrap().values() {
+            let thawed = Grant::thaw(&grant.name, &grant.frozen()).unwrap();
+            assert_eq!(thawed.frozen(), grant.frozen(), "{}", grant.name);
+            assert_eq!(
+                (
+                    &thawed.secret,
+                    &thawed.hosts,
+                    &thawed.inject,
+                    thawed.plaintext
+                ),
+                (&grant.secret, &grant.hosts, &grant.inject, grant.plaintext),
+                "{}",
+                grant.name
+            );
+            assert_eq!(thawed.base_url, grant.base_url);
+            assert_eq!(thawed.require_runner, grant.require_runner);
+        }
     }
 
     #[test]

@@ -143,6 +143,17 @@ impl Home {
         self.root.join("runs.json")
     }
 
+    /// The policy texts live runs were created under, by SHA-256.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.root.join("policies")
+    }
+
+    /// The key run records are sealed with while no vault exists (a vault,
+    /// once made, gives the key instead and this file is removed).
+    pub fn runs_key_path(&self) -> PathBuf {
+        self.root.join("runs.key")
+    }
+
     /// The proxy port picked on first start, bound again later.
     pub fn proxy_port_path(&self) -> PathBuf {
         self.root.join("proxy.port")

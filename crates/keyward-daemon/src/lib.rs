@@ -14,6 +14,7 @@ pub mod control;
 mod daemon_log;
 mod egress_evidence;
 mod error;
+mod frozen;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grant_routes;
@@ -23,8 +24,10 @@ mod lifecycle;
 mod notify;
 pub mod pidfile;
 mod policy_routes;
+mod run_cgroup;
 mod run_routes;
 mod run_tasks;
+mod run_trust;
 mod runner_auth;
 pub mod runs;
 pub mod sandbox;

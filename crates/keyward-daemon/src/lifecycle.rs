@@ -171,7 +171,22 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         config: config.clone(),
         resolver: resolver.clone(),
         vault_values,
+        policy_store: home.policies_dir(),
     }));
+    let cgroups = match crate::run_cgroup::RunCgroups::detect(home.root()) {
+        Ok(cgroups) => {
+            let cgroups = Arc::new(cgroups);
+            runs.use_cgroups(cgroups.clone());
+            Some(cgroups)
+        }
+        Err(why) => {
+            tracing::warn!(
+                "runs are tracked by process ancestry only (no cgroup per run: {why}); \
+                 a run's leftovers are ended by its `keyward run`, not by the daemon"
+            );
+            None
+        }
+    };
     let state = Arc::new(AppState {
         started_at: SystemTime::now(),
         started: Instant::now(),
@@ -193,7 +208,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         brokers: RunTasks::default(),
         exit_watchers: RunTasks::default(),
         require_runner_auth: opts.require_runner_auth,
+        home: home.clone(),
+        cgroups,
     });
+    // Restored runs: each record checked against its seal (or left waiting
+    // for the vault's unseal), those whose process is gone ended, and the
+    // processes of runs that no longer exist ended.
+    crate::run_trust::settle(&state).await;
+    run_routes::reap(&state);
+    crate::run_trust::sweep(&state);
+    crate::frozen::prune(&home.policies_dir(), &state.runs.list());
     if let Err(e) = state.publish_bundle() {
         tracing::error!("cannot publish the CA trust bundle for other users: {e}");
     }
@@ -286,6 +310,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             _ = reap_check.tick() => {
                 log_rotation.check(current.config.daemon.log_max_bytes);
                 run_routes::reap(&state);
+                crate::run_trust::sweep(&state);
                 // Live runs keep the daemon from idling out.
                 if !state.runs.is_empty() {
                     activity.touch();

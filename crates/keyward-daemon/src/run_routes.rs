@@ -28,26 +28,53 @@ impl From<RunsError> for ApiError {
 }
 
 /// What a run holds besides its record: its resolved credentials, its fd
-/// broker, the watcher of its process.
-fn release(state: &AppState, id: &str) {
-    state.authority.forget(id);
-    state.brokers.end(id);
-    state.exit_watchers.end(id);
+/// broker, the watcher of its process; and what it leaves on the machine:
+/// the processes in its cgroup and its private TMPDIR, ended and removed
+/// here whatever happened to its `keyward run`.
+pub(crate) fn release(state: &AppState, run: &RunRecord) {
+    state.authority.forget(&run.id);
+    state.brokers.end(&run.id);
+    state.exit_watchers.end(&run.id);
+    let cgroups = state.cgroups.clone();
+    let run = run.clone();
+    // Off the async workers: ending a cgroup waits for its processes to go.
+    tokio::task::spawn_blocking(move || end_leftovers(cgroups.as_deref(), &run));
+}
+
+/// Ends what a run left: the processes in its cgroup (its `keyward run`
+/// spared, moved back where it came from) and its private TMPDIR.
+fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecord) {
+    if let (Some(cgroups), Some(cgroup)) = (cgroups, &run.cgroup) {
+        let spare = run.pid.zip(run.cgroup_origin.as_deref());
+        let ended = cgroups.end(cgroup, spare);
+        if ended > 0 {
+            tracing::info!(
+                run = run.id,
+                processes = ended,
+                "ended the processes the run left"
+            );
+        }
+    }
+    if let Some(dir) = run.private_tmp.as_deref().map(std::path::Path::new)
+        && crate::sandbox::is_private_tmp(dir)
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Removes runs whose process exited, revoking their tokens.
 pub(crate) fn reap(state: &AppState) {
     match state.runs.reap() {
         Ok(ended) => {
-            for id in ended {
-                release(state, &id);
+            for run in ended {
+                release(state, &run);
                 tracing::info!(
-                    run = id,
+                    run = run.id,
                     "run ended: its process exited; its token is revoked"
                 );
                 state.evidence.record(
                     Kind::Run,
-                    Some(id.clone()),
+                    Some(run.id.clone()),
                     json!({"event": "run_ended", "why": "process exited"}),
                 );
             }
@@ -202,15 +229,53 @@ pub(crate) async fn create(
     }
     let claims = runner.verified.map(|v| v.claims);
     runner_auth::check_grant_requirements(&state.config().grants, &req.grants, claims.as_ref())?;
-    let (mut run, token) = state.runs.create(&req, &vars, peer.uid)?;
+    if let Some(dir) = &req.private_tmp
+        && !crate::sandbox::is_private_tmp(std::path::Path::new(dir))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("private_tmp: {dir:?} is not a private temporary directory keyward made"),
+        ));
+    }
+    // Frozen now, with its record: a later config (edited by anyone, then
+    // a restart) cannot widen what this run may use.
+    let (authority, frozen) = state
+        .authority
+        .freeze(&req.grants, req.policy.as_deref())
+        .map_err(|e| match e {
+            crate::frozen::FrozenError::Policy(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_policy", e.to_string())
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string()),
+        })?;
+    crate::run_trust::ensure_key(&state).await;
+    let (mut run, token) = state.runs.create(&req, &vars, peer.uid, authority)?;
+    state.authority.adopt(&run.id, frozen);
     if let Some(claims) = claims {
         run = state.runs.bind_runner(&run.id, claims)?.unwrap_or(run);
+    }
+    if let (Some(cgroups), Some(pid)) = (&state.cgroups, run.pid) {
+        match cgroups.adopt(&run.id, pid) {
+            Ok((cgroup, origin)) => {
+                run = state
+                    .runs
+                    .set_cgroup(&run.id, cgroup, origin)?
+                    .unwrap_or(run);
+            }
+            Err(e) => tracing::warn!(
+                run = run.id,
+                "the run's processes are tracked by ancestry only: {e}"
+            ),
+        }
     }
     // Resolve now so a sealed vault or a missing secret fails here, loudly,
     // not at the child's first request.
     let (ctx, failures) = state.authority.build(&run).await;
     if !failures.is_empty() {
-        let _ = state.runs.remove(&run.id);
+        if let Ok(Some(run)) = state.runs.remove(&run.id) {
+            release(&state, &run);
+        }
         if failures.iter().any(|(_, e)| *e == ResolveError::Sealed) {
             return Err(ApiError::new(
                 StatusCode::LOCKED,
@@ -238,8 +303,9 @@ pub(crate) async fn create(
         .await
     {
         tracing::error!("evidence log: {e}");
-        let _ = state.runs.remove(&run.id);
-        release(&state, &run.id);
+        if let Ok(Some(run)) = state.runs.remove(&run.id) {
+            release(&state, &run);
+        }
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "evidence_unavailable",
@@ -448,8 +514,9 @@ pub(crate) async fn remove(
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
     let run = visible_run(&state, &peer, &id)?;
-    state.runs.remove(&id)?;
-    release(&state, &id);
+    if let Some(removed) = state.runs.remove(&id)? {
+        release(&state, &removed);
+    }
     tracing::info!(run = id, "run removed");
     state
         .audit(Kind::Run, Some(&id), json!({"event": "run_removed"}))

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod journal;
+mod seal;
 
 use journal::Change;
+pub use seal::RunKey;
 
 /// Where a process stands with respect to runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +73,45 @@ pub struct RunRecord {
     /// The CI runner identity verified when the run was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<keyward_identity::RunnerClaims>,
+    /// What the run may use, as resolved when it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<FrozenAuthority>,
+    /// The cgroup (v2) holding the run's processes, relative to the
+    /// cgroup2 mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The cgroup the run's `keyward run` came from, where it goes back
+    /// when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_origin: Option<String>,
+    /// The run's private TMPDIR, removed when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_tmp: Option<String>,
+    /// Hex HMAC-SHA256 over what gives the run authority (see `seal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+/// A run's authority as it was created: each grant as one explicit config
+/// table, and the SHA-256 of each text its policy was compiled from (the
+/// texts are kept in the home's `policies/`, by digest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrozenAuthority {
+    /// Grant name -> the grant as it was.
+    pub grants: BTreeMap<String, crate::grants::GrantConfig>,
+    /// Hex SHA-256 of each policy source, in order.
+    pub policy: Vec<String>,
+}
+
+/// What the check of a run record found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealCheck {
+    /// Authentic.
+    Valid,
+    /// Edited, forged, or never sealed.
+    Invalid,
+    /// No key yet (the vault is sealed): cannot tell.
+    Unknown,
 }
 
 impl RunRecord {
@@ -138,6 +179,10 @@ pub struct Registry {
     /// One sync (or fold) at a time: callers arriving meanwhile wait and
     /// mostly find their line synced by it (group commit).
     syncing: Mutex<()>,
+    /// The key records are sealed with, once the vault gave it.
+    key: std::sync::RwLock<Option<RunKey>>,
+    /// The runs' cgroups, where the kernel lets the daemon make them.
+    cgroups: std::sync::OnceLock<std::sync::Arc<crate::run_cgroup::RunCgroups>>,
 }
 
 #[derive(Debug)]
@@ -202,6 +247,8 @@ impl Registry {
             appended: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             syncing: Mutex::new(()),
+            key: std::sync::RwLock::new(None),
+            cgroups: std::sync::OnceLock::new(),
         })
     }
 
@@ -282,6 +329,61 @@ impl Registry {
         Ok(())
     }
 
+    fn key(&self) -> std::sync::RwLockReadGuard<'_, Option<RunKey>> {
+        self.key.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether records can be sealed and checked.
+    pub fn has_key(&self) -> bool {
+        self.key().is_some()
+    }
+
+    /// Sets the key records are sealed with. Returns whether it changed.
+    pub fn set_key(&self, key: RunKey) -> bool {
+        let mut current = self.key.write().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|k| k.as_slice() == key.as_slice())
+        {
+            return false;
+        }
+        *current = Some(key);
+        true
+    }
+
+    /// Seals a record with the current key (left unsealed without one).
+    fn sealed(&self, mut run: RunRecord) -> RunRecord {
+        run.seal = self.key().as_ref().map(|key| seal::seal(key, &run));
+        run
+    }
+
+    /// Checks a run's record against the key.
+    pub fn check(&self, run: &RunRecord) -> SealCheck {
+        match self.key().as_ref() {
+            None => SealCheck::Unknown,
+            Some(key) if seal::verify(key, run) => SealCheck::Valid,
+            Some(_) => SealCheck::Invalid,
+        }
+    }
+
+    /// Seals again, with the current key, the runs this daemon trusts
+    /// (`trusted`): those it created, or whose record it checked.
+    pub fn reseal(&self, trusted: &[String]) -> Result<(), RunsError> {
+        self.change(|state| {
+            let mut changes = Vec::new();
+            for id in trusted {
+                if let Some(run) = state.runs.get(id) {
+                    let sealed = self.sealed(run.clone());
+                    if sealed.seal != run.seal {
+                        changes.push(Change::Put(Box::new(sealed.clone())));
+                        state.insert(sealed);
+                    }
+                }
+            }
+            ((), changes)
+        })
+    }
+
     /// Registers a run (grants already validated) and returns it with its
     /// token, which is not kept.
     pub fn create(
@@ -289,6 +391,7 @@ impl Registry {
         req: &CreateRunRequest,
         placeholder_vars: &[String],
         uid: u32,
+        authority: FrozenAuthority,
     ) -> Result<(RunRecord, String), RunsError> {
         let token = hex_random(32);
         let id = format!("run_{}", hex_random(6));
@@ -312,7 +415,13 @@ impl Registry {
             broker: req.broker,
             base_url: req.base_url,
             runner: None,
+            authority: Some(authority),
+            cgroup: None,
+            cgroup_origin: None,
+            private_tmp: req.private_tmp.clone(),
+            seal: None,
         };
+        let record = self.sealed(record);
         self.change(|state| {
             state.insert(record.clone());
             ((), vec![Change::Put(Box::new(record.clone()))])
@@ -357,6 +466,7 @@ impl Registry {
         self.change(|state| match state.runs.get_mut(id) {
             Some(run) => {
                 edit(run);
+                *run = self.sealed(run.clone());
                 (Some(run.clone()), vec![Change::Put(Box::new(run.clone()))])
             }
             None => (None, Vec::new()),
@@ -368,6 +478,24 @@ impl Registry {
         self.update(id, |run| run.pid = pid)
     }
 
+    /// Records the cgroup holding the run's processes.
+    pub fn set_cgroup(
+        &self,
+        id: &str,
+        cgroup: String,
+        origin: String,
+    ) -> Result<Option<RunRecord>, RunsError> {
+        self.update(id, |run| {
+            run.cgroup = Some(cgroup);
+            run.cgroup_origin = Some(origin);
+        })
+    }
+
+    /// Finds runs by cgroup from now on.
+    pub fn use_cgroups(&self, cgroups: std::sync::Arc<crate::run_cgroup::RunCgroups>) {
+        let _ = self.cgroups.set(cgroups);
+    }
+
     /// Binds a run to the runner identity verified for it.
     pub fn bind_runner(
         &self,
@@ -377,16 +505,16 @@ impl Registry {
         self.update(id, |run| run.runner = Some(runner))
     }
 
-    /// Removes a run, revoking its token at once.
-    pub fn remove(&self, id: &str) -> Result<bool, RunsError> {
+    /// Removes a run, revoking its token at once; returns its record.
+    pub fn remove(&self, id: &str) -> Result<Option<RunRecord>, RunsError> {
         self.change(|state| match state.remove(id) {
-            Some(_) => (true, vec![Change::Remove(id.to_owned())]),
-            None => (false, Vec::new()),
+            Some(run) => (Some(run), vec![Change::Remove(id.to_owned())]),
+            None => (None, Vec::new()),
         })
     }
 
-    /// Removes runs whose process has exited; returns their ids.
-    pub fn reap(&self) -> Result<Vec<String>, RunsError> {
+    /// Removes runs whose process has exited; returns their records.
+    pub fn reap(&self) -> Result<Vec<RunRecord>, RunsError> {
         self.change(|state| {
             let dead: Vec<String> = state
                 .runs
@@ -394,11 +522,9 @@ impl Registry {
                 .filter(|r| r.pid.is_some_and(|pid| !keyward_sys::process_exists(pid)))
                 .map(|r| r.id.clone())
                 .collect();
-            for id in &dead {
-                state.remove(id);
-            }
-            let changes = dead.iter().cloned().map(Change::Remove).collect();
-            (dead, changes)
+            let ended: Vec<RunRecord> = dead.iter().filter_map(|id| state.remove(id)).collect();
+            let changes = dead.into_iter().map(Change::Remove).collect();
+            (ended, changes)
         })
     }
 
@@ -427,6 +553,18 @@ impl Registry {
         };
         if gone() {
             return Membership::Unknown("the process that connected has exited");
+        }
+        // A run's cgroup holds its processes whatever they did to their
+        // ancestry, and outlives `keyward run` and daemon restarts.
+        if let Some(run_id) = self.cgroups.get().and_then(|c| c.run_of(pid)) {
+            let found = match self.lock().runs.contains_key(&run_id) {
+                true => Membership::Inside(run_id),
+                false => Membership::Unknown("it is left over from a run that has ended"),
+            };
+            if gone() {
+                return Membership::Unknown("the process that connected has exited");
+            }
+            return found;
         }
         let pids: HashMap<u32, String> = self
             .lock()
@@ -516,9 +654,11 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut kept = Vec::new();
                     for j in 0..10 {
-                        let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+                        let (run, _) = reg
+                            .create(&CreateRunRequest::default(), &[], 0, Default::default())
+                            .unwrap();
                         if (i + j) % 3 == 0 {
-                            assert!(reg.remove(&run.id).unwrap());
+                            assert!(reg.remove(&run.id).unwrap().is_some());
                         } else {
                             kept.push(run.id);
                         }
@@ -552,7 +692,9 @@ mod tests {
             label: Some("agent".into()),
             ..Default::default()
         };
-        let (run, token) = reg.create(&req, &["GH_TOKEN".to_owned()], 0).unwrap();
+        let (run, token) = reg
+            .create(&req, &["GH_TOKEN".to_owned()], 0, Default::default())
+            .unwrap();
         assert!(run.id.starts_with("run_") && run.id.len() == 16);
         assert_eq!(token.len(), 64);
         assert!(run.placeholders["GH_TOKEN"].starts_with("kw_ph_"));
@@ -563,7 +705,7 @@ mod tests {
         let reloaded = Registry::load(&path).unwrap();
         assert_eq!(reloaded.id_for_token(&token), Some(run.id.clone()));
         assert!(reloaded.id_for_token("nope").is_none());
-        assert!(reloaded.remove(&run.id).unwrap());
+        assert!(reloaded.remove(&run.id).unwrap().is_some());
         assert!(reloaded.id_for_token(&token).is_none());
     }
 
@@ -602,7 +744,14 @@ mod tests {
                 0,
             )
             .unwrap();
-        assert_eq!(reg.reap().unwrap(), vec![dead_run.id]);
+        assert_eq!(
+            reg.reap()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            vec![dead_run.id]
+        );
         assert_eq!(reg.len(), 1);
     }
 
@@ -629,9 +778,11 @@ mod tests {
         let reg = Registry::load(&path).unwrap();
         let mut kept = Vec::new();
         for i in 0..FOLD_AFTER + 100 {
-            let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+            let (run, _) = reg
+                .create(&CreateRunRequest::default(), &[], 0, Default::default())
+                .unwrap();
             if i % 3 == 0 {
-                assert!(reg.remove(&run.id).unwrap());
+                assert!(reg.remove(&run.id).unwrap().is_some());
             } else {
                 kept.push(run.id);
             }
@@ -655,7 +806,9 @@ mod tests {
         std::fs::rename(&journal, tmp.path().join("runs.json.journal.old")).unwrap();
         assert_eq!(ids_on_disk(&path), kept);
         let reg = Registry::load(&path).unwrap();
-        let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        let (run, _) = reg
+            .create(&CreateRunRequest::default(), &[], 0, Default::default())
+            .unwrap();
         kept.push(run.id);
         kept.sort();
         assert_eq!(ids_on_disk(&path), kept);
@@ -667,7 +820,7 @@ mod tests {
         file.write_all(b"{\"put\":{\"id\":\"run_half").unwrap();
         assert_eq!(ids_on_disk(&path), kept);
         let reg = Registry::load(&path).unwrap();
-        assert!(reg.remove(&kept.remove(0)).unwrap());
+        assert!(reg.remove(&kept.remove(0)).unwrap().is_some());
         assert_eq!(ids_on_disk(&path), kept);
     }
 
@@ -678,11 +831,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("runs.json");
         let reg = Registry::load(&path).unwrap();
-        let (kept, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        let (kept, _) = reg
+            .create(&CreateRunRequest::default(), &[], 0, Default::default())
+            .unwrap();
         std::fs::remove_file(tmp.path().join("runs.json.journal")).unwrap();
         for _ in 0..FOLD_AFTER / 2 + 1 {
-            let (run, _) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
-            assert!(reg.remove(&run.id).unwrap());
+            let (run, _) = reg
+                .create(&CreateRunRequest::default(), &[], 0, Default::default())
+                .unwrap();
+            assert!(reg.remove(&run.id).unwrap().is_some());
         }
         assert!(tmp.path().join("runs.json.journal").exists());
         assert_eq!(ids_on_disk(&path), vec![kept.id]);
@@ -695,9 +852,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("runs.json");
         let reg = Registry::load(&path).unwrap();
-        let (run, token) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
-        let (other, other_token) = reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
-        assert!(reg.remove(&run.id).unwrap());
+        let (run, token) = reg
+            .create(&CreateRunRequest::default(), &[], 0, Default::default())
+            .unwrap();
+        let (other, other_token) = reg
+            .create(&CreateRunRequest::default(), &[], 0, Default::default())
+            .unwrap();
+        assert!(reg.remove(&run.id).unwrap().is_some());
         let reloaded = Registry::load(&path).unwrap();
         assert_eq!(reloaded.id_for_token(&token), None);
         assert_eq!(reloaded.id_for_token(&other_token), Some(other.id));
@@ -708,7 +869,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("runs.json");
         let reg = Registry::load(&path).unwrap();
-        reg.create(&CreateRunRequest::default(), &[], 0).unwrap();
+        reg.create(&CreateRunRequest::default(), &[], 0, Default::default())
+            .unwrap();
         drop(reg);
         let journal = tmp.path().join("runs.json.journal");
         let mut file = OpenOptions::new().append(true).open(&journal).unwrap();

@@ -358,11 +358,26 @@ impl Guard {
     }
 }
 
+/// The name a run's private TMPDIR has.
+const PRIVATE_TMP_PREFIX: &str = "keyward-run-";
+
+/// Whether `dir` is a run's private TMPDIR as [`plan`] makes them: an
+/// absolute `keyward-run-<12 hex>` directory, not a symbolic link. The
+/// daemon removes only such a directory when a run ends.
+pub fn is_private_tmp(dir: &Path) -> bool {
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(PRIVATE_TMP_PREFIX))
+        .is_some_and(|hex| hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    named && dir.is_absolute() && std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+}
+
 /// A new 0700 directory `keyward-run-<random>` in `tmp`.
 fn make_private_tmp(tmp: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = tmp.join(format!(
-        "keyward-run-{}",
+        "{PRIVATE_TMP_PREFIX}{}",
         hex::encode(rand::random::<[u8; 6]>())
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;

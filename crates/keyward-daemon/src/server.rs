@@ -337,6 +337,10 @@ pub(crate) struct AppState {
     /// `daemon start --require-runner-auth`: as `auth.require_runner_auth`,
     /// whatever the config (also after reloads).
     pub require_runner_auth: bool,
+    /// The home.
+    pub home: crate::home::Home,
+    /// The runs' cgroups, where the kernel lets the daemon make them.
+    pub cgroups: Option<Arc<crate::run_cgroup::RunCgroups>>,
 }
 
 impl AppState {

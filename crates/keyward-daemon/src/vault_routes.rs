@@ -90,6 +90,8 @@ pub(crate) async fn init(
     let mode = req.mode;
     let status = with_vault(&state, move |v| v.init(mode, secret(req.passphrase))).await?;
     tracing::info!(mode = mode.as_str(), "vault initialized");
+    // Run records are sealed with the vault's key from now on.
+    crate::run_trust::ensure_key(&state).await;
     state
         .audit(
             Kind::Vault,
@@ -106,6 +108,11 @@ pub(crate) async fn unseal(
 ) -> Result<Json<VaultStatus>, ApiError> {
     let req: UnsealRequest = json_body(body)?;
     let result = with_vault(&state, move |v| v.unseal(secret(req.passphrase))).await;
+    if result.is_ok() {
+        // Restored runs waiting for the key are checked now.
+        crate::run_trust::settle(&state).await;
+        crate::run_trust::ensure_key(&state).await;
+    }
     match &result {
         Ok(_) => tracing::info!("vault unsealed"),
         Err(e) => tracing::warn!("vault unseal failed: {}", e.message()),
@@ -177,6 +184,8 @@ pub(crate) async fn set(
     let description = req.description;
     let log_name = name.clone();
     let info = with_vault(&state, move |v| v.set(&name, value, description)).await?;
+    // The first secret may have made the vault: its key seals runs now.
+    crate::run_trust::ensure_key(&state).await;
     tracing::info!(
         secret = log_name,
         fingerprint = info.fingerprint,

@@ -321,6 +321,58 @@ impl Rule {
     }
 }
 
+/// A policy's text as keyward TOML (a CAVRA file already converted) and
+/// where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicySource {
+    /// The file (or built-in pack) it was read from.
+    pub origin: String,
+    /// The policy, as keyward TOML.
+    pub toml: String,
+}
+
+impl PolicySource {
+    /// Reads a policy file, converting a CAVRA compiled policy; with what
+    /// the conversion left out.
+    pub fn read(path: &Path) -> Result<(Self, Vec<String>), PolicyError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            origin: origin.clone(),
+            rule_id: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        if !crate::cavra::is_cavra_json(path, &text) {
+            return Ok((Self { origin, toml: text }, Vec::new()));
+        }
+        let import = crate::import_cavra(&text, &origin).map_err(|message| PolicyError {
+            origin: origin.clone(),
+            rule_id: None,
+            field: None,
+            // The message already names the file.
+            message: message
+                .strip_prefix(&format!("{origin}: "))
+                .unwrap_or(&message)
+                .to_owned(),
+        })?;
+        Ok((
+            Self {
+                origin,
+                toml: import.toml,
+            },
+            import.warnings,
+        ))
+    }
+
+    /// The built-in pack's source.
+    pub fn baseline() -> Self {
+        Self {
+            origin: "built-in pack agent-baseline".to_owned(),
+            toml: crate::baseline_toml().to_owned(),
+        }
+    }
+}
+
 /// A compiled policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -453,28 +505,9 @@ impl Policy {
     /// policy (JSON, see [`crate::is_cavra_json`]) converted as `keyward
     /// policy import` converts it, its warnings kept in [`Policy::warnings`].
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            origin: origin.clone(),
-            rule_id: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        if !crate::cavra::is_cavra_json(path, &text) {
-            return Self::from_toml(&text, &origin);
-        }
-        let import = crate::import_cavra(&text, &origin).map_err(|message| PolicyError {
-            origin: origin.clone(),
-            rule_id: None,
-            field: None,
-            // The message already names the file.
-            message: message
-                .strip_prefix(&format!("{origin}: "))
-                .unwrap_or(&message)
-                .to_owned(),
-        })?;
-        let mut policy = Self::from_toml(&import.toml, &origin)?;
-        policy.warnings = import.warnings;
+        let (source, warnings) = PolicySource::read(path)?;
+        let mut policy = Self::from_toml(&source.toml, &source.origin)?;
+        policy.warnings = warnings;
         Ok(policy)
     }
 
@@ -488,16 +521,39 @@ impl Policy {
     /// files first within each tier); the first file's default applies; the
     /// id joins the files' ids with `+`.
     pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, PolicyError> {
-        let mut merged: Option<Policy> = None;
+        Ok(Self::from_files_with_sources(paths)?.0)
+    }
+
+    /// [`Policy::from_files`], with the text it was compiled from: what a
+    /// run keeps so that its policy is the same after the files change.
+    pub fn from_files_with_sources(
+        paths: &[impl AsRef<Path>],
+    ) -> Result<(Self, Vec<PolicySource>), PolicyError> {
+        let mut sources = Vec::new();
+        let mut warnings = Vec::new();
         for path in paths {
-            let next = Self::from_file(path.as_ref())?;
+            let (source, mut more) = PolicySource::read(path.as_ref())?;
+            sources.push(source);
+            warnings.append(&mut more);
+        }
+        let mut policy = Self::from_sources(&sources)?;
+        policy.warnings = warnings;
+        Ok((policy, sources))
+    }
+
+    /// Compiles policy texts as one policy, as [`Policy::from_files`] does
+    /// the files they were read from.
+    pub fn from_sources(sources: &[PolicySource]) -> Result<Self, PolicyError> {
+        let mut merged: Option<Policy> = None;
+        for source in sources {
+            let next = Self::from_toml(&source.toml, &source.origin)?;
             merged = Some(match merged {
                 None => next,
                 Some(mut acc) => {
                     let ids: HashSet<&str> = acc.rules().map(|r| r.id.as_str()).collect();
                     if let Some(dup) = next.rules().find(|r| ids.contains(r.id.as_str())) {
                         return Err(PolicyError {
-                            origin: path.as_ref().display().to_string(),
+                            origin: source.origin.clone(),
                             rule_id: Some(dup.id.clone()),
                             field: Some("id".into()),
                             message: "rule id already defined by an earlier policy file".into(),

@@ -185,22 +185,49 @@ impl GrantHost {
 
 /// Names that are denied whatever a run allows: cloud metadata services
 /// hand out credentials of their own.
-const METADATA_NAMES: &[&str] = &["metadata.google.internal", "metadata.azure.internal"];
+const METADATA_NAMES: &[&str] = &[
+    "metadata.google.internal",
+    "metadata",
+    "metadata.azure.internal",
+    "instance-data.ec2.internal",
+    "metadata.tencentyun.com",
+];
+
+/// Metadata and host-agent addresses outside the link-local range (which
+/// is denied whole: AWS, GCP, Azure IMDS, OpenStack, DigitalOcean, Hetzner,
+/// Oracle, Tencent's 169.254.0.23 all live there).
+const METADATA_V4: &[std::net::Ipv4Addr] = &[
+    // Alibaba Cloud's metadata service.
+    std::net::Ipv4Addr::new(100, 100, 100, 200),
+    // Azure's WireServer (host agent; hands out VM extension settings).
+    std::net::Ipv4Addr::new(168, 63, 129, 16),
+    // Oracle Cloud's legacy metadata address.
+    std::net::Ipv4Addr::new(192, 0, 0, 192),
+];
+
+/// IPv6 metadata addresses.
+const METADATA_V6: &[std::net::Ipv6Addr] = &[
+    // AWS's instance metadata service.
+    std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
+    // Google Compute Engine's metadata server.
+    std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+];
 
 /// The one check every IP literal and every resolved address goes
 /// through: IPv6 forms that carry an IPv4 address (IPv4-mapped
 /// `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96` and the
 /// local-use `64:ff9b:1::/48`) are judged as that IPv4 address; link-local
-/// addresses (where metadata services live, 169.254.169.254 among them)
-/// and AWS's `fd00:ec2::254` are denied.
+/// addresses (where most metadata services live, 169.254.169.254 among
+/// them) and the metadata addresses of [`METADATA_V4`] and [`METADATA_V6`]
+/// are denied.
 pub fn is_denied_address(ip: std::net::IpAddr) -> bool {
+    let v4_denied = |v4: std::net::Ipv4Addr| v4.is_link_local() || METADATA_V4.contains(&v4);
     match embedded_v4(ip) {
-        Some(v4) => v4.is_link_local(),
+        Some(v4) => v4_denied(v4),
         None => match ip {
-            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V4(v4) => v4_denied(v4),
             std::net::IpAddr::V6(v6) => {
-                let aws = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-                (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == aws
+                (v6.segments()[0] & 0xffc0) == 0xfe80 || METADATA_V6.contains(&v6)
             }
         },
     }
@@ -312,6 +339,15 @@ mod tests {
             "[fe80::1]",
             "169.254.1.2",
             "fd00:ec2::254",
+            "fd20:ce::254",
+            "100.100.100.200",
+            "168.63.129.16",
+            "192.0.0.192",
+            "[::ffff:100.100.100.200]",
+            "[64:ff9b::a83f:8110]",
+            "metadata",
+            "instance-data.ec2.internal",
+            "metadata.tencentyun.com",
             "[::ffff:169.254.169.254]",
             "[::ffff:a9fe:a9fe]",
             "[::169.254.169.254]",

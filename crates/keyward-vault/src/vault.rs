@@ -254,6 +254,21 @@ impl Vault {
         self.set_current(Err("sealed".to_owned()));
     }
 
+    /// A 32-byte key for `purpose`, derived from the vault's identity
+    /// (HMAC-SHA256 keyed with it): the daemon authenticates what it keeps
+    /// outside the vault (run records) with keys only an unsealed vault
+    /// gives. Different purposes give unrelated keys.
+    pub fn derive_key(&self, purpose: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, VaultError> {
+        use hmac::Mac as _;
+        let identity = self.identity.as_ref().ok_or(VaultError::Sealed)?;
+        let secret = identity.to_string();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"keyward derived key v1\0");
+        mac.update(purpose.as_bytes());
+        Ok(zeroize::Zeroizing::new(mac.finalize().into_bytes().into()))
+    }
+
     /// Whether the key is in memory.
     pub fn is_unsealed(&self) -> bool {
         self.identity.is_some()

@@ -100,6 +100,10 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         broker: args.broker.is_some(),
         base_url: args.base_url,
         runner_auth: crate::runner_auth::load(&args.runner_auth)?.unwrap_or_default(),
+        private_tmp: confinement
+            .private_tmp
+            .as_ref()
+            .map(|p| p.display().to_string()),
     };
     let created: RunCreated = match client.call(Method::POST, "/v1/runs", Some(&req)).await {
         Ok(created) => created,
@@ -192,8 +196,17 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         }
     };
     // Nothing the program started outlives the run: what it left behind
-    // is ended before the run (and its confinement) goes.
-    let ended = end_leftovers(daemon_pid).await;
+    // is ended before the run (and its confinement) goes. A leftover can
+    // make that impossible from here (say, by setting this process's
+    // open-file limit to 0, so /proc cannot be read): a signal then ends
+    // this wrapper at once, and the daemon, which watches it, ends the run
+    // and everything in its cgroup.
+    let ended = tokio::select! {
+        ended = end_leftovers(daemon_pid) => ended,
+        _ = sigint.recv() => std::process::exit(128 + 2),
+        _ = sigterm.recv() => std::process::exit(128 + 15),
+        _ = sighup.recv() => std::process::exit(128 + 1),
+    };
     if ended > 0 {
         eprintln!("keyward run: ended {ended} process(es) the program left running");
     }

@@ -1,0 +1,164 @@
+//! A cgroup (v2) per run, where the kernel lets the daemon make one: the
+//! run's processes are in it whatever they do (double fork, `setsid`,
+//! reparenting when `keyward run` dies), the daemon finds a process's run
+//! from `/proc/<pid>/cgroup` even after a restart, and ends a run by
+//! killing everything in it. Process tracking needs no controller, so a
+//! cgroup2 mount beside cgroup v1 controllers is enough. Where no cgroup can
+//! be made (no cgroup2 mount, no write access to the daemon's own cgroup),
+//! membership falls back to process ancestry and the daemon says so.
+
+use std::path::{Path, PathBuf};
+
+/// The daemon's run cgroups: `<daemon's cgroup>/keyward-<home hash>/<run id>`.
+#[derive(Debug)]
+pub struct RunCgroups {
+    /// The cgroup2 mount point.
+    mount: PathBuf,
+    /// The base, relative to the mount (`/…/keyward-<hash>`).
+    base: String,
+}
+
+impl RunCgroups {
+    /// Finds the cgroup2 mount and makes this home's base under the
+    /// daemon's own cgroup; `None` (with why) when that cannot be done.
+    pub fn detect(home: &Path) -> Result<Self, String> {
+        let mount = cgroup2_mount().ok_or("no cgroup2 file system is mounted")?;
+        let own = own_cgroup(std::process::id())
+            .ok_or("the daemon's own cgroup (v2) cannot be read from /proc/self/cgroup")?;
+        let tag = {
+            use sha2::Digest as _;
+            hex::encode(&sha2::Sha256::digest(home.as_os_str().as_encoded_bytes())[..6])
+        };
+        let base = format!("{}/keyward-{tag}", own.trim_end_matches('/'));
+        let dir = mount.join(base.trim_start_matches('/'));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot make {}: {e}", dir.display())),
+        }
+        Ok(Self { mount, base })
+    }
+
+    fn dir(&self, relative: &str) -> PathBuf {
+        self.mount.join(relative.trim_start_matches('/'))
+    }
+
+    /// Makes `run_id`'s cgroup and moves `pid` (the run's `keyward run`)
+    /// into it, so everything it starts is born inside. Returns the
+    /// cgroup (relative to the mount) and the one `pid` came from.
+    pub fn adopt(&self, run_id: &str, pid: u32) -> Result<(String, String), String> {
+        let relative = format!("{}/{run_id}", self.base);
+        let dir = self.dir(&relative);
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let from = own_cgroup(pid).ok_or_else(|| format!("cannot read pid {pid}'s cgroup"))?;
+        if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("cannot move pid {pid} into {}: {e}", dir.display()));
+        }
+        Ok((relative, from))
+    }
+
+    /// The run id whose cgroup holds `pid` (whether or not that run still
+    /// exists); `None` when it is in none of this daemon's run cgroups.
+    pub fn run_of(&self, pid: u32) -> Option<String> {
+        let cgroup = own_cgroup(pid)?;
+        let rest = cgroup.strip_prefix(&self.base)?.strip_prefix('/')?;
+        Some(rest.split('/').next().unwrap_or_default().to_owned())
+    }
+
+    /// Ends a run's cgroup: moves `spare` (the run's `keyward run`, which
+    /// may be the one ending the run) back to `home_cgroup`, kills
+    /// everything else inside and removes the cgroup. Returns how many
+    /// processes were left.
+    pub fn end(&self, relative: &str, spare: Option<(u32, &str)>) -> usize {
+        if !relative.starts_with(&format!("{}/", self.base)) || relative.contains("/../") {
+            tracing::error!(cgroup = relative, "not one of this daemon's run cgroups");
+            return 0;
+        }
+        let dir = self.dir(relative);
+        if let Some((pid, home_cgroup)) = spare
+            && std::fs::write(self.dir(home_cgroup).join("cgroup.procs"), pid.to_string()).is_err()
+        {
+            // Gone already, or not movable: it is ended with the rest.
+            tracing::debug!(pid, "the run's own process stays in its cgroup");
+        }
+        kill_all(&dir)
+    }
+
+    /// Run cgroups under the base whose run is not in `live`: left by runs
+    /// removed while the daemon was down, or by a record deleted from
+    /// `runs.json`. Their processes are ended.
+    pub fn sweep(&self, live: &dyn Fn(&str) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.dir(&self.base)) else {
+            return 0;
+        };
+        let mut ended = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && name.starts_with("run_") && !live(&name) {
+                let left = kill_all(&entry.path());
+                if left > 0 {
+                    tracing::warn!(
+                        cgroup = %entry.path().display(),
+                        processes = left,
+                        "ended processes of a run that no longer exists"
+                    );
+                }
+                ended += left;
+            }
+        }
+        ended
+    }
+}
+
+/// Kills every process in the cgroup `dir` and removes it; returns how many
+/// were there. `cgroup.kill` (Linux 5.14) kills them all at once, forks
+/// included; without it, SIGKILL each until none is left.
+fn kill_all(dir: &Path) -> usize {
+    let procs = |dir: &Path| -> Vec<u32> {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let found = procs(dir).len();
+    let killer = dir.join("cgroup.kill");
+    for _ in 0..1000 {
+        let left = procs(dir);
+        if left.is_empty() && std::fs::remove_dir(dir).is_ok() {
+            return found;
+        }
+        if !dir.exists() {
+            return found;
+        }
+        if std::fs::write(&killer, "1").is_err() {
+            for pid in &left {
+                let _ = keyward_sys::send_signal(*pid, keyward_sys::Signal::Kill);
+            }
+        }
+        // Killed processes leave the cgroup as they exit; wait for that.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    tracing::error!(cgroup = %dir.display(), "processes in a run's cgroup could not be ended");
+    found
+}
+
+/// Where cgroup2 is mounted, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// A process's cgroup v2 path (`0::/path` in `/proc/<pid>/cgroup`).
+fn own_cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}

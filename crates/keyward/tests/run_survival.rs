@@ -1,0 +1,307 @@
+//! A run's authority and membership survive what a hostile child can do to
+//! the daemon and to its own `keyward run`: the daemon killed (through a
+//! resource limit, as a child can) and started again after the config was
+//! edited, a forged run record, the wrapper killed with SIGKILL while a
+//! double-forked leftover lives, and a wrapper starved of descriptors.
+//! Real daemon, real child processes, a real HTTPS upstream.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::upstream::{SECRET, Upstream, setup};
+use common::{TestHome, json, wait_for};
+
+/// `GET /v1/secrets` on the admin socket from a shell command line.
+fn secrets_request(home: &TestHome) -> String {
+    format!(
+        "curl -sS --unix-socket {} http://k/v1/secrets",
+        home.socket().display()
+    )
+}
+
+fn run_ids(home: &TestHome) -> Vec<String> {
+    let (status, body) = home.http("GET", "/v1/runs", None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn read_pid(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The grant `local` starts pointed at a host nobody serves, so a live run
+/// has no authority toward the upstream; returns the config's path.
+fn point_grant_elsewhere(home: &TestHome) -> std::path::PathBuf {
+    let config = home.file("keyward.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        original.replace("hosts = [\"localhost:", "hosts = [\"nowhere.invalid:"),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    config
+}
+
+fn use_passphrase_vault(home: &TestHome) {
+    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+    std::fs::remove_dir_all(home.file("vault")).unwrap();
+    let init = home.run_stdin(&["vault", "init", "--passphrase"], "pw\n");
+    assert_eq!(init.code, 0, "{init:?}");
+    let set = home.run_stdin(&["secret", "set", "local-token"], SECRET);
+    assert_eq!(set.code, 0, "{set:?}");
+}
+
+/// Starts `keyward run --grant local -- sh -c SCRIPT` in the background.
+fn spawn_run(home: &TestHome, extra: &[&str], script: &str) -> Child {
+    let mut args = vec!["run", "--grant", "local"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", script]);
+    home.cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The attack chain of a live, unsandboxed run: add a host it controls to
+/// its grant in `keyward.toml`, make the daemon die (the red team lowered
+/// its CPU limit, which is not a signal; here the test kills it), and wait
+/// for the daemon to be started again. The restored run keeps the authority it was created
+/// with: the upstream never sees the secret. With a passphrase vault the
+/// restored run gets nothing at all until the vault is unsealed, then what
+/// it had.
+#[test]
+fn a_daemon_restart_never_widens_a_live_run() {
+    for passphrase in [false, true] {
+        let (home, upstream) = setup("");
+        if passphrase {
+            use_passphrase_vault(&home);
+            assert_eq!(home.run_stdin(&["vault", "unseal"], "pw\n").code, 0);
+        }
+        let config = point_grant_elsewhere(&home);
+        let dir = home.path.parent().unwrap();
+        let (edited, restarted, pended, unsealed) = (
+            dir.join("edited"),
+            dir.join("restarted"),
+            dir.join("pended"),
+            dir.join("unsealed"),
+        );
+        let daemon = home.pid_in_file().unwrap();
+        let script = format!(
+            "sed -i 's/nowhere.invalid/localhost/' {config}; : > {edited}; \
+             while [ ! -e {restarted} ]; do sleep 0.05; done; \
+             curl -sS -o /dev/null -w '%{{http_code}}\\n' {pending}; : > {pended}; \
+             while [ ! -e {unsealed} ]; do sleep 0.05; done; \
+             curl -sS -o /dev/null -w '%{{http_code}}\\n' {widened}",
+            config = config.display(),
+            edited = edited.display(),
+            restarted = restarted.display(),
+            pended = pended.display(),
+            unsealed = unsealed.display(),
+            pending = upstream.url("/pending"),
+            widened = upstream.url("/widened"),
+        );
+        let child = spawn_run(&home, &[], &script);
+        assert!(wait_for(Duration::from_secs(30), || edited.exists()));
+        common::signal(daemon, "KILL");
+        assert!(wait_for(Duration::from_secs(10), || !common::alive(daemon)));
+        home.start(&[]);
+        std::fs::write(&restarted, "").unwrap();
+        assert!(wait_for(Duration::from_secs(30), || pended.exists()));
+        if passphrase {
+            // Sealed: the restored run's record cannot be checked yet, so
+            // its request was refused before anything went upstream.
+            assert!(home.log().contains("restored runs get nothing"));
+            let unseal = home.run_stdin(&["vault", "unseal"], "pw\n");
+            assert_eq!(unseal.code, 0, "{unseal:?}");
+        }
+        std::fs::write(&unsealed, "").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{out:?}");
+        let codes: Vec<&str> = stdout.lines().collect();
+        upstream.settle();
+        let got = upstream.received();
+        assert!(
+            !got.iter().any(|r| r.to_string().contains(SECRET)),
+            "passphrase={passphrase}: the restored run was widened: {got:?}"
+        );
+        if passphrase {
+            // Refused at the CONNECT (curl reports no HTTP status).
+            assert_ne!(codes.first(), Some(&"200"), "{stdout}");
+            assert!(got.iter().all(|r| r["path"] != "/pending"), "{got:?}");
+        } else {
+            assert_eq!(codes.first(), Some(&"200"), "{stdout}");
+        }
+        // The run itself survived the restart: its last request went out
+        // (without the secret).
+        assert_eq!(codes.last(), Some(&"200"), "{stdout}");
+        assert!(got.iter().any(|r| r["path"] == "/widened"), "{got:?}");
+        assert!(home.files_containing(SECRET).is_empty());
+    }
+}
+
+/// A same-user process edits the run registry while the daemon is down,
+/// giving a live run a host it controls: the record no longer matches its
+/// seal, so the restarted daemon ends the run (its processes too, found by
+/// cgroup), says so in its log and the evidence, and sends nothing.
+#[test]
+fn a_forged_run_record_ends_its_run() {
+    let (home, upstream) = setup("");
+    point_grant_elsewhere(&home);
+    let dir = home.path.parent().unwrap();
+    let (ready, go, leftover) = (dir.join("ready"), dir.join("go"), dir.join("leftover.pid"));
+    let script = format!(
+        "setsid -f sh -c 'echo $$ > {leftover}; while :; do sleep 0.1; done'; \
+         while [ ! -s {leftover} ]; do sleep 0.05; done; : > {ready}; \
+         while [ ! -e {go} ]; do sleep 0.05; done; curl -sS {url}",
+        leftover = leftover.display(),
+        ready = ready.display(),
+        go = go.display(),
+        url = upstream.url("/forged"),
+    );
+    let mut child = spawn_run(&home, &[], &script);
+    assert!(wait_for(Duration::from_secs(30), || ready.exists()));
+    let run_id = run_ids(&home).pop().unwrap();
+    let daemon = home.pid_in_file().unwrap();
+    common::signal(daemon, "KILL");
+    assert!(wait_for(Duration::from_secs(10), || !common::alive(daemon)));
+    let mut forged = 0;
+    for name in ["runs.json", "runs.json.journal"] {
+        let path = home.file(name);
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && text.contains("nowhere.invalid")
+        {
+            std::fs::write(&path, text.replace("nowhere.invalid", "localhost")).unwrap();
+            forged += 1;
+        }
+    }
+    assert!(forged > 0, "the run's frozen grant is in the registry");
+    home.start(&[]);
+    assert!(!run_ids(&home).contains(&run_id), "the forged run lives on");
+    let leftover_pid = read_pid(&leftover);
+    assert!(
+        wait_for(Duration::from_secs(5), || !common::alive(leftover_pid)),
+        "the forged run's leftover lives on"
+    );
+    std::fs::write(&go, "").unwrap();
+    let _ = child.wait();
+    let log = home.log();
+    assert!(log.contains("fails the integrity check"), "{log}");
+    let evidence = home.run(&["audit", "tail", "--json", "-n", "50"]);
+    assert!(
+        evidence.stdout.contains("record not trusted"),
+        "{evidence:?}"
+    );
+    upstream.settle();
+    assert!(
+        !upstream
+            .received()
+            .iter()
+            .any(|r| r.to_string().contains(SECRET))
+    );
+}
+
+/// `keyward run` killed with SIGKILL (the OOM killer, a crash) while a
+/// double-forked leftover keeps asking for secrets and using the proxy:
+/// the daemon sees the wrapper go and ends the run at once: token revoked,
+/// the leftover killed (it is in the run's cgroup, not just its ancestry),
+/// the run's private TMPDIR removed. The leftover never gets a secret.
+#[test]
+fn killing_the_wrapper_ends_the_run_and_everything_it_left() {
+    let (home, upstream) = setup("");
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path();
+    let (leftover, tmp, attempts) = (
+        dir.join("leftover.pid"),
+        dir.join("tmpdir"),
+        dir.join("attempts"),
+    );
+    let leftover_loop = format!(
+        "echo $$ > {leftover}; while :; do {req} >> {attempts} 2>&1; echo >> {attempts}; \
+         curl -sS -o /dev/null -w 'proxy=%{{http_code}}\\n' {url} >> {attempts} 2>&1; sleep 0.05; done",
+        leftover = leftover.display(),
+        req = secrets_request(&home),
+        attempts = attempts.display(),
+        url = upstream.url("/leftover"),
+    );
+    let script = format!(
+        "echo \"$TMPDIR\" > {tmp}; setsid -f sh -c \"( sh -c '{}' & )\"; sleep 1000",
+        leftover_loop.replace('\'', "'\\''"),
+        tmp = tmp.display(),
+    );
+    let mut wrapper = spawn_run(
+        &home,
+        &[
+            "--sandbox=best-effort",
+            "--sandbox-allow-write",
+            dir.to_str().unwrap(),
+        ],
+        &script,
+    );
+    assert!(wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&attempts).is_ok_and(|a| a.contains("proxy="))
+    }));
+    assert_eq!(run_ids(&home).len(), 1);
+    let private_tmp = std::fs::read_to_string(&tmp).unwrap().trim().to_owned();
+    assert!(
+        private_tmp.contains("keyward-run-") && Path::new(&private_tmp).is_dir(),
+        "{private_tmp}"
+    );
+    let leftover_pid = read_pid(&leftover);
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || !common::alive(leftover_pid)),
+        "the leftover outlived its run"
+    );
+    assert!(wait_for(Duration::from_secs(5), || run_ids(&home).is_empty()));
+    assert!(
+        wait_for(Duration::from_secs(5), || !Path::new(&private_tmp).exists()),
+        "{private_tmp} left behind"
+    );
+    let seen = std::fs::read_to_string(&attempts).unwrap();
+    assert!(!seen.contains("\"secrets\""), "it listed secrets: {seen}");
+}
+
+/// The program sets its wrapper's open-file limit to 0 and leaves a
+/// process behind: the wrapper can no longer read /proc to end it, but a
+/// SIGTERM still ends the wrapper at once, and the daemon then ends the
+/// run and the leftover.
+#[test]
+fn a_wrapper_without_descriptors_stays_killable_and_its_run_ends() {
+    let (home, _upstream): (TestHome, Upstream) = setup("");
+    let dir = home.path.parent().unwrap();
+    let leftover = dir.join("leftover.pid");
+    let script = format!(
+        "setsid -f sh -c 'echo $$ > {leftover}; trap \"\" TERM; while :; do sleep 0.1; done'; \
+         while [ ! -s {leftover} ]; do sleep 0.05; done; prlimit --pid $PPID --nofile=0:0; exit 0",
+        leftover = leftover.display(),
+    );
+    let mut wrapper = spawn_run(&home, &[], &script);
+    assert!(wait_for(Duration::from_secs(30), || leftover.exists()));
+    let leftover_pid = read_pid(&leftover);
+    // The wrapper is stuck ending what it cannot see.
+    assert!(wrapper.try_wait().unwrap().is_none());
+    common::signal(wrapper.id(), "TERM");
+    let status = wrapper.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || !common::alive(leftover_pid)),
+        "the leftover outlived its run"
+    );
+    assert!(wait_for(Duration::from_secs(5), || run_ids(&home).is_empty()));
+}
