@@ -726,6 +726,7 @@ mod tests {
                 },
                 &[],
                 0,
+                Default::default(),
             )
             .unwrap();
         // Our child descends from the run's pid.
@@ -742,6 +743,7 @@ mod tests {
                 },
                 &[],
                 0,
+                Default::default(),
             )
             .unwrap();
         assert_eq!(
