@@ -682,6 +682,60 @@ mod tests {
         assert_eq!(on_disk, kept);
     }
 
+    /// A sealed record checks; any change to what it covers, a record
+    /// sealed with another key, or an unsealed one does not; without a key
+    /// nothing can be told.
+    #[test]
+    fn run_records_are_sealed_and_edits_are_caught() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::load(&tmp.path().join("runs.json")).unwrap();
+        let frozen = FrozenAuthority {
+            grants: BTreeMap::new(),
+            policy: vec!["ab".repeat(32)],
+        };
+        let (unsealed, _) = reg
+            .create(&CreateRunRequest::default(), &[], 0, frozen.clone())
+            .unwrap();
+        assert_eq!(reg.check(&unsealed), SealCheck::Unknown);
+        assert!(reg.set_key(zeroize::Zeroizing::new([7; 32])));
+        assert_eq!(reg.check(&unsealed), SealCheck::Invalid, "never sealed");
+        reg.reseal(std::slice::from_ref(&unsealed.id)).unwrap();
+        let run = reg.get(&unsealed.id).unwrap();
+        assert_eq!(reg.check(&run), SealCheck::Valid);
+        let edits: Vec<Box<dyn Fn(&mut RunRecord)>> = vec![
+            Box::new(|r| {
+                r.network = match r.network {
+                    Network::Permissive => Network::Strict,
+                    Network::Strict => Network::Permissive,
+                }
+            }),
+            Box::new(|r| r.allow.push("evil.example".into())),
+            Box::new(|r| r.grants.push("github".into())),
+            Box::new(|r| r.token_sha256 = token_hash("mine")),
+            Box::new(|r| r.authority.as_mut().unwrap().policy[0] = "cd".repeat(32)),
+            Box::new(|r| r.cgroup = Some("/elsewhere".into())),
+            Box::new(|r| r.uid = Some(1234)),
+            Box::new(|r| r.seal = None),
+        ];
+        for edit in edits {
+            let mut forged = run.clone();
+            edit(&mut forged);
+            assert_eq!(reg.check(&forged), SealCheck::Invalid, "{forged:?}");
+        }
+        // Not covered: what changes during a run and widens nothing.
+        let mut moved = run.clone();
+        moved.pid = Some(42);
+        moved.label = Some("relabelled".into());
+        assert_eq!(reg.check(&moved), SealCheck::Valid);
+        // Another key.
+        let other = Registry::load(&tmp.path().join("other.json")).unwrap();
+        other.set_key(zeroize::Zeroizing::new([8; 32]));
+        assert_eq!(other.check(&run), SealCheck::Invalid);
+        // Changes made through the registry stay sealed.
+        let changed = reg.set_pid(&run.id, Some(43)).unwrap().unwrap();
+        assert_eq!(reg.check(&changed), SealCheck::Valid);
+    }
+
     #[test]
     fn tokens_are_stored_hashed_and_runs_persist() {
         let tmp = tempfile::tempdir().unwrap();

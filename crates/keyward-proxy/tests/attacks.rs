@@ -577,7 +577,22 @@ fn metadata_addresses_in_every_form_are_refused_before_any_connect() {
             "[64:ff9b:1::a9fe:a9fe]",
             "[fe80::1]",
             "[fd00:ec2::254]",
+            "[fd20:ce::254]",
             "metadata.google.internal",
+            "metadata",
+            "metadata.azure.internal",
+            "instance-data.ec2.internal",
+            "metadata.tencentyun.com",
+            // Outside link-local: Alibaba, Azure WireServer, Oracle legacy,
+            // each also in the forms that carry an IPv4 address.
+            "100.100.100.200",
+            "[::ffff:100.100.100.200]",
+            "[64:ff9b::6464:64c8]",
+            "168.63.129.16",
+            "[::ffff:a83f:8110]",
+            "192.0.0.192",
+            // Tencent Cloud's 169.254.0.23 and OpenStack's link-local peers.
+            "169.254.0.23",
         ];
         for host in forms {
             for port in [80, 443] {
@@ -606,7 +621,8 @@ fn metadata_addresses_in_every_form_are_refused_before_any_connect() {
                 },
             )
             .await;
-        for host in ["2852039166", "0xa9fea9fe"] {
+        // 2852039166 and 0xa9fea9fe: 169.254.169.254; 1684301000: 100.100.100.200.
+        for host in ["2852039166", "0xa9fea9fe", "1684301000"] {
             let tunnel = format!("{host}:443");
             let reply = text(&relaying.child(Some(&tunnel), &get("/", &tunnel, "")).await);
             assert!(reply.starts_with("HTTP/1.1 502"), "{tunnel}: {reply}");
