@@ -183,7 +183,9 @@ impl Home {
 
     /// Creates the home (0700) if needed. An existing home readable or
     /// writable by others is tightened to 0700 with a warning: the socket and
-    /// later the vault rely on it.
+    /// later the vault rely on it. A widened home that holds a vault is left
+    /// as it is, with an error: the vault refuses to be used (see
+    /// `Vault::check_modes`) until its owner restores the mode.
     pub fn ensure_private(&self) -> Result<(), HomeError> {
         let prepare = |source| HomeError::Prepare {
             path: self.root.clone(),
@@ -201,7 +203,17 @@ impl Home {
             });
         }
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o077 != 0 && self.vault_dir().exists() {
+            // Not tightened quietly: a home holding a vault was widened
+            // after keyward made it 0700, and the vault refuses every use
+            // (naming the file) until its owner has looked.
+            tracing::error!(
+                home = %self.root.display(),
+                "home directory has mode {mode:o}, open to group or others; the vault refuses \
+                 to be used until it is 700 again (`chmod 700 {}`)",
+                self.root.display()
+            );
+        } else if mode & 0o077 != 0 {
             tracing::warn!(
                 home = %self.root.display(),
                 "home directory had mode {mode:o}; tightening it to 700 so only its owner can reach the socket and files"

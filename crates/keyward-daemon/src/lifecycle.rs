@@ -114,7 +114,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     };
 
-    let mut vault = Vault::new(home.vault_dir(), opts.config.config.vault.keep);
+    let mut vault =
+        Vault::new(home.vault_dir(), opts.config.config.vault.keep).guard_home(home.root());
     open_at_start(&mut vault);
     let vault_values = vault.known_values();
     let vault = Arc::new(Mutex::new(vault));

@@ -188,6 +188,7 @@ pub fn plan(
         filesystem: true,
         network: true,
         scope_abstract_unix: true,
+        syscall_filter: true,
         connect_tcp: std::iter::once(proxy_port)
             .chain(request.connect_ports.iter().copied())
             .collect(),

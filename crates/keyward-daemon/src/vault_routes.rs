@@ -37,6 +37,7 @@ impl From<VaultError> for ApiError {
             VaultError::SnapshotNotFound { .. } => (StatusCode::NOT_FOUND, "snapshot_not_found"),
             VaultError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "vault_corrupt"),
             VaultError::Swapped { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "vault_swapped"),
+            VaultError::Exposed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "vault_exposed"),
             VaultError::Inconsistent { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "vault_inconsistent")
             }

@@ -10,6 +10,7 @@ mod fs;
 mod harden;
 mod process;
 mod sandbox;
+mod syscall_filter;
 
 pub use confine::{
     become_child_subreaper, has_children, kill_with_parent_on_spawn, make_non_dumpable,
@@ -23,6 +24,7 @@ pub use fs::{redirect_output, reserve_space};
 pub use sandbox::{
     PreparedSandbox, SandboxError, SandboxRules, landlock_abi, prepare_sandbox, sandbox_on_spawn,
 };
+pub use syscall_filter::{FILTERED_SYSCALLS, FilterError, SyscallFilter, prepare_syscall_filter};
 
 pub use harden::{HardeningReport, MlockOutcome, harden_process, set_private_umask};
 pub use process::{

@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::syscall_filter::{FilterError, SyscallFilter, install, prepare_syscall_filter};
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope,
@@ -33,6 +34,8 @@ pub struct SandboxRules {
     /// Keep the program from connecting to abstract Unix sockets made
     /// outside its sandbox.
     pub scope_abstract_unix: bool,
+    /// Install the seccomp syscall filter (see [`crate::FILTERED_SYSCALLS`]).
+    pub syscall_filter: bool,
 }
 
 /// A ruleset ready to be applied to a child, and what it enforces on this
@@ -46,6 +49,17 @@ pub struct PreparedSandbox {
     pub enforced: Vec<&'static str>,
     /// What was asked for but this kernel cannot enforce.
     pub missing: Vec<&'static str>,
+    /// The seccomp filter, when asked for and available.
+    filter: Option<SyscallFilter>,
+    /// Why the filter was asked for but cannot be installed here.
+    pub filter_unavailable: Option<String>,
+}
+
+impl PreparedSandbox {
+    /// Whether the seccomp syscall filter will be installed.
+    pub fn filters_syscalls(&self) -> bool {
+        self.filter.is_some()
+    }
 }
 
 /// Why a sandbox could not be prepared.
@@ -62,6 +76,9 @@ pub enum SandboxError {
     /// The kernel refused the ruleset.
     #[error("cannot build the Landlock ruleset: {0}")]
     Ruleset(String),
+    /// The syscall filter's rules did not compile (a bug in keyward).
+    #[error("cannot build the seccomp syscall filter: {0}")]
+    Filter(String),
 }
 
 /// The Landlock ABI version this kernel offers; 0 when Landlock is absent
@@ -106,12 +123,23 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         rules.scope_abstract_unix,
         "abstract-unix",
     );
+    let (filter, filter_unavailable) = if rules.syscall_filter {
+        match prepare_syscall_filter() {
+            Ok(filter) => (Some(filter), None),
+            Err(FilterError::Build(e)) => return Err(SandboxError::Filter(e)),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, None)
+    };
     if !(fs || net || scopes) {
         return Ok(PreparedSandbox {
             fd: None,
             abi: raw_abi,
             enforced,
             missing,
+            filter,
+            filter_unavailable,
         });
     }
     let fail = |e: landlock::RulesetError| SandboxError::Ruleset(e.to_string());
@@ -166,6 +194,8 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         abi: raw_abi,
         enforced,
         missing,
+        filter,
+        filter_unavailable,
     })
 }
 
@@ -191,22 +221,30 @@ fn path_rule(
 }
 
 /// Applies `sandbox` to the spawned child just before it executes the
-/// program: `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`. A child
-/// the kernel refuses to restrict does not run at all.
+/// program: `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`, then the
+/// seccomp filter. A child the kernel refuses to restrict does not run at
+/// all.
 pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
-    let Some(fd) = sandbox.fd else {
+    let PreparedSandbox { fd, filter, .. } = sandbox;
+    if fd.is_none() && filter.is_none() {
         return;
-    };
-    // SAFETY: prctl and the raw landlock syscall are async-signal-safe, as
-    // required between fork and exec; the closure only reads an integer
-    // from the descriptor it owns (closed on exec by O_CLOEXEC).
+    }
+    // SAFETY: prctl, the raw landlock syscall and seccomp are
+    // async-signal-safe, as required between fork and exec; the closure
+    // only reads an integer from the descriptor it owns (closed on exec by
+    // O_CLOEXEC) and the filter programs built before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0 {
+            if let Some(fd) = &fd
+                && libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0
+            {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(filter) = &filter {
+                install(filter)?;
             }
             Ok(())
         });

@@ -76,6 +76,20 @@ pub enum VaultError {
         /// The id trusted.
         trusted: String,
     },
+    /// The home, the vault directory or the key file is open to group or
+    /// others.
+    #[error("VAULT REFUSED: {} has mode {mode:o}, open to group or others (keyward keeps it \
+             {want:o}); something widened it, and another account may have read the vault key. \
+             Nothing in the vault was used or changed. Restore it with `chmod {want:o} {}`, \
+             then rotate the secrets the vault holds", path.display(), path.display())]
+    Exposed {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// The mode keyward gives it.
+        want: u32,
+    },
     /// The vault directory is in a state keyward does not recognise.
     #[error("the vault in {} is inconsistent: {reason}", dir.display())]
     Inconsistent {

@@ -2,7 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -56,6 +56,8 @@ impl std::fmt::Debug for KnownValues {
 /// nothing.
 pub struct Vault {
     dir: PathBuf,
+    /// The home holding the vault, whose mode is checked with the vault's.
+    home: Option<PathBuf>,
     keep: usize,
     identity: Option<x25519::Identity>,
     current: Result<Current, String>,
@@ -77,12 +79,20 @@ impl Vault {
     pub fn new(dir: impl Into<PathBuf>, keep: usize) -> Self {
         Self {
             dir: dir.into(),
+            home: None,
             keep: keep.max(1),
             identity: None,
             current: Err("sealed".to_owned()),
             known: KnownValues::default(),
             last_use: Instant::now(),
         }
+    }
+
+    /// Checks `home` (the directory holding the vault) with the vault's own
+    /// files on every use: a home open to others exposes the vault too.
+    pub fn guard_home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
+        self
     }
 
     /// A handle on the values of the open vault's secrets; see
@@ -143,6 +153,7 @@ impl Vault {
                 mode: existing.as_str(),
             });
         }
+        self.check_modes()?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -208,6 +219,7 @@ impl Vault {
     /// rollback can repair the vault) and the error is returned.
     pub fn unseal(&mut self, passphrase: Option<SecretString>) -> Result<VaultStatus, VaultError> {
         let mode = self.mode()?.ok_or(VaultError::Uninitialized)?;
+        self.check_modes()?;
         let identity = match mode {
             KeyMode::KeyFile => {
                 let path = self.dir.join(IDENTITY_FILE);
@@ -345,7 +357,40 @@ impl Vault {
         }
     }
 
+    /// Refuses when the home holding the vault (see [`Vault::guard_home`]),
+    /// the vault directory or its
+    /// key file grants anything to group or others: something widened them
+    /// (keyward makes them 0700 and 0600), and the key may have been read
+    /// by another account. Checked on every use of the vault; changes
+    /// nothing.
+    pub fn check_modes(&self) -> Result<(), VaultError> {
+        let mut paths: Vec<(PathBuf, u32)> = Vec::with_capacity(4);
+        if let Some(home) = &self.home {
+            paths.push((home.clone(), 0o700));
+        }
+        paths.push((self.dir.clone(), 0o700));
+        paths.push((self.dir.join(IDENTITY_FILE), 0o600));
+        paths.push((self.dir.join(WRAPPED_IDENTITY_FILE), 0o600));
+        for (path, want) in paths {
+            let meta = match fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(VaultError::io(format!("cannot check {}", path.display()))(
+                        e,
+                    ));
+                }
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(VaultError::Exposed { path, mode, want });
+            }
+        }
+        Ok(())
+    }
+
     fn doc(&self) -> Result<&Document, VaultError> {
+        self.check_modes()?;
         if self.identity.is_none() {
             return Err(if self.mode()?.is_none() {
                 VaultError::Uninitialized
@@ -473,6 +518,7 @@ impl Vault {
     /// Makes an older snapshot current by writing its content again as the
     /// newest snapshot; history is never rewritten.
     pub fn rollback(&mut self, name: &str) -> Result<VaultStatus, VaultError> {
+        self.check_modes()?;
         if self.identity.is_none() {
             return Err(self.doc().err().unwrap_or(VaultError::Sealed));
         }
@@ -722,5 +768,49 @@ mod tests {
         assert!(matches!(err, VaultError::Swapped { .. }), "{err}");
         assert!(err.to_string().contains("VAULT REFUSED"));
         assert!(v.set("x", secret("y"), None).is_err());
+    }
+
+    /// A home, vault directory or key file widened to group or others is
+    /// refused on every use, naming the file; restored, nothing was lost.
+    #[test]
+    fn widened_modes_are_refused_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        fs::DirBuilder::new().mode(0o700).create(&home).unwrap();
+        let dir = home.join("vault");
+        let mut v = Vault::new(&dir, 20).guard_home(&home);
+        v.init(KeyMode::KeyFile, None).unwrap();
+        v.set("a", secret("value-a"), None).unwrap();
+        let before = v.history().unwrap();
+        let chmod =
+            |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+        for (path, widened, restored) in [
+            (dir.join(IDENTITY_FILE), 0o644, 0o600),
+            (dir.clone(), 0o750, 0o700),
+            (home.clone(), 0o705, 0o700),
+        ] {
+            chmod(&path, widened);
+            for err in [
+                v.value("a").unwrap_err(),
+                v.set("b", secret("value-b"), None).unwrap_err(),
+                v.list().unwrap_err(),
+                v.remove("a").unwrap_err(),
+            ] {
+                assert!(matches!(err, VaultError::Exposed { .. }), "{err}");
+                let text = err.to_string();
+                assert!(text.contains(&path.display().to_string()), "{text}");
+                assert!(text.contains(&format!("mode {widened:o}")), "{text}");
+                assert!(text.contains(&format!("chmod {restored:o}")), "{text}");
+            }
+            let mut reopened = Vault::new(&dir, 20).guard_home(&home);
+            assert!(matches!(
+                reopened.unseal(None),
+                Err(VaultError::Exposed { .. })
+            ));
+            assert!(!reopened.is_unsealed());
+            chmod(&path, restored);
+            assert_eq!(v.history().unwrap().len(), before.len(), "nothing written");
+            assert_eq!(v.value("a").unwrap().expose_secret(), "value-a");
+        }
     }
 }

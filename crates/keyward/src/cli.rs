@@ -500,9 +500,12 @@ pub struct RunArgs {
     /// writes the working directory, temporary files and the user's caches,
     /// never reaches the keyward home or config, connects over TCP only to
     /// the proxy (and --allow-port), binds no TCP port (but --allow-bind),
-    /// and cannot signal processes outside its run. `--sandbox` (strict)
-    /// fails when the kernel cannot enforce all of that; `--sandbox=best-effort`
-    /// runs with what it can and says what is missing.
+    /// and cannot signal processes outside its run; a seccomp filter refuses
+    /// other socket protocols (MPTCP, SCTP, raw, packet), io_uring, ptrace,
+    /// namespaces, terminal injection (TIOCSTI), chown, and changing other
+    /// processes' limits, priorities or CPUs. `--sandbox` (strict) fails when
+    /// the kernel cannot enforce all of that; `--sandbox=best-effort` runs
+    /// with what it can and says what is missing.
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true,
           default_missing_value = "strict", value_name = "MODE")]
     pub sandbox: Option<SandboxArg>,
@@ -554,7 +557,8 @@ pub enum BrokerArg {
 /// `--sandbox`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SandboxArg {
-    /// Fail unless the kernel enforces files, TCP and signals.
+    /// Fail unless the kernel enforces files, TCP, signals and the
+    /// syscall filter.
     Strict,
     /// Enforce what the kernel can and say what it cannot.
     BestEffort,

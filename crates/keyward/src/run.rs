@@ -274,28 +274,36 @@ async fn plan_confinement(
         }
     };
     let summary = describe(&sandbox);
-    if !sandbox.missing.is_empty() && mode == SandboxArg::Strict {
-        remove_private_tmp(plan.private_tmp.as_deref());
+    let mut missing = Vec::new();
+    if !sandbox.missing.is_empty() {
         let kernel = if sandbox.abi == 0 {
             "this kernel has no Landlock (not built in, or not in the `lsm=` boot list)".to_owned()
         } else {
             format!("this kernel offers Landlock ABI {}", sandbox.abi)
         };
-        bail!(
-            "--sandbox cannot be enforced: {kernel}, which cannot confine {} (ABI 6 or later              confines files, TCP and signals); use --sandbox=best-effort to run with what it              can enforce",
+        missing.push(format!(
+            "{kernel}, which cannot confine {} (ABI 6 or later confines files, TCP and signals)",
             sandbox.missing.join(", ")
+        ));
+    }
+    if let Some(why) = &sandbox.filter_unavailable {
+        missing.push(format!("the syscall filter cannot be installed: {why}"));
+    }
+    if !missing.is_empty() && mode == SandboxArg::Strict {
+        remove_private_tmp(plan.private_tmp.as_deref());
+        bail!(
+            "--sandbox cannot be enforced: {}; use --sandbox=best-effort to run with what \
+             can be enforced",
+            missing.join("; ")
         );
     }
     for note in &plan.notes {
         eprintln!("sandbox: {note}");
     }
-    if sandbox.missing.is_empty() {
+    if missing.is_empty() {
         eprintln!("sandbox: {summary}");
     } else {
-        eprintln!(
-            "sandbox: {summary}; NOT enforced on this kernel: {}",
-            sandbox.missing.join(", ")
-        );
+        eprintln!("sandbox: {summary}; NOT enforced: {}", missing.join("; "));
     }
     Ok(Confinement {
         sandbox,
@@ -304,9 +312,10 @@ async fn plan_confinement(
     })
 }
 
-/// `landlock ABI 7: fs, tcp, signals`, or what confines without Landlock.
+/// `landlock ABI 7: fs, tcp, signals; seccomp syscall filter`, or what
+/// confines without Landlock.
 fn describe(sandbox: &keyward_sys::PreparedSandbox) -> String {
-    if sandbox.enforced.is_empty() {
+    let landlock = if sandbox.enforced.is_empty() {
         "process ancestry only (no Landlock scoping on this kernel)".to_owned()
     } else {
         format!(
@@ -314,6 +323,11 @@ fn describe(sandbox: &keyward_sys::PreparedSandbox) -> String {
             sandbox.abi,
             sandbox.enforced.join(", ")
         )
+    };
+    if sandbox.filters_syscalls() {
+        format!("{landlock}; seccomp syscall filter")
+    } else {
+        landlock
     }
 }
 

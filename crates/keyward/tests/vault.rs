@@ -256,7 +256,11 @@ fn swapped_vault_is_refused_loudly() {
     let vault = home.path.join("vault");
     let trust = std::fs::read(vault.join("trust")).unwrap();
     std::fs::remove_dir_all(&vault).unwrap();
-    std::fs::create_dir(&vault).unwrap();
+    // 0700 as keyward makes it: a vault directory open to others is refused
+    // for that before its id is looked at.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&vault)
+        .unwrap();
     for entry in std::fs::read_dir(other.path.join("vault")).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), vault.join(entry.file_name())).unwrap();
