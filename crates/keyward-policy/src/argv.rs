@@ -67,7 +67,10 @@ impl CommandMatch {
             return false;
         }
         if let Some(downloaders) = &self.runs_download
-            && !command.runs_download.iter().any(|name| any(downloaders, name))
+            && !command
+                .runs_download
+                .iter()
+                .any(|name| any(downloaders, name))
         {
             return false;
         }
@@ -132,9 +135,12 @@ pub(crate) fn has_flag(argv: &[Word], flag: &str) -> bool {
             name == flag
                 || (name.len() > 2 && name.starts_with("--") && flag.starts_with(name))
                 || letter.is_some_and(|l| {
-                    !name.starts_with("--")
-                        && name[1..].bytes().all(|b| b.is_ascii_alphanumeric())
-                        && name[1..].contains(l)
+                    let cluster = &w.text[1..];
+                    let end = cluster
+                        .bytes()
+                        .position(|b| !b.is_ascii_alphanumeric())
+                        .unwrap_or(cluster.len());
+                    !name.starts_with("--") && cluster[..end].contains(l)
                 })
         })
 }
@@ -446,8 +452,7 @@ fn normalize_operand(text: &str) -> Cow<'_, str> {
         Some(&home) if is_home(home) => 1,
         _ => usize::MAX,
     };
-    if base != usize::MAX && segments.len() > base && segments[base..].iter().all(|s| is_wild(s))
-    {
+    if base != usize::MAX && segments.len() > base && segments[base..].iter().all(|s| is_wild(s)) {
         segments.truncate(base);
         segments.push("*");
     }

@@ -86,7 +86,12 @@ fn reader(name: &str) -> Option<Tool> {
         },
         "sort" => Tool {
             value: "tkoSTz",
-            long_value: &["--key", "--field-separator", "--buffer-size", "--temporary-directory"],
+            long_value: &[
+                "--key",
+                "--field-separator",
+                "--buffer-size",
+                "--temporary-directory",
+            ],
             writes_value: "o",
             ..PLAIN
         },
@@ -104,9 +109,25 @@ fn reader(name: &str) -> Option<Tool> {
         "rg" => Tool {
             value: "efgtTmABCjMrE",
             long_value: &[
-                "--regexp", "--file", "--glob", "--iglob", "--type", "--type-not", "--max-count",
-                "--context", "--replace", "--threads", "--max-depth", "--encoding", "--sort",
-                "--sortr", "--type-add", "--color", "--colors", "--pre", "--pre-glob",
+                "--regexp",
+                "--file",
+                "--glob",
+                "--iglob",
+                "--type",
+                "--type-not",
+                "--max-count",
+                "--context",
+                "--replace",
+                "--threads",
+                "--max-depth",
+                "--encoding",
+                "--sort",
+                "--sortr",
+                "--type-add",
+                "--color",
+                "--colors",
+                "--pre",
+                "--pre-glob",
             ],
             program_first: Some("ef"),
             reads_value: "f",
@@ -169,8 +190,14 @@ pub(crate) fn files(command: &Command) -> Vec<FileUse> {
     let write = |word: &Word| use_of(Access::Write, word);
     match name {
         "tee" => ops("", &[]).into_iter().map(write).collect(),
-        "touch" => ops("dr", &["--date", "--reference"]).into_iter().map(write).collect(),
-        "truncate" => ops("sr", &["--size", "--reference"]).into_iter().map(write).collect(),
+        "touch" => ops("dr", &["--date", "--reference"])
+            .into_iter()
+            .map(write)
+            .collect(),
+        "truncate" => ops("sr", &["--size", "--reference"])
+            .into_iter()
+            .map(write)
+            .collect(),
         "rm" | "unlink" | "rmdir" | "shred" => ops("n", &["--iterations"])
             .into_iter()
             .map(|w| use_of(Access::Delete, w))
@@ -190,25 +217,53 @@ pub(crate) fn files(command: &Command) -> Vec<FileUse> {
                 })
             })
             .collect(),
-        "curl" | "wget" => {
-            let mut out = Vec::new();
-            let mut words = argv[1..].iter();
-            let wget = name == "wget";
-            while let Some(w) = words.next() {
-                let t = w.text.as_str();
-                let value = match t {
-                    "-o" | "--output" if !wget => words.next(),
-                    "-O" | "--output-document" if wget => words.next(),
-                    _ => None,
-                };
-                if let Some(v) = value.filter(|v| v.text != "-") {
-                    out.push(write(v));
-                }
-            }
-            out
-        }
+        "curl" | "wget" => output_files(argv).iter().map(write).collect(),
         _ => Vec::new(),
     }
+}
+
+/// The files a downloader (`curl -o F`, `curl -sSLoF`, `--output F`,
+/// `wget -O F`, `--output-document=F`) writes to; `-` (stdout) is none.
+pub(crate) fn output_files(argv: &[Word]) -> Vec<Word> {
+    let letter = if argv[0].text.ends_with("wget") {
+        'O'
+    } else {
+        'o'
+    };
+    let mut out = Vec::new();
+    let mut words = argv[1..].iter();
+    while let Some(word) = words.next() {
+        let text = word.text.as_str();
+        let value = if let Some(long) = text.strip_prefix("--") {
+            match long.split_once('=') {
+                Some(("output" | "output-document", v)) => Some(Word {
+                    text: v.to_owned(),
+                    ..word.clone()
+                }),
+                None if matches!(long, "output" | "output-document") => words.next().cloned(),
+                _ => None,
+            }
+        } else if let Some(cluster) = text.strip_prefix('-') {
+            match cluster.find(letter) {
+                Some(at) if cluster[..at].bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                    let attached = &cluster[at + 1..];
+                    if attached.is_empty() {
+                        words.next().cloned()
+                    } else {
+                        Some(Word {
+                            text: attached.to_owned(),
+                            ..word.clone()
+                        })
+                    }
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        out.extend(value.filter(|v| v.text != "-"));
+    }
+    out
 }
 
 fn use_of(access: Access, word: &Word) -> FileUse {
@@ -336,9 +391,21 @@ fn plain_operands<'a>(argv: &'a [Word], values: &str, long: &[&str]) -> Vec<&'a 
 fn copy(command: &Command) -> Vec<FileUse> {
     let name = command.name();
     let (values, long): (&str, &[&str]) = match name {
-        "install" => ("mogSt", &["--mode", "--owner", "--group", "--suffix", "--target-directory"]),
+        "install" => (
+            "mogSt",
+            &[
+                "--mode",
+                "--owner",
+                "--group",
+                "--suffix",
+                "--target-directory",
+            ],
+        ),
         "cp" | "mv" | "ln" => ("St", &["--suffix", "--target-directory"]),
-        "rsync" => ("efT", &["--rsh", "--filter", "--exclude", "--include", "--temp-dir"]),
+        "rsync" => (
+            "efT",
+            &["--rsh", "--filter", "--exclude", "--include", "--temp-dir"],
+        ),
         _ => ("cFiloPJS", &[]),
     };
     let argv = &command.argv;
@@ -373,17 +440,28 @@ fn copy(command: &Command) -> Vec<FileUse> {
         (None, None) => None,
     };
     let remote = |w: &Word| matches!(name, "rsync" | "scp") && w.text.contains(':');
-    let mut out = Vec::new();
+    // Sources first: reading a key is the first thing a copy of it does.
+    // A link to a file is a way to read it under another name.
+    let access = if name == "mv" {
+        Access::Delete
+    } else {
+        Access::Read
+    };
+    let mut out: Vec<FileUse> = operands
+        .iter()
+        .filter(|w| !remote(w))
+        .map(|w| use_of(access, w))
+        .collect();
     if let Some(dest) = dest.filter(|d| !remote(d)) {
         if name == "ln" && operands.is_empty() {
             // `ln -s TARGET`: a link of TARGET's name in the current
             // directory, and a way to read TARGET.
             let base = dest.text.rsplit('/').next().unwrap_or_default();
+            out.push(use_of(Access::Read, dest));
             out.push(FileUse {
                 access: Access::Write,
                 path: (!dest.dynamic).then(|| base.to_owned()),
             });
-            out.push(use_of(Access::Read, dest));
             return out;
         }
         out.push(use_of(Access::Write, dest));
@@ -397,17 +475,5 @@ fn copy(command: &Command) -> Vec<FileUse> {
             }
         }
     }
-    // A link to a file is a way to read it under another name.
-    let access = if name == "mv" {
-        Access::Delete
-    } else {
-        Access::Read
-    };
-    out.extend(
-        operands
-            .into_iter()
-            .filter(|w| !remote(w))
-            .map(|w| use_of(access, w)),
-    );
     out
 }

@@ -769,7 +769,11 @@ fn unparseable_rules() -> Box<[RuleInfo]> {
 /// scheme's default port left out, and `/` for an empty path.
 fn url_target(target: &str) -> Option<String> {
     let (scheme, rest) = target.trim().split_once("://")?;
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
         return None;
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());

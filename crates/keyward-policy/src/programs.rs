@@ -225,9 +225,11 @@ fn awk(argv: &[Word]) -> bool {
     let loads = argv[1..].iter().take_while(|w| w.text != "--").any(|w| {
         let t = w.text.as_str();
         matches!(t, "-i" | "-l" | "-E")
-            || ["--include", "--load", "--exec"]
-                .iter()
-                .any(|o| t.split('=').next().is_some_and(|n| n.len() > 3 && o.starts_with(n)))
+            || ["--include", "--load", "--exec"].iter().any(|o| {
+                t.split('=')
+                    .next()
+                    .is_some_and(|n| n.len() > 3 && o.starts_with(n))
+            })
             || (t.starts_with("-i") || t.starts_with("-l")) && !t.starts_with("--")
     });
     if loads {

@@ -307,7 +307,15 @@ const SYSTEMD_RUN: Options = Options {
 const PROOT: Options = Options {
     short_value: "rbmwqkv",
     short_flags: "0",
-    long_value: &["--rootfs", "--bind", "--mount", "--cwd", "--qemu", "--kernel-release", "--verbose"],
+    long_value: &[
+        "--rootfs",
+        "--bind",
+        "--mount",
+        "--cwd",
+        "--qemu",
+        "--kernel-release",
+        "--verbose",
+    ],
     long_flags: &["--root-id", "--link2symlink", "--kill-on-exit"],
     ..NONE
 };
@@ -343,7 +351,12 @@ fn inline_option(argv: &[Word]) -> Option<Word> {
         {
             return words.next().cloned();
         }
-        if flock && matches!(text, "-w" | "-E" | "--timeout" | "--wait" | "--conflict-exit-code") {
+        if flock
+            && matches!(
+                text,
+                "-w" | "-E" | "--timeout" | "--wait" | "--conflict-exit-code"
+            )
+        {
             words.next();
         } else if !text.starts_with('-') {
             operands += 1;
@@ -579,7 +592,8 @@ impl Reader<'_, '_> {
             Some(script) => {
                 let start = self.out.len();
                 self.script(command, &script)?;
-                if let Some((zero, params)) = positional.as_deref().and_then(<[Word]>::split_first) {
+                if let Some((zero, params)) = positional.as_deref().and_then(<[Word]>::split_first)
+                {
                     for part in &mut self.out[start..] {
                         if let Part::Command(c) = part {
                             super::lines::substitute(c, Some(zero), params);

@@ -7,16 +7,44 @@ use super::{Command, Part, Word};
 
 /// Programs that download a URL to a file.
 const DOWNLOADERS: &[&str] = &[
-    "curl", "wget", "aria2c", "fetch", "http", "https", "xh", "xhs", "lwp-download",
+    "curl",
+    "wget",
+    "aria2c",
+    "fetch",
+    "http",
+    "https",
+    "xh",
+    "xhs",
+    "lwp-download",
 ];
 
 /// Whether `name` runs a file given as its first operand as code: shells,
 /// `source` and the interpreters (any `python3.N`, `pypy3`, `php8.2`, ...).
 pub(crate) fn runs_scripts(name: &str) -> bool {
     const PREFIXES: &[&str] = &[
-        "python", "pypy", "php", "perl", "ruby", "lua", "luajit", "node", "nodejs", "deno", "bun",
-        "tclsh", "wish", "Rscript", "osascript", "jruby", "jython", "irb", "racket", "guile",
-        "awk", "gawk", "expect",
+        "python",
+        "pypy",
+        "php",
+        "perl",
+        "ruby",
+        "lua",
+        "luajit",
+        "node",
+        "nodejs",
+        "deno",
+        "bun",
+        "tclsh",
+        "wish",
+        "Rscript",
+        "osascript",
+        "jruby",
+        "jython",
+        "irb",
+        "racket",
+        "guile",
+        "awk",
+        "gawk",
+        "expect",
     ];
     SHELLS.contains(&name)
         || matches!(name, "source" | "." | "fish" | "tcsh" | "csh" | "exec")
@@ -86,7 +114,10 @@ pub(super) fn follow(parts: &mut [Part]) {
                         .iter()
                         .find(|i| DOWNLOADERS.contains(&i.as_str()))
                 {
-                    for word in command.argv[1..].iter().filter(|w| !w.text.starts_with('-')) {
+                    for word in command.argv[1..]
+                        .iter()
+                        .filter(|w| !w.text.starts_with('-'))
+                    {
                         downloads.push((clean(&word.text).to_owned(), from.clone()));
                     }
                 }
@@ -134,27 +165,12 @@ fn clean(path: &str) -> &str {
 /// The files a downloader writes: its `-o`/`-O`/`--output...` values, and
 /// the last path segment of each URL (curl -O, wget's default).
 fn downloaded_files(argv: &[Word]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut words = argv[1..].iter();
-    while let Some(word) = words.next() {
+    let mut out: Vec<String> = crate::effects::output_files(argv)
+        .iter()
+        .map(|w| clean(&w.text).to_owned())
+        .collect();
+    for word in &argv[1..] {
         let text = word.text.as_str();
-        let value = match text {
-            "-o" | "--output" | "--output-document" => words.next().map(|w| w.text.as_str()),
-            _ if text.starts_with("--output=") || text.starts_with("--output-document=") => {
-                text.split_once('=').map(|(_, v)| v)
-            }
-            _ if text.len() > 2
-                && (text.starts_with("-o") || (argv[0].text.ends_with("wget") && text.starts_with("-O"))) =>
-            {
-                Some(&text[2..])
-            }
-            "-O" if argv[0].text.ends_with("wget") => words.next().map(|w| w.text.as_str()),
-            _ => None,
-        };
-        if let Some(value) = value.filter(|v| *v != "-") {
-            out.push(clean(value).to_owned());
-            continue;
-        }
         if let Some((_, rest)) = text.split_once("://") {
             let path = rest.split(['?', '#']).next().unwrap_or_default();
             if let Some((_, last)) = path.rsplit_once('/')
