@@ -13,6 +13,10 @@ use crate::shell::{Command, Word};
 pub(crate) struct CommandMatch {
     /// Globs on the base name of `argv[0]`.
     pub names: Option<Box<[Glob]>>,
+    /// The bytes a name matched by `names` can start with (all of them
+    /// when a glob starts with a wildcard): most rules are passed over on
+    /// one bit test.
+    pub first_bytes: [u64; 4],
     /// Each entry: globs on consecutive operands after the global options.
     pub subcommands: Option<Box<[Box<[Glob]>]>>,
     /// Any of these options, alone, combined (`-rf`) or with a value.
@@ -33,6 +37,18 @@ pub(crate) struct CommandMatch {
 }
 
 impl CommandMatch {
+    /// The first-byte filter of `names` (see [`CommandMatch::first_bytes`]).
+    pub fn first_bytes_of(names: Option<&[Glob]>) -> [u64; 4] {
+        let mut bits = [0u64; 4];
+        for glob in names.into_iter().flatten() {
+            match glob.as_str().as_bytes() {
+                [b'*' | b'?' | b'\\', ..] | [] => return [u64::MAX; 4],
+                [b, ..] => bits[usize::from(b >> 6)] |= 1 << (b & 63),
+            }
+        }
+        bits
+    }
+
     /// Whether only `env` is set, so that a line of bare assignments can
     /// match.
     pub fn only_env(&self) -> bool {
@@ -56,10 +72,14 @@ impl CommandMatch {
         if command.argv.is_empty() {
             return self.only_env();
         }
-        if let Some(names) = &self.names
-            && !any(names, command.name())
-        {
-            return false;
+        if let Some(names) = &self.names {
+            let name = command.name();
+            let first = name.bytes().next().unwrap_or(0);
+            if self.first_bytes[usize::from(first >> 6)] & (1 << (first & 63)) == 0
+                || !any(names, name)
+            {
+                return false;
+            }
         }
         if let Some(inputs) = &self.inputs
             && !command.inputs.iter().any(|name| any(inputs, name))

@@ -983,8 +983,10 @@ fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'sta
             "a subcommand belongs to a command: add command = \"...\"".into(),
         ));
     }
+    let names = names.as_deref().map(|n| globs("command", n)).transpose()?;
     let matcher = CommandMatch {
-        names: names.as_deref().map(|n| globs("command", n)).transpose()?,
+        first_bytes: CommandMatch::first_bytes_of(names.as_deref()),
+        names,
         subcommands: subcommands
             .map(|subs| {
                 subs.iter()
