@@ -5,8 +5,10 @@
 
 mod argv;
 mod cavra;
+mod effects;
 mod glob;
 mod policy;
+mod programs;
 mod shell;
 
 pub use cavra::{CavraImport, import_cavra, is_cavra_json};

@@ -120,6 +120,10 @@ struct RuleFile {
     env: Option<OneOrMany>,
     #[serde(default)]
     input_from: Option<OneOrMany>,
+    #[serde(default)]
+    runs_download: Option<OneOrMany>,
+    #[serde(default)]
+    unsafe_program: bool,
 }
 
 /// The action whose targets are always shell lines.
@@ -137,7 +141,8 @@ pub fn canonical_action(action: &str) -> &str {
 /// The rule id of a shell line (or a part of one) that cannot be read.
 pub const UNPARSEABLE_RULE_ID: &str = "commands.unparseable";
 
-const SHELL_FIELDS_NEED_SHELL_ACTIONS: &str = "command, subcommand, flags, args, env and input_from \
+const SHELL_FIELDS_NEED_SHELL_ACTIONS: &str = "command, subcommand, flags, args, env, input_from, \
+     runs_download and unsafe_program \
      read shell lines: use action = \"execute_command\", or say shell = true on a rule of this action \
      in the same file";
 
@@ -676,7 +681,10 @@ impl Policy {
         } else {
             Mode::Text
         };
-        let target = target.map(|t| normalize_target(t, mode));
+        let target = target.map(|t| match action {
+            "http_request" => url_target(t).map_or_else(|| normalize_target(t, mode), Cow::Owned),
+            _ => normalize_target(t, mode),
+        });
         let target = target.as_deref();
         for (tier, candidates) in self.tiers(action).iter().enumerate() {
             let hit = candidates
@@ -733,6 +741,20 @@ impl Policy {
                         // Bare assignments no rule speaks of run nothing.
                         None if command.argv.is_empty() => {}
                         None => consider(&self.default, false, &|| command.shown()),
+                    }
+                    // The files it reads and writes by its operands, decided
+                    // as the file requests they amount to.
+                    for file in crate::effects::files(&command) {
+                        let Some(path) = file.path else {
+                            let why = Why::DynamicFile;
+                            consider(&self.unparseable[why.index()], true, &|| command.shown());
+                            continue;
+                        };
+                        let verdict = self.evaluate_as(file.access.action(), Some(&path), req);
+                        let sign = file.access.sign();
+                        consider(verdict.rule, verdict.explicit, &|| {
+                            format!("{} ({sign} {path})", command.shown())
+                        });
                     }
                 }
                 Part::File { write, path } => {
@@ -795,6 +817,37 @@ fn unparseable_rules() -> Box<[RuleInfo]> {
             approver_group: None,
         })
         .collect()
+}
+
+/// A target written as a URL (`http://user@Host:80/p?q`) as the
+/// `host[:port]/path` form `http_request` rules match: the scheme, user
+/// information, query and fragment dropped, the host lower-cased, the
+/// scheme's default port left out, and `/` for an empty path.
+fn url_target(target: &str) -> Option<String> {
+    let (scheme, rest) = target.trim().split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = rest[end..].split(['?', '#']).next().unwrap_or_default();
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => ":80",
+        "https" | "wss" => ":443",
+        _ => "",
+    };
+    let host_port = host_port.to_ascii_lowercase();
+    let host_port = match host_port.strip_suffix(default_port) {
+        Some(host) if !default_port.is_empty() && !host.ends_with(':') => host.to_owned(),
+        _ => host_port,
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    Some(normalize_target(&format!("{host_port}{path}"), Mode::Path).into_owned())
 }
 
 /// Commands: surrounding whitespace trimmed and runs of whitespace made one
@@ -969,6 +1022,7 @@ fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'sta
     let args = list("args", &raw.args)?;
     let env = list("env", &raw.env)?;
     let inputs = list("input_from", &raw.input_from)?;
+    let runs_download = list("runs_download", &raw.runs_download)?;
     if let Some(bad) = flags
         .iter()
         .flatten()
@@ -985,8 +1039,10 @@ fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'sta
             "a subcommand belongs to a command: add command = \"...\"".into(),
         ));
     }
+    let names = names.as_deref().map(|n| globs("command", n)).transpose()?;
     let matcher = CommandMatch {
-        names: names.as_deref().map(|n| globs("command", n)).transpose()?,
+        first_bytes: CommandMatch::first_bytes_of(names.as_deref()),
+        names,
         subcommands: subcommands
             .map(|subs| {
                 subs.iter()
@@ -1006,13 +1062,20 @@ fn compile_command_fields(raw: &RuleFile) -> Result<Option<CommandMatch>, (&'sta
             .as_deref()
             .map(|i| globs("input_from", i))
             .transpose()?,
+        runs_download: runs_download
+            .as_deref()
+            .map(|i| globs("runs_download", i))
+            .transpose()?,
+        unsafe_program: raw.unsafe_program,
     };
     let any = matcher.names.is_some()
         || matcher.subcommands.is_some()
         || matcher.flags.is_some()
         || matcher.args.is_some()
         || matcher.env.is_some()
-        || matcher.inputs.is_some();
+        || matcher.inputs.is_some()
+        || matcher.runs_download.is_some()
+        || matcher.unsafe_program;
     Ok(any.then_some(matcher))
 }
 

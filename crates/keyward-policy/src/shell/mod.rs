@@ -15,6 +15,7 @@
 use std::fmt;
 
 mod launchers;
+mod lines;
 
 /// How deep substitutions, subshells and inline scripts may nest.
 const MAX_DEPTH: usize = 24;
@@ -58,6 +59,9 @@ pub(crate) struct Command {
     /// Base names of the commands whose output it reads: earlier stages of
     /// its pipeline and the substitutions inside its words.
     pub inputs: Vec<String>,
+    /// Base names of the downloaders (`curl -o f`, `wget URL`) whose file
+    /// it runs, as its program (`./f`) or as a script (`sh f`).
+    pub runs_download: Vec<String>,
 }
 
 impl Command {
@@ -124,12 +128,13 @@ pub(crate) enum Why {
     DynamicCommand,
     DynamicScript,
     DynamicRedirect,
+    DynamicFile,
     LauncherOption,
     TooDeep,
 }
 
 impl Why {
-    pub const ALL: [Why; 10] = [
+    pub const ALL: [Why; 11] = [
         Why::UnbalancedQuote,
         Why::Syntax,
         Why::Heredoc,
@@ -138,6 +143,7 @@ impl Why {
         Why::DynamicCommand,
         Why::DynamicScript,
         Why::DynamicRedirect,
+        Why::DynamicFile,
         Why::LauncherOption,
         Why::TooDeep,
     ];
@@ -167,6 +173,9 @@ impl Why {
                 "an inline script (sh -c, eval, watch, trap, alias) computed at run time"
             }
             Why::DynamicRedirect => "a redirection to a file name computed at run time",
+            Why::DynamicFile => {
+                "a file that a reader or writer (cat, grep, cp, tee, ...) is given as a name computed at run time"
+            }
             Why::LauncherOption => {
                 "an option of a launcher (sudo, env, xargs, ...) keyward does not know"
             }
@@ -189,6 +198,7 @@ impl fmt::Display for Why {
 pub(crate) fn parse(line: &str) -> Vec<Part> {
     let mut parts = Vec::new();
     parse_script(line, &Context::default(), 0, &mut parts);
+    lines::follow(&mut parts);
     parts
 }
 
@@ -437,6 +447,7 @@ impl Reader<'_, '_> {
             argv: words,
             env: all_env,
             inputs,
+            runs_download: Vec::new(),
         };
         if command.argv.is_empty() {
             if command.env.len() > ctx.env.len() {
