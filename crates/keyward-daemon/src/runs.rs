@@ -702,7 +702,8 @@ mod tests {
         reg.reseal(std::slice::from_ref(&unsealed.id)).unwrap();
         let run = reg.get(&unsealed.id).unwrap();
         assert_eq!(reg.check(&run), SealCheck::Valid);
-        let edits: Vec<Box<dyn Fn(&mut RunRecord)>> = vec![
+        type Edit = Box<dyn Fn(&mut RunRecord)>;
+        let edits: Vec<Edit> = vec![
             Box::new(|r| {
                 r.network = match r.network {
                     Network::Permissive => Network::Strict,
