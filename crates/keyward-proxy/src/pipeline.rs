@@ -26,6 +26,7 @@ use crate::limits::StallLimited;
 use crate::proxy::Proxy;
 use crate::record::Target;
 use crate::refusal::{Refusal, UPGRADE_REFUSED};
+use crate::run_token::{RunToken, is_token_in_body};
 use crate::tunnel::join_upgraded;
 
 impl Proxy {
@@ -51,6 +52,14 @@ impl Proxy {
             .filter(|_| req.version() == hyper::Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let mut event = self.pending(self.event(run, via, method.as_str(), target, &path));
+
+        // The run token never goes upstream: not in the method, the host,
+        // the URL or a header (its body is guarded as it streams).
+        if let Some(token) = &run.token
+            && let Some(place) = token.in_request(&method, target, req.uri(), req.headers())
+        {
+            return self.refuse(event.take(), RunToken::refusal(&place));
+        }
 
         // request_filter. A CONNECT here (inside an intercepted tunnel, on
         // a broker stream or to a base URL) would open a raw tunnel from
@@ -219,6 +228,12 @@ impl Proxy {
                         "placeholder_body",
                         large_body_message(self.options.max_substitution_body),
                     ),
+                );
+            }
+            Ok(Err(e)) if is_token_in_body(&e) => {
+                return self.refuse(
+                    event.take(),
+                    RunToken::refusal("the request body"),
                 );
             }
             Ok(Err(e)) if is_client_body_error(&e) => {

@@ -91,6 +91,31 @@ impl Scrubber {
         self.matcher.is_match(hay)
     }
 
+    /// Whether `hay` holds a needle in any ASCII case (a hex token
+    /// upper-cased, a header name).
+    pub fn finds_any_case(&self, hay: &[u8]) -> bool {
+        self.names.is_match(hay)
+    }
+
+    /// `text` with every needle, in any ASCII case, replaced, or `None` if
+    /// it holds none.
+    pub fn replace_any_case(&self, text: &str) -> Option<String> {
+        if !self.names.is_match(text) {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for m in self.names.find_iter(text) {
+            out.push_str(&text[at..m.start()]);
+            out.push_str(&String::from_utf8_lossy(
+                &self.replacements[m.pattern().as_usize()],
+            ));
+            at = m.end();
+        }
+        out.push_str(&text[at..]);
+        Some(out)
+    }
+
     /// `buf` with every needle replaced, or `None` if it holds none.
     pub fn replace(&self, buf: &[u8]) -> Option<Vec<u8>> {
         self.finds(buf)
