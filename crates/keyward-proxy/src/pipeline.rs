@@ -157,7 +157,10 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let scrub_frames = websocket && run.scrubber.is_some();
+        // Frames are relayed frame by frame (not copied) when either way
+        // may carry something to scrub: the run's secrets coming down,
+        // its token going up.
+        let scrub_frames = websocket && (run.scrubber.is_some() || run.token.is_some());
         if scrub_frames {
             // Compressed frames could not be scrubbed.
             parts.headers.remove("sec-websocket-extensions");
@@ -310,9 +313,16 @@ impl Proxy {
                 );
             }
             let scrubber = run.scrubber.clone().filter(|_| joined_websocket);
+            let token = run.token.clone().filter(|_| joined_websocket);
             let mut resp = Response::from_parts(parts, body);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            self.join_after_switch(event.take(), client_upgrade, upstream_upgrade, scrubber);
+            self.join_after_switch(
+                event.take(),
+                client_upgrade,
+                upstream_upgrade,
+                scrubber,
+                token,
+            );
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, empty());
         }
@@ -348,13 +358,14 @@ impl Proxy {
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         scrubber: Option<Arc<crate::scrub::Scrubber>>,
+        token: Option<Arc<RunToken>>,
     ) {
         event.status = 101;
         let sink = self.events.clone();
         tokio::spawn(async move {
             match tokio::try_join!(client, upstream) {
                 Ok((client, upstream)) => {
-                    event.bytes = join_upgraded(client, upstream, scrubber).await;
+                    event.bytes = join_upgraded(client, upstream, scrubber, token).await;
                 }
                 Err(e) => tracing::debug!("upgrade failed: {e}"),
             }

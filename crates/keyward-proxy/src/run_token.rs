@@ -49,13 +49,19 @@ impl std::fmt::Debug for RunToken {
 impl RunToken {
     /// The matcher for `token`; `None` for an empty one.
     pub(crate) fn new(token: &str) -> Option<Self> {
-        let scrubber = Scrubber::new(&[(token.as_bytes(), b"[REDACTED]")])?;
+        let scrubber = Scrubber::any_case(&[(token.as_bytes(), b"[REDACTED]")])?;
         let longest = scrubber.longest().max(token.len() * 3);
         Some(Self {
             value: SecretString::from(token.to_owned()),
             scrubber,
             longest,
         })
+    }
+
+    /// The matcher, for what is scrubbed rather than refused (WebSocket
+    /// frames the child sends, see `tunnel.rs`).
+    pub(crate) fn scrubber(&self) -> &Scrubber {
+        &self.scrubber
     }
 
     /// The token itself (for the daemon's evidence redaction).
@@ -66,7 +72,7 @@ impl RunToken {
     /// Whether `hay` carries the token, raw, encoded, in any case, or
     /// percent-encoded on top of that.
     pub(crate) fn finds(&self, hay: &[u8]) -> bool {
-        if self.scrubber.finds_any_case(hay) {
+        if self.scrubber.finds(hay) {
             return true;
         }
         let mut current = Cow::Borrowed(hay);
@@ -74,7 +80,7 @@ impl RunToken {
             let Some(decoded) = percent_decoded(&current) else {
                 return false;
             };
-            if self.scrubber.finds_any_case(&decoded) {
+            if self.scrubber.finds(&decoded) {
                 return true;
             }
             current = Cow::Owned(decoded);
@@ -85,7 +91,11 @@ impl RunToken {
     /// `text` for the record: the token replaced by `[REDACTED]` (the
     /// whole text when only a decoded form holds it).
     pub(crate) fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        match self.scrubber.replace_any_case(text) {
+        let replaced = self
+            .scrubber
+            .replace(text.as_bytes())
+            .map(|out| String::from_utf8_lossy(&out).into_owned());
+        match replaced {
             Some(out) if !self.finds(out.as_bytes()) => Cow::Owned(out),
             Some(_) => Cow::Borrowed("[REDACTED]"),
             None if self.finds(text.as_bytes()) => Cow::Borrowed("[REDACTED]"),

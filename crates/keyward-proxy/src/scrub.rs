@@ -45,6 +45,16 @@ impl Scrubber {
     /// A scrubber for `(secret, replacement)` pairs; `None` when there is
     /// no secret to look for.
     pub fn new(secrets: &[(&[u8], &[u8])]) -> Option<Self> {
+        Self::build(secrets, false)
+    }
+
+    /// The same, finding every needle in any ASCII case (the run token:
+    /// hex that a server would take upper-cased as well).
+    pub fn any_case(secrets: &[(&[u8], &[u8])]) -> Option<Self> {
+        Self::build(secrets, true)
+    }
+
+    fn build(secrets: &[(&[u8], &[u8])], any_case: bool) -> Option<Self> {
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut replacements: Vec<Vec<u8>> = Vec::new();
         let mut add = |needle: Vec<u8>, replacement: &[u8]| {
@@ -74,7 +84,7 @@ impl Scrubber {
                 .expect("literal needles always build")
         };
         Some(Self {
-            matcher: build(false),
+            matcher: build(any_case),
             names: build(true),
             longest: needles.iter().map(Vec::len).max().unwrap_or(1),
             replacements,
@@ -89,31 +99,6 @@ impl Scrubber {
     /// Whether `hay` holds a needle.
     pub fn finds(&self, hay: &[u8]) -> bool {
         self.matcher.is_match(hay)
-    }
-
-    /// Whether `hay` holds a needle in any ASCII case (a hex token
-    /// upper-cased, a header name).
-    pub fn finds_any_case(&self, hay: &[u8]) -> bool {
-        self.names.is_match(hay)
-    }
-
-    /// `text` with every needle, in any ASCII case, replaced, or `None` if
-    /// it holds none.
-    pub fn replace_any_case(&self, text: &str) -> Option<String> {
-        if !self.names.is_match(text) {
-            return None;
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for m in self.names.find_iter(text) {
-            out.push_str(&text[at..m.start()]);
-            out.push_str(&String::from_utf8_lossy(
-                &self.replacements[m.pattern().as_usize()],
-            ));
-            at = m.end();
-        }
-        out.push_str(&text[at..]);
-        Some(out)
     }
 
     /// `buf` with every needle replaced, or `None` if it holds none.

@@ -796,3 +796,90 @@ async fn the_run_token_never_goes_upstream_in_headers_urls_or_bodies() {
         assert!(upstream_got_token(upstream).is_none());
     }
 }
+
+/// A WebSocket frame from the client (masked with `key`).
+fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// The unmasked payloads of the client frames in `bytes`.
+fn client_payloads(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while bytes.len() >= 6 {
+        let len = usize::from(bytes[1] & 0x7f);
+        assert!(len < 126 && bytes[1] & 0x80 != 0, "{bytes:?}");
+        let key = &bytes[2..6];
+        out.extend(
+            bytes[6..6 + len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4]),
+        );
+        bytes = &bytes[6 + len..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_the_child_sends_reach_the_upstream_without_the_run_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::new();
+    // A WebSocket server that keeps every byte the client sends after the
+    // handshake (until it has been quiet for a second).
+    let cfg = h.identity.server_config(&[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let record = got.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        tls.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), tls.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        let _ = tls.shutdown().await;
+    });
+    let host = format!("localhost:{port}");
+    h.start_proxy(vec![bearer(&[&host])], ProxyOptions::default())
+        .await;
+    let mut request = handshake(&host, "websocket");
+    let key = [0x11, 0x22, 0x33, 0x44];
+    request.extend(client_frame(1, format!("hello {TOKEN}!").as_bytes(), key));
+    let upper = TOKEN.to_ascii_uppercase();
+    request.extend(client_frame(1, format!("again {upper}").as_bytes(), key));
+    request.extend(client_frame(1, b"an ordinary message", key));
+    let out = h.child(Some(&host), &request).await;
+    assert!(text(&out).contains("101 Switching Protocols"), "{}", text(&out));
+    let sent = client_payloads(&got.lock().unwrap());
+    let sent = text(&sent);
+    assert!(
+        !sent.to_ascii_lowercase().contains(TOKEN),
+        "the upstream got the run token: {sent}"
+    );
+    assert!(sent.starts_with("hello [REDACTED]"), "{sent}");
+    assert!(sent.contains("again [REDACTED]"), "{sent}");
+    assert!(sent.ends_with("an ordinary message"), "{sent}");
+}
