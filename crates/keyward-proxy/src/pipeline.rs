@@ -234,10 +234,7 @@ impl Proxy {
                 );
             }
             Ok(Err(e)) if is_token_in_body(&e) => {
-                return self.refuse(
-                    event.take(),
-                    RunToken::refusal("the request body"),
-                );
+                return self.refuse(event.take(), RunToken::refusal("the request body"));
             }
             Ok(Err(e)) if is_client_body_error(&e) => {
                 return self.refuse(

@@ -692,7 +692,11 @@ async fn the_run_token_never_goes_upstream_in_headers_urls_or_bodies() {
             (
                 "Referer".into(),
                 "the referer header",
-                get(&path("/echo"), &host, &format!("Referer: {base_url}/page\r\n")),
+                get(
+                    &path("/echo"),
+                    &host,
+                    &format!("Referer: {base_url}/page\r\n"),
+                ),
             ),
             (
                 "Origin".into(),
@@ -872,7 +876,11 @@ async fn websocket_frames_the_child_sends_reach_the_upstream_without_the_run_tok
     request.extend(client_frame(1, format!("again {upper}").as_bytes(), key));
     request.extend(client_frame(1, b"an ordinary message", key));
     let out = h.child(Some(&host), &request).await;
-    assert!(text(&out).contains("101 Switching Protocols"), "{}", text(&out));
+    assert!(
+        text(&out).contains("101 Switching Protocols"),
+        "{}",
+        text(&out)
+    );
     let sent = client_payloads(&got.lock().unwrap());
     let sent = text(&sent);
     assert!(
