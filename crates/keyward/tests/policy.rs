@@ -680,7 +680,6 @@ fn hook(name: &str) -> PathBuf {
 
 /// Runs `cmd` against `home` with `input` on stdin.
 fn run_against(home: &TestHome, mut cmd: Command, input: &str) -> common::Run {
-    use std::io::Write as _;
     let mut child = cmd
         .env("KEYWARD_HOME", &home.path)
         .env_remove("KEYWARD_CONFIG")

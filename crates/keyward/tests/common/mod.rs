@@ -82,7 +82,6 @@ impl TestHome {
     /// Starts the binary with `input` on stdin (then closed) and its
     /// output captured.
     pub fn spawn_stdin(&self, args: &[&str], input: &str) -> std::process::Child {
-        use std::io::Write as _;
         let mut child = self
             .cmd(args)
             .stdin(Stdio::piped())
