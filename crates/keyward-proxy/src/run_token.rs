@@ -34,7 +34,11 @@ const DECODE_ROUNDS: usize = 3;
 /// A run's token and the matcher that finds it.
 pub struct RunToken {
     value: SecretString,
-    scrubber: Scrubber,
+    scrubber: Arc<Scrubber>,
+    /// Every byte any form of the token can be made of: a match cannot
+    /// span another, so a streamed body holds back only a trailing run of
+    /// these (most chunks end in none, and pass through whole).
+    alphabet: [bool; 256],
     /// The longest form the matcher finds before decoding: a token fully
     /// percent-encoded (three bytes per byte) or its longest encoded needle.
     longest: usize,
@@ -51,17 +55,40 @@ impl RunToken {
     pub(crate) fn new(token: &str) -> Option<Self> {
         let scrubber = Scrubber::any_case(&[(token.as_bytes(), b"[REDACTED]")])?;
         let longest = scrubber.longest().max(token.len() * 3);
+        // Base64 (both alphabets), hex, percent-encoding, and the token's
+        // own bytes in either case.
+        let mut alphabet = [false; 256];
+        for b in b"+/-_%".iter().chain(token.as_bytes()) {
+            alphabet[usize::from(*b)] = true;
+            alphabet[usize::from(b.to_ascii_lowercase())] = true;
+            alphabet[usize::from(b.to_ascii_uppercase())] = true;
+        }
+        for b in (b'0'..=b'9').chain(b'a'..=b'z').chain(b'A'..=b'Z') {
+            alphabet[usize::from(b)] = true;
+        }
         Some(Self {
             value: SecretString::from(token.to_owned()),
-            scrubber,
+            scrubber: Arc::new(scrubber),
+            alphabet,
             longest,
         })
     }
 
     /// The matcher, for what is scrubbed rather than refused (WebSocket
     /// frames the child sends, see `tunnel.rs`).
-    pub(crate) fn scrubber(&self) -> &Scrubber {
+    pub(crate) fn scrubber(&self) -> &Arc<Scrubber> {
         &self.scrubber
+    }
+
+    /// How many trailing bytes of `buf` could begin a form of the token
+    /// that continues in the bytes to come.
+    fn undecided(&self, buf: &[u8]) -> usize {
+        let run = buf
+            .iter()
+            .rev()
+            .take_while(|&&b| self.alphabet[usize::from(b)])
+            .count();
+        run.min(self.longest.saturating_sub(1))
     }
 
     /// The token itself (for the daemon's evidence redaction).
@@ -219,8 +246,12 @@ pub(crate) fn is_token_in_body(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A request body streamed upstream that fails (before the token's first
-/// byte leaves) if it carries the run token: it holds back the last bytes
-/// that could begin a match, in constant memory, never the whole body.
+/// byte leaves) if it carries the run token: it holds back only a chunk's
+/// trailing bytes that could begin a match (a run of the characters the
+/// token's forms are made of, at most the longest form), in constant
+/// memory, never the whole body; a chunk that ends otherwise (a newline,
+/// a brace, a quote) goes out whole at once, so streamed uploads stay
+/// streamed.
 /// Trailers are checked too. The pipeline turns the failure into a 403.
 pub(crate) struct TokenGuard<B> {
     inner: B,
@@ -285,8 +316,8 @@ where
                         if this.token.finds(&this.carry) {
                             return Poll::Ready(Some(Err(this.tripped())));
                         }
-                        let keep = this.token.longest.saturating_sub(1);
-                        let ready = this.carry.len().saturating_sub(keep);
+                        let keep = this.token.undecided(&this.carry);
+                        let ready = this.carry.len() - keep;
                         if ready > 0 {
                             let out = this.carry.split_to(ready).freeze();
                             return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -393,6 +424,19 @@ mod tests {
         };
         assert!(failed);
         assert!(!String::from_utf8_lossy(&sent).contains(a), "sent a prefix");
+        // A chunk that cannot end in the start of a form goes out whole at
+        // once; one ending in letters is held back only from those.
+        let mut body = TokenGuard::new(
+            chunks(vec!["{\"a\": 1}\n".into(), "abc def".into()]),
+            t.clone(),
+            "run_x",
+        );
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"{\"a\": 1}\n");
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"abc ");
+        let rest = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&rest[..], b"def");
         // A body without it passes whole.
         let body = TokenGuard::new(
             chunks(vec!["hello ".into(), "world".repeat(100)]),

@@ -109,11 +109,27 @@ pub(crate) async fn request_body<'r>(
             Vec::new(),
         ));
     }
-    if run.body_placeholders.is_empty() || crate::grpc::is_grpc(&parts.headers) {
-        let body = body
-            .map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
-            .boxed();
-        return Ok((guard(body), Vec::new()));
+    let body_of = |body: Incoming| {
+        body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
+            .boxed()
+    };
+    if crate::grpc::is_grpc(&parts.headers) {
+        // Message by message, lengths kept: the token is masked in each
+        // message (as secrets are in responses), which goes on as soon as
+        // it is complete, so streaming calls stay streaming.
+        let body = match &run.token {
+            Some(token) => crate::grpc::GrpcScrubbed::new(
+                body_of(body),
+                &parts.headers,
+                token.scrubber().clone(),
+            )
+            .boxed(),
+            None => body_of(body),
+        };
+        return Ok((body, Vec::new()));
+    }
+    if run.body_placeholders.is_empty() {
+        return Ok((guard(body_of(body)), Vec::new()));
     }
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
