@@ -118,15 +118,14 @@ impl RunToken {
     /// `text` for the record: the token replaced by `[REDACTED]` (the
     /// whole text when only a decoded form holds it).
     pub(crate) fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        let replaced = self
-            .scrubber
-            .replace(text.as_bytes())
-            .map(|out| String::from_utf8_lossy(&out).into_owned());
-        match replaced {
-            Some(out) if !self.finds(out.as_bytes()) => Cow::Owned(out),
-            Some(_) => Cow::Borrowed("[REDACTED]"),
-            None if self.finds(text.as_bytes()) => Cow::Borrowed("[REDACTED]"),
-            None => Cow::Borrowed(text),
+        if !self.finds(text.as_bytes()) {
+            return Cow::Borrowed(text);
+        }
+        match self.scrubber.replace(text.as_bytes()) {
+            Some(out) if !self.finds(&out) => {
+                Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+            }
+            _ => Cow::Borrowed("[REDACTED]"),
         }
     }
 
