@@ -154,12 +154,25 @@ impl Authority {
             return secrets.clone();
         }
         let contexts = self.contexts();
+        // Run tokens too, as the child holds them and upper-cased: a token
+        // glued into a longer word or written in capitals is found as well
+        // (the raw token is also matched through the registry's hashes).
+        let tokens: Vec<zeroize::Zeroizing<String>> = contexts
+            .values()
+            .filter_map(|cached| cached.context.run_token())
+            .flat_map(|t| {
+                let t = t.expose_secret();
+                [t.to_owned(), t.to_ascii_uppercase()]
+            })
+            .map(zeroize::Zeroizing::new)
+            .collect();
         let secrets = Arc::new(KnownSecrets::new(
             contexts
                 .values()
                 .flat_map(|cached| cached.context.credentials.iter())
                 .map(|c| c.secret.expose_secret())
-                .chain(vault.iter().map(|s| s.expose_secret())),
+                .chain(vault.iter().map(|s| s.expose_secret()))
+                .chain(tokens.iter().map(|t| t.as_str())),
         ));
         drop(contexts);
         *known = Some((vault, secrets.clone()));
@@ -306,7 +319,9 @@ impl RunAuthority for Authority {
             }
             let run = live.runs.get(&id)?;
             let (ctx, failures) = self.build(&run).await;
-            let ctx = Arc::new(ctx);
+            // The token is known here only (the registry keeps its hash):
+            // the context keeps it from going upstream or on record.
+            let ctx = Arc::new(ctx.with_token(token));
             if failures.is_empty() {
                 let replaced = self.contexts().insert(
                     run.id.clone(),

@@ -414,7 +414,8 @@ impl AppState {
         keyward_evidence::redact(value, &|s| {
             s.len() == 64
                 && s.bytes().all(|b| b.is_ascii_hexdigit())
-                && runs.id_for_token(s).is_some()
+                // Upper-cased too: the registry hashes the token as issued.
+                && runs.id_for_token(&s.to_ascii_lowercase()).is_some()
         });
     }
 

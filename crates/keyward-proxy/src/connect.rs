@@ -22,6 +22,7 @@ use crate::limits::{Idle, Slot, Tracked};
 use crate::proxy::{Intercept, Proxy};
 use crate::record::Target;
 use crate::refusal::Refusal;
+use crate::run_token::RunToken;
 
 impl Proxy {
     /// A CONNECT request of `run` (authenticated with `token`).
@@ -51,6 +52,11 @@ impl Proxy {
                     "CONNECT needs host:port\n".to_owned(),
                 ),
             );
+        }
+        if let Some(token) = &run.token
+            && token.finds(target.host.as_bytes())
+        {
+            return self.refuse(event, RunToken::refusal("the host name"));
         }
         if let Err(refusal) = network_check(&run, &target) {
             return self.refuse(event, refusal);

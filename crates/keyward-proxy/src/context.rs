@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::filters::upstream::injected_header;
 use crate::rules::{AllowRule, GrantHost, Injection};
+use crate::run_token::RunToken;
 use crate::scrub::Scrubber;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -106,6 +107,10 @@ pub struct RunContext {
     /// The CI runner identity verified when the run was created: what the
     /// policy's `runner.*` conditions see for the run's requests.
     pub runner: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The run's token and the matcher that keeps it from going upstream
+    /// or on record (see `run_token.rs`); set by the authority that knows
+    /// it ([`RunContext::with_token`]).
+    pub(crate) token: Option<Arc<RunToken>>,
 }
 
 /// A grant whose secret cannot be had right now.
@@ -155,7 +160,21 @@ impl RunContext {
             policy: None,
             withheld: Vec::new(),
             runner: None,
+            token: None,
         }
+    }
+
+    /// The run's token, as the child holds it: no request of the run may
+    /// carry it upstream (refused, 403 `run_token`), and it is redacted
+    /// from the run's records. Its matcher is built here, once per context.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = RunToken::new(token).map(Arc::new);
+        self
+    }
+
+    /// The run's token, when the context was given it.
+    pub fn run_token(&self) -> Option<&SecretString> {
+        self.token.as_ref().map(|t| t.value())
     }
 
     /// Evaluates every request of the run against `policy`.

@@ -29,6 +29,7 @@ mod record;
 mod refusal;
 mod resolve;
 mod rules;
+mod run_token;
 mod scrub;
 mod tunnel;
 mod websocket;

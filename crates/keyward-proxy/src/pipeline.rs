@@ -26,6 +26,7 @@ use crate::limits::StallLimited;
 use crate::proxy::Proxy;
 use crate::record::Target;
 use crate::refusal::{Refusal, UPGRADE_REFUSED};
+use crate::run_token::{RunToken, is_token_in_body};
 use crate::tunnel::join_upgraded;
 
 impl Proxy {
@@ -51,6 +52,14 @@ impl Proxy {
             .filter(|_| req.version() == hyper::Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let mut event = self.pending(self.event(run, via, method.as_str(), target, &path));
+
+        // The run token never goes upstream: not in the method, the host,
+        // the URL or a header (its body is guarded as it streams).
+        if let Some(token) = &run.token
+            && let Some(place) = token.in_request(&method, target, req.uri(), req.headers())
+        {
+            return self.refuse(event.take(), RunToken::refusal(&place));
+        }
 
         // request_filter. A CONNECT here (inside an intercepted tunnel, on
         // a broker stream or to a base URL) would open a raw tunnel from
@@ -148,7 +157,10 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let scrub_frames = websocket && run.scrubber.is_some();
+        // Frames are relayed frame by frame (not copied) when either way
+        // may carry something to scrub: the run's secrets coming down,
+        // its token going up.
+        let scrub_frames = websocket && (run.scrubber.is_some() || run.token.is_some());
         if scrub_frames {
             // Compressed frames could not be scrubbed.
             parts.headers.remove("sec-websocket-extensions");
@@ -220,6 +232,9 @@ impl Proxy {
                         large_body_message(self.options.max_substitution_body),
                     ),
                 );
+            }
+            Ok(Err(e)) if is_token_in_body(&e) => {
+                return self.refuse(event.take(), RunToken::refusal("the request body"));
             }
             Ok(Err(e)) if is_client_body_error(&e) => {
                 return self.refuse(
@@ -295,9 +310,16 @@ impl Proxy {
                 );
             }
             let scrubber = run.scrubber.clone().filter(|_| joined_websocket);
+            let token = run.token.clone().filter(|_| joined_websocket);
             let mut resp = Response::from_parts(parts, body);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            self.join_after_switch(event.take(), client_upgrade, upstream_upgrade, scrubber);
+            self.join_after_switch(
+                event.take(),
+                client_upgrade,
+                upstream_upgrade,
+                scrubber,
+                token,
+            );
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, empty());
         }
@@ -333,13 +355,14 @@ impl Proxy {
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         scrubber: Option<Arc<crate::scrub::Scrubber>>,
+        token: Option<Arc<RunToken>>,
     ) {
         event.status = 101;
         let sink = self.events.clone();
         tokio::spawn(async move {
             match tokio::try_join!(client, upstream) {
                 Ok((client, upstream)) => {
-                    event.bytes = join_upgraded(client, upstream, scrubber).await;
+                    event.bytes = join_upgraded(client, upstream, scrubber, token).await;
                 }
                 Err(e) => tracing::debug!("upgrade failed: {e}"),
             }

@@ -108,12 +108,21 @@ impl Proxy {
         target: &Target,
         path: &str,
     ) -> EgressEvent {
+        // What the child chose goes on record without its run token.
+        let (method, host, path) = match &run.token {
+            Some(token) => (
+                token.redact(method).into_owned(),
+                token.redact(&target.host).into_owned(),
+                token.redact(path).into_owned(),
+            ),
+            None => (method.to_owned(), target.host.clone(), path.to_owned()),
+        };
         EgressEvent {
             run_id: run.run_id.clone(),
-            method: method.to_owned(),
-            host: target.host.clone(),
+            method,
+            host,
             port: target.port,
-            path: path.to_owned(),
+            path,
             status: 0,
             bytes: 0,
             injected: Vec::new(),

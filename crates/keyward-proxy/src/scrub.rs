@@ -45,6 +45,16 @@ impl Scrubber {
     /// A scrubber for `(secret, replacement)` pairs; `None` when there is
     /// no secret to look for.
     pub fn new(secrets: &[(&[u8], &[u8])]) -> Option<Self> {
+        Self::build(secrets, false)
+    }
+
+    /// The same, finding every needle in any ASCII case (the run token:
+    /// hex that a server would take upper-cased as well).
+    pub fn any_case(secrets: &[(&[u8], &[u8])]) -> Option<Self> {
+        Self::build(secrets, true)
+    }
+
+    fn build(secrets: &[(&[u8], &[u8])], any_case: bool) -> Option<Self> {
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut replacements: Vec<Vec<u8>> = Vec::new();
         let mut add = |needle: Vec<u8>, replacement: &[u8]| {
@@ -74,7 +84,7 @@ impl Scrubber {
                 .expect("literal needles always build")
         };
         Some(Self {
-            matcher: build(false),
+            matcher: build(any_case),
             names: build(true),
             longest: needles.iter().map(Vec::len).max().unwrap_or(1),
             replacements,

@@ -14,33 +14,57 @@ use crate::limits::Slot;
 use crate::proxy::Proxy;
 use crate::refusal::Refusal;
 use crate::resolve::resolve_checked;
+use crate::run_token::RunToken;
 use crate::scrub::Scrubber;
 use crate::websocket;
 
 /// Joins an upgraded client and upstream; with a scrubber, the upstream's
-/// WebSocket frames are scrubbed on the way. Returns the bytes relayed.
+/// WebSocket frames are scrubbed on the way, and with the run's token, the
+/// client's frames are scrubbed of it (masks of the same length: the token
+/// never reaches the upstream). Returns the bytes relayed.
 pub(crate) async fn join_upgraded(
     client: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
     scrubber: Option<Arc<Scrubber>>,
+    token: Option<Arc<RunToken>>,
 ) -> u64 {
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    let Some(scrubber) = scrubber else {
+    if scrubber.is_none() && token.is_none() {
         return tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .map_or(0, |(up, down)| up + down);
-    };
+    }
     let (mut client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let up = async {
-        let n = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let n = match &token {
+            Some(token) => {
+                websocket::relay_scrubbed(&mut client_read, &mut upstream_write, token.scrubber())
+                    .await
+            }
+            None => tokio::io::copy(&mut client_read, &mut upstream_write).await,
+        };
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut upstream_write).await;
         n
     };
-    let down = websocket::relay_scrubbed(upstream_read, client_write, &scrubber);
+    let down = async {
+        match &scrubber {
+            Some(scrubber) => {
+                websocket::relay_scrubbed(&mut upstream_read, client_write, scrubber).await
+            }
+            None => {
+                let mut client_write = client_write;
+                let n = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_write).await;
+                n
+            }
+        }
+    };
     let (up, down) = tokio::join!(up, down);
-    if let Err(e) = &down {
-        tracing::info!("websocket relay ended: {e}");
+    for result in [&up, &down] {
+        if let Err(e) = result {
+            tracing::info!("websocket relay ended: {e}");
+        }
     }
     up.unwrap_or(0) + down.unwrap_or(0)
 }

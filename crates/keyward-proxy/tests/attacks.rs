@@ -636,3 +636,274 @@ fn metadata_addresses_in_every_form_are_refused_before_any_connect() {
         }
     });
 }
+
+/// The forms of the run token a child would try to slip past a filter.
+fn token_carriers() -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let hex: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    let percent: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    vec![
+        ("raw", TOKEN.to_owned()),
+        ("upper-case", TOKEN.to_ascii_uppercase()),
+        ("hex", hex.clone()),
+        ("upper-case hex", hex.to_ascii_uppercase()),
+        ("percent-encoded", percent),
+        ("base64 of run:<token>", b64(&format!("run:{TOKEN}"))),
+        ("base64 of the token", b64(TOKEN)),
+    ]
+}
+
+/// Asserts the answer is the documented refusal, naming where the token was.
+fn assert_token_refused(out: &[u8], place: &str, case: &str) {
+    let reply = text(out);
+    assert!(reply.starts_with("HTTP/1.1 403"), "{case}: {reply}");
+    assert!(
+        reply.contains("x-keyward-blocked: run_token"),
+        "{case}: {reply}"
+    );
+    assert!(
+        reply.contains(&format!("{place} carries this run's token")),
+        "{case}: {reply}"
+    );
+}
+
+/// Whether the upstream read the token in any form a child would try.
+fn upstream_got_token(upstream: &RawUpstream) -> Option<String> {
+    let raw = upstream.raw();
+    let lower = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    token_carriers()
+        .into_iter()
+        .find(|(_, form)| lower.contains(&form.to_ascii_lowercase()))
+        .map(|(case, _)| format!("{case}: {}", String::from_utf8_lossy(&raw)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_token_never_goes_upstream_in_headers_urls_or_bodies() {
+    let mut h = Harness::new();
+    let granted_api = RawUpstream::tls(&h, echo_api()).await;
+    let other_api = RawUpstream::tls(&h, echo_api()).await;
+    let plain = RawUpstream::plain(echo_api()).await;
+    let granted = format!("localhost:{}", granted_api.port);
+    let other = format!("localhost:{}", other_api.port);
+    let plain_host = format!("localhost:{}", plain.port);
+    h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
+        .await;
+    let base_url = format!("http://127.0.0.1:{}/r/{TOKEN}/api", h.proxy_port);
+
+    // Each way in: a CONNECT tunnel to the granted host (injected), one to
+    // another host (intercepted, nothing injected), and absolute-form
+    // http:// in clear.
+    let ways: [(Option<&str>, String, &RawUpstream); 3] = [
+        (Some(&granted), granted.clone(), &granted_api),
+        (Some(&other), other.clone(), &other_api),
+        (None, plain_host.clone(), &plain),
+    ];
+    for (tunnel, host, upstream) in ways {
+        let path = |p: &str| match tunnel {
+            Some(_) => p.to_owned(),
+            None => format!("http://{host}{p}"),
+        };
+        let mut attacks: Vec<(String, &str, Vec<u8>)> = vec![
+            (
+                "Referer".into(),
+                "the referer header",
+                get(
+                    &path("/echo"),
+                    &host,
+                    &format!("Referer: {base_url}/page\r\n"),
+                ),
+            ),
+            (
+                "Origin".into(),
+                "the origin header",
+                get(&path("/echo"), &host, &format!("Origin: {base_url}\r\n")),
+            ),
+            (
+                "header name".into(),
+                "a header name",
+                get(&path("/echo"), &host, &format!("X-{TOKEN}: 1\r\n")),
+            ),
+        ];
+        for (case, form) in token_carriers() {
+            attacks.push((
+                format!("custom header, {case}"),
+                "the x-leak header",
+                get(&path("/echo"), &host, &format!("X-Leak: {form}\r\n")),
+            ));
+            attacks.push((
+                format!("query, {case}"),
+                "the query string",
+                get(&path(&format!("/echo?t={form}&x=1")), &host, ""),
+            ));
+        }
+        attacks.push((
+            "Authorization: Basic run:<token>".into(),
+            "the authorization header",
+            get(
+                &path("/echo"),
+                &host,
+                &format!("Authorization: Basic {}\r\n", token_carriers()[5].1),
+            ),
+        ));
+        attacks.push((
+            "path".into(),
+            "the URL path",
+            get(&path(&format!("/r/{TOKEN}/api/x")), &host, ""),
+        ));
+        // A JSON body, and a streamed body whose token comes after 60 KiB.
+        let json = format!("{{\"model\": \"m\", \"note\": \"{TOKEN}\"}}");
+        let mut big = vec![b'x'; 60 * 1024];
+        big.extend_from_slice(json.as_bytes());
+        for (case, body) in [("JSON body", json.into_bytes()), ("streamed body", big)] {
+            let mut request = format!(
+                "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                path("/echo"),
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(&body);
+            attacks.push((case.into(), "the request body", request));
+        }
+        for (case, place, request) in attacks {
+            let case = format!("{case} via {tunnel:?}");
+            let out = h.child(tunnel, &request).await;
+            assert_token_refused(&out, place, &case);
+            if let Some(leak) = upstream_got_token(upstream) {
+                panic!("{case}: the upstream got the run token: {leak}");
+            }
+        }
+        // An ordinary request on the same way still goes through.
+        let body = "{\"model\": \"m\"}";
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: {host}\r\nReferer: https://{host}/page\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            path("/echo?x=1"),
+            body.len()
+        );
+        let out = h.child(tunnel, request.as_bytes()).await;
+        let reply = text(&out);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{tunnel:?}: {reply}");
+        let last = upstream.received().pop().expect("the request arrived");
+        assert_eq!(last.body, body.as_bytes());
+        assert!(last.target().ends_with("/echo?x=1"), "{}", last.head);
+    }
+
+    // A CONNECT whose host name carries the token is refused before any
+    // name lookup.
+    let out = h.child(Some(&format!("{TOKEN}.localhost:443")), b"").await;
+    assert_token_refused(&out, "the host name", "CONNECT host");
+
+    // HTTP/2 between the child and the proxy (curl, as gRPC clients speak).
+    for header in [
+        format!("Referer: {base_url}/page"),
+        format!("x-leak: {}", TOKEN.to_ascii_uppercase()),
+    ] {
+        let curl = tokio::process::Command::new("curl")
+            .args(["-sS", "--http2", "-D", "-", "-H", &header])
+            .arg("--cacert")
+            .arg(h.proxy_ca())
+            .arg("-x")
+            .arg(format!("http://run:{TOKEN}@127.0.0.1:{}", h.proxy_port))
+            .arg(format!("https://{granted}/h2"))
+            .output()
+            .await
+            .expect("curl runs");
+        let reply = text(&curl.stdout);
+        assert!(reply.contains("\nHTTP/2 403"), "{header}: {reply}");
+        assert!(reply.contains("x-keyward-blocked: run_token"), "{reply}");
+    }
+    for upstream in [&granted_api, &other_api, &plain] {
+        assert!(upstream_got_token(upstream).is_none());
+    }
+}
+
+/// A WebSocket frame from the client (masked with `key`).
+fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// The unmasked payloads of the client frames in `bytes`.
+fn client_payloads(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while bytes.len() >= 6 {
+        let len = usize::from(bytes[1] & 0x7f);
+        assert!(len < 126 && bytes[1] & 0x80 != 0, "{bytes:?}");
+        let key = &bytes[2..6];
+        out.extend(
+            bytes[6..6 + len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4]),
+        );
+        bytes = &bytes[6 + len..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_the_child_sends_reach_the_upstream_without_the_run_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::new();
+    // A WebSocket server that keeps every byte the client sends after the
+    // handshake (until it has been quiet for a second).
+    let cfg = h.identity.server_config(&[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let record = got.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        tls.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), tls.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        let _ = tls.shutdown().await;
+    });
+    let host = format!("localhost:{port}");
+    h.start_proxy(vec![bearer(&[&host])], ProxyOptions::default())
+        .await;
+    let mut request = handshake(&host, "websocket");
+    let key = [0x11, 0x22, 0x33, 0x44];
+    request.extend(client_frame(1, format!("hello {TOKEN}!").as_bytes(), key));
+    let upper = TOKEN.to_ascii_uppercase();
+    request.extend(client_frame(1, format!("again {upper}").as_bytes(), key));
+    request.extend(client_frame(1, b"an ordinary message", key));
+    let out = h.child(Some(&host), &request).await;
+    assert!(
+        text(&out).contains("101 Switching Protocols"),
+        "{}",
+        text(&out)
+    );
+    let sent = client_payloads(&got.lock().unwrap());
+    let sent = text(&sent);
+    assert!(
+        !sent.to_ascii_lowercase().contains(TOKEN),
+        "the upstream got the run token: {sent}"
+    );
+    assert!(sent.starts_with("hello [REDACTED]"), "{sent}");
+    assert!(sent.contains("again [REDACTED]"), "{sent}");
+    assert!(sent.ends_with("an ordinary message"), "{sent}");
+}

@@ -25,11 +25,12 @@ pub struct FixedAuthority {
 }
 
 impl FixedAuthority {
-    /// `run`, for requests that present `token`.
+    /// `run`, for requests that present `token` (which, as the daemon's
+    /// authority does, the context is given: it never goes upstream).
     pub fn new(token: &str, run: RunContext) -> Self {
         Self {
             token: token.to_owned(),
-            run: Arc::new(run),
+            run: Arc::new(run.with_token(token)),
         }
     }
 }

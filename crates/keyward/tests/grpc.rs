@@ -429,6 +429,38 @@ fn a_cancelled_call_is_cancelled_at_the_server() {
 }
 
 #[test]
+fn the_run_token_in_metadata_is_refused_and_in_messages_masked() {
+    let grpc = Grpc::start("");
+    let run = grpc.call("leak_token");
+    assert_eq!(run.code, 0, "{run:?}\n{}", grpc.server_log());
+    let token = values(&run, "TOKEN")[0].to_owned();
+    assert_eq!(token.len(), 64);
+    // In metadata: refused before anything is sent, with the reason.
+    assert_eq!(values(&run, "METADATA"), ["PERMISSION_DENIED"], "{run:?}");
+    assert!(
+        values(&run, "METADATA_DETAILS")[0].contains("the x-leak header carries this run's token"),
+        "{run:?}"
+    );
+    // In a message: masked in place (lengths kept), the call goes on.
+    let masked = format!("[REDACTED]{}", "*".repeat(token.len() - 10));
+    assert_eq!(
+        values(&run, "REPLY"),
+        [format!("note {masked},ordinary")],
+        "{run:?}"
+    );
+    let log = grpc.server_log();
+    assert!(log.contains(&format!("GOT note {masked}")), "{log}");
+    assert!(!log.to_ascii_lowercase().contains(&token), "{log}");
+    for needle in [token.clone(), token.to_ascii_uppercase()] {
+        assert!(
+            grpc.home.files_containing(&needle).is_empty(),
+            "{:?}",
+            grpc.home.files_containing(&needle)
+        );
+    }
+}
+
+#[test]
 fn a_credential_echoed_in_metadata_trailers_and_messages_comes_back_scrubbed() {
     let grpc = Grpc::start("");
     let run = grpc.call("echo_auth");

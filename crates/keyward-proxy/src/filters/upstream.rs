@@ -20,6 +20,7 @@ use crate::context::{Credential, RunContext, Scope};
 use crate::record::Target;
 use crate::refusal::Refusal;
 use crate::rules::Injection;
+use crate::run_token::{RunToken, TokenGuard};
 
 /// Swaps the placeholders in the request's headers and URL for the
 /// secrets of the grants that may go to `target`, and injects those
@@ -94,16 +95,41 @@ pub(crate) async fn request_body<'r>(
     body: Incoming,
 ) -> Result<(ProxyBody, Vec<&'r str>), Refusal> {
     use hyper::body::Body as _;
+    // The run token never leaves in a body: a streamed body is cut off
+    // before it (run_token.rs), a buffered one is refused whole.
+    let guard = |body: ProxyBody| match &run.token {
+        Some(token) => TokenGuard::new(body, token.clone(), &run.run_id).boxed(),
+        None => body,
+    };
     // gRPC messages are never buffered nor swapped in: see grpc.rs.
-    if run.body_placeholders.is_empty()
-        || body.is_end_stream()
-        || crate::grpc::is_grpc(&parts.headers)
-    {
+    if body.is_end_stream() {
         return Ok((
             body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
                 .boxed(),
             Vec::new(),
         ));
+    }
+    let body_of = |body: Incoming| {
+        body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
+            .boxed()
+    };
+    if crate::grpc::is_grpc(&parts.headers) {
+        // Message by message, lengths kept: the token is masked in each
+        // message (as secrets are in responses), which goes on as soon as
+        // it is complete, so streaming calls stay streaming.
+        let body = match &run.token {
+            Some(token) => crate::grpc::GrpcScrubbed::new(
+                body_of(body),
+                &parts.headers,
+                token.scrubber().clone(),
+            )
+            .boxed(),
+            None => body_of(body),
+        };
+        return Ok((body, Vec::new()));
+    }
+    if run.body_placeholders.is_empty() {
+        return Ok((guard(body_of(body)), Vec::new()));
     }
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
@@ -134,7 +160,10 @@ pub(crate) async fn request_body<'r>(
         let prefix = buf.freeze();
         // The length is unchanged: nothing is substituted on this path.
         let guarded = Guarded::new(prefix, body, run.body_placeholders.clone());
-        return Ok((guarded.boxed(), Vec::new()));
+        return Ok((guard(guarded.boxed()), Vec::new()));
+    }
+    if run.token.as_ref().is_some_and(|t| t.finds(&buf)) {
+        return Err(RunToken::refusal("the request body"));
     }
     let mut bytes = buf.to_vec();
     let mut used = Vec::new();

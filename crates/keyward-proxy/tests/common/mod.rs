@@ -186,6 +186,8 @@ pub type Handler = Arc<dyn Fn(&Received) -> Vec<u8> + Send + Sync>;
 pub struct RawUpstream {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Received>>>,
+    /// Every byte read on every connection, complete requests or not.
+    pub raw: Arc<Mutex<Vec<u8>>>,
 }
 
 impl RawUpstream {
@@ -218,6 +220,11 @@ impl RawUpstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Every byte the upstream read, including requests cut off midway.
+    pub fn raw(&self) -> Vec<u8> {
+        self.raw.lock().unwrap().clone()
+    }
+
     async fn start<F>(handler: Handler, wrap: F) -> Self
     where
         F: Fn(tokio::net::TcpStream) -> Pin<Box<dyn Future<Output = Option<Box<dyn Io>>> + Send>>
@@ -228,7 +235,9 @@ impl RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let raw: Arc<Mutex<Vec<u8>>> = Arc::default();
         let record = seen.clone();
+        let raw_record = raw.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let Some(mut io) = wrap(tcp).await else {
@@ -236,8 +245,12 @@ impl RawUpstream {
                 };
                 let handler = handler.clone();
                 let record = record.clone();
+                let raw = raw_record.clone();
                 tokio::spawn(async move {
-                    let Some(received) = read_request(&mut io).await else {
+                    let mut bytes = Vec::new();
+                    let received = read_request(&mut io, &mut bytes).await;
+                    raw.lock().unwrap().extend_from_slice(&bytes);
+                    let Some(received) = received else {
                         return;
                     };
                     record.lock().unwrap().push(received.clone());
@@ -247,23 +260,23 @@ impl RawUpstream {
                 });
             }
         });
-        Self { port, seen }
+        Self { port, seen, raw }
     }
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn read_request(io: &mut Box<dyn Io>) -> Option<Received> {
-    let mut buf = Vec::new();
+/// Reads one request; every byte read goes into `all` as well.
+async fn read_request(io: &mut Box<dyn Io>, all: &mut Vec<u8>) -> Option<Received> {
     let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
+    while !all.ends_with(b"\r\n\r\n") {
         if io.read(&mut byte).await.ok()? == 0 {
             return None;
         }
-        buf.push(byte[0]);
+        all.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let head = String::from_utf8_lossy(all).into_owned();
     let mut received = Received {
         head,
         body: Vec::new(),
@@ -272,8 +285,16 @@ async fn read_request(io: &mut Box<dyn Io>) -> Option<Received> {
         .header("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    received.body.resize(length, 0);
-    io.read_exact(&mut received.body).await.ok()?;
+    let mut chunk = vec![0u8; 65536];
+    while received.body.len() < length {
+        let want = (length - received.body.len()).min(chunk.len());
+        let n = io.read(&mut chunk[..want]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        received.body.extend_from_slice(&chunk[..n]);
+        all.extend_from_slice(&chunk[..n]);
+    }
     Some(received)
 }
 

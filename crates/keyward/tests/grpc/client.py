@@ -127,6 +127,21 @@ def placeholder():
     print("REPLY", reply.decode())
 
 
+def leak_token():
+    """A hostile child: its run token in metadata, then in messages."""
+    token = os.environ["HTTPS_PROXY"].split("run:")[1].split("@")[0]
+    print("TOKEN", token)
+    try:
+        method("unary_unary", "Unary")(b"x", metadata=(("x-leak", token.upper()),), timeout=DEADLINE)
+        print("METADATA sent")
+    except grpc.RpcError as e:
+        print("METADATA", e.code().name)
+        print("METADATA_DETAILS", e.details())
+    messages = iter([b"note " + token.encode(), b"ordinary"])
+    reply = method("stream_unary", "ClientStream")(messages, timeout=DEADLINE)
+    print("REPLY", reply.decode())
+
+
 def echo_auth():
     reply, call = method("unary_unary", "EchoAuth").with_call(b"", timeout=DEADLINE)
     print("REPLY", reply.decode())
