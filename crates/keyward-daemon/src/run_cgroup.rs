@@ -16,6 +16,9 @@ pub struct RunCgroups {
     mount: PathBuf,
     /// The base, relative to the mount (`/…/keyward-<hash>`).
     base: String,
+    /// The daemon's own cgroup: where processes moved into a run's cgroup
+    /// from outside it are put back.
+    own: String,
 }
 
 impl RunCgroups {
@@ -36,7 +39,7 @@ impl RunCgroups {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot make {}: {e}", dir.display())),
         }
-        Ok(Self { mount, base })
+        Ok(Self { mount, base, own })
     }
 
     fn dir(&self, relative: &str) -> PathBuf {
@@ -70,7 +73,7 @@ impl RunCgroups {
     /// may be the one ending the run) back to `home_cgroup`, kills
     /// everything else inside and removes the cgroup. Returns how many
     /// processes were left.
-    pub fn end(&self, relative: &str, spare: Option<(u32, &str)>) -> usize {
+    pub fn end(&self, relative: &str, spare: Option<(u32, &str)>, born: Option<u64>) -> usize {
         if !relative.starts_with(&format!("{}/", self.base)) || relative.contains("/../") {
             tracing::error!(cgroup = relative, "not one of this daemon's run cgroups");
             return 0;
@@ -82,7 +85,7 @@ impl RunCgroups {
             // Gone already, or not movable: it is ended with the rest.
             tracing::debug!(pid, "the run's own process stays in its cgroup");
         }
-        kill_all(&dir)
+        kill_all(&dir, born, &self.dir(&self.own))
     }
 
     /// Run cgroups under the base whose run is not in `live`: left by runs
@@ -96,7 +99,7 @@ impl RunCgroups {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.path().is_dir() && name.starts_with("run_") && !live(&name) {
-                let left = kill_all(&entry.path());
+                let left = kill_all(&entry.path(), None, &self.dir(&self.own));
                 if left > 0 {
                     tracing::warn!(
                         cgroup = %entry.path().display(),
@@ -112,9 +115,13 @@ impl RunCgroups {
 }
 
 /// Kills every process in the cgroup `dir` and removes it; returns how many
-/// were there. `cgroup.kill` (Linux 5.14) kills them all at once, forks
-/// included; without it, SIGKILL each until none is left.
-fn kill_all(dir: &Path) -> usize {
+/// were killed. The cgroup is frozen first, so nothing inside can fork or
+/// move processes while it is emptied. A process that was moved in from
+/// outside the run (any process of the same user can be written into a
+/// cgroup it owns) is not the run's to kill: the daemon itself, and any
+/// process that started before the run's own (`born`, clock ticks since
+/// boot), are moved back to `refuge` instead.
+fn kill_all(dir: &Path, born: Option<u64>, refuge: &Path) -> usize {
     let procs = |dir: &Path| -> Vec<u32> {
         std::fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_default()
@@ -122,26 +129,38 @@ fn kill_all(dir: &Path) -> usize {
             .filter_map(|l| l.trim().parse().ok())
             .collect()
     };
-    let found = procs(dir).len();
-    let killer = dir.join("cgroup.kill");
+    let daemon = std::process::id();
+    let freezer = dir.join("cgroup.freeze");
+    let mut killed = std::collections::HashSet::new();
     for _ in 0..1000 {
+        let _ = std::fs::write(&freezer, "1");
         let left = procs(dir);
         if left.is_empty() && std::fs::remove_dir(dir).is_ok() {
-            return found;
+            return killed.len();
         }
         if !dir.exists() {
-            return found;
+            return killed.len();
         }
-        if std::fs::write(&killer, "1").is_err() {
-            for pid in &left {
-                let _ = keyward_sys::send_signal(*pid, keyward_sys::Signal::Kill);
+        for pid in left {
+            let foreign = pid == daemon
+                || born.is_some_and(|born| {
+                    crate::runs::process_start(pid).is_some_and(|start| start < born)
+                });
+            if foreign {
+                if std::fs::write(refuge.join("cgroup.procs"), pid.to_string()).is_ok() {
+                    tracing::warn!(pid, cgroup = %dir.display(), "a process moved into a run's cgroup from outside it was moved out, not killed");
+                }
+            } else if killed.insert(pid) || keyward_sys::process_exists(pid) {
+                // A frozen process can still be killed.
+                let _ = keyward_sys::send_signal(pid, keyward_sys::Signal::Kill);
             }
         }
+        let _ = std::fs::write(&freezer, "0");
         // Killed processes leave the cgroup as they exit; wait for that.
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     tracing::error!(cgroup = %dir.display(), "processes in a run's cgroup could not be ended");
-    found
+    killed.len()
 }
 
 /// Where cgroup2 is mounted, from `/proc/self/mountinfo`.

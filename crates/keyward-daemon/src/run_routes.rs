@@ -46,7 +46,7 @@ pub(crate) fn release(state: &AppState, run: &RunRecord) {
 fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecord) {
     if let (Some(cgroups), Some(cgroup)) = (cgroups, &run.cgroup) {
         let spare = run.pid.zip(run.cgroup_origin.as_deref());
-        let ended = cgroups.end(cgroup, spare);
+        let ended = cgroups.end(cgroup, spare, run.pid_start);
         if ended > 0 {
             tracing::info!(
                 run = run.id,
@@ -60,6 +60,12 @@ fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecor
     {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Whether `path` (not followed if a link) belongs to `uid`.
+fn owned_by(path: &std::path::Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid)
 }
 
 /// Removes runs whose process exited, revoking their tokens.
@@ -230,12 +236,20 @@ pub(crate) async fn create(
     let claims = runner.verified.map(|v| v.claims);
     runner_auth::check_grant_requirements(&state.config().grants, &req.grants, claims.as_ref())?;
     if let Some(dir) = &req.private_tmp
-        && !crate::sandbox::is_private_tmp(std::path::Path::new(dir))
+        && (!crate::sandbox::is_private_tmp(std::path::Path::new(dir))
+            || !owned_by(std::path::Path::new(dir), peer.uid)
+            || state
+                .runs
+                .list()
+                .iter()
+                .any(|r| r.private_tmp.as_deref() == Some(dir.as_str())))
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("private_tmp: {dir:?} is not a private temporary directory keyward made"),
+            format!(
+                "private_tmp: {dir:?} is not a private temporary directory keyward made for the caller, or another run has it"
+            ),
         ));
     }
     // Frozen now, with its record: a later config (edited by anyone, then

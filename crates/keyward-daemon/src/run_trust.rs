@@ -37,9 +37,27 @@ fn key_now(vault: &std::sync::Mutex<Vault>, key_file: &Path) -> Result<Key, Stri
             Err(VaultError::Sealed) => Ok(Key::Sealed),
             Err(e) => Err(e.to_string()),
         },
+        // A vault directory with snapshots but no identity is a vault whose
+        // key was moved away, not "no vault": the file key would let
+        // whoever moved it forge records.
+        Ok(None) if vault_has_history(vault.dir()) => Err(format!(
+            "{} holds vault snapshots but no identity file; run records are not checked until it is restored",
+            vault.dir().display()
+        )),
         Ok(None) => file_key(key_file).map(Key::File),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Whether a vault ever existed in `dir` (snapshots or a trust record).
+fn vault_has_history(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".age") || name == "trust"
+        })
+    })
 }
 
 /// Reads `runs.key`, making it (0600, atomically) if absent.
@@ -115,6 +133,14 @@ pub(crate) async fn settle(state: &Arc<AppState>) {
     }
     for run in waiting {
         let failure = match state.runs.check(&run) {
+            // The sealed pid must still be the process the run was tied to
+            // (a pid is reused; a replayed record names a dead one).
+            SealCheck::Valid
+                if run.pid.is_some()
+                    && run.pid.and_then(crate::runs::process_start) != run.pid_start =>
+            {
+                "its process is gone (its pid now names another process, or none)".to_owned()
+            }
             SealCheck::Valid => match state.authority.restore(&run) {
                 Ok(()) => {
                     tracing::info!(run = run.id, "restored run checked; its authority is as it was created");

@@ -84,6 +84,10 @@ pub struct RunRecord {
     /// when the run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_origin: Option<String>,
+    /// When the run's process started (clock ticks since boot): a record
+    /// whose pid now names another process is not that run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
     /// The run's private TMPDIR, removed when the run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_tmp: Option<String>,
@@ -418,6 +422,7 @@ impl Registry {
             authority: Some(authority),
             cgroup: None,
             cgroup_origin: None,
+            pid_start: req.pid.and_then(process_start),
             private_tmp: req.private_tmp.clone(),
             seal: None,
         };
@@ -475,7 +480,10 @@ impl Registry {
 
     /// Sets a run's pid.
     pub fn set_pid(&self, id: &str, pid: Option<u32>) -> Result<Option<RunRecord>, RunsError> {
-        self.update(id, |run| run.pid = pid)
+        self.update(id, |run| {
+            run.pid = pid;
+            run.pid_start = pid.and_then(process_start);
+        })
     }
 
     /// Records the cgroup holding the run's processes.
@@ -607,6 +615,14 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// When a process started (clock ticks since boot, `/proc/<pid>/stat`
+/// field 22): with its pid, what names one process, since pids are reused.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The real uid of a process, from `/proc/<pid>/status`.
 pub(crate) fn process_uid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -723,11 +739,13 @@ mod tests {
             edit(&mut forged);
             assert_eq!(reg.check(&forged), SealCheck::Invalid, "{forged:?}");
         }
-        // Not covered: what changes during a run and widens nothing.
         let mut moved = run.clone();
-        moved.pid = Some(42);
-        moved.label = Some("relabelled".into());
-        assert_eq!(reg.check(&moved), SealCheck::Valid);
+        moved.pid = Some(1);
+        assert_eq!(reg.check(&moved), SealCheck::Invalid, "pid");
+        // Not covered: what widens nothing.
+        let mut relabelled = run.clone();
+        relabelled.label = Some("relabelled".into());
+        assert_eq!(reg.check(&relabelled), SealCheck::Valid);
         // Another key.
         let other = Registry::load(&tmp.path().join("other.json")).unwrap();
         other.set_key(zeroize::Zeroizing::new([8; 32]));

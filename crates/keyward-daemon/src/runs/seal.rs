@@ -19,9 +19,9 @@ use super::{FrozenAuthority, RunRecord};
 pub type RunKey = Zeroizing<[u8; 32]>;
 
 /// What the key covers: every field that gives a run authority or ties a
-/// token to it. The pid, label and confinement text are not covered: they
-/// change during a run and widen nothing (membership is the run's cgroup
-/// where the kernel has one).
+/// token or a process to it (the pid with its start time, so a replayed
+/// or edited record cannot tie a run to another process). The label and
+/// confinement text are not covered: they widen nothing.
 #[derive(Serialize)]
 struct Covered<'a> {
     v: u32,
@@ -38,6 +38,8 @@ struct Covered<'a> {
     base_url: bool,
     runner: Option<String>,
     authority: &'a Option<FrozenAuthority>,
+    pid: Option<u32>,
+    pid_start: Option<u64>,
     cgroup: &'a Option<String>,
     cgroup_origin: &'a Option<String>,
     private_tmp: &'a Option<String>,
@@ -62,6 +64,8 @@ fn mac(key: &RunKey, run: &RunRecord) -> Hmac<Sha256> {
             .as_ref()
             .map(|c| serde_json::Value::Object(c.to_json()).to_string()),
         authority: &run.authority,
+        pid: run.pid,
+        pid_start: run.pid_start,
         cgroup: &run.cgroup,
         cgroup_origin: &run.cgroup_origin,
         private_tmp: &run.private_tmp,
