@@ -362,6 +362,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     {
         tracing::error!("evidence log: {e}");
     }
+    if let Some(cgroups) = &state.cgroups {
+        cgroups.release();
+    }
     pid_lock.release();
     tracing::info!("keyward daemon stopped");
     Ok(())

@@ -52,7 +52,8 @@ impl RunCgroups {
     pub fn adopt(&self, run_id: &str, pid: u32) -> Result<(String, String), String> {
         let relative = format!("{}/{run_id}", self.base);
         let dir = self.dir(&relative);
-        std::fs::create_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        // The base too, should it have been removed meanwhile.
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
         let from = own_cgroup(pid).ok_or_else(|| format!("cannot read pid {pid}'s cgroup"))?;
         if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
             let _ = std::fs::remove_dir(&dir);
@@ -86,6 +87,12 @@ impl RunCgroups {
             tracing::debug!(pid, "the run's own process stays in its cgroup");
         }
         kill_all(&dir, born, &self.dir(&self.own))
+    }
+
+    /// Removes the base when no run cgroup is left in it (the daemon is
+    /// stopping; live runs keep theirs for the next start).
+    pub fn release(&self) {
+        let _ = std::fs::remove_dir(self.dir(&self.base));
     }
 
     /// Run cgroups under the base whose run is not in `live`: left by runs

@@ -162,6 +162,32 @@ impl Drop for TestHome {
             && alive(pid)
         {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            wait_for(Duration::from_secs(5), || !alive(pid));
+        }
+        remove_run_cgroups(&self.path);
+    }
+}
+
+/// Removes the (empty) run cgroups a killed test daemon left, which the
+/// daemon removes itself only when it stops gracefully: the daemon names
+/// them `keyward-<first 6 bytes of SHA-256 of the home, hex>` under its
+/// own cgroup (the root of the cgroup2 mount, for tests run as root).
+fn remove_run_cgroups(home: &Path) {
+    use sha2::Digest as _;
+    let tag = hex::encode(&sha2::Sha256::digest(home.as_os_str().as_encoded_bytes())[..6]);
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in mounts.lines().filter(|l| l.contains(" - cgroup2 ")) {
+        let Some(point) = line.split_whitespace().nth(4) else {
+            continue;
+        };
+        let base = Path::new(point).join(format!("keyward-{tag}"));
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+            let _ = std::fs::remove_dir(&base);
         }
     }
 }
