@@ -22,7 +22,8 @@ pub use fdpass::{
 };
 pub use fs::{redirect_output, reserve_space};
 pub use sandbox::{
-    PreparedSandbox, SandboxError, SandboxRules, landlock_abi, prepare_sandbox, sandbox_on_spawn,
+    PreparedSandbox, SandboxError, SandboxRules, cgroup_mounts, landlock_abi, prepare_sandbox,
+    sandbox_on_spawn,
 };
 pub use syscall_filter::{FILTERED_SYSCALLS, FilterError, SyscallFilter, prepare_syscall_filter};
 

@@ -36,6 +36,11 @@ pub struct SandboxRules {
     pub scope_abstract_unix: bool,
     /// Install the seccomp syscall filter (see [`crate::FILTERED_SYSCALLS`]).
     pub syscall_filter: bool,
+    /// Without `filesystem`: paths the program may not write or make
+    /// directories beneath, everything else staying writable (the cgroup2
+    /// mounts, so that a run's processes cannot move themselves out of
+    /// their run's cgroup or move other processes in).
+    pub no_write: Vec<PathBuf>,
 }
 
 /// A ruleset ready to be applied to a child, and what it enforces on this
@@ -113,9 +118,15 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         }
     };
     let fs = rules.filesystem && raw_abi >= 1;
+    let fenced = !rules.filesystem && !rules.no_write.is_empty() && raw_abi >= 1;
     let net = rules.network && raw_abi >= 4;
     let scopes = raw_abi >= 6;
     note(fs, rules.filesystem, "fs");
+    note(
+        fenced,
+        !rules.filesystem && !rules.no_write.is_empty(),
+        "cgroups",
+    );
     note(net, rules.network, "tcp");
     note(scopes, true, "signals");
     note(
@@ -132,7 +143,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
     } else {
         (None, None)
     };
-    if !(fs || net || scopes) {
+    if !(fs || fenced || net || scopes) {
         return Ok(PreparedSandbox {
             fd: None,
             abi: raw_abi,
@@ -148,6 +159,10 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         ruleset = ruleset
             .handle_access(AccessFs::from_all(abi))
             .map_err(fail)?;
+    }
+    let fence_access = AccessFs::WriteFile | AccessFs::MakeDir;
+    if fenced {
+        ruleset = ruleset.handle_access(fence_access).map_err(fail)?;
     }
     if net {
         ruleset = ruleset
@@ -177,6 +192,14 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
             }
         }
     }
+    if fenced {
+        for path in everything_but(&rules.no_write) {
+            // An entry that vanished meanwhile needs no rule.
+            if let Ok(rule) = path_rule(&path, fence_access, abi) {
+                created = created.add_rule(rule).map_err(fail)?;
+            }
+        }
+    }
     if net {
         for port in &rules.connect_tcp {
             created = created
@@ -197,6 +220,53 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         filter,
         filter_unavailable,
     })
+}
+
+/// Where cgroup file systems (v1 and v2) are mounted, from
+/// `/proc/self/mountinfo`: what a run's processes may not write.
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let point = left.split_whitespace().nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+/// The paths whose rules cover the whole file system except `excluded`:
+/// along the way from `/` to each excluded path, every sibling entry (a
+/// rule on a directory covers everything beneath it, other mounts
+/// included). Entries made later directly in one of those ancestors are
+/// not covered (they are rare: `/`, `/sys`, `/sys/fs` and the like).
+fn everything_but(excluded: &[PathBuf]) -> Vec<PathBuf> {
+    use std::collections::BTreeSet;
+    let mut ancestors: BTreeSet<PathBuf> = BTreeSet::new();
+    for path in excluded {
+        let mut current = path.as_path();
+        while let Some(parent) = current.parent() {
+            ancestors.insert(parent.to_path_buf());
+            current = parent;
+        }
+    }
+    let excluded: BTreeSet<&PathBuf> = excluded.iter().collect();
+    let mut out = Vec::new();
+    for dir in &ancestors {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !ancestors.contains(&path) && !excluded.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 /// A rule for `path`, with only the rights that apply to a file when it is

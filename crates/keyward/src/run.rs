@@ -242,7 +242,13 @@ async fn plan_confinement(
     client: &keyward_api::Client,
 ) -> Result<Confinement> {
     let Some(mode) = args.sandbox else {
-        let sandbox = keyward_sys::prepare_sandbox(&keyward_sys::SandboxRules::default())?;
+        // Every run's processes are kept out of the cgroup file systems:
+        // writing a `cgroup.procs` would let one leave its run's cgroup, or
+        // put another process in it for the daemon to end with the run.
+        let sandbox = keyward_sys::prepare_sandbox(&keyward_sys::SandboxRules {
+            no_write: keyward_sys::cgroup_mounts(),
+            ..Default::default()
+        })?;
         let summary = describe(&sandbox);
         return Ok(Confinement {
             sandbox,

@@ -305,3 +305,61 @@ fn a_wrapper_without_descriptors_stays_killable_and_its_run_ends() {
     );
     assert!(wait_for(Duration::from_secs(5), || run_ids(&home).is_empty()));
 }
+
+/// The cgroup2 mount point.
+fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .map(std::path::PathBuf::from)
+        .expect("a cgroup2 mount (.ci/run mounts one when missing)")
+}
+
+/// An unsandboxed program tries the two cgroup moves a same-user process
+/// could make: itself out of its run's cgroup (to outlive a killed
+/// wrapper unconfined), and a process outside the run into it (to have the
+/// daemon kill it with the run). Both writes are refused (every run is
+/// kept out of the cgroup file systems), and when the run ends the
+/// outside process lives on.
+#[test]
+fn a_run_cannot_move_processes_in_or_out_of_its_cgroup() {
+    let (home, _upstream) = setup("");
+    let files = tempfile::tempdir().unwrap();
+    let report = files.path().join("report");
+    let mut victim = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let mount = cgroup2_mount();
+    let script = format!(
+        "own=$(sed -n 's/^0:://p' /proc/self/cgroup); \
+         echo \"cgroup=$own\" > {report}; \
+         (echo $$ > {mount}/cgroup.procs) 2>/dev/null && echo escaped >> {report}; \
+         (echo {victim} > {mount}$own/cgroup.procs) 2>/dev/null && echo captured >> {report}; \
+         mkdir {mount}$own/nested 2>/dev/null && echo nested >> {report}; \
+         echo \"after=$(sed -n 's/^0:://p' /proc/self/cgroup)\" >> {report}",
+        report = report.display(),
+        mount = mount.display(),
+        victim = victim.id(),
+    );
+    let run = common::upstream::run_sh(&home, &[], &script);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = std::fs::read_to_string(&report).unwrap();
+    let own = got
+        .lines()
+        .find_map(|l| l.strip_prefix("cgroup="))
+        .unwrap()
+        .to_owned();
+    assert!(own.contains("/keyward-") && own.contains("/run_"), "{got}");
+    assert!(!got.contains("escaped"), "{got}");
+    assert!(!got.contains("captured"), "{got}");
+    assert!(!got.contains("nested"), "{got}");
+    assert!(got.contains(&format!("after={own}")), "{got}");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "a process outside the run was ended with it"
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
