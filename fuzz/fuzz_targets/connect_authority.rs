@@ -35,8 +35,11 @@ fn names(wild: bool, pattern: &str, host: &str) -> bool {
     }
 }
 
-fn link_local_v4(ip: Ipv4Addr) -> bool {
+/// Link-local, or a metadata service outside that range (Alibaba, Azure's
+/// WireServer, Oracle's legacy address).
+fn denied_v4(ip: Ipv4Addr) -> bool {
     ip.octets()[..2] == [169, 254]
+        || [[100, 100, 100, 200], [168, 63, 129, 16], [192, 0, 0, 192]].contains(&ip.octets())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         u16::from_be_bytes([ip_bytes[0], ip_bytes[1]]),
         u16::from_be_bytes([ip_bytes[2], ip_bytes[3]]),
     ];
-    assert_eq!(is_denied_address(IpAddr::V4(v4)), link_local_v4(v4));
+    assert_eq!(is_denied_address(IpAddr::V4(v4)), denied_v4(v4));
     for carrier in [
         v4.to_ipv6_mapped(),
         Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, a, b),
@@ -62,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     ] {
         assert_eq!(
             is_denied_address(IpAddr::V6(carrier)),
-            link_local_v4(v4),
+            denied_v4(v4),
             "{carrier} carries {v4}"
         );
     }
