@@ -6,8 +6,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A question to the policy engine: may this actor do this? Only
-/// `action_type` is required.
+/// A question to the policy engine: may this actor do this? `action_type`
+/// is required, and a `target` for the actions in [`TARGET_ACTIONS`]. Read
+/// a request as sent with [`EvaluateRequest::from_json`], which refuses
+/// fields not in [`EVALUATE_FIELDS`] (plain `serde` deserialisation
+/// ignores them, and would decide on less than the caller meant).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvaluateRequest {
     /// Defaults to `local`.
