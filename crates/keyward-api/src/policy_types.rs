@@ -274,9 +274,8 @@ impl EvaluateRequest {
     /// Reads a request as sent (JSON), refusing fields it does not know and
     /// requests that cannot be decided (see [`EvaluateRequest::check`]).
     pub fn from_json(bytes: &[u8]) -> Result<Self, RequestError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-            RequestError::new("bad_request", None, format!("malformed JSON: {e}"))
-        })?;
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| RequestError::new("bad_request", None, format!("malformed JSON: {e}")))?;
         Self::from_value(value)
     }
 
@@ -316,7 +315,12 @@ impl EvaluateRequest {
                     .to_owned(),
             ));
         }
-        self.check_target(TARGET_ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, w)| *w))
+        self.check_target(
+            TARGET_ACTIONS
+                .iter()
+                .find(|(a, _)| *a == action)
+                .map(|(_, w)| *w),
+        )
     }
 
     /// Refuses a request without a target when its action needs one:
@@ -423,4 +427,112 @@ pub fn did_you_mean<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
         .filter(|(d, k)| *d > 0 && *d <= if k.len() <= 5 { 1 } else { 2 })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str) -> RequestError {
+        EvaluateRequest::from_json(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_what_was_meant() {
+        for (json, field, meant) in [
+            (
+                r#"{"action_type":"read_file","path":"/x"}"#,
+                "path",
+                "\"target\"",
+            ),
+            (
+                r#"{"action_type":"write_file","file":"/x"}"#,
+                "file",
+                "\"target\"",
+            ),
+            (
+                r#"{"action_type":"git","branch":"main"}"#,
+                "branch",
+                "\"target\"",
+            ),
+            (
+                r#"{"action_type":"http_request","url":"http://a/"}"#,
+                "url",
+                "\"target\"",
+            ),
+            (
+                r#"{"action_type":"execute_command","targett":"ls"}"#,
+                "targett",
+                "\"target\"",
+            ),
+            (
+                r#"{"action_type":"x","method":"GET"}"#,
+                "method",
+                "\"requested_operation\"",
+            ),
+            (
+                r#"{"action":"read_file","target":"a"}"#,
+                "action",
+                "\"action_type\"",
+            ),
+            (
+                r#"{"action_type":"x","sesion_id":"s"}"#,
+                "sesion_id",
+                "\"session_id\"",
+            ),
+        ] {
+            let e = refused(json);
+            assert_eq!(e.code, "unknown_field", "{json}");
+            assert_eq!(e.field.as_deref(), Some(field), "{json}");
+            assert!(
+                e.message.contains(&format!("did you mean {meant}?")),
+                "{json}: {}",
+                e.message
+            );
+        }
+        let e = refused(r#"{"action_type":"read_file","path":"/x"}"#);
+        assert!(
+            e.message
+                .contains(r#"(for read_file, "target" holds the file's path)"#),
+            "{}",
+            e.message
+        );
+        // Nothing close: no guess, the known fields listed.
+        let e = refused(r#"{"action_type":"x","zzz":1}"#);
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
+        assert!(
+            e.message.contains("known fields: session_id"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn actions_on_paths_commands_branches_and_urls_need_a_target() {
+        for (action, _) in TARGET_ACTIONS {
+            for json in [
+                format!(r#"{{"action_type":"{action}"}}"#),
+                format!(r#"{{"action_type":"{action}","target":" "}}"#),
+            ] {
+                let e = refused(&json);
+                assert_eq!(
+                    (e.code, e.field.as_deref()),
+                    ("missing_target", Some("target")),
+                    "{json}"
+                );
+            }
+        }
+        // What stayed valid stays valid.
+        for json in [
+            r#"{"action_type":"mcp_tool_call","server":"fs","tool":"read"}"#,
+            r#"{"action_type":"deploy"}"#,
+            r#"{"action_type":"git","operation":"push","target":"main","context":{"any":{"thing":1}}}"#,
+            r#"{"action_type":"read_file","target":"a","release_governance":{"approval_state":"approved"}}"#,
+        ] {
+            EvaluateRequest::from_json(json.as_bytes()).unwrap();
+        }
+        assert_eq!(refused("[1]").code, "bad_request");
+        assert_eq!(refused("{").code, "bad_request");
+        assert_eq!(refused(r#"{"target":"a"}"#).code, "bad_request");
+    }
 }

@@ -87,7 +87,9 @@ fn request(body: Result<Bytes, BytesRejection>) -> Result<EvaluateRequest, ApiEr
     }
     EvaluateRequest::from_json(&bytes).map_err(|mut e| {
         if e.message.starts_with("malformed JSON") {
-            e.message = e.message.replacen("malformed JSON", "malformed JSON in the request body", 1);
+            e.message =
+                e.message
+                    .replacen("malformed JSON", "malformed JSON in the request body", 1);
         }
         refused(e)
     })

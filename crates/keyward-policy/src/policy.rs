@@ -210,8 +210,8 @@ fn action_suggestion(action: &str) -> Option<&'static str> {
             Some("delete_file")
         }
         "list" | "ls" | "list_dir" | "list_files" | "glob" | "readdir" => Some("list_directory"),
-        "http" | "fetch" | "web_fetch" | "webfetch" | "egress" | "network" | "http_get"
-        | "url" | "request" => Some("http_request"),
+        "http" | "fetch" | "web_fetch" | "webfetch" | "egress" | "network" | "http_get" | "url"
+        | "request" => Some("http_request"),
         "mcp" | "tool_call" | "mcp_tool" | "mcp_call" | "tool" => Some("mcp_tool_call"),
         "git_push" | "push" | "vcs" => Some(GIT_ACTION),
         _ => None,

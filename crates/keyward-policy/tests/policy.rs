@@ -1209,7 +1209,11 @@ decision = "allow"
         Decision::Block
     );
     // The built-in pack, and a policy naming only known actions, have none.
-    assert!(baseline().warnings().is_empty(), "{:?}", baseline().warnings());
+    assert!(
+        baseline().warnings().is_empty(),
+        "{:?}",
+        baseline().warnings()
+    );
     // A `when` field no request has is an error, with what was meant.
     let err = Policy::from_toml(
         "[policy]\nid = \"t\"\ndefault = \"allow\"\n[[rules]]\nid = \"r\"\naction = \"read_file\"\nwhen = { targett = \"x\" }\ndecision = \"block\"\n",
@@ -1243,7 +1247,10 @@ fn policy_files_can_name_the_builtin_pack() {
     assert_eq!(sources[0], keyward_policy::PolicySource::baseline());
     assert_eq!(sources.len(), 2);
     // The pack's default applies (it comes first), and both sets of rules.
-    assert_eq!(p.default_rule().decision, baseline().default_rule().decision);
+    assert_eq!(
+        p.default_rule().decision,
+        baseline().default_rule().decision
+    );
     assert_eq!(p.len(), baseline().len() + 1);
     let line = |t: &str| decide(&p, &req("execute_command", t));
     assert_eq!(line("make deploy").1, "team.deploy");

@@ -39,9 +39,8 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     let mut req = match &args.input {
         Some(path) => {
             let text = read_input(path)?;
-            EvaluateRequest::from_json(text.as_bytes()).map_err(|e| {
-                anyhow::anyhow!("{}: not an EvaluateRequest: {e}", path.display())
-            })?
+            EvaluateRequest::from_json(text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: not an EvaluateRequest: {e}", path.display()))?
         }
         None => {
             let req = EvaluateRequest {
@@ -223,7 +222,10 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut failed = 0;
     for (i, case) in cases.iter().enumerate() {
-        let name = case.name.clone().unwrap_or_else(|| format!("case {}", i + 1));
+        let name = case
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("case {}", i + 1));
         let mut request = EvaluateRequest::from_value(case.request.clone()).map_err(|e| {
             anyhow::Error::new(PolicyInvalid(format!(
                 "{}: {name}: the request would be refused by the daemon: {e}",

@@ -1074,7 +1074,10 @@ fn one_table_of_requests_gets_the_same_answer_everywhere() {
     let cavra = socket_dir.path().join("cavra.sock");
     write_config(
         &home,
-        &format!("[compat.cavra]\nsocket = {:?}\n", cavra.display().to_string()),
+        &format!(
+            "[compat.cavra]\nsocket = {:?}\n",
+            cavra.display().to_string()
+        ),
     );
     home.start(&[]);
     let records_before = decisions(&home);
@@ -1210,7 +1213,9 @@ fn write_config(home: &TestHome, text: &str) {
 
 /// How many decision records the evidence log holds.
 fn decisions(home: &TestHome) -> usize {
-    let tail = home.run(&["audit", "tail", "-n", "100000", "--kind", "decision", "--json"]);
+    let tail = home.run(&[
+        "audit", "tail", "-n", "100000", "--kind", "decision", "--json",
+    ]);
     tail.stdout.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
@@ -1303,7 +1308,8 @@ fn eval_exits_1_for_every_error_and_2_3_only_for_decisions() {
     );
     assert_eq!(typo.code, 1, "{typo:?}");
     assert!(
-        typo.stderr.contains(r#"did you mean "requested_operation"?"#),
+        typo.stderr
+            .contains(r#"did you mean "requested_operation"?"#),
         "{typo:?}"
     );
     // Nothing of that reached the daemon: it was never started.
@@ -1396,7 +1402,8 @@ decision = "block"
     let bad = home.run(&["policy", "check", file.to_str().unwrap()]);
     assert_eq!(bad.code, 64, "{bad:?}");
     assert!(
-        bad.stderr.contains(r#"unknown request field "path" (did you mean "target"?)"#),
+        bad.stderr
+            .contains(r#"unknown request field "path" (did you mean "target"?)"#),
         "{bad:?}"
     );
 }
@@ -1434,7 +1441,13 @@ reason = "deploys go through the pipeline"
     home.start(&[]);
     let deploy = eval(
         &home,
-        &["--action", "execute_command", "--target", "make deploy", "--json"],
+        &[
+            "--action",
+            "execute_command",
+            "--target",
+            "make deploy",
+            "--json",
+        ],
     );
     assert_eq!(deploy.code, 2, "{deploy:?}");
     let deploy = json(&deploy.stdout);
@@ -1443,11 +1456,20 @@ reason = "deploys go through the pipeline"
     // The pack's own rules still decide.
     let key = eval(
         &home,
-        &["--action", "read_file", "--target", "/root/.ssh/id_rsa", "--json"],
+        &[
+            "--action",
+            "read_file",
+            "--target",
+            "/root/.ssh/id_rsa",
+            "--json",
+        ],
     );
     assert_eq!(key.code, 2, "{key:?}");
     assert_eq!(json(&key.stdout)["rule_id"], "filesystem.read.block");
-    let status = eval(&home, &["--action", "execute_command", "--target", "git status"]);
+    let status = eval(
+        &home,
+        &["--action", "execute_command", "--target", "git status"],
+    );
     assert_eq!(status.code, 0, "{status:?}");
     assert_eq!(home.run(&["daemon", "stop"]).code, 0);
 
@@ -1461,7 +1483,9 @@ reason = "deploys go through the pipeline"
     assert!(
         bad.stderr.contains("policy.files")
             && bad.stderr.contains(r#"no built-in pack "agent-baselin""#)
-            && bad.stderr.contains(r#"did you mean "builtin:agent-baseline"?"#),
+            && bad
+                .stderr
+                .contains(r#"did you mean "builtin:agent-baseline"?"#),
         "{bad:?}"
     );
     let start = home.run(&["daemon", "start", "--detach"]);
