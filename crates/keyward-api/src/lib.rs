@@ -16,7 +16,10 @@ mod vault_types;
 
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
-pub use policy_types::{Decision, DecisionResponse, EvaluateRequest, RunnerAuth, Severity};
+pub use policy_types::{
+    Decision, DecisionResponse, EVALUATE_FIELDS, EvaluateRequest, RequestError, RunnerAuth,
+    Severity, TARGET_ACTIONS, did_you_mean, field_suggestion,
+};
 pub use run_types::{
     BrokerAttach, BrokerAttached, CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo,
     RunList,

@@ -124,7 +124,8 @@ impl Config {
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Policy files (TOML), merged in order; relative paths are relative to
-    /// the config file. Empty: the built-in `agent-baseline` pack.
+    /// the config file; `builtin:agent-baseline` is the built-in pack (as
+    /// this keyward ships it). Empty: the built-in `agent-baseline` pack.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PathBuf>,
 }
@@ -632,7 +633,7 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigError> {
     // Policy files and the CAVRA socket are relative to the config file.
     if let Some(dir) = source.path.parent() {
         for file in &mut config.policy.files {
-            if file.is_relative() {
+            if file.is_relative() && keyward_policy::builtin_name(file).is_none() {
                 *file = dir.join(&*file);
             }
         }

@@ -56,7 +56,7 @@ pub(crate) fn freeze(
         .collect();
     let (sources, policy) = match policy {
         Some(path) => {
-            let (source, _) = PolicySource::read(Path::new(path))
+            let (source, _) = PolicySource::resolve(Path::new(path))
                 .map_err(|e| FrozenError::Policy(e.to_string()))?;
             let sources = vec![source];
             let policy =

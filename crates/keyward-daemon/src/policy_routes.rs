@@ -8,13 +8,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
-use keyward_api::{DecisionResponse, EvaluateRequest};
+use keyward_api::{DecisionResponse, EvaluateRequest, RequestError};
 use keyward_evidence::Kind;
 use keyward_policy::Policy;
 
 use crate::runner_auth::{self, RunnerAuth};
 use crate::runs::RunRecord;
-use crate::server::{ApiError, AppState, Peer, json_body};
+use crate::server::{ApiError, AppState, Peer, body_bytes};
 
 /// `dec_` + 12 hex.
 fn decision_id() -> String {
@@ -71,6 +71,30 @@ fn pick_policy(
     }
 }
 
+/// A request that cannot be decided, as the 400 that says why.
+fn refused(e: RequestError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message)
+}
+
+/// The request body, read strictly: malformed JSON, an unknown field
+/// (with "did you mean") or a missing target is a 400 naming it, never a
+/// decision on less than the caller meant.
+fn request(body: Result<Bytes, BytesRejection>) -> Result<EvaluateRequest, ApiError> {
+    let bytes = body_bytes(body)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No request at all: what is missing first is its action_type.
+        return Err(refused(EvaluateRequest::default().check().unwrap_err()));
+    }
+    EvaluateRequest::from_json(&bytes).map_err(|mut e| {
+        if e.message.starts_with("malformed JSON") {
+            e.message =
+                e.message
+                    .replacen("malformed JSON", "malformed JSON in the request body", 1);
+        }
+        refused(e)
+    })
+}
+
 /// Decides `req` against `policy` (no I/O).
 pub(crate) fn decide(policy: &Policy, req: &EvaluateRequest) -> DecisionResponse {
     let verdict = policy.evaluate(req);
@@ -111,16 +135,15 @@ pub(crate) async fn evaluate(
 ) -> Result<Json<DecisionResponse>, ApiError> {
     // Announced first, so an fsync starting meanwhile may wait for it.
     let slot = state.evidence.reserve();
-    let mut req: EvaluateRequest = json_body(body)?;
-    if req.action_type.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "action_type is required (e.g. read_file, execute_command, git, http_request)",
-        ));
-    }
+    let mut req = request(body)?;
     let run = calling_run(&state, peer);
     let policy = pick_policy(&state, run.as_ref(), req.policy_pack.as_deref())?;
+    // An action the policy reads as shell lines needs its line, whatever
+    // its name.
+    if policy.reads_shell_lines(&req.action_type) {
+        req.check_target(Some("the command line"))
+            .map_err(refused)?;
+    }
     let runner =
         RunnerAuth::check(&state, &std::mem::take(&mut req.runner_auth), run.as_ref()).await;
     req.verified_runner = runner.claims();

@@ -520,17 +520,7 @@ impl IntoResponse for ApiError {
 pub(crate) fn json_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "payload_too_large"
-            } else {
-                "bad_request"
-            },
-            format!("cannot read the request body: {}", rejection.body_text()),
-        )
-    })?;
+    let bytes = body_bytes(body)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -539,6 +529,22 @@ pub(crate) fn json_body<T: DeserializeOwned + Default>(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("malformed JSON in the request body: {e}"),
+        )
+    })
+}
+
+/// A request body's bytes, or the error that says why it could not be read
+/// (too large: 413 `payload_too_large`).
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "bad_request"
+            },
+            format!("cannot read the request body: {}", rejection.body_text()),
         )
     })
 }

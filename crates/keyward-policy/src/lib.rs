@@ -14,8 +14,8 @@ mod shell;
 pub use cavra::{CavraImport, import_cavra, is_cavra_json};
 pub use glob::{Glob, Mode, escape};
 pub use policy::{
-    GIT_ACTION, PATH_ACTIONS, Policy, PolicyError, PolicySource, RuleInfo, SHELL_ACTION,
-    UNPARSEABLE_RULE_ID, Verdict, canonical_action,
+    BUILTIN_PREFIX, GIT_ACTION, KNOWN_ACTIONS, PATH_ACTIONS, Policy, PolicyError, PolicySource,
+    RuleInfo, SHELL_ACTION, UNPARSEABLE_RULE_ID, Verdict, builtin_name, canonical_action,
 };
 
 /// The name of the built-in pack.

@@ -161,6 +161,64 @@ pub struct RuleInfo {
     pub approver_group: Option<String>,
 }
 
+/// The plain request fields a `when` clause may read.
+const WHEN_FIELDS: &[&str] = &[
+    "session_id",
+    "agent_id",
+    "actor",
+    "action_type",
+    "target",
+    "operation",
+    "requested_operation",
+    "policy_pack",
+    "server",
+    "tool",
+    "capability",
+];
+
+/// The action types keyward and the callers it ships send: its proxy
+/// (`http_request`), its hooks and CLI, CAVRA clients. A rule naming another
+/// action is only reached by a caller of the team's own; `policy check`
+/// warns about it, with the name it probably meant.
+pub const KNOWN_ACTIONS: &[&str] = &[
+    "read_file",
+    "write_file",
+    "delete_file",
+    "list_directory",
+    SHELL_ACTION,
+    GIT_ACTION,
+    "http_request",
+    "mcp_tool_call",
+];
+
+/// What the `runner_auth.<field>` a `when` clause may read are: how the
+/// daemon verified the runner's claims.
+const RUNNER_AUTH_FIELDS: &[&str] = &["algorithm", "key_id", "issuer"];
+
+/// The known action a rule's unknown one probably meant: the names other
+/// tools use, then the closest in spelling.
+fn action_suggestion(action: &str) -> Option<&'static str> {
+    let lower = action.to_ascii_lowercase();
+    let synonym = match lower.as_str() {
+        "exec" | "exec_command" | "execute" | "run_command" | "command" | "shell" | "bash"
+        | "shell_command" | "run" | "execute_shell" | "exec_shell" => Some(SHELL_ACTION),
+        "read" | "file_read" | "open_file" | "view_file" | "read_files" => Some("read_file"),
+        "write" | "edit" | "edit_file" | "file_write" | "create_file" | "modify_file" => {
+            Some("write_file")
+        }
+        "delete" | "remove" | "remove_file" | "rm" | "unlink" | "file_delete" => {
+            Some("delete_file")
+        }
+        "list" | "ls" | "list_dir" | "list_files" | "glob" | "readdir" => Some("list_directory"),
+        "http" | "fetch" | "web_fetch" | "webfetch" | "egress" | "network" | "http_get" | "url"
+        | "request" => Some("http_request"),
+        "mcp" | "tool_call" | "mcp_tool" | "mcp_call" | "tool" => Some("mcp_tool_call"),
+        "git_push" | "push" | "vcs" => Some(GIT_ACTION),
+        _ => None,
+    };
+    synonym.or_else(|| keyward_api::did_you_mean(&lower, KNOWN_ACTIONS))
+}
+
 /// A request field a `when` clause reads.
 #[derive(Debug, Clone)]
 enum Field {
@@ -205,8 +263,12 @@ impl Field {
                 {
                     Field::RunnerAuth(path(rest))
                 } else {
+                    let hint = keyward_api::field_suggestion(name)
+                        .filter(|f| WHEN_FIELDS.contains(f))
+                        .map(|f| format!(" (did you mean {f:?}?)"))
+                        .unwrap_or_default();
                     return Err(format!(
-                        "unknown request field {name:?}: expected session_id, agent_id, actor, action_type, \
+                        "unknown request field {name:?}{hint}: expected session_id, agent_id, actor, action_type, \
                          target, operation, policy_pack, server, tool, capability, context.<key>, runner.<key> \
                          or runner_auth.<algorithm|key_id|issuer>"
                     ));
@@ -369,6 +431,29 @@ impl PolicySource {
         ))
     }
 
+    /// Reads a `policy.files` entry: `builtin:<pack>` names a built-in
+    /// pack (its text as this keyward ships it, so a policy that lists it
+    /// keeps the pack's updates), anything else is a file
+    /// ([`PolicySource::read`]).
+    pub fn resolve(entry: &Path) -> Result<(Self, Vec<String>), PolicyError> {
+        match builtin_name(entry) {
+            Some(crate::BASELINE_ID) => Ok((Self::baseline(), Vec::new())),
+            Some(name) => Err(PolicyError {
+                origin: entry.display().to_string(),
+                rule_id: None,
+                field: None,
+                message: format!(
+                    "no built-in pack {name:?}; the built-in packs are: {}{}",
+                    crate::BASELINE_ID,
+                    keyward_api::did_you_mean(name, &[crate::BASELINE_ID])
+                        .map(|p| format!(" (did you mean \"{BUILTIN_PREFIX}{p}\"?)"))
+                        .unwrap_or_default()
+                ),
+            }),
+            None => Self::read(entry),
+        }
+    }
+
     /// The built-in pack's source.
     pub fn baseline() -> Self {
         Self {
@@ -376,6 +461,15 @@ impl PolicySource {
             toml: crate::baseline_toml().to_owned(),
         }
     }
+}
+
+/// How a `policy.files` entry names a built-in pack: `builtin:agent-baseline`.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// The pack a `policy.files` entry names (`builtin:<pack>`), if it names
+/// one rather than a file.
+pub fn builtin_name(entry: &Path) -> Option<&str> {
+    entry.to_str()?.strip_prefix(BUILTIN_PREFIX)
 }
 
 /// A compiled policy.
@@ -483,7 +577,70 @@ impl Policy {
         }
         policy.build_index();
         policy.check_shell_fields(origin)?;
+        policy.warnings = policy.lint(origin);
         Ok(policy)
+    }
+
+    /// What compiles but can never fire for the callers keyward knows: a
+    /// rule naming an action no caller sends (with the one it probably
+    /// meant), a `when` on a field no request of its actions carries.
+    fn lint(&self, origin: &str) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for rule in &self.rules {
+            let id = &rule.info.id;
+            let actions = rule.actions.as_deref().unwrap_or_default();
+            for action in actions {
+                if KNOWN_ACTIONS.contains(&action.as_str()) {
+                    continue;
+                }
+                let hint = action_suggestion(action)
+                    .map(|a| format!("did you mean {a:?}? "))
+                    .unwrap_or_default();
+                warnings.push(format!(
+                    "{origin}: rule {id:?}: action {action:?} is not an action_type keyward or its \
+                     callers send ({}); {hint}the rule fires only for a caller of your own that sends \
+                     {action:?}",
+                    KNOWN_ACTIONS.join(", ")
+                ));
+            }
+            for (field, _) in rule.when.iter() {
+                match field {
+                    Field::RunnerAuth(path)
+                        if path.len() != 1 || !RUNNER_AUTH_FIELDS.contains(&path[0].as_str()) =>
+                    {
+                        let name = path.join(".");
+                        let hint = keyward_api::did_you_mean(&name, RUNNER_AUTH_FIELDS)
+                            .map(|f| format!("did you mean \"runner_auth.{f}\"? "))
+                            .unwrap_or_default();
+                        warnings.push(format!(
+                            "{origin}: rule {id:?}: when field \"runner_auth.{name}\" is on no \
+                             request: the daemon sets only runner_auth.algorithm, runner_auth.key_id \
+                             and runner_auth.issuer; {hint}(the claims themselves are runner.<claim>)"
+                        ));
+                    }
+                    Field::Server | Field::Tool
+                        if !actions.is_empty()
+                            && actions.iter().all(|a| {
+                                KNOWN_ACTIONS.contains(&a.as_str()) && a != "mcp_tool_call"
+                            }) =>
+                    {
+                        let name = if matches!(field, Field::Server) {
+                            "server"
+                        } else {
+                            "tool"
+                        };
+                        warnings.push(format!(
+                            "{origin}: rule {id:?}: when field {name:?} is sent only with \
+                             mcp_tool_call requests, and this rule is for {}: it never matches \
+                             what keyward's callers send",
+                            actions.join(", ")
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        warnings
     }
 
     /// Argument-aware fields only make sense on actions read as shell lines.
@@ -510,21 +667,25 @@ impl Policy {
     /// policy (JSON, see [`crate::is_cavra_json`]) converted as `keyward
     /// policy import` converts it, its warnings kept in [`Policy::warnings`].
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
-        let (source, warnings) = PolicySource::read(path)?;
+        let (source, mut warnings) = PolicySource::resolve(path)?;
         let mut policy = Self::from_toml(&source.toml, &source.origin)?;
+        warnings.append(&mut policy.warnings);
         policy.warnings = warnings;
         Ok(policy)
     }
 
-    /// What loading left out: one line for each part of a CAVRA policy
-    /// that has no keyward equivalent (empty for keyward TOML).
+    /// What loading left out or found suspicious: one line for each part
+    /// of a CAVRA policy that has no keyward equivalent, and for each rule
+    /// that can never fire for the callers keyward knows (an action no
+    /// caller sends, a `when` field no request of its actions carries).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
     /// Loads several files as one policy: rules in file order (earlier
     /// files first within each tier); the first file's default applies; the
-    /// id joins the files' ids with `+`.
+    /// id joins the files' ids with `+`. An entry `builtin:agent-baseline`
+    /// is the built-in pack ([`PolicySource::resolve`]).
     pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, PolicyError> {
         Ok(Self::from_files_with_sources(paths)?.0)
     }
@@ -537,11 +698,12 @@ impl Policy {
         let mut sources = Vec::new();
         let mut warnings = Vec::new();
         for path in paths {
-            let (source, mut more) = PolicySource::read(path.as_ref())?;
+            let (source, mut more) = PolicySource::resolve(path.as_ref())?;
             sources.push(source);
             warnings.append(&mut more);
         }
         let mut policy = Self::from_sources(&sources)?;
+        warnings.append(&mut policy.warnings);
         policy.warnings = warnings;
         Ok((policy, sources))
     }
@@ -618,6 +780,12 @@ impl Policy {
                     .cloned(),
             )
             .collect();
+    }
+
+    /// Whether `action`'s targets are read as shell lines
+    /// (`execute_command`, and the actions a rule marks `shell = true`).
+    pub fn reads_shell_lines(&self, action: &str) -> bool {
+        self.shell_actions.contains(canonical_action(action.trim()))
     }
 
     /// The policy id.

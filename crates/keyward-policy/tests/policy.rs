@@ -929,8 +929,12 @@ fn a_cavra_json_file_loads_directly_with_its_warnings() {
     }
     let merged = Policy::from_files(&[&toml, &json]).unwrap();
     assert_eq!(merged.id(), "extra+cavra-agentic-delivery");
-    assert_eq!(merged.warnings().len(), 7);
-    assert!(Policy::from_file(&toml).unwrap().warnings().is_empty());
+    // The conversion's 7, and the TOML file's rule on an action no caller
+    // sends (`x`).
+    assert_eq!(merged.warnings().len(), 8, "{:?}", merged.warnings());
+    let own = Policy::from_file(&toml).unwrap();
+    assert_eq!(own.warnings().len(), 1, "{:?}", own.warnings());
+    assert!(own.warnings()[0].contains(r#"rule "x.allow": action "x""#));
     let broken = dir.join("broken.json");
     std::fs::write(&broken, "{\"filesystem\": []}").unwrap();
     let err = Policy::from_file(&broken).unwrap_err().to_string();
@@ -1132,4 +1136,151 @@ fn toml_quote(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[test]
+fn rules_no_caller_can_reach_are_warned_with_what_was_meant() {
+    let p = Policy::from_toml(
+        r#"
+[policy]
+id = "t"
+default = "allow"
+
+[[rules]]
+id = "a"
+action = ["exec_command", "read_file"]
+decision = "block"
+
+[[rules]]
+id = "b"
+action = "web_fetch"
+decision = "block"
+
+[[rules]]
+id = "c"
+action = "deploy"
+decision = "require_approval"
+
+[[rules]]
+id = "d"
+action = "*"
+when = { "runner_auth.keyid" = "k1", "runner.repository" = "acme/*" }
+decision = "allow"
+
+[[rules]]
+id = "e"
+action = "write_file"
+when = { server = "fs" }
+decision = "block"
+
+[[rules]]
+id = "f"
+action = "mcp_tool_call"
+when = { server = "fs", tool = "write" }
+decision = "block"
+
+[[rules]]
+id = "g"
+action = "git"
+when = { "runner_auth.algorithm" = "OIDC-JWT" }
+decision = "allow"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let warnings = p.warnings().join("\n");
+    assert_eq!(p.warnings().len(), 5, "{warnings}");
+    for expected in [
+        r#"t.toml: rule "a": action "exec_command" is not an action_type"#,
+        r#"did you mean "execute_command"?"#,
+        r#"rule "b": action "web_fetch""#,
+        r#"did you mean "http_request"?"#,
+        r#"rule "c": action "deploy""#,
+        r#"rule "d": when field "runner_auth.keyid" is on no request"#,
+        r#"did you mean "runner_auth.key_id"?"#,
+        r#"rule "e": when field "server" is sent only with mcp_tool_call requests"#,
+    ] {
+        assert!(warnings.contains(expected), "{expected}:\n{warnings}");
+    }
+    // What is warned about still compiles and still decides for a caller
+    // that sends it.
+    assert_eq!(
+        p.evaluate(&req("exec_command", "x")).decision(),
+        Decision::Block
+    );
+    // The built-in pack, and a policy naming only known actions, have none.
+    assert!(
+        baseline().warnings().is_empty(),
+        "{:?}",
+        baseline().warnings()
+    );
+    // A `when` field no request has is an error, with what was meant.
+    let err = Policy::from_toml(
+        "[policy]\nid = \"t\"\ndefault = \"allow\"\n[[rules]]\nid = \"r\"\naction = \"read_file\"\nwhen = { targett = \"x\" }\ndecision = \"block\"\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(r#"unknown request field "targett" (did you mean "target"?)"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_files_can_name_the_builtin_pack() {
+    let dir = std::env::temp_dir().join(format!("kwp-builtin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let team = dir.join("team.toml");
+    std::fs::write(
+        &team,
+        "[policy]\nid = \"team\"\ndefault = \"block\"\n[[rules]]\nid = \"team.deploy\"\naction = \"execute_command\"\ncommand = \"make\"\nsubcommand = \"deploy\"\ndecision = \"block\"\n",
+    )
+    .unwrap();
+    let entries = [
+        std::path::PathBuf::from("builtin:agent-baseline"),
+        team.clone(),
+    ];
+    let (p, sources) = Policy::from_files_with_sources(&entries).unwrap();
+    assert_eq!(p.id(), "agent-baseline+team");
+    // The pack as this keyward ships it: what a run freezes.
+    assert_eq!(sources[0], keyward_policy::PolicySource::baseline());
+    assert_eq!(sources.len(), 2);
+    // The pack's default applies (it comes first), and both sets of rules.
+    assert_eq!(
+        p.default_rule().decision,
+        baseline().default_rule().decision
+    );
+    assert_eq!(p.len(), baseline().len() + 1);
+    let line = |t: &str| decide(&p, &req("execute_command", t));
+    assert_eq!(line("make deploy").1, "team.deploy");
+    assert_eq!(line("git status").0, Decision::Allow);
+    assert_eq!(
+        decide(&p, &req("read_file", "/root/.ssh/id_rsa")).1,
+        "filesystem.read.block"
+    );
+    assert_eq!(
+        Policy::from_file(std::path::Path::new("builtin:agent-baseline"))
+            .unwrap()
+            .id(),
+        "agent-baseline"
+    );
+    // Not a pack: an error naming the packs, nothing compiled.
+    let err = Policy::from_files(&[std::path::PathBuf::from("builtin:agent-baselin")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(r#"no built-in pack "agent-baselin"; the built-in packs are: agent-baseline"#)
+            && err.contains(r#"did you mean "builtin:agent-baseline"?"#),
+        "{err}"
+    );
+    // Listed twice: its rule ids collide, as two copies of any file would.
+    let twice = Policy::from_files(&[
+        std::path::PathBuf::from("builtin:agent-baseline"),
+        std::path::PathBuf::from("builtin:agent-baseline"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(twice.contains("already defined"), "{twice}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

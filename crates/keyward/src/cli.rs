@@ -12,7 +12,9 @@ Exit status:
   2   command-line usage error
   3   the daemon is not running
   64  invalid configuration or usage (the message names file, key and expectation)
-  `keyward eval` only: 0 allow, 2 block, 3 require_approval, 1 error
+  `keyward eval` only: 0 allow, 2 block, 3 require_approval, and 1 for
+  every error (usage, config, the daemon unreachable, a request that cannot
+  be decided: unknown field, missing target), so 2 and 3 are always decisions
 
 Environment:
   KEYWARD_HOME    home directory (same as --home)
@@ -39,6 +41,25 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Whether a command line (without the program name) runs `keyward eval`:
+/// its first word that is not a global option or an option's value.
+pub fn names_eval(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str() else {
+            return false;
+        };
+        match arg {
+            "--home" | "--config" | "--log-format" => {
+                args.next();
+            }
+            _ if arg.starts_with('-') => {}
+            _ => return arg == "eval",
+        }
+    }
+    false
 }
 
 /// How log lines are written.
@@ -102,8 +123,10 @@ pub enum Command {
     Secret(SecretCommand),
     /// Ask the policy engine whether an action is allowed, for CI steps and
     /// agent hooks. Exit status: 0 allow, 2 block, 3 require_approval, 1
-    /// error. Works from inside `keyward run`. Every decision is written to
-    /// the evidence log before it is answered.
+    /// for every error (usage, config, transport, a request with an unknown
+    /// field or without the target its action needs). Works from inside
+    /// `keyward run`. Every decision is written to the evidence log before
+    /// it is answered.
     Eval(EvalArgs),
     /// Policy files: check, test against cases, import CAVRA, show the
     /// built-in pack.

@@ -19,14 +19,30 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // `keyward eval` exits 2 and 3 only for block and require_approval:
+        // a usage error there is a failure (1), never a decision.
+        Err(e) if e.use_stderr() && cli::names_eval(std::env::args_os().skip(1)) => {
+            let _ = e.print();
+            return ExitCode::from(exit::FAILURE);
+        }
+        Err(e) => e.exit(),
+    };
+    let eval = matches!(cli.command, cli::Command::Eval(_));
     // Exactly one crypto provider in the process, chosen before any TLS use.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("keyward: {}", exit::render(&err));
-            exit::code_for(&err)
+            if eval {
+                // Every error of `keyward eval` (config, transport, a
+                // request that cannot be decided) is 1.
+                ExitCode::from(exit::FAILURE)
+            } else {
+                exit::code_for(&err)
+            }
         }
     }
 }

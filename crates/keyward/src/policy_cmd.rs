@@ -39,15 +39,20 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     let mut req = match &args.input {
         Some(path) => {
             let text = read_input(path)?;
-            serde_json::from_str::<EvaluateRequest>(&text)
+            EvaluateRequest::from_json(text.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: not an EvaluateRequest: {e}", path.display()))?
         }
-        None => EvaluateRequest {
-            action_type: args.action.clone().unwrap_or_default(),
-            target: args.target.clone(),
-            requested_operation: args.operation.clone(),
-            ..EvaluateRequest::default()
-        },
+        None => {
+            let req = EvaluateRequest {
+                action_type: args.action.clone().unwrap_or_default(),
+                target: args.target.clone(),
+                requested_operation: args.operation.clone(),
+                ..EvaluateRequest::default()
+            };
+            req.check()
+                .map_err(|e| anyhow::anyhow!("{e} (give it with --target)"))?;
+            req
+        }
     };
     if let Some(auth) = crate::runner_auth::load(&args.runner_auth)? {
         req.runner_auth = auth;
@@ -96,6 +101,7 @@ fn load(file: &Path) -> Result<Policy> {
     if file == Path::new(keyward_policy::BASELINE_ID) && !file.exists() {
         return Ok(keyward_policy::baseline());
     }
+    // A file, or `builtin:agent-baseline` as policy.files names the pack.
     let policy =
         Policy::from_file(file).map_err(|e| anyhow::Error::new(PolicyInvalid(e.to_string())))?;
     warn_all(policy.warnings());
@@ -119,7 +125,9 @@ pub struct PolicyInvalid(pub String);
 struct Case {
     #[serde(default)]
     name: Option<String>,
-    request: EvaluateRequest,
+    /// Read as the daemon reads a request (unknown fields and missing
+    /// targets refused).
+    request: serde_json::Value,
     decision: Decision,
     #[serde(default)]
     rule_id: Option<String>,
@@ -139,11 +147,16 @@ pub fn policy(cmd: &PolicyCommand) -> Result<ExitCode> {
             if json.json {
                 println!(
                     "{}",
-                    serde_json::json!({"valid": true, "file": file, "policy_id": policy.id(), "rules": policy.len()})
+                    serde_json::json!({"valid": true, "file": file, "policy_id": policy.id(), "rules": policy.len(), "warnings": policy.warnings()})
                 );
             } else {
+                let warnings = match policy.warnings().len() {
+                    0 => String::new(),
+                    1 => ", 1 warning (above)".to_owned(),
+                    n => format!(", {n} warnings (above)"),
+                };
                 println!(
-                    "{}: valid policy {:?}, {} rules, default {} ({})",
+                    "{}: valid policy {:?}, {} rules, default {} ({}){warnings}",
                     file.display(),
                     policy.id(),
                     policy.len(),
@@ -209,7 +222,16 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut failed = 0;
     for (i, case) in cases.iter().enumerate() {
-        let mut request = case.request.clone();
+        let name = case
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("case {}", i + 1));
+        let mut request = EvaluateRequest::from_value(case.request.clone()).map_err(|e| {
+            anyhow::Error::new(PolicyInvalid(format!(
+                "{}: {name}: the request would be refused by the daemon: {e}",
+                cases_path.display()
+            )))
+        })?;
         request.verified_runner = case.runner.clone();
         let verdict = policy.evaluate(&request);
         let ok = verdict.decision() == case.decision
@@ -220,7 +242,7 @@ fn test(file: &Path, cases_path: &Path, json: bool) -> Result<ExitCode> {
                 .is_none_or(|m| Some(m) == verdict.matched_command.as_deref());
         failed += usize::from(!ok);
         rows.push(serde_json::json!({
-            "name": case.name.clone().unwrap_or_else(|| format!("case {}", i + 1)),
+            "name": name,
             "pass": ok,
             "expected": {"decision": case.decision, "rule_id": case.rule_id, "matched_command": case.matched_command},
             "got": {"decision": verdict.decision(), "rule_id": verdict.rule.id, "matched_command": verdict.matched_command},

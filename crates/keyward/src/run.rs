@@ -90,6 +90,10 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             .policy
             .as_deref()
             .map(|p| {
+                // `builtin:agent-baseline` names the built-in pack, not a file.
+                if keyward_policy::builtin_name(p).is_some() {
+                    return Ok(p.display().to_string());
+                }
                 std::path::absolute(p)
                     .map(|p| p.display().to_string())
                     .with_context(|| format!("cannot resolve {}", p.display()))

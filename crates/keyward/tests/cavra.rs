@@ -276,9 +276,25 @@ fn bad_requests_get_a_clear_error_and_lose_nothing() {
     // An unknown policy pack, as on the admin API.
     let answer = nc(
         &socket,
-        r#"{"action_type":"read_file","policy_pack":"nope"}"#,
+        r#"{"action_type":"read_file","target":"a.txt","policy_pack":"nope"}"#,
     );
     assert_eq!(error_code(&answer), "unknown_policy_pack");
+    // Fails closed, as on the admin API: a field keyward does not know
+    // (with what it probably meant), a path action without its target.
+    let answer = nc(
+        &socket,
+        r#"{"action_type":"read_file","path":"/root/.ssh/id_rsa"}"#,
+    );
+    assert_eq!(error_code(&answer), "unknown_field", "{answer}");
+    assert!(answer.contains(r#"did you mean \"target\""#), "{answer}");
+    let answer = nc(&socket, r#"{"action_type":"write_file"}"#);
+    assert_eq!(error_code(&answer), "missing_target", "{answer}");
+    // CAVRA's release evidence is accepted (and not evaluated).
+    let answer = nc(
+        &socket,
+        r#"{"action_type":"read_file","target":"src/main.rs","release_governance":{"approval_state":"approved"}}"#,
+    );
+    assert_eq!(line(&answer)["decision"], "allow", "{answer}");
     // Truncated: the client ends before the braces close.
     let answer = raw(&socket, br#"{"action_type":"read_"#, true);
     assert_eq!(error_code(&answer), "bad_request");
@@ -306,9 +322,9 @@ fn bad_requests_get_a_clear_error_and_lose_nothing() {
     );
     assert_eq!(line(&answer)["target"], "a.txt");
 
-    // None of that was recorded as a decision, the one good request was,
-    // and the daemon serves on.
-    assert_eq!(decision_records(&home).len(), before + 1);
+    // None of that was recorded as a decision, the two good requests
+    // were, and the daemon serves on.
+    assert_eq!(decision_records(&home).len(), before + 2);
     let v = line(&nc(
         &socket,
         r#"{"action_type":"read_file","target":".env"}"#,

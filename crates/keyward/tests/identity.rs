@@ -448,14 +448,32 @@ fn policy_matches_verified_claims_only() {
     let input = home.path.parent().unwrap().join("req.json");
     std::fs::write(
         &input,
-        json!({"action_type": "deploy", "verified_runner": {"repository": "acme/prod"},
-               "runner": {"repository": "acme/prod"},
+        json!({"action_type": "deploy",
                "context": {"runner": {"repository": "acme/prod"}}})
         .to_string(),
     )
     .unwrap();
     let run = home.run(&["eval", "--input", input.to_str().unwrap(), "--json"]);
     blocked_by_policy((run.code, json(&run.stdout)));
+    // Claims as fields of their own are not even read: the request is
+    // refused (exit 1), never decided.
+    for field in ["verified_runner", "runner"] {
+        let mut req = json!({"action_type": "deploy"});
+        req[field] = json!({"repository": "acme/prod"});
+        std::fs::write(&input, req.to_string()).unwrap();
+        let run = home.run(&["eval", "--input", input.to_str().unwrap(), "--json"]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stderr.contains(&format!("unknown field {field:?}")),
+            "{run:?}"
+        );
+        let (status, body) = home.http("POST", "/v1/evaluate", Some(&req.to_string()));
+        assert_eq!(
+            (status, json(&body)["error"]["code"].as_str()),
+            (400, Some("unknown_field")),
+            "{body}"
+        );
+    }
     // The same claims, signed: now they count.
     assert_verified_allow(eval_with(
         &home,

@@ -912,3 +912,583 @@ print(s.recv(65536).decode())
     assert!(out.stdout.starts_with("HTTP/1.1 403"), "{out:?}");
     assert!(out.stdout.contains("policy_pack_refused"), "{out:?}");
 }
+
+/// What one way of asking answered: a decision, or an error (its code
+/// where the way reports one).
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Decision(&'static str),
+    Error(&'static str),
+}
+
+/// One request, asked through `keyward eval`, `POST /v1/evaluate`, the
+/// CAVRA socket and (where a tool call amounts to it) the hook examples:
+/// every way gives the same answer, and a request that cannot be decided
+/// is an error everywhere, never a decision.
+struct Case {
+    name: &'static str,
+    request: &'static str,
+    expect: Answer,
+    /// The Claude Code tool call that amounts to this request.
+    hook: Option<(&'static str, &'static str)>,
+}
+
+/// The same request gives the same decision through the CLI, the admin
+/// API, the CAVRA socket and the hooks; requests that cannot be decided
+/// (unknown fields, a missing target) are errors through all of them, and
+/// `keyward eval` exits 1 for them (2 and 3 are only block and approval).
+#[test]
+fn one_table_of_requests_gets_the_same_answer_everywhere() {
+    use Answer::{Decision, Error};
+    let cases = [
+        Case {
+            name: "ordinary read",
+            request: r#"{"action_type":"read_file","target":"src/main.rs"}"#,
+            expect: Decision("allow"),
+            hook: Some(("Read", r#"{"file_path":"src/main.rs"}"#)),
+        },
+        Case {
+            name: "private key read",
+            request: r#"{"action_type":"read_file","target":"/root/.ssh/id_rsa"}"#,
+            expect: Decision("block"),
+            hook: Some(("Read", r#"{"file_path":"/root/.ssh/id_rsa"}"#)),
+        },
+        Case {
+            name: "read_file with path instead of target",
+            request: r#"{"action_type":"read_file","path":"/root/.ssh/id_rsa"}"#,
+            expect: Error("unknown_field"),
+            hook: None,
+        },
+        Case {
+            name: "write_file with file instead of target",
+            request: r#"{"action_type":"write_file","file":"/etc/sudoers"}"#,
+            expect: Error("unknown_field"),
+            hook: None,
+        },
+        Case {
+            name: "git with branch instead of target",
+            request: r#"{"action_type":"git","requested_operation":"push","branch":"main"}"#,
+            expect: Error("unknown_field"),
+            hook: None,
+        },
+        Case {
+            name: "http_request with url instead of target",
+            request: r#"{"action_type":"http_request","url":"http://169.254.169.254/latest"}"#,
+            expect: Error("unknown_field"),
+            hook: None,
+        },
+        Case {
+            name: "execute_command with targett",
+            request: r#"{"action_type":"execute_command","targett":"rm -rf /"}"#,
+            expect: Error("unknown_field"),
+            hook: None,
+        },
+        Case {
+            name: "read_file without a target",
+            request: r#"{"action_type":"read_file"}"#,
+            expect: Error("missing_target"),
+            hook: Some(("Read", r#"{}"#)),
+        },
+        Case {
+            name: "delete_file with an empty target",
+            request: r#"{"action_type":"delete_file","target":" "}"#,
+            expect: Error("missing_target"),
+            hook: None,
+        },
+        Case {
+            name: "execute_command with an empty line",
+            request: r#"{"action_type":"execute_command","target":""}"#,
+            expect: Error("missing_target"),
+            hook: Some(("Bash", r#"{"command":""}"#)),
+        },
+        Case {
+            name: "git push without a target",
+            request: r#"{"action_type":"git_operation","requested_operation":"push"}"#,
+            expect: Error("missing_target"),
+            hook: None,
+        },
+        Case {
+            name: "http_request without a target",
+            request: r#"{"action_type":"http_request","requested_operation":"GET"}"#,
+            expect: Error("missing_target"),
+            hook: None,
+        },
+        Case {
+            name: "no action type",
+            request: r#"{"action_type":" ","target":"x"}"#,
+            expect: Error("bad_request"),
+            hook: None,
+        },
+        Case {
+            name: "metadata endpoint as a URL",
+            request: r#"{"action_type":"http_request","target":"http://169.254.169.254/latest/meta-data","requested_operation":"GET"}"#,
+            expect: Decision("block"),
+            hook: Some((
+                "WebFetch",
+                r#"{"url":"http://169.254.169.254/latest/meta-data"}"#,
+            )),
+        },
+        Case {
+            name: "git status",
+            request: r#"{"action_type":"execute_command","target":"git status"}"#,
+            expect: Decision("allow"),
+            hook: Some(("Bash", r#"{"command":"git status"}"#)),
+        },
+        Case {
+            name: "force push behind an allowed command",
+            request: r#"{"action_type":"execute_command","target":"git status && git push --force"}"#,
+            expect: Decision("block"),
+            hook: Some(("Bash", r#"{"command":"git status && git push --force"}"#)),
+        },
+        Case {
+            name: "an unknown program",
+            request: r#"{"action_type":"execute_command","target":"docker run alpine"}"#,
+            expect: Decision("require_approval"),
+            hook: Some(("Bash", r#"{"command":"docker run alpine"}"#)),
+        },
+        Case {
+            name: "push to main",
+            request: r#"{"action_type":"git","requested_operation":"push","target":"refs/heads/main"}"#,
+            expect: Decision("block"),
+            hook: None,
+        },
+        Case {
+            name: "unknown MCP server",
+            request: r#"{"action_type":"mcp_tool_call","server":"shady","tool":"run"}"#,
+            expect: Decision("block"),
+            hook: Some(("mcp__shady__run", r#"{}"#)),
+        },
+        Case {
+            name: "CAVRA release evidence is accepted",
+            request: r#"{"action_type":"read_file","target":"README.md","release_governance":{"approval_state":"approved"}}"#,
+            expect: Decision("allow"),
+            hook: None,
+        },
+    ];
+
+    let home = TestHome::new();
+    let socket_dir = tempfile::Builder::new()
+        .prefix("kwc")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cavra = socket_dir.path().join("cavra.sock");
+    write_config(
+        &home,
+        &format!(
+            "[compat.cavra]\nsocket = {:?}\n",
+            cavra.display().to_string()
+        ),
+    );
+    home.start(&[]);
+    let records_before = decisions(&home);
+    let mut decided = 0;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut got: Vec<(&str, Answer, String)> = Vec::new();
+
+        // keyward eval --input -
+        let run = home.run_stdin(&["eval", "--input", "-", "--json"], case.request);
+        let cli = match run.code {
+            0 | 2 | 3 => Decision(static_decision(&json(&run.stdout)["decision"])),
+            1 => Error(error_code_of_message(&run.stderr)),
+            _ => Error("unexpected exit status"),
+        };
+        if let (Decision(d), 0 | 2 | 3) = (&cli, run.code) {
+            let want = match *d {
+                "allow" => 0,
+                "block" => 2,
+                _ => 3,
+            };
+            assert_eq!(run.code, want, "{}: {run:?}", case.name);
+        }
+        got.push(("keyward eval", cli, format!("{run:?}")));
+
+        // POST /v1/evaluate
+        let (status, body) = home.http("POST", "/v1/evaluate", Some(case.request));
+        let v = json(&body);
+        let api = match status {
+            200 => Decision(static_decision(&v["decision"])),
+            400 => Error(static_code(&v["error"]["code"])),
+            _ => Error("unexpected status"),
+        };
+        got.push(("admin API", api, format!("{status} {body}")));
+
+        // The CAVRA socket.
+        let answer = cavra_ask(&cavra, case.request);
+        let v = json(answer.trim());
+        let socket = if v["decision"].is_string() {
+            Decision(static_decision(&v["decision"]))
+        } else {
+            Error(static_code(&v["error"]["code"]))
+        };
+        got.push(("CAVRA socket", socket, answer.clone()));
+
+        // The Claude Code hook: allow/deny/ask; an error is "ask".
+        if let Some((tool, input)) = case.hook {
+            let hook_input = serde_json::json!({
+                "session_id": "sess-table", "tool_name": tool,
+                "tool_input": serde_json::from_str::<serde_json::Value>(input).unwrap(),
+            });
+            let mut cmd = Command::new("python3");
+            cmd.arg(hook("claude-pretooluse.py"))
+                .env("KEYWARD_BIN", common::BIN);
+            let run = run_against(&home, cmd, &hook_input.to_string());
+            let out = json(run.stdout.trim());
+            let specific = &out["hookSpecificOutput"];
+            let want = match case.expect {
+                Decision("allow") => "allow",
+                Decision("block") => "deny",
+                _ => "ask",
+            };
+            if specific["permissionDecision"] != want {
+                failures.push(format!("{}: claude hook: {out} (want {want})", case.name));
+            }
+            if let Error(_) = case.expect {
+                assert!(
+                    specific["permissionDecisionReason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("could not decide"),
+                    "{}: {out}",
+                    case.name
+                );
+            }
+            // keyward-sh for shell lines: runs only what is allowed.
+            if tool == "Bash" {
+                let line = serde_json::from_str::<serde_json::Value>(input).unwrap()["command"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let mut cmd = Command::new("sh");
+                cmd.arg(hook("keyward-sh"))
+                    .args(["-c", &line])
+                    .env("KEYWARD_BIN", common::BIN)
+                    // The line itself is not run: `true -c LINE`.
+                    .env("KEYWARD_REAL_SHELL", "true");
+                let run = run_against(&home, cmd, "");
+                let ok = match case.expect {
+                    Decision("allow") => run.code == 0,
+                    Decision("block") => run.code == 126 && run.stderr.contains("refused"),
+                    Decision(_) => run.code == 126 && run.stderr.contains("needs approval"),
+                    Error(_) => run.code == 126 && run.stderr.contains("could not decide"),
+                };
+                if !ok {
+                    failures.push(format!("{}: keyward-sh: {run:?}", case.name));
+                }
+            }
+        }
+        for (way, answer, raw) in got {
+            if answer != case.expect {
+                failures.push(format!(
+                    "{}: {way} answered {answer:?}, expected {:?}: {raw}",
+                    case.name, case.expect
+                ));
+            }
+        }
+        if matches!(case.expect, Decision(_)) {
+            decided += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every decided request was recorded once per way it was asked (CLI,
+    // API, socket, plus the hooks); the refused ones never.
+    let hooked = cases
+        .iter()
+        .filter(|c| matches!(c.expect, Decision(_)))
+        .map(|c| match c.hook {
+            Some(("Bash", _)) => 2,
+            Some(_) => 1,
+            None => 0,
+        })
+        .sum::<usize>();
+    assert_eq!(decisions(&home) - records_before, decided * 3 + hooked);
+}
+
+fn write_config(home: &TestHome, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::set_permissions(&home.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(home.file("keyward.toml"), text).unwrap();
+}
+
+/// How many decision records the evidence log holds.
+fn decisions(home: &TestHome) -> usize {
+    let tail = home.run(&[
+        "audit", "tail", "-n", "100000", "--kind", "decision", "--json",
+    ]);
+    tail.stdout.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+/// One exchange on the CAVRA socket: the request, then the answer line.
+fn cavra_ask(socket: &Path, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn static_decision(v: &serde_json::Value) -> &'static str {
+    match v.as_str() {
+        Some("allow") => "allow",
+        Some("block") => "block",
+        Some("require_approval") => "require_approval",
+        _ => "?",
+    }
+}
+
+fn static_code(v: &serde_json::Value) -> &'static str {
+    match v.as_str() {
+        Some("unknown_field") => "unknown_field",
+        Some("missing_target") => "missing_target",
+        Some("bad_request") => "bad_request",
+        _ => "?",
+    }
+}
+
+/// The error code a `keyward eval` message stands for.
+fn error_code_of_message(stderr: &str) -> &'static str {
+    if stderr.contains("unknown field") {
+        "unknown_field"
+    } else if stderr.contains("needs a target") {
+        "missing_target"
+    } else if stderr.contains("action_type is required") {
+        "bad_request"
+    } else {
+        "?"
+    }
+}
+
+/// `keyward eval` exits 1 for every error, so a CI step reading 2 as
+/// "blocked" and 3 as "needs approval" never mistakes a typo, a broken
+/// config or a missing daemon for a decision. Other commands keep their
+/// statuses (2 for usage, 64 for config).
+#[test]
+fn eval_exits_1_for_every_error_and_2_3_only_for_decisions() {
+    let home = TestHome::new();
+    let usage: &[&[&str]] = &[
+        &["eval", "--bogus"],
+        &["eval"],
+        &["eval", "--action"],
+        &["eval", "--input", "-", "--action", "read_file"],
+        &["--log-format", "json", "eval", "--nope"],
+    ];
+    for args in usage {
+        let run = home.run(args);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("error:"), "{args:?}: {run:?}");
+    }
+    // Requests that cannot be decided, refused before the daemon is asked.
+    let missing = eval(&home, &["--action", "read_file"]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing.stderr.contains("needs a target") && missing.stderr.contains("--target"),
+        "{missing:?}"
+    );
+    let blank = eval(&home, &["--action", "execute_command", "--target", "  "]);
+    assert_eq!(blank.code, 1, "{blank:?}");
+    let unknown = home.run_stdin(
+        &["eval", "--input", "-"],
+        r#"{"action_type":"write_file","file_path":"/etc/sudoers"}"#,
+    );
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains(r#"unknown field "file_path""#)
+            && unknown.stderr.contains(r#"did you mean "target"?"#),
+        "{unknown:?}"
+    );
+    let typo = home.run_stdin(
+        &["eval", "--input", "-"],
+        r#"{"action_type":"http_request","target":"example.com/","requested_operaton":"GET"}"#,
+    );
+    assert_eq!(typo.code, 1, "{typo:?}");
+    assert!(
+        typo.stderr
+            .contains(r#"did you mean "requested_operation"?"#),
+        "{typo:?}"
+    );
+    // Nothing of that reached the daemon: it was never started.
+    assert!(!home.socket().exists());
+
+    // A broken config: 1 for eval (64 for the commands that manage it).
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(home.file("keyward.toml"), "[daemon]\nlisten = true\n").unwrap();
+    let broken = eval(&home, &["--action", "read_file", "--target", "a.txt"]);
+    assert_eq!(broken.code, 1, "{broken:?}");
+    assert!(broken.stderr.contains("listen"), "{broken:?}");
+    assert_eq!(home.run(&["config", "check"]).code, 64);
+    // Other commands' usage errors are still 2.
+    assert_eq!(home.run(&["secret", "--bogus"]).code, 2);
+    // The help says so.
+    let help = home.run(&["--help"]);
+    assert!(
+        help.stdout
+            .contains("`keyward eval` only: 0 allow, 2 block, 3 require_approval, and 1 for"),
+        "{help:?}"
+    );
+}
+
+/// `policy check` warns about rules that can never fire for the callers
+/// keyward knows (with the action they probably meant) and still exits 0;
+/// `--json` lists the warnings.
+#[test]
+fn policy_check_warns_about_actions_and_fields_no_request_has() {
+    let home = TestHome::new();
+    let dir = home.path.parent().unwrap();
+    let file = dir.join("team.toml");
+    std::fs::write(
+        &file,
+        r#"
+[policy]
+id = "team"
+default = "allow"
+
+[[rules]]
+id = "no-rm"
+action = "exec_command"
+target = "rm *"
+decision = "block"
+
+[[rules]]
+id = "deploys"
+action = "deploy"
+decision = "require_approval"
+
+[[rules]]
+id = "oidc-only"
+action = "execute_command"
+when = { "runner_auth.algorythm" = "OIDC-JWT" }
+decision = "allow"
+
+[[rules]]
+id = "tool-on-files"
+action = "read_file"
+when = { tool = "Read" }
+decision = "block"
+"#,
+    )
+    .unwrap();
+    let check = home.run(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(check.code, 0, "{check:?}");
+    for expected in [
+        r#"rule "no-rm": action "exec_command" is not an action_type keyward or its callers send"#,
+        r#"did you mean "execute_command"?"#,
+        r#"rule "deploys": action "deploy""#,
+        r#"did you mean "runner_auth.algorithm"?"#,
+        r#"rule "tool-on-files": when field "tool" is sent only with mcp_tool_call requests"#,
+    ] {
+        assert!(check.stderr.contains(expected), "{expected}: {check:?}");
+    }
+    assert!(check.stdout.contains("4 warnings (above)"), "{check:?}");
+    let json_check = home.run(&["policy", "check", file.to_str().unwrap(), "--json"]);
+    assert_eq!(json_check.code, 0, "{json_check:?}");
+    let report = json(&json_check.stdout);
+    assert_eq!(report["warnings"].as_array().unwrap().len(), 4, "{report}");
+    // The built-in pack has none.
+    let pack = home.run(&["policy", "check", "builtin:agent-baseline", "--json"]);
+    assert_eq!(pack.code, 0, "{pack:?}");
+    assert_eq!(json(&pack.stdout)["warnings"], serde_json::json!([]));
+    // A when field no request has at all is an error, with what was meant.
+    std::fs::write(
+        &file,
+        "[policy]\nid = \"t\"\ndefault = \"allow\"\n[[rules]]\nid = \"r\"\naction = \"read_file\"\nwhen = { path = \"x\" }\ndecision = \"block\"\n",
+    )
+    .unwrap();
+    let bad = home.run(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(bad.code, 64, "{bad:?}");
+    assert!(
+        bad.stderr
+            .contains(r#"unknown request field "path" (did you mean "target"?)"#),
+        "{bad:?}"
+    );
+}
+
+/// `policy.files` names the built-in pack: a team's file extends it (the
+/// pack's rules and default, the team's rules too), and a name that is no
+/// pack is a config error naming the packs; nothing starts.
+#[test]
+fn policy_files_extend_the_builtin_pack() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.file("team.toml"),
+        r#"
+[policy]
+id = "team"
+default = "require_approval"
+
+[[rules]]
+id = "team.no-deploy"
+action = "execute_command"
+command = "make"
+subcommand = "deploy"
+decision = "block"
+reason = "deploys go through the pipeline"
+"#,
+    )
+    .unwrap();
+    write_config(
+        &home,
+        "[policy]\nfiles = [\"builtin:agent-baseline\", \"team.toml\"]\n",
+    );
+    let check = home.run(&["config", "check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    home.start(&[]);
+    let deploy = eval(
+        &home,
+        &[
+            "--action",
+            "execute_command",
+            "--target",
+            "make deploy",
+            "--json",
+        ],
+    );
+    assert_eq!(deploy.code, 2, "{deploy:?}");
+    let deploy = json(&deploy.stdout);
+    assert_eq!(deploy["rule_id"], "team.no-deploy");
+    assert_eq!(deploy["policy_id"], "agent-baseline+team");
+    // The pack's own rules still decide.
+    let key = eval(
+        &home,
+        &[
+            "--action",
+            "read_file",
+            "--target",
+            "/root/.ssh/id_rsa",
+            "--json",
+        ],
+    );
+    assert_eq!(key.code, 2, "{key:?}");
+    assert_eq!(json(&key.stdout)["rule_id"], "filesystem.read.block");
+    let status = eval(
+        &home,
+        &["--action", "execute_command", "--target", "git status"],
+    );
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+
+    // Not a pack: refused, naming the packs and the likely one.
+    write_config(
+        &home,
+        "[policy]\nfiles = [\"builtin:agent-baselin\", \"team.toml\"]\n",
+    );
+    let bad = home.run(&["config", "check"]);
+    assert_eq!(bad.code, 64, "{bad:?}");
+    assert!(
+        bad.stderr.contains("policy.files")
+            && bad.stderr.contains(r#"no built-in pack "agent-baselin""#)
+            && bad
+                .stderr
+                .contains(r#"did you mean "builtin:agent-baseline"?"#),
+        "{bad:?}"
+    );
+    let start = home.run(&["daemon", "start", "--detach"]);
+    assert_eq!(start.code, 64, "{start:?}");
+    assert!(!home.socket().exists());
+}
