@@ -418,8 +418,10 @@ fn run_confinement(abi: i32) -> String {
     match abi {
         6.. => format!(
             "sandboxed runs available (`keyward run --sandbox`, Landlock ABI {abi}: files, \
-             TCP, signals), the level to use for untrusted agents; every run's processes \
-             are kept from signalling outside their run"
+             TCP, signals; a seccomp filter; a private network namespace where the proxy \
+             is the only way out, where user namespaces are allowed), the level to use for \
+             untrusted agents; every run's processes are kept from signalling outside \
+             their run"
         ),
         4 | 5 => format!(
             "`keyward run --sandbox` confines files and TCP (Landlock ABI {abi}) but not \

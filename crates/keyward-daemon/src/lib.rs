@@ -21,6 +21,7 @@ mod grant_routes;
 pub mod grants;
 pub mod home;
 mod lifecycle;
+pub mod net_bridge;
 mod notify;
 pub mod pidfile;
 mod policy_routes;

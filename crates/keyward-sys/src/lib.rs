@@ -8,6 +8,7 @@ mod confine;
 mod fdpass;
 mod fs;
 mod harden;
+mod netns;
 mod process;
 mod sandbox;
 mod syscall_filter;
@@ -21,6 +22,10 @@ pub use fdpass::{
     pass_fd_on_spawn, recv_with_fds, send_with_fd, seqpacket_pair,
 };
 pub use fs::{redirect_output, reserve_space};
+pub use netns::{
+    MAX_FORWARDS, NamespaceKind, NamespaceListeners, NamespaceUnavailable, PrivateNetwork,
+    namespace_kind, private_network, probe_private_network,
+};
 pub use sandbox::{
     PreparedSandbox, SandboxError, SandboxRules, cgroup_mounts, landlock_abi, prepare_sandbox,
     sandbox_on_spawn,

@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::netns::PrivateNetwork;
 use crate::syscall_filter::{FilterError, SyscallFilter, install, prepare_syscall_filter};
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -58,12 +59,26 @@ pub struct PreparedSandbox {
     filter: Option<SyscallFilter>,
     /// Why the filter was asked for but cannot be installed here.
     pub filter_unavailable: Option<String>,
+    /// The private network namespace the child makes first, if any.
+    network: Option<PrivateNetwork>,
 }
 
 impl PreparedSandbox {
     /// Whether the seccomp syscall filter will be installed.
     pub fn filters_syscalls(&self) -> bool {
         self.filter.is_some()
+    }
+
+    /// Starts the child in `network`, a private network namespace made
+    /// before anything else confines it (the seccomp filter refuses
+    /// `unshare`).
+    pub fn set_private_network(&mut self, network: PrivateNetwork) {
+        self.network = Some(network);
+    }
+
+    /// Whether the child starts in a private network namespace.
+    pub fn has_private_network(&self) -> bool {
+        self.network.is_some()
     }
 }
 
@@ -151,6 +166,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
             missing,
             filter,
             filter_unavailable,
+            network: None,
         });
     }
     let fail = |e: landlock::RulesetError| SandboxError::Ruleset(e.to_string());
@@ -219,6 +235,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         missing,
         filter,
         filter_unavailable,
+        network: None,
     })
 }
 
@@ -291,20 +308,30 @@ fn path_rule(
 }
 
 /// Applies `sandbox` to the spawned child just before it executes the
-/// program: `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`, then the
-/// seccomp filter. A child the kernel refuses to restrict does not run at
-/// all.
+/// program, in this order, in one hook: the private network namespace (if
+/// set; `unshare` must come before the filter refuses it), then
+/// `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`, then the seccomp
+/// filter. A child the kernel refuses to restrict does not run at all.
 pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
-    let PreparedSandbox { fd, filter, .. } = sandbox;
-    if fd.is_none() && filter.is_none() {
+    let PreparedSandbox {
+        fd,
+        filter,
+        network,
+        ..
+    } = sandbox;
+    if fd.is_none() && filter.is_none() && network.is_none() {
         return;
     }
-    // SAFETY: prctl, the raw landlock syscall and seccomp are
-    // async-signal-safe, as required between fork and exec; the closure
-    // only reads an integer from the descriptor it owns (closed on exec by
-    // O_CLOEXEC) and the filter programs built before the fork.
+    // SAFETY: unshare, open/write/close, socket calls, sendmsg, prctl, the
+    // raw landlock syscall and seccomp are async-signal-safe, as required
+    // between fork and exec; the closure only reads data prepared before
+    // the fork (descriptors it owns, closed on exec by O_CLOEXEC, the ID
+    // map lines and the filter programs).
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(network) = &network {
+                network.enter_in_child()?;
+            }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }

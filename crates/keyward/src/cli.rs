@@ -523,7 +523,11 @@ pub struct RunArgs {
     /// writes the working directory, temporary files and the user's caches,
     /// never reaches the keyward home or config, connects over TCP only to
     /// the proxy (and --allow-port), binds no TCP port (but --allow-bind),
-    /// and cannot signal processes outside its run; a seccomp filter refuses
+    /// and cannot signal processes outside its run; it runs in a private
+    /// network namespace (user+net, or net as root) with only loopback,
+    /// where 127.0.0.1:<proxy port> is bridged to the proxy and is the only
+    /// way out (no UDP, no DNS but the proxy's, no other host port; opt out
+    /// with --sandbox=no-netns); a seccomp filter refuses
     /// other socket protocols (MPTCP, SCTP, raw, packet), io_uring, ptrace,
     /// namespaces, terminal injection (TIOCSTI), chown, and changing other
     /// processes' limits, priorities or CPUs. `--sandbox` (strict) fails when
@@ -541,8 +545,10 @@ pub struct RunArgs {
     /// A path the sandboxed program may also write (repeatable).
     #[arg(long, value_name = "PATH", requires = "sandbox")]
     pub sandbox_allow_write: Vec<PathBuf>,
-    /// A TCP port the sandboxed program may connect to besides the proxy's
-    /// (repeatable; any address: Landlock matches ports, not hosts).
+    /// A host loopback TCP port the sandboxed program may connect to
+    /// besides the proxy's (repeatable): forwarded into its network
+    /// namespace as 127.0.0.1:PORT (with --sandbox=no-netns, any address:
+    /// Landlock matches ports, not hosts).
     #[arg(long, value_name = "PORT", requires = "sandbox")]
     pub allow_port: Vec<u16>,
     /// A TCP port the sandboxed program may listen on (repeatable).
@@ -585,6 +591,10 @@ pub enum SandboxArg {
     Strict,
     /// Enforce what the kernel can and say what it cannot.
     BestEffort,
+    /// Like strict, but without the private network namespace: the
+    /// program shares the host's network, confined by Landlock's TCP
+    /// ports only.
+    NoNetns,
 }
 
 /// `--network`.

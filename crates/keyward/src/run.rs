@@ -151,6 +151,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let Confinement {
         sandbox,
         private_tmp,
+        listeners,
         ..
     } = confinement;
     keyward_sys::sandbox_on_spawn(&mut cmd, sandbox);
@@ -186,6 +187,20 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let pid = child
         .id()
         .context("the program exited before it could be tracked")?;
+    // The program's namespace handed its listeners over before exec: from
+    // now on they are served here, in the host's namespace.
+    if let Some(listeners) = listeners {
+        let bridged = listeners
+            .receive()
+            .and_then(keyward_daemon::net_bridge::spawn_bridge);
+        if let Err(e) = bridged {
+            let _ = keyward_sys::send_signal(pid, Signal::Kill);
+            let _ = child.wait().await;
+            let _ = unregister(&client, &created.run_id).await;
+            remove_private_tmp(private_tmp.as_deref());
+            bail!("cannot bridge the proxy into the run's network namespace: {e}");
+        }
+    }
 
     let status = loop {
         tokio::select! {
@@ -229,6 +244,8 @@ struct Confinement {
     /// One line: what Landlock enforces, for the run record.
     summary: String,
     private_tmp: Option<PathBuf>,
+    /// Where the private network namespace's listeners arrive.
+    listeners: Option<keyward_sys::NamespaceListeners>,
 }
 
 impl Confinement {
@@ -258,6 +275,7 @@ async fn plan_confinement(
             sandbox,
             summary,
             private_tmp: None,
+            listeners: None,
         });
     };
     let home = Home::resolve(cli.home.as_deref())?;
@@ -276,15 +294,46 @@ async fn plan_confinement(
     };
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let plan = keyward_daemon::sandbox::plan(&home, &config, &request, &cwd, proxy_port)?;
-    let sandbox = match keyward_sys::prepare_sandbox(&plan.rules) {
+    let mut sandbox = match keyward_sys::prepare_sandbox(&plan.rules) {
         Ok(sandbox) => sandbox,
         Err(e) => {
             remove_private_tmp(plan.private_tmp.as_deref());
             return Err(e.into());
         }
     };
-    let summary = describe(&sandbox);
     let mut missing = Vec::new();
+    // The private network namespace: the proxy's port and each
+    // --allow-port, bridged in from the host's loopback; nothing else.
+    let mut listeners = None;
+    let mut netns_summary = None;
+    let mut netns_missing = false;
+    if mode != SandboxArg::NoNetns {
+        let kind = keyward_sys::namespace_kind();
+        let forwarded: Vec<u16> = std::iter::once(proxy_port)
+            .chain(args.allow_port.iter().copied())
+            .collect();
+        let made = keyward_sys::probe_private_network(kind)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                keyward_sys::private_network(kind, &forwarded).map_err(|e| e.to_string())
+            });
+        match made {
+            Ok((network, receiver)) => {
+                sandbox.set_private_network(network);
+                listeners = Some(receiver);
+                netns_summary = Some(describe_netns(kind, proxy_port, &args.allow_port));
+            }
+            Err(why) => {
+                netns_missing = true;
+                missing.push(format!("no private network namespace: {why}"));
+            }
+        }
+    }
+    let mut summary = describe(&sandbox);
+    if let Some(netns) = &netns_summary {
+        summary.push_str("; ");
+        summary.push_str(netns);
+    }
     if !sandbox.missing.is_empty() {
         let kernel = if sandbox.abi == 0 {
             "this kernel has no Landlock (not built in, or not in the `lsm=` boot list)".to_owned()
@@ -299,12 +348,17 @@ async fn plan_confinement(
     if let Some(why) = &sandbox.filter_unavailable {
         missing.push(format!("the syscall filter cannot be installed: {why}"));
     }
-    if !missing.is_empty() && mode == SandboxArg::Strict {
+    if !missing.is_empty() && mode != SandboxArg::BestEffort {
         remove_private_tmp(plan.private_tmp.as_deref());
         bail!(
             "--sandbox cannot be enforced: {}; use --sandbox=best-effort to run with what \
-             can be enforced",
-            missing.join("; ")
+             can be enforced{}",
+            missing.join("; "),
+            if netns_missing {
+                ", or --sandbox=no-netns to run without the private network namespace"
+            } else {
+                ""
+            }
         );
     }
     for note in &plan.notes {
@@ -319,7 +373,33 @@ async fn plan_confinement(
         sandbox,
         summary,
         private_tmp: plan.private_tmp,
+        listeners,
     })
+}
+
+/// `private network namespace (user+net): loopback only; 127.0.0.1:PORT
+/// bridged to the proxy; host port P forwarded`, for the run record.
+fn describe_netns(kind: keyward_sys::NamespaceKind, proxy_port: u16, allowed: &[u16]) -> String {
+    let mut text = format!(
+        "private network namespace ({}): loopback only; 127.0.0.1:{proxy_port} bridged to the proxy",
+        kind.describe()
+    );
+    let mut forwarded: Vec<u16> = allowed
+        .iter()
+        .copied()
+        .filter(|p| *p != proxy_port)
+        .collect();
+    forwarded.sort_unstable();
+    forwarded.dedup();
+    if !forwarded.is_empty() {
+        let ports: Vec<String> = forwarded.iter().map(u16::to_string).collect();
+        text.push_str(&format!(
+            "; host loopback port{} {} forwarded",
+            if ports.len() == 1 { "" } else { "s" },
+            ports.join(", ")
+        ));
+    }
+    text
 }
 
 /// `landlock ABI 7: fs, tcp, signals; seccomp syscall filter`, or what

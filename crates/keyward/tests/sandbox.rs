@@ -5,7 +5,12 @@
 //! keystroke injection); what a program normally does still works; a
 //! vault whose files were widened is refused by the daemon, naming the
 //! file, and nothing is lost; strict `--sandbox` fails, naming what is
-//! missing, where the filter cannot be installed.
+//! missing, where the filter cannot be installed. The private network
+//! namespace: only the proxy (bridged in) and `--allow-port` ports lead out
+//! (no UDP, no DNS but the proxy's, no other host port or address); the
+//! base-URL endpoints and the fd broker still work; `--sandbox=no-netns`
+//! keeps the host's network; an unprivileged user gets a user namespace,
+//! or a refusal naming the sysctls.
 
 mod common;
 
@@ -503,4 +508,495 @@ fn strict_sandbox_fails_naming_the_missing_syscall_filter() {
             .contains("NOT enforced: the syscall filter cannot be installed"),
         "{best:?}"
     );
+}
+
+/// A UDP service on the host's loopback that answers every datagram with
+/// the same bytes (a DNS query gets its own bytes back, which a resolver
+/// reads as an answer) and counts what it got.
+struct UdpEcho {
+    port: u16,
+    got: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl UdpEcho {
+    fn start() -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+        Self { port, got }
+    }
+
+    fn received(&self) -> usize {
+        self.got.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A TCP service that greets each connection with `hello <port>` and
+/// counts them.
+struct Greeter {
+    port: u16,
+    got: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Greeter {
+    fn start(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(mut stream) = stream {
+                    use std::io::Write;
+                    let _ = stream.write_all(format!("hello {port}\n").as_bytes());
+                }
+            }
+        });
+        Self { port, got }
+    }
+
+    fn connections(&self) -> usize {
+        self.got.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What the sandboxed program tries on the network, one line each:
+/// `name: OK <what it got>` or `name: ERRNO`.
+const NETWORK_PROBES: &str = r#"
+import errno, socket, struct, sys
+def say(name, what):
+    print(f"{name}: {what}", flush=True)
+def tcp(name, host, port):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.settimeout(3)
+    try:
+        s.connect((host, port))
+        say(name, "OK " + s.makefile().readline().strip())
+    except OSError as e:
+        say(name, errno.errorcode.get(e.errno, str(e)))
+udp_port, proxy_port, allowed, other = map(int, sys.argv[1:5])
+query = struct.pack(">HHHHHH", 0x4b57, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00\x00\x01\x00\x01"
+for name, payload in [("udp", b"ping"), ("dns", query)]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    try:
+        s.sendto(payload, ("127.0.0.1", udp_port))
+        say(name, "OK " + repr(s.recv(2048)[:4]))
+    except OSError as e:
+        say(name, errno.errorcode.get(e.errno, "TIMEOUT" if isinstance(e, socket.timeout) else str(e)))
+try:
+    say("resolver", "OK " + socket.gethostbyname("keyward-netns-test.invalid"))
+except OSError as e:
+    say("resolver", "FAILED")
+tcp("allowed port", "127.0.0.1", allowed)
+tcp("other port", "127.0.0.1", other)
+tcp("proxy port on 127.0.0.2", "127.0.0.2", proxy_port)
+tcp("proxy port on 192.0.2.1", "192.0.2.1", proxy_port)
+tcp("proxy port on ::1", "::1", proxy_port)
+"#;
+
+/// Gives the test's own network namespace 192.0.2.1 (a documentation
+/// address), on a dummy interface where the kernel has the driver, else on
+/// `lo`: the host's "non-loopback address".
+fn add_non_loopback_address() {
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            "{ ip link add kwdummy type dummy && ip link set kwdummy up \
+               && ip addr add 192.0.2.1/32 dev kwdummy; } 2>/dev/null \
+             || ip addr add 192.0.2.1/32 dev lo",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "cannot give the test's namespace a non-loopback address"
+    );
+}
+
+/// `--sandbox` puts the program in a private network namespace where the
+/// proxy, bridged in, is the only way out: a host-loopback UDP service
+/// receives nothing (a DNS query to it gets no answer), a name the host's
+/// resolver would look up fails, TCP to another host-loopback port, and
+/// to the proxy's port number on another loopback address, the host's
+/// non-loopback address or `::1`, fails and reaches nothing; the one port
+/// given with `--allow-port` is forwarded; curl through the proxy (which
+/// resolves `localhost` itself) gets the credential injected; and the run
+/// record names the namespace and the forwarded port. Run in a private
+/// network namespace of its own, so nothing can leave the machine.
+#[test]
+fn the_private_network_lets_out_only_the_proxy() {
+    if !sandbox_available() || rerun_without_network("the_private_network_lets_out_only_the_proxy")
+    {
+        return;
+    }
+    add_non_loopback_address();
+    let (home, upstream) = setup("");
+    let proxy_port = common::upstream::proxy_port(&home);
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("probes.py"), NETWORK_PROBES).unwrap();
+    let udp = UdpEcho::start();
+    let allowed = Greeter::start("127.0.0.1:0");
+    let other = Greeter::start("127.0.0.1:0");
+    let same_port = [
+        Greeter::start(&format!("127.0.0.2:{proxy_port}")),
+        Greeter::start(&format!("192.0.2.1:{proxy_port}")),
+    ];
+    // The services answer from outside the sandbox.
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    host.send_to(b"ping", ("127.0.0.1", udp.port)).unwrap();
+    assert_eq!(
+        host.recv(&mut [0u8; 8]).unwrap(),
+        4,
+        "the UDP service answers"
+    );
+    let script = format!(
+        "python3 probes.py {udp} {proxy_port} {allowed} {other}\n\
+         curl -sS {url} >/dev/null && echo CURL-OK\n\
+         ip -o link | grep -vc ' lo:' | sed 's/^/other links: /'\n\
+         touch ready; while [ ! -e go ]; do sleep 0.05; done\n",
+        udp = udp.port,
+        allowed = allowed.port,
+        other = other.port,
+        url = upstream.url("/through-the-bridge"),
+    );
+    let child = home
+        .cmd(&[
+            "run",
+            "--sandbox",
+            "--allow-port",
+            &allowed.port.to_string(),
+            "--grant",
+            "local",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(common::wait_for(std::time::Duration::from_secs(60), || {
+        work.join("ready").exists()
+    }));
+    let (status, runs) = home.http("GET", "/v1/runs", None);
+    assert_eq!(status, 200, "{runs}");
+    std::fs::write(work.join("go"), "").unwrap();
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    for needle in [
+        "private network namespace (net".to_owned(),
+        format!("127.0.0.1:{proxy_port} bridged to the proxy"),
+        format!("host loopback port {} forwarded", allowed.port),
+    ] {
+        assert!(run.stderr.contains(&needle), "{needle}: {run:?}");
+        assert!(runs.contains(&needle), "the run record: {needle}: {runs}");
+    }
+    let line = |name: &str| {
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} line: {run:?}"))
+            .to_owned()
+    };
+    // Nothing listens on that port inside: the datagrams go nowhere.
+    assert_eq!(line("udp"), "TIMEOUT", "{run:?}");
+    assert_eq!(line("dns"), "TIMEOUT", "{run:?}");
+    assert_eq!(line("resolver"), "FAILED", "{run:?}");
+    assert_eq!(line("allowed port"), format!("OK hello {}", allowed.port));
+    // Refused by Landlock's port rule before any route is looked at.
+    assert_eq!(line("other port"), "EACCES", "{run:?}");
+    // The proxy's port number elsewhere: nothing listens there inside.
+    assert_eq!(line("proxy port on 127.0.0.2"), "ECONNREFUSED", "{run:?}");
+    assert_eq!(line("proxy port on 192.0.2.1"), "ENETUNREACH", "{run:?}");
+    assert_eq!(line("proxy port on ::1"), "ECONNREFUSED", "{run:?}");
+    assert_eq!(line("other links"), "0", "only loopback: {run:?}");
+    assert!(run.stdout.contains("CURL-OK"), "{run:?}");
+    assert_eq!(udp.received(), 1, "only the test's own datagram arrived");
+    assert_eq!(other.connections(), 0);
+    assert_eq!(allowed.connections(), 1);
+    for greeter in &same_port {
+        assert_eq!(greeter.connections(), 0, "{}", greeter.port);
+    }
+    upstream.settle();
+    let got = upstream.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["path"], "/through-the-bridge");
+    assert_eq!(
+        got[0]["headers"]["authorization"],
+        format!("Bearer {SECRET}")
+    );
+}
+
+/// Inside the private network namespace, the other ways in still work:
+/// base-URL endpoints (plain HTTP to `127.0.0.1:<proxy port>/r/...`,
+/// bridged) and the fd broker (an inherited socketpair), each with the
+/// credential injected.
+#[test]
+fn base_url_endpoints_and_the_fd_broker_work_inside_the_namespace() {
+    if !sandbox_available() {
+        return;
+    }
+    let (home, upstream) = setup("");
+    let config = home.file("keyward.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("base_url_env = \"LOCAL_BASE_URL\"\n");
+    std::fs::write(&config, text).unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let base = Run::from(
+        home.cmd(&[
+            "run",
+            "--sandbox",
+            "--base-url",
+            "--grant",
+            "local",
+            "--",
+            "sh",
+            "-c",
+            "curl -sS \"$LOCAL_BASE_URL/via-base-url\" >/dev/null && echo BASE-OK",
+        ])
+        .current_dir(&work)
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(base.code, 0, "{base:?}");
+    assert!(base.stdout.contains("BASE-OK"), "{base:?}");
+    assert!(
+        base.stderr.contains("private network namespace"),
+        "{base:?}"
+    );
+    let broker_client = format!(
+        r#"
+import os, socket
+broker = socket.socket(fileno=int(os.environ["KEYWARD_BROKER_FD"]))
+broker.send(b"\x01")
+msg, fds, flags, addr = socket.recv_fds(broker, 2, 1)
+s = socket.socket(fileno=fds[0])
+s.sendall(b"GET /via-broker HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.split(b"\r\n")[0].decode())
+"#,
+        port = upstream.port
+    );
+    let brokered = Run::from(
+        home.cmd(&[
+            "run",
+            "--sandbox",
+            "--broker",
+            "fd",
+            "--grant",
+            "local",
+            "--",
+            "python3",
+            "-c",
+            &broker_client,
+        ])
+        .current_dir(&work)
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(brokered.code, 0, "{brokered:?}");
+    assert!(brokered.stdout.starts_with("HTTP/1.1 200"), "{brokered:?}");
+    assert!(
+        brokered.stderr.contains("private network namespace"),
+        "{brokered:?}"
+    );
+    upstream.settle();
+    let got = upstream.received();
+    for path in ["/via-base-url", "/via-broker"] {
+        let request = got
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("{path} arrived: {got:?}"));
+        assert_eq!(
+            request["headers"]["authorization"],
+            format!("Bearer {SECRET}"),
+            "{path}"
+        );
+    }
+}
+
+/// `--sandbox=no-netns` keeps the host's network, as before: Landlock's
+/// port rules only, so the proxy's port number on another loopback address
+/// is reachable; the run record names no namespace; the rest of the
+/// sandbox (files, the filter) stays strict.
+#[test]
+fn no_netns_keeps_the_host_network() {
+    if !sandbox_available() {
+        return;
+    }
+    let (home, upstream) = setup("");
+    let proxy_port = common::upstream::proxy_port(&home);
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let elsewhere = Greeter::start(&format!("127.0.0.2:{proxy_port}"));
+    let script = format!(
+        "python3 -c 'import socket; s = socket.create_connection((\"127.0.0.2\", {proxy_port})); print(s.makefile().readline().strip())'\n\
+         curl -sS {url} >/dev/null && echo CURL-OK\n\
+         cat {config} >/dev/null 2>&1 || echo CONFIG-REFUSED\n",
+        url = upstream.url("/no-netns"),
+        config = home.file("keyward.toml").display(),
+    );
+    let run = Run::from(
+        home.cmd(&[
+            "run",
+            "--sandbox=no-netns",
+            "--grant",
+            "local",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(&work)
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("hello {proxy_port}")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("CURL-OK"), "{run:?}");
+    assert!(run.stdout.contains("CONFIG-REFUSED"), "{run:?}");
+    assert!(run.stderr.contains("seccomp syscall filter"), "{run:?}");
+    assert!(!run.stderr.contains("network namespace"), "{run:?}");
+    assert_eq!(elsewhere.connections(), 1);
+}
+
+/// As an unprivileged user (uid 65534 through `setpriv`): `--sandbox`
+/// makes a user and network namespace that maps the user to itself (its
+/// uid unchanged, no capabilities) and the proxy answers through the
+/// bridge. Where the kernel refuses the namespace (`unshare` made to fail
+/// with EPERM by strace, as with `user.max_user_namespaces=0`), strict
+/// `--sandbox` fails with exit 1 naming the sysctls and the ways on, and
+/// `--sandbox=best-effort` runs without the namespace and says so.
+#[test]
+fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
+    if !sandbox_available() {
+        return;
+    }
+    if keyward_sys::effective_uid() != 0 {
+        eprintln!("needs root to switch to uid 65534; skipped");
+        return;
+    }
+    let strace = Command::new("strace").arg("-V").output().is_ok();
+    let home = TestHome::new();
+    let top = home.path.parent().unwrap().to_owned();
+    let binary = home.binary_for_other_users();
+    let work = top.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&top)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_nobody = |prefix: &[&str], args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(prefix)
+        .arg(&binary)
+        .args(args)
+        .env("KEYWARD_HOME", &home.path)
+        .env("HOME", &top)
+        .env_remove("KEYWARD_CONFIG")
+        .env_remove("RUST_LOG")
+        .current_dir(&work);
+        Run::from(cmd.output().unwrap())
+    };
+    let run = as_nobody(
+        &[],
+        &[
+            "run",
+            "--sandbox",
+            "--",
+            "sh",
+            "-c",
+            "id -u; grep CapEff /proc/self/status; cat /proc/self/uid_map; \
+             curl -sS -o /dev/null -w 'proxy answered %{http_code}\\n' https://localhost:1/",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("private network namespace (user+net): loopback only"),
+        "{run:?}"
+    );
+    assert!(run.stdout.starts_with("65534\n"), "{run:?}");
+    assert!(run.stdout.contains("CapEff:\t0000000000000000"), "{run:?}");
+    let map: Vec<&str> = run
+        .stdout
+        .lines()
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["65534", "65534", "1"], "{run:?}");
+    assert!(run.stdout.contains("proxy answered 502"), "{run:?}");
+    if !strace {
+        eprintln!("strace not installed; the refusal is not tried");
+        return;
+    }
+    let refused = |mode: &str| {
+        as_nobody(
+            &[
+                "strace",
+                "-f",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=unshare",
+                "-e",
+                "inject=unshare:error=EPERM",
+            ],
+            &["run", mode, "--", "sh", "-c", "echo RAN"],
+        )
+    };
+    let strict = refused("--sandbox");
+    assert_eq!(strict.code, 1, "{strict:?}");
+    assert!(!strict.stdout.contains("RAN"), "{strict:?}");
+    for needle in [
+        "--sandbox cannot be enforced",
+        "no private network namespace",
+        "kernel.unprivileged_userns_clone",
+        "user.max_user_namespaces",
+        "--sandbox=best-effort",
+        "--sandbox=no-netns",
+    ] {
+        assert!(strict.stderr.contains(needle), "{needle}: {strict:?}");
+    }
+    let best = refused("--sandbox=best-effort");
+    assert_eq!(best.code, 0, "{best:?}");
+    assert!(best.stdout.contains("RAN"), "{best:?}");
+    assert!(
+        best.stderr
+            .contains("NOT enforced: no private network namespace"),
+        "{best:?}"
+    );
+    let stop = as_nobody(&[], &["daemon", "stop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
 }
