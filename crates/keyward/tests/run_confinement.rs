@@ -9,7 +9,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::upstream::{SECRET, run_sh, setup};
+use common::upstream::{SECRET, point_grant_elsewhere, run_sh, setup, use_passphrase_vault};
 use common::{TestHome, json, wait_for};
 
 /// `GET /v1/secrets` on the admin socket from a shell command line.
@@ -208,23 +208,10 @@ fn a_config_edit_and_reload_never_widen_a_live_run() {
     for passphrase in [false, true] {
         let (home, upstream) = setup("");
         if passphrase {
-            // Replace the key-file vault with a passphrase one.
-            assert_eq!(home.run(&["daemon", "stop"]).code, 0);
-            std::fs::remove_dir_all(home.file("vault")).unwrap();
-            let init = home.run_stdin(&["vault", "init", "--passphrase"], "pw\n");
-            assert_eq!(init.code, 0, "{init:?}");
-            let set = home.run_stdin(&["secret", "set", "local-token"], SECRET);
-            assert_eq!(set.code, 0, "{set:?}");
+            use_passphrase_vault(&home);
         }
-        let config = home.file("keyward.toml");
-        let original = std::fs::read_to_string(&config).unwrap();
         // The grant starts pointed at a host nobody serves.
-        std::fs::write(
-            &config,
-            original.replace("hosts = [\"localhost:", "hosts = [\"nowhere.invalid:"),
-        )
-        .unwrap();
-        assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+        let (config, original) = point_grant_elsewhere(&home);
         let dir = home.path.parent().unwrap();
         let (edited, reloaded) = (dir.join("edited"), dir.join("reloaded"));
         let daemon = home.pid_in_file().unwrap();

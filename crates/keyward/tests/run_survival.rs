@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::upstream::{SECRET, Upstream, setup};
+use common::upstream::{SECRET, Upstream, point_grant_elsewhere, setup, use_passphrase_vault};
 use common::{TestHome, json, wait_for};
 
 /// `GET /v1/secrets` on the admin socket from a shell command line.
@@ -41,29 +41,6 @@ fn read_pid(path: &Path) -> u32 {
         .unwrap()
 }
 
-/// The grant `local` starts pointed at a host nobody serves, so a live run
-/// has no authority toward the upstream; returns the config's path.
-fn point_grant_elsewhere(home: &TestHome) -> std::path::PathBuf {
-    let config = home.file("keyward.toml");
-    let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        original.replace("hosts = [\"localhost:", "hosts = [\"nowhere.invalid:"),
-    )
-    .unwrap();
-    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
-    config
-}
-
-fn use_passphrase_vault(home: &TestHome) {
-    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
-    std::fs::remove_dir_all(home.file("vault")).unwrap();
-    let init = home.run_stdin(&["vault", "init", "--passphrase"], "pw\n");
-    assert_eq!(init.code, 0, "{init:?}");
-    let set = home.run_stdin(&["secret", "set", "local-token"], SECRET);
-    assert_eq!(set.code, 0, "{set:?}");
-}
-
 /// Starts `keyward run --grant local -- sh -c SCRIPT` in the background.
 fn spawn_run(home: &TestHome, extra: &[&str], script: &str) -> Child {
     let mut args = vec!["run", "--grant", "local"];
@@ -91,7 +68,7 @@ fn a_daemon_restart_never_widens_a_live_run() {
             use_passphrase_vault(&home);
             assert_eq!(home.run_stdin(&["vault", "unseal"], "pw\n").code, 0);
         }
-        let config = point_grant_elsewhere(&home);
+        let (config, _) = point_grant_elsewhere(&home);
         let dir = home.path.parent().unwrap();
         let (edited, restarted, pended, unsealed) = (
             dir.join("edited"),

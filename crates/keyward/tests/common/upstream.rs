@@ -127,6 +127,32 @@ pub fn setup(proxy_extra: &str) -> (TestHome, Upstream) {
     (home, upstream)
 }
 
+/// Replaces the home's key-file vault with a passphrase one (`pw`)
+/// holding the same secret; the daemon is stopped.
+pub fn use_passphrase_vault(home: &TestHome) {
+    assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+    std::fs::remove_dir_all(home.file("vault")).unwrap();
+    let init = home.run_stdin(&["vault", "init", "--passphrase"], "pw\n");
+    assert_eq!(init.code, 0, "{init:?}");
+    let set = home.run_stdin(&["secret", "set", "local-token"], SECRET);
+    assert_eq!(set.code, 0, "{set:?}");
+}
+
+/// Points the grant `local` at a host nobody serves and reloads, so that a
+/// run created now has no authority toward the upstream. Returns the
+/// config's path and its text before the change.
+pub fn point_grant_elsewhere(home: &TestHome) -> (PathBuf, String) {
+    let config = home.file("keyward.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        original.replace("hosts = [\"localhost:", "hosts = [\"nowhere.invalid:"),
+    )
+    .unwrap();
+    assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
+    (config, original)
+}
+
 /// `keyward run [--grant G]... -- sh -c SCRIPT`.
 pub fn run_sh(home: &TestHome, grants: &[&str], script: &str) -> super::Run {
     let mut args = vec!["run"];
