@@ -176,6 +176,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }));
     let cgroups = match crate::run_cgroup::RunCgroups::detect(home.root()) {
         Ok(cgroups) => {
+            tracing::info!(
+                "each run gets a cgroup of its own: its processes stay in it whatever happens to its `keyward run`"
+            );
             let cgroups = Arc::new(cgroups);
             runs.use_cgroups(cgroups.clone());
             Some(cgroups)

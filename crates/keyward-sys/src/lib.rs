@@ -30,7 +30,9 @@ pub use sandbox::{
     PreparedSandbox, SandboxError, SandboxRules, cgroup_mounts, landlock_abi, prepare_sandbox,
     sandbox_on_spawn,
 };
-pub use syscall_filter::{FILTERED_SYSCALLS, FilterError, SyscallFilter, prepare_syscall_filter};
+pub use syscall_filter::{
+    FILTERED_SYSCALLS, FilterError, SyscallFilter, prepare_run_filter, prepare_syscall_filter,
+};
 
 pub use harden::{HardeningReport, MlockOutcome, harden_process, set_private_umask};
 pub use process::{

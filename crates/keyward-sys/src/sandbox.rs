@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::netns::PrivateNetwork;
-use crate::syscall_filter::{FilterError, SyscallFilter, install, prepare_syscall_filter};
+use crate::syscall_filter::{
+    FilterError, SyscallFilter, install, prepare_run_filter, prepare_syscall_filter,
+};
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope,
@@ -37,6 +39,10 @@ pub struct SandboxRules {
     pub scope_abstract_unix: bool,
     /// Install the seccomp syscall filter (see [`crate::FILTERED_SYSCALLS`]).
     pub syscall_filter: bool,
+    /// Without `syscall_filter`: install the small filter every run gets
+    /// (no `clone3`, no changing other processes' limits; see
+    /// [`crate::prepare_run_filter`]) where the kernel can.
+    pub run_filter: bool,
     /// Without `filesystem`: paths the program may not write or make
     /// directories beneath, everything else staying writable (the cgroup2
     /// mounts, so that a run's processes cannot move themselves out of
@@ -154,6 +160,15 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
             Ok(filter) => (Some(filter), None),
             Err(FilterError::Build(e)) => return Err(SandboxError::Filter(e)),
             Err(e) => (None, Some(e.to_string())),
+        }
+    } else if rules.run_filter {
+        match prepare_run_filter() {
+            Ok(filter) => {
+                enforced.push("seccomp");
+                (Some(filter), None)
+            }
+            Err(FilterError::Build(e)) => return Err(SandboxError::Filter(e)),
+            Err(_) => (None, None),
         }
     } else {
         (None, None)

@@ -250,7 +250,44 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     rules.insert(libc::SYS_unshare, any_flag(0, &unshare_flags)?);
     rules.insert(libc::SYS_clone, any_flag(0, &NAMESPACE_FLAGS)?);
 
-    // Other processes' limits, priorities, CPUs, I/O classes and memory.
+    other_process_rules(&mut rules)?;
+
+    // Modes: no setuid or setgid bit (a setuid-to-this-user program would
+    // let another account act as this user).
+    let suid = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+    rules.insert(libc::SYS_fchmod, any_flag(1, &suid)?);
+    rules.insert(libc::SYS_fchmodat, any_flag(2, &suid)?);
+    rules.insert(libc::SYS_fchmodat2, any_flag(2, &suid)?);
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(libc::SYS_chmod, any_flag(1, &suid)?);
+
+    // x32 system calls are numbered apart (with bit 30 set) and would slip
+    // past every rule above: none is allowed.
+    #[cfg(target_arch = "x86_64")]
+    for nr in X32_BIT..=X32_BIT + X32_LAST {
+        rules.insert(nr, Vec::new());
+    }
+    Ok(rules)
+}
+
+fn arch() -> Result<TargetArch, FilterError> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| FilterError::Architecture(std::env::consts::ARCH))
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    action: SeccompAction,
+) -> Result<BpfProgram, FilterError> {
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()?)
+        .map_err(|e| FilterError::Build(e.to_string()))?;
+    BpfProgram::try_from(filter).map_err(|e| FilterError::Build(e.to_string()))
+}
+
+/// Other processes' limits, priorities, CPUs, I/O classes and memory:
+/// a program may change its own (pid 0), not another's (seccomp cannot tell
+/// a run's own children from the daemon or its `keyward run`).
+fn other_process_rules(rules: &mut BTreeMap<i64, Vec<SeccompRule>>) -> Result<(), FilterError> {
     // prlimit64(pid, resource, new, old): reading is fine, setting is not.
     rules.insert(
         libc::SYS_prlimit64,
@@ -288,36 +325,27 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
         rules.insert(nr, other_pid(0)?);
     }
 
-    // Modes: no setuid or setgid bit (a setuid-to-this-user program would
-    // let another account act as this user).
-    let suid = [libc::S_ISUID as u64, libc::S_ISGID as u64];
-    rules.insert(libc::SYS_fchmod, any_flag(1, &suid)?);
-    rules.insert(libc::SYS_fchmodat, any_flag(2, &suid)?);
-    rules.insert(libc::SYS_fchmodat2, any_flag(2, &suid)?);
-    #[cfg(target_arch = "x86_64")]
-    rules.insert(libc::SYS_chmod, any_flag(1, &suid)?);
-
-    // x32 system calls are numbered apart (with bit 30 set) and would slip
-    // past every rule above: none is allowed.
-    #[cfg(target_arch = "x86_64")]
-    for nr in X32_BIT..=X32_BIT + X32_LAST {
-        rules.insert(nr, Vec::new());
-    }
-    Ok(rules)
+    Ok(())
 }
 
-fn arch() -> Result<TargetArch, FilterError> {
-    TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| FilterError::Architecture(std::env::consts::ARCH))
-}
-
-fn compile(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    action: SeccompAction,
-) -> Result<BpfProgram, FilterError> {
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()?)
-        .map_err(|e| FilterError::Build(e.to_string()))?;
-    BpfProgram::try_from(filter).map_err(|e| FilterError::Build(e.to_string()))
+/// The filter every run gets, sandboxed or not: `clone3` answers ENOSYS
+/// (libc falls back to `clone`), since `CLONE_INTO_CGROUP` would let a
+/// process be born outside its run's cgroup, which Landlock cannot see;
+/// and other processes' limits, priorities and CPUs cannot be changed (a
+/// CPU limit of 0 on `keyward run` or the daemon kills it with SIGXCPU,
+/// which no signal scope stops).
+pub fn prepare_run_filter() -> Result<SyscallFilter, FilterError> {
+    arch()?;
+    kernel_supports_filters()?;
+    let mut rules = BTreeMap::new();
+    other_process_rules(&mut rules)?;
+    let clone3: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, Vec::new())].into();
+    Ok(SyscallFilter {
+        programs: vec![
+            compile(rules, SeccompAction::Errno(libc::EPERM as u32))?,
+            compile(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?,
+        ],
+    })
 }
 
 /// Builds the sandbox's filter and checks that this kernel can install it.

@@ -266,8 +266,12 @@ async fn plan_confinement(
         // Every run's processes are kept out of the cgroup file systems:
         // writing a `cgroup.procs` would let one leave its run's cgroup, or
         // put another process in it for the daemon to end with the run.
+        // And a small syscall filter: no `clone3` (a process born into
+        // another cgroup), no changing other processes' limits (a CPU limit
+        // of 0 kills `keyward run` or the daemon).
         let sandbox = keyward_sys::prepare_sandbox(&keyward_sys::SandboxRules {
             no_write: keyward_sys::cgroup_mounts(),
+            run_filter: true,
             ..Default::default()
         })?;
         let summary = describe(&sandbox);

@@ -456,25 +456,53 @@ open("{log}", "w").write(f"ppid={{os.getppid()}} " + s.recv(4096).decode(errors=
     assert_eq!(home.run(&["status"]).code, 0, "the daemon outlived the run");
 }
 
-/// A program that lowers its wrapper's open-file limit (prlimit is not a
-/// signal, so Landlock does not stop it) before leaving a process behind:
+/// A wrapper starved of descriptors (its open-file limit lowered from
+/// outside: the run's own program may no longer change it, which it tries
+/// here) while a process the program left is about to ask the admin API:
 /// the wrapper cannot list what is left, so it keeps the run open until the
 /// kernel reports no child, and the leftover never reaches the admin API
 /// from outside a run.
 #[test]
 fn a_wrapper_starved_of_descriptors_keeps_the_run_open() {
     let (home, _upstream) = setup("");
-    let out = home.path.parent().unwrap().join("starved.out");
-    let script = format!(
-        "setsid -f sh -c 'sleep 2; {req} > {out} 2>&1'; prlimit --pid $PPID --nofile=10:10; exit 0",
-        req = secrets_request(&home),
-        out = out.display()
+    let files = tempfile::tempdir().unwrap();
+    let (out, program, go) = (
+        files.path().join("starved.out"),
+        files.path().join("program.pid"),
+        files.path().join("go"),
     );
-    let run = run_sh(&home, &[], &script);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(wait_for(Duration::from_secs(10), || out.exists()));
-    std::thread::sleep(Duration::from_millis(300));
+    let script = format!(
+        "setsid -f sh -c 'while [ ! -e {go} ]; do sleep 0.05; done; {req} > {out}.part 2>&1; mv {out}.part {out}'; \
+         prlimit --pid $PPID --nofile=10:10 2>/dev/null && echo self-starved; \
+         echo $$ > {program}; while [ ! -e {go} ]; do sleep 0.05; done; exit 0",
+        req = secrets_request(&home),
+        out = out.display(),
+        program = program.display(),
+        go = go.display(),
+    );
+    let wrapper = home
+        .cmd(&["run", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&program).is_ok_and(|p| p.ends_with('\n'))
+    }));
+    let starve = Command::new("prlimit")
+        .args(["--pid", &wrapper.id().to_string(), "--nofile=10:10"])
+        .status()
+        .unwrap();
+    assert!(starve.success());
+    std::fs::write(&go, "").unwrap();
+    assert!(wait_for(Duration::from_secs(30), || out.exists()));
     let got = std::fs::read_to_string(&out).unwrap();
     assert!(got.contains("run_confined"), "{got}");
     assert!(!got.contains("\"secrets\""), "{got}");
+    let run = wrapper.wait_with_output().unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        !String::from_utf8_lossy(&run.stdout).contains("self-starved"),
+        "the program changed its wrapper's limits: {run:?}"
+    );
 }

@@ -254,24 +254,46 @@ fn killing_the_wrapper_ends_the_run_and_everything_it_left() {
     assert!(!seen.contains("\"secrets\""), "it listed secrets: {seen}");
 }
 
-/// The program sets its wrapper's open-file limit to 0 and leaves a
-/// process behind: the wrapper can no longer read /proc to end it, but a
-/// SIGTERM still ends the wrapper at once, and the daemon then ends the
-/// run and the leftover.
+/// A wrapper whose open-file limit drops to 0 (set from outside: a run's
+/// own program can no longer change it, see below) while a process the
+/// program left ignores SIGTERM: the wrapper can no longer read /proc to
+/// end it, but a SIGTERM still ends the wrapper at once, and the daemon
+/// then ends the run and the leftover.
 #[test]
 fn a_wrapper_without_descriptors_stays_killable_and_its_run_ends() {
     let (home, _upstream): (TestHome, Upstream) = setup("");
-    let dir = home.path.parent().unwrap();
-    let leftover = dir.join("leftover.pid");
+    let files = tempfile::tempdir().unwrap();
+    let (leftover, program, go) = (
+        files.path().join("leftover.pid"),
+        files.path().join("program.pid"),
+        files.path().join("go"),
+    );
     let script = format!(
         "setsid -f sh -c 'echo $$ > {leftover}; trap \"\" TERM; while :; do sleep 0.1; done'; \
-         while [ ! -s {leftover} ]; do sleep 0.05; done; prlimit --pid $PPID --nofile=0:0; exit 0",
+         while [ ! -s {leftover} ]; do sleep 0.05; done; echo $$ > {program}; \
+         while [ ! -e {go} ]; do sleep 0.05; done; exit 0",
         leftover = leftover.display(),
+        program = program.display(),
+        go = go.display(),
     );
     let mut wrapper = spawn_run(&home, &[], &script);
-    assert!(wait_for(Duration::from_secs(30), || leftover.exists()));
-    let leftover_pid = read_pid(&leftover);
-    // The wrapper is stuck ending what it cannot see.
+    assert!(wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&program).is_ok_and(|p| p.ends_with('\n'))
+    }));
+    let (leftover_pid, program_pid) = (read_pid(&leftover), read_pid(&program));
+    let starve = std::process::Command::new("prlimit")
+        .args(["--pid", &wrapper.id().to_string(), "--nofile=0:0"])
+        .status()
+        .unwrap();
+    assert!(starve.success());
+    std::fs::write(&go, "").unwrap();
+    // Once the program has exited, the wrapper is ending what it left, and
+    // stuck at it: it cannot see the leftover, nor exit on its own while
+    // the leftover lives.
+    // Reaped, not just exited: the wrapper has left its wait for it.
+    assert!(wait_for(Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{program_pid}")).exists()
+    }));
     assert!(wrapper.try_wait().unwrap().is_none());
     common::signal(wrapper.id(), "TERM");
     let status = wrapper.wait().unwrap();
@@ -281,6 +303,47 @@ fn a_wrapper_without_descriptors_stays_killable_and_its_run_ends() {
         "the leftover outlived its run"
     );
     assert!(wait_for(Duration::from_secs(5), || run_ids(&home).is_empty()));
+}
+
+/// `clone3` with `CLONE_INTO_CGROUP` would let a process be born outside
+/// its run's cgroup (Landlock does not see it), and a CPU limit of 0 on
+/// `keyward run` or the daemon kills it with SIGXCPU (no signal scope stops
+/// that): every run, unsandboxed too, gets `clone3` answered ENOSYS (libc
+/// falls back to `clone`) and cannot change another process's limits or
+/// priority, while its own stay its to change.
+#[test]
+fn a_run_cannot_be_born_elsewhere_or_limit_the_wrapper_and_daemon() {
+    let (home, _upstream) = setup("");
+    let files = tempfile::tempdir().unwrap();
+    let report = files.path().join("report");
+    let daemon = home.pid_in_file().unwrap();
+    let script = format!(
+        "python3 -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+         print(\"clone3\", libc.syscall(435, 0, 0), ctypes.get_errno())' > {report}; \
+         prlimit --pid $PPID --cpu=0:1 2>/dev/null && echo wrapper-limited >> {report}; \
+         prlimit --pid {daemon} --cpu=0:1 2>/dev/null && echo daemon-limited >> {report}; \
+         renice -n 19 -p {daemon} >/dev/null 2>&1 && echo daemon-reniced >> {report}; \
+         ulimit -n 512 && echo own-limit >> {report}; \
+         nice -n 5 true && echo own-nice >> {report}; \
+         python3 -c 'import os; pid = os.fork(); os._exit(0) if pid == 0 else print(\"fork\", os.waitpid(pid, 0)[1])' >> {report}",
+        report = report.display(),
+    );
+    let run = common::upstream::run_sh(&home, &[], &script);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = std::fs::read_to_string(&report).unwrap();
+    assert!(got.contains("clone3 -1 38"), "clone3 is not ENOSYS: {got}");
+    for refused in ["wrapper-limited", "daemon-limited", "daemon-reniced"] {
+        assert!(!got.contains(refused), "{refused}: {got}");
+    }
+    for allowed in ["own-limit", "own-nice", "fork 0"] {
+        assert!(got.contains(allowed), "{allowed}: {got}");
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{daemon}/limits")).unwrap();
+    let cpu = limits
+        .lines()
+        .find(|l| l.starts_with("Max cpu time"))
+        .unwrap();
+    assert!(cpu.contains("unlimited"), "{cpu}");
 }
 
 /// The cgroup2 mount point.
