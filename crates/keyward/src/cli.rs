@@ -86,11 +86,15 @@ pub enum Command {
     /// them: its HTTP(S) traffic goes through keyward's proxy, which injects
     /// the secrets toward the hosts each grant names. The run exists before
     /// the program starts; its processes (forked, double-forked or
-    /// `setsid`) stay inside it and are refused the admin API, and what the
-    /// program leaves running is ended when it exits. Its grants, hosts and
-    /// policy are frozen for its life (a reload only narrows them). Use
-    /// `--sandbox` for untrusted agents. Exits with the program's status
-    /// (128+N when killed by signal N).
+    /// `setsid`) stay inside it (in a cgroup of its own where the daemon
+    /// can make one) and are refused the admin API, and what the program
+    /// leaves running is ended when it exits, or by the daemon when this
+    /// command itself dies. Its grants, hosts and policy are frozen for its
+    /// life, across daemon restarts (a reload only narrows them). Every run
+    /// is kept from writing cgroups, `clone3` and changing other processes'
+    /// limits; `--sandbox` adds files, network and a syscall filter, for
+    /// untrusted agents. Exits with the program's status (128+N when killed
+    /// by signal N).
     Run(RunArgs),
     /// Show keyward at work on embedded defaults, in a temporary home: a
     /// local HTTPS service, a demo secret, a real client run through
