@@ -24,6 +24,9 @@ pub(crate) struct Frozen {
 /// Why a run's authority cannot be frozen or restored.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FrozenError {
+    /// The run's own policy file does not load (as `policy check` says).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the run's policy {0}")]
     Policy(String),
     #[error("grant {name}: {key}: {message}")]
@@ -57,10 +60,10 @@ pub(crate) fn freeze(
     let (sources, policy) = match policy {
         Some(path) => {
             let (source, _) = PolicySource::resolve(Path::new(path))
-                .map_err(|e| FrozenError::Policy(e.to_string()))?;
+                .map_err(|e| FrozenError::Invalid(e.to_string()))?;
             let sources = vec![source];
             let policy =
-                Policy::from_sources(&sources).map_err(|e| FrozenError::Policy(e.to_string()))?;
+                Policy::from_sources(&sources).map_err(|e| FrozenError::Invalid(e.to_string()))?;
             (sources, Arc::new(policy))
         }
         None => (

@@ -9,7 +9,6 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
-use keyward_policy::Policy;
 use keyward_proxy::{AllowRule, RunContext};
 
 use crate::runner_auth::{self, RunnerAuth};
@@ -170,16 +169,15 @@ fn check_grants(state: &AppState, req: &CreateRunRequest) -> Result<Vec<String>,
             )
         })?;
     }
-    if let Some(path) = &req.policy {
-        if !std::path::Path::new(path).is_absolute() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_policy",
-                format!("policy: {path:?} must be an absolute path"),
-            ));
-        }
-        Policy::from_file(std::path::Path::new(path))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_policy", e.to_string()))?;
+    // Read and compiled once, when the run's authority is frozen.
+    if let Some(path) = &req.policy
+        && !std::path::Path::new(path).is_absolute()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_policy",
+            format!("policy: {path:?} must be an absolute path"),
+        ));
     }
     Ok(vars)
 }
@@ -258,7 +256,7 @@ pub(crate) async fn create(
         .authority
         .freeze(&req.grants, req.policy.as_deref())
         .map_err(|e| match e {
-            crate::frozen::FrozenError::Policy(_) => {
+            crate::frozen::FrozenError::Invalid(_) | crate::frozen::FrozenError::Policy(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_policy", e.to_string())
             }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string()),
