@@ -73,6 +73,10 @@ pub struct SandboxRequest {
     pub connect_ports: Vec<u16>,
     /// `--allow-bind`: TCP ports the program may listen on.
     pub bind_ports: Vec<u16>,
+    /// Give the program a mount view (see [`keyward_sys::MountViewSpec`]):
+    /// a private `/tmp` and `/dev/shm`, the keyward home, `/run/user` and
+    /// `/var/tmp` hidden, other programs' sockets covered.
+    pub mount_view: bool,
 }
 
 /// The rules for one sandboxed run.
@@ -80,10 +84,13 @@ pub struct SandboxRequest {
 pub struct SandboxPlan {
     /// What Landlock is asked to enforce.
     pub rules: keyward_sys::SandboxRules,
-    /// A private temporary directory made for this run (when `/tmp` holds
-    /// the keyward home); the child gets it as `TMPDIR`, and it is removed
-    /// when the run ends.
+    /// A private temporary directory made for this run (with a mount view,
+    /// or when `/tmp` holds the keyward home), removed when the run ends.
     pub private_tmp: Option<PathBuf>,
+    /// What the program gets as `TMPDIR`, when not the inherited one.
+    pub tmpdir: Option<PathBuf>,
+    /// The mount view, when asked for.
+    pub mount_view: Option<keyward_sys::MountViewSpec>,
     /// What the user should know (printed on stderr).
     pub notes: Vec<String>,
 }
@@ -217,7 +224,10 @@ pub fn plan(
         builtin(&mut rules.read, dir.into());
     }
     for dev in DEVICES_WRITE {
-        builtin(&mut rules.write, dev.into());
+        // With a mount view, /dev/shm is the run's own (below).
+        if !(request.mount_view && *dev == SHARED_MEMORY) {
+            builtin(&mut rules.write, dev.into());
+        }
     }
     if let Some(user_home) = &user_home {
         for (list, names) in [
@@ -238,27 +248,54 @@ pub fn plan(
         .write
         .push(guard.named("the working directory", cwd, user_home.as_deref())?);
 
-    // Temporary files: /tmp itself, or a private directory when /tmp holds
-    // the keyward home.
-    let mut private_tmp = None;
+    // Temporary files: with a mount view, the run's own /tmp and /dev/shm;
+    // else /tmp itself, or a private directory when /tmp holds the keyward
+    // home.
     let tmp = std::env::temp_dir();
-    match tmp.canonicalize() {
-        Ok(tmp) if guard.check(&tmp).is_ok() => rules.write.push(tmp),
-        Ok(tmp) => {
-            let dir = make_private_tmp(&tmp).map_err(|source| SandboxPlanError::Path {
+    let mut private_tmp = None;
+    let mut tmpdir = None;
+    let mut view = None;
+    if request.mount_view {
+        let tmp = tmp.canonicalize().unwrap_or(tmp);
+        let dir =
+            make_private_tmp(&tmp, &["tmp", "shm"]).map_err(|source| SandboxPlanError::Path {
                 what: "the run's private temporary directory in".to_owned(),
                 path: tmp.clone(),
                 source,
             })?;
-            notes.push(format!(
-                "{} holds keyward's files, so the program gets TMPDIR={}",
-                tmp.display(),
-                dir.display()
-            ));
-            rules.write.push(dir.clone());
-            private_tmp = Some(dir);
+        let mut spec = keyward_sys::MountViewSpec::default();
+        for (sub, target) in [
+            ("tmp", Path::new("/tmp")),
+            ("shm", Path::new(SHARED_MEMORY)),
+        ] {
+            if target.is_dir() {
+                rules.write.push(dir.join(sub));
+                spec.replace.push((dir.join(sub), target.to_owned()));
+            }
         }
-        Err(_) => {}
+        tmpdir = Some(PathBuf::from("/tmp"));
+        private_tmp = Some(dir);
+        view = Some(spec);
+    } else {
+        match tmp.canonicalize() {
+            Ok(tmp) if guard.check(&tmp).is_ok() => rules.write.push(tmp),
+            Ok(tmp) => {
+                let dir = make_private_tmp(&tmp, &[]).map_err(|source| SandboxPlanError::Path {
+                    what: "the run's private temporary directory in".to_owned(),
+                    path: tmp.clone(),
+                    source,
+                })?;
+                notes.push(format!(
+                    "{} holds keyward's files, so the program gets TMPDIR={}",
+                    tmp.display(),
+                    dir.display()
+                ));
+                rules.write.push(dir.clone());
+                tmpdir = Some(dir.clone());
+                private_tmp = Some(dir);
+            }
+            Err(_) => {}
+        }
     }
 
     if let Some(name) = &request.profile {
@@ -295,11 +332,148 @@ pub fn plan(
         let write = guard.named("--sandbox-allow-write", path, user_home.as_deref())?;
         rules.write.push(write);
     }
+    if let Some(spec) = &mut view {
+        plan_mount_view(
+            spec,
+            home,
+            config,
+            &rules,
+            cwd,
+            user_home.as_deref(),
+            &mut notes,
+        );
+    }
     Ok(SandboxPlan {
         rules,
         private_tmp,
+        tmpdir,
+        mount_view: view,
         notes,
     })
+}
+
+/// `/dev/shm`: POSIX shared memory, private to the run with a mount view.
+const SHARED_MEMORY: &str = "/dev/shm";
+
+/// System directories a mount view hides whole: every user's runtime
+/// directory (session buses, agents, the keyring, editors' IPC sockets)
+/// and the shared temporary directory that outlives reboots.
+const HIDDEN_SYSTEM_DIRS: &[&str] = &["/run/user", "/var/tmp"];
+
+/// Where other programs' named Unix sockets are looked for, and how deep:
+/// system services (`/run`: docker, dbus, systemd, ...) and the user's
+/// home (`~/.gnupg`, agents, editors).
+const SOCKET_ROOTS_DEPTH: usize = 4;
+/// At most this many directory entries are looked at (start-up stays fast
+/// in a huge home); sockets deeper or further are not covered.
+const SOCKET_SCAN_LIMIT: usize = 20_000;
+
+/// Fills the mount view of a sandboxed run: the keyward home hidden with
+/// only the public CA certificates and the admin socket shown, the config
+/// file covered, `/run/user` and `/var/tmp` hidden (unless a path the run
+/// may use lies there), other programs' sockets covered.
+fn plan_mount_view(
+    spec: &mut keyward_sys::MountViewSpec,
+    home: &Home,
+    config: &LoadedConfig,
+    rules: &keyward_sys::SandboxRules,
+    cwd: &Path,
+    user_home: Option<&Path>,
+    notes: &mut Vec<String>,
+) {
+    let canonical = |p: &Path| p.canonicalize().ok();
+    let home_root = canonical(home.root());
+    let socket = canonical(&home.socket_path());
+    if let Some(root) = &home_root {
+        spec.hide.push(root.clone());
+        for shown in [canonical(&home.ca_dir().join("public")), socket.clone()]
+            .into_iter()
+            .flatten()
+        {
+            if shown.starts_with(root) {
+                spec.show.push(shown);
+            }
+        }
+    }
+    if let Some(config) = canonical(&config.source.path)
+        && config.is_file()
+        && !home_root.as_ref().is_some_and(|r| config.starts_with(r))
+    {
+        spec.cover.push(config);
+    }
+    let used: Vec<&PathBuf> = rules
+        .read
+        .iter()
+        .chain(&rules.exec)
+        .chain(&rules.write)
+        .collect();
+    let cwd = canonical(cwd).unwrap_or_else(|| cwd.to_owned());
+    // What the run uses inside its private /tmp's place (a working
+    // directory in the host's /tmp) stays visible where it was.
+    let private: Vec<PathBuf> = spec.replace.iter().map(|(s, _)| s.clone()).collect();
+    for path in std::iter::once(&cwd).chain(used.iter().copied()) {
+        let replaced = spec.replace.iter().any(|(_, t)| path.starts_with(t));
+        let ours = private
+            .iter()
+            .any(|p| path.starts_with(p.parent().unwrap_or(p)));
+        // Paths in the home (its public certificates) are shown there.
+        let hidden = spec.hide.iter().any(|h| path.starts_with(h));
+        if replaced && !ours && !hidden && !spec.keep.contains(path) {
+            spec.keep.push(path.clone());
+        }
+    }
+    for dir in HIDDEN_SYSTEM_DIRS {
+        let Some(dir) = canonical(Path::new(dir)).filter(|d| d.is_dir()) else {
+            continue;
+        };
+        if let Some(inside) = std::iter::once(&cwd)
+            .chain(used.iter().copied())
+            .find(|p| p.starts_with(&dir))
+        {
+            notes.push(format!(
+                "{} is not hidden: {} is inside it",
+                dir.display(),
+                inside.display()
+            ));
+            continue;
+        }
+        spec.hide.push(dir);
+    }
+    let mut budget = SOCKET_SCAN_LIMIT;
+    let roots = [Some(PathBuf::from("/run")), user_home.and_then(canonical)];
+    for root in roots.into_iter().flatten() {
+        find_sockets(&root, SOCKET_ROOTS_DEPTH, &mut budget, &mut |path| {
+            let hidden = spec.hide.iter().any(|h| path.starts_with(h));
+            let named = used.iter().any(|p| *p == path);
+            if !hidden && !named && socket.as_deref() != Some(path) {
+                spec.cover.push(path.to_owned());
+            }
+        });
+    }
+}
+
+/// Calls `found` with every Unix socket beneath `dir` (not following
+/// symbolic links), at most `depth` levels down, looking at no more than
+/// `budget` entries in all.
+fn find_sockets(dir: &Path, depth: usize, budget: &mut usize, found: &mut dyn FnMut(&Path)) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_socket() {
+            found(&entry.path());
+        } else if kind.is_dir() && depth > 1 {
+            find_sockets(&entry.path(), depth - 1, budget, found);
+        }
+    }
 }
 
 /// Keeps the keyward home and the config file out of every rule.
@@ -374,14 +548,23 @@ pub fn is_private_tmp(dir: &Path) -> bool {
     named && dir.is_absolute() && std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
 }
 
-/// A new 0700 directory `keyward-run-<random>` in `tmp`.
-fn make_private_tmp(tmp: &Path) -> std::io::Result<PathBuf> {
+/// A new 0700 directory `keyward-run-<random>` in `tmp`, with the 0700
+/// subdirectories `subdirs`.
+fn make_private_tmp(tmp: &Path, subdirs: &[&str]) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = tmp.join(format!(
         "{PRIVATE_TMP_PREFIX}{}",
         hex::encode(rand::random::<[u8; 6]>())
     ));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.mode(0o700);
+    builder.create(&dir)?;
+    for sub in subdirs {
+        if let Err(e) = builder.create(dir.join(sub)) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    }
     Ok(dir)
 }
 
@@ -465,6 +648,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"nope\"") && err.contains("ml"), "{err}");
+    }
+
+    #[test]
+    fn a_mount_view_hides_the_home_and_keeps_what_the_run_uses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp_path = tmp.path().canonicalize().unwrap();
+        let home = Home::at(tmp_path.join("home"));
+        std::fs::create_dir_all(home.ca_dir().join("public")).unwrap();
+        let work = tmp_path.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        // A config file outside the home is covered.
+        let outside = tmp_path.join("elsewhere.toml");
+        std::fs::write(&outside, "").unwrap();
+        let config = crate::config::load(&ConfigSource {
+            path: outside.clone(),
+            explicit: true,
+        })
+        .unwrap();
+        let request = SandboxRequest {
+            mount_view: true,
+            ..Default::default()
+        };
+        let plan = plan(&home, &config, &request, &work, 1).unwrap();
+        let spec = plan.mount_view.as_ref().unwrap();
+        let private = plan.private_tmp.clone().unwrap();
+        assert!(is_private_tmp(&private), "{private:?}");
+        assert_eq!(plan.tmpdir.as_deref(), Some(Path::new("/tmp")));
+        assert!(
+            spec.replace
+                .contains(&(private.join("tmp"), PathBuf::from("/tmp"))),
+            "{spec:?}"
+        );
+        assert!(plan.rules.write.contains(&private.join("tmp")));
+        assert!(
+            !plan.rules.write.iter().any(|p| p == Path::new("/tmp")),
+            "the host's /tmp is not writable: {:?}",
+            plan.rules.write
+        );
+        assert!(spec.hide.contains(&home.root().to_owned()), "{spec:?}");
+        assert!(
+            spec.show.contains(&home.ca_dir().join("public")),
+            "{spec:?}"
+        );
+        assert!(spec.cover.contains(&outside), "{spec:?}");
+        if work.starts_with("/tmp") {
+            assert!(spec.keep.contains(&work), "{spec:?}");
+        }
+        assert!(
+            !spec.keep.iter().any(|k| k.starts_with(home.root())),
+            "nothing of the home is kept writable: {spec:?}"
+        );
+        std::fs::remove_dir_all(private).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod confine;
 mod fdpass;
 mod fs;
 mod harden;
+mod mount_view;
 mod netns;
 mod process;
 mod sandbox;
@@ -22,6 +23,7 @@ pub use fdpass::{
     pass_fd_on_spawn, recv_with_fds, send_with_fd, seqpacket_pair,
 };
 pub use fs::{redirect_output, reserve_space};
+pub use mount_view::{MountView, MountViewError, MountViewSpec, probe_mount_view};
 pub use netns::{
     MAX_FORWARDS, NamespaceKind, NamespaceListeners, NamespaceUnavailable, PrivateNetwork,
     namespace_kind, private_network, probe_private_network,

@@ -56,6 +56,12 @@ pub struct NamespaceUnavailable {
     hint: String,
 }
 
+impl NamespaceUnavailable {
+    pub(crate) fn new(what: &'static str, source: io::Error, hint: String) -> Self {
+        Self { what, source, hint }
+    }
+}
+
 /// The kind of namespace this process would make: a network namespace
 /// alone as root, else a user namespace with it.
 pub fn namespace_kind() -> NamespaceKind {
@@ -73,22 +79,40 @@ pub fn namespace_kind() -> NamespaceKind {
 /// sysctls that decide it.
 pub fn probe_private_network(kind: NamespaceKind) -> Result<(), NamespaceUnavailable> {
     let maps = IdMaps::current();
-    // SAFETY: the child calls only async-signal-safe functions (unshare,
-    // open, write, close, socket, ioctl, _exit) on memory prepared before
-    // the fork, then exits without returning.
+    // SAFETY: `enter` only makes the namespace (async-signal-safe calls on
+    // the maps prepared above).
+    probe_in_fork(&|| unsafe { enter(kind, &maps) }.map_err(|(_, e)| e)).map_err(|source| {
+        NamespaceUnavailable {
+            what: match kind {
+                NamespaceKind::Network => "cannot make a network namespace (unshare CLONE_NEWNET)",
+                NamespaceKind::UserAndNetwork => {
+                    "cannot make an unprivileged user and network namespace \
+                     (unshare CLONE_NEWUSER|CLONE_NEWNET)"
+                }
+            },
+            source,
+            hint: sysctl_hint(kind == NamespaceKind::Network),
+        }
+    })
+}
+
+/// Runs `step` in a forked child that exits at once, so that what a
+/// spawned program will do between fork and exec is known to work (or not)
+/// before anything starts. The error is the errno `step` failed with.
+///
+/// `step` must only make async-signal-safe calls on memory prepared before
+/// the fork.
+pub(crate) fn probe_in_fork(step: &dyn Fn() -> io::Result<()>) -> io::Result<()> {
+    // SAFETY: the child runs only `step` (async-signal-safe by contract)
+    // and exits without returning.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(NamespaceUnavailable {
-            what: "cannot fork to try the network namespace",
-            source: io::Error::last_os_error(),
-            hint: String::new(),
-        });
+        return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: this forked child only makes the namespace and exits.
-        let code = match unsafe { enter(kind, &maps) } {
+        let code = match step() {
             Ok(()) => 0,
-            Err((_, e)) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, 255),
+            Err(e) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, 255),
         };
         // SAFETY: leaves the child at once, running no destructor.
         unsafe { libc::_exit(code) };
@@ -102,39 +126,24 @@ pub fn probe_private_network(kind: NamespaceKind) -> Result<(), NamespaceUnavail
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
-            return Err(NamespaceUnavailable {
-                what: "cannot wait for the network namespace probe",
-                source: e,
-                hint: String::new(),
-            });
+            return Err(e);
         }
     }
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
         return Ok(());
     }
     // The child's exit status is the errno of the step that failed.
-    let errno = if libc::WIFEXITED(status) {
+    Err(io::Error::from_raw_os_error(if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {
         libc::EIO
-    };
-    Err(NamespaceUnavailable {
-        what: match kind {
-            NamespaceKind::Network => "cannot make a network namespace (unshare CLONE_NEWNET)",
-            NamespaceKind::UserAndNetwork => {
-                "cannot make an unprivileged user and network namespace \
-                 (unshare CLONE_NEWUSER|CLONE_NEWNET)"
-            }
-        },
-        source: io::Error::from_raw_os_error(errno),
-        hint: sysctl_hint(kind),
-    })
+    }))
 }
 
 /// The sysctls that forbid unprivileged user namespaces, with their values
 /// where this kernel has them.
-fn sysctl_hint(kind: NamespaceKind) -> String {
-    if kind == NamespaceKind::Network {
+pub(crate) fn sysctl_hint(privileged: bool) -> String {
+    if privileged {
         return "; this needs CAP_SYS_ADMIN and a kernel with CONFIG_NET_NS \
                 (a container may forbid it with its seccomp profile)"
             .to_owned();
@@ -166,13 +175,13 @@ fn sysctl_hint(kind: NamespaceKind) -> String {
 /// `/proc/self/uid_map` and `gid_map` lines mapping this user and group to
 /// themselves, formatted before the fork.
 #[derive(Debug, Clone)]
-struct IdMaps {
+pub(crate) struct IdMaps {
     uid: Vec<u8>,
     gid: Vec<u8>,
 }
 
 impl IdMaps {
-    fn current() -> Self {
+    pub(crate) fn current() -> Self {
         // SAFETY: getuid and getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
@@ -312,11 +321,27 @@ impl NamespaceListeners {
 /// Only between fork and exec (or in a forked child that exits): it
 /// changes the calling process's namespaces. Async-signal-safe.
 unsafe fn enter(kind: NamespaceKind, maps: &IdMaps) -> Result<(), (i32, io::Error)> {
+    // SAFETY: as this function's own contract.
+    unsafe { unshare_mapped(kind.flags(), maps) }?;
+    loopback_up().map_err(|e| (5, e))
+}
+
+/// `unshare(flags)`, then, when `flags` makes a user namespace, this user
+/// and group mapped to themselves in it. The error carries the step (1
+/// unshare, 2 setgroups, 3 uid_map, 4 gid_map).
+///
+/// # Safety
+/// Only between fork and exec (or in a forked child that exits): it
+/// changes the calling process's namespaces. Async-signal-safe.
+pub(crate) unsafe fn unshare_mapped(
+    flags: libc::c_int,
+    maps: &IdMaps,
+) -> Result<(), (i32, io::Error)> {
     // SAFETY: unshare takes flags only.
-    if unsafe { libc::unshare(kind.flags()) } != 0 {
+    if unsafe { libc::unshare(flags) } != 0 {
         return Err((1, io::Error::last_os_error()));
     }
-    if kind == NamespaceKind::UserAndNetwork {
+    if flags & libc::CLONE_NEWUSER != 0 {
         // `keyward run` is non-dumpable, and so is this copy of it, which
         // makes its /proc files root's: it is made dumpable for the three
         // writes and non-dumpable again (exec makes the program dumpable).
@@ -334,7 +359,7 @@ unsafe fn enter(kind: NamespaceKind, maps: &IdMaps) -> Result<(), (i32, io::Erro
         }
         written?;
     }
-    loopback_up().map_err(|e| (5, e))
+    Ok(())
 }
 
 /// Writes `data` to a `/proc` file in one `write`. Async-signal-safe.

@@ -8,7 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::netns::PrivateNetwork;
+use crate::mount_view::MountView;
+use crate::netns::{NamespaceKind, PrivateNetwork};
 use crate::syscall_filter::{
     FilterError, SyscallFilter, install, prepare_run_filter, prepare_syscall_filter,
 };
@@ -67,6 +68,8 @@ pub struct PreparedSandbox {
     pub filter_unavailable: Option<String>,
     /// The private network namespace the child makes first, if any.
     network: Option<PrivateNetwork>,
+    /// The mount view the child makes next, if any.
+    mount_view: Option<MountView>,
 }
 
 impl PreparedSandbox {
@@ -85,6 +88,12 @@ impl PreparedSandbox {
     /// Whether the child starts in a private network namespace.
     pub fn has_private_network(&self) -> bool {
         self.network.is_some()
+    }
+
+    /// Starts the child in `view`, a mount namespace made after the
+    /// network namespace and before Landlock and the seccomp filter.
+    pub fn set_mount_view(&mut self, view: MountView) {
+        self.mount_view = Some(view);
     }
 }
 
@@ -182,6 +191,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
             filter,
             filter_unavailable,
             network: None,
+            mount_view: None,
         });
     }
     let fail = |e: landlock::RulesetError| SandboxError::Ruleset(e.to_string());
@@ -251,6 +261,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         filter,
         filter_unavailable,
         network: None,
+        mount_view: None,
     })
 }
 
@@ -324,7 +335,8 @@ fn path_rule(
 
 /// Applies `sandbox` to the spawned child just before it executes the
 /// program, in this order, in one hook: the private network namespace (if
-/// set; `unshare` must come before the filter refuses it), then
+/// set; `unshare` must come before the filter refuses it), then the mount
+/// view (before Landlock, which refuses mounts), then
 /// `PR_SET_NO_NEW_PRIVS`, then `landlock_restrict_self`, then the seccomp
 /// filter. A child the kernel refuses to restrict does not run at all.
 pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
@@ -332,11 +344,15 @@ pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
         fd,
         filter,
         network,
+        mount_view,
         ..
     } = sandbox;
-    if fd.is_none() && filter.is_none() && network.is_none() {
+    if fd.is_none() && filter.is_none() && network.is_none() && mount_view.is_none() {
         return;
     }
+    let in_user_namespace = network
+        .as_ref()
+        .is_some_and(|n| n.kind() == NamespaceKind::UserAndNetwork);
     // SAFETY: unshare, open/write/close, socket calls, sendmsg, prctl, the
     // raw landlock syscall and seccomp are async-signal-safe, as required
     // between fork and exec; the closure only reads data prepared before
@@ -346,6 +362,9 @@ pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
         cmd.pre_exec(move || {
             if let Some(network) = &network {
                 network.enter_in_child()?;
+            }
+            if let Some(view) = &mount_view {
+                view.enter_in_child(in_user_namespace)?;
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());

@@ -80,7 +80,8 @@ const X32_LAST: i64 = 600;
 pub const FILTERED_SYSCALLS: &[&str] = &[
     "socket: families other than unix/inet/inet6/netlink (packet, SMC, vsock, ...); \
      raw, seqpacket, RDM, DCCP and packet types and protocols other than TCP/UDP/ICMP \
-     (MPTCP, SCTP, SMC) on inet sockets",
+     (MPTCP, SCTP, SMC) on inet sockets; netlink protocols other than NETLINK_ROUTE \
+     (audit, uevents, sock_diag, netfilter, ...)",
     "io_uring_setup, io_uring_enter, io_uring_register",
     "ptrace, process_vm_readv, process_vm_writev, kcmp, pidfd_getfd, process_madvise",
     "bpf, perf_event_open, userfaultfd",
@@ -224,6 +225,12 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
             ])?);
         }
     }
+    // Netlink: only NETLINK_ROUTE (libc's getaddrinfo and `ip` read
+    // interfaces with it); not audit, uevents, sock_diag, netfilter, ...
+    socket.push(rule(vec![
+        cond(0, Op::Eq, libc::AF_NETLINK as u64)?,
+        cond(2, Op::Ne, libc::NETLINK_ROUTE as u64)?,
+    ])?);
     rules.insert(libc::SYS_socket, socket);
 
     // ioctl(fd, cmd, arg): keystroke injection and the Linux console.

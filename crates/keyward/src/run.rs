@@ -142,7 +142,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         cmd.env_remove(var);
     }
     cmd.envs(&created.env).envs(&created.placeholders);
-    if let Some(tmp) = &confinement.private_tmp {
+    if let Some(tmp) = &confinement.tmpdir {
         cmd.env("TMPDIR", tmp);
     }
     // The program dies with this process: `run` is called on the thread
@@ -243,7 +243,10 @@ struct Confinement {
     sandbox: keyward_sys::PreparedSandbox,
     /// One line: what Landlock enforces, for the run record.
     summary: String,
+    /// Removed when the run ends.
     private_tmp: Option<PathBuf>,
+    /// The program's `TMPDIR`, when not inherited.
+    tmpdir: Option<PathBuf>,
     /// Where the private network namespace's listeners arrive.
     listeners: Option<keyward_sys::NamespaceListeners>,
 }
@@ -279,6 +282,7 @@ async fn plan_confinement(
             sandbox,
             summary,
             private_tmp: None,
+            tmpdir: None,
             listeners: None,
         });
     };
@@ -289,23 +293,41 @@ async fn plan_confinement(
         .await?
         .proxy_port
         .context("the daemon reports no proxy port")?;
+    let mut missing = Vec::new();
+    // The mount view: the home, other users' runtime files and other
+    // programs' sockets absent, /tmp and /dev/shm the run's own.
+    let mount_view = match keyward_sys::probe_mount_view() {
+        Ok(()) => true,
+        Err(e) => {
+            missing.push(format!("no private mount view: {e}"));
+            false
+        }
+    };
     let request = SandboxRequest {
         profile: args.sandbox_profile.clone(),
         read: args.sandbox_allow_read.clone(),
         write: args.sandbox_allow_write.clone(),
         connect_ports: args.allow_port.clone(),
         bind_ports: args.allow_bind.clone(),
+        mount_view,
     };
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let plan = keyward_daemon::sandbox::plan(&home, &config, &request, &cwd, proxy_port)?;
-    let mut sandbox = match keyward_sys::prepare_sandbox(&plan.rules) {
+    let prepared = keyward_sys::prepare_sandbox(&plan.rules)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut sandbox| {
+            if let Some(spec) = &plan.mount_view {
+                sandbox.set_mount_view(keyward_sys::MountView::new(spec)?);
+            }
+            Ok(sandbox)
+        });
+    let mut sandbox = match prepared {
         Ok(sandbox) => sandbox,
         Err(e) => {
             remove_private_tmp(plan.private_tmp.as_deref());
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let mut missing = Vec::new();
     // The private network namespace: the proxy's port and each
     // --allow-port, bridged in from the host's loopback; nothing else.
     let mut listeners = None;
@@ -337,6 +359,10 @@ async fn plan_confinement(
     if let Some(netns) = &netns_summary {
         summary.push_str("; ");
         summary.push_str(netns);
+    }
+    if let Some(spec) = &plan.mount_view {
+        summary.push_str("; ");
+        summary.push_str(&describe_mount_view(spec));
     }
     if !sandbox.missing.is_empty() {
         let kernel = if sandbox.abi == 0 {
@@ -377,6 +403,7 @@ async fn plan_confinement(
         sandbox,
         summary,
         private_tmp: plan.private_tmp,
+        tmpdir: plan.tmpdir,
         listeners,
     })
 }
@@ -404,6 +431,23 @@ fn describe_netns(kind: keyward_sys::NamespaceKind, proxy_port: u16, allowed: &[
         ));
     }
     text
+}
+
+/// `private mount view: /tmp, /dev/shm private; hidden: HOME, /run/user;
+/// N sockets covered`, for the run record.
+fn describe_mount_view(spec: &keyward_sys::MountViewSpec) -> String {
+    let private: Vec<String> = spec
+        .replace
+        .iter()
+        .map(|(_, target)| target.display().to_string())
+        .collect();
+    let hidden: Vec<String> = spec.hide.iter().map(|h| h.display().to_string()).collect();
+    format!(
+        "private mount view: {} private; hidden: {}; {} socket(s) and file(s) covered",
+        private.join(", "),
+        hidden.join(", "),
+        spec.cover.len()
+    )
 }
 
 /// `landlock ABI 7: fs, tcp, signals; seccomp syscall filter`, or what

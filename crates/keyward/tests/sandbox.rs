@@ -59,6 +59,9 @@ sock("sctp seqpacket", socket.AF_INET6, socket.SOCK_SEQPACKET, 0)
 sock("raw", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 sock("packet", 17, socket.SOCK_RAW, 0)
 sock("smc", 43, socket.SOCK_STREAM, 0)
+sock("netlink audit", socket.AF_NETLINK, socket.SOCK_RAW, 9)
+sock("netlink uevent", socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
+sock("netlink sock_diag", socket.AF_NETLINK, socket.SOCK_RAW, 4)
 sc("io_uring_setup", 425, 4, ctypes.create_string_buffer(256))
 for pid, who in [(daemon, "daemon"), (wrapper, "wrapper")]:
     mask = ctypes.c_ulong(1)
@@ -93,6 +96,7 @@ open("written-by-python", "w").write("ok")
 sock("tcp", socket.AF_INET, socket.SOCK_STREAM)
 sock("udp", socket.AF_INET, socket.SOCK_DGRAM)
 sock("unix", socket.AF_UNIX, socket.SOCK_STREAM)
+sock("netlink route", socket.AF_NETLINK, socket.SOCK_RAW, 0)
 "#;
 
 /// Runs the binary with `args` and a pseudo-terminal (opened by the test)
@@ -198,6 +202,9 @@ curl -sS {url} >/dev/null && echo CURL-OK
         "raw",
         "packet",
         "smc",
+        "netlink audit",
+        "netlink uevent",
+        "netlink sock_diag",
         "io_uring_setup",
         "sched_setaffinity daemon",
         "ioprio_set daemon",
@@ -233,6 +240,7 @@ curl -sS {url} >/dev/null && echo CURL-OK
         "tcp",
         "udp",
         "unix",
+        "netlink route",
     ] {
         assert!(
             run.stdout.contains(&format!("\n{allowed}: ALLOWED\n")),
@@ -302,6 +310,212 @@ for family, host in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd0
     assert_eq!(run.stdout, "socket: 1\nsocket: 1\n", "{run:?}");
 }
 
+/// What the mount-view test's program tries, each printed as
+/// `name: RESULT`.
+const VIEW_ATTACKS: &str = r#"
+import errno, os, socket, sys
+def say(name, e):
+    print(f"{name}: {errno.errorcode.get(e, e) if e else 'OK'}", flush=True)
+home, tmp_file, shm_file = sys.argv[1:4]
+for arg in sys.argv[4:]:
+    name, path = arg.split("=", 1)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path); print(f"{name}: CONNECTED", flush=True)
+    except OSError as e:
+        say(name, e.errno)
+for name, path in [("host tmp file", tmp_file), ("host shm file", shm_file)]:
+    try:
+        open(path).read(); say(name, 0)
+    except OSError as e:
+        say(name, e.errno)
+print("home holds:", ",".join(sorted(os.listdir(home))), flush=True)
+for name, path in [("chmod home", home), ("chmod vault", home + "/vault"),
+                   ("chmod key", home + "/vault/identity.txt"),
+                   ("chmod ca", home + "/ca/public"), ("chmod socket", home + "/keyward.sock")]:
+    try:
+        os.chmod(path, 0o777); say(name, 0)
+    except OSError as e:
+        say(name, e.errno)
+open("/tmp/written-in-view", "w").write("mine")
+open("/dev/shm/shm-in-view", "w").write("mine")
+say("write tmp and shm", 0)
+for line in open("/proc/self/mountinfo"):
+    fields = line.split()
+    if fields[4] == "/tmp":
+        print("private tmp:", fields[3], flush=True)
+"#;
+
+/// A listening Unix socket at `path` (its directory made when missing;
+/// removed again on drop when made here).
+struct PlantedSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    made_dir: Option<PathBuf>,
+}
+
+impl PlantedSocket {
+    fn at(path: PathBuf) -> Option<Self> {
+        let dir = path.parent().unwrap().to_owned();
+        let made_dir = if dir.exists() {
+            None
+        } else {
+            std::fs::create_dir_all(&dir).ok()?;
+            Some(dir)
+        };
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).ok()?;
+        listener.set_nonblocking(true).unwrap();
+        Some(Self {
+            listener,
+            path,
+            made_dir,
+        })
+    }
+
+    fn nobody_connected(&self) -> bool {
+        matches!(self.listener.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock)
+    }
+}
+
+impl Drop for PlantedSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.made_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The mount view: other programs' named sockets (in the host's /tmp, in
+/// `/run/user/<uid>`, under `/run` and in the user's home) cannot be
+/// reached, the host's /tmp and /dev/shm files are absent, the keyward
+/// home shows only the public certificates and the admin socket, and
+/// nothing in it can be chmod-ed (read-only); /tmp and /dev/shm are the
+/// run's own, and gone when it ends.
+#[test]
+fn the_mount_view_hides_what_the_run_must_not_reach() {
+    if !sandbox_available() {
+        return;
+    }
+    if keyward_sys::probe_mount_view().is_err() {
+        eprintln!("no mount namespace here; skipped");
+        return;
+    }
+    let (home, _upstream) = setup("");
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("view.py"), VIEW_ATTACKS).unwrap();
+    let tag = format!("kw-view-{}", std::process::id());
+    let uid = keyward_sys::effective_uid();
+    let user_home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let planted: Vec<(&str, PlantedSocket)> = [
+        (
+            "tmp socket",
+            std::env::temp_dir().join(format!("{tag}.sock")),
+        ),
+        (
+            "run/user socket",
+            PathBuf::from(format!("/run/user/{uid}/{tag}.sock")),
+        ),
+        ("run socket", PathBuf::from(format!("/run/{tag}/s.sock"))),
+        ("home socket", user_home.join(format!(".{tag}/agent.sock"))),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| PlantedSocket::at(path).map(|s| (name, s)))
+    .collect();
+    assert!(
+        planted.iter().any(|(n, _)| *n == "tmp socket"),
+        "a socket in /tmp can always be planted"
+    );
+    let tmp_file = std::env::temp_dir().join(format!("{tag}.txt"));
+    std::fs::write(&tmp_file, "host").unwrap();
+    let shm_file = PathBuf::from(format!("/dev/shm/{tag}"));
+    std::fs::write(&shm_file, "host").unwrap();
+    let vault = home.file("vault");
+    let modes = || {
+        [
+            home.path.clone(),
+            vault.clone(),
+            vault.join("identity.txt"),
+            home.file("ca/public"),
+        ]
+        .map(|p| mode(&p))
+    };
+    let before = modes();
+    let mut args = vec![
+        "run".to_owned(),
+        "--sandbox".to_owned(),
+        "--".to_owned(),
+        "python3".to_owned(),
+        "view.py".to_owned(),
+        home.path.display().to_string(),
+        tmp_file.display().to_string(),
+        shm_file.display().to_string(),
+    ];
+    args.extend(
+        planted
+            .iter()
+            .map(|(name, s)| format!("{name}={}", s.path.display())),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = Run::from(home.cmd(&args).current_dir(&work).output().unwrap());
+    let _ = std::fs::remove_file(&tmp_file);
+    let _ = std::fs::remove_file(&shm_file);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("private mount view"), "{run:?}");
+    for (name, socket) in &planted {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} tried: {run:?}"));
+        assert!(
+            line.ends_with("ENOENT") || line.ends_with("ECONNREFUSED"),
+            "{line}: {run:?}"
+        );
+        assert!(socket.nobody_connected(), "{name}: {run:?}");
+    }
+    for absent in ["host tmp file: ENOENT", "host shm file: ENOENT"] {
+        assert!(run.stdout.contains(absent), "{absent}: {run:?}");
+    }
+    assert!(
+        run.stdout.contains("home holds: ca,keyward.sock\n"),
+        "{run:?}"
+    );
+    for name in ["home", "vault", "key", "ca", "socket"] {
+        let line = format!("chmod {name}: ");
+        let refused = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .is_some_and(|l| l.ends_with("EROFS") || l.ends_with("ENOENT"));
+        assert!(refused, "{line}: {run:?}");
+    }
+    assert_eq!(modes(), before, "no mode changed");
+    assert!(run.stdout.contains("write tmp and shm: OK"), "{run:?}");
+    assert!(
+        !std::env::temp_dir().join("written-in-view").exists(),
+        "the run's /tmp is not the host's"
+    );
+    let private = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("private tmp: "))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    let private = Path::new(private).parent().unwrap();
+    assert!(
+        private
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("keyward-run-"),
+        "{private:?}"
+    );
+    assert!(!private.exists(), "removed when the run ended: {private:?}");
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -310,13 +524,14 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// chmod stays allowed in a sandboxed run (pip, npm, cargo and `chmod +x`
-/// set modes by path, which seccomp cannot tell apart): a program that
-/// widens the home, `vault/` and the key file is answered by the daemon,
-/// which refuses every use of the vault (set, list, resolve for a run, and
+/// A sandboxed program cannot widen the home, `vault/` or the key file:
+/// in its mount view they are an empty read-only file system (chmod stays
+/// allowed elsewhere: pip, npm, cargo and `chmod +x` set modes by path).
+/// chown and setuid bits are refused in the sandbox. A program outside the
+/// sandbox (an unsandboxed run) can widen them; the daemon answers by
+/// refusing every use of the vault (set, list, resolve for a run, and
 /// unsealing after a restart), naming each file in turn, until they are
-/// restored; then everything is there. chown and setuid bits are refused
-/// in the sandbox.
+/// restored; then everything is there.
 #[test]
 fn a_widened_vault_is_refused_naming_the_file_and_nothing_is_lost() {
     if !sandbox_available() {
@@ -337,6 +552,8 @@ fn a_widened_vault_is_refused_naming_the_file_and_nothing_is_lost() {
         vault = vault.display(),
         key = key.display(),
     );
+    let modes = || (mode(&home.path), mode(&vault), mode(&key));
+    let private = modes();
     let run = Run::from(
         home.cmd(&["run", "--sandbox", "--", "sh", "-c", &script])
             .current_dir(&work)
@@ -344,14 +561,22 @@ fn a_widened_vault_is_refused_naming_the_file_and_nothing_is_lost() {
             .unwrap(),
     );
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("WIDENED"), "{run:?}");
+    assert!(!run.stdout.contains("WIDENED"), "{run:?}");
+    assert!(run.stderr.contains("Read-only file system"), "{run:?}");
     assert!(run.stdout.contains("CHOWN-REFUSED"), "{run:?}");
     assert!(run.stdout.contains("SETUID-REFUSED"), "{run:?}");
     assert_eq!(mode(&work.join("own")) & 0o6000, 0);
-    assert_eq!(
-        (mode(&home.path), mode(&vault), mode(&key)),
-        (0o755, 0o755, 0o644)
+    assert_eq!(modes(), private, "the sandboxed program changed no mode");
+
+    // Outside the sandbox, a program can.
+    let run = Run::from(
+        home.cmd(&["run", "--", "sh", "-c", &script])
+            .current_dir(&work)
+            .output()
+            .unwrap(),
     );
+    assert!(run.stdout.contains("WIDENED"), "{run:?}");
+    assert_eq!(modes(), (0o755, 0o755, 0o644));
 
     // Each widened file is named in turn, with its mode and the fix.
     for (path, widened, fix) in [
@@ -946,6 +1171,7 @@ fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
             .contains("private network namespace (user+net): loopback only"),
         "{run:?}"
     );
+    assert!(run.stderr.contains("private mount view"), "{run:?}");
     assert!(run.stdout.starts_with("65534\n"), "{run:?}");
     assert!(run.stdout.contains("CapEff:\t0000000000000000"), "{run:?}");
     let map: Vec<&str> = run
@@ -982,6 +1208,7 @@ fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
     for needle in [
         "--sandbox cannot be enforced",
         "no private network namespace",
+        "no private mount view",
         "kernel.unprivileged_userns_clone",
         "user.max_user_namespaces",
         "--sandbox=best-effort",
@@ -992,11 +1219,12 @@ fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
     let best = refused("--sandbox=best-effort");
     assert_eq!(best.code, 0, "{best:?}");
     assert!(best.stdout.contains("RAN"), "{best:?}");
-    assert!(
-        best.stderr
-            .contains("NOT enforced: no private network namespace"),
-        "{best:?}"
-    );
+    for missing in ["no private mount view", "no private network namespace"] {
+        assert!(
+            best.stderr.contains("NOT enforced: ") && best.stderr.contains(missing),
+            "{missing}: {best:?}"
+        );
+    }
     let stop = as_nobody(&[], &["daemon", "stop"]);
     assert_eq!(stop.code, 0, "{stop:?}");
 }
