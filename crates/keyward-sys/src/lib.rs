@@ -11,6 +11,7 @@ mod harden;
 mod mount_view;
 mod netns;
 mod process;
+mod pty;
 mod sandbox;
 mod syscall_filter;
 
@@ -25,9 +26,10 @@ pub use fdpass::{
 pub use fs::{redirect_output, reserve_space};
 pub use mount_view::{MountView, MountViewError, MountViewSpec, probe_mount_view};
 pub use netns::{
-    MAX_FORWARDS, NamespaceKind, NamespaceListeners, NamespaceUnavailable, PrivateNetwork,
-    namespace_kind, private_network, probe_private_network,
+    ForwardedListener, MAX_FORWARDS, NamespaceKind, NamespaceListeners, NamespaceUnavailable,
+    PrivateNetwork, namespace_kind, private_network, probe_private_network,
 };
+pub use pty::{RawMode, controlling_terminal_on_spawn, copy_window_size, is_terminal, open_pty};
 pub use sandbox::{
     PreparedSandbox, SandboxError, SandboxRules, cgroup_mounts, landlock_abi, prepare_sandbox,
     sandbox_on_spawn,

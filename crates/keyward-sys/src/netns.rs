@@ -210,8 +210,9 @@ pub struct NamespaceListeners {
     ports: Vec<u16>,
 }
 
-/// Prepares a namespace of `kind` in which `127.0.0.1:<port>` listens for
-/// each of `ports` (deduplicated; at most [`MAX_FORWARDS`]).
+/// Prepares a namespace of `kind` in which `127.0.0.1:<port>` (and
+/// `[::1]:<port>` where it has IPv6) listens for each of `ports`
+/// (deduplicated; at most [`MAX_FORWARDS`]).
 pub fn private_network(
     kind: NamespaceKind,
     ports: &[u16],
@@ -246,13 +247,29 @@ pub fn private_network(
     ))
 }
 
+/// One listener the run's namespace opened: `127.0.0.1:port`, or
+/// `[::1]:port` when `ipv6`.
+#[derive(Debug)]
+pub struct ForwardedListener {
+    /// The port it listens on, inside the namespace.
+    pub port: u16,
+    /// Whether it listens on `::1` rather than `127.0.0.1`.
+    pub ipv6: bool,
+    /// The listening socket (in the namespace; served from here).
+    pub listener: std::net::TcpListener,
+}
+
+/// Bytes describing one listener in the message: the port (little
+/// endian) and the family (4 or 6).
+const ENTRY: usize = 3;
+
 impl NamespaceListeners {
-    /// The listeners the child opened inside its namespace, by port. Call
-    /// after the spawn succeeded (the child sent them before exec).
-    pub fn receive(self) -> io::Result<Vec<(u16, std::net::TcpListener)>> {
-        let n = self.ports.len();
-        let mut data = vec![0u8; 2 * MAX_FORWARDS + 1];
-        let fd_bytes = MAX_FORWARDS * std::mem::size_of::<RawFd>();
+    /// The listeners the child opened inside its namespace: one on
+    /// `127.0.0.1` per port, and one on `::1` where the namespace has IPv6.
+    /// Call after the spawn succeeded (the child sent them before exec).
+    pub fn receive(self) -> io::Result<Vec<ForwardedListener>> {
+        let mut data = vec![0u8; ENTRY * 2 * MAX_FORWARDS + 1];
+        let fd_bytes = 2 * MAX_FORWARDS * std::mem::size_of::<RawFd>();
         // SAFETY: CMSG_SPACE only computes a size.
         let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
         let mut control = vec![0u64; space.div_ceil(8)];
@@ -293,22 +310,33 @@ impl NamespaceListeners {
                 cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
             }
         }
-        let ports: Vec<u16> = data[..got as usize]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        let entries: Vec<(u16, u8)> = data[..got as usize]
+            .chunks_exact(ENTRY)
+            .map(|c| (u16::from_le_bytes([c[0], c[1]]), c[2]))
             .collect();
-        if fds.len() != n || ports != self.ports || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        let well_formed = (got as usize).is_multiple_of(ENTRY)
+            && fds.len() == entries.len()
+            && msg.msg_flags & libc::MSG_CTRUNC == 0
+            && entries
+                .iter()
+                .all(|(port, family)| self.ports.contains(port) && matches!(family, 4 | 6))
+            && self.ports.iter().all(|p| entries.contains(&(*p, 4)));
+        if !well_formed {
             return Err(io::Error::other(format!(
-                "the run's network namespace sent {} listener(s) for ports {ports:?}; \
-                 expected {n} for {:?}",
+                "the run's network namespace sent {} listener(s) for {entries:?}; \
+                 expected one on 127.0.0.1 for each of {:?}",
                 fds.len(),
                 self.ports
             )));
         }
-        Ok(ports
+        Ok(entries
             .into_iter()
             .zip(fds)
-            .map(|(p, fd)| (p, std::net::TcpListener::from(fd)))
+            .map(|((port, family), fd)| ForwardedListener {
+                port,
+                ipv6: family == 6,
+                listener: std::net::TcpListener::from(fd),
+            })
             .collect())
     }
 }
@@ -407,26 +435,47 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// A TCP socket listening on `127.0.0.1:port`. Async-signal-safe.
-fn listen_loopback(port: u16) -> io::Result<RawFd> {
+/// A TCP socket listening on `127.0.0.1:port`, or `[::1]:port` when
+/// `ipv6`. Async-signal-safe.
+fn listen_loopback(port: u16, ipv6: bool) -> io::Result<RawFd> {
     // SAFETY: plain socket calls on a descriptor this function owns until
-    // it returns it (closed on error).
+    // it returns it (closed on error); the addresses are plain data.
     unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+        let s = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if s < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_port = port.to_be();
-        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let ok = libc::bind(
-            s,
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        ) == 0
-            && libc::listen(s, 1024) == 0;
-        if !ok {
+        let bound = if ipv6 {
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                s,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            addr.sin6_port = port.to_be();
+            addr.sin6_addr.s6_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+            libc::bind(
+                s,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        } else {
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_port = port.to_be();
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            libc::bind(
+                s,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if bound != 0 || libc::listen(s, 1024) != 0 {
             let err = io::Error::last_os_error();
             libc::close(s);
             return Err(err);
@@ -435,18 +484,19 @@ fn listen_loopback(port: u16) -> io::Result<RawFd> {
     }
 }
 
-/// Sends `fds` (with their ports as data) in one message. No allocation:
-/// the control buffer is on the stack. Async-signal-safe.
-fn send_listeners(socket: RawFd, ports: &[u16], fds: &[RawFd]) -> io::Result<()> {
-    // Room for MAX_FORWARDS descriptors plus the header, 8-byte aligned.
-    let mut control = [0u64; (MAX_FORWARDS * 4 + 32) / 8];
-    let mut data = [0u8; 2 * MAX_FORWARDS];
-    for (i, p) in ports.iter().enumerate() {
-        data[2 * i..2 * i + 2].copy_from_slice(&p.to_le_bytes());
+/// Sends `fds` with their `(port, family)` entries as data, in one
+/// message. No allocation: the buffers are on the stack. Async-signal-safe.
+fn send_listeners(socket: RawFd, entries: &[(u16, u8)], fds: &[RawFd]) -> io::Result<()> {
+    // Room for 2 * MAX_FORWARDS descriptors plus the header, 8-byte aligned.
+    let mut control = [0u64; (2 * MAX_FORWARDS * 4 + 32) / 8];
+    let mut data = [0u8; ENTRY * 2 * MAX_FORWARDS];
+    for (i, (port, family)) in entries.iter().enumerate() {
+        data[ENTRY * i..ENTRY * i + 2].copy_from_slice(&port.to_le_bytes());
+        data[ENTRY * i + 2] = *family;
     }
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
-        iov_len: 2 * ports.len(),
+        iov_len: ENTRY * entries.len(),
     };
     let fd_bytes = std::mem::size_of_val(fds) as u32;
     // SAFETY: the msghdr points at the stack buffers above, which outlive
@@ -489,27 +539,35 @@ impl PrivateNetwork {
     pub(crate) fn enter_in_child(&self) -> io::Result<()> {
         // SAFETY: called only from a pre_exec hook.
         unsafe { enter(self.kind, &self.maps) }.map_err(|(_, e)| e)?;
-        let mut fds = [-1 as RawFd; MAX_FORWARDS];
-        let n = self.ports.len();
+        let mut fds = [-1 as RawFd; 2 * MAX_FORWARDS];
+        let mut entries = [(0u16, 0u8); 2 * MAX_FORWARDS];
+        let mut n = 0;
         let mut result = Ok(());
-        for (i, port) in self.ports.iter().enumerate() {
-            match listen_loopback(*port) {
-                Ok(fd) => fds[i] = fd,
+        for port in &self.ports {
+            match listen_loopback(*port, false) {
+                Ok(fd) => {
+                    (fds[n], entries[n]) = (fd, (*port, 4));
+                    n += 1;
+                }
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             }
+            // `localhost` may resolve to ::1 first; a namespace without
+            // IPv6 simply has no such listener.
+            if let Ok(fd) = listen_loopback(*port, true) {
+                (fds[n], entries[n]) = (fd, (*port, 6));
+                n += 1;
+            }
         }
         if result.is_ok() {
-            result = send_listeners(self.child_end.as_raw_fd(), &self.ports, &fds[..n]);
+            result = send_listeners(self.child_end.as_raw_fd(), &entries[..n], &fds[..n]);
         }
         for fd in fds.iter().take(n) {
-            if *fd >= 0 {
-                // SAFETY: closes the listeners this child opened; the
-                // parent holds its own copies now.
-                unsafe { libc::close(*fd) };
-            }
+            // SAFETY: closes the listeners this child opened; the parent
+            // holds its own copies now.
+            unsafe { libc::close(*fd) };
         }
         result
     }

@@ -540,6 +540,15 @@ pub struct RunArgs {
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true,
           default_missing_value = "strict", value_name = "MODE")]
     pub sandbox: Option<SandboxArg>,
+    /// Run the program on a pseudo-terminal of its own, relayed by keyward
+    /// (the default for --sandbox when standard input is a terminal): what
+    /// it does to its terminal (settings, keystroke injection) stays there,
+    /// and your terminal is restored as it was when the run ends.
+    #[arg(long, conflicts_with = "no_pty")]
+    pub pty: bool,
+    /// Give the program your terminal itself, even with --sandbox.
+    #[arg(long)]
+    pub no_pty: bool,
     /// A `[sandbox.profiles.NAME]` of the config whose paths are added.
     #[arg(long, value_name = "NAME", requires = "sandbox")]
     pub sandbox_profile: Option<String>,

@@ -11,6 +11,7 @@ mod grants;
 mod logging;
 mod policy_cmd;
 mod run;
+mod run_pty;
 mod runner_auth;
 mod secrets;
 

@@ -155,6 +155,17 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         ..
     } = confinement;
     keyward_sys::sandbox_on_spawn(&mut cmd, sandbox);
+    let terminal = match crate::run_pty::PrivateTerminal::for_run(args) {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            let _ = unregister(&client, &created.run_id).await;
+            remove_private_tmp(private_tmp.as_deref());
+            return Err(e);
+        }
+    };
+    if let Some(terminal) = &terminal {
+        terminal.attach(&mut cmd)?;
+    }
     if let Some(fd) = broker {
         // The program's end becomes its fd 3; this process keeps no copy
         // (dropped with `cmd` after the spawn), so the broker sees EOF
@@ -172,6 +183,10 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     // their run: it is forwarded like the others.
     let mut sigquit = signal(SignalKind::quit())?;
     let mut sigchld = signal(SignalKind::child())?;
+    let mut sigwinch = match &terminal {
+        Some(_) => Some(signal(SignalKind::window_change())?),
+        None => None,
+    };
     let spawned = tokio::process::Command::from(cmd).spawn();
     let mut child = match spawned {
         Ok(child) => child,
@@ -187,12 +202,23 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let pid = child
         .id()
         .context("the program exited before it could be tracked")?;
+    let relay = match terminal.map(crate::run_pty::PrivateTerminal::start) {
+        Some(Ok(relay)) => Some(relay),
+        Some(Err(e)) => {
+            let _ = keyward_sys::send_signal(pid, Signal::Kill);
+            let _ = child.wait().await;
+            let _ = unregister(&client, &created.run_id).await;
+            remove_private_tmp(private_tmp.as_deref());
+            return Err(e);
+        }
+        None => None,
+    };
     // The program's namespace handed its listeners over before exec: from
     // now on they are served here, in the host's namespace.
-    if let Some(listeners) = listeners {
+    if let Some((listeners, proxy_port)) = listeners {
         let bridged = listeners
             .receive()
-            .and_then(keyward_daemon::net_bridge::spawn_bridge);
+            .and_then(|listeners| keyward_daemon::net_bridge::spawn_bridge(listeners, proxy_port));
         if let Err(e) = bridged {
             let _ = keyward_sys::send_signal(pid, Signal::Kill);
             let _ = child.wait().await;
@@ -209,6 +235,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             _ = sigterm.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Term); }
             _ = sighup.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Hup); }
             _ = sigquit.recv() => { let _ = keyward_sys::send_signal(pid, Signal::Quit); }
+            Some(()) = async { match &mut sigwinch { Some(s) => s.recv().await, None => None } } => {
+                if let Some(relay) = &relay { relay.resize(); }
+            }
             // Orphans that exit are reaped here; the program's own status
             // is left for `wait`.
             _ = sigchld.recv() => { keyward_sys::reap_exited_children(Some(pid)); }
@@ -220,12 +249,23 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     // open-file limit to 0, so /proc cannot be read): a signal then ends
     // this wrapper at once, and the daemon, which watches it, ends the run
     // and everything in its cgroup.
+    let exit_now = |code: i32| -> ! {
+        if let Some(relay) = &relay {
+            relay.restore();
+        }
+        std::process::exit(code)
+    };
     let ended = tokio::select! {
         ended = end_leftovers(daemon_pid) => ended,
-        _ = sigint.recv() => std::process::exit(128 + 2),
-        _ = sigterm.recv() => std::process::exit(128 + 15),
-        _ = sighup.recv() => std::process::exit(128 + 1),
+        _ = sigint.recv() => exit_now(128 + 2),
+        _ = sigterm.recv() => exit_now(128 + 15),
+        _ = sighup.recv() => exit_now(128 + 1),
     };
+    // The program and what it left are gone: the rest of their output is
+    // shown and the user's terminal is as it was.
+    if let Some(relay) = relay {
+        tokio::task::spawn_blocking(move || relay.finish()).await?;
+    }
     if ended > 0 {
         eprintln!("keyward run: ended {ended} process(es) the program left running");
     }
@@ -247,8 +287,9 @@ struct Confinement {
     private_tmp: Option<PathBuf>,
     /// The program's `TMPDIR`, when not inherited.
     tmpdir: Option<PathBuf>,
-    /// Where the private network namespace's listeners arrive.
-    listeners: Option<keyward_sys::NamespaceListeners>,
+    /// Where the private network namespace's listeners arrive, and the
+    /// proxy's port they bridge to.
+    listeners: Option<(keyward_sys::NamespaceListeners, u16)>,
 }
 
 impl Confinement {
@@ -346,7 +387,7 @@ async fn plan_confinement(
         match made {
             Ok((network, receiver)) => {
                 sandbox.set_private_network(network);
-                listeners = Some(receiver);
+                listeners = Some((receiver, proxy_port));
                 netns_summary = Some(describe_netns(kind, proxy_port, &args.allow_port));
             }
             Err(why) => {
@@ -412,7 +453,8 @@ async fn plan_confinement(
 /// bridged to the proxy; host port P forwarded`, for the run record.
 fn describe_netns(kind: keyward_sys::NamespaceKind, proxy_port: u16, allowed: &[u16]) -> String {
     let mut text = format!(
-        "private network namespace ({}): loopback only; 127.0.0.1:{proxy_port} bridged to the proxy",
+        "private network namespace ({}): loopback only; 127.0.0.1:{proxy_port} bridged to the proxy \
+         (and [::1]:{proxy_port} where the namespace has IPv6)",
         kind.describe()
     );
     let mut forwarded: Vec<u16> = allowed

@@ -516,6 +516,94 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
     assert!(!private.exists(), "removed when the run ended: {private:?}");
 }
 
+/// Plays the user's terminal: a pseudo-terminal (33 rows, 77 columns) as
+/// the binary's controlling terminal and its standard input, output and
+/// error; Ctrl-C typed once the
+/// program says READY; prints the exit code, what the terminal showed and
+/// whether its settings are as they were, as JSON.
+const USER_TERMINAL: &str = r#"
+import fcntl, json, os, select, struct, subprocess, sys, termios
+m, s = os.openpty()
+fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
+before = termios.tcgetattr(s)
+def controlling_terminal():
+    os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+p = subprocess.Popen(sys.argv[1:], stdin=s, stdout=s, stderr=s, preexec_fn=controlling_terminal)
+out, typed = b"", False
+while True:
+    ready, _, _ = select.select([m], [], [], 0.1)
+    if ready:
+        try:
+            out += os.read(m, 4096)
+        except OSError:
+            break
+        if b"READY" in out and not typed:
+            os.write(m, b"\x03"); typed = True
+    elif p.poll() is not None:
+        break
+p.wait()
+print(json.dumps({"code": p.returncode, "shown": out.decode(errors="replace"),
+                  "unchanged": termios.tcgetattr(s) == before}))
+"#;
+
+/// A sandboxed run on a terminal gets a pseudo-terminal of its own: the
+/// program sees the user's window size, Ctrl-C reaches it as the terminal's
+/// SIGINT, and the settings it changes (no echo, no line editing) stay on
+/// its own terminal: the user's is as it was. With `--no-pty` the same
+/// program changes the user's terminal (what the default prevents).
+/// `--pty` without a terminal is refused, saying why.
+#[test]
+fn a_private_terminal_keeps_the_users_terminal_as_it_was() {
+    if !sandbox_available() {
+        return;
+    }
+    let (home, _upstream) = setup("");
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let program = "stty size; stty -echo -icanon; \
+                   trap 'echo GOT-INT; exit 7' INT; echo READY; while :; do sleep 1; done";
+    let on_terminal = |extra: &[&str]| {
+        let output = Command::new("python3")
+            .args(["-c", USER_TERMINAL, BIN, "run", "--sandbox"])
+            .args(extra)
+            .args(["--", "sh", "-c", program])
+            .env("KEYWARD_HOME", &home.path)
+            .env_remove("KEYWARD_CONFIG")
+            .env_remove("RUST_LOG")
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        common::json(&String::from_utf8_lossy(&output.stdout))
+    };
+    let private = on_terminal(&[]);
+    assert_eq!(private["code"], 7, "{private}");
+    let shown = private["shown"].as_str().unwrap();
+    assert!(shown.contains("33 77"), "{private}");
+    assert!(shown.contains("GOT-INT"), "{private}");
+    assert_eq!(private["unchanged"], true, "{private}");
+
+    let shared = on_terminal(&["--no-pty"]);
+    assert_eq!(
+        shared["unchanged"], false,
+        "without a private terminal the program changes the user's: {shared}"
+    );
+
+    let refused = Run::from(
+        home.cmd(&["run", "--pty", "--", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("--pty needs standard input to be a terminal"),
+        "{refused:?}"
+    );
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -826,7 +914,7 @@ tcp("allowed port", "127.0.0.1", allowed)
 tcp("other port", "127.0.0.1", other)
 tcp("proxy port on 127.0.0.2", "127.0.0.2", proxy_port)
 tcp("proxy port on 192.0.2.1", "192.0.2.1", proxy_port)
-tcp("proxy port on ::1", "::1", proxy_port)
+tcp("allowed port on ::1", "::1", allowed)
 "#;
 
 /// Gives the test's own network namespace 192.0.2.1 (a documentation
@@ -873,9 +961,13 @@ fn the_private_network_lets_out_only_the_proxy() {
     let udp = UdpEcho::start();
     let allowed = Greeter::start("127.0.0.1:0");
     let other = Greeter::start("127.0.0.1:0");
+    let allowed6 = Greeter::start(&format!("[::1]:{}", allowed.port));
     let same_port = [
         Greeter::start(&format!("127.0.0.2:{proxy_port}")),
         Greeter::start(&format!("192.0.2.1:{proxy_port}")),
+        // The proxy's port number on the host's ::1 is not the proxy: a
+        // program reaching [::1]:<proxy port> inside gets the proxy.
+        Greeter::start(&format!("[::1]:{proxy_port}")),
     ];
     // The services answer from outside the sandbox.
     let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -890,12 +982,14 @@ fn the_private_network_lets_out_only_the_proxy() {
     let script = format!(
         "python3 probes.py {udp} {proxy_port} {allowed} {other}\n\
          curl -sS {url} >/dev/null && echo CURL-OK\n\
+         curl -sS --proxy \"$(echo \"$HTTPS_PROXY\" | sed 's/127.0.0.1/[::1]/')\" {url6} >/dev/null && echo CURL6-OK\n\
          ip -o link | grep -vc ' lo:' | sed 's/^/other links: /'\n\
          touch ready; while [ ! -e go ]; do sleep 0.05; done\n",
         udp = udp.port,
         allowed = allowed.port,
         other = other.port,
         url = upstream.url("/through-the-bridge"),
+        url6 = upstream.url("/through-the-bridge-on-v6"),
     );
     let child = home
         .cmd(&[
@@ -948,7 +1042,12 @@ fn the_private_network_lets_out_only_the_proxy() {
     // The proxy's port number elsewhere: nothing listens there inside.
     assert_eq!(line("proxy port on 127.0.0.2"), "ECONNREFUSED", "{run:?}");
     assert_eq!(line("proxy port on 192.0.2.1"), "ENETUNREACH", "{run:?}");
-    assert_eq!(line("proxy port on ::1"), "ECONNREFUSED", "{run:?}");
+    assert_eq!(
+        line("allowed port on ::1"),
+        format!("OK hello {}", allowed.port)
+    );
+    assert!(run.stdout.contains("CURL6-OK"), "{run:?}");
+    assert_eq!(allowed6.connections(), 1);
     assert_eq!(line("other links"), "0", "only loopback: {run:?}");
     assert!(run.stdout.contains("CURL-OK"), "{run:?}");
     assert_eq!(udp.received(), 1, "only the test's own datagram arrived");
@@ -959,12 +1058,17 @@ fn the_private_network_lets_out_only_the_proxy() {
     }
     upstream.settle();
     let got = upstream.received();
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0]["path"], "/through-the-bridge");
-    assert_eq!(
-        got[0]["headers"]["authorization"],
-        format!("Bearer {SECRET}")
-    );
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (request, path) in got
+        .iter()
+        .zip(["/through-the-bridge", "/through-the-bridge-on-v6"])
+    {
+        assert_eq!(request["path"], path);
+        assert_eq!(
+            request["headers"]["authorization"],
+            format!("Bearer {SECRET}")
+        );
+    }
 }
 
 /// Inside the private network namespace, the other ways in still work:
