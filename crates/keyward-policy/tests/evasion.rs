@@ -289,7 +289,19 @@ const CASES: &[Case] = &[
         None,
     ),
     // What cannot be read is never allowed.
-    ("t=terraform; $t apply", Ask, UNPARSEABLE, Some("$t apply")),
+    // A variable the line assigned is followed; one it may not have is not.
+    (
+        "t=terraform; $t apply",
+        Block,
+        "commands.terraform.block",
+        Some("terraform apply"),
+    ),
+    (
+        "true && t=terraform; $t apply",
+        Ask,
+        UNPARSEABLE,
+        Some("$t apply"),
+    ),
     ("$(echo terraform) apply", Ask, UNPARSEABLE, None),
     ("terraform${IFS}apply", Ask, UNPARSEABLE, None),
     ("/usr/bin/terr* apply", Ask, UNPARSEABLE, None),
@@ -598,6 +610,9 @@ const BASH_PIECES: &[&str] = &[
     "env ", "eval ", "exec ", "time ", "nohup ", "command ", "sudo ", "xargs ", "cat ", "alias ",
     "trap ", "EXIT ", "if ", "then ", "fi", "for x in ", "do ", "done", "f() ", "function ",
     "[[", "te'rr'aform", "t=terraform", "$t",
+    // Variables the line assigns, and what may change them behind its back.
+    "c=terraform", "c=ls", "c=", "c='terraform apply'", "c=apply ", "$c", "\"$c\"", "${c}",
+    "read c ", "export c=ls", "${c:=terraform}", "c+=x", "IFS=a ", "f() { ", " ; }",
 ];
 
 /// Differential test against the real shells: random lines that keyward
