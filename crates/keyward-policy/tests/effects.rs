@@ -612,6 +612,7 @@ const VARIABLES: &[Case] = &[
     ("c=ls; if true; then c=terraform; fi; $c apply", Ask, UNPARSEABLE),
     ("c=ls; trap 'c=terraform' DEBUG; $c apply", Ask, UNPARSEABLE),
     ("c=ls; c=terraform :; $c apply", Ask, UNPARSEABLE),
+    ("c=ls; time c=terraform; $c apply", Ask, UNPARSEABLE),
     ("c=ls; printf -v c terraform; $c apply", Ask, UNPARSEABLE),
     ("c=ls; IFS=/; $c", Ask, ""),
     ("c=ls; c+=x; $c", Ask, UNPARSEABLE),

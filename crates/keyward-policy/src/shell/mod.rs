@@ -521,6 +521,14 @@ impl Reader<'_, '_> {
             inputs,
             runs_download: Vec::new(),
         };
+        // bash's `time c=x` (a reserved word, not a launcher) assigns in
+        // this shell: a word that looks like an assignment anywhere makes
+        // its name unknown.
+        for word in &command.argv {
+            if let Some((name_len, _)) = assignment_prefix(&word.text) {
+                self.vars.forget(&word.text[..name_len]);
+            }
+        }
         // Any word, not only the first: `command eval`, `builtin read`,
         // `exec read` run the builtin too.
         let runs_builtin = command
