@@ -448,7 +448,7 @@ fn is_wild(segment: &str) -> bool {
 /// segments and a trailing `/` removed (`//` is `/`, `~/` is `~`), `..`
 /// resolved, and globs covering a whole directory of `/` or the home
 /// written `/*` or `~/*`.
-fn normalize_operand(text: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_operand(text: &str) -> Cow<'_, str> {
     if !text.contains('/') {
         return Cow::Borrowed(text);
     }

@@ -152,11 +152,13 @@ impl Vars {
     }
 }
 
-/// `$HOME/x`, `$PWD/x`, `~/x`: a run-time value whose directory is known.
+/// `$HOME`, `$HOME/x`, `$PWD/x`, `~/x`: a run-time value whose directory
+/// is known.
 fn stable_prefix(text: &str) -> bool {
-    ["$HOME/", "$PWD/", "~/"]
-        .iter()
-        .any(|p| text.starts_with(p) && !text[p.len()..].contains(['$', '`']))
+    matches!(text, "$HOME" | "$PWD")
+        || ["$HOME/", "$PWD/", "~/"]
+            .iter()
+            .any(|p| text.starts_with(p) && !text[p.len()..].contains(['$', '`']))
 }
 
 /// The bytes an unquoted expansion splits on: the default `IFS` (bash and
