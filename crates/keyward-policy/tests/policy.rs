@@ -585,6 +585,11 @@ fn every_builtin_rule_id_is_reachable() {
             "commands.ssh.config.require_approval",
         ),
         (
+            req("execute_command", "rg -z secret logs"),
+            Decision::RequireApproval,
+            "commands.rg.run_programs.require_approval",
+        ),
+        (
             req("launch_rocket", "moon"),
             Decision::RequireApproval,
             "runtime.default.require_approval",
