@@ -634,6 +634,7 @@ const VARIABLES: &[Case] = &[
     ("msg='hello world'; echo \"$msg\"", Allow, ""),
     ("c=ls; $c -la", Allow, ""),
     ("dir=target; ls $dir | wc -l", Allow, ""),
+    ("d=src; find . -name '*.rs'; grep -r x $d", Allow, ""),
     ("out=build.log; cargo test > $out 2>&1", Allow, ""),
 ];
 

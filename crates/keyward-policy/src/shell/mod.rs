@@ -531,10 +531,10 @@ impl Reader<'_, '_> {
         }
         // Any word, not only the first: `command eval`, `builtin read`,
         // `exec read` run the builtin too.
-        let runs_builtin = command
-            .argv
-            .iter()
-            .any(|w| !w.dynamic && vars::assigns_variables(&w.text));
+        // (`.` only as the command: as an operand it is the directory.)
+        let runs_builtin = command.argv.iter().enumerate().any(|(i, w)| {
+            !w.dynamic && vars::assigns_variables(&w.text) && (i == 0 || w.text != ".")
+        });
         if command.argv.is_empty() {
             if command.env.len() > ctx.env.len() {
                 self.out.push(Part::Command(command));
