@@ -515,7 +515,7 @@ fn split_string(argv: &mut Vec<Word>) -> Result<(), Why> {
 }
 
 /// The words of an `env -S` string: blanks separate them, `'...'` is
-/// literal, `"..."` and bare text take the escapes `\\`, `\'`, `\"`,
+/// literal but for `\\` and `\'`, `"..."` and bare text take the escapes `\\`, `\'`, `\"`,
 /// `\$`, `\#`, `\_` (a space: inside double quotes a literal one, outside
 /// a separator), `\t`, `\n`, `\r`, `\f`, `\v` and `\c` (the end); `#` at the
 /// start of a word begins a comment. `${VAR}` takes a value keyward does not
@@ -528,6 +528,17 @@ fn env_split(text: &str) -> Result<Vec<String>, Why> {
     while let Some(c) = chars.next() {
         match (quote, c) {
             (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            // Inside single quotes only `\\` and `\'` are escapes.
+            (Some('\''), '\\') => {
+                let escaped = match chars.peek() {
+                    Some(&e @ ('\\' | '\'')) => {
+                        chars.next();
+                        e
+                    }
+                    _ => '\\',
+                };
+                current.get_or_insert_default().push(escaped);
+            }
             (Some('\''), c) => current.get_or_insert_default().push(c),
             (None, '\'' | '"') => {
                 quote = Some(c);

@@ -524,9 +524,17 @@ impl Reader<'_, '_> {
         // bash's `time c=x` (a reserved word, not a launcher) assigns in
         // this shell: a word that looks like an assignment anywhere makes
         // its name unknown.
+        // Likewise bash's `{name}>file`, which stores a descriptor number
+        // in `name`.
         for word in &command.argv {
             if let Some((name_len, _)) = assignment_prefix(&word.text) {
                 self.vars.forget(&word.text[..name_len]);
+            } else if let Some(name) = word
+                .text
+                .strip_prefix('{')
+                .and_then(|w| w.strip_suffix('}'))
+            {
+                self.vars.forget(name);
             }
         }
         // Any word, not only the first: `command eval`, `builtin read`,
