@@ -337,7 +337,7 @@ pub(crate) fn operand_forms(word: &Word) -> Vec<Cow<'_, str>> {
 
 /// Brace expansion of the first group with a top-level comma, then of the
 /// rest; at most a few dozen forms.
-fn braces(text: &str, depth: usize) -> Vec<String> {
+pub(crate) fn braces(text: &str, depth: usize) -> Vec<String> {
     let bytes = text.as_bytes();
     let mut search = 0;
     while let Some(open) = text[search..].find('{').map(|i| i + search) {

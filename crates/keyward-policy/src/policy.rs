@@ -944,31 +944,40 @@ impl Policy {
                             continue;
                         };
                         let action = file.access.action();
-                        let verdict = self.evaluate_as(action, Some(&path), req);
                         let sign = file.access.sign();
-                        consider(verdict.rule, verdict.explicit, &|| {
-                            format!("{} ({sign} {path})", command.shown())
-                        });
-                        // A glob is decided as the protected paths it can
-                        // name (see `Glob::overlaps_shell_glob`).
-                        if file.pattern
-                            && let Some(rule) = self.glob_overlap(action, &path, req)
-                        {
-                            consider(rule, true, &|| {
-                                format!(
-                                    "{} ({sign} {path}, a glob that can name one)",
-                                    command.shown()
-                                )
+                        // A brace pattern is each of its words
+                        // (`/root/.{aws,x}/credentials`).
+                        let forms = if file.pattern && path.contains('{') {
+                            crate::argv::braces(&path, 0)
+                        } else {
+                            vec![path.clone()]
+                        };
+                        for form in &forms {
+                            let verdict = self.evaluate_as(action, Some(form), req);
+                            consider(verdict.rule, verdict.explicit, &|| {
+                                format!("{} ({sign} {form})", command.shown())
                             });
+                            // A glob is decided as the protected paths it
+                            // can name (see `Glob::overlaps_shell_glob`).
+                            if file.pattern
+                                && let Some(rule) = self.glob_overlap(action, form, req)
+                            {
+                                consider(rule, true, &|| {
+                                    format!(
+                                        "{} ({sign} {form}, a glob that can name one)",
+                                        command.shown()
+                                    )
+                                });
+                            }
                         }
                         // A recursive reader of a directory reads the
                         // credential files a home holds inside it.
-                        if file.recursive {
-                            for inner in crate::effects::credentials_inside(&path) {
+                        for form in forms.iter().filter(|_| file.recursive) {
+                            for inner in crate::effects::credentials_inside(form) {
                                 let verdict = self.evaluate_as("read_file", Some(&inner), req);
                                 if verdict.decision() != Decision::Allow {
                                     consider(verdict.rule, verdict.explicit, &|| {
-                                        format!("{} (< {inner}, inside {path})", command.shown())
+                                        format!("{} (< {inner}, inside {form})", command.shown())
                                     });
                                 }
                             }
