@@ -615,6 +615,101 @@ const BASH_PIECES: &[&str] = &[
     "read c ", "export c=ls", "${c:=terraform}", "c+=x", "IFS=a ", "f() { ", " ; }",
 ];
 
+/// bash and dash (where installed) with a PATH of stubs only: `terraform`
+/// and `apply` log each start, `sh`, `env` and `ls` are the real ones.
+struct Shells {
+    shells: Vec<std::path::PathBuf>,
+    timeout: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Shells {
+    fn new() -> Option<Self> {
+        // Found now: the runs get a PATH of stubs only.
+        let which = |name: &str| {
+            ["/bin", "/usr/bin"]
+                .iter()
+                .map(|d| std::path::Path::new(d).join(name))
+                .find(|p| p.exists())
+        };
+        let (Some(bash), Some(timeout)) = (which("bash"), which("timeout")) else {
+            eprintln!("bash or timeout is not installed: skipped");
+            return None;
+        };
+        let shells: Vec<_> = [Some(bash), which("dash")].into_iter().flatten().collect();
+        let dir = std::env::temp_dir().join(format!(
+            "keyward-bash-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        let log = dir.join("started.log");
+        for name in ["terraform", "apply"] {
+            let stub = bin.join(name);
+            std::fs::write(
+                &stub,
+                format!("#!/bin/sh\necho {name} \"$@\" >> '{}'\n", log.display()),
+            )
+            .unwrap();
+            let mut perms = std::fs::metadata(&stub).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&stub, perms).unwrap();
+        }
+        for (name, target) in [
+            ("sh", "/bin/sh"),
+            ("env", "/usr/bin/env"),
+            ("ls", "/bin/ls"),
+        ] {
+            std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
+        }
+        let shells = Self {
+            shells,
+            timeout,
+            dir,
+            log,
+        };
+        // The harness sees a start when there is one.
+        let started = shells.run("true; env terraform apply");
+        assert_eq!(
+            started.matches("terraform apply").count(),
+            shells.shells.len()
+        );
+        Some(shells)
+    }
+
+    /// Runs `line` in each shell; what the stubs logged (empty: nothing
+    /// started).
+    fn run(&self, line: &str) -> String {
+        for shell in &self.shells {
+            std::process::Command::new(&self.timeout)
+                .arg("5")
+                .arg(shell)
+                .args(["-c", line])
+                .current_dir(self.dir.join("work"))
+                .env_clear()
+                .env("PATH", self.dir.join("bin"))
+                .env("HOME", self.dir.join("work"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+        }
+        let started = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        started
+    }
+}
+
+impl Drop for Shells {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Differential test against the real shells: random lines that keyward
 /// allows are run by bash and by dash (where installed), with `terraform`
 /// and `apply` as programs that log each start. An allowed line must never
@@ -622,70 +717,7 @@ const BASH_PIECES: &[&str] = &[
 #[test]
 fn lines_keyward_allows_never_run_a_hidden_command_in_bash_or_dash() {
     use rand::{Rng, SeedableRng};
-    use std::process::Command;
-    // Found now: the runs below get a PATH of stubs only.
-    let which = |name: &str| {
-        ["/bin", "/usr/bin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(name))
-            .find(|p| p.exists())
-    };
-    let (Some(bash), Some(timeout)) = (which("bash"), which("timeout")) else {
-        eprintln!("bash or timeout is not installed: skipped");
-        return;
-    };
-    let shells: Vec<_> = [Some(bash), which("dash")].into_iter().flatten().collect();
-    let dir = std::env::temp_dir().join(format!(
-        "keyward-bash-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let bin = dir.join("bin");
-    let work = dir.join("work");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    let log = dir.join("started.log");
-    for name in ["terraform", "apply"] {
-        let stub = bin.join(name);
-        std::fs::write(
-            &stub,
-            format!("#!/bin/sh\necho {name} \"$@\" >> '{}'\n", log.display()),
-        )
-        .unwrap();
-        let mut perms = std::fs::metadata(&stub).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(&stub, perms).unwrap();
-    }
-    for (name, target) in [
-        ("sh", "/bin/sh"),
-        ("env", "/usr/bin/env"),
-        ("ls", "/bin/ls"),
-    ] {
-        std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
-    }
-    let run = |line: &str| {
-        for shell in &shells {
-            Command::new(&timeout)
-                .arg("5")
-                .arg(shell)
-                .args(["-c", line])
-                .current_dir(&work)
-                .env_clear()
-                .env("PATH", &bin)
-                .env("HOME", &work)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-        }
-    };
-    // The harness sees a start when there is one.
-    run("true; env terraform apply");
-    let started = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(started.matches("terraform apply").count(), shells.len());
-    std::fs::remove_file(&log).unwrap();
-
+    let Some(shells) = Shells::new() else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6261_7368);
     let pieces = BASH_PIECES;
     let mut ran = 0;
@@ -698,12 +730,60 @@ fn lines_keyward_allows_never_run_a_hidden_command_in_bash_or_dash() {
             continue;
         }
         ran += 1;
-        run(&line);
-        if let Ok(started) = std::fs::read_to_string(&log) {
-            let _ = std::fs::remove_dir_all(&dir);
-            panic!("keyward allowed {line:?}, and a shell started: {started}");
-        }
+        let started = shells.run(&line);
+        assert!(
+            started.is_empty(),
+            "keyward allowed {line:?}, and a shell started: {started}"
+        );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(ran > 50, "only {ran} allowed lines mentioned terraform");
+}
+
+/// Variables, against the real shells: a line keyward reads as running
+/// `terraform apply` through a variable starts it in bash and dash alike
+/// (the reader's values are the shells' values), and one it allows starts
+/// nothing.
+#[test]
+fn variables_keyward_follows_are_the_shells_values() {
+    let Some(shells) = Shells::new() else { return };
+    let runs_terraform = [
+        "c=terraform; $c apply",
+        "c=terraform\n$c apply",
+        "c='terraform apply'; $c",
+        "e=; $e terraform apply",
+        "c=terraform; a=apply; \"$c\" \"${a}\"",
+        "c=terraform && $c apply",
+        "c=terraform; c=$c; $c apply",
+        "c=terraform; (cd . && $c apply)",
+        "c=terraform; sh -c \"$c apply\"",
+        "c=terraform; eval \"$c apply\"",
+        "c=terraform; d=$c; $d apply",
+        "c=terraform; env -S \"$c apply\"",
+    ];
+    for line in runs_terraform {
+        let verdict = decide(line);
+        assert_eq!(verdict, Block, "{line:?}");
+        let started = shells.run(line);
+        assert_eq!(
+            started.matches("terraform apply").count(),
+            shells.shells.len(),
+            "{line:?}: {started:?}"
+        );
+    }
+    let allowed = [
+        "c=ls; $c",
+        "c=ls; $c -la",
+        "c='ls -d .'; $c",
+        "c=apply; echo $c",
+        "c=terraform; echo \"$c apply\"",
+        "c=terraform; ls $c 2>/dev/null",
+        "e=; $e ls",
+        "c=terraform; c=ls; $c",
+        "c=ls; d=$c; $d",
+    ];
+    for line in allowed {
+        assert_eq!(decide(line), Allow, "{line:?}");
+        let started = shells.run(line);
+        assert!(started.is_empty(), "{line:?}: {started:?}");
+    }
 }
