@@ -739,12 +739,12 @@ fn lines_keyward_allows_never_run_a_hidden_command_in_bash_or_dash() {
     assert!(ran > 50, "only {ran} allowed lines mentioned terraform");
 }
 
-/// Variables, against the real shells: a line keyward reads as running
-/// `terraform apply` through a variable starts it in bash and dash alike
-/// (the reader's values are the shells' values), and one it allows starts
-/// nothing.
+/// Variables and `env -S`, against the real shells and GNU env: a line
+/// keyward reads as running `terraform apply` starts it in bash and dash
+/// alike (the reader's values and words are theirs), and one it allows
+/// starts nothing.
 #[test]
-fn variables_keyward_follows_are_the_shells_values() {
+fn variables_and_env_split_strings_are_read_as_the_shells_read_them() {
     let Some(shells) = Shells::new() else { return };
     let runs_terraform = [
         "c=terraform; $c apply",
@@ -759,8 +759,19 @@ fn variables_keyward_follows_are_the_shells_values() {
         "c=terraform; eval \"$c apply\"",
         "c=terraform; d=$c; $d apply",
         "c=terraform; env -S \"$c apply\"",
+        "env -S 'terraform apply'",
+        "env -S'terraform\\_apply'",
+        "env --split-string='A=1 terraform apply'",
+        "env -S \"terraform 'apply'\"",
+        "env -S 'terraform apply #x' ls",
     ];
-    for line in runs_terraform {
+    // `env -S` is GNU coreutils 8.30 and later.
+    let split_string = std::process::Command::new("/usr/bin/env")
+        .args(["-S", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let ours = |line: &&&str| split_string || !line.contains("env -S") && !line.contains("--split");
+    for line in runs_terraform.iter().filter(ours) {
         let verdict = decide(line);
         assert_eq!(verdict, Block, "{line:?}");
         let started = shells.run(line);
@@ -780,8 +791,10 @@ fn variables_keyward_follows_are_the_shells_values() {
         "e=; $e ls",
         "c=terraform; c=ls; $c",
         "c=ls; d=$c; $d",
+        "env -S \"ls 'a\\' ; terraform apply'\" 2>/dev/null",
+        "env -S 'ls\\cterraform apply'",
     ];
-    for line in allowed {
+    for line in allowed.iter().filter(ours) {
         assert_eq!(decide(line), Allow, "{line:?}");
         let started = shells.run(line);
         assert!(started.is_empty(), "{line:?}: {started:?}");
