@@ -492,6 +492,8 @@ const SSH: &[Case] = &[
     ("ssh -I /tmp/pkcs.so h", Ask, "commands.ssh.config.require_approval"),
     ("ssh -Z h ls", Ask, "commands.unparseable"),
     ("ssh h \"$CMD\"", Ask, "commands.unparseable"),
+    ("sshpass -p secret ssh h terraform apply", Block, TF),
+    ("sshpass -e ssh -o ProxyCommand=/tmp/x h", Ask, SSH_RUN),
     ("ssh h", Ask, DEFAULT),
     ("ssh -p 2222 deploy@h", Ask, DEFAULT),
     ("ssh h uptime", Ask, DEFAULT),

@@ -4,13 +4,17 @@
 //! - transparent launchers (`env`, `command`, `exec`, `nohup`, `nice`,
 //!   `time`, `timeout`, `builtin`, `busybox`, `stdbuf`, `setsid`,
 //!   `watch -x`, `ionice`, `chrt`, `taskset`, `unbuffer`, `flock`,
-//!   `systemd-run`, `firejail`, `proot`) give way to the command they run;
+//!   `systemd-run`, `firejail`, `proot`, `sshpass`) give way to the command
+//!   they run;
 //!   `flock FILE -c TEXT` and `script -c TEXT` run text as a script;
 //! - `sudo`, `doas` and `xargs` are kept as parts of their own too (they
 //!   change who runs the command, or add arguments nobody can see), besides
 //!   the command they run;
 //! - shells with `-c` (or a here-string), `eval`, `watch`, `alias` and
-//!   `trap` run text as a script, which is read like the line itself.
+//!   `trap` run text as a script, which is read like the line itself;
+//! - `ssh host CMD...` gives CMD to the remote shell as a script, read the
+//!   same way, and is kept as a part of its own (its options and host);
+//! - `env -S STRING` splits STRING into words first, as GNU env does.
 //!
 //! An option a launcher does not know makes the part unparseable: it might
 //! take a value, and then the command would be another word.
@@ -320,6 +324,13 @@ const PROOT: Options = Options {
     ..NONE
 };
 
+/// sshpass feeds a password to the command it runs (ssh, scp, rsync).
+const SSHPASS: Options = Options {
+    short_value: "pfdP",
+    short_flags: "ehV",
+    ..NONE
+};
+
 pub(super) const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "posh"];
 
 /// firejail's options are all `--name` or `--name=value`.
@@ -616,6 +627,7 @@ impl Reader<'_, '_> {
                 "systemd-run" => (&SYSTEMD_RUN, true),
                 "proot" => (&PROOT, true),
                 "firejail" => (&FIREJAIL, true),
+                "sshpass" => (&SSHPASS, true),
                 "flock" | "script" => {
                     if let Some(text) = inline_option(&command.argv) {
                         return self.script(command, &text);
