@@ -201,6 +201,18 @@ fn value_options(tool: &str) -> &'static [&'static str] {
             "--cache-dir",
             "--request-timeout",
             "--tls-server-name",
+            "--username",
+            "--password",
+            "--profile",
+            "--profile-output",
+            "--log-dir",
+            "--log-file",
+            "--log-file-max-size",
+            "--log-flush-frequency",
+            "--log-backtrace-at",
+            "--stderrthreshold",
+            "--vmodule",
+            "--v",
             "-l",
             "--selector",
             "-o",
@@ -222,6 +234,10 @@ fn value_options(tool: &str) -> &'static [&'static str] {
             "--registry-config",
             "--repository-config",
             "--repository-cache",
+            "--kube-tls-server-name",
+            "--burst-limit",
+            "--qps",
+            "--content-cache",
         ],
         "docker" | "podman" => &[
             "-H",
@@ -321,7 +337,7 @@ pub(crate) fn operand_forms(word: &Word) -> Vec<Cow<'_, str>> {
 
 /// Brace expansion of the first group with a top-level comma, then of the
 /// rest; at most a few dozen forms.
-fn braces(text: &str, depth: usize) -> Vec<String> {
+pub(crate) fn braces(text: &str, depth: usize) -> Vec<String> {
     let bytes = text.as_bytes();
     let mut search = 0;
     while let Some(open) = text[search..].find('{').map(|i| i + search) {
@@ -432,7 +448,7 @@ fn is_wild(segment: &str) -> bool {
 /// segments and a trailing `/` removed (`//` is `/`, `~/` is `~`), `..`
 /// resolved, and globs covering a whole directory of `/` or the home
 /// written `/*` or `~/*`.
-fn normalize_operand(text: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_operand(text: &str) -> Cow<'_, str> {
     if !text.contains('/') {
         return Cow::Borrowed(text);
     }

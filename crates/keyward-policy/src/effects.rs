@@ -40,6 +40,11 @@ impl Access {
 pub(crate) struct FileUse {
     pub access: Access,
     pub path: Option<String>,
+    /// The operand is a glob the shell expands (`~/.ss?/id*`).
+    pub pattern: bool,
+    /// The command reads everything below the operand when it is a
+    /// directory (`grep -r`, `rg`, `cp -r`, `tar c`).
+    pub recursive: bool,
 }
 
 /// A tool whose operands are files.
@@ -184,6 +189,25 @@ pub(crate) fn files(command: &Command) -> Vec<FileUse> {
             // `uniq IN OUT` writes OUT.
             out[1].access = Access::Write;
         }
+        let recursive = matches!(name, "rg" | "ag" | "ack")
+            || (matches!(name, "grep" | "egrep" | "fgrep" | "zgrep")
+                && (["-r", "-R", "--recursive", "--dereference-recursive"]
+                    .iter()
+                    .any(|f| crate::argv::has_flag(argv, f))
+                    || argv.iter().any(|w| {
+                        matches!(w.text.as_str(), "--directories=recurse" | "-drecurse")
+                    })
+                    || argv.windows(2).any(|p| {
+                        matches!(p[0].text.as_str(), "-d" | "--directories")
+                            && p[1].text == "recurse"
+                    })))
+            || (matches!(name, "diff" | "diff3")
+                && ["-r", "--recursive"]
+                    .iter()
+                    .any(|f| crate::argv::has_flag(argv, f)));
+        for file in &mut out {
+            file.recursive = recursive && file.access == Access::Read;
+        }
         return out;
     }
     let ops = |values: &str, long: &[&str]| plain_operands(argv, values, long);
@@ -203,6 +227,24 @@ pub(crate) fn files(command: &Command) -> Vec<FileUse> {
             .map(|w| use_of(Access::Delete, w))
             .collect(),
         "cp" | "mv" | "install" | "ln" | "rsync" | "scp" => copy(command),
+        "tar" | "bsdtar" | "gtar" => tar(argv),
+        "zip" => {
+            let recursive = ["-r", "-R", "--recurse-paths"]
+                .iter()
+                .any(|f| crate::argv::has_flag(argv, f));
+            let mut out: Vec<FileUse> = ops("bnxitZ", &[])
+                .into_iter()
+                .map(|w| FileUse {
+                    recursive,
+                    ..use_of(Access::Read, w)
+                })
+                .collect();
+            if let Some(archive) = out.first_mut() {
+                archive.access = Access::Write;
+                archive.recursive = false;
+            }
+            out
+        }
         "dd" => argv[1..]
             .iter()
             .filter_map(|w| {
@@ -214,12 +256,219 @@ pub(crate) fn files(command: &Command) -> Vec<FileUse> {
                 Some(FileUse {
                     access,
                     path: (!w.dynamic).then(|| path.to_owned()),
+                    pattern: false,
+                    recursive: false,
                 })
             })
             .collect(),
         "curl" | "wget" => output_files(argv).iter().map(write).collect(),
         _ => Vec::new(),
     }
+}
+
+/// `tar` creating an archive (`tar czf - DIR`, `tar -c -f x.tar DIR`,
+/// `tar --create ...`) reads its operands recursively, relative to the last
+/// `-C DIR` before them; the archive written with `-f` is a write. Other
+/// modes (list, extract) are not followed here.
+fn tar(argv: &[Word]) -> Vec<FileUse> {
+    // The options whose value is the next word (or attached).
+    const VALUE: &str = "fCTXbgKLNVIH";
+    const LONG_VALUE: &[&str] = &[
+        "--file",
+        "--directory",
+        "--files-from",
+        "--exclude-from",
+        "--exclude",
+        "--transform",
+        "--owner",
+        "--group",
+        "--mode",
+        "--mtime",
+        "--newer",
+        "--label",
+        "--use-compress-program",
+        "--to-command",
+        "--index-file",
+        "--format",
+        "--blocking-factor",
+    ];
+    let mut create = false;
+    let mut out = Vec::new();
+    let mut directory: Option<String> = None;
+    let mut operands: Vec<(Option<String>, &Word)> = Vec::new();
+    let mut words = argv[1..].iter().enumerate();
+    while let Some((at, word)) = words.next() {
+        let text = word.text.as_str();
+        if let Some(long) = text.strip_prefix("--") {
+            let (name, attached) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (long, None),
+            };
+            let full = format!("--{name}");
+            create |= name == "create";
+            if LONG_VALUE.contains(&full.as_str()) {
+                let value = attached.or_else(|| words.next().map(|(_, w)| w.text.clone()));
+                match name {
+                    "file" => out.extend(value.map(|v| FileUse {
+                        access: Access::Write,
+                        path: Some(v),
+                        pattern: false,
+                        recursive: false,
+                    })),
+                    "directory" => directory = value,
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        // The first word may be a cluster without its dash (`tar czf`).
+        let cluster = match text.strip_prefix('-') {
+            Some(c) if !c.is_empty() => Some(c),
+            _ if at == 0 && !text.is_empty() => Some(text),
+            _ => None,
+        };
+        let Some(cluster) = cluster else {
+            operands.push((directory.clone(), word));
+            continue;
+        };
+        let old_style = !text.starts_with('-');
+        for (i, c) in cluster.char_indices() {
+            create |= c == 'c';
+            if !VALUE.contains(c) {
+                continue;
+            }
+            // `-fx.tar` takes the rest; old style takes the next words in
+            // order.
+            let attached = &cluster[i + 1..];
+            let value = if !old_style && !attached.is_empty() {
+                Some(attached.to_owned())
+            } else {
+                words.next().map(|(_, w)| w.text.clone())
+            };
+            match c {
+                'f' => out.extend(value.filter(|v| v != "-").map(|v| FileUse {
+                    access: Access::Write,
+                    path: Some(v),
+                    pattern: false,
+                    recursive: false,
+                })),
+                'C' => directory = value,
+                _ => {}
+            }
+            if !old_style {
+                break;
+            }
+        }
+    }
+    if !create {
+        return Vec::new();
+    }
+    for (dir, word) in operands {
+        let mut file = use_of(Access::Read, word);
+        file.recursive = true;
+        if let (Some(dir), Some(path)) = (dir, &file.path)
+            && !path.starts_with(['/', '~', '$'])
+        {
+            file.path = Some(format!("{}/{path}", dir.trim_end_matches('/')));
+        }
+        out.push(file);
+    }
+    out
+}
+
+/// The credential files a home holds by convention, relative to it: what a
+/// recursive read of a directory above them is decided as reading (the
+/// built-in pack's `filesystem.read.block` names them all).
+const HOME_CREDENTIALS: &[&str] = &[
+    ".ssh/id_rsa",
+    ".ssh/id_ecdsa",
+    ".ssh/id_ed25519",
+    ".ssh/id_dsa",
+    ".aws/credentials",
+    ".netrc",
+    ".git-credentials",
+    ".docker/config.json",
+    ".kube/config",
+    ".npmrc",
+    ".pypirc",
+    ".config/gh/hosts.yml",
+    ".gnupg/private-keys-v1.d/key",
+];
+
+/// Where homes are: `~` (and `$HOME`), `/root`, `/home/*`, `/Users/*`.
+const HOMES: &[&[&str]] = &[&["root"], &["home", "*"], &["Users", "*"]];
+
+/// The conventional credential files inside `dir` (a directory a recursive
+/// reader is given): all of them for `/`, `/home`, `~` and the like, those
+/// below it for `~/.ssh` or `/root/.aws`. A relative directory names none
+/// (the working directory is not known here), nor does one that no home
+/// contains. `dir` may be a glob (`~/.s*`).
+pub(crate) fn credentials_inside(dir: &str) -> Vec<String> {
+    let dir = crate::argv::normalize_operand(dir);
+    let mut out = Vec::new();
+    let segments: Vec<&str> = dir.split('/').filter(|s| !s.is_empty()).collect();
+    let under = |sub: &[&str], prefix: &str, out: &mut Vec<String>| {
+        for rel in HOME_CREDENTIALS {
+            let parts: Vec<&str> = rel.split('/').collect();
+            if sub.len() <= parts.len()
+                && sub.iter().zip(&parts).all(|(p, l)| segment_matches(p, l))
+            {
+                out.push(format!("{prefix}/{rel}"));
+            }
+        }
+    };
+    match segments.first() {
+        Some(&"~" | &"$HOME") if !dir.starts_with('/') => {
+            under(&segments[1..], segments[0], &mut out);
+        }
+        _ if dir.starts_with('/') => {
+            for home in HOMES {
+                let n = home.len().min(segments.len());
+                let fits = segments[..n]
+                    .iter()
+                    .zip(&home[..n])
+                    .all(|(d, h)| *h == "*" || segment_matches(d, h));
+                if !fits {
+                    continue;
+                }
+                // The home as the directory names it, `*` where it does not.
+                let named: Vec<&str> = home
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| segments.get(i).copied().filter(|_| *h == "*").unwrap_or(h))
+                    .collect();
+                let prefix = format!("/{}", named.join("/"));
+                under(&segments[n..], &prefix, &mut out);
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Whether the shell glob segment `pattern` matches the name `literal`
+/// (`*`, `?`, `[...]`; a wildcard never takes a leading `.`).
+fn segment_matches(pattern: &str, literal: &str) -> bool {
+    use crate::glob::{ShellToken, shell_tokens};
+    if !pattern.contains(['*', '?', '[']) {
+        return pattern == literal;
+    }
+    let text = literal.as_bytes();
+    // matched[j]: the tokens so far can match text[..j].
+    let mut matched = vec![false; text.len() + 1];
+    matched[0] = true;
+    for token in shell_tokens(pattern) {
+        let mut next = vec![false; text.len() + 1];
+        for j in 0..=text.len() {
+            let take = j > 0 && token.takes(text[j - 1], j == 1);
+            next[j] = match token {
+                ShellToken::Star => matched[j] || (take && next[j - 1]),
+                _ => take && matched[j - 1],
+            };
+        }
+        matched = next;
+    }
+    matched[text.len()]
 }
 
 /// The files a downloader (`curl -o F`, `curl -sSLoF`, `--output F`,
@@ -270,15 +519,18 @@ fn use_of(access: Access, word: &Word) -> FileUse {
     FileUse {
         access,
         path: (!word.dynamic || stable_prefix(&word.text)).then(|| word.text.clone()),
+        pattern: word.pattern,
+        recursive: false,
     }
 }
 
 /// A run-time word whose directory is known all the same: `$HOME/x`,
 /// `$PWD/x`, `~/x` (the variables name the home or the current directory).
 fn stable_prefix(text: &str) -> bool {
-    ["$HOME/", "$PWD/", "~/"]
-        .iter()
-        .any(|p| text.starts_with(p) && !text[p.len()..].contains(['$', '`']))
+    matches!(text, "$HOME" | "$PWD")
+        || ["$HOME/", "$PWD/", "~/"]
+            .iter()
+            .any(|p| text.starts_with(p) && !text[p.len()..].contains(['$', '`']))
 }
 
 /// The operands of a reader, the program skipped.
@@ -447,10 +699,19 @@ fn copy(command: &Command) -> Vec<FileUse> {
     } else {
         Access::Read
     };
+    // `cp -r`, `cp -a`, `rsync -a`, `scp -r`: a directory source is read
+    // with everything below it.
+    let recursive = matches!(name, "cp" | "rsync" | "scp")
+        && ["-r", "-R", "-a", "--recursive", "--archive"]
+            .iter()
+            .any(|f| crate::argv::has_flag(argv, f));
     let mut out: Vec<FileUse> = operands
         .iter()
         .filter(|w| !remote(w))
-        .map(|w| use_of(access, w))
+        .map(|w| FileUse {
+            recursive: recursive && access == Access::Read,
+            ..use_of(access, w)
+        })
         .collect();
     if let Some(dest) = dest.filter(|d| !remote(d)) {
         if name == "ln" && operands.is_empty() {
@@ -461,6 +722,8 @@ fn copy(command: &Command) -> Vec<FileUse> {
             out.push(FileUse {
                 access: Access::Write,
                 path: (!dest.dynamic).then(|| base.to_owned()),
+                pattern: false,
+                recursive: false,
             });
             return out;
         }
@@ -471,6 +734,8 @@ fn copy(command: &Command) -> Vec<FileUse> {
                 out.push(FileUse {
                     access: Access::Write,
                     path: Some(format!("{}/{base}", dest.text.trim_end_matches('/'))),
+                    pattern: source.pattern || dest.pattern,
+                    recursive: false,
                 });
             }
         }

@@ -202,6 +202,190 @@ impl Glob {
     }
 }
 
+/// One element of a shell glob (an operand the shell expands).
+#[derive(Debug, Clone)]
+pub(crate) enum ShellToken {
+    Byte(u8),
+    /// `?`
+    One,
+    /// `*` (and `**`: bash's globstar is off by default)
+    Star,
+    /// `[...]`: byte ranges, negated with `!` or `^`.
+    Class(bool, Vec<(u8, u8)>),
+}
+
+pub(crate) fn shell_tokens(pattern: &str) -> Vec<ShellToken> {
+    let b = pattern.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'*' => {
+                if !matches!(out.last(), Some(ShellToken::Star)) {
+                    out.push(ShellToken::Star);
+                }
+            }
+            b'?' => out.push(ShellToken::One),
+            b'[' => {
+                // `]` right after `[` or `[!` is a member, not the end.
+                let mut j = i + 1;
+                let negated = matches!(b.get(j), Some(b'!' | b'^'));
+                j += usize::from(negated);
+                let body_start = j;
+                if b.get(j) == Some(&b']') {
+                    j += 1;
+                }
+                while j < b.len() && b[j] != b']' {
+                    j += 1;
+                }
+                if j >= b.len() {
+                    // No closing `]`: a literal `[`.
+                    out.push(ShellToken::Byte(b'['));
+                    i += 1;
+                    continue;
+                }
+                let body = &b[body_start..j];
+                let mut ranges = Vec::new();
+                let mut k = 0;
+                while k < body.len() {
+                    if body.get(k + 1) == Some(&b'-') && k + 2 < body.len() {
+                        ranges.push((body[k], body[k + 2]));
+                        k += 3;
+                    } else {
+                        ranges.push((body[k], body[k]));
+                        k += 1;
+                    }
+                }
+                out.push(ShellToken::Class(negated, ranges));
+                i = j;
+            }
+            c => out.push(ShellToken::Byte(c)),
+        }
+        i += 1;
+    }
+    out
+}
+
+impl ShellToken {
+    /// Whether the token takes `c`; `segment_start` when `c` would begin a
+    /// path segment, where the shell's wildcards never take a leading `.`.
+    pub(crate) fn takes(&self, c: u8, segment_start: bool) -> bool {
+        let wild_ok = c != b'/' && !(segment_start && c == b'.');
+        match self {
+            ShellToken::Byte(b) => *b == c,
+            ShellToken::One | ShellToken::Star => wild_ok,
+            ShellToken::Class(negated, ranges) => {
+                wild_ok && ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negated
+            }
+        }
+    }
+}
+
+impl Glob {
+    /// Whether a path the shell glob `pattern` can expand to matches this
+    /// (path-mode) glob, where at least two bytes of this glob's literal
+    /// text (other than `/`) are written literally in `pattern` at that
+    /// place:
+    /// `~/.ss?/id*` can be `~/.ssh/id_rsa`, matched by `**/.ssh/**`; `src/*`
+    /// could only match `**/*.pem` through its `*` alone (a `src/x.pem`
+    /// that may not exist), and `logs/*.*` `**/*.key` through a `.`, which
+    /// do not count.
+    ///
+    /// A search of the product of the two automata, over the bytes either
+    /// pattern names plus `/`, `.` and one byte neither names.
+    pub(crate) fn overlaps_shell_glob(&self, pattern: &str) -> bool {
+        let rule = &self.tokens;
+        let shell = shell_tokens(pattern);
+        let mut alphabet: Vec<u8> = vec![b'/', b'.', 0x01];
+        for t in rule.iter() {
+            if let Token::Byte(b) = t {
+                alphabet.push(*b);
+            }
+        }
+        for t in &shell {
+            match t {
+                ShellToken::Byte(b) => alphabet.push(*b),
+                ShellToken::Class(_, ranges) => {
+                    alphabet.extend(ranges.iter().flat_map(|(lo, hi)| [*lo, *hi]));
+                }
+                _ => {}
+            }
+        }
+        alphabet.sort_unstable();
+        alphabet.dedup();
+        let (rn, sn) = (rule.len() + 1, shell.len() + 1);
+        // State: rule position, shell position, at a segment start, and how
+        // many literal bytes both wrote (0, 1, 2 or more).
+        let index = |i: usize, j: usize, start: bool, anchored: u8| {
+            ((i * sn + j) * 2 + usize::from(start)) * 3 + usize::from(anchored)
+        };
+        let mut seen = vec![false; rn * sn * 6];
+        let mut stack = Vec::new();
+        let push = |stack: &mut Vec<_>, seen: &mut Vec<bool>, state: (usize, usize, bool, u8)| {
+            let k = index(state.0, state.1, state.2, state.3);
+            if !seen[k] {
+                seen[k] = true;
+                stack.push(state);
+            }
+        };
+        push(&mut stack, &mut seen, (0, 0, true, 0));
+        while let Some((i, j, start, anchored)) = stack.pop() {
+            if i == rule.len() && j == shell.len() && anchored >= 2 {
+                return true;
+            }
+            // Moves that take no byte.
+            match rule.get(i) {
+                Some(Token::Star | Token::AnyDepth) => {
+                    push(&mut stack, &mut seen, (i + 1, j, start, anchored));
+                }
+                Some(Token::Dirs) => push(&mut stack, &mut seen, (i + 2, j, start, anchored)),
+                _ => {}
+            }
+            if let Some(ShellToken::Star) = shell.get(j) {
+                push(&mut stack, &mut seen, (i, j + 1, start, anchored));
+            }
+            let (Some(r), Some(t)) = (rule.get(i), shell.get(j)) else {
+                continue;
+            };
+            for &c in &alphabet {
+                if !t.takes(c, start) {
+                    continue;
+                }
+                let j2 = if matches!(t, ShellToken::Star) {
+                    j
+                } else {
+                    j + 1
+                };
+                let both_literal =
+                    c != b'/' && matches!(r, Token::Byte(_)) && matches!(t, ShellToken::Byte(_));
+                let anchored = (anchored + u8::from(both_literal)).min(2);
+                let start = c == b'/';
+                let mut to = |i2: usize| push(&mut stack, &mut seen, (i2, j2, start, anchored));
+                match r {
+                    Token::Byte(b) if *b == c => to(i + 1),
+                    Token::One if c != b'/' => to(i + 1),
+                    Token::Star if c != b'/' => to(i),
+                    Token::AnyDepth => to(i),
+                    Token::Dirs => {
+                        to(i + 1);
+                        if c == b'/' {
+                            to(i + 2);
+                        }
+                    }
+                    Token::DirsInner => {
+                        to(i);
+                        if c == b'/' {
+                            to(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+}
+
 /// The longest run of literal characters, for a cheap containment test.
 fn longest_literal(tokens: &[Token]) -> String {
     let mut best: &[Token] = &[];
@@ -359,6 +543,33 @@ mod tests {
         assert!(text("acme/*", "acme/infra/deep"));
         assert!(text("*", ""));
         assert!(!text("a", ""));
+    }
+
+    #[test]
+    fn shell_globs_overlap_the_paths_they_can_name_literally() {
+        let overlaps =
+            |rule: &str, operand: &str| Glob::new(rule).unwrap().overlaps_shell_glob(operand);
+        assert!(overlaps("**/.ssh/**", "~/.ss?/id*"));
+        assert!(overlaps("**/.ssh/**", "~/.ssh/*"));
+        assert!(overlaps("**/id_rsa*", "~/.ss?/id*"));
+        assert!(overlaps("**/.aws/credentials", "/root/.aws/cred*"));
+        assert!(overlaps(
+            "**/.aws/credentials",
+            "/root/.[a-z]ws/credentials"
+        ));
+        assert!(overlaps("**/.env", ".e*"));
+        assert!(overlaps("**/*.pem", "certs/*.pem"));
+        assert!(overlaps("**/.ssh/**", "/home/*/.ssh/*"));
+        // Only through a wildcard: a file that may not exist.
+        assert!(!overlaps("**/*.pem", "src/*"));
+        assert!(!overlaps("**/*.key", "logs/*.*"));
+        // A wildcard never takes a leading dot.
+        assert!(!overlaps("**/.ssh/**", "~/*/id_rsa"));
+        assert!(!overlaps("**/.env", "*"));
+        assert!(!overlaps("**/.ssh/**", "src/*.rs"));
+        assert!(!overlaps("**/.aws/credentials", "/root/.aws/config*"));
+        assert!(!overlaps("**/.ssh/**", "~/.sh?/x"));
+        assert!(!overlaps("**/id_rsa*", "[!i]d_rsa"));
     }
 
     #[test]

@@ -874,6 +874,31 @@ impl Policy {
         }
     }
 
+    /// The first block, then require_approval, rule of `action` whose
+    /// targets a path the shell glob `pattern` expands to can match.
+    fn glob_overlap(
+        &self,
+        action: &str,
+        pattern: &str,
+        req: &EvaluateRequest,
+    ) -> Option<&RuleInfo> {
+        let pattern = normalize_target(pattern, Mode::Path);
+        let tiers = self.tiers(action);
+        tiers[..2].iter().find_map(|candidates| {
+            candidates
+                .iter()
+                .map(|&i| &self.rules[i as usize])
+                .find(|r| {
+                    r.command.is_none()
+                        && r.targets
+                            .as_ref()
+                            .is_some_and(|t| t.iter().any(|g| g.overlaps_shell_glob(&pattern)))
+                        && r.matches_request(req)
+                })
+                .map(|r| &r.info)
+        })
+    }
+
     fn evaluate_line<'p>(&'p self, action: &str, req: &EvaluateRequest) -> Verdict<'p> {
         let line = req.target.as_deref().unwrap_or_default();
         let tiers = self.tiers(action);
@@ -918,11 +943,45 @@ impl Policy {
                             consider(&self.unparseable[why.index()], true, &|| command.shown());
                             continue;
                         };
-                        let verdict = self.evaluate_as(file.access.action(), Some(&path), req);
+                        let action = file.access.action();
                         let sign = file.access.sign();
-                        consider(verdict.rule, verdict.explicit, &|| {
-                            format!("{} ({sign} {path})", command.shown())
-                        });
+                        // A brace pattern is each of its words
+                        // (`/root/.{aws,x}/credentials`).
+                        let forms = if file.pattern && path.contains('{') {
+                            crate::argv::braces(&path, 0)
+                        } else {
+                            vec![path.clone()]
+                        };
+                        for form in &forms {
+                            let verdict = self.evaluate_as(action, Some(form), req);
+                            consider(verdict.rule, verdict.explicit, &|| {
+                                format!("{} ({sign} {form})", command.shown())
+                            });
+                            // A glob is decided as the protected paths it
+                            // can name (see `Glob::overlaps_shell_glob`).
+                            if file.pattern
+                                && let Some(rule) = self.glob_overlap(action, form, req)
+                            {
+                                consider(rule, true, &|| {
+                                    format!(
+                                        "{} ({sign} {form}, a glob that can name one)",
+                                        command.shown()
+                                    )
+                                });
+                            }
+                        }
+                        // A recursive reader of a directory reads the
+                        // credential files a home holds inside it.
+                        for form in forms.iter().filter(|_| file.recursive) {
+                            for inner in crate::effects::credentials_inside(form) {
+                                let verdict = self.evaluate_as("read_file", Some(&inner), req);
+                                if verdict.decision() != Decision::Allow {
+                                    consider(verdict.rule, verdict.explicit, &|| {
+                                        format!("{} (< {inner}, inside {form})", command.shown())
+                                    });
+                                }
+                            }
+                        }
                     }
                 }
                 Part::File { write, path } => {

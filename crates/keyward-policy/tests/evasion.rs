@@ -289,7 +289,19 @@ const CASES: &[Case] = &[
         None,
     ),
     // What cannot be read is never allowed.
-    ("t=terraform; $t apply", Ask, UNPARSEABLE, Some("$t apply")),
+    // A variable the line assigned is followed; one it may not have is not.
+    (
+        "t=terraform; $t apply",
+        Block,
+        "commands.terraform.block",
+        Some("terraform apply"),
+    ),
+    (
+        "true && t=terraform; $t apply",
+        Ask,
+        UNPARSEABLE,
+        Some("$t apply"),
+    ),
     ("$(echo terraform) apply", Ask, UNPARSEABLE, None),
     ("terraform${IFS}apply", Ask, UNPARSEABLE, None),
     ("/usr/bin/terr* apply", Ask, UNPARSEABLE, None),
@@ -598,7 +610,105 @@ const BASH_PIECES: &[&str] = &[
     "env ", "eval ", "exec ", "time ", "nohup ", "command ", "sudo ", "xargs ", "cat ", "alias ",
     "trap ", "EXIT ", "if ", "then ", "fi", "for x in ", "do ", "done", "f() ", "function ",
     "[[", "te'rr'aform", "t=terraform", "$t",
+    // Variables the line assigns, and what may change them behind its back.
+    "c=terraform", "c=ls", "c=", "c='terraform apply'", "c=apply ", "$c", "\"$c\"", "${c}",
+    "read c ", "export c=ls", "${c:=terraform}", "c+=x", "IFS=a ", "f() { ", " ; }",
 ];
+
+/// bash and dash (where installed) with a PATH of stubs only: `terraform`
+/// and `apply` log each start, `sh`, `env` and `ls` are the real ones.
+struct Shells {
+    shells: Vec<std::path::PathBuf>,
+    timeout: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Shells {
+    fn new() -> Option<Self> {
+        // Found now: the runs get a PATH of stubs only.
+        let which = |name: &str| {
+            ["/bin", "/usr/bin"]
+                .iter()
+                .map(|d| std::path::Path::new(d).join(name))
+                .find(|p| p.exists())
+        };
+        let (Some(bash), Some(timeout)) = (which("bash"), which("timeout")) else {
+            eprintln!("bash or timeout is not installed: skipped");
+            return None;
+        };
+        let shells: Vec<_> = [Some(bash), which("dash")].into_iter().flatten().collect();
+        let dir = std::env::temp_dir().join(format!(
+            "keyward-bash-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        let log = dir.join("started.log");
+        for name in ["terraform", "apply"] {
+            let stub = bin.join(name);
+            std::fs::write(
+                &stub,
+                format!("#!/bin/sh\necho {name} \"$@\" >> '{}'\n", log.display()),
+            )
+            .unwrap();
+            let mut perms = std::fs::metadata(&stub).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&stub, perms).unwrap();
+        }
+        for (name, target) in [
+            ("sh", "/bin/sh"),
+            ("env", "/usr/bin/env"),
+            ("ls", "/bin/ls"),
+        ] {
+            std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
+        }
+        let shells = Self {
+            shells,
+            timeout,
+            dir,
+            log,
+        };
+        // The harness sees a start when there is one.
+        let started = shells.run("true; env terraform apply");
+        assert_eq!(
+            started.matches("terraform apply").count(),
+            shells.shells.len()
+        );
+        Some(shells)
+    }
+
+    /// Runs `line` in each shell; what the stubs logged (empty: nothing
+    /// started).
+    fn run(&self, line: &str) -> String {
+        for shell in &self.shells {
+            std::process::Command::new(&self.timeout)
+                .arg("5")
+                .arg(shell)
+                .args(["-c", line])
+                .current_dir(self.dir.join("work"))
+                .env_clear()
+                .env("PATH", self.dir.join("bin"))
+                .env("HOME", self.dir.join("work"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+        }
+        let started = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        started
+    }
+}
+
+impl Drop for Shells {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// Differential test against the real shells: random lines that keyward
 /// allows are run by bash and by dash (where installed), with `terraform`
@@ -607,70 +717,7 @@ const BASH_PIECES: &[&str] = &[
 #[test]
 fn lines_keyward_allows_never_run_a_hidden_command_in_bash_or_dash() {
     use rand::{Rng, SeedableRng};
-    use std::process::Command;
-    // Found now: the runs below get a PATH of stubs only.
-    let which = |name: &str| {
-        ["/bin", "/usr/bin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(name))
-            .find(|p| p.exists())
-    };
-    let (Some(bash), Some(timeout)) = (which("bash"), which("timeout")) else {
-        eprintln!("bash or timeout is not installed: skipped");
-        return;
-    };
-    let shells: Vec<_> = [Some(bash), which("dash")].into_iter().flatten().collect();
-    let dir = std::env::temp_dir().join(format!(
-        "keyward-bash-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let bin = dir.join("bin");
-    let work = dir.join("work");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    let log = dir.join("started.log");
-    for name in ["terraform", "apply"] {
-        let stub = bin.join(name);
-        std::fs::write(
-            &stub,
-            format!("#!/bin/sh\necho {name} \"$@\" >> '{}'\n", log.display()),
-        )
-        .unwrap();
-        let mut perms = std::fs::metadata(&stub).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(&stub, perms).unwrap();
-    }
-    for (name, target) in [
-        ("sh", "/bin/sh"),
-        ("env", "/usr/bin/env"),
-        ("ls", "/bin/ls"),
-    ] {
-        std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
-    }
-    let run = |line: &str| {
-        for shell in &shells {
-            Command::new(&timeout)
-                .arg("5")
-                .arg(shell)
-                .args(["-c", line])
-                .current_dir(&work)
-                .env_clear()
-                .env("PATH", &bin)
-                .env("HOME", &work)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-        }
-    };
-    // The harness sees a start when there is one.
-    run("true; env terraform apply");
-    let started = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(started.matches("terraform apply").count(), shells.len());
-    std::fs::remove_file(&log).unwrap();
-
+    let Some(shells) = Shells::new() else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6261_7368);
     let pieces = BASH_PIECES;
     let mut ran = 0;
@@ -683,12 +730,73 @@ fn lines_keyward_allows_never_run_a_hidden_command_in_bash_or_dash() {
             continue;
         }
         ran += 1;
-        run(&line);
-        if let Ok(started) = std::fs::read_to_string(&log) {
-            let _ = std::fs::remove_dir_all(&dir);
-            panic!("keyward allowed {line:?}, and a shell started: {started}");
-        }
+        let started = shells.run(&line);
+        assert!(
+            started.is_empty(),
+            "keyward allowed {line:?}, and a shell started: {started}"
+        );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(ran > 50, "only {ran} allowed lines mentioned terraform");
+}
+
+/// Variables and `env -S`, against the real shells and GNU env: a line
+/// keyward reads as running `terraform apply` starts it in bash and dash
+/// alike (the reader's values and words are theirs), and one it allows
+/// starts nothing.
+#[test]
+fn variables_and_env_split_strings_are_read_as_the_shells_read_them() {
+    let Some(shells) = Shells::new() else { return };
+    let runs_terraform = [
+        "c=terraform; $c apply",
+        "c=terraform\n$c apply",
+        "c='terraform apply'; $c",
+        "e=; $e terraform apply",
+        "c=terraform; a=apply; \"$c\" \"${a}\"",
+        "c=terraform && $c apply",
+        "c=terraform; c=$c; $c apply",
+        "c=terraform; (cd . && $c apply)",
+        "c=terraform; sh -c \"$c apply\"",
+        "c=terraform; eval \"$c apply\"",
+        "c=terraform; d=$c; $d apply",
+        "c=terraform; env -S \"$c apply\"",
+        "env -S 'terraform apply'",
+        "env -S'terraform\\_apply'",
+        "env --split-string='A=1 terraform apply'",
+        "env -S \"terraform 'apply'\"",
+        "env -S 'terraform apply #x' ls",
+    ];
+    // `env -S` is GNU coreutils 8.30 and later.
+    let split_string = std::process::Command::new("/usr/bin/env")
+        .args(["-S", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let ours = |line: &&&str| split_string || !line.contains("env -S") && !line.contains("--split");
+    for line in runs_terraform.iter().filter(ours) {
+        let verdict = decide(line);
+        assert_eq!(verdict, Block, "{line:?}");
+        let started = shells.run(line);
+        assert_eq!(
+            started.matches("terraform apply").count(),
+            shells.shells.len(),
+            "{line:?}: {started:?}"
+        );
+    }
+    let allowed = [
+        "c=ls; $c",
+        "c=ls; $c -la",
+        "c='ls -d .'; $c",
+        "c=apply; echo $c",
+        "c=terraform; echo \"$c apply\"",
+        "c=terraform; ls $c 2>/dev/null",
+        "e=; $e ls",
+        "c=terraform; c=ls; $c",
+        "c=ls; d=$c; $d",
+        "env -S \"ls 'a\\' ; terraform apply'\" 2>/dev/null",
+        "env -S 'ls\\cterraform apply'",
+    ];
+    for line in allowed.iter().filter(ours) {
+        assert_eq!(decide(line), Allow, "{line:?}");
+        let started = shells.run(line);
+        assert!(started.is_empty(), "{line:?}: {started:?}");
+    }
 }

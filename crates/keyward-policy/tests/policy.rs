@@ -570,6 +570,26 @@ fn every_builtin_rule_id_is_reachable() {
             "commands.read_only.allow",
         ),
         (
+            req("execute_command", "helm -n prod uninstall app"),
+            Decision::Block,
+            "commands.helm.uninstall.block",
+        ),
+        (
+            req("execute_command", "ssh -o ProxyCommand=/tmp/x h"),
+            Decision::RequireApproval,
+            "commands.ssh.run_options.require_approval",
+        ),
+        (
+            req("execute_command", "ssh -F /tmp/cfg h"),
+            Decision::RequireApproval,
+            "commands.ssh.config.require_approval",
+        ),
+        (
+            req("execute_command", "rg -z secret logs"),
+            Decision::RequireApproval,
+            "commands.rg.run_programs.require_approval",
+        ),
+        (
             req("launch_rocket", "moon"),
             Decision::RequireApproval,
             "runtime.default.require_approval",

@@ -735,7 +735,12 @@ fn claude_code_hook_maps_decisions_to_allow_deny_and_ask() {
     );
     let (decision, reason) = answer(bash("cargo test && git status"));
     assert_eq!(decision, "allow", "{reason}");
+    // A variable the line surely assigned is followed; one it may not have
+    // assigned cannot be read.
     let (decision, reason) = answer(bash("t=terraform; $t apply"));
+    assert_eq!(decision, "deny", "{reason}");
+    assert!(reason.contains("commands.terraform.block"), "{reason}");
+    let (decision, reason) = answer(bash("true && t=terraform; $t apply"));
     assert_eq!(decision, "ask", "{reason}");
     assert!(reason.contains("commands.unparseable"), "{reason}");
     let (decision, reason) = answer(bash("docker run alpine"));

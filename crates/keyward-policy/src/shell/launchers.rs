@@ -4,13 +4,17 @@
 //! - transparent launchers (`env`, `command`, `exec`, `nohup`, `nice`,
 //!   `time`, `timeout`, `builtin`, `busybox`, `stdbuf`, `setsid`,
 //!   `watch -x`, `ionice`, `chrt`, `taskset`, `unbuffer`, `flock`,
-//!   `systemd-run`, `firejail`, `proot`) give way to the command they run;
+//!   `systemd-run`, `firejail`, `proot`, `sshpass`) give way to the command
+//!   they run;
 //!   `flock FILE -c TEXT` and `script -c TEXT` run text as a script;
 //! - `sudo`, `doas` and `xargs` are kept as parts of their own too (they
 //!   change who runs the command, or add arguments nobody can see), besides
 //!   the command they run;
 //! - shells with `-c` (or a here-string), `eval`, `watch`, `alias` and
-//!   `trap` run text as a script, which is read like the line itself.
+//!   `trap` run text as a script, which is read like the line itself;
+//! - `ssh host CMD...` gives CMD to the remote shell as a script, read the
+//!   same way, and is kept as a part of its own (its options and host);
+//! - `env -S STRING` splits STRING into words first, as GNU env does.
 //!
 //! An option a launcher does not know makes the part unparseable: it might
 //! take a value, and then the command would be another word.
@@ -320,6 +324,13 @@ const PROOT: Options = Options {
     ..NONE
 };
 
+/// sshpass feeds a password to the command it runs (ssh, scp, rsync).
+const SSHPASS: Options = Options {
+    short_value: "pfdP",
+    short_flags: "ehV",
+    ..NONE
+};
+
 pub(super) const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "posh"];
 
 /// firejail's options are all `--name` or `--name=value`.
@@ -438,6 +449,143 @@ fn split(argv: &[Word], options: &Options) -> Result<(usize, Vec<String>), Why> 
     Ok((i, env))
 }
 
+/// `env -S STRING` (`-SSTRING`, `--split-string[=]STRING`): GNU env
+/// splits the string into words where the option stood and goes on reading
+/// options, so `env -S 'A=1 terraform apply'` runs `terraform apply`. The
+/// words replace the option in `argv`, as env itself does. A string that
+/// cannot be split exactly (an escape or `${VAR}` keyward does not follow,
+/// a string computed at run time) is an error.
+fn split_string(argv: &mut Vec<Word>) -> Result<(), Why> {
+    let mut i = 1;
+    // Each -S adds words that may hold another: bounded all the same.
+    let mut rounds = 0;
+    while let Some(word) = argv.get(i) {
+        let text = word.text.as_str();
+        let (value, used) = if text == "-S" || text == "--split-string" {
+            (argv.get(i + 1).cloned(), 2)
+        } else if let Some(v) = text.strip_prefix("--split-string=") {
+            (
+                Some(Word {
+                    text: v.to_owned(),
+                    ..word.clone()
+                }),
+                1,
+            )
+        } else if let Some(cluster) = text.strip_prefix('-').filter(|c| !c.starts_with('-'))
+            && let Some(at) = cluster.find('S')
+            && cluster[..at].chars().all(|c| ENV.short_flags.contains(c))
+        {
+            let attached = &cluster[at + 1..];
+            if attached.is_empty() {
+                (argv.get(i + 1).cloned(), 2)
+            } else {
+                (
+                    Some(Word {
+                        text: attached.to_owned(),
+                        ..word.clone()
+                    }),
+                    1,
+                )
+            }
+        } else {
+            // Past the options and assignments: the command starts.
+            let option = text.starts_with('-') && text.len() > 1;
+            if text == "--" || !(option || assignment_prefix(text).is_some() || text == "-") {
+                return Ok(());
+            }
+            // -u, -C, -P and their long forms take the next word.
+            let takes_next = matches!(text, "-u" | "-C" | "-P" | "--unset" | "--chdir");
+            i += if takes_next { 2 } else { 1 };
+            continue;
+        };
+        let Some(value) = value else { return Ok(()) };
+        if value.dynamic || rounds >= 8 {
+            return Err(Why::LauncherOption);
+        }
+        rounds += 1;
+        let words = env_split(&value.text)?;
+        // `-iS string`, `-iSstring`: the flags before S stay.
+        let mut replacement = Vec::with_capacity(words.len() + 1);
+        if !text.starts_with("--")
+            && let Some(at) = text.find('S')
+            && at > 1
+        {
+            replacement.push(Word {
+                text: text[..at].to_owned(),
+                ..value.clone()
+            });
+        }
+        replacement.extend(words.into_iter().map(|text| Word {
+            text,
+            dynamic: false,
+            pattern: false,
+        }));
+        argv.splice(i..(i + used).min(argv.len()), replacement);
+    }
+    Ok(())
+}
+
+/// The words of an `env -S` string: blanks separate them, `'...'` is
+/// literal but for `\\` and `\'`, `"..."` and bare text take the escapes `\\`, `\'`, `\"`,
+/// `\$`, `\#`, `\_` (a space: inside double quotes a literal one, outside
+/// a separator), `\t`, `\n`, `\r`, `\f`, `\v` and `\c` (the end); `#` at the
+/// start of a word begins a comment. `${VAR}` takes a value keyward does not
+/// know: an error.
+fn env_split(text: &str) -> Result<Vec<String>, Why> {
+    let mut words = Vec::new();
+    let mut current: Option<String> = None;
+    let mut chars = text.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            // Inside single quotes only `\\` and `\'` are escapes.
+            (Some('\''), '\\') => {
+                let escaped = match chars.peek() {
+                    Some(&e @ ('\\' | '\'')) => {
+                        chars.next();
+                        e
+                    }
+                    _ => '\\',
+                };
+                current.get_or_insert_default().push(escaped);
+            }
+            (Some('\''), c) => current.get_or_insert_default().push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                current.get_or_insert_default();
+            }
+            (None, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c') => words.extend(current.take()),
+            (None, '#') if current.is_none() => break,
+            (_, '$') => return Err(Why::LauncherOption),
+            (_, '\\') => {
+                let escaped = match chars.next() {
+                    Some(e @ ('\\' | '\'' | '"' | '$' | '#')) => e,
+                    Some('_') if quote.is_none() => {
+                        words.extend(current.take());
+                        continue;
+                    }
+                    Some('_') => ' ',
+                    Some('t') => '\t',
+                    Some('n') => '\n',
+                    Some('r') => '\r',
+                    Some('f') => '\x0c',
+                    Some('v') => '\x0b',
+                    Some('c') if quote.is_none() => break,
+                    _ => return Err(Why::LauncherOption),
+                };
+                current.get_or_insert_default().push(escaped);
+            }
+            (_, c) => current.get_or_insert_default().push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err(Why::UnbalancedQuote);
+    }
+    words.extend(current);
+    Ok(words)
+}
+
 impl Reader<'_, '_> {
     /// Records `command`, or what it runs when it is a launcher or runs a
     /// script. `stdin_text` is a here-string given to it.
@@ -458,7 +606,14 @@ impl Reader<'_, '_> {
                 return Ok(());
             }
             let (options, visible) = match command.name() {
-                "env" => (&ENV, false),
+                "env" => {
+                    if let Err(why) = split_string(&mut command.argv) {
+                        let text = command.shown();
+                        self.out.push(Part::Unparseable { why, text });
+                        return Ok(());
+                    }
+                    (&ENV, false)
+                }
                 "command" => (&COMMAND, false),
                 "exec" => (&EXEC, false),
                 "nohup" | "builtin" | "busybox" => (&NONE, false),
@@ -472,6 +627,7 @@ impl Reader<'_, '_> {
                 "systemd-run" => (&SYSTEMD_RUN, true),
                 "proot" => (&PROOT, true),
                 "firejail" => (&FIREJAIL, true),
+                "sshpass" => (&SSHPASS, true),
                 "flock" | "script" => {
                     if let Some(text) = inline_option(&command.argv) {
                         return self.script(command, &text);
@@ -489,6 +645,7 @@ impl Reader<'_, '_> {
                 "doas" => (&DOAS, true),
                 "xargs" => (&XARGS, true),
                 "watch" => return self.watch(command),
+                "ssh" => return self.ssh(command),
                 "eval" => {
                     let script = Word {
                         text: join(&command.argv[1..]),
@@ -609,6 +766,142 @@ impl Reader<'_, '_> {
         }
     }
 
+    /// `ssh [options] host [command...]`: the command's words, joined by
+    /// spaces, are a script for the remote shell, read like a line of its
+    /// own; ssh itself is kept as a part (its options and the host, not the
+    /// command), so rules on hosts and options apply. OpenSSH reads options
+    /// again after the host (`ssh h -p 22 ls`), up to the first other word.
+    /// `-o` options are written `-o name=value` with the name in lower case
+    /// (ssh reads them in any case, with `=` or a blank): rules match one
+    /// form. The commands `ProxyCommand`, `LocalCommand` and
+    /// `KnownHostsCommand` name are local scripts, `RemoteCommand` a remote
+    /// one: all are read too.
+    fn ssh(&mut self, command: Command) -> Result<(), Why> {
+        // OpenSSH's getopt string: options with a value, then flags.
+        const VALUE: &str = "bcDEeFIiJLlmOoPpQRSWwB";
+        const FLAGS: &str = "1246afgknqstvxACGKMNTVXYy";
+        let argv = &command.argv;
+        let mut visible = vec![argv[0].clone()];
+        let mut scripts: Vec<Word> = Vec::new();
+        let mut host = false;
+        let mut options_end = false;
+        let mut i = 1;
+        let unparseable = |reader: &mut Self, command: Command| {
+            let text = command.shown();
+            reader.out.push(Part::Unparseable {
+                why: Why::LauncherOption,
+                text,
+            });
+            Ok(())
+        };
+        while let Some(word) = argv.get(i) {
+            let text = word.text.as_str();
+            if !options_end && text == "--" {
+                options_end = true;
+                i += 1;
+                continue;
+            }
+            let cluster = text.strip_prefix('-').filter(|c| !c.is_empty());
+            match cluster {
+                Some(cluster) if !options_end => {
+                    if word.dynamic {
+                        return unparseable(self, command);
+                    }
+                    let mut next = i + 1;
+                    for (at, c) in cluster.char_indices() {
+                        if VALUE.contains(c) {
+                            let attached = &cluster[at + 1..];
+                            let value = if attached.is_empty() {
+                                next += 1;
+                                match argv.get(i + 1) {
+                                    Some(v) => v.clone(),
+                                    None => return unparseable(self, command),
+                                }
+                            } else {
+                                Word {
+                                    text: attached.to_owned(),
+                                    ..word.clone()
+                                }
+                            };
+                            if c == 'o' {
+                                if value.dynamic {
+                                    return unparseable(self, command);
+                                }
+                                let (name, setting) = ssh_option(&value.text);
+                                if matches!(
+                                    name.as_str(),
+                                    "proxycommand"
+                                        | "localcommand"
+                                        | "knownhostscommand"
+                                        | "remotecommand"
+                                ) && setting != "none"
+                                {
+                                    scripts.push(Word {
+                                        text: setting.clone(),
+                                        ..value.clone()
+                                    });
+                                }
+                                visible.push(Word {
+                                    text: "-o".into(),
+                                    dynamic: false,
+                                    pattern: false,
+                                });
+                                visible.push(Word {
+                                    text: format!("{name}={setting}"),
+                                    ..value
+                                });
+                            } else {
+                                visible.push(Word {
+                                    text: format!("-{c}"),
+                                    dynamic: false,
+                                    pattern: false,
+                                });
+                                visible.push(value);
+                            }
+                            break;
+                        }
+                        if !FLAGS.contains(c) {
+                            return unparseable(self, command);
+                        }
+                        visible.push(Word {
+                            text: format!("-{c}"),
+                            dynamic: false,
+                            pattern: false,
+                        });
+                    }
+                    i = next;
+                }
+                _ if !host => {
+                    // A host computed at run time is still a host: rules on
+                    // it see it as written.
+                    visible.push(word.clone());
+                    host = true;
+                    options_end = false;
+                    i += 1;
+                }
+                _ => break,
+            }
+        }
+        let remote = &argv[i.min(argv.len())..];
+        let mut ssh = Command {
+            argv: visible,
+            ..command.clone()
+        };
+        ssh.runs_download.clear();
+        self.out.push(Part::Command(ssh));
+        if !remote.is_empty() {
+            scripts.push(Word {
+                text: join(remote),
+                dynamic: remote.iter().any(|w| w.dynamic),
+                pattern: false,
+            });
+        }
+        for script in &scripts {
+            self.script(command.clone(), script)?;
+        }
+        Ok(())
+    }
+
     /// `watch CMD...` runs `sh -c "CMD..."`; `watch -x CMD...` runs CMD.
     fn watch(&mut self, mut command: Command) -> Result<(), Why> {
         let (at, _) = match split(&command.argv, &WATCH) {
@@ -680,7 +973,20 @@ impl Reader<'_, '_> {
     }
 }
 
-/// Words joined by spaces, as `eval` and `watch` join them.
+/// An ssh `-o` option (`Name=value`, `Name value`, `Name = value`) as
+/// its lower-case name and its value.
+fn ssh_option(text: &str) -> (String, String) {
+    let text = text.trim();
+    let end = text
+        .find(|c: char| c == '=' || c.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let name = text[..end].to_ascii_lowercase();
+    let rest = text[end..].trim_start();
+    let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+    (name, rest.to_owned())
+}
+
+/// Words joined by spaces, as `eval`, `watch` and `ssh` join them.
 fn join(words: &[Word]) -> String {
     let mut out = String::new();
     for (i, w) in words.iter().enumerate() {

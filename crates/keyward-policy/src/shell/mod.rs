@@ -16,6 +16,7 @@ use std::fmt;
 
 mod launchers;
 mod lines;
+mod vars;
 
 /// How deep substitutions, subshells and inline scripts may nest.
 const MAX_DEPTH: usize = 24;
@@ -28,7 +29,9 @@ const MAX_COMMANDS: usize = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Word {
     /// The word's value; expansions keep their source form (`$HOME`,
-    /// `$(cmd)`), `${NAME}` is written `$NAME`.
+    /// `$(cmd)`), `${NAME}` is written `$NAME`, except the variables the
+    /// script itself assigned a known value (see `vars`), which are
+    /// replaced by it.
     pub text: String,
     /// Part of the value is only known at run time (a variable, a
     /// substitution).
@@ -218,6 +221,13 @@ fn parse_script(script: &str, ctx: &Context, depth: usize, out: &mut Vec<Part>) 
         depth,
         out,
         ctx: ctx.clone(),
+        vars: vars::Vars::default(),
+        base_depth: depth,
+        and_or: false,
+        fields: Vec::new(),
+        expanded: false,
+        last_fields: Vec::new(),
+        last_vanishes: false,
     };
     if let Err(why) = reader.list(ctx, Term::End) {
         out.push(Part::Unparseable {
@@ -241,6 +251,23 @@ struct Reader<'s, 'o> {
     /// What the command being read passes to the substitutions in its
     /// words: they share its stdin and variables.
     ctx: Context,
+    /// The variables this script assigned, as far as known.
+    vars: vars::Vars,
+    /// The depth of this script's own top level.
+    base_depth: usize,
+    /// The last list operator was `&&`, `||` or `|`: what follows may not
+    /// run, or runs in a subshell.
+    and_or: bool,
+    /// Where, in the text of the word being read, an unquoted expansion of
+    /// a known value has a blank the shell splits fields at.
+    fields: Vec<usize>,
+    /// The word being read has an unquoted expansion of a known value.
+    expanded: bool,
+    /// The split points of the last word read.
+    last_fields: Vec<usize>,
+    /// The last word read was only unquoted expansions of empty values:
+    /// the shell drops it.
+    last_vanishes: bool,
 }
 
 fn is_meta(b: u8) -> bool {
@@ -339,12 +366,14 @@ impl Reader<'_, '_> {
                 b'|' if self.peek_at(1) != Some(b'|') => {
                     // `|` and `|&`: the next stage reads this one's output.
                     self.pos += if self.peek_at(1) == Some(b'&') { 2 } else { 1 };
+                    self.and_or = true;
                     add_names(&mut piped.inputs, &self.out[stage_start..]);
                     stage_start = self.out.len();
                 }
                 b'\n' | b';' | b'&' | b'|' => {
                     let double = self.peek_at(1) == Some(b) && b != b'\n';
                     self.pos += if double { 2 } else { 1 };
+                    self.and_or = double && b != b';';
                     piped = ctx.clone();
                     stage_start = self.out.len();
                 }
@@ -376,6 +405,9 @@ impl Reader<'_, '_> {
             return Err(Why::TooDeep);
         }
         let nested_start = self.out.len();
+        // Whether a bare assignment here surely runs, in this shell.
+        let sequential = !self.and_or && self.depth == self.base_depth;
+        let mut assignments: Vec<(String, String, bool, bool)> = Vec::new();
         let mut words: Vec<Word> = Vec::new();
         let mut env: Vec<String> = Vec::new();
         let mut redirects: Vec<(bool, Word)> = Vec::new();
@@ -391,9 +423,11 @@ impl Reader<'_, '_> {
             }
             if b == b'(' {
                 if self.peek_at(1) == Some(b')') && words.len() == 1 && !header {
-                    // `name() body`: the body is read as commands.
+                    // `name() body`: the body is read as commands. It runs
+                    // when called, with the values of then.
                     self.pos += 2;
                     words.clear();
+                    self.vars.stop();
                 }
                 break;
             }
@@ -402,6 +436,7 @@ impl Reader<'_, '_> {
             }
             let start = self.pos;
             let word = self.word(false)?;
+            let fields = std::mem::take(&mut self.last_fields);
             let source = &self.src[start..self.pos];
             if words.is_empty() && !header {
                 if function_name {
@@ -412,18 +447,35 @@ impl Reader<'_, '_> {
                     if self.peek() == Some(b'(') && value_start == source.len() {
                         return Err(Why::Unsupported);
                     }
-                    env.push(source[..name_len].to_owned());
+                    let name = source[..name_len].to_owned();
+                    // The name and `=` are never quoted: the value starts at
+                    // the same place in the word's text.
+                    let value = word.text.get(value_start..).unwrap_or_default();
+                    let append = value_start > name_len + 1;
+                    assignments.push((name.clone(), value.to_owned(), word.dynamic, append));
+                    env.push(name);
                     continue;
                 }
                 if !word.dynamic && source == word.text {
                     match source {
-                        "if" | "then" | "elif" | "else" | "fi" | "do" | "done" | "while"
-                        | "until" | "!" | "{" | "}" => continue,
+                        // Conditions: what they assign may not happen.
+                        "if" | "then" | "elif" | "else" | "fi" | "!" | "{" | "}" => {
+                            self.vars.pause();
+                            continue;
+                        }
+                        // Loops: a body's later rounds see its own
+                        // assignments.
+                        "do" | "done" | "while" | "until" => {
+                            self.vars.stop();
+                            continue;
+                        }
                         "for" => {
+                            self.vars.stop();
                             header = true;
                             continue;
                         }
                         "function" => {
+                            self.vars.stop();
                             function_name = true;
                             continue;
                         }
@@ -434,10 +486,30 @@ impl Reader<'_, '_> {
                     }
                 }
             }
-            words.push(word);
+            if self.last_vanishes {
+                // `$empty` unquoted: no word at all (`$e terraform apply`
+                // runs terraform).
+                continue;
+            }
+            if fields.is_empty() {
+                words.push(word);
+            } else {
+                split_fields(&word, &fields, &mut words);
+            }
         }
         if header {
             return Ok(());
+        }
+        // Who may run or be run here decides whether values stay known.
+        let certain = sequential && words.is_empty() && {
+            // Not in the background, not a pipeline stage (a subshell).
+            let next = self.peek();
+            let after = self.peek_at(1);
+            !matches!((next, after), (Some(b'|'), b) if b != Some(b'|'))
+                && !matches!((next, after), (Some(b'&'), b) if b != Some(b'&'))
+        };
+        for (name, value, dynamic, append) in &assignments {
+            self.vars.assign(name, value, *dynamic, *append, certain);
         }
         let mut inputs = ctx.inputs.clone();
         add_names(&mut inputs, &self.out[nested_start..]);
@@ -449,12 +521,48 @@ impl Reader<'_, '_> {
             inputs,
             runs_download: Vec::new(),
         };
+        // bash's `time c=x` (a reserved word, not a launcher) assigns in
+        // this shell: a word that looks like an assignment anywhere makes
+        // its name unknown.
+        // Likewise bash's `{name}>file`, which stores a descriptor number
+        // in `name`.
+        for word in &command.argv {
+            if let Some((name_len, _)) = assignment_prefix(&word.text) {
+                self.vars.forget(&word.text[..name_len]);
+            } else if let Some(name) = word
+                .text
+                .strip_prefix('{')
+                .and_then(|w| w.strip_suffix('}'))
+            {
+                self.vars.forget(name);
+            }
+        }
+        // Any word, not only the first: `command eval`, `builtin read`,
+        // `exec read` run the builtin too.
+        // (`.` only as the command: as an operand it is the directory.)
+        let runs_builtin = command.argv.iter().enumerate().any(|(i, w)| {
+            !w.dynamic && vars::assigns_variables(&w.text) && (i == 0 || w.text != ".")
+        });
         if command.argv.is_empty() {
             if command.env.len() > ctx.env.len() {
                 self.out.push(Part::Command(command));
             }
         } else {
             self.unwrap(command, here_string)?;
+        }
+        // A builtin behind a launcher (`command read x`, `builtin eval`)
+        // or `printf -v NAME`: values may change.
+        let assigns = runs_builtin
+            || self.out[nested_start..].iter().any(|p| match p {
+                Part::Command(c) => {
+                    vars::assigns_variables(c.name())
+                        || (c.name() == "printf"
+                            && c.argv[1..].iter().any(|w| w.text.starts_with("-v")))
+                }
+                _ => false,
+            });
+        if assigns {
+            self.vars.stop();
         }
         for (write, target) in redirects {
             self.out.push(if target.dynamic {
@@ -509,7 +617,13 @@ impl Reader<'_, '_> {
         {
             return Err(Why::Syntax);
         }
-        let target = self.word(false)?;
+        let mut target = self.word(false)?;
+        let split = !std::mem::take(&mut self.last_fields).is_empty();
+        if !here_string && (split || self.last_vanishes) {
+            // bash refuses an "ambiguous redirect"; dash writes to the
+            // whole text. Neither is a file a rule could name.
+            target.dynamic = true;
+        }
         // `>&2` duplicates and `>&3-` moves a descriptor: no file.
         let fd = duplicates && !target.dynamic && {
             let digits = target.text.strip_suffix('-').unwrap_or(&target.text);
@@ -526,6 +640,17 @@ impl Reader<'_, '_> {
     /// One word at the cursor, quotes removed. With `in_braces`, the body
     /// of `${...}`: blanks belong to it and only `}` ends it.
     fn word(&mut self, in_braces: bool) -> Result<Word, Why> {
+        let outer_fields = std::mem::take(&mut self.fields);
+        let outer_expanded = std::mem::replace(&mut self.expanded, false);
+        let mut quoted = false;
+        let word = self.read_word(in_braces, &mut quoted)?;
+        self.last_fields = std::mem::replace(&mut self.fields, outer_fields);
+        self.last_vanishes = self.expanded && !quoted && word.text.is_empty() && !word.dynamic;
+        self.expanded = outer_expanded;
+        Ok(word)
+    }
+
+    fn read_word(&mut self, in_braces: bool, quoted: &mut bool) -> Result<Word, Why> {
         let mut word = Word {
             text: String::new(),
             dynamic: false,
@@ -562,14 +687,21 @@ impl Reader<'_, '_> {
                     }
                 }
                 b'\'' => {
+                    *quoted = true;
                     let body = &self.src[self.pos + 1..];
                     let end = body.find('\'').ok_or(Why::UnbalancedQuote)?;
                     word.text.push_str(&body[..end]);
                     self.pos += end + 2;
                 }
-                b'"' => self.double_quoted(&mut word)?,
+                b'"' => {
+                    *quoted = true;
+                    self.double_quoted(&mut word)?;
+                }
                 b'`' => self.backticks(&mut word)?,
-                b'$' => self.dollar(&mut word, false)?,
+                b'$' => {
+                    *quoted |= matches!(self.peek_at(1), Some(b'\'' | b'"'));
+                    self.dollar(&mut word, false)?;
+                }
                 b'*' | b'?' | b'[' => {
                     word.pattern = true;
                     word.text.push(b as char);
@@ -704,14 +836,20 @@ impl Reader<'_, '_> {
             Some(b'[') => Err(Why::Arithmetic),
             Some(b'{') => {
                 self.pos += 2;
+                let was_dynamic = word.dynamic;
                 word.dynamic = true;
                 let name_len = self.parameter_name()?;
                 let body = self.rest().as_bytes();
                 match (body.get(name_len), body.get(name_len + 1)) {
                     (Some(b'}'), _) => {
-                        word.text.push('$');
-                        word.text.push_str(&self.src[self.pos..self.pos + name_len]);
+                        let name = &self.src[self.pos..self.pos + name_len];
                         self.pos += name_len + 1;
+                        word.dynamic = was_dynamic;
+                        if !self.expand_known(word, name, in_double_quotes) {
+                            word.dynamic = true;
+                            word.text.push('$');
+                            word.text.push_str(name);
+                        }
                         return Ok(());
                     }
                     (Some(b':'), Some(b'-' | b'=' | b'?' | b'+'))
@@ -719,6 +857,16 @@ impl Reader<'_, '_> {
                     // `${a[i]}`, `${x:offset}` evaluate arithmetic; `${x@P}`
                     // runs the substitutions inside the value.
                     _ => return Err(Why::Arithmetic),
+                }
+                // `${x:=word}` assigns x.
+                let assigns = match (body.get(name_len), body.get(name_len + 1)) {
+                    (Some(b'='), _) | (Some(b':'), Some(b'=')) => {
+                        Some(self.src[self.pos..self.pos + name_len].to_owned())
+                    }
+                    _ => None,
+                };
+                if let Some(name) = assigns {
+                    self.vars.forget(&name);
                 }
                 // `${x:-word}` and friends: the word may hold substitutions.
                 let depth = self.nested()?;
@@ -735,9 +883,12 @@ impl Reader<'_, '_> {
             }
             Some(c) if is_name_start(c) => {
                 let len = self.rest()[1..].bytes().take_while(|b| is_name(*b)).count();
-                word.text.push_str(&self.src[start..start + 1 + len]);
                 self.pos += 1 + len;
-                word.dynamic = true;
+                let name = &self.src[start + 1..start + 1 + len];
+                if !self.expand_known(word, name, in_double_quotes) {
+                    word.text.push_str(&self.src[start..start + 1 + len]);
+                    word.dynamic = true;
+                }
                 Ok(())
             }
             Some(c) if c.is_ascii_digit() || b"@*#?-$!".contains(&c) => {
@@ -752,6 +903,34 @@ impl Reader<'_, '_> {
                 Ok(())
             }
         }
+    }
+
+    /// `$name` whose value this script set: its value, split into fields
+    /// where unquoted (see [`vars`]). False when the value is not known.
+    fn expand_known(&mut self, word: &mut Word, name: &str, in_double_quotes: bool) -> bool {
+        let Some(value) = self.vars.get(name) else {
+            return false;
+        };
+        if value.dynamic {
+            // `$HOME/...`: known directory, run-time word.
+            word.text.push_str(&value.text);
+            word.dynamic = true;
+            return true;
+        }
+        if in_double_quotes {
+            word.text.push_str(&value.text);
+            return true;
+        }
+        self.expanded = true;
+        for c in value.text.chars() {
+            if vars::is_ifs(c) {
+                self.fields.push(word.text.len());
+            } else if matches!(c, '*' | '?' | '[') {
+                word.pattern = true;
+            }
+            word.text.push(c);
+        }
+        true
     }
 
     /// The length of the parameter after `${`: a name, digits, a special
@@ -852,6 +1031,21 @@ impl Reader<'_, '_> {
         let value = u32::from_str_radix(&self.src[self.pos..self.pos + digits], radix).ok();
         self.pos += digits;
         value
+    }
+}
+
+/// `word` cut at the blanks at `fields` (which the shell removes), empty
+/// fields dropped, into `out`.
+fn split_fields(word: &Word, fields: &[usize], out: &mut Vec<Word>) {
+    let mut start = 0;
+    for &at in fields.iter().chain(std::iter::once(&word.text.len())) {
+        if at > start {
+            out.push(Word {
+                text: word.text[start..at].to_owned(),
+                ..word.clone()
+            });
+        }
+        start = at + 1;
     }
 }
 
