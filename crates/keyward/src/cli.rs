@@ -531,12 +531,18 @@ pub struct RunArgs {
     /// network namespace (user+net, or net as root) with only loopback,
     /// where 127.0.0.1:<proxy port> is bridged to the proxy and is the only
     /// way out (no UDP, no DNS but the proxy's, no other host port; opt out
-    /// with --sandbox=no-netns); a seccomp filter refuses
-    /// other socket protocols (MPTCP, SCTP, raw, packet), io_uring, ptrace,
-    /// namespaces, terminal injection (TIOCSTI), chown, and changing other
-    /// processes' limits, priorities or CPUs. `--sandbox` (strict) fails when
-    /// the kernel cannot enforce all of that; `--sandbox=best-effort` runs
-    /// with what it can and says what is missing.
+    /// with --sandbox=no-netns); in a private mount view /tmp and /dev/shm
+    /// are its own, the keyward home shows only the public CA and the admin
+    /// socket (read-only), /run/user and /var/tmp are hidden and other
+    /// programs' sockets under /run and your home are covered; it gets a
+    /// terminal of its own (--pty) when stdin is one; a seccomp filter refuses
+    /// other socket protocols (MPTCP, SCTP, raw, packet, netlink but route),
+    /// io_uring, ptrace, namespaces, mounts, terminal injection (TIOCSTI),
+    /// chown, and changing other processes' limits, priorities or CPUs. Not
+    /// stopped: a same-uid service's socket elsewhere, and what the proxy
+    /// allows. `--sandbox` (strict) fails when the kernel cannot enforce
+    /// all of that; `--sandbox=best-effort` runs with what it can and says
+    /// what is missing.
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true,
           default_missing_value = "strict", value_name = "MODE")]
     pub sandbox: Option<SandboxArg>,

@@ -155,7 +155,13 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         ..
     } = confinement;
     keyward_sys::sandbox_on_spawn(&mut cmd, sandbox);
-    let terminal = match crate::run_pty::PrivateTerminal::for_run(args) {
+    let terminal = crate::run_pty::PrivateTerminal::for_run(args).and_then(|terminal| {
+        if let Some(terminal) = &terminal {
+            terminal.attach(&mut cmd)?;
+        }
+        Ok(terminal)
+    });
+    let terminal = match terminal {
         Ok(terminal) => terminal,
         Err(e) => {
             let _ = unregister(&client, &created.run_id).await;
@@ -163,9 +169,6 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    if let Some(terminal) = &terminal {
-        terminal.attach(&mut cmd)?;
-    }
     if let Some(fd) = broker {
         // The program's end becomes its fd 3; this process keeps no copy
         // (dropped with `cmd` after the spawn), so the broker sees EOF
