@@ -10,7 +10,8 @@
 #    the proxy reached directly (`--sandbox=no-netns`, everything else the
 #    same); the two alternate for 3 rounds, the median round is shown with
 #    every round's ratio.
-# Everything stays on loopback: a local asyncio TLS origin (keep-alive
+# Everything stays on loopback: a local TLS origin (nginx where installed,
+# else Python asyncio; keep-alive
 # HTTP/1.1, a certificate made with openssl), a throwaway keyward home.
 #
 # KEYWARD_BIN=path/to/keyward skips the release build; N (start-ups, 20),
@@ -50,6 +51,30 @@ printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\n' > "$
 openssl x509 -req -in "$dir/origin.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
     -CAcreateserial -days 1 -extfile "$dir/ext" -out "$dir/origin.pem" 2>/dev/null
 chmod 644 "$dir/ca.pem"
+if command -v nginx >/dev/null; then
+    # nginx (one worker, keep-alive): fast enough that the origin is not
+    # what is measured.
+    origin_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cat > "$dir/nginx.conf" <<NGINX
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$origin_port ssl;
+    ssl_certificate $dir/origin.pem; ssl_certificate_key $dir/origin.key;
+    location / { return 200 "ok"; }
+  }
+}
+NGINX
+    nginx -c "$dir/nginx.conf"
+    for _ in $(seq 100); do [ -s "$dir/nginx.pid" ] && break; sleep 0.05; done
+    origin_pid=$(cat "$dir/nginx.pid")
+    echo "origin: nginx on 127.0.0.1:$origin_port"
+else
 cat > "$dir/origin.py" <<'EOF'
 import asyncio, ssl, sys
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -73,6 +98,8 @@ EOF
 coproc ORIGIN { exec python3 "$dir/origin.py" "$dir/origin.pem" "$dir/origin.key"; }
 origin_pid=$ORIGIN_PID
 read -r origin_port <&"${ORIGIN[0]}"
+    echo "origin: python asyncio on 127.0.0.1:$origin_port (no nginx: the origin may be the bottleneck)"
+fi
 
 cat > "$KEYWARD_HOME/keyward.toml" <<EOF
 [proxy]
