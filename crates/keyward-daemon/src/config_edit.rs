@@ -25,6 +25,16 @@ pub enum EditError {
         /// The config file.
         path: String,
     },
+    /// `grant rm` names no grant of the file.
+    #[error("no grant named {name} in {path}{known}")]
+    Missing {
+        /// The grant.
+        name: String,
+        /// The config file.
+        path: String,
+        /// `; its grants are: a, b` or what else the name is.
+        known: String,
+    },
     /// Writing failed.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -93,6 +103,61 @@ pub fn add_grant(
     })
 }
 
+/// Removes `[grants.NAME]` from the config file at `path`, keeping
+/// everything else as it was. A built-in preset not named in the file has
+/// nothing to remove (said).
+pub fn remove_grant(path: &Path, name: &str) -> Result<(), EditError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+            .into());
+        }
+    };
+    config::parse(&text, path)?;
+    let mut doc: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: None,
+                message: e.message().to_owned(),
+            })?;
+    let grants = doc.get_mut("grants").and_then(Item::as_table_like_mut);
+    let removed = match grants {
+        Some(grants) => grants.remove(name).is_some(),
+        None => false,
+    };
+    if !removed {
+        let names: Vec<String> = doc
+            .get("grants")
+            .and_then(Item::as_table_like)
+            .map(|t| t.iter().map(|(k, _)| k.to_owned()).collect())
+            .unwrap_or_default();
+        let known = if crate::grants::presets().contains_key(name) {
+            format!("; {name} is a built-in preset, which is not in the file and cannot be removed")
+        } else if names.is_empty() {
+            "; it has no grants".to_owned()
+        } else {
+            format!("; its grants are: {}", names.join(", "))
+        };
+        return Err(EditError::Missing {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+            known,
+        });
+    }
+    let new_text = doc.to_string();
+    config::parse(&new_text, path)?;
+    write_atomic(path, new_text.as_bytes()).map_err(|e| EditError::Write {
+        path: path.display().to_string(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
 fn grant_table(grant: &GrantConfig) -> Table {
     let mut t = Table::new();
     if let Some(preset) = &grant.preset {
@@ -115,6 +180,9 @@ fn grant_table(grant: &GrantConfig) -> Table {
     }
     if let Some(substitute_body) = grant.substitute_body {
         t["substitute_body"] = value(substitute_body);
+    }
+    if let Some(public_suffix) = grant.public_suffix {
+        t["public_suffix"] = value(public_suffix);
     }
     t
 }
@@ -154,6 +222,36 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn remove_keeps_the_rest_and_names_what_it_cannot_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("keyward.toml");
+        std::fs::write(&path, "# mine\n[proxy]\nintercept = \"all\"\n").unwrap();
+        add_grant(&path, "one", &grant(), false).unwrap();
+        add_grant(&path, "two", &grant(), false).unwrap();
+        remove_grant(&path, "one").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# mine\n[proxy]\n"), "{text}");
+        assert!(
+            !text.contains("[grants.one]") && text.contains("[grants.two]"),
+            "{text}"
+        );
+        let err = remove_grant(&path, "one").unwrap_err().to_string();
+        assert!(
+            err.contains("no grant named one") && err.contains("its grants are: two"),
+            "{err}"
+        );
+        let err = remove_grant(&path, "github").unwrap_err().to_string();
+        assert!(err.contains("built-in preset"), "{err}");
+        // A broken file is left as it is, with the reason.
+        std::fs::write(&path, "[grants.x]\nhosts = 1\n").unwrap();
+        assert!(remove_grant(&path, "x").is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[grants.x]\nhosts = 1\n"
+        );
     }
 
     #[test]

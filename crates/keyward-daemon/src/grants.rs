@@ -49,6 +49,11 @@ pub struct GrantConfig {
     /// this grant, e.g. `{ repository = "acme/*", ref = "refs/heads/main" }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_runner: Option<BTreeMap<String, String>>,
+    /// The hosts may name a public suffix (`com`, `*.co.uk`, `*.github.io`):
+    /// the secret then goes to every site registered under it. Refused
+    /// unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_suffix: Option<bool>,
 }
 
 /// `inject = { header = "...", format = "..." }`, `{ basic = { username = "..." } }`
@@ -122,6 +127,9 @@ pub struct Grant {
     /// Globs (claim name to pattern) a run's verified runner claims must
     /// match for the run to get this grant.
     pub require_runner: BTreeMap<String, String>,
+    /// Whether a host names a public suffix (allowed by `public_suffix =
+    /// true`, or a preset's own host).
+    pub public_suffix: bool,
 }
 
 impl Grant {
@@ -161,6 +169,7 @@ impl Grant {
                 .map(|(_, path)| path.clone())
                 .filter(|p| !p.is_empty()),
             require_runner: Some(self.require_runner.clone()),
+            public_suffix: self.public_suffix.then_some(true),
         }
     }
 
@@ -308,6 +317,7 @@ fn merge(base: Option<&GrantConfig>, over: &GrantConfig) -> GrantConfig {
         base_url_env: over.base_url_env.clone().or(base.base_url_env),
         base_url_path: over.base_url_path.clone().or(base.base_url_path),
         require_runner: over.require_runner.clone().or(base.require_runner),
+        public_suffix: over.public_suffix.or(base.public_suffix),
     }
 }
 
@@ -348,10 +358,36 @@ fn build(
             "expected at least one host pattern".to_owned(),
         ));
     }
-    let hosts = hosts
+    let parsed = hosts
         .iter()
         .map(|h| GrantHost::parse(h).map_err(|e| (key("hosts"), e)))
         .collect::<Result<Vec<_>, _>>()?;
+    // A preset's own hosts were chosen here (`*.githubusercontent.com` is
+    // GitHub's); anything else naming a public suffix needs saying so.
+    let vetted = preset
+        .or((source == GrantSource::Preset).then_some(name))
+        .and_then(|p| presets().remove(p))
+        .and_then(|p| p.hosts)
+        .unwrap_or_default();
+    let mut public_suffix = false;
+    for (text, host) in hosts.iter().zip(&parsed) {
+        let Some(suffix) = host.public_suffix() else {
+            continue;
+        };
+        public_suffix = true;
+        if !vetted.contains(text) && table.public_suffix != Some(true) {
+            return Err((
+                key("hosts"),
+                format!(
+                    "{text:?} covers every site under the public suffix {suffix}: the secret \
+                     would go to all of them; name the service's own host (e.g. \
+                     api.example.{suffix}), or set public_suffix = true in [grants.{name}] \
+                     (grant add --public-suffix) if that is really meant"
+                ),
+            ));
+        }
+    }
+    let hosts = parsed;
     let inject = injection(table.inject.as_ref()).map_err(|e| (key("inject"), e))?;
     let is_var_name = |var: &str| {
         !var.is_empty()
@@ -405,6 +441,7 @@ fn build(
         plaintext: table.plaintext.unwrap_or(false),
         substitute_body: table.substitute_body.unwrap_or(false),
         base_url: table.base_url_env.clone().map(|var| (var, base_url_path)),
+        public_suffix,
     })
 }
 
@@ -465,6 +502,52 @@ mod tests {
 
     fn table(text: &str) -> BTreeMap<String, GrantConfig> {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn hosts_naming_a_public_suffix_are_refused_unless_said() {
+        for host in [
+            "com",
+            "*.com",
+            "*.co.uk",
+            "co.uk:8443",
+            "*.github.io",
+            "*.herokuapp.com",
+        ] {
+            let text = format!(
+                "[t]\nsecret = \"vault:x\"\nhosts = [\"{host}\"]\ninject = {{ header = \"X\" }}\n"
+            );
+            let (key, message) = effective(&table(&text)).unwrap_err();
+            assert_eq!(key, "grants.t.hosts", "{host}");
+            assert!(
+                message.contains("public suffix") && message.contains("public_suffix = true"),
+                "{host}: {message}"
+            );
+            let allowed = format!("{text}public_suffix = true\n");
+            let grants = effective(&table(&allowed)).unwrap();
+            assert!(grants["t"].public_suffix, "{host}");
+            // A run that froze it thaws it again after a restart.
+            let frozen = grants["t"].frozen();
+            assert_eq!(frozen.public_suffix, Some(true));
+            assert_eq!(Grant::thaw("t", &frozen).unwrap(), grants["t"]);
+        }
+        for host in [
+            "api.example.co.uk",
+            "localhost",
+            "*.localhost",
+            "internal",
+            "*.example.com",
+        ] {
+            let text = format!(
+                "[t]\nsecret = \"vault:x\"\nhosts = [\"{host}\"]\ninject = {{ header = \"X\" }}\n"
+            );
+            let grants = effective(&table(&text)).unwrap_or_else(|e| panic!("{host}: {e:?}"));
+            assert!(!grants["t"].public_suffix, "{host}");
+        }
+        // The github preset's own *.githubusercontent.com stays as chosen,
+        // with or without an override of other fields.
+        let grants = effective(&table("[github]\nplaceholder_env = \"GH\"\n")).unwrap();
+        assert!(grants["github"].public_suffix);
     }
 
     #[test]

@@ -170,6 +170,17 @@ impl GrantHost {
         self.port.unwrap_or(default_port) == port && self.pattern.matches(host)
     }
 
+    /// The public suffix (Mozilla's list, ICANN and private sections)
+    /// this pattern names whole, if any: `com`, `*.co.uk`, `*.github.io`
+    /// (each covers every site registered under it). Names the list does
+    /// not know (`localhost`, `internal`) are not suffixes.
+    pub fn public_suffix(&self) -> Option<String> {
+        let text = self.pattern.to_string();
+        let name = text.strip_prefix("*.").unwrap_or(&text);
+        let suffix = psl::suffix(name.as_bytes())?;
+        (suffix.is_known() && suffix.as_bytes() == name.as_bytes()).then(|| name.to_owned())
+    }
+
     /// Whether `host` matches, whatever the port.
     pub fn matches_host(&self, host: &str) -> bool {
         self.pattern.matches(host)

@@ -395,6 +395,21 @@ pub enum GrantCommand {
     /// Write a grant into the config file (keeping its comments and
     /// layout), then reload the daemon if it runs.
     Add(Box<GrantAddArgs>),
+    /// Remove a grant from the config file (keeping the rest as it was),
+    /// then reload the daemon if it runs. Runs that hold the grant keep it
+    /// until they end (their authority is frozen); new runs cannot name it.
+    ///
+    /// Example: keyward grant rm staging-api
+    Rm(GrantRmArgs),
+}
+
+/// `keyward grant rm`.
+#[derive(Debug, Args)]
+pub struct GrantRmArgs {
+    /// The grant's name.
+    pub name: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +443,11 @@ pub struct GrantAddArgs {
     /// Let the secret go over plain HTTP too (default: TLS only).
     #[arg(long)]
     pub plaintext: bool,
+    /// Let a host name a public suffix (`*.co.uk`, `*.github.io`): the
+    /// secret then goes to every site registered under it. Refused
+    /// without this flag.
+    #[arg(long)]
+    pub public_suffix: bool,
     /// Swap the placeholder in request bodies too (default: headers and
     /// URL only).
     #[arg(long, requires = "placeholder_env")]

@@ -84,6 +84,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             let source = config_source(&cli)?;
             block_on(grants::add(&cli, &source, args))
         }
+        Command::Grant(GrantCommand::Rm(args)) => {
+            let source = config_source(&cli)?;
+            block_on(grants::remove(&cli, &source, args))
+        }
         Command::Eval(args) => block_on(policy_cmd::eval(&cli, args)),
         Command::Policy(cmd) => policy_cmd::policy(cmd),
         Command::Audit(cmd) => audit::audit(&cli, cmd),

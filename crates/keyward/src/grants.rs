@@ -6,12 +6,12 @@ use anyhow::Result;
 use hyper::Method;
 use keyward_api::{ClientError, GrantList, ReloadResponse};
 use keyward_daemon::config::ConfigSource;
-use keyward_daemon::config_edit::add_grant;
+use keyward_daemon::config_edit::{add_grant, remove_grant};
 use keyward_daemon::grants::{BasicConfig, GrantConfig, InjectConfig};
 use keyward_daemon::home::Home;
 use serde_json::json;
 
-use crate::cli::{Cli, GrantAddArgs};
+use crate::cli::{Cli, GrantAddArgs, GrantRmArgs};
 use crate::commands::client;
 
 pub async fn list(cli: &Cli, json: bool) -> Result<ExitCode> {
@@ -78,6 +78,7 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
         base_url_env: args.base_url_env.clone(),
         base_url_path: args.base_url_path.clone(),
         require_runner: None,
+        public_suffix: args.public_suffix.then_some(true),
     };
     if !source.explicit {
         Home::resolve(cli.home.as_deref())?.ensure_private()?;
@@ -112,6 +113,42 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
             println!("the daemon reloaded its config");
         } else {
             println!("the daemon is not running; it will use the grant when it starts");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove(cli: &Cli, source: &ConfigSource, args: &GrantRmArgs) -> Result<ExitCode> {
+    // Asked before the file is touched: a caller the daemon refuses (a
+    // process inside a run) changes nothing.
+    let daemon = client(cli)?;
+    match daemon
+        .call::<(), serde_json::Value>(Method::GET, "/v1/grants", None)
+        .await
+    {
+        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    remove_grant(&source.path, &args.name)?;
+    let reloaded = match daemon
+        .call::<(), ReloadResponse>(Method::POST, "/v1/reload", None)
+        .await
+    {
+        Ok(_) => true,
+        Err(ClientError::NotRunning { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if args.json.json {
+        println!(
+            "{}",
+            json!({"removed": args.name, "config": source.path, "daemon_reloaded": reloaded})
+        );
+    } else {
+        println!("removed grant {} from {}", args.name, source.path.display());
+        if reloaded {
+            println!(
+                "the daemon reloaded its config; runs that hold the grant keep it until they end"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -74,6 +74,50 @@ fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
     );
     assert_eq!(intranet["plaintext"], true);
     assert_eq!(intranet["substitute_body"], true);
+
+    // A host that names a public suffix is refused without the flag, and
+    // the file is left as it was; with it, the grant is written.
+    let wide = |extra: &[&str]| {
+        let mut args = vec![
+            "grant", "add", "wide", "--secret", "vault:w", "--host", "*.co.uk", "--header", "X",
+        ];
+        args.extend_from_slice(extra);
+        home.run(&args)
+    };
+    let before = std::fs::read_to_string(&path).unwrap();
+    let refused = wide(&[]);
+    assert_eq!(refused.code, 64, "{refused:?}");
+    assert!(
+        refused.stderr.contains("public suffix co.uk")
+            && refused.stderr.contains("--public-suffix"),
+        "{refused:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    let forced = wide(&["--public-suffix"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("public_suffix = true")
+    );
+
+    // `grant rm` takes a grant out of the file and the running daemon.
+    let rm = home.run(&["grant", "rm", "intranet"]);
+    assert_eq!(rm.code, 0, "{rm:?}");
+    assert!(
+        rm.stdout.contains("the daemon reloaded its config"),
+        "{rm:?}"
+    );
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(!written.contains("[grants.intranet]") && written.contains("[grants.legacy]"));
+    let list = home.run(&["grant", "list", "--json"]).stdout;
+    assert!(!list.contains("\"intranet\""), "{list}");
+    let again = home.run(&["grant", "rm", "intranet"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again.stderr.contains("no grant named intranet") && again.stderr.contains("legacy"),
+        "{again:?}"
+    );
     home.run(&["daemon", "stop"]);
 
     for (hosts, expected) in [
