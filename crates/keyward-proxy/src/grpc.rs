@@ -22,6 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{HeaderMap, Response};
+use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::scrub::Scrubber;
 
@@ -104,7 +105,9 @@ where
     parts
         .headers
         .insert("grpc-status", HeaderValue::from_static(code));
-    if let Ok(message) = HeaderValue::from_str(&percent_encode(text.trim_ascii())) {
+    if let Ok(message) =
+        HeaderValue::from_str(&percent_encode(text.trim_ascii(), GRPC_MESSAGE).to_string())
+    {
         parts.headers.insert("grpc-message", message);
     }
     Response::from_parts(parts, B::default())
@@ -112,14 +115,7 @@ where
 
 /// `grpc-message`'s encoding: bytes outside printable ASCII, and `%`,
 /// percent-encoded.
-fn percent_encode(text: &[u8]) -> String {
-    text.iter()
-        .map(|&b| match b {
-            b' '..=b'~' if b != b'%' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
 /// The message being read.
 enum Message {
@@ -519,6 +515,26 @@ mod tests {
         let mut upstream = Response::new(Full::new(Bytes::from_static(b"x")));
         *upstream.status_mut() = hyper::StatusCode::FORBIDDEN;
         assert_eq!(own_answer_as_status(upstream).await.status(), 403);
+    }
+
+    #[test]
+    fn grpc_messages_are_encoded_as_before_for_every_byte() {
+        // The encoder grpc.rs had before it used `percent-encoding`.
+        let hand_written = |text: &[u8]| -> String {
+            text.iter()
+                .map(|&b| match b {
+                    b' '..=b'~' if b != b'%' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let every_byte: Vec<u8> = (0..=u8::MAX).collect();
+        for text in [&every_byte[..], b"refused: 100% \xc3\xa9\n"] {
+            assert_eq!(
+                percent_encode(text, GRPC_MESSAGE).to_string(),
+                hand_written(text)
+            );
+        }
     }
 
     #[test]

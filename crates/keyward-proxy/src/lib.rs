@@ -22,6 +22,7 @@ mod filters;
 pub mod fuzzing;
 mod grpc;
 mod h2c;
+mod inject;
 mod limits;
 mod pipeline;
 mod proxy;
@@ -33,6 +34,7 @@ mod run_token;
 mod scrub;
 mod tunnel;
 mod websocket;
+mod workers;
 
 pub use body::ProxyBody;
 pub use ca::{CaError, CertificateAuthority, ServiceIdentity};
