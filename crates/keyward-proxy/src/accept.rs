@@ -12,19 +12,19 @@ use std::time::Duration;
 
 use base64::Engine;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::base_url;
-use crate::body::{ProxyBody, text};
+use crate::body::ProxyBody;
 use crate::events::Via;
 use crate::limits::Slot;
 use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule, proxy_auth_required};
 
 impl Proxy {
     /// Accepts connections until `shutdown` completes, then lets requests
@@ -123,9 +123,8 @@ impl Proxy {
                 let event = self.event(&run, Via::Proxy, req.method().as_str(), &target, "");
                 self.refuse(
                     event,
-                    Refusal::child(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
+                    Refusal::new(
+                        Rule::BadRequest,
                         "this is keyward's proxy: send absolute-form http:// requests or CONNECT\n"
                             .to_owned(),
                     ),
@@ -154,16 +153,4 @@ fn proxy_token(req: &Request<Incoming>) -> Option<String> {
         return text.split_once(':').map(|(_, token)| token.to_owned());
     }
     None
-}
-
-pub(crate) fn proxy_auth_required() -> Response<ProxyBody> {
-    let mut resp = text(
-        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-        "keyward's proxy needs a valid run token (Proxy-Authorization); start the program with `keyward run`\n",
-    );
-    resp.headers_mut().insert(
-        header::PROXY_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"keyward\""),
-    );
-    resp
 }

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::accept::proxy_auth_required;
 use crate::body::{ProxyBody, empty};
 use crate::context::{RunContext, Scope};
 use crate::events::Via;
@@ -21,7 +20,7 @@ use crate::h2c::Tunnel;
 use crate::limits::{Idle, Slot, Tracked};
 use crate::proxy::{Intercept, Proxy};
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule, proxy_auth_required};
 use crate::run_token::RunToken;
 
 impl Proxy {
@@ -46,11 +45,7 @@ impl Proxy {
         if authority.is_none() {
             return self.refuse(
                 event,
-                Refusal::child(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "CONNECT needs host:port\n".to_owned(),
-                ),
+                Refusal::new(Rule::BadRequest, "CONNECT needs host:port\n".to_owned()),
             );
         }
         if let Some(token) = &run.token
@@ -85,9 +80,8 @@ impl Proxy {
             Err(e) => {
                 return self.refuse(
                     event,
-                    Refusal::keyward(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "certificate_unavailable",
+                    Refusal::new(
+                        Rule::CertificateUnavailable,
                         format!("cannot mint a certificate for {}: {e}\n", target.host),
                     ),
                 );

@@ -65,36 +65,55 @@ pub(crate) fn ask_uncompressed(headers: &mut HeaderMap) {
 }
 
 /// Marks a response keyward made itself (a refusal, a 502), not the
-/// upstream's.
+/// upstream's, with the status a gRPC client gets instead.
 #[derive(Clone, Copy)]
-pub(crate) struct OwnAnswer;
+pub(crate) struct OwnAnswer(pub(crate) GrpcStatus);
+
+/// The gRPC status codes keyward answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrpcStatus {
+    Unknown,
+    PermissionDenied,
+    ResourceExhausted,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    Unauthenticated,
+}
+
+impl GrpcStatus {
+    /// The code in `grpc-status`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GrpcStatus::Unknown => "2",
+            GrpcStatus::PermissionDenied => "7",
+            GrpcStatus::ResourceExhausted => "8",
+            GrpcStatus::Unimplemented => "12",
+            GrpcStatus::Internal => "13",
+            GrpcStatus::Unavailable => "14",
+            GrpcStatus::Unauthenticated => "16",
+        }
+    }
+}
 
 /// For a gRPC request, keyward's own answer as a gRPC status: a gRPC
 /// client shows `grpc-message`, not an HTTP body, so the reason (what was
 /// refused and what to do) would otherwise be lost. A trailers-only
 /// response: HTTP 200, `grpc-status` mapped from the HTTP status as gRPC
-/// maps them, the text in `grpc-message`, `x-keyward-blocked` kept.
+/// the answer's own code (see `Rule::grpc_status`), the text in
+/// `grpc-message`, `x-keyward-blocked` kept.
 pub(crate) async fn own_answer_as_status<B>(resp: Response<B>) -> Response<B>
 where
     B: Body<Data = Bytes> + Default,
 {
     use http_body_util::BodyExt;
-    if resp.extensions().get::<OwnAnswer>().is_none() {
+    let Some(&OwnAnswer(code)) = resp.extensions().get::<OwnAnswer>() else {
         return resp;
-    }
+    };
     let (mut parts, body) = resp.into_parts();
     let text = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
-    };
-    let code: &'static str = match parts.status.as_u16() {
-        400 => "13",                         // INTERNAL
-        401 | 407 => "16",                   // UNAUTHENTICATED
-        403 => "7",                          // PERMISSION_DENIED
-        404 => "12",                         // UNIMPLEMENTED
-        413 => "8",                          // RESOURCE_EXHAUSTED
-        423 | 429 | 502 | 503 | 504 => "14", // UNAVAILABLE
-        _ => "2",                            // UNKNOWN
     };
     parts.status = hyper::StatusCode::OK;
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -104,7 +123,7 @@ where
     );
     parts
         .headers
-        .insert("grpc-status", HeaderValue::from_static(code));
+        .insert("grpc-status", HeaderValue::from_static(code.as_str()));
     if let Ok(message) =
         HeaderValue::from_str(&percent_encode(text.trim_ascii(), GRPC_MESSAGE).to_string())
     {
@@ -279,7 +298,10 @@ fn decompress(encoding: &str, data: &[u8]) -> Result<Vec<u8>, String> {
 /// Trailers that end a call keyward could not scrub: `INTERNAL` with why.
 fn refusal(message: &str) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("13"));
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from_static(GrpcStatus::Internal.as_str()),
+    );
     // grpc-message is percent-encoded; this text is ASCII without '%'.
     if let Ok(v) = HeaderValue::from_str(message) {
         trailers.insert("grpc-message", v);
@@ -499,7 +521,9 @@ mod tests {
             b"keyward refused this: 100% \xc3\xa9\n",
         )));
         *refusal.status_mut() = hyper::StatusCode::FORBIDDEN;
-        refusal.extensions_mut().insert(OwnAnswer);
+        refusal
+            .extensions_mut()
+            .insert(OwnAnswer(GrpcStatus::PermissionDenied));
         refusal
             .headers_mut()
             .insert("x-keyward-blocked", HeaderValue::from_static("rule"));

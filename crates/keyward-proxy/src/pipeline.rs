@@ -25,7 +25,7 @@ use crate::filters::upstream::{
 use crate::limits::StallLimited;
 use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::{Refusal, UPGRADE_REFUSED};
+use crate::refusal::{Refusal, Rule};
 use crate::run_token::{RunToken, is_token_in_body};
 use crate::tunnel::join_upgraded;
 
@@ -67,9 +67,8 @@ impl Proxy {
         if method == hyper::Method::CONNECT {
             return self.refuse(
                 event.take(),
-                Refusal::child(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "connect_not_here",
+                Refusal::new(
+                    Rule::ConnectNotHere,
                     "keyward refused CONNECT here: tunnels are opened on the proxy itself\n"
                         .to_owned(),
                 ),
@@ -141,15 +140,13 @@ impl Proxy {
             if !injected.is_empty() && !websocket {
                 return self.refuse(
                     event.take(),
-                    Refusal::child(
-                        StatusCode::FORBIDDEN,
-                        UPGRADE_REFUSED,
+                    Refusal::new(
+                        Rule::UpgradeRefused,
                         format!(
                             "keyward refused this upgrade to {:?}: a handshake that carries a secret may only upgrade to WebSocket, whose frames keyward scrubs\n",
                             String::from_utf8_lossy(protocol.as_bytes())
                         ),
-                    )
-                    .closing(),
+                    ),
                 );
             }
             parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -179,9 +176,8 @@ impl Proxy {
             Err(e) => {
                 return self.refuse(
                     event.take(),
-                    Refusal::child(
-                        StatusCode::BAD_REQUEST,
-                        "bad_url",
+                    Refusal::new(
+                        Rule::BadUrl,
                         format!("keyward cannot build the upstream URL: {e}\n"),
                     ),
                 );
@@ -226,9 +222,8 @@ impl Proxy {
                 event.injected.clear();
                 return self.refuse(
                     event.take(),
-                    Refusal::child(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "placeholder_body",
+                    Refusal::new(
+                        Rule::PlaceholderBody,
                         large_body_message(self.options.max_substitution_body),
                     ),
                 );
@@ -239,9 +234,8 @@ impl Proxy {
             Ok(Err(e)) if is_client_body_error(&e) => {
                 return self.refuse(
                     event.take(),
-                    Refusal::child(
-                        StatusCode::BAD_REQUEST,
-                        "client_body_aborted",
+                    Refusal::new(
+                        Rule::ClientBodyAborted,
                         "keyward: the program's request body broke off before it was complete\n"
                             .to_owned(),
                     ),
@@ -249,22 +243,20 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 let why = keyward_api::error_chain(&e);
-                event.error = Some(format!("no response: {why}"));
                 return self.refuse(
                     event.take(),
-                    Refusal::upstream(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unreachable",
+                    Refusal::new(
+                        Rule::UpstreamUnreachable,
                         format!("keyward could not reach {authority}: {why}\n"),
-                    ),
+                    )
+                    .with_cause(format!("no response: {why}")),
                 );
             }
             Err(_) => {
                 return self.refuse(
                     event.take(),
-                    Refusal::upstream(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
+                    Refusal::new(
+ Rule::UpstreamTimeout,
                         format!(
                             "keyward gave up on {authority}: no response head within proxy.response_header_timeout ({}s)\n",
                             self.options.response_header_timeout.as_secs()
@@ -294,9 +286,8 @@ impl Proxy {
                 // scrubbed: nothing of it reaches the child.
                 return self.refuse(
                     event.take(),
-                    Refusal::upstream(
-                        StatusCode::BAD_GATEWAY,
-                        UPGRADE_REFUSED,
+                    Refusal::new(
+                        Rule::UpstreamSwitchRefused,
                         format!(
                             "keyward refused {authority}'s switch to {:?}: only WebSocket is joined when frames must be scrubbed\n",
                             parts
@@ -305,8 +296,7 @@ impl Proxy {
                                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                                 .unwrap_or_default()
                         ),
-                    )
-                    .closing(),
+                    ),
                 );
             }
             let scrubber = run.scrubber.clone().filter(|_| joined_websocket);
@@ -331,15 +321,7 @@ impl Proxy {
             None => body,
             Some(scrubber) => match scrubbed_body(&authority, &mut parts, body, scrubber).await {
                 Ok(body) => body,
-                Err(refusal) => {
-                    if refusal.rule == "upstream_lost" {
-                        event.error = Some(format!(
-                            "the response body broke off: {}",
-                            refusal.message.trim_end()
-                        ));
-                    }
-                    return self.refuse(event.take(), refusal);
-                }
+                Err(refusal) => return self.refuse(event.take(), refusal),
             },
         };
         // logging: the event goes out when the body is done, with its size.

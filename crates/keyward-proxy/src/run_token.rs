@@ -15,17 +15,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use hyper::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::{HeaderMap, StatusCode};
 use secrecy::SecretString;
 
 use crate::body::BoxError;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 use crate::scrub::Scrubber;
-
-/// The rule of a request refused for carrying the run token.
-pub(crate) const RUN_TOKEN: &str = "run_token";
 
 /// How many rounds of percent-decoding are looked through (`%2561` is
 /// `%61` is `a`).
@@ -182,9 +179,8 @@ impl RunToken {
 
     /// The refusal of a request that carries the token in `place`.
     pub(crate) fn refusal(place: &str) -> Refusal {
-        Refusal::child(
-            StatusCode::FORBIDDEN,
-            RUN_TOKEN,
+        Refusal::new(
+            Rule::RunToken,
             format!(
                 "keyward refused this request: {place} carries this run's token (raw or encoded); \
                  the run token is for keyward's proxy only and never goes upstream. Nothing was sent\n"

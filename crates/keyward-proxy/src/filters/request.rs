@@ -1,14 +1,13 @@
 //! request_filter: the network rules, the policy, and the checks that
 //! decide whether a credential may go to this destination at all.
 
-use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
 use keyward_api::{Decision, EvaluateRequest, Network};
 
 use crate::context::{Credential, RunContext, Scope};
 use crate::events::PolicyDecision;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 use crate::rules::is_metadata;
 
 /// The network rules: metadata endpoints always denied; in strict mode
@@ -16,18 +15,16 @@ use crate::rules::is_metadata;
 pub(crate) fn network_check(run: &RunContext, target: &Target) -> Result<(), Refusal> {
     let (host, port) = (&target.host, target.port);
     if is_metadata(host) {
-        return Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            "network.metadata",
+        return Err(Refusal::new(
+            Rule::NetworkMetadata,
             format!(
                 "keyward blocked {host}: cloud metadata endpoints are always denied (they hand out credentials)\n"
             ),
         ));
     }
     if run.network == Network::Strict && !run.names_host(host, port) {
-        return Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            "network.strict",
+        return Err(Refusal::new(
+            Rule::NetworkStrict,
             format!(
                 "keyward blocked {host}:{port}: this run is in strict network mode and {host} is not allowed; \
                  rerun with `--allow {host}` or add a grant for it\n"
@@ -87,18 +84,16 @@ pub(crate) fn policy_check(
     };
     let outcome = match decision {
         Decision::Allow => Ok(()),
-        Decision::Block => Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            rule_id,
+        Decision::Block => Err(Refusal::new(
+            Rule::Policy(rule_id.to_owned()),
             format!(
                 "keyward blocked {method} {host}{path}: policy {} rule {rule_id}: {}\n",
                 policy.id(),
                 verdict.rule.reason
             ),
         )),
-        Decision::RequireApproval => Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            rule_id,
+        Decision::RequireApproval => Err(Refusal::new(
+            Rule::Policy(rule_id.to_owned()),
             format!(
                 "keyward blocked {method} {host}{path}: policy {} rule {rule_id} requires approval{}: {}\n",
                 policy.id(),
@@ -139,13 +134,12 @@ pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec
         .iter()
         .find(|w| w.hosts.iter().any(|h| h.matches(host, port, tls)))
     {
-        let (status, rule) = if w.sealed {
-            (StatusCode::LOCKED, "vault_sealed")
+        let rule = if w.sealed {
+            Rule::VaultSealed
         } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "secret_unavailable")
+            Rule::SecretUnavailable
         };
-        return Err(Refusal::keyward(
-            status,
+        return Err(Refusal::new(
             rule,
             format!(
                 "keyward did not send this request: the secret of grant {} is unavailable ({}); \
@@ -164,9 +158,8 @@ pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec
 
 /// A refusal of a request that would carry a grant's secret in clear.
 fn plaintext_refused(cred: &Credential, host: &str, port: u16) -> Refusal {
-    Refusal::child(
-        StatusCode::FORBIDDEN,
-        "plaintext_refused",
+    Refusal::new(
+        Rule::PlaintextRefused,
         format!(
             "keyward refused to send grant {}'s secret to {host}:{port} unencrypted; use https://, \
              or set `plaintext = true` in [grants.{}] if this host only speaks plain HTTP\n",
@@ -205,9 +198,8 @@ pub(crate) fn authority_check(
     );
     for name in claimed {
         if !names_target(name) {
-            return Err(Refusal::child(
-                StatusCode::FORBIDDEN,
-                "host_mismatch",
+            return Err(Refusal::new(
+                Rule::HostMismatch,
                 format!(
                     "keyward refused this request: it goes to {host}:{port}, where a grant's secret is injected, \
                      but names {:?} as its host; send it with the host it is addressed to\n",

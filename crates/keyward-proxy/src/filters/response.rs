@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::StatusCode;
 use hyper::body::Frame;
 use hyper::header::{self, HeaderName, HeaderValue};
 
 use crate::body::{Frames, ProxyBody, frames_len};
 use crate::decode::{Decoded, decoders_for};
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 use crate::scrub::{Scrubbed, Scrubber};
 
 /// Responses of a run that holds secrets, uncompressed, up to this size
@@ -62,11 +61,9 @@ pub(crate) async fn scrubbed_body(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n <= SCRUB_IN_ONE_PIECE) && declared == body.size_hint().exact() {
         let collected = body.collect().await.map_err(|e| {
-            Refusal::upstream(
-                StatusCode::BAD_GATEWAY,
-                "upstream_lost",
-                format!("keyward lost the response of {authority}: {e}\n"),
-            )
+            let lost = format!("keyward lost the response of {authority}: {e}");
+            Refusal::new(Rule::UpstreamLost, format!("{lost}\n"))
+                .with_cause(format!("the response body broke off: {}", lost.trim_end()))
         })?;
         let trailers = collected.trailers().cloned();
         let whole = collected.to_bytes();
@@ -102,9 +99,8 @@ pub(crate) async fn scrubbed_body(
 /// A response in a `Content-Encoding` the proxy cannot decode: refused
 /// rather than sent unscrubbed.
 fn unknown_encoding(authority: &str, coding: &str) -> Refusal {
-    Refusal::upstream(
-        StatusCode::BAD_GATEWAY,
-        "unknown_encoding",
+    Refusal::new(
+        Rule::UnknownEncoding,
         format!(
             "keyward refused {authority}'s response: it is encoded with {coding:?}, which keyward cannot decode to scrub \
              (it decodes gzip, deflate, br and zstd, and asks a grant's hosts for identity)\n"

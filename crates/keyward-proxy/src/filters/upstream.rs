@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
@@ -18,7 +17,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::context::{RunContext, Scope};
 use crate::inject::{replace_bytes, replace_in_headers, set_query_param};
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 use crate::rules::Injection;
 use crate::run_token::{RunToken, TokenGuard};
 
@@ -48,9 +47,8 @@ pub(crate) fn inject<'r>(
             continue;
         }
         if *scope != Scope::Allowed {
-            return Err(Refusal::child(
-                StatusCode::FORBIDDEN,
-                "placeholder_wrong_host",
+            return Err(Refusal::new(
+                Rule::PlaceholderWrongHost,
                 format!(
                     "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {}:{}\n",
                     cred.grant, target.host, target.port
@@ -142,9 +140,8 @@ pub(crate) async fn request_body<'r>(
                 }
             }
             Some(Err(e)) => {
-                return Err(Refusal::child(
-                    StatusCode::BAD_REQUEST,
-                    "request_body_unreadable",
+                return Err(Refusal::new(
+                    Rule::RequestBodyUnreadable,
                     format!("keyward could not read the request body: {e}\n"),
                 ));
             }
@@ -178,9 +175,8 @@ pub(crate) async fn request_body<'r>(
             continue;
         }
         if *scope != Scope::Allowed {
-            return Err(Refusal::child(
-                StatusCode::FORBIDDEN,
-                "placeholder_wrong_host",
+            return Err(Refusal::new(
+                Rule::PlaceholderWrongHost,
                 format!(
                     "keyward refused this request: its body carries the placeholder of grant {}, whose secret may not go to {host}\n",
                     cred.grant
