@@ -18,15 +18,12 @@ use crate::context::{RunContext, Scope};
 use crate::events::{EgressEvent, Metered, Via};
 use crate::filters::request::{authority_check, credential_scopes, network_check, policy_check};
 use crate::filters::response::{scrub_reason_phrase, scrubbed_body};
-use crate::filters::upstream::{
-    inject, is_client_body_error, is_large_body_refusal, large_body_message, request_body,
-    strip_hop_by_hop,
-};
+use crate::filters::upstream::{inject, request_body, strip_hop_by_hop};
 use crate::limits::StallLimited;
 use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::{Refusal, Rule};
-use crate::run_token::{RunToken, is_token_in_body};
+use crate::refusal::{Refusal, RefusedBody, Rule};
+use crate::run_token::RunToken;
 use crate::tunnel::join_upgraded;
 
 impl Proxy {
@@ -218,30 +215,16 @@ impl Proxy {
         );
         let resp = match sent.await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) if is_large_body_refusal(&e) => {
-                event.injected.clear();
-                return self.refuse(
-                    event.take(),
-                    Refusal::new(
-                        Rule::PlaceholderBody,
-                        large_body_message(self.options.max_substitution_body),
-                    ),
-                );
-            }
-            Ok(Err(e)) if is_token_in_body(&e) => {
-                return self.refuse(event.take(), RunToken::refusal("the request body"));
-            }
-            Ok(Err(e)) if is_client_body_error(&e) => {
-                return self.refuse(
-                    event.take(),
-                    Refusal::new(
-                        Rule::ClientBodyAborted,
-                        "keyward: the program's request body broke off before it was complete\n"
-                            .to_owned(),
-                    ),
-                );
-            }
             Ok(Err(e)) => {
+                if let Some(refusal) = RefusedBody::in_chain(&e) {
+                    if refusal.rule == Rule::PlaceholderBody {
+                        // Recorded with no grant, as this refusal always
+                        // has been, although the head went out with any
+                        // injected header.
+                        event.injected.clear();
+                    }
+                    return self.refuse(event.take(), refusal.clone());
+                }
                 let why = keyward_api::error_chain(&e);
                 return self.refuse(
                     event.take(),

@@ -9,7 +9,7 @@
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use crate::body::{ProxyBody, text};
+use crate::body::{BoxError, ProxyBody, text};
 use crate::grpc::{GrpcStatus, OwnAnswer};
 
 /// Whose doing a refusal is.
@@ -289,6 +289,64 @@ impl Refusal {
     }
 }
 
+/// A request body that failed on purpose while it streamed upstream (a
+/// placeholder or the run token in it, or the client broke off), carrying
+/// its refusal: the upstream client fails the exchange with an error whose
+/// sources hold this, and the exchange answers with the refusal rather
+/// than as an unreachable upstream.
+#[derive(Debug)]
+pub(crate) struct RefusedBody {
+    refusal: Refusal,
+    source: Option<BoxError>,
+}
+
+impl RefusedBody {
+    pub(crate) fn new(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            source: None,
+        }
+    }
+
+    /// A body refused because reading it failed with `source`.
+    pub(crate) fn caused_by(refusal: Refusal, source: impl Into<BoxError>) -> Self {
+        Self {
+            refusal,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The refusal somewhere in `e`'s chain of sources, if any.
+    pub(crate) fn in_chain<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e Refusal> {
+        let mut current = Some(e);
+        while let Some(err) = current {
+            if let Some(refused) = err.downcast_ref::<RefusedBody>() {
+                return Some(&refused.refusal);
+            }
+            current = err.source();
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for RefusedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.refusal.message.trim_end())?;
+        match &self.source {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for RefusedBody {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 /// The answer to a request without a valid run token: not a refusal of
 /// the run's (there is no run to record it for).
 pub(crate) fn proxy_auth_required() -> Response<ProxyBody> {
@@ -341,6 +399,65 @@ mod tests {
             Rule::BrokerNoHost,
             Rule::BrokerHostNotGranted,
         ]
+    }
+
+    /// A request body that yields `sent`, then fails with `refused`.
+    struct FailingBody {
+        sent: Option<bytes::Bytes>,
+        refused: Option<RefusedBody>,
+    }
+
+    impl hyper::body::Body for FailingBody {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+            let next = match self.sent.take() {
+                Some(data) => Some(Ok(hyper::body::Frame::data(data))),
+                None => self.refused.take().map(|r| Err(Box::new(r) as BoxError)),
+            };
+            std::task::Poll::Ready(next)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upstream_client_fails_with_the_refusal_a_body_carries() {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc =
+                hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(Response::new(crate::body::empty()))
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+        let client = crate::resolve::build_client(
+            rustls::RootCertStore::empty(),
+            &crate::proxy::ProxyOptions::default(),
+            false,
+        );
+        let body = FailingBody {
+            sent: Some(bytes::Bytes::from_static(b"the start of an upload")),
+            refused: Some(RefusedBody::new(Refusal::new(
+                Rule::PlaceholderBody,
+                "too large\n".to_owned(),
+            ))),
+        };
+        let req = hyper::Request::post(format!("http://127.0.0.1:{port}/"))
+            .body(body.boxed())
+            .unwrap();
+        let e = client.request(req).await.expect_err("the upload failed");
+        let refusal = RefusedBody::in_chain(&e).expect("the refusal is in the chain");
+        assert_eq!(refusal.rule, Rule::PlaceholderBody);
+        assert_eq!(refusal.message, "too large\n");
     }
 
     #[test]

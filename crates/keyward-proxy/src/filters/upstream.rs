@@ -17,7 +17,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::context::{RunContext, Scope};
 use crate::inject::{replace_bytes, replace_in_headers, set_query_param};
 use crate::record::Target;
-use crate::refusal::{Refusal, Rule};
+use crate::refusal::{Refusal, RefusedBody, Rule};
 use crate::rules::Injection;
 use crate::run_token::{RunToken, TokenGuard};
 
@@ -101,33 +101,25 @@ pub(crate) async fn request_body<'r>(
     };
     // gRPC messages are never buffered nor swapped in: see grpc.rs.
     if body.is_end_stream() {
-        return Ok((
-            body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
-                .boxed(),
-            Vec::new(),
-        ));
+        return Ok((from_client(body), Vec::new()));
     }
-    let body_of = |body: Incoming| {
-        body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
-            .boxed()
-    };
     if crate::grpc::is_grpc(&parts.headers) {
         // Message by message, lengths kept: the token is masked in each
         // message (as secrets are in responses), which goes on as soon as
         // it is complete, so streaming calls stay streaming.
         let body = match &run.token {
             Some(token) => crate::grpc::GrpcScrubbed::new(
-                body_of(body),
+                from_client(body),
                 &parts.headers,
                 token.scrubber().clone(),
             )
             .boxed(),
-            None => body_of(body),
+            None => from_client(body),
         };
         return Ok((body, Vec::new()));
     }
     if run.body_placeholders.is_empty() {
-        return Ok((guard(body_of(body)), Vec::new()));
+        return Ok((guard(from_client(body)), Vec::new()));
     }
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
@@ -156,7 +148,12 @@ pub(crate) async fn request_body<'r>(
         // placeholder appears, before its last byte leaves.
         let prefix = buf.freeze();
         // The length is unchanged: nothing is substituted on this path.
-        let guarded = Guarded::new(prefix, body, run.body_placeholders.clone());
+        let guarded = Guarded::new(
+            prefix,
+            body,
+            run.body_placeholders.clone(),
+            max_substitution_body,
+        );
         return Ok((guard(guarded.boxed()), Vec::new()));
     }
     if run.token.as_ref().is_some_and(|t| t.finds(&buf)) {
@@ -203,63 +200,29 @@ pub(crate) async fn request_body<'r>(
     ))
 }
 
-/// An error reading the client's request body while it streams upstream
-/// (the program broke off): its doing, not the upstream's.
-#[derive(Debug)]
-struct ClientBodyError(hyper::Error);
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the client's request body: {}", self.0)
-    }
+/// The client's request body as it streams upstream, failing (when the
+/// program breaks off) with the refusal that makes it the client's doing,
+/// not the upstream's.
+fn from_client(body: Incoming) -> ProxyBody {
+    body.map_err(|e| Box::new(client_broke_off(e)) as BoxError)
+        .boxed()
 }
 
-impl std::error::Error for ClientBodyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
+fn client_broke_off(e: hyper::Error) -> RefusedBody {
+    RefusedBody::caused_by(
+        Refusal::new(
+            Rule::ClientBodyAborted,
+            "keyward: the program's request body broke off before it was complete\n".to_owned(),
+        ),
+        e,
+    )
 }
 
-/// Whether an upstream exchange failed because the client's body did.
-pub(crate) fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<ClientBodyError>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
-}
-
-pub(crate) fn large_body_message(max: usize) -> String {
+fn large_body_message(max: usize) -> String {
     format!(
         "keyward refused this request: its body is over proxy.max_substitution_body ({max} bytes) and \
          carries a placeholder, which would have been sent unreplaced; send a smaller body or raise the limit\n"
     )
-}
-
-/// The error a [`Guarded`] body fails with.
-#[derive(Debug)]
-struct PlaceholderInLargeBody;
-
-impl std::fmt::Display for PlaceholderInLargeBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a placeholder in a request body over proxy.max_substitution_body")
-    }
-}
-
-impl std::error::Error for PlaceholderInLargeBody {}
-
-pub(crate) fn is_large_body_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<PlaceholderInLargeBody>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
 }
 
 /// Streams a large request body, failing it if a placeholder appears; a
@@ -271,11 +234,13 @@ struct Guarded {
     needles: Arc<Vec<Vec<u8>>>,
     carry: Vec<u8>,
     keep: usize,
+    /// `proxy.max_substitution_body`, which the refusal names.
+    max: usize,
     done: bool,
 }
 
 impl Guarded {
-    fn new(prefix: Bytes, inner: Incoming, needles: Arc<Vec<Vec<u8>>>) -> Self {
+    fn new(prefix: Bytes, inner: Incoming, needles: Arc<Vec<Vec<u8>>>, max: usize) -> Self {
         let keep = needles
             .iter()
             .map(Vec::len)
@@ -288,6 +253,7 @@ impl Guarded {
             needles,
             carry: Vec::new(),
             keep,
+            max,
             done: false,
         }
     }
@@ -300,7 +266,10 @@ impl Guarded {
             .iter()
             .any(|n| buf.windows(n.len()).any(|w| w == n.as_slice()))
         {
-            return Err(Box::new(PlaceholderInLargeBody));
+            return Err(Box::new(RefusedBody::new(Refusal::new(
+                Rule::PlaceholderBody,
+                large_body_message(self.max),
+            ))));
         }
         let split = buf.len().saturating_sub(self.keep);
         self.carry = buf.split_off(split);
@@ -337,7 +306,7 @@ impl hyper::body::Body for Guarded {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => this.done = true,
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))));
+                    return Poll::Ready(Some(Err(Box::new(client_broke_off(e)))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
