@@ -17,6 +17,7 @@ mod connect;
 mod context;
 mod decode;
 mod events;
+mod exchange;
 mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,6 +29,7 @@ mod pipeline;
 mod proxy;
 mod record;
 mod refusal;
+mod request_ctx;
 mod resolve;
 mod rules;
 mod run_token;

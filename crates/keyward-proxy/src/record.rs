@@ -56,8 +56,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// The event, to be recorded by whoever takes it.
-    pub(crate) fn take(mut self) -> EgressEvent {
+    /// The event, to be recorded by whoever takes it (once).
+    pub(crate) fn take(&mut self) -> EgressEvent {
         self.event.take().expect("a pending event is taken once")
     }
 }

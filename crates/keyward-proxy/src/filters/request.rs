@@ -1,14 +1,60 @@
 //! request_filter: the network rules, the policy, and the checks that
 //! decide whether a credential may go to this destination at all.
 
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request};
 use keyward_api::{Decision, EvaluateRequest, Network};
 
 use crate::context::{Credential, RunContext, Scope};
 use crate::events::PolicyDecision;
+use crate::proxy::Proxy;
 use crate::record::Target;
 use crate::refusal::{Refusal, Rule};
+use crate::request_ctx::RequestCtx;
 use crate::rules::is_metadata;
+use crate::run_token::RunToken;
+
+/// Whether the request may go at all: the run token never goes upstream,
+/// a CONNECT here is refused, then the network rules, the policy, the
+/// evidence log's room, and where each credential may go (which sets
+/// `ctx.scopes`). The request comes back in parts for the upstream filter.
+pub(crate) fn filter(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx<'_>,
+    req: Request<Incoming>,
+) -> Result<(Parts, Incoming), Refusal> {
+    let (run, target) = (ctx.run, ctx.target);
+    // Not in the method, the host, the URL or a header (its body is
+    // guarded as it streams).
+    if let Some(token) = &run.token
+        && let Some(place) = token.in_request(req.method(), target, req.uri(), req.headers())
+    {
+        return Err(RunToken::refusal(&place));
+    }
+    // Here means inside an intercepted tunnel, on a broker stream or to a
+    // base URL: a raw tunnel from a place that already is one.
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::new(
+            Rule::ConnectNotHere,
+            "keyward refused CONNECT here: tunnels are opened on the proxy itself\n".to_owned(),
+        ));
+    }
+    network_check(run, target)?;
+    let (decision, verdict) = policy_check(run, req.method().as_str(), target, req.uri().path());
+    ctx.event.decision = decision;
+    verdict?;
+    if let Some(refusal) = proxy.unrecordable(&ctx.event) {
+        return Err(refusal);
+    }
+    ctx.scopes = credential_scopes(run, target)?;
+    let (parts, body) = req.into_parts();
+    if ctx.scopes.contains(&Scope::Allowed) {
+        authority_check(&parts, target)?;
+    }
+    Ok((parts, body))
+}
 
 /// The network rules: metadata endpoints always denied; in strict mode
 /// only hosts the run names.
@@ -114,7 +160,7 @@ pub(crate) fn policy_check(
 /// credential for this destination that may not go in clear refuses the
 /// request, and so does a grant for it whose secret is unavailable now
 /// (rather than sending the request without it).
-pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec<Scope>, Refusal> {
+fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec<Scope>, Refusal> {
     let (host, port, tls) = (&target.host, target.port, target.tls);
     let scopes: Vec<Scope> = run
         .credentials
@@ -171,10 +217,7 @@ fn plaintext_refused(cred: &Credential, host: &str, port: u16) -> Refusal {
 /// The request's `Host` and URI authority (`:authority` in HTTP/2) must
 /// name the destination the grant matched: a front end that routes by
 /// `Host` would otherwise take the secret to another tenant.
-pub(crate) fn authority_check(
-    parts: &hyper::http::request::Parts,
-    target: &Target,
-) -> Result<(), Refusal> {
+fn authority_check(parts: &Parts, target: &Target) -> Result<(), Refusal> {
     let (host, port) = (&target.host, target.port);
     let names_target = |claimed: &[u8]| {
         let Ok(authority) = hyper::http::uri::Authority::try_from(claimed) else {

@@ -11,21 +11,129 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Uri};
 use secrecy::ExposeSecret;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::context::{RunContext, Scope};
 use crate::inject::{replace_bytes, replace_in_headers, set_query_param};
+use crate::proxy::Proxy;
 use crate::record::Target;
 use crate::refusal::{Refusal, RefusedBody, Rule};
+use crate::request_ctx::RequestCtx;
 use crate::rules::Injection;
 use crate::run_token::{RunToken, TokenGuard};
+
+/// The request as it goes upstream: hop-by-hop headers out, secrets in
+/// where their grants allow (which sets `ctx.injected` and the record's
+/// `injected`), the upstream URL, and the body (placeholders swapped, the
+/// run token guarded).
+pub(crate) async fn filter(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx<'_>,
+    mut parts: Parts,
+    body: Incoming,
+) -> Result<Request<ProxyBody>, Refusal> {
+    let (run, target) = (ctx.run, ctx.target);
+    // Hop-by-hop headers go first, so a `Connection` header cannot name
+    // (and so remove) what is injected.
+    strip_hop_by_hop(&mut parts.headers);
+    if ctx.scopes.contains(&Scope::Allowed) {
+        // The destination's own spelling of its name, whatever case,
+        // trailing dots or leading zeros the client used: a front end
+        // routing on the exact Host string sees the grant's host.
+        parts.headers.remove(header::HOST);
+    }
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    ctx.injected = swap_and_inject(
+        run,
+        &ctx.scopes,
+        target,
+        &mut parts.headers,
+        &mut path_and_query,
+    )?;
+    // Toward a grant's host, ask for an uncompressed response: it is
+    // scrubbed as it streams, without decoding.
+    if run
+        .credentials
+        .iter()
+        .any(|c| c.names(&target.host, target.port))
+    {
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    if run.scrubber.is_some() && crate::grpc::is_grpc(&parts.headers) {
+        crate::grpc::ask_uncompressed(&mut parts.headers);
+    }
+    ask_to_switch(ctx, &mut parts.headers)?;
+    // The upstream connection negotiates its own version (ALPN); the
+    // client's (h2 or HTTP/1.1 with the proxy) does not carry over.
+    parts.version = hyper::Version::HTTP_11;
+    parts.uri = Uri::builder()
+        .scheme(target.scheme())
+        .authority(ctx.authority.as_str())
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|e| {
+            Refusal::new(
+                Rule::BadUrl,
+                format!("keyward cannot build the upstream URL: {e}\n"),
+            )
+        })?;
+    let (body, body_injected) = request_body(
+        run,
+        &ctx.scopes,
+        &target.host,
+        proxy.options.max_substitution_body,
+        &mut parts,
+        body,
+    )
+    .await?;
+    for grant in body_injected {
+        if !ctx.injected.contains(&grant) {
+            ctx.injected.push(grant);
+        }
+    }
+    ctx.event.injected = ctx.injected.iter().map(|g| (*g).to_owned()).collect();
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Passes on a request to switch protocols. One that carries a secret may
+/// switch only to WebSocket, whose frames keyward scrubs.
+fn ask_to_switch(ctx: &RequestCtx<'_>, headers: &mut hyper::HeaderMap) -> Result<(), Refusal> {
+    let upgrade = &ctx.upgrade;
+    if let Some(protocol) = &upgrade.protocol {
+        if !ctx.injected.is_empty() && !upgrade.websocket {
+            return Err(Refusal::new(
+                Rule::UpgradeRefused,
+                format!(
+                    "keyward refused this upgrade to {:?}: a handshake that carries a secret may only upgrade to WebSocket, whose frames keyward scrubs\n",
+                    String::from_utf8_lossy(protocol.as_bytes())
+                ),
+            ));
+        }
+        headers.insert(header::UPGRADE, protocol.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if upgrade.scrub_frames {
+        // Compressed frames could not be scrubbed.
+        headers.remove("sec-websocket-extensions");
+    }
+    Ok(())
+}
 
 /// Swaps the placeholders in the request's headers and URL for the
 /// secrets of the grants that may go to `target`, and injects those
 /// grants' credentials. A placeholder of a grant that may not go there
 /// refuses the request. Returns the grants whose secrets went in.
-pub(crate) fn inject<'r>(
+fn swap_and_inject<'r>(
     run: &'r RunContext,
     scopes: &[Scope],
     target: &Target,
@@ -84,12 +192,12 @@ pub(crate) fn inject<'r>(
 /// placeholder of any other (403); refuse a placeholder in a body too
 /// large to buffer (413, when the upload reaches it). Bodiless requests
 /// and runs without such grants pass through untouched.
-pub(crate) async fn request_body<'r>(
+async fn request_body<'r>(
     run: &'r RunContext,
     scopes: &[Scope],
     host: &str,
     max_substitution_body: usize,
-    parts: &mut hyper::http::request::Parts,
+    parts: &mut Parts,
     body: Incoming,
 ) -> Result<(ProxyBody, Vec<&'r str>), Refusal> {
     use hyper::body::Body as _;
