@@ -64,8 +64,9 @@ pub(crate) fn ask_uncompressed(headers: &mut HeaderMap) {
     headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
 }
 
-/// Marks a response keyward made itself (a refusal, a 502), not the
-/// upstream's, with the status a gRPC client gets instead.
+/// Marks a response keyward made itself (a refusal, a 407 for a run that
+/// is gone), not the upstream's, with the status a gRPC client gets
+/// instead.
 #[derive(Clone, Copy)]
 pub(crate) struct OwnAnswer(pub(crate) GrpcStatus);
 
@@ -99,9 +100,9 @@ impl GrpcStatus {
 /// For a gRPC request, keyward's own answer as a gRPC status: a gRPC
 /// client shows `grpc-message`, not an HTTP body, so the reason (what was
 /// refused and what to do) would otherwise be lost. A trailers-only
-/// response: HTTP 200, `grpc-status` mapped from the HTTP status as gRPC
-/// the answer's own code (see `Rule::grpc_status`), the text in
-/// `grpc-message`, `x-keyward-blocked` kept.
+/// response: HTTP 200, `grpc-status` the answer's own code (see
+/// `Rule::grpc_status`), the text in `grpc-message`, `x-keyward-blocked`
+/// kept.
 pub(crate) async fn own_answer_as_status<B>(resp: Response<B>) -> Response<B>
 where
     B: Body<Data = Bytes> + Default,

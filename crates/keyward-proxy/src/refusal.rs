@@ -483,6 +483,60 @@ mod tests {
     }
 
     #[test]
+    fn each_rule_answers_with_the_word_and_status_clients_know() {
+        // Scripts, tests and the README match these words and statuses.
+        let known = [
+            (Rule::RunToken, "run_token", 403),
+            (Rule::ConnectNotHere, "connect_not_here", 405),
+            (Rule::NetworkMetadata, "network.metadata", 403),
+            (Rule::NetworkStrict, "network.strict", 403),
+            (
+                Rule::Policy("git.push.main".to_owned()),
+                "git.push.main",
+                403,
+            ),
+            (Rule::VaultSealed, "vault_sealed", 423),
+            (Rule::SecretUnavailable, "secret_unavailable", 503),
+            (Rule::PlaintextRefused, "plaintext_refused", 403),
+            (Rule::HostMismatch, "host_mismatch", 403),
+            (Rule::PlaceholderWrongHost, "placeholder_wrong_host", 403),
+            (Rule::RequestBodyUnreadable, "request_body_unreadable", 400),
+            (Rule::PlaceholderBody, "placeholder_body", 413),
+            (Rule::ClientBodyAborted, "client_body_aborted", 400),
+            (Rule::BadRequest, "bad_request", 400),
+            (Rule::BadUrl, "bad_url", 400),
+            (Rule::UpgradeRefused, "upgrade_refused", 403),
+            (Rule::UpstreamSwitchRefused, "upgrade_refused", 502),
+            (Rule::UpstreamUnresolved, "upstream_unresolved", 502),
+            (Rule::UpstreamUnreachable, "upstream_unreachable", 502),
+            (Rule::UpstreamTimeout, "upstream_timeout", 504),
+            (Rule::UpstreamLost, "upstream_lost", 502),
+            (Rule::UnknownEncoding, "unknown_encoding", 502),
+            (Rule::EvidenceUnavailable, "evidence_unavailable", 503),
+            (Rule::CertificateUnavailable, "certificate_unavailable", 500),
+            (Rule::BaseUrlUnknownGrant, "base_url.unknown_grant", 404),
+            (
+                Rule::BrokerUpgradeUnsupported,
+                "broker.upgrade_unsupported",
+                501,
+            ),
+            (Rule::BrokerNoHost, "broker.no_host", 400),
+            (Rule::BrokerHostNotGranted, "broker.host_not_granted", 403),
+        ];
+        assert_eq!(known.len(), every_rule().len());
+        for (rule, word, status) in known {
+            let resp = Refusal::new(rule.clone(), "why\n".to_owned()).response();
+            assert_eq!(resp.status().as_u16(), status, "{rule:?}");
+            assert_eq!(resp.headers()["x-keyward-blocked"], word, "{rule:?}");
+            assert_eq!(
+                resp.headers().contains_key(header::CONNECTION),
+                word == "upgrade_refused",
+                "{rule:?}"
+            );
+        }
+    }
+
+    #[test]
     fn only_upstreams_and_keyward_answer_for_their_failures() {
         for rule in every_rule() {
             let expected = match rule.status().as_u16() {
