@@ -13,7 +13,7 @@ use crate::body::{ProxyBody, text};
 use crate::events::Via;
 use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 
 /// Where base-URL endpoints live on the proxy's port.
 pub(crate) const PREFIX: &str = "/r/";
@@ -81,9 +81,8 @@ impl Proxy {
             };
             return self.refuse(
                 event,
-                Refusal::child(
-                    StatusCode::NOT_FOUND,
-                    "base_url.unknown_grant",
+                Refusal::new(
+                    Rule::BaseUrlUnknownGrant,
                     format!(
                         "keyward: grant {:?} {why}, so it has no base-URL endpoint\n",
                         endpoint.grant
@@ -105,9 +104,8 @@ impl Proxy {
             let event = self.event(&run, Via::BaseUrl, req.method().as_str(), &target, "");
             return self.refuse(
                 event,
-                Refusal::child(
-                    StatusCode::BAD_REQUEST,
-                    "bad_url",
+                Refusal::new(
+                    Rule::BadUrl,
                     "keyward cannot forward this path\n".to_owned(),
                 ),
             );

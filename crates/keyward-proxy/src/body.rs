@@ -31,7 +31,6 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    resp.extensions_mut().insert(crate::grpc::OwnAnswer);
     resp
 }
 

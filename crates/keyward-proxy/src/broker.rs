@@ -20,7 +20,7 @@ use crate::context::RunContext;
 use crate::events::Via;
 use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 
 impl Proxy {
     /// Takes one broker stream of the run holding `token` and serves it in
@@ -107,9 +107,8 @@ impl Proxy {
                 run,
                 &req,
                 &Target::none(),
-                Refusal::child(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "broker.upgrade_unsupported",
+                Refusal::new(
+                    Rule::BrokerUpgradeUnsupported,
                     "keyward: broker streams carry plain HTTP/1.1 requests; upgrades (WebSocket) \
                      are not supported on them yet: use the proxy for WebSocket\n"
                         .to_owned(),
@@ -149,9 +148,8 @@ impl Proxy {
                             self.event(run, Via::Broker, req.method().as_str(), &target, "");
                         return self.refuse(
                             event,
-                            Refusal::child(
-                                StatusCode::BAD_REQUEST,
-                                "broker.no_host",
+                            Refusal::new(
+ Rule::BrokerNoHost,
                                 "keyward: send a Host header naming one of the run's grant hosts \
                                  (the run has more than one grant, or its grant names only wildcards)\n"
                                     .to_owned(),
@@ -173,9 +171,8 @@ impl Proxy {
                 run,
                 &req,
                 &target,
-                Refusal::child(
-                    StatusCode::FORBIDDEN,
-                    "broker.host_not_granted",
+                Refusal::new(
+ Rule::BrokerHostNotGranted,
                     format!(
                         "keyward: the broker reaches only the hosts of the run's grants, and {}:{} is none of them\n",
                         target.host, target.port

@@ -11,7 +11,7 @@ use keyward_api::Network;
 use keyward_policy::Policy;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::filters::upstream::injected_header;
+use crate::inject::injected_header;
 use crate::rules::{AllowRule, GrantHost, Injection};
 use crate::run_token::RunToken;
 use crate::scrub::Scrubber;

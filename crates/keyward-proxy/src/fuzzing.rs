@@ -21,17 +21,17 @@ where
 /// `hay` with every `placeholder` swapped for `secret`, as request bodies
 /// are substituted.
 pub fn substitute_body(hay: &[u8], placeholder: &[u8], secret: &[u8]) -> Vec<u8> {
-    crate::filters::upstream::replace_bytes(hay, placeholder, secret)
+    crate::inject::replace_bytes(hay, placeholder, secret)
 }
 
 /// Swaps `placeholder` for `secret` in every header value, as the request
 /// path does.
 pub fn substitute_headers(headers: &mut HeaderMap, placeholder: &[u8], secret: &[u8]) {
-    crate::filters::upstream::replace_in_headers(headers, placeholder, secret);
+    crate::inject::replace_in_headers(headers, placeholder, secret);
 }
 
 /// `path_and_query` with `param` set to `value` (percent-encoded), as query
 /// injection does.
 pub fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
-    crate::filters::upstream::set_query_param(path_and_query, param, value)
+    crate::inject::set_query_param(path_and_query, param, value)
 }

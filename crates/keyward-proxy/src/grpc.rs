@@ -22,6 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{HeaderMap, Response};
+use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::scrub::Scrubber;
 
@@ -63,37 +64,57 @@ pub(crate) fn ask_uncompressed(headers: &mut HeaderMap) {
     headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
 }
 
-/// Marks a response keyward made itself (a refusal, a 502), not the
-/// upstream's.
+/// Marks a response keyward made itself (a refusal, a 407 for a run that
+/// is gone), not the upstream's, with the status a gRPC client gets
+/// instead.
 #[derive(Clone, Copy)]
-pub(crate) struct OwnAnswer;
+pub(crate) struct OwnAnswer(pub(crate) GrpcStatus);
+
+/// The gRPC status codes keyward answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrpcStatus {
+    Unknown,
+    PermissionDenied,
+    ResourceExhausted,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    Unauthenticated,
+}
+
+impl GrpcStatus {
+    /// The code in `grpc-status`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GrpcStatus::Unknown => "2",
+            GrpcStatus::PermissionDenied => "7",
+            GrpcStatus::ResourceExhausted => "8",
+            GrpcStatus::Unimplemented => "12",
+            GrpcStatus::Internal => "13",
+            GrpcStatus::Unavailable => "14",
+            GrpcStatus::Unauthenticated => "16",
+        }
+    }
+}
 
 /// For a gRPC request, keyward's own answer as a gRPC status: a gRPC
 /// client shows `grpc-message`, not an HTTP body, so the reason (what was
 /// refused and what to do) would otherwise be lost. A trailers-only
-/// response: HTTP 200, `grpc-status` mapped from the HTTP status as gRPC
-/// maps them, the text in `grpc-message`, `x-keyward-blocked` kept.
+/// response: HTTP 200, `grpc-status` the answer's own code (see
+/// `Rule::grpc_status`), the text in `grpc-message`, `x-keyward-blocked`
+/// kept.
 pub(crate) async fn own_answer_as_status<B>(resp: Response<B>) -> Response<B>
 where
     B: Body<Data = Bytes> + Default,
 {
     use http_body_util::BodyExt;
-    if resp.extensions().get::<OwnAnswer>().is_none() {
+    let Some(&OwnAnswer(code)) = resp.extensions().get::<OwnAnswer>() else {
         return resp;
-    }
+    };
     let (mut parts, body) = resp.into_parts();
     let text = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
-    };
-    let code: &'static str = match parts.status.as_u16() {
-        400 => "13",                         // INTERNAL
-        401 | 407 => "16",                   // UNAUTHENTICATED
-        403 => "7",                          // PERMISSION_DENIED
-        404 => "12",                         // UNIMPLEMENTED
-        413 => "8",                          // RESOURCE_EXHAUSTED
-        423 | 429 | 502 | 503 | 504 => "14", // UNAVAILABLE
-        _ => "2",                            // UNKNOWN
     };
     parts.status = hyper::StatusCode::OK;
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -103,8 +124,10 @@ where
     );
     parts
         .headers
-        .insert("grpc-status", HeaderValue::from_static(code));
-    if let Ok(message) = HeaderValue::from_str(&percent_encode(text.trim_ascii())) {
+        .insert("grpc-status", HeaderValue::from_static(code.as_str()));
+    if let Ok(message) =
+        HeaderValue::from_str(&percent_encode(text.trim_ascii(), GRPC_MESSAGE).to_string())
+    {
         parts.headers.insert("grpc-message", message);
     }
     Response::from_parts(parts, B::default())
@@ -112,14 +135,7 @@ where
 
 /// `grpc-message`'s encoding: bytes outside printable ASCII, and `%`,
 /// percent-encoded.
-fn percent_encode(text: &[u8]) -> String {
-    text.iter()
-        .map(|&b| match b {
-            b' '..=b'~' if b != b'%' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
 /// The message being read.
 enum Message {
@@ -283,7 +299,10 @@ fn decompress(encoding: &str, data: &[u8]) -> Result<Vec<u8>, String> {
 /// Trailers that end a call keyward could not scrub: `INTERNAL` with why.
 fn refusal(message: &str) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("13"));
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from_static(GrpcStatus::Internal.as_str()),
+    );
     // grpc-message is percent-encoded; this text is ASCII without '%'.
     if let Ok(v) = HeaderValue::from_str(message) {
         trailers.insert("grpc-message", v);
@@ -503,7 +522,9 @@ mod tests {
             b"keyward refused this: 100% \xc3\xa9\n",
         )));
         *refusal.status_mut() = hyper::StatusCode::FORBIDDEN;
-        refusal.extensions_mut().insert(OwnAnswer);
+        refusal
+            .extensions_mut()
+            .insert(OwnAnswer(GrpcStatus::PermissionDenied));
         refusal
             .headers_mut()
             .insert("x-keyward-blocked", HeaderValue::from_static("rule"));
@@ -519,6 +540,26 @@ mod tests {
         let mut upstream = Response::new(Full::new(Bytes::from_static(b"x")));
         *upstream.status_mut() = hyper::StatusCode::FORBIDDEN;
         assert_eq!(own_answer_as_status(upstream).await.status(), 403);
+    }
+
+    #[test]
+    fn grpc_messages_are_encoded_as_before_for_every_byte() {
+        // The encoder grpc.rs had before it used `percent-encoding`.
+        let hand_written = |text: &[u8]| -> String {
+            text.iter()
+                .map(|&b| match b {
+                    b' '..=b'~' if b != b'%' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let every_byte: Vec<u8> = (0..=u8::MAX).collect();
+        for text in [&every_byte[..], b"refused: 100% \xc3\xa9\n"] {
+            assert_eq!(
+                percent_encode(text, GRPC_MESSAGE).to_string(),
+                hand_written(text)
+            );
+        }
     }
 
     #[test]

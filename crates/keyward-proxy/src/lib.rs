@@ -17,22 +17,26 @@ mod connect;
 mod context;
 mod decode;
 mod events;
+mod exchange;
 mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc;
 mod h2c;
+mod inject;
 mod limits;
 mod pipeline;
 mod proxy;
 mod record;
 mod refusal;
+mod request_ctx;
 mod resolve;
 mod rules;
 mod run_token;
 mod scrub;
 mod tunnel;
 mod websocket;
+mod workers;
 
 pub use body::ProxyBody;
 pub use ca::{CaError, CertificateAuthority, ServiceIdentity};

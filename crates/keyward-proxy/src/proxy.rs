@@ -150,7 +150,7 @@ impl Proxy {
             ca,
             authority,
             client: std::sync::OnceLock::new(),
-            worker_clients: (0..crate::accept::MAX_WORKERS)
+            worker_clients: (0..crate::workers::MAX_WORKERS)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
             workers: std::sync::OnceLock::new(),
@@ -166,7 +166,7 @@ impl Proxy {
     /// The pooled upstream client (system roots plus `proxy.upstream_ca`;
     /// TLS 1.2 or newer, verification always on).
     pub(crate) fn client(&self) -> &UpstreamClient {
-        let slot = crate::accept::worker()
+        let slot = crate::workers::worker()
             .and_then(|i| self.worker_clients.get(i))
             .unwrap_or(&self.client);
         slot.get_or_init(|| {

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use hyper::{Response, StatusCode};
+use hyper::Response;
 
 use crate::body::ProxyBody;
 use crate::context::RunContext;
 use crate::events::{EgressEvent, EgressSink, Via};
 use crate::proxy::Proxy;
-use crate::refusal::{EVIDENCE_UNAVAILABLE, Fault, Refusal};
+use crate::refusal::{Fault, Refusal, Rule};
 
 /// Where a request goes: what the policy, the network rules and the
 /// grants are asked about.
@@ -56,8 +56,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// The event, to be recorded by whoever takes it.
-    pub(crate) fn take(mut self) -> EgressEvent {
+    /// The event, to be recorded by whoever takes it (once).
+    pub(crate) fn take(&mut self) -> EgressEvent {
         self.event.take().expect("a pending event is taken once")
     }
 }
@@ -137,9 +137,12 @@ impl Proxy {
     /// Records `refusal` as the outcome of `event` and answers with it:
     /// the client's answer and the record come from the same value.
     pub(crate) fn refuse(&self, mut event: EgressEvent, refusal: Refusal) -> Response<ProxyBody> {
-        event.status = refusal.status.as_u16();
-        event.blocked = Some(refusal.rule.clone());
-        event.fault = Some(refusal.fault);
+        event.status = refusal.status().as_u16();
+        event.blocked = Some(refusal.rule.as_str().to_owned());
+        event.fault = Some(refusal.fault());
+        if let Some(cause) = refusal.cause() {
+            event.error = Some(cause.to_owned());
+        }
         self.events.record(event);
         refusal.response()
     }
@@ -154,9 +157,8 @@ impl Proxy {
             host = event.host,
             "proxy request refused: cannot record it: {why}"
         );
-        Some(Refusal::keyward(
-            StatusCode::SERVICE_UNAVAILABLE,
-            EVIDENCE_UNAVAILABLE,
+        Some(Refusal::new(
+            Rule::EvidenceUnavailable,
             "keyward refused this request: the evidence log cannot record it (the daemon log says why)\n"
                 .to_owned(),
         ))

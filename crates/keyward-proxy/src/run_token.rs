@@ -15,17 +15,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use hyper::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::{HeaderMap, StatusCode};
 use secrecy::SecretString;
 
 use crate::body::BoxError;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusedBody, Rule};
 use crate::scrub::Scrubber;
-
-/// The rule of a request refused for carrying the run token.
-pub(crate) const RUN_TOKEN: &str = "run_token";
 
 /// How many rounds of percent-decoding are looked through (`%2561` is
 /// `%61` is `a`).
@@ -182,9 +179,8 @@ impl RunToken {
 
     /// The refusal of a request that carries the token in `place`.
     pub(crate) fn refusal(place: &str) -> Refusal {
-        Refusal::child(
-            StatusCode::FORBIDDEN,
-            RUN_TOKEN,
+        Refusal::new(
+            Rule::RunToken,
             format!(
                 "keyward refused this request: {place} carries this run's token (raw or encoded); \
                  the run token is for keyward's proxy only and never goes upstream. Nothing was sent\n"
@@ -217,31 +213,6 @@ fn percent_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
         }
     }
     changed.then_some(out)
-}
-
-/// The error a [`TokenGuard`] body fails with.
-#[derive(Debug)]
-pub(crate) struct TokenInBody;
-
-impl std::fmt::Display for TokenInBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body carries the run token")
-    }
-}
-
-impl std::error::Error for TokenInBody {}
-
-/// Whether an upstream exchange failed because a [`TokenGuard`] cut the
-/// request body off.
-pub(crate) fn is_token_in_body(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<TokenInBody>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
 }
 
 /// A request body streamed upstream that fails (before the token's first
@@ -281,7 +252,7 @@ impl<B> TokenGuard<B> {
             run = self.run_id,
             "a request body carried the run token: its upload was cut off before the token"
         );
-        Box::new(TokenInBody)
+        Box::new(RefusedBody::new(RunToken::refusal("the request body")))
     }
 }
 
@@ -417,7 +388,9 @@ mod tests {
         let failed = loop {
             match body.frame().await {
                 Some(Ok(f)) => sent.extend_from_slice(&f.into_data().unwrap()),
-                Some(Err(e)) => break is_token_in_body(&*e),
+                Some(Err(e)) => {
+                    break RefusedBody::in_chain(&*e).is_some_and(|r| r.rule == Rule::RunToken);
+                }
                 None => break false,
             }
         };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -12,7 +12,7 @@ use crate::body::{ProxyBody, empty};
 use crate::events::EgressEvent;
 use crate::limits::Slot;
 use crate::proxy::Proxy;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
 use crate::resolve::resolve_checked;
 use crate::run_token::RunToken;
 use crate::scrub::Scrubber;
@@ -86,9 +86,8 @@ impl Proxy {
                 // A name that resolves only to link-local or metadata
                 // addresses fails here too, like an unreachable upstream
                 // (the forwarded path's connector reports it the same way).
-                let refusal = Refusal::upstream(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unresolved",
+                let refusal = Refusal::new(
+                    Rule::UpstreamUnresolved,
                     format!("keyward could not resolve {host}: {e}\n"),
                 );
                 return self.refuse(event, refusal);
@@ -117,9 +116,8 @@ impl Proxy {
             let why = last_err.unwrap_or_else(|| "no address".to_owned());
             return self.refuse(
                 event,
-                Refusal::upstream(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
+                Refusal::new(
+                    Rule::UpstreamUnreachable,
                     format!("keyward could not reach {host}:{port}: {why}\n"),
                 ),
             );

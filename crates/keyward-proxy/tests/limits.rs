@@ -1,6 +1,7 @@
 //! The proxy's deadlines, against clients and upstreams that stall: an
 //! idle HTTP/2 client connection is closed, and an upstream that never
-//! answers gets a 504 instead of holding the child forever.
+//! answers gets a 504 instead of holding the child forever. And its size
+//! limit on buffered bodies: a placeholder in a larger one gets a 413.
 
 mod common;
 
@@ -115,4 +116,45 @@ async fn an_upstream_that_never_answers_gets_a_504_naming_the_setting() {
     let reply = String::from_utf8_lossy(&out);
     assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
     assert!(reply.contains("proxy.response_header_timeout"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_in_a_body_too_large_to_buffer_gets_a_413_naming_the_setting() {
+    let mut h = Harness::new();
+    let upstream = RawUpstream::tls(
+        &h,
+        Arc::new(|_: &Received| response("HTTP/1.1 200 OK", &[], b"ok")),
+    )
+    .await;
+    let target = format!("localhost:{}", upstream.port);
+    let mut cred = bearer(&[&target]);
+    cred.placeholder = Some("kw_ph_large_body".to_owned());
+    cred.substitute_body = true;
+    h.start_proxy(
+        vec![cred],
+        ProxyOptions {
+            max_substitution_body: 16,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let body = format!("{}kw_ph_large_body{}", "a".repeat(64), "b".repeat(8));
+    let out = h
+        .child(
+            Some(&target),
+            format!(
+                "POST / HTTP/1.1\r\nHost: {target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    let reply = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 413"), "{reply}");
+    assert!(
+        reply.contains("x-keyward-blocked: placeholder_body"),
+        "{reply}"
+    );
+    assert!(reply.contains("proxy.max_substitution_body"), "{reply}");
+    assert!(!contains(&upstream.raw(), b"kw_ph_large_body"));
 }

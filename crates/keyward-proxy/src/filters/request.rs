@@ -1,33 +1,76 @@
 //! request_filter: the network rules, the policy, and the checks that
 //! decide whether a credential may go to this destination at all.
 
-use hyper::StatusCode;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request};
 use keyward_api::{Decision, EvaluateRequest, Network};
 
 use crate::context::{Credential, RunContext, Scope};
 use crate::events::PolicyDecision;
+use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Rule};
+use crate::request_ctx::RequestCtx;
 use crate::rules::is_metadata;
+use crate::run_token::RunToken;
+
+/// Whether the request may go at all: the run token never goes upstream,
+/// a CONNECT here is refused, then the network rules, the policy, the
+/// evidence log's room, and where each credential may go (which sets
+/// `ctx.scopes`). The request comes back in parts for the upstream filter.
+pub(crate) fn filter(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx<'_>,
+    req: Request<Incoming>,
+) -> Result<(Parts, Incoming), Refusal> {
+    let (run, target) = (ctx.run, ctx.target);
+    // Not in the method, the host, the URL or a header (its body is
+    // guarded as it streams).
+    if let Some(token) = &run.token
+        && let Some(place) = token.in_request(req.method(), target, req.uri(), req.headers())
+    {
+        return Err(RunToken::refusal(&place));
+    }
+    // Here means inside an intercepted tunnel, on a broker stream or to a
+    // base URL: a raw tunnel from a place that already is one.
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::new(
+            Rule::ConnectNotHere,
+            "keyward refused CONNECT here: tunnels are opened on the proxy itself\n".to_owned(),
+        ));
+    }
+    network_check(run, target)?;
+    let (decision, verdict) = policy_check(run, req.method().as_str(), target, req.uri().path());
+    ctx.event.decision = decision;
+    verdict?;
+    if let Some(refusal) = proxy.unrecordable(&ctx.event) {
+        return Err(refusal);
+    }
+    ctx.scopes = credential_scopes(run, target)?;
+    let (parts, body) = req.into_parts();
+    if ctx.scopes.contains(&Scope::Allowed) {
+        authority_check(&parts, target)?;
+    }
+    Ok((parts, body))
+}
 
 /// The network rules: metadata endpoints always denied; in strict mode
 /// only hosts the run names.
 pub(crate) fn network_check(run: &RunContext, target: &Target) -> Result<(), Refusal> {
     let (host, port) = (&target.host, target.port);
     if is_metadata(host) {
-        return Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            "network.metadata",
+        return Err(Refusal::new(
+            Rule::NetworkMetadata,
             format!(
                 "keyward blocked {host}: cloud metadata endpoints are always denied (they hand out credentials)\n"
             ),
         ));
     }
     if run.network == Network::Strict && !run.names_host(host, port) {
-        return Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            "network.strict",
+        return Err(Refusal::new(
+            Rule::NetworkStrict,
             format!(
                 "keyward blocked {host}:{port}: this run is in strict network mode and {host} is not allowed; \
                  rerun with `--allow {host}` or add a grant for it\n"
@@ -87,18 +130,16 @@ pub(crate) fn policy_check(
     };
     let outcome = match decision {
         Decision::Allow => Ok(()),
-        Decision::Block => Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            rule_id,
+        Decision::Block => Err(Refusal::new(
+            Rule::Policy(rule_id.to_owned()),
             format!(
                 "keyward blocked {method} {host}{path}: policy {} rule {rule_id}: {}\n",
                 policy.id(),
                 verdict.rule.reason
             ),
         )),
-        Decision::RequireApproval => Err(Refusal::child(
-            StatusCode::FORBIDDEN,
-            rule_id,
+        Decision::RequireApproval => Err(Refusal::new(
+            Rule::Policy(rule_id.to_owned()),
             format!(
                 "keyward blocked {method} {host}{path}: policy {} rule {rule_id} requires approval{}: {}\n",
                 policy.id(),
@@ -119,7 +160,7 @@ pub(crate) fn policy_check(
 /// credential for this destination that may not go in clear refuses the
 /// request, and so does a grant for it whose secret is unavailable now
 /// (rather than sending the request without it).
-pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec<Scope>, Refusal> {
+fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec<Scope>, Refusal> {
     let (host, port, tls) = (&target.host, target.port, target.tls);
     let scopes: Vec<Scope> = run
         .credentials
@@ -139,13 +180,12 @@ pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec
         .iter()
         .find(|w| w.hosts.iter().any(|h| h.matches(host, port, tls)))
     {
-        let (status, rule) = if w.sealed {
-            (StatusCode::LOCKED, "vault_sealed")
+        let rule = if w.sealed {
+            Rule::VaultSealed
         } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "secret_unavailable")
+            Rule::SecretUnavailable
         };
-        return Err(Refusal::keyward(
-            status,
+        return Err(Refusal::new(
             rule,
             format!(
                 "keyward did not send this request: the secret of grant {} is unavailable ({}); \
@@ -164,9 +204,8 @@ pub(crate) fn credential_scopes(run: &RunContext, target: &Target) -> Result<Vec
 
 /// A refusal of a request that would carry a grant's secret in clear.
 fn plaintext_refused(cred: &Credential, host: &str, port: u16) -> Refusal {
-    Refusal::child(
-        StatusCode::FORBIDDEN,
-        "plaintext_refused",
+    Refusal::new(
+        Rule::PlaintextRefused,
         format!(
             "keyward refused to send grant {}'s secret to {host}:{port} unencrypted; use https://, \
              or set `plaintext = true` in [grants.{}] if this host only speaks plain HTTP\n",
@@ -178,10 +217,7 @@ fn plaintext_refused(cred: &Credential, host: &str, port: u16) -> Refusal {
 /// The request's `Host` and URI authority (`:authority` in HTTP/2) must
 /// name the destination the grant matched: a front end that routes by
 /// `Host` would otherwise take the secret to another tenant.
-pub(crate) fn authority_check(
-    parts: &hyper::http::request::Parts,
-    target: &Target,
-) -> Result<(), Refusal> {
+fn authority_check(parts: &Parts, target: &Target) -> Result<(), Refusal> {
     let (host, port) = (&target.host, target.port);
     let names_target = |claimed: &[u8]| {
         let Ok(authority) = hyper::http::uri::Authority::try_from(claimed) else {
@@ -205,9 +241,8 @@ pub(crate) fn authority_check(
     );
     for name in claimed {
         if !names_target(name) {
-            return Err(Refusal::child(
-                StatusCode::FORBIDDEN,
-                "host_mismatch",
+            return Err(Refusal::new(
+                Rule::HostMismatch,
                 format!(
                     "keyward refused this request: it goes to {host}:{port}, where a grant's secret is injected, \
                      but names {:?} as its host; send it with the host it is addressed to\n",

@@ -7,26 +7,133 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Uri};
 use secrecy::ExposeSecret;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::context::{Credential, RunContext, Scope};
+use crate::context::{RunContext, Scope};
+use crate::inject::{replace_bytes, replace_in_headers, set_query_param};
+use crate::proxy::Proxy;
 use crate::record::Target;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusedBody, Rule};
+use crate::request_ctx::RequestCtx;
 use crate::rules::Injection;
 use crate::run_token::{RunToken, TokenGuard};
+
+/// The request as it goes upstream: hop-by-hop headers out, secrets in
+/// where their grants allow (which sets `ctx.injected` and the record's
+/// `injected`), the upstream URL, and the body (placeholders swapped, the
+/// run token guarded).
+pub(crate) async fn filter(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx<'_>,
+    mut parts: Parts,
+    body: Incoming,
+) -> Result<Request<ProxyBody>, Refusal> {
+    let (run, target) = (ctx.run, ctx.target);
+    // Hop-by-hop headers go first, so a `Connection` header cannot name
+    // (and so remove) what is injected.
+    strip_hop_by_hop(&mut parts.headers);
+    if ctx.scopes.contains(&Scope::Allowed) {
+        // The destination's own spelling of its name, whatever case,
+        // trailing dots or leading zeros the client used: a front end
+        // routing on the exact Host string sees the grant's host.
+        parts.headers.remove(header::HOST);
+    }
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    ctx.injected = swap_and_inject(
+        run,
+        &ctx.scopes,
+        target,
+        &mut parts.headers,
+        &mut path_and_query,
+    )?;
+    // Toward a grant's host, ask for an uncompressed response: it is
+    // scrubbed as it streams, without decoding.
+    if run
+        .credentials
+        .iter()
+        .any(|c| c.names(&target.host, target.port))
+    {
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    if run.scrubber.is_some() && crate::grpc::is_grpc(&parts.headers) {
+        crate::grpc::ask_uncompressed(&mut parts.headers);
+    }
+    ask_to_switch(ctx, &mut parts.headers)?;
+    // The upstream connection negotiates its own version (ALPN); the
+    // client's (h2 or HTTP/1.1 with the proxy) does not carry over.
+    parts.version = hyper::Version::HTTP_11;
+    parts.uri = Uri::builder()
+        .scheme(target.scheme())
+        .authority(ctx.authority.as_str())
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|e| {
+            Refusal::new(
+                Rule::BadUrl,
+                format!("keyward cannot build the upstream URL: {e}\n"),
+            )
+        })?;
+    let (body, body_injected) = request_body(
+        run,
+        &ctx.scopes,
+        &target.host,
+        proxy.options.max_substitution_body,
+        &mut parts,
+        body,
+    )
+    .await?;
+    for grant in body_injected {
+        if !ctx.injected.contains(&grant) {
+            ctx.injected.push(grant);
+        }
+    }
+    ctx.event.injected = ctx.injected.iter().map(|g| (*g).to_owned()).collect();
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Passes on a request to switch protocols. One that carries a secret may
+/// switch only to WebSocket, whose frames keyward scrubs.
+fn ask_to_switch(ctx: &RequestCtx<'_>, headers: &mut hyper::HeaderMap) -> Result<(), Refusal> {
+    let upgrade = &ctx.upgrade;
+    if let Some(protocol) = &upgrade.protocol {
+        if !ctx.injected.is_empty() && !upgrade.websocket {
+            return Err(Refusal::new(
+                Rule::UpgradeRefused,
+                format!(
+                    "keyward refused this upgrade to {:?}: a handshake that carries a secret may only upgrade to WebSocket, whose frames keyward scrubs\n",
+                    String::from_utf8_lossy(protocol.as_bytes())
+                ),
+            ));
+        }
+        headers.insert(header::UPGRADE, protocol.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if upgrade.scrub_frames {
+        // Compressed frames could not be scrubbed.
+        headers.remove("sec-websocket-extensions");
+    }
+    Ok(())
+}
 
 /// Swaps the placeholders in the request's headers and URL for the
 /// secrets of the grants that may go to `target`, and injects those
 /// grants' credentials. A placeholder of a grant that may not go there
 /// refuses the request. Returns the grants whose secrets went in.
-pub(crate) fn inject<'r>(
+fn swap_and_inject<'r>(
     run: &'r RunContext,
     scopes: &[Scope],
     target: &Target,
@@ -48,9 +155,8 @@ pub(crate) fn inject<'r>(
             continue;
         }
         if *scope != Scope::Allowed {
-            return Err(Refusal::child(
-                StatusCode::FORBIDDEN,
-                "placeholder_wrong_host",
+            return Err(Refusal::new(
+                Rule::PlaceholderWrongHost,
                 format!(
                     "keyward refused this request: it carries the placeholder of grant {}, whose secret may not go to {}:{}\n",
                     cred.grant, target.host, target.port
@@ -86,12 +192,12 @@ pub(crate) fn inject<'r>(
 /// placeholder of any other (403); refuse a placeholder in a body too
 /// large to buffer (413, when the upload reaches it). Bodiless requests
 /// and runs without such grants pass through untouched.
-pub(crate) async fn request_body<'r>(
+async fn request_body<'r>(
     run: &'r RunContext,
     scopes: &[Scope],
     host: &str,
     max_substitution_body: usize,
-    parts: &mut hyper::http::request::Parts,
+    parts: &mut Parts,
     body: Incoming,
 ) -> Result<(ProxyBody, Vec<&'r str>), Refusal> {
     use hyper::body::Body as _;
@@ -103,33 +209,25 @@ pub(crate) async fn request_body<'r>(
     };
     // gRPC messages are never buffered nor swapped in: see grpc.rs.
     if body.is_end_stream() {
-        return Ok((
-            body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
-                .boxed(),
-            Vec::new(),
-        ));
+        return Ok((from_client(body), Vec::new()));
     }
-    let body_of = |body: Incoming| {
-        body.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
-            .boxed()
-    };
     if crate::grpc::is_grpc(&parts.headers) {
         // Message by message, lengths kept: the token is masked in each
         // message (as secrets are in responses), which goes on as soon as
         // it is complete, so streaming calls stay streaming.
         let body = match &run.token {
             Some(token) => crate::grpc::GrpcScrubbed::new(
-                body_of(body),
+                from_client(body),
                 &parts.headers,
                 token.scrubber().clone(),
             )
             .boxed(),
-            None => body_of(body),
+            None => from_client(body),
         };
         return Ok((body, Vec::new()));
     }
     if run.body_placeholders.is_empty() {
-        return Ok((guard(body_of(body)), Vec::new()));
+        return Ok((guard(from_client(body)), Vec::new()));
     }
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
@@ -142,9 +240,8 @@ pub(crate) async fn request_body<'r>(
                 }
             }
             Some(Err(e)) => {
-                return Err(Refusal::child(
-                    StatusCode::BAD_REQUEST,
-                    "request_body_unreadable",
+                return Err(Refusal::new(
+                    Rule::RequestBodyUnreadable,
                     format!("keyward could not read the request body: {e}\n"),
                 ));
             }
@@ -159,7 +256,12 @@ pub(crate) async fn request_body<'r>(
         // placeholder appears, before its last byte leaves.
         let prefix = buf.freeze();
         // The length is unchanged: nothing is substituted on this path.
-        let guarded = Guarded::new(prefix, body, run.body_placeholders.clone());
+        let guarded = Guarded::new(
+            prefix,
+            body,
+            run.body_placeholders.clone(),
+            max_substitution_body,
+        );
         return Ok((guard(guarded.boxed()), Vec::new()));
     }
     if run.token.as_ref().is_some_and(|t| t.finds(&buf)) {
@@ -178,9 +280,8 @@ pub(crate) async fn request_body<'r>(
             continue;
         }
         if *scope != Scope::Allowed {
-            return Err(Refusal::child(
-                StatusCode::FORBIDDEN,
-                "placeholder_wrong_host",
+            return Err(Refusal::new(
+                Rule::PlaceholderWrongHost,
                 format!(
                     "keyward refused this request: its body carries the placeholder of grant {}, whose secret may not go to {host}\n",
                     cred.grant
@@ -207,63 +308,29 @@ pub(crate) async fn request_body<'r>(
     ))
 }
 
-/// An error reading the client's request body while it streams upstream
-/// (the program broke off): its doing, not the upstream's.
-#[derive(Debug)]
-struct ClientBodyError(hyper::Error);
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the client's request body: {}", self.0)
-    }
+/// The client's request body as it streams upstream, failing (when the
+/// program breaks off) with the refusal that makes it the client's doing,
+/// not the upstream's.
+fn from_client(body: Incoming) -> ProxyBody {
+    body.map_err(|e| Box::new(client_broke_off(e)) as BoxError)
+        .boxed()
 }
 
-impl std::error::Error for ClientBodyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
+fn client_broke_off(e: hyper::Error) -> RefusedBody {
+    RefusedBody::caused_by(
+        Refusal::new(
+            Rule::ClientBodyAborted,
+            "keyward: the program's request body broke off before it was complete\n".to_owned(),
+        ),
+        e,
+    )
 }
 
-/// Whether an upstream exchange failed because the client's body did.
-pub(crate) fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<ClientBodyError>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
-}
-
-pub(crate) fn large_body_message(max: usize) -> String {
+fn large_body_message(max: usize) -> String {
     format!(
         "keyward refused this request: its body is over proxy.max_substitution_body ({max} bytes) and \
          carries a placeholder, which would have been sent unreplaced; send a smaller body or raise the limit\n"
     )
-}
-
-/// The error a [`Guarded`] body fails with.
-#[derive(Debug)]
-struct PlaceholderInLargeBody;
-
-impl std::fmt::Display for PlaceholderInLargeBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a placeholder in a request body over proxy.max_substitution_body")
-    }
-}
-
-impl std::error::Error for PlaceholderInLargeBody {}
-
-pub(crate) fn is_large_body_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<PlaceholderInLargeBody>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
 }
 
 /// Streams a large request body, failing it if a placeholder appears; a
@@ -275,11 +342,13 @@ struct Guarded {
     needles: Arc<Vec<Vec<u8>>>,
     carry: Vec<u8>,
     keep: usize,
+    /// `proxy.max_substitution_body`, which the refusal names.
+    max: usize,
     done: bool,
 }
 
 impl Guarded {
-    fn new(prefix: Bytes, inner: Incoming, needles: Arc<Vec<Vec<u8>>>) -> Self {
+    fn new(prefix: Bytes, inner: Incoming, needles: Arc<Vec<Vec<u8>>>, max: usize) -> Self {
         let keep = needles
             .iter()
             .map(Vec::len)
@@ -292,6 +361,7 @@ impl Guarded {
             needles,
             carry: Vec::new(),
             keep,
+            max,
             done: false,
         }
     }
@@ -304,7 +374,10 @@ impl Guarded {
             .iter()
             .any(|n| buf.windows(n.len()).any(|w| w == n.as_slice()))
         {
-            return Err(Box::new(PlaceholderInLargeBody));
+            return Err(Box::new(RefusedBody::new(Refusal::new(
+                Rule::PlaceholderBody,
+                large_body_message(self.max),
+            ))));
         }
         let split = buf.len().saturating_sub(self.keep);
         self.carry = buf.split_off(split);
@@ -341,7 +414,7 @@ impl hyper::body::Body for Guarded {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => this.done = true,
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))));
+                    return Poll::Ready(Some(Err(Box::new(client_broke_off(e)))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
@@ -410,114 +483,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// `hay` with every `needle` replaced by `with`.
-pub(crate) fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Swaps a placeholder for its secret in every header value (a value that
-/// would become invalid is left as it was).
-pub(crate) fn replace_in_headers(
-    headers: &mut hyper::HeaderMap,
-    placeholder: &[u8],
-    secret: &[u8],
-) {
-    for value in headers.values_mut() {
-        if value
-            .as_bytes()
-            .windows(placeholder.len())
-            .any(|w| w == placeholder)
-            && let Ok(mut v) =
-                HeaderValue::from_bytes(&replace_bytes(value.as_bytes(), placeholder, secret))
-        {
-            v.set_sensitive(true);
-            *value = v;
-        }
-    }
-}
-
-/// The header a header or basic-auth credential injects (replacing any
-/// the client sent). `None` for query injection, or when the name or the
-/// value cannot be sent in a header (logged, without the value).
-pub(crate) fn injected_header(cred: &Credential) -> Option<(HeaderName, HeaderValue)> {
-    let secret = cred.secret.expose_secret();
-    let (name, value) = match &cred.inject {
-        Injection::Header { name, format } => (
-            HeaderName::from_bytes(name.as_bytes()).ok(),
-            format.replace("{secret}", secret),
-        ),
-        Injection::Basic { username } => {
-            let encoded =
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"));
-            (Some(header::AUTHORIZATION), format!("Basic {encoded}"))
-        }
-        Injection::Query { .. } => return None,
-    };
-    let prepared = name.zip(HeaderValue::from_str(&value).ok());
-    match prepared {
-        Some((name, mut value)) => {
-            value.set_sensitive(true);
-            Some((name, value))
-        }
-        None => {
-            tracing::warn!(
-                grant = cred.grant,
-                "grant's header name or value cannot be sent in HTTP; it is not injected"
-            );
-            None
-        }
-    }
-}
-
-pub(crate) fn set_query_param(path_and_query: &str, param: &str, value: &str) -> String {
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let encoded = percent_encode(value);
-    let mut parts: Vec<String> = query
-        .split('&')
-        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(param))
-        .map(str::to_owned)
-        .collect();
-    parts.push(format!("{param}={encoded}"));
-    format!("{path}?{}", parts.join("&"))
-}
-
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_parameters_are_set_once_and_encoded() {
-        assert_eq!(set_query_param("/a", "key", "v 1"), "/a?key=v%201");
-        assert_eq!(
-            set_query_param("/a?x=1&key=old", "key", "new"),
-            "/a?x=1&key=new"
-        );
-    }
 
     #[test]
     fn te_keeps_only_trailers() {
