@@ -12,7 +12,9 @@
 //!
 //! The `--help` cases are snapshots of the whole help text, on purpose:
 //! adding, renaming or rewording a flag changes them, so a reviewer sees
-//! every change to the command line in the diff. After such a change,
+//! every change to the command line in the diff. `help/run.toml` changes
+//! most often (every new `keyward run` flag or sandbox detail shows there);
+//! that is intended, not a flaky test. After such a change,
 //! regenerate them and read what changed:
 //!
 //!     TRYCMD=overwrite cargo test -p keyward --test cli_cmd
