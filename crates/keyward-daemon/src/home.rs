@@ -1,5 +1,6 @@
-//! The keyward home: one directory (0700) holding the socket, PID file, log
-//! and, in later layers, the vault, CA and evidence. See DESIGN.md §3.
+//! The keyward home: one directory (0700) holding the config, the admin
+//! socket, the PID file, the daemon log, the vault, the CA, the runs and the
+//! evidence log (the README's "Files" section lists every file in it).
 
 use std::fs;
 use std::io;
