@@ -46,20 +46,24 @@ pub struct Cli {
 /// Whether a command line (without the program name) runs `keyward eval`:
 /// its first word that is not a global option or an option's value.
 pub fn names_eval(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    subcommand(args).as_deref() == Some("eval")
+}
+
+/// The subcommand a command line names (its first word that is not a
+/// global option or its value), before clap has accepted it.
+pub fn subcommand(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        let Some(arg) = arg.to_str() else {
-            return false;
-        };
+        let arg = arg.to_str()?;
         match arg {
             "--home" | "--config" | "--log-format" => {
                 args.next();
             }
             _ if arg.starts_with('-') => {}
-            _ => return arg == "eval",
+            _ => return Some(arg.to_owned()),
         }
     }
-    false
+    None
 }
 
 /// How log lines are written.

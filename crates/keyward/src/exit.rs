@@ -25,6 +25,9 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 
 fn status_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::run::ProgramNotStarted>() {
+            return e.status();
+        }
         if cause.is::<ConfigError>()
             || matches!(
                 cause.downcast_ref::<VaultError>(),

@@ -28,6 +28,19 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::from(exit::FAILURE);
         }
+        // `keyward run --grant g make test`: the program was taken for an
+        // argument of keyward's.
+        Err(e)
+            if e.kind() == clap::error::ErrorKind::UnknownArgument
+                && cli::subcommand(std::env::args_os().skip(1)).as_deref() == Some("run")
+                && !std::env::args_os().any(|a| a == "--") =>
+        {
+            let _ = e.print();
+            eprintln!(
+                "tip: the program and its arguments go after `--`: keyward run [OPTIONS] -- CMD [ARGS]..."
+            );
+            return ExitCode::from(2);
+        }
         Err(e) => e.exit(),
     };
     let eval = matches!(cli.command, cli::Command::Eval(_));

@@ -193,13 +193,14 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let spawned = tokio::process::Command::from(cmd).spawn();
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
+        Err(source) => {
             let _ = unregister(&client, &created.run_id).await;
             remove_private_tmp(private_tmp.as_deref());
-            bail!(
-                "cannot start {}: {e}",
-                std::path::Path::new(&args.command[0]).display()
-            );
+            return Err(ProgramNotStarted {
+                program: std::path::Path::new(&args.command[0]).display().to_string(),
+                source,
+            }
+            .into());
         }
     };
     let pid = child
@@ -279,6 +280,26 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(255)),
         (None, None) => ExitCode::FAILURE,
     })
+}
+
+/// The program could not be started: not found (exit 127, as a shell
+/// says), or found but not executable (126).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start {program}: {source}")]
+pub struct ProgramNotStarted {
+    program: String,
+    source: std::io::Error,
+}
+
+impl ProgramNotStarted {
+    /// The exit status a shell gives the same failure.
+    pub fn status(&self) -> u8 {
+        if self.source.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        }
+    }
 }
 
 /// How the program will be confined.

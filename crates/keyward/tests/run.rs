@@ -1334,3 +1334,28 @@ fn an_upstream_401_makes_a_cached_secret_be_read_again() {
         home.log()
     );
 }
+
+/// A program that cannot be started exits as a shell would say it: 127
+/// not found, 126 found but not executable, with the reason; the run it
+/// was registered for is gone.
+#[test]
+fn a_program_that_cannot_start_exits_like_a_shell() {
+    let home = TestHome::new();
+    home.start(&[]);
+    for (program, code, reason) in [
+        ("/nonexistent/prog", 127, "No such file or directory"),
+        ("/etc/passwd", 126, "Permission denied"),
+    ] {
+        let run = home.run(&["run", "--", program]);
+        assert_eq!(run.code, code, "{run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("cannot start {program}: {reason}")),
+            "{run:?}"
+        );
+    }
+    let (status, runs) = home.http("GET", "/v1/runs", None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&runs)["runs"], serde_json::json!([]), "{runs}");
+    home.run(&["daemon", "stop"]);
+}
