@@ -23,7 +23,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientError {
     /// Nothing listens on the socket (absent, or refused).
     #[error(
-        "keyward daemon is not running (socket {}); start it with `keyward daemon start --detach`",
+        "the daemon is not running (socket {}); start it with `keyward daemon start --detach`",
         socket.display()
     )]
     NotRunning {

@@ -24,7 +24,7 @@ const LOG_TAIL_LINES: usize = 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// No daemon runs for this home; `detail` says what was found.
-    #[error("keyward daemon is not running (home {}); {detail}", home.display())]
+    #[error("the daemon is not running (home {}); {detail}", home.display())]
     NotRunning {
         /// The home.
         home: PathBuf,
