@@ -57,7 +57,7 @@ fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecor
     if let Some(dir) = run.private_tmp.as_deref().map(std::path::Path::new)
         && crate::sandbox::is_private_tmp(dir)
     {
-        let _ = std::fs::remove_dir_all(dir);
+        crate::sandbox::remove_private_tmp(dir);
     }
 }
 

@@ -355,23 +355,25 @@ pub fn plan(
 /// `/dev/shm`: POSIX shared memory, private to the run with a mount view.
 const SHARED_MEMORY: &str = "/dev/shm";
 
-/// System directories a mount view hides whole: every user's runtime
-/// directory (session buses, agents, the keyring, editors' IPC sockets)
-/// and the shared temporary directory that outlives reboots.
-const HIDDEN_SYSTEM_DIRS: &[&str] = &["/run/user", "/var/tmp"];
+/// System directories a mount view hides whole (paths the run's rules
+/// name inside them are shown again): `/run`, where services keep their
+/// sockets (docker, dbus, systemd, every user's runtime directory under
+/// `/run/user`) and recreate them at will, and the shared temporary
+/// directory that outlives reboots.
+const HIDDEN_SYSTEM_DIRS: &[&str] = &["/run", "/var/tmp"];
 
-/// Where other programs' named Unix sockets are looked for, and how deep:
-/// system services (`/run`: docker, dbus, systemd, ...) and the user's
-/// home (`~/.gnupg`, agents, editors).
+/// How deep other programs' named Unix sockets are looked for in the
+/// user's home (`~/.gnupg`, agents, editors).
 const SOCKET_ROOTS_DEPTH: usize = 4;
 /// At most this many directory entries are looked at (start-up stays fast
 /// in a huge home); sockets deeper or further are not covered.
 const SOCKET_SCAN_LIMIT: usize = 20_000;
 
-/// Fills the mount view of a sandboxed run: the keyward home hidden with
-/// only the public CA certificates and the admin socket shown, the config
-/// file covered, `/run/user` and `/var/tmp` hidden (unless a path the run
-/// may use lies there), other programs' sockets covered.
+/// Fills the mount view of a sandboxed run: the keyward home, `/run` and
+/// `/var/tmp` hidden, with only the public CA certificates, the admin
+/// socket and the paths of the run's rules shown; the config file and
+/// other programs' sockets in the user's home covered; the working
+/// directory entered again in the view.
 fn plan_mount_view(
     spec: &mut keyward_sys::MountViewSpec,
     home: &Home,
@@ -382,22 +384,47 @@ fn plan_mount_view(
     notes: &mut Vec<String>,
 ) {
     let canonical = |p: &Path| p.canonicalize().ok();
-    let home_root = canonical(home.root());
+    let cwd = canonical(cwd).unwrap_or_else(|| cwd.to_owned());
+    spec.chdir = Some(cwd.clone());
+    if let Some(root) = canonical(home.root()) {
+        spec.hide.push(root);
+    }
+    for dir in HIDDEN_SYSTEM_DIRS {
+        if let Some(dir) = canonical(Path::new(dir)).filter(|d| d.is_dir()) {
+            spec.hide.push(dir);
+        }
+    }
+    // What the program needs of keyward's files, wherever they are: the
+    // trust bundle its environment names, the admin socket (`keyward
+    // eval`), and a system daemon's public directory.
     let socket = canonical(&home.socket_path());
-    if let Some(root) = &home_root {
-        spec.hide.push(root.clone());
-        for shown in [canonical(&home.ca_dir().join("public")), socket.clone()]
-            .into_iter()
-            .flatten()
-        {
-            if shown.starts_with(root) {
-                spec.show.push(shown);
-            }
+    let keyward_files = [canonical(&home.ca_dir().join("public")), socket.clone()]
+        .into_iter()
+        .chain(std::iter::once(
+            home.public_dir().and_then(|d| canonical(&d)),
+        ))
+        .flatten();
+    // And the paths of its rules (`/run/systemd/resolve`, a working
+    // directory under `/run/user`): shown as their rule says.
+    let read_rules = rules.read.iter().chain(&rules.exec).cloned();
+    let write_rules: Vec<PathBuf> = std::iter::once(cwd.clone())
+        .chain(rules.write.iter().cloned())
+        .collect();
+    let inside_hidden =
+        |p: &Path, hide: &[PathBuf]| hide.iter().any(|h| p.starts_with(h) && p != h);
+    for path in keyward_files.chain(read_rules) {
+        if inside_hidden(&path, &spec.hide) && !spec.show.contains(&path) {
+            spec.show.push(path);
+        }
+    }
+    for path in &write_rules {
+        if inside_hidden(path, &spec.hide) && !spec.show_writable.contains(path) {
+            spec.show_writable.push(path.clone());
         }
     }
     if let Some(config) = canonical(&config.source.path)
         && config.is_file()
-        && !home_root.as_ref().is_some_and(|r| config.starts_with(r))
+        && !spec.hide.iter().any(|h| config.starts_with(h))
     {
         spec.cover.push(config);
     }
@@ -407,7 +434,6 @@ fn plan_mount_view(
         .chain(&rules.exec)
         .chain(&rules.write)
         .collect();
-    let cwd = canonical(cwd).unwrap_or_else(|| cwd.to_owned());
     // What the run uses inside its private /tmp's place (a working
     // directory in the host's /tmp) stays visible where it was.
     let private: Vec<PathBuf> = spec.replace.iter().map(|(s, _)| s.clone()).collect();
@@ -416,47 +442,48 @@ fn plan_mount_view(
         let ours = private
             .iter()
             .any(|p| path.starts_with(p.parent().unwrap_or(p)));
-        // Paths in the home (its public certificates) are shown there.
         let hidden = spec.hide.iter().any(|h| path.starts_with(h));
         if replaced && !ours && !hidden && !spec.keep.contains(path) {
             spec.keep.push(path.clone());
         }
     }
-    for dir in HIDDEN_SYSTEM_DIRS {
-        let Some(dir) = canonical(Path::new(dir)).filter(|d| d.is_dir()) else {
-            continue;
-        };
-        if let Some(inside) = std::iter::once(&cwd)
-            .chain(used.iter().copied())
-            .find(|p| p.starts_with(&dir))
-        {
-            notes.push(format!(
-                "{} is not hidden: {} is inside it",
-                dir.display(),
-                inside.display()
-            ));
-            continue;
-        }
-        spec.hide.push(dir);
-    }
+    // Other programs' sockets in the user's home (agents, editors): the
+    // directories the run may write are its own and not looked into (a
+    // run could fill them to exhaust the look).
     let mut budget = SOCKET_SCAN_LIMIT;
-    let roots = [Some(PathBuf::from("/run")), user_home.and_then(canonical)];
-    for root in roots.into_iter().flatten() {
-        find_sockets(&root, SOCKET_ROOTS_DEPTH, &mut budget, &mut |path| {
+    if let Some(root) = user_home.and_then(canonical) {
+        let skip: Vec<&PathBuf> = rules.write.iter().collect();
+        find_sockets(&root, SOCKET_ROOTS_DEPTH, &skip, &mut budget, &mut |path| {
             let hidden = spec.hide.iter().any(|h| path.starts_with(h));
             let named = used.iter().any(|p| *p == path);
             if !hidden && !named && socket.as_deref() != Some(path) {
                 spec.cover.push(path.to_owned());
             }
         });
+        if budget == 0 {
+            notes.push(format!(
+                "{} has more than {SOCKET_SCAN_LIMIT} entries {SOCKET_ROOTS_DEPTH} levels deep: \
+                 sockets beyond those looked at are not covered",
+                root.display()
+            ));
+        }
     }
 }
 
 /// Calls `found` with every Unix socket beneath `dir` (not following
 /// symbolic links), at most `depth` levels down, looking at no more than
 /// `budget` entries in all.
-fn find_sockets(dir: &Path, depth: usize, budget: &mut usize, found: &mut dyn FnMut(&Path)) {
+fn find_sockets(
+    dir: &Path,
+    depth: usize,
+    skip: &[&PathBuf],
+    budget: &mut usize,
+    found: &mut dyn FnMut(&Path),
+) {
     use std::os::unix::fs::FileTypeExt;
+    if skip.iter().any(|s| s.as_path() == dir) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -471,7 +498,7 @@ fn find_sockets(dir: &Path, depth: usize, budget: &mut usize, found: &mut dyn Fn
         if kind.is_socket() {
             found(&entry.path());
         } else if kind.is_dir() && depth > 1 {
-            find_sockets(&entry.path(), depth - 1, budget, found);
+            find_sockets(&entry.path(), depth - 1, skip, budget, found);
         }
     }
 }
@@ -546,6 +573,29 @@ pub fn is_private_tmp(dir: &Path) -> bool {
         .and_then(|n| n.strip_prefix(PRIVATE_TMP_PREFIX))
         .is_some_and(|hex| hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
     named && dir.is_absolute() && std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+}
+
+/// Removes a run's private temporary directory with everything the run
+/// left in it, directories it made unreadable (`chmod 0`) included: each
+/// directory is made accessible to its owner first. Symbolic links are
+/// removed, never followed.
+pub fn remove_private_tmp(dir: &Path) {
+    fn open_up(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&entry.path());
+            }
+        }
+    }
+    if std::fs::remove_dir_all(dir).is_err() {
+        open_up(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A new 0700 directory `keyward-run-<random>` in `tmp`, with the 0700

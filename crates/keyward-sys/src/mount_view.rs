@@ -41,8 +41,15 @@ pub struct MountViewSpec {
     /// Paths inside hidden directories shown again, read-only, at the same
     /// place (directories, files or sockets).
     pub show: Vec<PathBuf>,
+    /// Existing paths inside hidden directories shown again, writable
+    /// (a path the run may write that lies in a hidden directory).
+    pub show_writable: Vec<PathBuf>,
     /// Existing files (not directories) covered by a read-only `/dev/null`.
     pub cover: Vec<PathBuf>,
+    /// The program's working directory, entered again once the view is
+    /// made: the one it inherited is the host's directory, whose `..`
+    /// leads past the view.
+    pub chdir: Option<PathBuf>,
 }
 
 /// One step the child runs.
@@ -75,6 +82,8 @@ enum Step {
     },
     /// Make the tmpfs at `path` read-only.
     Seal(CString),
+    /// `chdir(path)`, in the view.
+    Chdir(CString),
 }
 
 /// A mount view ready to be made in a spawned child.
@@ -183,11 +192,13 @@ impl MountView {
             .collect();
         hide.sort_by_key(|h| (h.components().count(), h.as_os_str().to_owned()));
         hide.dedup();
-        let show: Vec<(usize, &PathBuf, bool)> = spec
+        let show: Vec<(usize, &PathBuf, bool, bool)> = spec
             .show
             .iter()
-            .filter(|s| hide.iter().any(|h| s.starts_with(h) && s != h))
-            .map(|s| Ok((open(&mut steps, s)?, s, s.is_dir())))
+            .map(|s| (s, false))
+            .chain(spec.show_writable.iter().map(|s| (s, true)))
+            .filter(|(s, _)| hide.iter().any(|h| s.starts_with(h) && s != h))
+            .map(|(s, writable)| Ok((open(&mut steps, s)?, s, s.is_dir(), writable)))
             .collect::<Result<_, MountViewError>>()?;
         let null = if spec.cover.is_empty() {
             None
@@ -217,7 +228,7 @@ impl MountView {
                 steps.push(Step::MakeDir(c_path(&prefix)?));
             }
             steps.push(Step::Tmpfs(c_path(dir)?));
-            for (slot, path, is_dir) in show.iter().filter(|(_, s, _)| s.starts_with(dir)) {
+            for (slot, path, is_dir, writable) in show.iter().filter(|s| s.1.starts_with(dir)) {
                 push_mount_point(&mut steps, path, *is_dir)?;
                 let target = c_path(path)?;
                 steps.push(Step::Bind {
@@ -225,11 +236,13 @@ impl MountView {
                     target: target.clone(),
                     optional: false,
                 });
-                steps.push(Step::ReadOnly {
-                    slot: *slot,
-                    target,
-                    optional: false,
-                });
+                if !writable {
+                    steps.push(Step::ReadOnly {
+                        slot: *slot,
+                        target,
+                        optional: false,
+                    });
+                }
             }
             steps.push(Step::Seal(c_path(dir)?));
         }
@@ -247,6 +260,9 @@ impl MountView {
                     optional: true,
                 });
             }
+        }
+        if let Some(cwd) = &spec.chdir {
+            steps.push(Step::Chdir(c_path(cwd)?));
         }
         Ok(Self {
             steps,
@@ -443,6 +459,12 @@ fn run(step: &Step, fds: &mut [i32; MAX_SLOTS]) -> io::Result<()> {
             match mount(None, target, None, flags, None) {
                 Err(e) if *optional && e.raw_os_error() == Some(libc::ENOENT) => {}
                 other => other?,
+            }
+        }
+        Step::Chdir(path) => {
+            // SAFETY: a NUL-terminated path.
+            if unsafe { libc::chdir(path.as_ptr()) } != 0 {
+                return Err(last_error());
             }
         }
         Step::Seal(path) => mount(

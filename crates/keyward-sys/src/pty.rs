@@ -119,17 +119,21 @@ impl Drop for RawMode {
 }
 
 /// Makes the spawned child a session leader whose controlling terminal is
-/// its standard input (a pseudo-terminal's program end), so that the
-/// terminal's signals, job control and `/dev/tty` are that terminal's.
+/// the first of its standard descriptors that is a terminal (a
+/// pseudo-terminal's program end, set up before this hook runs), so that
+/// the terminal's signals, job control and `/dev/tty` are that terminal's.
 pub fn controlling_terminal_on_spawn(cmd: &mut Command) {
-    // SAFETY: setsid and ioctl are async-signal-safe, as required between
-    // fork and exec; the closure touches no memory shared with the parent.
+    // SAFETY: setsid, isatty and ioctl are async-signal-safe, as required
+    // between fork and exec; the closure touches no memory shared with the
+    // parent.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+            if let Some(fd) = (0..3).find(|fd| libc::isatty(*fd) == 1)
+                && libc::ioctl(fd, libc::TIOCSCTTY, 0) == -1
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -70,6 +70,9 @@ pub struct PreparedSandbox {
     network: Option<PrivateNetwork>,
     /// The mount view the child makes next, if any.
     mount_view: Option<MountView>,
+    /// Drop every capability and close inherited descriptors (a sandboxed
+    /// run): the highest capability number this kernel knows.
+    isolate: Option<u32>,
 }
 
 impl PreparedSandbox {
@@ -94,6 +97,19 @@ impl PreparedSandbox {
     /// network namespace and before Landlock and the seccomp filter.
     pub fn set_mount_view(&mut self, view: MountView) {
         self.mount_view = Some(view);
+    }
+
+    /// The child keeps no capability (as root: none of root's; in a user
+    /// namespace: none of the namespace's) and no descriptor it inherited
+    /// but standard input, output and error (and what is placed after this
+    /// hook, such as the broker's fd 3): a directory or socket descriptor
+    /// of the caller's would lead past the mount view.
+    pub fn isolate(&mut self) {
+        let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        self.isolate = Some(last);
     }
 }
 
@@ -192,6 +208,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
             filter_unavailable,
             network: None,
             mount_view: None,
+            isolate: None,
         });
     }
     let fail = |e: landlock::RulesetError| SandboxError::Ruleset(e.to_string());
@@ -220,10 +237,14 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
     let mut created = ruleset.create().map_err(fail)?;
     if fs {
         let read = AccessFs::ReadFile | AccessFs::ReadDir;
+        // Writable paths get every right but making device nodes: a block
+        // device of the disk in the working directory would read
+        // everything (as root, or with CAP_MKNOD).
+        let write = AccessFs::from_all(abi) & !(AccessFs::MakeBlock | AccessFs::MakeChar);
         let grants = [
             (&rules.read, read),
             (&rules.exec, read | AccessFs::Execute),
-            (&rules.write, AccessFs::from_all(abi)),
+            (&rules.write, write),
         ];
         for (paths, access) in grants {
             for path in paths {
@@ -262,6 +283,7 @@ pub fn prepare_sandbox(rules: &SandboxRules) -> Result<PreparedSandbox, SandboxE
         filter_unavailable,
         network: None,
         mount_view: None,
+        isolate: None,
     })
 }
 
@@ -345,9 +367,15 @@ pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
         filter,
         network,
         mount_view,
+        isolate,
         ..
     } = sandbox;
-    if fd.is_none() && filter.is_none() && network.is_none() && mount_view.is_none() {
+    if fd.is_none()
+        && filter.is_none()
+        && network.is_none()
+        && mount_view.is_none()
+        && isolate.is_none()
+    {
         return;
     }
     let in_user_namespace = network
@@ -366,6 +394,9 @@ pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
             if let Some(view) = &mount_view {
                 view.enter_in_child(in_user_namespace)?;
             }
+            if isolate.is_some() {
+                close_inherited_descriptors();
+            }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
@@ -374,12 +405,105 @@ pub fn sandbox_on_spawn(cmd: &mut Command, sandbox: PreparedSandbox) {
             {
                 return Err(io::Error::last_os_error());
             }
+            if let Some(last) = isolate {
+                drop_capabilities(last)?;
+            }
             if let Some(filter) = &filter {
                 install(filter)?;
             }
             Ok(())
         });
     }
+}
+
+/// Marks every descriptor from 3 up close-on-exec. Async-signal-safe.
+fn close_inherited_descriptors() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes flags of this process's
+    // descriptors.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        // Before Linux 5.11: one by one, up to the descriptor limit.
+        // SAFETY: sysconf and fcntl take integers only.
+        let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(3, 1 << 16) as i32;
+        for fd in 3..max {
+            // SAFETY: as above; an unused number fails with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// `capset(2)`'s header and data, version 3 (two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the bounding, ambient, effective, permitted and inheritable
+/// capability sets: the program keeps none, and since the bounding set is
+/// empty, executing anything (even as root, even a file with
+/// capabilities) grants none. Async-signal-safe.
+fn drop_capabilities(last: u32) -> io::Result<()> {
+    for cap in 0..=last {
+        // SAFETY: prctl takes integers only; a number this kernel does
+        // not know fails with EINVAL, which changes nothing.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            // Without CAP_SETPCAP (a user outside any user namespace) the
+            // bounding set cannot shrink, and need not: with no_new_privs
+            // set, executing a file with capabilities grants none, and a
+            // user who is not root gets none otherwise.
+            // SAFETY: geteuid cannot fail.
+            let unprivileged = unsafe { libc::geteuid() } != 0;
+            match e.raw_os_error() {
+                Some(libc::EINVAL) => {}
+                Some(libc::EPERM) if unprivileged => break,
+                _ => return Err(e),
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: a header and two data words of the layout capset(2) reads.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

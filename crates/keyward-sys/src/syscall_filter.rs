@@ -90,7 +90,10 @@ pub const FILTERED_SYSCALLS: &[&str] = &[
      open_tree, mount_setattr",
     "unshare and clone with a namespace flag, setns; clone3 answers ENOSYS \
      (its flags cannot be inspected; libc falls back to clone)",
-    "ioctl TIOCSTI and TIOCLINUX",
+    "ioctl TIOCSTI, TIOCLINUX and TIOCCONS",
+    "open_by_handle_at, init_module, finit_module, delete_module, kexec_load, \
+     kexec_file_load, reboot, swapon, swapoff, sethostname, setdomainname, acct, \
+     settimeofday, clock_settime, clock_adjtime, adjtimex",
     "personality other than the default (0) or a query",
     "prlimit64 setting limits, setpriority, sched_setaffinity, sched_setscheduler, \
      sched_setparam, sched_setattr, ioprio_set, migrate_pages, move_pages \
@@ -197,6 +200,25 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
         libc::SYS_setns,
         libc::SYS_fchown,
         libc::SYS_fchownat,
+        // What only a privileged program does (none has a capability in a
+        // sandbox; refused all the same): file handles that bypass paths,
+        // kernel modules, the machine's names, clock and power.
+        libc::SYS_open_by_handle_at,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_sethostname,
+        libc::SYS_setdomainname,
+        libc::SYS_acct,
+        libc::SYS_settimeofday,
+        libc::SYS_clock_settime,
+        libc::SYS_clock_adjtime,
+        libc::SYS_adjtimex,
     ] {
         rules.insert(nr, Vec::new());
     }
@@ -233,10 +255,11 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     ])?);
     rules.insert(libc::SYS_socket, socket);
 
-    // ioctl(fd, cmd, arg): keystroke injection and the Linux console.
+    // ioctl(fd, cmd, arg): keystroke injection, the Linux console, console
+    // output redirection.
     rules.insert(
         libc::SYS_ioctl,
-        [libc::TIOCSTI, libc::TIOCLINUX]
+        [libc::TIOCSTI, libc::TIOCLINUX, libc::TIOCCONS]
             .iter()
             .map(|c| rule(vec![cond(1, Op::Eq, *c)?]))
             .collect::<Result<_, _>>()?,

@@ -154,10 +154,19 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         listeners,
         ..
     } = confinement;
+    let mut sandbox = sandbox;
+    if args.sandbox.is_some() {
+        sandbox.isolate();
+    }
     keyward_sys::sandbox_on_spawn(&mut cmd, sandbox);
     let terminal = crate::run_pty::PrivateTerminal::for_run(args).and_then(|terminal| {
         if let Some(terminal) = &terminal {
             terminal.attach(&mut cmd)?;
+        } else if args.sandbox.is_some() && !args.no_pty {
+            // No terminal of its own and none of the user's: a session of
+            // its own, without a controlling terminal (`/dev/tty` cannot
+            // reach the user's).
+            keyward_sys::new_session_on_spawn(&mut cmd);
         }
         Ok(terminal)
     });
@@ -537,7 +546,7 @@ fn describe(sandbox: &keyward_sys::PreparedSandbox) -> String {
 
 fn remove_private_tmp(dir: Option<&std::path::Path>) {
     if let Some(dir) = dir {
-        let _ = std::fs::remove_dir_all(dir);
+        keyward_daemon::sandbox::remove_private_tmp(dir);
     }
 }
 

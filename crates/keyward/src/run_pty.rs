@@ -27,29 +27,35 @@ pub struct PrivateTerminal {
 /// The relay between the user's terminal and the program's, while it runs.
 pub struct Relay {
     controller: OwnedFd,
-    raw: keyward_sys::RawMode,
+    /// Raw mode, when keys are relayed (standard input is a terminal).
+    raw: Option<keyward_sys::RawMode>,
     output: std::thread::JoinHandle<()>,
+    /// A copy of the program's end kept open until the run is over: the
+    /// relay reads on even while the program has closed its descriptors
+    /// (and may open `/dev/tty` again).
+    hold: OwnedFd,
 }
 
 impl PrivateTerminal {
     /// A private terminal when asked for (`--pty`), or by default for a
-    /// sandboxed run whose standard input is a terminal (`--no-pty` opts
-    /// out).
+    /// sandboxed run with a terminal on standard input, output or error
+    /// (`--no-pty` opts out).
     pub fn for_run(args: &RunArgs) -> Result<Option<Self>> {
-        let stdin_is_terminal = keyward_sys::is_terminal(0);
-        let wanted = args.pty || (args.sandbox.is_some() && stdin_is_terminal && !args.no_pty);
+        let terminals = STD_FDS.map(keyward_sys::is_terminal);
+        let any = terminals.iter().any(|t| *t);
+        let wanted = args.pty || (args.sandbox.is_some() && any && !args.no_pty);
         if !wanted {
             return Ok(None);
         }
-        if !stdin_is_terminal {
-            bail!("--pty needs standard input to be a terminal");
-        }
+        let Some(like) = STD_FDS.into_iter().find(|fd| terminals[*fd as usize]) else {
+            bail!("--pty needs a terminal on standard input, output or error");
+        };
         let (controller, program) =
-            keyward_sys::open_pty(0).context("cannot open a pseudo-terminal for the program")?;
+            keyward_sys::open_pty(like).context("cannot open a pseudo-terminal for the program")?;
         Ok(Some(Self {
             controller,
             program,
-            terminals: STD_FDS.map(keyward_sys::is_terminal),
+            terminals,
         }))
     }
 
@@ -85,20 +91,25 @@ impl PrivateTerminal {
             program,
             terminals,
         } = self;
-        // The program holds its end now; the relay's reads end (EIO) once
-        // every process holding it is gone.
-        drop(program);
-        let raw = keyward_sys::RawMode::enter(0).context("cannot put the terminal in raw mode")?;
-        let mut keys = File::from(controller.try_clone()?);
-        std::thread::spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 || keys.write_all(&buf[..n]).is_err() {
-                    break;
+        // Keys are relayed only from a terminal: redirected input is the
+        // program's own (it was not replaced).
+        let raw = if terminals[0] {
+            let raw =
+                keyward_sys::RawMode::enter(0).context("cannot put the terminal in raw mode")?;
+            let mut keys = File::from(controller.try_clone()?);
+            std::thread::spawn(move || {
+                let mut stdin = std::io::stdin().lock();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 || keys.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+            Some(raw)
+        } else {
+            None
+        };
         let mut screen = File::from(controller.try_clone()?);
         let to_stdout = terminals[1] || !terminals[2];
         let output = std::thread::spawn(move || {
@@ -122,6 +133,7 @@ impl PrivateTerminal {
             controller,
             raw,
             output,
+            hold: program,
         })
     }
 }
@@ -134,17 +146,22 @@ impl Relay {
 
     /// Puts the user's terminal back as it was (before an early exit).
     pub fn restore(&self) {
-        self.raw.restore();
+        if let Some(raw) = &self.raw {
+            raw.restore();
+        }
     }
 
     /// After the program and what it left are gone: the rest of their
-    /// output is shown, then the terminal restored.
+    /// output is shown (the relay reads until the last end closes), then
+    /// the terminal restored.
     pub fn finish(self) {
         let Self {
             controller,
             raw,
             output,
+            hold,
         } = self;
+        drop(hold);
         let _ = output.join();
         drop(controller);
         drop(raw);

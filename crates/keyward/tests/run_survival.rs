@@ -196,7 +196,8 @@ fn a_forged_run_record_ends_its_run() {
 /// double-forked leftover keeps asking for secrets and using the proxy:
 /// the daemon sees the wrapper go and ends the run at once: token revoked,
 /// the leftover killed (it is in the run's cgroup, not just its ancestry),
-/// the run's private TMPDIR removed. The leftover never gets a secret.
+/// the run's private /tmp (bound over /tmp in its mount view, named in its
+/// mountinfo) removed. The leftover never gets a secret.
 #[test]
 fn killing_the_wrapper_ends_the_run_and_everything_it_left() {
     let (home, upstream) = setup("");
@@ -216,7 +217,8 @@ fn killing_the_wrapper_ends_the_run_and_everything_it_left() {
         url = upstream.url("/leftover"),
     );
     let script = format!(
-        "echo \"$TMPDIR\" > {tmp}; setsid -f sh -c \"( sh -c '{}' & )\"; sleep 1000",
+        "awk '$5 == \"/tmp\" {{print $4}}' /proc/self/mountinfo > {tmp}; \
+         setsid -f sh -c \"( sh -c '{}' & )\"; sleep 1000",
         leftover_loop.replace('\'', "'\\''"),
         tmp = tmp.display(),
     );

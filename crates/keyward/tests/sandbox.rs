@@ -337,6 +337,31 @@ for name, path in [("chmod home", home), ("chmod vault", home + "/vault"),
         os.chmod(path, 0o777); say(name, 0)
     except OSError as e:
         say(name, e.errno)
+# The working directory's parent is the view's, not the host's.
+home_name = os.path.basename(home)
+print("parent holds:", ",".join(sorted(os.listdir(".."))), flush=True)
+for name, path in [("chmod parent home", "../" + home_name),
+                   ("chmod parent key", "../" + home_name + "/vault/identity.txt")]:
+    try:
+        os.chmod(path, 0o777); say(name, 0)
+    except OSError as e:
+        say(name, e.errno)
+# No capability, even as root; no device node; no descriptor of the caller's.
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith("Cap"))
+print("caps:", ",".join(f"{k}={v.strip()}" for k, v in sorted(status.items())), flush=True)
+try:
+    os.mknod("null-copy", 0o20600, os.makedev(1, 3)); say("mknod", 0)
+except OSError as e:
+    say("mknod", e.errno)
+try:
+    socket.sethostname("kw-sandboxed"); say("sethostname", 0)
+except OSError as e:
+    say("sethostname", e.errno)
+try:
+    os.fstat(int(os.environ["KW_INHERITED_FD"])); say("inherited fd", 0)
+except OSError as e:
+    say("inherited fd", e.errno)
+os.mkdir("/dev/shm/locked"); open("/dev/shm/locked/f", "w").write("x"); os.chmod("/dev/shm/locked", 0)
 open("/tmp/written-in-view", "w").write("mine")
 open("/dev/shm/shm-in-view", "w").write("mine")
 say("write tmp and shm", 0)
@@ -391,8 +416,11 @@ impl Drop for PlantedSocket {
 /// `/run/user/<uid>`, under `/run` and in the user's home) cannot be
 /// reached, the host's /tmp and /dev/shm files are absent, the keyward
 /// home shows only the public certificates and the admin socket, and
-/// nothing in it can be chmod-ed (read-only); /tmp and /dev/shm are the
-/// run's own, and gone when it ends.
+/// nothing in it can be chmod-ed (read-only), not even through the working
+/// directory's `..`; the program has no capability (even as root), makes
+/// no device node, changes no host name and holds no descriptor its caller
+/// left open; /tmp and /dev/shm are the run's own, and gone when it ends
+/// (a directory it made unreadable included).
 #[test]
 fn the_mount_view_hides_what_the_run_must_not_reach() {
     if !sandbox_available() {
@@ -459,7 +487,24 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
             .map(|(name, s)| format!("{name}={}", s.path.display())),
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = Run::from(home.cmd(&args).current_dir(&work).output().unwrap());
+    // Started with a descriptor of the keyward home open and inheritable,
+    // as a careless caller might.
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, sys\n\
+         fd = os.open(sys.argv[1], os.O_RDONLY); os.set_inheritable(fd, True)\n\
+         os.environ['KW_INHERITED_FD'] = str(fd)\n\
+         os.execv(sys.argv[2], sys.argv[2:])",
+    ])
+    .arg(&home.path)
+    .arg(BIN)
+    .args(&args)
+    .env("KEYWARD_HOME", &home.path)
+    .env_remove("KEYWARD_CONFIG")
+    .env_remove("RUST_LOG")
+    .current_dir(&work);
+    let run = Run::from(cmd.output().unwrap());
     let _ = std::fs::remove_file(&tmp_file);
     let _ = std::fs::remove_file(&shm_file);
     assert_eq!(run.code, 0, "{run:?}");
@@ -493,6 +538,29 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
         assert!(refused, "{line}: {run:?}");
     }
     assert_eq!(modes(), before, "no mode changed");
+    assert!(run.stdout.contains("parent holds: home,work\n"), "{run:?}");
+    for line in ["chmod parent home: EROFS", "chmod parent key: ENOENT"] {
+        assert!(run.stdout.contains(line), "{line}: {run:?}");
+    }
+    let caps = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("caps: "))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    for set in ["CapBnd", "CapEff", "CapInh", "CapPrm", "CapAmb"] {
+        assert!(
+            caps.contains(&format!("{set}=0000000000000000")),
+            "{set}: {caps}"
+        );
+    }
+    // Landlock refuses the node before the missing CAP_MKNOD would.
+    assert!(
+        run.stdout.contains("mknod: EACCES") || run.stdout.contains("mknod: EPERM"),
+        "{run:?}"
+    );
+    for line in ["sethostname: EPERM", "inherited fd: EBADF"] {
+        assert!(run.stdout.contains(line), "{line}: {run:?}");
+    }
     assert!(run.stdout.contains("write tmp and shm: OK"), "{run:?}");
     assert!(
         !std::env::temp_dir().join("written-in-view").exists(),
@@ -517,8 +585,8 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
 }
 
 /// Plays the user's terminal: a pseudo-terminal (33 rows, 77 columns) as
-/// the binary's controlling terminal and its standard input, output and
-/// error; Ctrl-C typed once the
+/// the binary's controlling terminal and its standard input (`/dev/null`
+/// with `KW_STDIN_NULL` set), output and error; Ctrl-C typed once the
 /// program says READY; prints the exit code, what the terminal showed and
 /// whether its settings are as they were, as JSON.
 const USER_TERMINAL: &str = r#"
@@ -527,8 +595,9 @@ m, s = os.openpty()
 fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
 before = termios.tcgetattr(s)
 def controlling_terminal():
-    os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-p = subprocess.Popen(sys.argv[1:], stdin=s, stdout=s, stderr=s, preexec_fn=controlling_terminal)
+    os.setsid(); fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+stdin = subprocess.DEVNULL if os.environ.get("KW_STDIN_NULL") else s
+p = subprocess.Popen(sys.argv[1:], stdin=stdin, stdout=s, stderr=s, preexec_fn=controlling_terminal)
 out, typed = b"", False
 while True:
     ready, _, _ = select.select([m], [], [], 0.1)
@@ -551,7 +620,7 @@ print(json.dumps({"code": p.returncode, "shown": out.decode(errors="replace"),
 /// SIGINT, and the settings it changes (no echo, no line editing) stay on
 /// its own terminal: the user's is as it was. With `--no-pty` the same
 /// program changes the user's terminal (what the default prevents).
-/// `--pty` without a terminal is refused, saying why.
+/// `--pty` without any terminal is refused, saying why.
 #[test]
 fn a_private_terminal_keeps_the_users_terminal_as_it_was() {
     if !sandbox_available() {
@@ -592,6 +661,8 @@ fn a_private_terminal_keeps_the_users_terminal_as_it_was() {
     let refused = Run::from(
         home.cmd(&["run", "--pty", "--", "true"])
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .output()
             .unwrap(),
     );
@@ -599,9 +670,52 @@ fn a_private_terminal_keeps_the_users_terminal_as_it_was() {
     assert!(
         refused
             .stderr
-            .contains("--pty needs standard input to be a terminal"),
+            .contains("--pty needs a terminal on standard input, output or error"),
         "{refused:?}"
     );
+}
+
+/// With standard input redirected and the user's terminal on standard
+/// output, the program still gets a terminal of its own (its `/dev/tty`),
+/// so `stty < /dev/tty` leaves the user's as it was; output written after
+/// the program closed its terminal descriptors and opened `/dev/tty` again
+/// is shown.
+#[test]
+fn a_private_terminal_serves_redirected_input_and_a_reopened_tty() {
+    if !sandbox_available() {
+        return;
+    }
+    let (home, _upstream) = setup("");
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let program = "stty -echo -icanon < /dev/tty && echo TTY-CHANGED; \
+                   exec </dev/null >/dev/null 2>/dev/null; echo AFTER-REOPEN > /dev/tty";
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            USER_TERMINAL,
+            BIN,
+            "run",
+            "--sandbox",
+            "--",
+            "sh",
+            "-c",
+            program,
+        ])
+        .env("KEYWARD_HOME", &home.path)
+        .env("KW_STDIN_NULL", "1")
+        .env_remove("KEYWARD_CONFIG")
+        .env_remove("RUST_LOG")
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let result = common::json(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(result["code"], 0, "{result}");
+    let shown = result["shown"].as_str().unwrap();
+    assert!(shown.contains("TTY-CHANGED"), "{result}");
+    assert!(shown.contains("AFTER-REOPEN"), "{result}");
+    assert_eq!(result["unchanged"], true, "{result}");
 }
 
 fn mode(path: &Path) -> u32 {
