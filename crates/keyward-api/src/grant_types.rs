@@ -67,4 +67,8 @@ pub struct ReloadResponse {
     pub config: String,
     /// False when the file is absent and defaults apply.
     pub from_file: bool,
+    /// Settings that changed but apply only when the daemon restarts
+    /// (`proxy.listen`, ...): everything else took effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
 }

@@ -25,7 +25,7 @@ pub use run_types::{
     RunList,
 };
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
-pub use types::{ErrorBody, ErrorDetail, Health, ShutdownRequest, ShutdownResponse};
+pub use types::{ErrorBody, ErrorDetail, Health, ReloadFailure, ShutdownRequest, ShutdownResponse};
 pub use vault_types::{
     InitVaultRequest, KeyMode, RollbackRequest, SecretInfo, SecretList, SetSecretRequest,
     SnapshotInfo, SnapshotList, UnsealRequest, VaultState, VaultStatus,

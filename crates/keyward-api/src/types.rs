@@ -32,6 +32,19 @@ pub struct Health {
     /// checkpoint); also recorded in the log. Until the daemon stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_warning: Option<String>,
+    /// The last config reload failed (the previous config stays in
+    /// effect): when and why. Cleared by the next reload that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_failed: Option<ReloadFailure>,
+}
+
+/// A config reload that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadFailure {
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// Why (names the file, the key and what was expected).
+    pub error: String,
 }
 
 /// Every error response: `{"error":{"code":"snake_case","message":"..."}}`.

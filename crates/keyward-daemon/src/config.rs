@@ -532,6 +532,50 @@ impl Default for DaemonConfig {
     }
 }
 
+/// Settings read only when the daemon starts: a reload that changes one
+/// names it (the rest of a reload applies at once: grants, policy,
+/// backends, `proxy.upstream_ca`, `daemon.log_level`, `daemon.idle_exit`,
+/// `daemon.log_max_bytes`, `vault.keep`, `vault.idle_seal`, `auth`,
+/// `sandbox`, who may use the admin socket).
+const RESTART_ONLY: &[&str] = &[
+    "proxy.listen",
+    "proxy.max_substitution_body",
+    "proxy.intercept",
+    "proxy.header_read_timeout",
+    "proxy.idle_timeout",
+    "proxy.max_connections",
+    "proxy.connect_timeout",
+    "proxy.response_header_timeout",
+    "proxy.upstream_idle_timeout",
+    "admin.max_connections",
+    "audit.segment_bytes",
+    "compat",
+];
+
+/// The settings that differ between `old` and `new` but apply only at the
+/// next start (see [`RESTART_ONLY`]), by their dotted keys; and the admin
+/// socket's mode, set at start from whether it serves other users.
+pub fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(old_value), Ok(new_value)) = (toml::Value::try_from(old), toml::Value::try_from(new))
+    else {
+        return Vec::new();
+    };
+    let lookup = |value: &toml::Value, key: &str| {
+        key.split('.')
+            .try_fold(value, |v, part| v.get(part))
+            .cloned()
+    };
+    let mut changed: Vec<String> = RESTART_ONLY
+        .iter()
+        .filter(|key| lookup(&old_value, key) != lookup(&new_value, key))
+        .map(|key| (*key).to_owned())
+        .collect();
+    if old.admin.serves_others() != new.admin.serves_others() {
+        changed.push("admin (whether the socket serves other users: its mode)".to_owned());
+    }
+    changed
+}
+
 /// Where the config comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigSource {

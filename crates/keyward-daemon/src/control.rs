@@ -373,6 +373,10 @@ pub struct StatusReport {
     /// What was wrong with the evidence log's tail at the daemon's start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence_warning: Option<String>,
+    /// The last config reload failed (the previous config stays in
+    /// effect): when and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload_failed: Option<keyward_api::ReloadFailure>,
     /// The vault's state (`uninitialized`, `sealed`, `unsealed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vault_state: Option<String>,
@@ -460,6 +464,7 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
         proxy_port: None,
         evidence_error: None,
         evidence_warning: None,
+        reload_failed: None,
         vault_state: None,
         vault_mode: None,
         protection: None,
@@ -475,8 +480,10 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
             proxy_port,
             evidence_error,
             evidence_warning,
+            reload_failed,
             ..
         }) => {
+            report.reload_failed = reload_failed;
             report.proxy_port = proxy_port;
             report.evidence_error = evidence_error;
             report.evidence_warning = evidence_warning;

@@ -69,12 +69,13 @@ pub(crate) async fn reload(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<ReloadResponse>, ApiError> {
     match state.reload() {
-        Ok(new) => {
+        Ok((new, restart_needed)) => {
             tracing::info!(config = %new.source.path.display(), "config reloaded over the admin API");
             Ok(Json(ReloadResponse {
                 status: "reloaded".to_owned(),
                 config: new.source.path.display().to_string(),
                 from_file: new.from_file,
+                restart_needed,
             }))
         }
         Err(e) => {

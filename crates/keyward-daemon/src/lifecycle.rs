@@ -214,6 +214,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         require_runner_auth: opts.require_runner_auth,
         home: home.clone(),
         cgroups,
+        reload_failed: Mutex::new(None),
     });
     // Restored runs: each record checked against its seal (or left waiting
     // for the vault's unseal), those whose process is gone ended, and the
@@ -558,13 +559,19 @@ pub(crate) fn remove_socket_if_ours(path: &Path, ours: SocketId, what: &str) {
 fn reload(state: &AppState) {
     notify("RELOADING=1");
     match state.reload() {
-        Ok(new) => {
+        Ok((new, restart_needed)) => {
             tracing::info!(
                 config = %new.source.path.display(),
                 from_file = new.from_file,
                 policy = new.policy.id(),
                 "config reloaded"
             );
+            if !restart_needed.is_empty() {
+                tracing::warn!(
+                    "changed settings that apply only after a restart: {}",
+                    restart_needed.join(", ")
+                );
+            }
             state.evidence.record(
                 Kind::Admin,
                 None,

@@ -341,6 +341,8 @@ pub(crate) struct AppState {
     pub home: crate::home::Home,
     /// The runs' cgroups, where the kernel lets the daemon make them.
     pub cgroups: Option<Arc<crate::run_cgroup::RunCgroups>>,
+    /// The last reload failed: when and why (`keyward status` shows it).
+    pub reload_failed: Mutex<Option<keyward_api::ReloadFailure>>,
 }
 
 impl AppState {
@@ -427,11 +429,37 @@ impl AppState {
             .clone()
     }
 
-    /// Reloads the config from its source; on error nothing changes. A new
-    /// resolver replaces the old one, dropping its cache.
-    pub(crate) fn reload(&self) -> Result<Arc<LoadedConfig>, ConfigError> {
-        let source = self.config().source.clone();
+    /// Reloads the config from its source; on error nothing changes (and
+    /// the failure is kept for `keyward status` until a reload succeeds).
+    /// A new resolver replaces the old one, dropping its cache; the proxy
+    /// trusts the new `proxy.upstream_ca`. Returns the new config and the
+    /// settings that changed but apply only at the next start.
+    pub(crate) fn reload(&self) -> Result<(Arc<LoadedConfig>, Vec<String>), ConfigError> {
+        let result = self.reload_config();
+        *self.reload_failed.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(|e| keyward_api::ReloadFailure {
+                at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                error: e.to_string(),
+            });
+        result
+    }
+
+    fn reload_config(&self) -> Result<(Arc<LoadedConfig>, Vec<String>), ConfigError> {
+        let old = self.config();
+        let source = old.source.clone();
         let new = Arc::new(config::load(&source)?);
+        let restart_needed = config::changes_needing_restart(&old.config, &new.config);
+        if new.config.proxy.upstream_ca != old.config.proxy.upstream_ca
+            && let Some(proxy) = self.proxy.get().and_then(std::sync::Weak::upgrade)
+        {
+            proxy
+                .set_upstream_ca(&new.config.proxy.upstream_ca)
+                .map_err(|e| ConfigError::Invalid {
+                    path: source.path.clone(),
+                    key: Some("proxy.upstream_ca".to_owned()),
+                    message: e.to_string(),
+                })?;
+        }
         if let Err(e) = self.log.set_filter(&new.config.daemon.log_level) {
             tracing::warn!("cannot apply daemon.log_level: {e}");
         }
@@ -445,7 +473,7 @@ impl AppState {
         // Grants may have changed: runs re-resolve on their next request,
         // each narrowed by the new config, never widened.
         self.authority.forget_credentials();
-        Ok(new)
+        Ok((new, restart_needed))
     }
 }
 
@@ -704,6 +732,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
         proxy_port: Some(state.proxy_port),
         evidence_error: state.evidence.unwritable(),
         evidence_warning: state.evidence.tail_problem().map(|p| p.message.clone()),
+        reload_failed: state
+            .reload_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     })
 }
 

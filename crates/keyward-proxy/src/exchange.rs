@@ -18,7 +18,7 @@ pub(crate) async fn send(
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, Refusal> {
     let client = if ctx.prior_knowledge {
-        proxy.h2c_client()
+        proxy.h2c_client().clone()
     } else {
         proxy.client()
     };

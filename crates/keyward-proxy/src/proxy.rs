@@ -21,13 +21,10 @@ pub struct Proxy {
     pub(crate) options: ProxyOptions,
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) authority: Arc<dyn RunAuthority>,
-    /// Built on first use: loading the system roots is slow, and start-up
-    /// should not wait for it.
-    client: std::sync::OnceLock<UpstreamClient>,
-    /// One pooled client per core worker ([`Proxy::serve_per_core`]): a
-    /// pooled connection's task then runs on the thread its requests come
-    /// from, with no wake-up across threads per request.
-    worker_clients: Box<[std::sync::OnceLock<UpstreamClient>]>,
+    /// The upstream clients and the roots they trust; replaced whole when
+    /// `proxy.upstream_ca` is reloaded (requests in flight finish on the
+    /// clients they started with).
+    trust: std::sync::RwLock<Arc<UpstreamTrust>>,
     /// The core workers' runtimes, once they run: broker streams are
     /// handed to them in turn.
     pub(crate) workers: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
@@ -35,8 +32,6 @@ pub struct Proxy {
     /// For cleartext HTTP/2 clients (h2c, see h2c.rs): HTTP/2 with prior
     /// knowledge, over `http://` only.
     h2c_client: std::sync::OnceLock<UpstreamClient>,
-    /// `proxy.upstream_ca`, read (and checked) at construction.
-    extra_roots: Vec<CertificateDer<'static>>,
     pub(crate) events: Arc<dyn EgressSink>,
     pub(crate) drain: Arc<Drain>,
     /// Client connections and broker streams open at once
@@ -99,6 +94,55 @@ impl Default for ProxyOptions {
     }
 }
 
+/// What upstream servers are trusted with: the system roots plus
+/// `proxy.upstream_ca`, and the pooled clients built on them.
+struct UpstreamTrust {
+    /// `proxy.upstream_ca`, read and checked.
+    extra_roots: Vec<CertificateDer<'static>>,
+    /// Built on first use: loading the system roots is slow, and start-up
+    /// should not wait for it.
+    client: std::sync::OnceLock<UpstreamClient>,
+    /// One pooled client per core worker ([`Proxy::serve_per_core`]): a
+    /// pooled connection's task then runs on the thread its requests come
+    /// from, with no wake-up across threads per request.
+    worker_clients: Box<[std::sync::OnceLock<UpstreamClient>]>,
+}
+
+impl UpstreamTrust {
+    fn new(extra_roots: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            extra_roots,
+            client: std::sync::OnceLock::new(),
+            worker_clients: (0..crate::workers::MAX_WORKERS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+}
+
+/// The certificates of `proxy.upstream_ca`, each file read and each
+/// certificate checked.
+fn read_upstream_ca(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
+    let mut roots = Vec::new();
+    for path in paths {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| {
+                ProxyError(format!(
+                    "cannot read proxy.upstream_ca {}: {e}",
+                    path.display()
+                ))
+            })?;
+        for cert in certs {
+            rustls::RootCertStore::empty()
+                .add(cert.clone())
+                .map_err(|e| ProxyError(format!("bad certificate in {}: {e}", path.display())))?;
+            roots.push(cert);
+        }
+    }
+    Ok(roots)
+}
+
 /// Why the proxy could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -122,25 +166,7 @@ impl Proxy {
         upstream_ca: &[PathBuf],
         options: ProxyOptions,
     ) -> Result<Self, ProxyError> {
-        let mut extra_roots = Vec::new();
-        for path in upstream_ca {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<_, _>>())
-                .map_err(|e| {
-                    ProxyError(format!(
-                        "cannot read proxy.upstream_ca {}: {e}",
-                        path.display()
-                    ))
-                })?;
-            for cert in certs {
-                rustls::RootCertStore::empty()
-                    .add(cert.clone())
-                    .map_err(|e| {
-                        ProxyError(format!("bad certificate in {}: {e}", path.display()))
-                    })?;
-                extra_roots.push(cert);
-            }
-        }
+        let extra_roots = read_upstream_ca(upstream_ca)?;
         // Warm the system roots now, on their own thread.
         std::thread::spawn(|| {
             crate::ca::system_roots();
@@ -149,15 +175,11 @@ impl Proxy {
             options,
             ca,
             authority,
-            client: std::sync::OnceLock::new(),
-            worker_clients: (0..crate::workers::MAX_WORKERS)
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
+            trust: std::sync::RwLock::new(Arc::new(UpstreamTrust::new(extra_roots))),
             workers: std::sync::OnceLock::new(),
             next_worker: std::sync::atomic::AtomicUsize::new(0),
             h2c_client: std::sync::OnceLock::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
-            extra_roots,
             events: Arc::new(LogSink),
             drain: Arc::new(Drain::new()),
         })
@@ -165,16 +187,27 @@ impl Proxy {
 
     /// The pooled upstream client (system roots plus `proxy.upstream_ca`;
     /// TLS 1.2 or newer, verification always on).
-    pub(crate) fn client(&self) -> &UpstreamClient {
+    pub(crate) fn client(&self) -> UpstreamClient {
+        let trust = self.trust.read().unwrap_or_else(|p| p.into_inner()).clone();
         let slot = crate::workers::worker()
-            .and_then(|i| self.worker_clients.get(i))
-            .unwrap_or(&self.client);
+            .and_then(|i| trust.worker_clients.get(i))
+            .unwrap_or(&trust.client);
         slot.get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(crate::ca::system_roots().iter().cloned());
-            roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+            roots.add_parsable_certificates(trust.extra_roots.iter().cloned());
             build_client(roots, &self.options, false)
         })
+        .clone()
+    }
+
+    /// Trusts `upstream_ca` (with the system roots) from the next request
+    /// on (`proxy.upstream_ca` reloaded); on error nothing changes.
+    pub fn set_upstream_ca(&self, upstream_ca: &[PathBuf]) -> Result<(), ProxyError> {
+        let roots = read_upstream_ca(upstream_ca)?;
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(UpstreamTrust::new(roots));
+        Ok(())
     }
 
     /// The client for requests that came as h2c: no roots, as it never

@@ -665,6 +665,15 @@ pub enum DaemonCommand {
     Stop(StopArgs),
     /// Stop the daemon if it runs, then start it detached.
     Restart(RestartArgs),
+    /// Read the config again (like SIGHUP), saying whether it worked and
+    /// which changed settings apply only after a restart (`proxy.listen`,
+    /// the proxy's limits and timeouts, ...). A config with an error is
+    /// refused (exit 64, naming the file and key) and the previous one
+    /// stays in effect; `keyward status` shows the failure until a reload
+    /// succeeds.
+    ///
+    /// Example: keyward daemon reload
+    Reload(JsonFlag),
 }
 
 #[derive(Debug, Args)]

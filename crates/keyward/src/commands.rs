@@ -92,6 +92,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy(cmd) => policy_cmd::policy(cmd),
         Command::Audit(cmd) => audit::audit(&cli, cmd),
         Command::Service(cmd) => service(cmd),
+        Command::Daemon(DaemonCommand::Reload(flags)) => block_on(reload(&cli, flags.json)),
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
             stop(&cli, &args.stop, true).await?;
             start_detached(&cli, &args.idle, args.stop.json.json).await
@@ -226,6 +227,32 @@ fn print_status(r: &StatusReport) {
     if let Some(w) = &r.evidence_warning {
         println!("  evidence:   WARNING: {w}");
     }
+    if let Some(failed) = &r.reload_failed {
+        println!(
+            "  config:     RELOAD FAILED at {}: {}; the previous config stays in effect until a reload succeeds",
+            failed.at, failed.error
+        );
+    }
+}
+
+/// `keyward daemon reload`: the daemon reads its config again and says
+/// what it could not apply without a restart.
+async fn reload(cli: &Cli, json: bool) -> Result<ExitCode> {
+    let answer: keyward_api::ReloadResponse = client(cli)?
+        .call(hyper::Method::POST, "/v1/reload", None::<&()>)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string(&answer)?);
+    } else {
+        println!("the daemon reloaded {}", answer.config);
+        if !answer.restart_needed.is_empty() {
+            println!(
+                "these changed settings apply only after `keyward daemon restart`: {}",
+                answer.restart_needed.join(", ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A client for this home's daemon.

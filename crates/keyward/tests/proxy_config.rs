@@ -372,3 +372,93 @@ fn a_grant_goes_over_plain_http_only_when_it_says_plaintext() {
     assert!(sent.stdout.contains("got Bearer [REDACTED]"), "{sent:?}");
     assert!(!sent.stdout.contains(SECRET), "{sent:?}");
 }
+
+/// `proxy.upstream_ca` applies on a reload, without a restart: a request
+/// the upstream's unknown issuer failed succeeds once the CA is added and
+/// `keyward daemon reload` ran. A reload of a broken file is refused (64),
+/// the previous config stays in effect, and `keyward status` shows the
+/// failure until a reload succeeds; a reload that changes a setting read
+/// only at start names it.
+#[test]
+fn reload_applies_upstream_trust_and_says_what_it_cannot() {
+    let (home, upstream) = common::upstream::setup("");
+    let config = home.file("keyward.toml");
+    let trusted = std::fs::read_to_string(&config).unwrap();
+    let untrusted: String = trusted
+        .lines()
+        .filter(|l| !l.starts_with("upstream_ca"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // The daemon setup started trusts the upstream; untrusted by a reload.
+    std::fs::write(&config, &untrusted).unwrap();
+    assert_eq!(home.run(&["daemon", "reload"]).code, 0);
+    let fetch = |path: &str| {
+        common::upstream::run_sh(
+            &home,
+            &["local"],
+            &format!(
+                "curl -sS -o /dev/null -w '%{{http_code}}' {}",
+                upstream.url(path)
+            ),
+        )
+    };
+    let before = fetch("/before-trust");
+    assert_eq!(before.stdout, "502", "unknown issuer: {before:?}");
+
+    std::fs::write(&config, &trusted).unwrap();
+    let reload = home.run(&["daemon", "reload"]);
+    assert_eq!(reload.code, 0, "{reload:?}");
+    assert!(!reload.stdout.contains("only after"), "{reload:?}");
+    let after = fetch("/after-trust");
+    assert_eq!(after.stdout, "200", "trusted after the reload: {after:?}");
+
+    // A broken file: refused, kept out, shown by status until fixed.
+    std::fs::write(&config, format!("{trusted}\n[proxy.bogus]\n")).unwrap();
+    let refused = home.run(&["daemon", "reload"]);
+    assert_eq!(refused.code, 64, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("the previous config stays in effect"),
+        "{refused:?}"
+    );
+    let status = home.run(&["status"]);
+    assert!(status.stdout.contains("RELOAD FAILED"), "{status:?}");
+    let report = json(&home.run(&["status", "--json"]).stdout);
+    assert!(
+        report["reload_failed"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("keyward.toml")),
+        "{report}"
+    );
+    assert_eq!(
+        fetch("/while-broken").stdout,
+        "200",
+        "the previous config serves"
+    );
+
+    // Fixed, with a setting read only at start changed: said, and the
+    // failure is gone.
+    std::fs::write(
+        &config,
+        trusted.replace("[proxy]\n", "[proxy]\nmax_connections = 77\n"),
+    )
+    .unwrap();
+    let reload = home.run(&["daemon", "reload"]);
+    assert_eq!(reload.code, 0, "{reload:?}");
+    assert!(
+        reload
+            .stdout
+            .contains("apply only after `keyward daemon restart`: proxy.max_connections"),
+        "{reload:?}"
+    );
+    let status = home.run(&["status"]);
+    assert!(!status.stdout.contains("RELOAD FAILED"), "{status:?}");
+    upstream.settle();
+    let got = upstream.received();
+    assert!(
+        got.iter().all(|r| r["path"] != "/before-trust"),
+        "nothing reached the upstream it did not trust: {got:?}"
+    );
+    home.run(&["daemon", "stop"]);
+}
