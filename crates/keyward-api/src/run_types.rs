@@ -165,6 +165,32 @@ pub struct RunInfo {
     /// The CI runner identity verified when the run was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<BTreeMap<String, String>>,
+    /// What did not go as the program asked (refused, failed upstream, a
+    /// granted host reached with nothing injected), one entry per kind,
+    /// target and rule, for `keyward run` to report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<RunProblem>,
+}
+
+/// One kind of request of a run that did not go as asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunProblem {
+    /// `refused` (keyward said no), `failed` (the upstream could not be
+    /// reached or trusted) or `not_injected` (a granted host on a port its
+    /// grant does not cover: the request went out without the secret).
+    pub kind: String,
+    /// `host:port`.
+    pub target: String,
+    /// The rule that decided it, if any (`network.strict`, a policy rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// How many requests.
+    pub count: u32,
+    /// What happened.
+    pub detail: String,
+    /// What would change it, when keyward knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 /// `GET /v1/runs`.

@@ -184,6 +184,11 @@ impl Authority {
         *self.known.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// What `run_id` was created with, if this daemon knows it.
+    pub(crate) fn frozen_of(&self, run_id: &str) -> Option<Arc<Frozen>> {
+        self.frozen_map().get(run_id).cloned()
+    }
+
     /// Forgets a run entirely.
     pub(crate) fn forget(&self, run_id: &str) {
         self.contexts().remove(run_id);

@@ -34,6 +34,10 @@ impl EgressSink for RedactedEvidence {
             let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
             (event.method, event.host, event.path) = (text(method), text(host), text(path));
         }
+        let authority = &self.state.authority;
+        self.state
+            .run_reports
+            .note(&event, || authority.frozen_of(&event.run_id));
         self.inner.record(event);
     }
 

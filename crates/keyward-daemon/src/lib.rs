@@ -26,6 +26,7 @@ mod notify;
 pub mod pidfile;
 mod policy_routes;
 mod run_cgroup;
+mod run_report;
 mod run_routes;
 mod run_tasks;
 mod run_trust;

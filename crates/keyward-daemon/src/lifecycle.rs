@@ -215,6 +215,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         home: home.clone(),
         cgroups,
         reload_failed: Mutex::new(None),
+        run_reports: Default::default(),
     });
     // Restored runs: each record checked against its seal (or left waiting
     // for the vault's unseal), those whose process is gone ended, and the

@@ -32,6 +32,7 @@ impl From<RunsError> for ApiError {
 /// here whatever happened to its `keyward run`.
 pub(crate) fn release(state: &AppState, run: &RunRecord) {
     state.authority.forget(&run.id);
+    state.run_reports.take(&run.id);
     state.brokers.end(&run.id);
     state.exit_watchers.end(&run.id);
     let cgroups = state.cgroups.clone();
@@ -452,7 +453,11 @@ pub(crate) async fn get_one(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
-    visible_run(&state, &peer, &id).map(|r| Json(r.info()))
+    visible_run(&state, &peer, &id).map(|r| {
+        let mut info = r.info();
+        info.problems = state.run_reports.peek(&id);
+        Json(info)
+    })
 }
 
 /// A run may be tied only to the caller itself or one of its descendants,
@@ -526,6 +531,8 @@ pub(crate) async fn remove(
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
     let run = visible_run(&state, &peer, &id)?;
+    // Taken before the run is released (which forgets it).
+    let problems = state.run_reports.take(&id);
     if let Some(removed) = state.runs.remove(&id)? {
         release(&state, &removed);
     }
@@ -533,7 +540,9 @@ pub(crate) async fn remove(
     state
         .audit(Kind::Run, Some(&id), json!({"event": "run_removed"}))
         .await;
-    Ok(Json(run.info()))
+    let mut info = run.info();
+    info.problems = problems;
+    Ok(Json(info))
 }
 
 /// `POST /v1/ca/rotate`: a new CA; the previous one stays in the bundle.

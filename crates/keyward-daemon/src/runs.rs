@@ -138,6 +138,7 @@ impl RunRecord {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect()
             }),
+            problems: Vec::new(),
         }
     }
 }

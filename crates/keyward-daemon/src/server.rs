@@ -343,6 +343,8 @@ pub(crate) struct AppState {
     pub cgroups: Option<Arc<crate::run_cgroup::RunCgroups>>,
     /// The last reload failed: when and why (`keyward status` shows it).
     pub reload_failed: Mutex<Option<keyward_api::ReloadFailure>>,
+    /// What did not go as each run's program asked, for its `keyward run`.
+    pub run_reports: crate::run_report::RunReports,
 }
 
 impl AppState {

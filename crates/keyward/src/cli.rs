@@ -579,6 +579,11 @@ pub struct RunArgs {
     /// Give the program your terminal itself, even with --sandbox.
     #[arg(long)]
     pub no_pty: bool,
+    /// Do not say at the end which requests were refused, failed upstream
+    /// or went out without their secret (said by default, on stderr, once
+    /// the program is done).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// A `[sandbox.profiles.NAME]` of the config whose paths are added.
     #[arg(long, value_name = "NAME", requires = "sandbox")]
     pub sandbox_profile: Option<String>,

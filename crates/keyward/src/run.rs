@@ -121,7 +121,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         Some(BrokerArg::Fd) => match attach_broker(&client, &created).await {
             Ok(fd) => Some(fd),
             Err(e) => {
-                let _ = unregister(&client, &created.run_id).await;
+                unregister(&client, &created.run_id).await;
                 confinement.cleanup();
                 return Err(e);
             }
@@ -173,7 +173,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let terminal = match terminal {
         Ok(terminal) => terminal,
         Err(e) => {
-            let _ = unregister(&client, &created.run_id).await;
+            unregister(&client, &created.run_id).await;
             remove_private_tmp(private_tmp.as_deref());
             return Err(e);
         }
@@ -203,7 +203,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(source) => {
-            let _ = unregister(&client, &created.run_id).await;
+            unregister(&client, &created.run_id).await;
             remove_private_tmp(private_tmp.as_deref());
             return Err(ProgramNotStarted {
                 program: std::path::Path::new(&args.command[0]).display().to_string(),
@@ -220,7 +220,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         Some(Err(e)) => {
             let _ = keyward_sys::send_signal(pid, Signal::Kill);
             let _ = child.wait().await;
-            let _ = unregister(&client, &created.run_id).await;
+            unregister(&client, &created.run_id).await;
             remove_private_tmp(private_tmp.as_deref());
             return Err(e);
         }
@@ -235,7 +235,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         if let Err(e) = bridged {
             let _ = keyward_sys::send_signal(pid, Signal::Kill);
             let _ = child.wait().await;
-            let _ = unregister(&client, &created.run_id).await;
+            unregister(&client, &created.run_id).await;
             remove_private_tmp(private_tmp.as_deref());
             bail!("cannot bridge the proxy into the run's network namespace: {e}");
         }
@@ -282,7 +282,11 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     if ended > 0 {
         eprintln!("keyward run: ended {ended} process(es) the program left running");
     }
-    let _ = unregister(&client, &created.run_id).await;
+    if let Some(info) = unregister(&client, &created.run_id).await
+        && !args.quiet
+    {
+        report_problems(&info.problems);
+    }
     remove_private_tmp(private_tmp.as_deref());
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -654,9 +658,44 @@ pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn unregister(client: &keyward_api::Client, run_id: &str) -> Result<()> {
-    let _: Result<RunInfo, _> = client
+/// Ends the run; its record, with what did not go as the program asked.
+async fn unregister(client: &keyward_api::Client, run_id: &str) -> Option<RunInfo> {
+    client
         .call(Method::DELETE, &format!("/v1/runs/{run_id}"), None::<&()>)
-        .await;
-    Ok(())
+        .await
+        .ok()
+}
+
+/// Says on stderr, once the program is done, which of its requests were
+/// refused, failed upstream or went out without their secret, and what
+/// would change that.
+fn report_problems(problems: &[keyward_api::RunProblem]) {
+    if problems.is_empty() {
+        return;
+    }
+    let total: u32 = problems.iter().map(|p| p.count).sum();
+    eprintln!(
+        "keyward run: {total} request{} did not go as asked (--quiet hides this):",
+        if total == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        let kind = match p.kind.as_str() {
+            "not_injected" => "sent without its secret",
+            other => other,
+        };
+        let rule = p
+            .rule
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let times = if p.count == 1 {
+            String::new()
+        } else {
+            format!(", {} times", p.count)
+        };
+        eprintln!("  {kind}: {}{rule}{times}: {}", p.target, p.detail);
+        if let Some(fix) = &p.fix {
+            eprintln!("    fix: {fix}");
+        }
+    }
 }

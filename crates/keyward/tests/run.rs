@@ -1354,3 +1354,112 @@ fn a_program_that_cannot_start_exits_like_a_shell() {
     assert_eq!(json(&runs)["runs"], serde_json::json!([]), "{runs}");
     home.run(&["daemon", "stop"]);
 }
+
+/// `keyward run` says on its own stderr, once the program is done, which
+/// requests did not go as asked and what would change that: a strict-mode
+/// refusal (with the `--allow` that admits it), an unreachable upstream,
+/// an upstream whose issuer is unknown (naming `proxy.upstream_ca`), and a
+/// granted host reached on a port its grant does not cover (sent without
+/// the secret). `--quiet` says nothing; the report never holds a secret.
+#[test]
+fn keyward_run_says_why_requests_did_not_go_as_asked() {
+    let (home, upstream) = setup("");
+    let config = home.file("keyward.toml");
+    let trusted = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{trusted}\n[grants.default-port]\nsecret = \"vault:local-token\"\nhosts = [\"localhost\"]\n\
+             inject = {{ header = \"Authorization\" }}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(home.run(&["daemon", "reload"]).code, 0);
+    // Each request's own outcome is curl's business; the run ends with 0.
+    let curl = |url: &str| format!("curl -s -o /dev/null {url}; true;");
+
+    let strict = home.run(&[
+        "run",
+        "--grant",
+        "local",
+        "--network",
+        "strict",
+        "--",
+        "sh",
+        "-c",
+        &curl("https://refused.invalid/"),
+    ]);
+    assert_eq!(strict.code, 0, "{strict:?}");
+    for needle in [
+        "1 request did not go as asked",
+        "refused: refused.invalid:443 (network.strict)",
+        "fix: keyward run --allow refused.invalid:443",
+    ] {
+        assert!(strict.stderr.contains(needle), "{needle}: {strict:?}");
+    }
+
+    let port = upstream
+        .url("/")
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let script = format!(
+        "{}{}{}",
+        curl(&upstream.url("/no-secret-here")),
+        curl(&upstream.url("/again")),
+        curl("https://localhost:1/"),
+    );
+    let permissive = home.run(&["run", "--grant", "default-port", "--", "sh", "-c", &script]);
+    assert_eq!(permissive.code, 0, "{permissive:?}");
+    for needle in [
+        format!("sent without its secret: localhost:{port} (grant default-port), 2 times"),
+        format!("fix: add \"localhost:{port}\" to the grant's hosts"),
+        "failed: localhost:1 (upstream_unreachable)".to_owned(),
+    ] {
+        assert!(
+            permissive.stderr.contains(&needle),
+            "{needle}: {permissive:?}"
+        );
+    }
+    let quiet = home.run(&[
+        "run",
+        "--quiet",
+        "--grant",
+        "default-port",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(!quiet.stderr.contains("did not go as asked"), "{quiet:?}");
+
+    // The upstream's issuer unknown: the setting that fixes it is named.
+    let untrusted: String = trusted
+        .lines()
+        .filter(|l| !l.starts_with("upstream_ca"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, untrusted).unwrap();
+    assert_eq!(home.run(&["daemon", "reload"]).code, 0);
+    let untrusted = run_sh(&home, &["local"], &curl(&upstream.url("/untrusted")));
+    assert!(
+        untrusted
+            .stderr
+            .contains(&format!("failed: localhost:{port}"))
+            && untrusted.stderr.contains("proxy.upstream_ca"),
+        "{untrusted:?}"
+    );
+    for run in [&strict, &permissive, &untrusted] {
+        assert!(!run.stderr.contains(SECRET), "{run:?}");
+    }
+    upstream.settle();
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|r| r["headers"]["authorization"].is_null()),
+        "nothing was injected toward the uncovered port"
+    );
+}
