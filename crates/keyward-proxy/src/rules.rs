@@ -89,6 +89,29 @@ impl HostPattern {
     }
 }
 
+/// Refuses a URL where a host (and port) is expected, saying what to
+/// write instead: `https://api.example.com:8443/v1` is
+/// `api.example.com:8443`, `https://x` is `x:443`.
+fn not_a_url(text: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let example = if authority.contains(':') || authority.is_empty() {
+        authority.to_owned()
+    } else {
+        let port = match scheme.to_ascii_lowercase().as_str() {
+            "http" | "ws" => 80,
+            _ => 443,
+        };
+        format!("{authority}:{port}")
+    };
+    Err(format!(
+        "{text:?} is a URL; expected a host or host:port, as in {example:?}"
+    ))
+}
+
 /// A network allow rule: a host pattern with an optional port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
@@ -99,6 +122,7 @@ pub struct AllowRule {
 impl AllowRule {
     /// Parses `host`, `*.example.com` or either with `:port`.
     pub fn parse(text: &str) -> Result<Self, String> {
+        not_a_url(text)?;
         let (host, port) = match text.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => (
                 h,
@@ -142,6 +166,7 @@ impl std::fmt::Display for GrantHost {
 impl GrantHost {
     /// Parses `host`, `*.example.com` or either with `:port`.
     pub fn parse(text: &str) -> Result<Self, String> {
+        not_a_url(text)?;
         let (host, port) = match text.rsplit_once(':').filter(|_| !text.contains('/')) {
             Some((host, port)) => {
                 let port = port

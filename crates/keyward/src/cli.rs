@@ -427,7 +427,7 @@ pub struct GrantAddArgs {
     pub secret: String,
     /// Host pattern the secret may go to (repeatable): api.example.com or
     /// *.example.com, optionally with :PORT (without one: 443).
-    #[arg(long = "host", value_name = "HOST", required = true)]
+    #[arg(long = "host", value_name = "HOST", required = true, value_parser = parse_grant_host)]
     pub hosts: Vec<String>,
     /// Inject as this header.
     #[arg(long, value_name = "NAME")]
@@ -534,7 +534,7 @@ pub struct RunArgs {
     pub grants: Vec<String>,
     /// A host pattern allowed in strict mode (repeatable): host,
     /// *.example.com, optionally with :port.
-    #[arg(long = "allow", value_name = "HOST")]
+    #[arg(long = "allow", value_name = "HOST", value_parser = parse_allow)]
     pub allow: Vec<String>,
     /// permissive: any host not denied; strict: only --allow hosts and the
     /// grants' hosts.
@@ -712,6 +712,16 @@ pub struct IdleExit(pub Option<Duration>);
 
 fn parse_idle_exit(text: &str) -> Result<IdleExit, String> {
     keyward_daemon::config::parse_duration_or_off(text).map(IdleExit)
+}
+
+/// `--allow`: a host pattern, optionally with a port (not a URL).
+fn parse_allow(text: &str) -> Result<String, String> {
+    keyward_proxy::AllowRule::parse(text).map(|_| text.to_owned())
+}
+
+/// `grant add --host`: a host pattern, optionally with a port (not a URL).
+fn parse_grant_host(text: &str) -> Result<String, String> {
+    keyward_proxy::GrantHost::parse(text).map(|_| text.to_owned())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -13,6 +13,8 @@ use keyward_vault::VaultError;
 
 /// Any other failure.
 pub const FAILURE: u8 = 1;
+/// A command-line usage error (as clap's own).
+pub const COMMAND_LINE: u8 = 2;
 /// The daemon is not running.
 pub const NOT_RUNNING: u8 = 3;
 /// Invalid configuration or usage (EX_USAGE).
@@ -27,6 +29,9 @@ fn status_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<crate::run::ProgramNotStarted>() {
             return e.status();
+        }
+        if cause.is::<crate::grants::GrantFlagError>() {
+            return COMMAND_LINE;
         }
         if cause.is::<ConfigError>()
             || matches!(

@@ -60,8 +60,38 @@ pub async fn list(cli: &Cli, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A flag of `grant add` that cannot be right, in the user's words (a
+/// usage error, exit 2: nothing is written).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GrantFlagError(String);
+
+/// Checks what `grant add` was given before the config file is touched,
+/// naming the flag at fault.
+fn check_add_flags(args: &GrantAddArgs) -> Result<(), GrantFlagError> {
+    if keyward_vault::validate_name(&args.name).is_err() {
+        return Err(GrantFlagError(format!(
+            "{:?} is not a grant name: 1-64 of a-z 0-9 _ . - starting with a letter or digit \
+             (e.g. my-api)",
+            args.name
+        )));
+    }
+    if let Some(preset) = keyward_daemon::grants::presets().get(args.name.as_str())
+        && !args.replace
+    {
+        return Err(GrantFlagError(format!(
+            "{} is a built-in preset (hosts {}); pass --replace to put your table in its place \
+             (its hosts, injection and placeholder variable then come from your flags only), \
+             or choose another name",
+            args.name,
+            preset.hosts.clone().unwrap_or_default().join(", ")
+        )));
+    }
+    Ok(())
+}
+
 pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Result<ExitCode> {
-    keyward_vault::validate_name(&args.name)?;
+    check_add_flags(args)?;
     let grant = GrantConfig {
         preset: None,
         secret: Some(args.secret.clone()),
