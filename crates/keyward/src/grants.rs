@@ -15,7 +15,8 @@ use crate::cli::{Cli, GrantAddArgs, GrantRmArgs};
 use crate::commands::client;
 
 pub async fn list(cli: &Cli, json: bool) -> Result<ExitCode> {
-    let list: GrantList = client(cli)?
+    let list: GrantList = crate::commands::ensure_daemon(cli)
+        .await?
         .call(Method::GET, "/v1/grants", None::<&()>)
         .await?;
     if json {

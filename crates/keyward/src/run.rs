@@ -613,7 +613,6 @@ async fn end_leftovers(spare: Option<u32>) -> usize {
 
 /// `keyward ca path` / `keyward ca export`.
 pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
-    let client = ensure_daemon(cli).await?;
     let home = Home::resolve(cli.home.as_deref())?;
     let public = home.ca_dir().join("public");
     let cert = public.join("ca.pem");
@@ -627,7 +626,8 @@ pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
             println!("{}", bundle.display());
         }
         CaCommand::Rotate(flags) => {
-            let v: serde_json::Value = client
+            let v: serde_json::Value = ensure_daemon(cli)
+                .await?
                 .call(Method::POST, "/v1/ca/rotate", None::<&()>)
                 .await?;
             if flags.json {
@@ -641,6 +641,10 @@ pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
             }
         }
         CaCommand::Export { format } => {
+            // The daemon makes the CA when it first starts.
+            if !cert.exists() {
+                ensure_daemon(cli).await?;
+            }
             let pem = std::fs::read_to_string(&cert)
                 .with_context(|| format!("cannot read {}", cert.display()))?;
             match format {

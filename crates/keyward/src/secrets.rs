@@ -39,11 +39,11 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             output_status(&status, json.json, "vault initialized")?;
         }
         VaultCommand::Status(flags) => {
-            let status = vault_status(&client(cli)?).await?;
+            let status = vault_status(&ensure_daemon(cli).await?).await?;
             output_status(&status, flags.json, "")?;
         }
         VaultCommand::Unseal(flags) => {
-            let client = client(cli)?;
+            let client = ensure_daemon(cli).await?;
             let current = vault_status(&client).await?;
             let passphrase = match current.mode {
                 Some(KeyMode::Passphrase) => {
@@ -61,13 +61,30 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             output_status(&status, flags.json, "vault unsealed")?;
         }
         VaultCommand::Seal(flags) => {
-            let status: VaultStatus = client(cli)?
-                .call(Method::POST, "/v1/vault/seal", None::<&()>)
-                .await?;
-            output_status(&status, flags.json, "vault sealed")?;
+            // A daemon that does not run holds no key: there is nothing to
+            // seal, and starting one to seal it would unseal a key-file
+            // vault first.
+            match client(cli)?
+                .call::<(), VaultStatus>(Method::POST, "/v1/vault/seal", None)
+                .await
+            {
+                Ok(status) => output_status(&status, flags.json, "vault sealed")?,
+                Err(keyward_api::ClientError::NotRunning { .. }) => {
+                    if flags.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"sealed": true, "daemon_running": false})
+                        );
+                    } else {
+                        println!("the daemon is not running: no key is in memory, nothing to seal");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         VaultCommand::History(flags) => {
-            let list: SnapshotList = client(cli)?
+            let list: SnapshotList = ensure_daemon(cli)
+                .await?
                 .call(Method::GET, "/v1/vault/history", None::<&()>)
                 .await?;
             if flags.json {
@@ -86,7 +103,8 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             let req = RollbackRequest {
                 snapshot: snapshot.clone(),
             };
-            let status: VaultStatus = client(cli)?
+            let status: VaultStatus = ensure_daemon(cli)
+                .await?
                 .call(Method::POST, "/v1/vault/rollback", Some(&req))
                 .await?;
             let msg = format!(
@@ -176,9 +194,28 @@ pub async fn secret(cli: &Cli, cmd: &SecretCommand) -> Result<ExitCode> {
             }
         }
         SecretCommand::List(flags) => {
-            let list: SecretList = client(cli)?
-                .call(Method::GET, "/v1/secrets", None::<&()>)
-                .await?;
+            let listed = ensure_daemon(cli)
+                .await?
+                .call::<(), SecretList>(Method::GET, "/v1/secrets", None)
+                .await;
+            let list = match listed {
+                Ok(list) => list,
+                // No vault yet: no secrets, and nothing wrong.
+                Err(keyward_api::ClientError::Api { code, .. })
+                    if code == "vault_uninitialized" =>
+                {
+                    if flags.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"secrets": [], "vault": "uninitialized"})
+                        );
+                    } else {
+                        println!("no secrets (no vault yet: `keyward secret set NAME` makes one)");
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            };
             if flags.json {
                 print_json(&list)?;
             } else if list.secrets.is_empty() {
@@ -205,7 +242,8 @@ pub async fn secret(cli: &Cli, cmd: &SecretCommand) -> Result<ExitCode> {
         }
         SecretCommand::Rm { name, json } => {
             keyward_vault::validate_name(name)?;
-            let _: serde_json::Value = client(cli)?
+            let _: serde_json::Value = ensure_daemon(cli)
+                .await?
                 .call(Method::DELETE, &format!("/v1/secrets/{name}"), None::<&()>)
                 .await?;
             if json.json {

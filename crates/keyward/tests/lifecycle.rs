@@ -530,3 +530,30 @@ fn daemon_log_rotates_at_its_limit_and_keeps_one_old_file() {
         home.log()
     );
 }
+
+/// Every command that needs the daemon starts it (`secret list`, `grant
+/// list`, `vault status`, `vault history`); one that only reads the home
+/// (`ca path`) does not, and `vault seal` with no daemon says there is
+/// nothing to seal instead of starting one.
+#[test]
+fn commands_that_need_the_daemon_start_it_and_others_do_not() {
+    let home = TestHome::new();
+    let path = home.run(&["ca", "path"]);
+    assert_eq!(path.code, 0, "{path:?}");
+    assert!(path.stdout.contains("ca.pem"), "{path:?}");
+    let seal = home.run(&["vault", "seal"]);
+    assert_eq!(seal.code, 0, "{seal:?}");
+    assert!(seal.stdout.contains("nothing to seal"), "{seal:?}");
+    assert_eq!(home.run(&["status"]).code, 3, "neither started the daemon");
+    for args in [
+        &["secret", "list"][..],
+        &["grant", "list"],
+        &["vault", "status"],
+        &["vault", "history"],
+    ] {
+        let run = home.run(args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert_eq!(home.run(&["status"]).code, 0, "{args:?} started it");
+        assert_eq!(home.run(&["daemon", "stop"]).code, 0);
+    }
+}
