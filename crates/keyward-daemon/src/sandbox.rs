@@ -144,7 +144,11 @@ const SYSTEM_READ: &[&str] = &[
     "/etc",
     "/proc",
     "/sys",
-    "/run/systemd/resolve",
+    // The resolver's files, not its directory: systemd-resolved's varlink
+    // socket there would answer lookups (and carry data out) beside the
+    // proxy.
+    "/run/systemd/resolve/stub-resolv.conf",
+    "/run/systemd/resolve/resolv.conf",
     "/dev/zero",
     "/dev/full",
     "/dev/random",
@@ -447,19 +451,17 @@ fn plan_mount_view(
             spec.keep.push(path.clone());
         }
     }
-    // Other programs' sockets in the user's home (agents, editors): the
-    // directories the run may write are its own and not looked into (a
-    // run could fill them to exhaust the look).
-    let mut budget = SOCKET_SCAN_LIMIT;
-    if let Some(root) = user_home.and_then(canonical) {
-        let skip: Vec<&PathBuf> = rules.write.iter().collect();
-        find_sockets(&root, SOCKET_ROOTS_DEPTH, &skip, &mut budget, &mut |path| {
-            let hidden = spec.hide.iter().any(|h| path.starts_with(h));
-            let named = used.iter().any(|p| *p == path);
-            if !hidden && !named && socket.as_deref() != Some(path) {
-                spec.cover.push(path.to_owned());
-            }
-        });
+    // Other programs' sockets in the user's home (agents, editors); the
+    // directories the run may write are looked into apart (a run could
+    // fill them to exhaust the look).
+    let mut cover = |path: &Path| {
+        let hidden = spec.hide.iter().any(|h| path.starts_with(h));
+        let named = used.iter().any(|p| *p == path);
+        if !hidden && !named && socket.as_deref() != Some(path) {
+            spec.cover.push(path.to_owned());
+        }
+    };
+    let mut exhausted = |root: &Path, budget: usize| {
         if budget == 0 {
             notes.push(format!(
                 "{} has more than {SOCKET_SCAN_LIMIT} entries {SOCKET_ROOTS_DEPTH} levels deep: \
@@ -467,6 +469,26 @@ fn plan_mount_view(
                 root.display()
             ));
         }
+    };
+    if let Some(root) = user_home.and_then(canonical) {
+        let skip: Vec<&PathBuf> = rules.write.iter().collect();
+        let mut budget = SOCKET_SCAN_LIMIT;
+        find_sockets(&root, SOCKET_ROOTS_DEPTH, &skip, &mut budget, &mut cover);
+        exhausted(&root, budget);
+    }
+    // The directories the run may write, each with a look of its own:
+    // filling one cannot hide the sockets of the rest (an ssh control
+    // socket in ~/.cache is a logged-in ssh session).
+    for dir in &rules.write {
+        if private
+            .iter()
+            .any(|p| dir.starts_with(p.parent().unwrap_or(p)))
+        {
+            continue;
+        }
+        let mut budget = SOCKET_SCAN_LIMIT;
+        find_sockets(dir, SOCKET_ROOTS_DEPTH, &[], &mut budget, &mut cover);
+        exhausted(dir, budget);
     }
 }
 
@@ -576,25 +598,41 @@ pub fn is_private_tmp(dir: &Path) -> bool {
 }
 
 /// Removes a run's private temporary directory with everything the run
-/// left in it, directories it made unreadable (`chmod 0`) included: each
-/// directory is made accessible to its owner first. Symbolic links are
-/// removed, never followed.
+/// left in it, directories it made unreadable (`chmod 0`) and trees of any
+/// depth included. The run's program made what is in there: it is removed
+/// with the privileges of the directory's owner (coreutils `chmod -R u+rwx`
+/// then `rm -rf --one-file-system`, which walk without recursion and never
+/// follow a symbolic link), so that a link or a rename race in the tree
+/// can make it touch nothing its owner could not touch anyway, even when
+/// the daemon is root.
 pub fn remove_private_tmp(dir: &Path) {
-    fn open_up(dir: &Path) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                open_up(&entry.path());
-            }
-        }
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
     }
-    if std::fs::remove_dir_all(dir).is_err() {
-        open_up(dir);
-        let _ = std::fs::remove_dir_all(dir);
+    let as_owner = |program: &str, args: &[&str]| {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .arg("--")
+            .arg(dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if keyward_sys::effective_uid() == 0 && meta.uid() != 0 {
+            // std drops the supplementary groups when root sets a uid.
+            cmd.uid(meta.uid()).gid(meta.gid());
+        }
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    if !as_owner("rm", &["-rf", "--one-file-system"]) {
+        as_owner("chmod", &["-R", "u+rwx"]);
+        as_owner("rm", &["-rf", "--one-file-system"]);
     }
 }
 
@@ -750,6 +788,54 @@ mod tests {
             "nothing of the home is kept writable: {spec:?}"
         );
         std::fs::remove_dir_all(private).unwrap();
+    }
+
+    #[test]
+    fn a_private_tmp_of_any_depth_is_removed_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let private = make_private_tmp(tmp.path(), &["tmp"]).unwrap();
+        // Outside: a directory a link in the tree points at.
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("kept"), "x").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&outside, private.join("tmp/link")).unwrap();
+        // 20,000 levels deep (a recursive removal overflowed a thread's
+        // stack; deeper than PATH_MAX, so made by walking down), the top
+        // directory unreadable.
+        let made = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys\nos.chdir(sys.argv[1])\n\
+                 for _ in range(20000): os.mkdir('d'); os.chdir('d')",
+            ])
+            .arg(private.join("tmp"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::set_permissions(private.join("tmp/d"), std::fs::Permissions::from_mode(0o0))
+            .unwrap();
+        // As root, the tree is given to another user: removed with that
+        // user's privileges (so the unreadable directory is opened first).
+        if keyward_sys::effective_uid() == 0 {
+            // Its parent is like /tmp: anyone may make, only owners remove.
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+            let given = std::process::Command::new("chown")
+                .args(["-R", "-h", "65534:65534"])
+                .arg(&private)
+                .status()
+                .unwrap();
+            assert!(given.success());
+        }
+        remove_private_tmp(&private);
+        assert!(!private.exists(), "removed");
+        assert!(outside.join("kept").exists(), "the link was not followed");
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "nothing outside changed mode"
+        );
     }
 
     #[test]

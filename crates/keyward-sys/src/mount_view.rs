@@ -318,10 +318,13 @@ const LOCKED_FLAGS: [(libc::c_ulong, libc::c_ulong); 6] = [
 unsafe fn enter_mount_namespace(in_user_namespace: bool, maps: &IdMaps) -> io::Result<()> {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
+    // A System V IPC namespace too: shared memory segments, semaphores
+    // and message queues of the user's other programs are out of reach
+    // (Landlock does not see them).
     let flags = if root || in_user_namespace {
-        libc::CLONE_NEWNS
+        libc::CLONE_NEWNS | libc::CLONE_NEWIPC
     } else {
-        libc::CLONE_NEWUSER | libc::CLONE_NEWNS
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWIPC
     };
     // SAFETY: as this function's own contract.
     unsafe { unshare_mapped(flags, maps) }.map_err(|(_, e)| e)?;

@@ -557,9 +557,10 @@ pub struct RunArgs {
     /// way out (no UDP, no DNS but the proxy's, no other host port; opt out
     /// with --sandbox=no-netns); in a private mount view /tmp and /dev/shm
     /// are its own, the keyward home shows only the public CA and the admin
-    /// socket (read-only), /run/user and /var/tmp are hidden and other
-    /// programs' sockets under /run and your home are covered; it gets a
-    /// terminal of its own (--pty) when stdin is one; a seccomp filter refuses
+    /// socket (read-only), /run and /var/tmp are hidden and other programs'
+    /// sockets in your home are covered; System V IPC is its own; it keeps
+    /// no capability (even as root) and no descriptor but 0-2; it gets a
+    /// terminal of its own (--pty) when 0, 1 or 2 is one; a seccomp filter refuses
     /// other socket protocols (MPTCP, SCTP, raw, packet, netlink but route),
     /// io_uring, ptrace, namespaces, mounts, terminal injection (TIOCSTI),
     /// chown, and changing other processes' limits, priorities or CPUs. Not

@@ -316,6 +316,13 @@ const VIEW_ATTACKS: &str = r#"
 import errno, os, socket, sys
 def say(name, e):
     print(f"{name}: {errno.errorcode.get(e, e) if e else 'OK'}", flush=True)
+# First, before this script opens anything: the caller's descriptor of the
+# keyward home (its number and inode in the environment) is not here.
+try:
+    st = os.fstat(int(os.environ["KW_INHERITED_FD"]))
+    say("inherited fd", 0 if str(st.st_ino) == os.environ["KW_INHERITED_INO"] else errno.EBADF)
+except OSError as e:
+    say("inherited fd", e.errno)
 home, tmp_file, shm_file = sys.argv[1:4]
 for arg in sys.argv[4:]:
     name, path = arg.split("=", 1)
@@ -357,11 +364,9 @@ try:
     socket.sethostname("kw-sandboxed"); say("sethostname", 0)
 except OSError as e:
     say("sethostname", e.errno)
-try:
-    os.fstat(int(os.environ["KW_INHERITED_FD"])); say("inherited fd", 0)
-except OSError as e:
-    say("inherited fd", e.errno)
 os.mkdir("/dev/shm/locked"); open("/dev/shm/locked/f", "w").write("x"); os.chmod("/dev/shm/locked", 0)
+# System V IPC: none of the host's segments.
+print("sysv shm segments:", len(open("/proc/sysvipc/shm").read().splitlines()) - 1, flush=True)
 open("/tmp/written-in-view", "w").write("mine")
 open("/dev/shm/shm-in-view", "w").write("mine")
 say("write tmp and shm", 0)
@@ -448,6 +453,12 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
         ),
         ("run socket", PathBuf::from(format!("/run/{tag}/s.sock"))),
         ("home socket", user_home.join(format!(".{tag}/agent.sock"))),
+        // In a directory the run may write: an ssh control socket there is
+        // a logged-in session.
+        (
+            "cache socket",
+            user_home.join(format!(".cache/{tag}/ctl.sock")),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, path)| PlantedSocket::at(path).map(|s| (name, s)))
@@ -471,6 +482,17 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
         .map(|p| mode(&p))
     };
     let before = modes();
+    // A System V shared memory segment of the host's.
+    let segment = Command::new("ipcmk")
+        .args(["-M", "4096"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .last()
+                .map(str::to_owned)
+        });
     let mut args = vec![
         "run".to_owned(),
         "--sandbox".to_owned(),
@@ -495,6 +517,7 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
         "import os, sys\n\
          fd = os.open(sys.argv[1], os.O_RDONLY); os.set_inheritable(fd, True)\n\
          os.environ['KW_INHERITED_FD'] = str(fd)\n\
+         os.environ['KW_INHERITED_INO'] = str(os.fstat(fd).st_ino)\n\
          os.execv(sys.argv[2], sys.argv[2:])",
     ])
     .arg(&home.path)
@@ -562,6 +585,10 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
         assert!(run.stdout.contains(line), "{line}: {run:?}");
     }
     assert!(run.stdout.contains("write tmp and shm: OK"), "{run:?}");
+    if let Some(id) = &segment {
+        let _ = Command::new("ipcrm").args(["-m", id]).status();
+        assert!(run.stdout.contains("sysv shm segments: 0\n"), "{run:?}");
+    }
     assert!(
         !std::env::temp_dir().join("written-in-view").exists(),
         "the run's /tmp is not the host's"
