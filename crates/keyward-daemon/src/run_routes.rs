@@ -55,10 +55,22 @@ fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecor
             );
         }
     }
+    // Only a directory of the daemon's own user: one of another user (a
+    // root daemon serving other uids) is theirs to remove, which their
+    // `keyward run` does when the run ends; removing it here would act on
+    // a path that user controls with the daemon's privileges.
     if let Some(dir) = run.private_tmp.as_deref().map(std::path::Path::new)
         && crate::sandbox::is_private_tmp(dir)
     {
-        crate::sandbox::remove_private_tmp(dir);
+        if owned_by(dir, keyward_sys::effective_uid()) {
+            crate::sandbox::remove_private_tmp(dir);
+        } else {
+            tracing::info!(
+                run = run.id,
+                dir = %dir.display(),
+                "the run's private directory belongs to another user; left for its keyward run to remove"
+            );
+        }
     }
 }
 
@@ -234,8 +246,13 @@ pub(crate) async fn create(
     }
     let claims = runner.verified.map(|v| v.claims);
     runner_auth::check_grant_requirements(&state.config().grants, &req.grants, claims.as_ref())?;
+    // The path as the daemon will find it again: absolute, with no link
+    // anywhere in it (a parent swapped for a link later would point the
+    // removal elsewhere).
     if let Some(dir) = &req.private_tmp
         && (!crate::sandbox::is_private_tmp(std::path::Path::new(dir))
+            || std::path::Path::new(dir).canonicalize().ok().as_deref()
+                != Some(std::path::Path::new(dir))
             || !owned_by(std::path::Path::new(dir), peer.uid)
             || state
                 .runs

@@ -165,3 +165,41 @@ fn acknowledged_registrations_and_removals_survive_kill_9() {
     );
     assert!(!proxy_knows(&home, &removed_token));
 }
+
+/// A run's private directory is accepted only as keyward makes it: named
+/// `keyward-run-<12 hex>`, the caller's, and at a path with no link in it
+/// (a link there, swapped later, would point the daemon's removal at
+/// another directory). The one accepted is removed when its run ends.
+#[test]
+fn a_private_tmp_is_accepted_only_at_a_path_without_links() {
+    let home = TestHome::new();
+    home.start(&[]);
+    let base = tempfile::tempdir().unwrap();
+    let real = base.path().canonicalize().unwrap().join("real");
+    let dir = real.join("keyward-run-0123456789ab");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&real, base.path().join("link")).unwrap();
+    let register = |private_tmp: &std::path::Path, pid: u32| {
+        let body = serde_json::json!({"pid": pid, "private_tmp": private_tmp}).to_string();
+        home.http("POST", "/v1/runs", Some(&body))
+    };
+    let mut child = sleeper();
+    let via_link = base
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("link/keyward-run-0123456789ab");
+    let (status, body) = register(&via_link, child.id());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("private_tmp"), "{body}");
+    let (status, body) = register(&dir, child.id());
+    assert_eq!(status, 200, "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || !dir.exists()),
+        "removed when the run ended"
+    );
+    assert!(real.exists() && base.path().join("link").exists());
+    home.run(&["daemon", "stop"]);
+}
