@@ -81,9 +81,9 @@ fn client_status(err: &ClientError) -> u8 {
     match err {
         ClientError::NotRunning { .. } => NOT_RUNNING,
         ClientError::SocketPath(_) => USAGE,
-        // The daemon refused a config (a reload, a grant edit): the same
-        // status as when the CLI reads it.
-        ClientError::Api { code, .. } if code == "config_invalid" => USAGE,
+        // The daemon refused a config (a reload, a grant edit) or a run's
+        // policy file: the same status as when the CLI reads them.
+        ClientError::Api { code, .. } if code == "config_invalid" || code == "bad_policy" => USAGE,
         _ => FAILURE,
     }
 }

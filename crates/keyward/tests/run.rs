@@ -1331,8 +1331,8 @@ fn an_upstream_401_makes_a_cached_secret_be_read_again() {
 }
 
 /// A program that cannot be started exits as a shell would say it: 127
-/// not found, 126 found but not executable, with the reason; the run it
-/// was registered for is gone.
+/// not found, 126 found but not executable, with the reason; a broken
+/// `--policy` file is a config error (64); no run is left.
 #[test]
 fn a_program_that_cannot_start_exits_like_a_shell() {
     let home = TestHome::new();
@@ -1349,6 +1349,12 @@ fn a_program_that_cannot_start_exits_like_a_shell() {
             "{run:?}"
         );
     }
+    // A broken --policy file is a config error (64), naming the file.
+    let policy = home.path.parent().unwrap().join("broken-policy.toml");
+    std::fs::write(&policy, "bogus = \n").unwrap();
+    let broken = home.run(&["run", "--policy", policy.to_str().unwrap(), "--", "true"]);
+    assert_eq!(broken.code, 64, "{broken:?}");
+    assert!(broken.stderr.contains("broken-policy.toml"), "{broken:?}");
     let (status, runs) = home.http("GET", "/v1/runs", None);
     assert_eq!(status, 200);
     assert_eq!(json(&runs)["runs"], serde_json::json!([]), "{runs}");
