@@ -896,7 +896,8 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
 /// `line L, column C: message`, on one line (toml's own rendering spans
 /// several lines with a source excerpt).
 fn located(text: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim_end();
+    let message = in_toml_words(err.message().trim_end());
+    let message = message.as_str();
     match err.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -906,6 +907,57 @@ fn located(text: &str, err: &toml::de::Error) -> String {
         }
         None => message.to_owned(),
     }
+}
+
+/// serde's words for what it expected, in TOML's: no Rust type names
+/// (`struct InjectConfig`, `usize`, `a sequence`) reach the user.
+fn in_toml_words(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("a sequence", "an array"),
+        ("a map", "a table"),
+        ("a boolean", "true or false"),
+        ("a borrowed string", "a string"),
+        ("i8", "a whole number"),
+        ("i16", "a whole number"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("u8", "a whole number from 0"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0"),
+        ("u64", "a whole number from 0"),
+        ("usize", "a whole number from 0"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    // `expected struct Name` / `expected enum Name`: a table / one of the
+    // values the message lists elsewhere.
+    while let Some(at) = rest.find("expected ") {
+        out.push_str(&rest[..at + "expected ".len()]);
+        rest = &rest[at + "expected ".len()..];
+        let word_end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ' '))
+            .unwrap_or(rest.len());
+        let phrase = &rest[..word_end];
+        if let Some(name) = phrase.strip_prefix("struct ") {
+            let name_len = name.split(' ').next().unwrap_or_default().len();
+            out.push_str("a table");
+            rest = &rest["struct ".len() + name_len..];
+        } else if let Some(name) = phrase.strip_prefix("enum ") {
+            let name_len = name.split(' ').next().unwrap_or_default().len();
+            out.push_str("one of the values this key takes");
+            rest = &rest["enum ".len() + name_len..];
+        } else if let Some((rust, toml)) = WORDS
+            .iter()
+            .find(|(rust, _)| phrase.split(' ').next() == Some(rust) || phrase.starts_with(rust))
+        {
+            out.push_str(toml);
+            rest = &rest[rust.len()..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn deserialize_duration_or_off<'de, D: Deserializer<'de>>(
@@ -974,6 +1026,29 @@ mod tests {
         assert_eq!(c.daemon.log_level, "debug");
         let c = parse_str("[daemon]\nidle_exit = \"0\"\n").unwrap();
         assert_eq!(c.daemon.idle_exit, None);
+    }
+
+    #[test]
+    fn errors_speak_toml_not_rust() {
+        let path = Path::new("/k.toml");
+        for (text, absent, present) in [
+            (
+                "[grants.x]\ninject = 1\n",
+                "InjectConfig",
+                "expected a table",
+            ),
+            (
+                "[audit]\nsegment_bytes = \"big\"\n",
+                "u64",
+                "a whole number",
+            ),
+            ("[vault]\nkeep = -1\n", "usize", "a whole number from 0"),
+            ("[policy]\nfiles = \"x\"\n", "sequence", "an array"),
+        ] {
+            let err = parse(text, path).unwrap_err().to_string();
+            assert!(!err.contains(absent), "{text}: {err}");
+            assert!(err.contains(present), "{text}: {err}");
+        }
     }
 
     #[test]
