@@ -282,12 +282,15 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     if ended > 0 {
         eprintln!("keyward run: ended {ended} process(es) the program left running");
     }
+    // Removed while the run still stands: once it is unregistered, the
+    // daemon ends what is left in the run's cgroup, which would include
+    // the `rm` this starts.
+    remove_private_tmp(private_tmp.as_deref());
     if let Some(info) = unregister(&client, &created.run_id).await
         && !args.quiet
     {
         report_problems(&info.problems);
     }
-    remove_private_tmp(private_tmp.as_deref());
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(255)),
