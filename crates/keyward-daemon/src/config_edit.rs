@@ -53,26 +53,7 @@ pub fn add_grant(
     grant: &GrantConfig,
     replace: bool,
 ) -> Result<(), EditError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }
-            .into());
-        }
-    };
-    // Refuse to edit a file that is already broken: the user must see why.
-    config::parse(&text, path)?;
-    let mut doc: DocumentMut =
-        text.parse()
-            .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
-                path: path.to_owned(),
-                key: None,
-                message: e.message().to_owned(),
-            })?;
+    let mut doc = open_for_edit(path)?;
 
     let grants = doc
         .entry("grants")
@@ -95,37 +76,14 @@ pub fn add_grant(
     }
     grants.insert(name, Item::Table(grant_table(grant)));
 
-    let new_text = doc.to_string();
-    config::parse(&new_text, path)?;
-    write_atomic(path, new_text.as_bytes()).map_err(|e| EditError::Write {
-        path: path.display().to_string(),
-        source: io::Error::other(e.to_string()),
-    })
+    write_edited(path, &doc)
 }
 
 /// Removes `[grants.NAME]` from the config file at `path`, keeping
 /// everything else as it was. A built-in preset not named in the file has
 /// nothing to remove (said).
 pub fn remove_grant(path: &Path, name: &str) -> Result<(), EditError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }
-            .into());
-        }
-    };
-    config::parse(&text, path)?;
-    let mut doc: DocumentMut =
-        text.parse()
-            .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
-                path: path.to_owned(),
-                key: None,
-                message: e.message().to_owned(),
-            })?;
+    let mut doc = open_for_edit(path)?;
     let grants = doc.get_mut("grants").and_then(Item::as_table_like_mut);
     let removed = match grants {
         Some(grants) => grants.remove(name).is_some(),
@@ -150,6 +108,35 @@ pub fn remove_grant(path: &Path, name: &str) -> Result<(), EditError> {
             known,
         });
     }
+    write_edited(path, &doc)
+}
+
+/// The config file at `path` (absent: empty) as an editable document;
+/// a file that is already broken is refused, so the user sees why.
+fn open_for_edit(path: &Path) -> Result<DocumentMut, EditError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+            .into());
+        }
+    };
+    config::parse(&text, path)?;
+    Ok(text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: None,
+            message: e.message().to_owned(),
+        })?)
+}
+
+/// Writes `doc` to `path` atomically, once it is a valid config as a whole.
+fn write_edited(path: &Path, doc: &DocumentMut) -> Result<(), EditError> {
     let new_text = doc.to_string();
     config::parse(&new_text, path)?;
     write_atomic(path, new_text.as_bytes()).map_err(|e| EditError::Write {

@@ -117,22 +117,10 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
     // Asked before the file is touched: a caller the daemon refuses (a
     // process inside a run) changes nothing.
     let daemon = client(cli)?;
-    match daemon
-        .call::<(), serde_json::Value>(Method::GET, "/v1/grants", None)
-        .await
-    {
-        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    add_grant(&source.path, &args.name, &grant, args.replace)?;
-    let reloaded = match daemon
-        .call::<(), ReloadResponse>(Method::POST, "/v1/reload", None)
-        .await
-    {
-        Ok(_) => true,
-        Err(ClientError::NotRunning { .. }) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let reloaded = edit_then_reload(&daemon, || {
+        add_grant(&source.path, &args.name, &grant, args.replace)
+    })
+    .await?;
     if args.json.json {
         println!(
             "{}",
@@ -153,22 +141,7 @@ pub async fn remove(cli: &Cli, source: &ConfigSource, args: &GrantRmArgs) -> Res
     // Asked before the file is touched: a caller the daemon refuses (a
     // process inside a run) changes nothing.
     let daemon = client(cli)?;
-    match daemon
-        .call::<(), serde_json::Value>(Method::GET, "/v1/grants", None)
-        .await
-    {
-        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    remove_grant(&source.path, &args.name)?;
-    let reloaded = match daemon
-        .call::<(), ReloadResponse>(Method::POST, "/v1/reload", None)
-        .await
-    {
-        Ok(_) => true,
-        Err(ClientError::NotRunning { .. }) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let reloaded = edit_then_reload(&daemon, || remove_grant(&source.path, &args.name)).await?;
     if args.json.json {
         println!(
             "{}",
@@ -183,4 +156,29 @@ pub async fn remove(cli: &Cli, source: &ConfigSource, args: &GrantRmArgs) -> Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Edits the config file, then has a running daemon reload it; says
+/// whether it did. The daemon is asked first, so a caller it refuses (a
+/// process inside a run) changes nothing.
+async fn edit_then_reload(
+    daemon: &keyward_api::Client,
+    edit: impl FnOnce() -> Result<(), keyward_daemon::config_edit::EditError>,
+) -> Result<bool> {
+    match daemon
+        .call::<(), serde_json::Value>(Method::GET, "/v1/grants", None)
+        .await
+    {
+        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    edit()?;
+    match daemon
+        .call::<(), ReloadResponse>(Method::POST, "/v1/reload", None)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(ClientError::NotRunning { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -32,6 +32,15 @@ fn sandbox_available() -> bool {
     true
 }
 
+/// A home with a `local` grant (see `setup`) and a working directory
+/// beside it.
+fn home_with_work() -> (TestHome, common::upstream::Upstream, PathBuf) {
+    let (home, upstream) = setup("");
+    let work = home.path.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    (home, upstream, work)
+}
+
 /// Raw syscalls from python, each printed as `name: ERRNO` (or `ALLOWED`).
 const ATTACKS: &str = r#"
 import ctypes, errno, fcntl, os, socket, sys, termios
@@ -152,9 +161,7 @@ fn a_sandboxed_program_is_refused_what_landlock_cannot_see() {
     if !sandbox_available() {
         return;
     }
-    let (home, upstream) = setup("");
-    let work = home.path.parent().unwrap().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (home, upstream, work) = home_with_work();
     std::fs::write(work.join("attacks.py"), ATTACKS).unwrap();
     // `keyward eval` from inside: the build tree is not executable there.
     std::fs::copy(BIN, work.join("kw")).unwrap();
@@ -285,9 +292,7 @@ fn mptcp_to_a_metadata_address_is_refused_in_a_private_network() {
     {
         return;
     }
-    let (home, _upstream) = setup("");
-    let work = home.path.parent().unwrap().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (home, _upstream, work) = home_with_work();
     let script = r#"
 import socket
 for family, host in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:ec2::254")]:
@@ -435,9 +440,7 @@ fn the_mount_view_hides_what_the_run_must_not_reach() {
         eprintln!("no mount namespace here; skipped");
         return;
     }
-    let (home, _upstream) = setup("");
-    let work = home.path.parent().unwrap().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (home, _upstream, work) = home_with_work();
     std::fs::write(work.join("view.py"), VIEW_ATTACKS).unwrap();
     let tag = format!("kw-view-{}", std::process::id());
     let uid = keyward_sys::effective_uid();
@@ -642,6 +645,32 @@ print(json.dumps({"code": p.returncode, "shown": out.decode(errors="replace"),
                   "unchanged": termios.tcgetattr(s) == before}))
 "#;
 
+/// `keyward run --sandbox EXTRA -- sh -c PROGRAM` on the user's terminal
+/// played by `USER_TERMINAL` (standard input `/dev/null` when
+/// `stdin_null`): what it reports.
+fn on_user_terminal(
+    home: &TestHome,
+    work: &Path,
+    extra: &[&str],
+    program: &str,
+    stdin_null: bool,
+) -> serde_json::Value {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", USER_TERMINAL, BIN, "run", "--sandbox"])
+        .args(extra)
+        .args(["--", "sh", "-c", program])
+        .env("KEYWARD_HOME", &home.path)
+        .env_remove("KEYWARD_CONFIG")
+        .env_remove("RUST_LOG")
+        .current_dir(work);
+    if stdin_null {
+        cmd.env("KW_STDIN_NULL", "1");
+    }
+    let output = cmd.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    common::json(&String::from_utf8_lossy(&output.stdout))
+}
+
 /// A sandboxed run on a terminal gets a pseudo-terminal of its own: the
 /// program sees the user's window size, Ctrl-C reaches it as the terminal's
 /// SIGINT, and the settings it changes (no echo, no line editing) stay on
@@ -653,25 +682,10 @@ fn a_private_terminal_keeps_the_users_terminal_as_it_was() {
     if !sandbox_available() {
         return;
     }
-    let (home, _upstream) = setup("");
-    let work = home.path.parent().unwrap().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (home, _upstream, work) = home_with_work();
     let program = "stty size; stty -echo -icanon; \
                    trap 'echo GOT-INT; exit 7' INT; echo READY; while :; do sleep 1; done";
-    let on_terminal = |extra: &[&str]| {
-        let output = Command::new("python3")
-            .args(["-c", USER_TERMINAL, BIN, "run", "--sandbox"])
-            .args(extra)
-            .args(["--", "sh", "-c", program])
-            .env("KEYWARD_HOME", &home.path)
-            .env_remove("KEYWARD_CONFIG")
-            .env_remove("RUST_LOG")
-            .current_dir(&work)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        common::json(&String::from_utf8_lossy(&output.stdout))
-    };
+    let on_terminal = |extra: &[&str]| on_user_terminal(&home, &work, extra, program, false);
     let private = on_terminal(&[]);
     assert_eq!(private["code"], 7, "{private}");
     let shown = private["shown"].as_str().unwrap();
@@ -712,32 +726,10 @@ fn a_private_terminal_serves_redirected_input_and_a_reopened_tty() {
     if !sandbox_available() {
         return;
     }
-    let (home, _upstream) = setup("");
-    let work = home.path.parent().unwrap().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (home, _upstream, work) = home_with_work();
     let program = "stty -echo -icanon < /dev/tty && echo TTY-CHANGED; \
                    exec </dev/null >/dev/null 2>/dev/null; echo AFTER-REOPEN > /dev/tty";
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            USER_TERMINAL,
-            BIN,
-            "run",
-            "--sandbox",
-            "--",
-            "sh",
-            "-c",
-            program,
-        ])
-        .env("KEYWARD_HOME", &home.path)
-        .env("KW_STDIN_NULL", "1")
-        .env_remove("KEYWARD_CONFIG")
-        .env_remove("RUST_LOG")
-        .current_dir(&work)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let result = common::json(&String::from_utf8_lossy(&output.stdout));
+    let result = on_user_terminal(&home, &work, &[], program, true);
     assert_eq!(result["code"], 0, "{result}");
     let shown = result["shown"].as_str().unwrap();
     assert!(shown.contains("TTY-CHANGED"), "{result}");
@@ -766,9 +758,7 @@ fn a_widened_vault_is_refused_naming_the_file_and_nothing_is_lost() {
     if !sandbox_available() {
         return;
     }
-    let (home, upstream) = setup("");
-    let work = home.path.parent().unwrap().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (home, upstream, work) = home_with_work();
     let vault = home.file("vault");
     let key = vault.join("identity.txt");
     let snapshots = || std::fs::read_dir(&vault).unwrap().count();
