@@ -99,35 +99,57 @@ pub enum Command {
     /// limits; `--sandbox` adds files, network and a syscall filter, for
     /// untrusted agents. Exits with the program's status (128+N when killed
     /// by signal N).
+    #[command(
+        after_help = "Examples:\n  keyward run --grant github -- gh pr list\n  keyward run --grant openai --network strict --allow pypi.org -- python agent.py\n  keyward run --sandbox --grant anthropic -- claude"
+    )]
     Run(RunArgs),
     /// Show keyward at work on embedded defaults, in a temporary home: a
     /// local HTTPS service, a demo secret, a real client run through
     /// `keyward run`; prints what the service received, what the child
     /// held, and the request event. Exit 0 only if every check held.
+    #[command(after_help = "Example:\n  keyward demo")]
     Demo,
     /// The local CA that signs the proxy's per-host certificates.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward ca path\n  keyward ca export --format der > keyward-ca.der"
+    )]
     Ca(CaCommand),
     /// Print the version and git commit (needs no daemon, home or config).
+    #[command(after_help = "Example:\n  keyward version --json")]
     Version(JsonFlag),
     /// Start, stop or restart the daemon.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward daemon start --detach\n  keyward daemon reload\n  keyward daemon stop"
+    )]
     Daemon(DaemonCommand),
     /// Report whether the daemon runs, and what it left behind if not
     /// (exit 3 when not running).
+    #[command(after_help = "Example:\n  keyward status --json")]
     Status(JsonFlag),
     /// Inspect the configuration.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  keyward config check")]
     Config(ConfigCommand),
     /// Manage the encrypted vault: init, seal, unseal, history, rollback.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward vault init --passphrase\n  keyward vault history\n  keyward vault rollback SNAPSHOT"
+    )]
     Vault(VaultCommand),
     /// List grants (which secret goes to which hosts, and how) and add them.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward grant list\n  keyward grant add my-api --secret vault:my-api --host api.example.com --header X-Api-Key\n  keyward grant rm my-api"
+    )]
     Grant(GrantCommand),
     /// Store, list and remove secrets. Values are write-only: nothing ever
     /// prints them back.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward secret set github        (reads the value from stdin or a prompt)\n  keyward secret list\n  keyward secret rm github"
+    )]
     Secret(SecretCommand),
     /// Ask the policy engine whether an action is allowed, for CI steps and
     /// agent hooks. Exit status: 0 allow, 2 block, 3 require_approval, 1
@@ -135,18 +157,30 @@ pub enum Command {
     /// field or without the target its action needs). Works from inside
     /// `keyward run`. Every decision is written to the evidence log before
     /// it is answered.
+    #[command(
+        after_help = "Examples:\n  keyward eval --action execute_command --target 'rm -rf /'\n  keyward eval --action read_file --target ~/.ssh/id_rsa --json"
+    )]
     Eval(EvalArgs),
     /// Policy files: check, test against cases, import CAVRA, show the
     /// built-in pack.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward policy check team.toml\n  keyward policy test team.toml cases.json\n  keyward policy show"
+    )]
     Policy(PolicyCommand),
     /// The evidence log: signing keys, verification, tail.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keyward audit verify\n  keyward audit tail -n 20 --follow"
+    )]
     Audit(AuditCommand),
     /// The daemon as a systemd service: `--system` runs it as its own
     /// `keyward` user (home /var/lib/keyward, socket /run/keyward/keyward.sock
     /// opened to the users named in [admin]); `--user` installs a user unit.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  sudo keyward service install --system\n  keyward service install --user"
+    )]
     Service(ServiceCommand),
 }
 
