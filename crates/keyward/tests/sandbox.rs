@@ -1344,8 +1344,8 @@ fn no_netns_keeps_the_host_network() {
 
 /// As an unprivileged user (uid 65534 through `setpriv`): `--sandbox`
 /// makes a user and network namespace that maps the user to itself (its
-/// uid unchanged, no capabilities) and the proxy answers through the
-/// bridge. Where the kernel refuses the namespace (`unshare` made to fail
+/// uid unchanged, no capabilities), a setuid-root program gives it no
+/// privilege (no_new_privs), and the proxy answers through the bridge. Where the kernel refuses the namespace (`unshare` made to fail
 /// with EPERM by strace, as with `user.max_user_namespaces=0`), strict
 /// `--sandbox` fails with exit 1 naming the sysctls and the ways on, and
 /// `--sandbox=best-effort` runs without the namespace and says so.
@@ -1370,6 +1370,11 @@ fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
         .status()
         .unwrap();
     assert!(chown.success());
+    // A setuid-root program in reach of the sandboxed user: it must not
+    // make the program root (no_new_privs; root is not even mapped).
+    let suid = work.join("suid-id");
+    std::fs::copy("/usr/bin/id", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let as_nobody = |prefix: &[&str], args: &[&str]| {
         let mut cmd = Command::new("setpriv");
         cmd.args([
@@ -1397,7 +1402,8 @@ fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
             "sh",
             "-c",
             "id -u; grep CapEff /proc/self/status; cat /proc/self/uid_map; \
-             curl -sS -o /dev/null -w 'proxy answered %{http_code}\\n' https://localhost:1/",
+             curl -sS -o /dev/null -w 'proxy answered %{http_code}\\n' https://localhost:1/; \
+             echo \"setuid program: euid $(./suid-id -u)\"; grep NoNewPrivs /proc/self/status",
         ],
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -1418,6 +1424,11 @@ fn an_unprivileged_run_gets_a_user_namespace_or_a_clear_refusal() {
         .collect();
     assert_eq!(map, ["65534", "65534", "1"], "{run:?}");
     assert!(run.stdout.contains("proxy answered 502"), "{run:?}");
+    assert!(
+        run.stdout.contains("setuid program: euid 65534\n"),
+        "a setuid-root program runs without its privilege: {run:?}"
+    );
+    assert!(run.stdout.contains("NoNewPrivs:\t1"), "{run:?}");
     if !strace {
         eprintln!("strace not installed; the refusal is not tried");
         return;
