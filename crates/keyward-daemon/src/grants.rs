@@ -660,6 +660,11 @@ mod tests {
             (
                 "[x]\nsecret = \"vault:a\"\nhosts=[\"https://a.com\"]\ninject={query=\"k\"}",
                 "grants.x.hosts",
+                "is a URL; expected a host or host:port, as in \"a.com:443\"",
+            ),
+            (
+                "[x]\nsecret = \"vault:a\"\nhosts=[\"a.com/path\"]\ninject={query=\"k\"}",
+                "grants.x.hosts",
                 "not a host pattern",
             ),
             (

@@ -267,8 +267,12 @@ pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
     // A running daemon is used as it is: its config is its own business
     // (a broken file on disk must not stop clients of a working daemon).
     let running = client(cli)?;
-    if running.health().await.is_ok() {
-        return Ok(running);
+    match running.health().await {
+        Ok(_) => return Ok(running),
+        // A daemon answered, and refused (a peer it does not serve): that
+        // answer is the caller's, not a reason to start another.
+        Err(e @ keyward_api::ClientError::Api { .. }) => return Err(e.into()),
+        Err(_) => {}
     }
     // A socket named by KEYWARD_SOCKET belongs to a daemon managed
     // elsewhere (a system service): use it, never start one in its place.

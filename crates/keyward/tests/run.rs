@@ -434,6 +434,8 @@ fn an_untrusted_upstream_certificate_is_a_502_saying_why() {
 fn ca_is_private_and_exportable() {
     use std::os::unix::fs::PermissionsExt;
     let home = TestHome::new();
+    // `ca path` only reads the home; the daemon makes the CA.
+    home.start(&[]);
     let paths = home.run(&["ca", "path", "--json"]);
     assert_eq!(paths.code, 0, "{paths:?}");
     let v = json(&paths.stdout);
@@ -1092,7 +1094,7 @@ approver_group = "finance"
     let bad = home.path.parent().unwrap().join("bad.toml");
     std::fs::write(&bad, "[policy]\nid = \"x\"\n").unwrap();
     let refused = home.run(&["run", "--policy", bad.to_str().unwrap(), "--", "true"]);
-    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.code, 64, "a config error: {refused:?}");
     assert!(
         refused.stderr.contains("bad.toml") && refused.stderr.contains("default"),
         "{refused:?}"
