@@ -27,8 +27,8 @@ pub use run_types::{
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ReloadFailure, ShutdownRequest, ShutdownResponse};
 pub use vault_types::{
-    InitVaultRequest, KeyMode, RollbackRequest, SecretInfo, SecretList, SetSecretRequest,
-    SnapshotInfo, SnapshotList, UnsealRequest, VaultState, VaultStatus,
+    InitVaultRequest, KeyMode, MAX_SECRET_BYTES, RollbackRequest, SecretInfo, SecretList,
+    SetSecretRequest, SnapshotInfo, SnapshotList, UnsealRequest, VaultState, VaultStatus,
 };
 
 /// The version of this build (the workspace version).

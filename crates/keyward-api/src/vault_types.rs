@@ -112,6 +112,12 @@ pub struct SnapshotList {
     pub snapshots: Vec<SnapshotInfo>,
 }
 
+/// The largest secret value the vault stores: 256 KiB. Tokens, keys and
+/// certificates are far smaller; every vault snapshot carries every
+/// secret, so a large one slows every later change. A large file belongs
+/// in a `file:` reference.
+pub const MAX_SECRET_BYTES: usize = 256 * 1024;
+
 /// `PUT /v1/secrets/{name}`. `Debug` never shows the value.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct SetSecretRequest {

@@ -180,6 +180,18 @@ pub(crate) async fn set(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SecretInfo>, ApiError> {
     let req: SetSecretRequest = json_body(body)?;
+    if req.value.len() > keyward_api::MAX_SECRET_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "secret_too_large",
+            format!(
+                "the value is {} bytes; a secret is at most {} KiB (keep a large file out of the \
+                 vault and grant it as file:/path)",
+                req.value.len(),
+                keyward_api::MAX_SECRET_BYTES / 1024
+            ),
+        ));
+    }
     // From here the value lives only in zeroizing types.
     let value = SecretString::from(req.value);
     let description = req.description;

@@ -288,6 +288,14 @@ fn read_value(
     if value.is_empty() {
         bail!("the value for secret {name} is empty; refusing to store an empty secret");
     }
+    if value.len() > keyward_api::MAX_SECRET_BYTES {
+        bail!(
+            "the value for secret {name} is {} bytes; a secret is at most {} KiB (keep a large \
+             file out of the vault and grant it as file:/path); nothing was stored",
+            value.len(),
+            keyward_api::MAX_SECRET_BYTES / 1024
+        );
+    }
     Ok(value)
 }
 
@@ -320,6 +328,15 @@ fn read_passphrase(prompt: &str) -> Result<Zeroizing<String>> {
 
 fn read_new_passphrase() -> Result<Zeroizing<String>> {
     let first = read_passphrase("New vault passphrase: ")?;
+    // Warned, not refused: the passphrase is the user's to choose, and
+    // the vault key it wraps is only as strong as it.
+    let length = first.chars().count();
+    if length < 12 {
+        eprintln!(
+            "keyward: warning: a passphrase of {length} characters is weak against guessing; \
+             12 or more (a few random words) is far stronger"
+        );
+    }
     if std::io::stdin().is_terminal() {
         let again = read_passphrase("Repeat the passphrase: ")?;
         if *first != *again {

@@ -410,3 +410,48 @@ fn concurrent_setters_on_a_fresh_home_lose_no_write() {
         home.log()
     );
 }
+
+/// A secret over 256 KiB is refused by the command line before anything is
+/// sent, and by the daemon (413 `secret_too_large`), both naming the limit;
+/// nothing is stored. A short new passphrase is warned about, not refused.
+#[test]
+fn oversized_secrets_are_refused_saying_the_limit_and_short_passphrases_warned() {
+    let home = TestHome::new();
+    assert_ok(&set(&home, "small", "v"));
+    let big = "x".repeat(300 * 1024);
+    let refused = set(&home, "big", &big);
+    assert_eq!(refused.code, 1, "{:?}", refused.stderr);
+    assert!(
+        refused.stderr.contains("at most 256 KiB") && refused.stderr.contains("file:/path"),
+        "{}",
+        refused.stderr
+    );
+    let body = serde_json::json!({ "value": big }).to_string();
+    let (status, answer) = home.http("PUT", "/v1/secrets/big", Some(&body));
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer.contains("secret_too_large") && answer.contains("256 KiB"),
+        "{answer}"
+    );
+    let list = home.run(&["secret", "list"]);
+    assert!(
+        list.stdout.contains("small") && !list.stdout.contains("big"),
+        "{list:?}"
+    );
+    home.run(&["daemon", "stop"]);
+
+    for (passphrase, warned) in [("pw", true), ("correct horse battery staple", false)] {
+        let home = TestHome::new();
+        let init = home.run_stdin(
+            &["vault", "init", "--passphrase"],
+            &format!("{passphrase}\n"),
+        );
+        assert_ok(&init);
+        assert_eq!(
+            init.stderr.contains("weak against guessing"),
+            warned,
+            "{passphrase}: {init:?}"
+        );
+        home.run(&["daemon", "stop"]);
+    }
+}
