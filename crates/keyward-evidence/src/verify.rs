@@ -20,7 +20,8 @@ pub struct VerifyError {
     pub line: usize,
     /// `json`, `schema`, `sequence`, `prev_hash`, `hash`,
     /// `signature_algorithm`, `key_id`, `signature_without_key`,
-    /// `signature_missing`, `signature` or `expected_head`.
+    /// `signature_missing`, `signature`, `expected_head`, or `head` (the
+    /// log's own head checkpoint was altered; added by `keyward audit verify`).
     pub check: &'static str,
     /// What failed, for people.
     pub message: String,

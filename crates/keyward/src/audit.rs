@@ -84,25 +84,55 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
             let keys = verifiers(hmac_key_file, public_key, key_id)?;
             // Read before the segments: a running daemon only moves the
             // head past records already on disk.
+            let mut refused_head = None;
             let (anchor, head_source) = match (expect_head, head) {
                 (Some(anchor), _) => (Some(anchor.clone()), "--expect-head".to_owned()),
                 (None, Some(file)) => (head_anchor(file, &dir, &keys)?, file.display().to_string()),
-                (None, None) => (
-                    own_head(&dir, &keys),
-                    dir.join(HEAD_FILE).display().to_string(),
-                ),
+                (None, None) => {
+                    let anchor = match own_head(&dir, &keys) {
+                        OwnHead::Trusted(anchor) => anchor,
+                        OwnHead::Missing => {
+                            eprintln!(
+                                "keyward: note: there is no {HEAD_FILE} in {}, so records deleted \
+                                 from the tail go unnoticed: check against a head kept elsewhere \
+                                 with --expect-head or --head",
+                                dir.display()
+                            );
+                            None
+                        }
+                        OwnHead::Refused(why) => {
+                            refused_head = Some(why);
+                            None
+                        }
+                    };
+                    (anchor, dir.join(HEAD_FILE).display().to_string())
+                }
             };
             let options = VerifyOptions {
                 keys,
                 expect_head: anchor,
                 head_source: Some(head_source),
             };
-            let report =
+            let mut report =
                 verify(&dir, &options).with_context(|| format!("cannot read {}", dir.display()))?;
+            if let Some(message) = refused_head {
+                // An altered head is itself evidence of tampering.
+                report.errors.insert(
+                    0,
+                    keyward_evidence::VerifyError {
+                        segment: HEAD_FILE.to_owned(),
+                        line: 0,
+                        check: "head",
+                        message,
+                    },
+                );
+                report.error_count += 1;
+                report.valid = false;
+            }
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_report(&report, expect_head.is_some() || head.is_some());
+                print_report(&report);
             }
             Ok(if report.valid {
                 ExitCode::SUCCESS
@@ -190,8 +220,7 @@ fn verifiers(hmac: &[PathBuf], public: &[PathBuf], key_ids: &[String]) -> Result
 
 /// Exits with clap's usage error (status 2), like a bad flag.
 fn usage_error(message: &str) -> ! {
-    use clap::CommandFactory as _;
-    Cli::command()
+    crate::cli::command()
         .error(clap::error::ErrorKind::ArgumentConflict, message)
         .exit()
 }
@@ -217,28 +246,38 @@ fn head_anchor(file: &Path, dir: &Path, keys: &[Verifier]) -> Result<Option<Anch
     Ok(head.anchor())
 }
 
-/// The record the log's own head checkpoint names, when it can be trusted
-/// as far as it goes: signed by one of `keys` (or unsigned, with none)
-/// and of this log. It catches a tail cut by someone who left the head
-/// alone; someone who can also delete the head or put back an older one
-/// is caught only by a head stored elsewhere.
-fn own_head(dir: &Path, keys: &[Verifier]) -> Option<Anchor> {
-    let why = match Head::read(dir) {
-        Ok(None) => format!("there is no {HEAD_FILE}"),
+/// What the log's own head checkpoint says, when no head kept elsewhere
+/// was given.
+enum OwnHead {
+    /// Signed by one of the keys (or unsigned, with none) and of this log:
+    /// the record it names must be in the log (`None`: an empty log).
+    Trusted(Option<Anchor>),
+    /// There is none: a log whose tail and head were both deleted looks
+    /// like this, so the chain alone is all there is to check (said).
+    Missing,
+    /// There is one, but it is not a head, is signed by no key given, or
+    /// belongs to another log: someone altered it (a failure).
+    Refused(String),
+}
+
+/// The log's own head checkpoint, judged. It catches a tail cut by
+/// someone who left the head alone; someone who can also delete the head
+/// or put back an older one is caught only by a head stored elsewhere.
+fn own_head(dir: &Path, keys: &[Verifier]) -> OwnHead {
+    match Head::read(dir) {
+        Ok(None) => OwnHead::Missing,
         Ok(Some(head)) => match head.check(keys) {
             Ok(()) if read_log_id(dir).is_none_or(|id| id == head.log_id) => {
-                return head.anchor();
+                OwnHead::Trusted(head.anchor())
             }
-            Ok(()) => "it names another log".to_owned(),
-            Err(e) => e,
+            Ok(()) => OwnHead::Refused(format!(
+                "{HEAD_FILE} is the head of another log ({:?})",
+                head.log_id
+            )),
+            Err(e) => OwnHead::Refused(format!("{HEAD_FILE} refused: {e}")),
         },
-        Err(e) => e,
-    };
-    eprintln!(
-        "keyward: note: the log's own head checkpoint is not used ({why}); \
-         records deleted from the tail can go unnoticed"
-    );
-    None
+        Err(e) => OwnHead::Refused(format!("{HEAD_FILE} is unreadable: {e}")),
+    }
 }
 
 fn print_head(head: &Head) {
@@ -256,9 +295,7 @@ fn print_head(head: &Head) {
     );
 }
 
-/// `anchored_elsewhere`: the expected head came from the command line
-/// (`--expect-head`, `--head`), not from the log's own directory.
-fn print_report(report: &Report, anchored_elsewhere: bool) {
+fn print_report(report: &Report) {
     for e in &report.errors {
         println!("{}:{}: {}: {}", e.segment, e.line, e.check, e.message);
     }
@@ -294,13 +331,6 @@ fn print_report(report: &Report, anchored_elsewhere: bool) {
             )
         }
     );
-    if !anchored_elsewhere {
-        println!(
-            "  (records deleted from the end of the log, with its head checkpoint deleted or put back \
-             to an older one, leave no trace here: check against a head stored elsewhere with \
-             --expect-head or --head)"
-        );
-    }
 }
 
 struct Filter {

@@ -3,7 +3,45 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+
+/// The top-level help: first steps, the commands, and the global options,
+/// said here once (every command takes them; each command's help points
+/// here). `--help` adds the exit statuses and environment; `-h` is short.
+const TOP_TEMPLATE: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+First steps:
+  keyward demo                      see it work, in a temporary home
+  keyward secret set NAME           store a secret (from stdin or a prompt)
+  keyward grant add NAME --secret vault:NAME --host HOST --header Authorization
+                                    let runs send it to HOST, and nowhere else
+  keyward run --grant NAME -- CMD   run CMD: it can use the secret, never hold it
+  keyward audit tail                what was decided, and why
+
+Commands:
+{subcommands}
+
+Global options (every command takes them):
+      --home <DIR>           home: socket, PID file, log, vault, evidence
+                             [env: KEYWARD_HOME] [default: $XDG_STATE_HOME/keyward,
+                             else ~/.local/state/keyward]
+      --config <FILE>        config file [env: KEYWARD_CONFIG]
+                             [default: <home>/keyward.toml; built-in defaults when absent]
+      --log-format <FORMAT>  log lines on stderr and in daemon.log: text (default) or json
+  -h, --help                 help (`--help` adds exit statuses and environment)
+  -V, --version              version{after-help}";
+
+/// Every other command's help: clap's layout, then one line for the
+/// global options instead of their full text in every command.
+const COMMAND_TEMPLATE: &str = "\
+{before-help}{about-with-newline}
+{usage-heading} {usage}
+
+{all-args}{after-help}
+
+Global options: --home DIR, --config FILE, --log-format text|json (see `keyward --help`)";
 
 const AFTER_HELP: &str = "\
 Exit status:
@@ -15,6 +53,8 @@ Exit status:
   `keyward eval` only: 0 allow, 2 block, 3 require_approval, and 1 for
   every error (usage, config, the daemon unreachable, a request that cannot
   be decided: unknown field, missing target), so 2 and 3 are always decisions
+  `keyward run`: the program's own status (128+N when killed by signal N),
+  126 when it cannot be executed, 127 when it is not found
 
 Environment:
   KEYWARD_HOME    home directory (same as --home)
@@ -24,23 +64,57 @@ Environment:
 /// keyward: a local credential broker and policy daemon for AI agents and CI
 /// jobs. One binary is both the daemon and its client.
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version = keyward_api::VERSION_LINE, after_help = AFTER_HELP)]
+#[command(
+    name = "keyward",
+    version = keyward_api::VERSION_LINE,
+    help_template = TOP_TEMPLATE,
+    after_long_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Home directory for the socket, PID file, log and state
     /// [default: $XDG_STATE_HOME/keyward, else ~/.local/state/keyward].
-    #[arg(long, global = true, env = "KEYWARD_HOME", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "KEYWARD_HOME",
+        value_name = "DIR"
+    )]
     pub home: Option<PathBuf>,
 
     /// Config file [default: <home>/keyward.toml; built-in defaults when absent].
-    #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "KEYWARD_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     /// Format of log lines on stderr (and in daemon.log).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, hide = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command line as clap sees it: [`Cli`] with each command's help in
+/// [`COMMAND_TEMPLATE`] (the global options are hidden from the generated
+/// lists and said once, in the top-level help).
+pub fn command() -> clap::Command {
+    fn with_template(cmd: clap::Command) -> clap::Command {
+        cmd.help_template(COMMAND_TEMPLATE)
+            .mut_subcommands(with_template)
+    }
+    Cli::command().mut_subcommands(with_template)
+}
+
+/// Parses the process's command line with [`command`].
+pub fn try_parse() -> Result<Cli, clap::Error> {
+    let mut matches = command().try_get_matches()?;
+    Cli::from_arg_matches_mut(&mut matches)
 }
 
 /// Whether a command line (without the program name) runs `keyward eval`:
@@ -87,7 +161,9 @@ impl LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a program that can use the grants' credentials without holding
-    /// them: its HTTP(S) traffic goes through keyward's proxy, which injects
+    /// them.
+    ///
+    /// Its HTTP(S) traffic goes through keyward's proxy, which injects
     /// the secrets toward the hosts each grant names. The run exists before
     /// the program starts; its processes (forked, double-forked or
     /// `setsid`) stay inside it (in a cgroup of its own where the daemon
@@ -100,64 +176,75 @@ pub enum Command {
     /// untrusted agents. Exits with the program's status (128+N when killed
     /// by signal N).
     #[command(
+        display_order = 4,
         after_help = "Examples:\n  keyward run --grant github -- gh pr list\n  keyward run --grant openai --network strict --allow pypi.org -- python agent.py\n  keyward run --sandbox --grant anthropic -- claude"
     )]
     Run(RunArgs),
-    /// Show keyward at work on embedded defaults, in a temporary home: a
-    /// local HTTPS service, a demo secret, a real client run through
-    /// `keyward run`; prints what the service received, what the child
-    /// held, and the request event. Exit 0 only if every check held.
-    #[command(after_help = "Example:\n  keyward demo")]
+    /// See keyward at work, in a temporary home.
+    ///
+    /// On embedded defaults: a local HTTPS service, a demo secret, a real
+    /// client run through `keyward run`; prints what the service received,
+    /// what the child held, and the request event. Exit 0 only if every
+    /// check held.
+    #[command(display_order = 1, after_help = "Example:\n  keyward demo")]
     Demo,
     /// The local CA that signs the proxy's per-host certificates.
     #[command(subcommand)]
     #[command(
+        display_order = 12,
         after_help = "Examples:\n  keyward ca path\n  keyward ca export --format der > keyward-ca.der"
     )]
     Ca(CaCommand),
     /// Print the version and git commit (needs no daemon, home or config).
-    #[command(after_help = "Example:\n  keyward version --json")]
+    #[command(display_order = 14, after_help = "Example:\n  keyward version --json")]
     Version(JsonFlag),
-    /// Start, stop or restart the daemon.
+    /// Start, stop, restart or reload the daemon.
     #[command(subcommand)]
     #[command(
+        display_order = 8,
         after_help = "Examples:\n  keyward daemon start --detach\n  keyward daemon reload\n  keyward daemon stop"
     )]
     Daemon(DaemonCommand),
-    /// Report whether the daemon runs, and what it left behind if not
-    /// (exit 3 when not running).
-    #[command(after_help = "Example:\n  keyward status --json")]
+    /// Report whether the daemon runs, and what it left behind if not.
+    ///
+    /// Exit 3 when it does not run.
+    #[command(display_order = 5, after_help = "Example:\n  keyward status --json")]
     Status(JsonFlag),
     /// Inspect the configuration.
     #[command(subcommand)]
-    #[command(after_help = "Example:\n  keyward config check")]
+    #[command(display_order = 10, after_help = "Example:\n  keyward config check")]
     Config(ConfigCommand),
     /// Manage the encrypted vault: init, seal, unseal, history, rollback.
     #[command(subcommand)]
     #[command(
+        display_order = 9,
         after_help = "Examples:\n  keyward vault init --passphrase\n  keyward vault history\n  keyward vault rollback SNAPSHOT"
     )]
     Vault(VaultCommand),
-    /// List grants (which secret goes to which hosts, and how) and add them.
+    /// Which secret goes to which hosts, and how: list, add, rm.
     #[command(subcommand)]
     #[command(
+        display_order = 3,
         after_help = "Examples:\n  keyward grant list\n  keyward grant add my-api --secret vault:my-api --host api.example.com --header X-Api-Key\n  keyward grant rm my-api"
     )]
     Grant(GrantCommand),
-    /// Store, list and remove secrets. Values are write-only: nothing ever
-    /// prints them back.
+    /// Store, list and remove secrets (write-only: never printed back).
     #[command(subcommand)]
     #[command(
+        display_order = 2,
         after_help = "Examples:\n  keyward secret set github        (reads the value from stdin or a prompt)\n  keyward secret list\n  keyward secret rm github"
     )]
     Secret(SecretCommand),
-    /// Ask the policy engine whether an action is allowed, for CI steps and
-    /// agent hooks. Exit status: 0 allow, 2 block, 3 require_approval, 1
+    /// Ask the policy engine whether an action is allowed.
+    ///
+    /// For CI steps and agent hooks. Exit status: 0 allow, 2 block, 3
+    /// require_approval, 1
     /// for every error (usage, config, transport, a request with an unknown
     /// field or without the target its action needs). Works from inside
     /// `keyward run`. Every decision is written to the evidence log before
     /// it is answered.
     #[command(
+        display_order = 7,
         after_help = "Examples:\n  keyward eval --action execute_command --target 'rm -rf /'\n  keyward eval --action read_file --target ~/.ssh/id_rsa --json"
     )]
     Eval(EvalArgs),
@@ -165,20 +252,24 @@ pub enum Command {
     /// built-in pack.
     #[command(subcommand)]
     #[command(
+        display_order = 11,
         after_help = "Examples:\n  keyward policy check team.toml\n  keyward policy test team.toml cases.json\n  keyward policy show"
     )]
     Policy(PolicyCommand),
-    /// The evidence log: signing keys, verification, tail.
+    /// The evidence log: what was decided and why; keys, verification.
     #[command(subcommand)]
     #[command(
+        display_order = 6,
         after_help = "Examples:\n  keyward audit verify\n  keyward audit tail -n 20 --follow"
     )]
     Audit(AuditCommand),
-    /// The daemon as a systemd service: `--system` runs it as its own
-    /// `keyward` user (home /var/lib/keyward, socket /run/keyward/keyward.sock
+    /// The daemon as a systemd service.
+    ///
+    /// `--system` runs it as its own `keyward` user (home /var/lib/keyward, socket /run/keyward/keyward.sock
     /// opened to the users named in [admin]); `--user` installs a user unit.
     #[command(subcommand)]
     #[command(
+        display_order = 13,
         after_help = "Examples:\n  sudo keyward service install --system\n  keyward service install --user"
     )]
     Service(ServiceCommand),
@@ -327,8 +418,9 @@ pub enum AuditCommand {
     /// Check every segment: hashes, chain, sequence and signatures, and
     /// that no record up to the head was deleted from the tail: a head
     /// stored elsewhere (--expect-head, --head) or else the log's own
-    /// head.json, which someone who cuts the tail can delete too. Exit 0
-    /// valid, 1 invalid.
+    /// head.json (an altered one fails; a missing one is said). Someone
+    /// who can delete the tail and delete or roll back head.json too is
+    /// caught only by a head kept elsewhere. Exit 0 valid, 1 invalid.
     Verify {
         /// The log directory [default: <home>/audit].
         #[arg(long, value_name = "D")]

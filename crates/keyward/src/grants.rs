@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use hyper::Method;
 use keyward_api::{ClientError, GrantList, ReloadResponse};
-use keyward_daemon::config::ConfigSource;
-use keyward_daemon::config_edit::{add_grant, remove_grant};
+use keyward_daemon::config::{ConfigError, ConfigSource};
+use keyward_daemon::config_edit::{EditError, add_grant, remove_grant};
 use keyward_daemon::grants::{BasicConfig, GrantConfig, InjectConfig};
 use keyward_daemon::home::Home;
 use serde_json::json;
@@ -120,7 +120,8 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
     let reloaded = edit_then_reload(&daemon, || {
         add_grant(&source.path, &args.name, &grant, args.replace)
     })
-    .await?;
+    .await
+    .map_err(|e| blame_flag(e, &args.name))?;
     if args.json.json {
         println!(
             "{}",
@@ -135,6 +136,51 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The flag of `grant add` that wrote the key a refused edit names, so the
+/// user reads "--host *.com: ..." rather than "invalid config file ... at
+/// grants.NAME.hosts" (the file itself was fine; nothing was written).
+fn flag_for_key(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "secret" => "--secret",
+        "hosts" => "--host",
+        "inject" => "--header, --basic or --query",
+        "inject.header" => "--header",
+        "inject.format" => "--format",
+        "inject.basic" | "inject.basic.username" => "--basic",
+        "inject.query" => "--query",
+        "placeholder_env" => "--placeholder-env",
+        "substitute_body" => "--substitute-body",
+        "base_url_env" => "--base-url-env",
+        "base_url_path" => "--base-url-path",
+        "plaintext" => "--plaintext",
+        "public_suffix" => "--public-suffix",
+        _ => return None,
+    })
+}
+
+/// Turns a refusal of the new grant's own table into a flag error (exit 2);
+/// anything else (a file that was already broken, a write failure) stays
+/// as it was.
+fn blame_flag(err: anyhow::Error, name: &str) -> anyhow::Error {
+    let Some(EditError::Config(ConfigError::Invalid {
+        key: Some(key),
+        message,
+        ..
+    })) = err.downcast_ref::<EditError>()
+    else {
+        return err;
+    };
+    let Some(field) = key.strip_prefix(&format!("grants.{name}.")) else {
+        return err;
+    };
+    // Index suffixes (`hosts[1]`) and nested keys narrow to the flag.
+    let field = field.split('[').next().unwrap_or(field);
+    match flag_for_key(field) {
+        Some(flag) => GrantFlagError(format!("{flag}: {message}")).into(),
+        None => err,
+    }
 }
 
 pub async fn remove(cli: &Cli, source: &ConfigSource, args: &GrantRmArgs) -> Result<ExitCode> {

@@ -17,10 +17,8 @@ mod secrets;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::try_parse() {
         Ok(cli) => cli,
         // `keyward eval` exits 2 and 3 only for block and require_approval:
         // a usage error there is a failure (1), never a decision.

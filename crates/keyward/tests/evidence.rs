@@ -296,7 +296,7 @@ fn a_tail_cut_while_the_daemon_is_stopped_is_detected_recorded_and_shown() {
     let plain = home.run(&["audit", "verify", "--public-key", public]);
     assert_eq!(plain.code, 0, "{plain:?}");
     assert!(
-        plain.stdout.contains("--expect-head") && plain.stderr.contains("no head.json"),
+        plain.stderr.contains("--expect-head") && plain.stderr.contains("no head.json"),
         "{plain:?}"
     );
     // ...a head kept elsewhere can, in either form.
@@ -330,6 +330,30 @@ fn a_tail_cut_while_the_daemon_is_stopped_is_detected_recorded_and_shown() {
     assert_eq!(report["errors"][0]["check"], "expected_head", "{report}");
     assert_eq!(report["expected_head"], anchor.as_str());
     assert_eq!(report["head_source"], saved.to_str().unwrap());
+    // An altered head is itself a failure, named as such.
+    std::fs::write(home.file("audit/head.json"), "garbage").unwrap();
+    let altered = home.run(&["audit", "verify", "--public-key", public]);
+    assert_eq!(altered.code, 1, "{altered:?}");
+    assert!(
+        altered.stdout.contains("INVALID")
+            && altered
+                .stdout
+                .contains("head.json:0: head: head.json is unreadable"),
+        "{altered:?}"
+    );
+    // So is one stripped of its signature (rolled forward or back by
+    // someone without the key).
+    let mut unsigned: serde_json::Value = serde_json::from_slice(&local_head).unwrap();
+    unsigned.as_object_mut().unwrap().remove("sig");
+    std::fs::write(home.file("audit/head.json"), unsigned.to_string()).unwrap();
+    let stripped = home.run(&["audit", "verify", "--public-key", public]);
+    assert_eq!(stripped.code, 1, "{stripped:?}");
+    assert!(
+        stripped
+            .stdout
+            .contains("head.json:0: head: head.json refused"),
+        "{stripped:?}"
+    );
     std::fs::write(home.file("audit/head.json"), local_head).unwrap();
 
     // The daemon finds the cut at start: on record, and said by status and health.
