@@ -95,7 +95,7 @@ pub struct SecretList {
 /// One snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
-    /// File name, e.g. `20261128T170626Z_set-github-token.age`.
+    /// File name, e.g. `20261128T170626.042Z_set-github-token.age`.
     pub name: String,
     /// The time in its name, RFC 3339.
     pub time: String,

@@ -32,7 +32,7 @@ pub enum ControlError {
         detail: String,
     },
     /// A live daemon already holds the home.
-    #[error("keyward daemon already running (pid {}, socket {})",
+    #[error("a keyward daemon already runs for this home (pid {}, socket {})",
         pid.map_or("unknown".to_owned(), |p| p.to_string()), socket.display())]
     AlreadyRunning {
         /// Its pid.
@@ -154,6 +154,17 @@ pub async fn start_detached(
         tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(io_err("cannot wait for the daemon"))?;
+                // Another `daemon start` won a race for the home: ours
+                // found it held and left. That is "already running", not a
+                // failed start (whose log tail would be the winner's).
+                // Ours has exited, so whoever holds the PID file is the
+                // other (its pid may not be written yet).
+                if let Ok(PidFileState::Held { pid: winner }) = inspect(&home.pid_path()) {
+                    return Err(ControlError::AlreadyRunning {
+                        pid: winner,
+                        socket: home.socket_path(),
+                    });
+                }
                 return Err(ControlError::StartExited {
                     code: status.code(),
                     status: status.to_string(),

@@ -16,7 +16,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Another daemon holds this home.
-    #[error("keyward daemon already running (pid {}, socket {})",
+    #[error("a keyward daemon already runs for this home (pid {}, socket {})",
         pid.map_or("unknown".to_owned(), |p| p.to_string()), socket.display())]
     AlreadyRunning {
         /// The running daemon's pid, if known.

@@ -1,7 +1,11 @@
-//! Snapshot files: `YYYYMMDDTHHMMSSZ_<slug>.age`, one per change, never
-//! rewritten. Names sort in write order: when writes come faster than one a
-//! second, the time in the name moves one second past the newest, so the
-//! newest name is always the current snapshot.
+//! Snapshot files: `YYYYMMDDTHHMMSS.mmmZ_<slug>.age` (UTC, to the
+//! millisecond; older vaults have whole-second `YYYYMMDDTHHMMSSZ_` names,
+//! read alike), one per change, never rewritten. Snapshots are ordered by
+//! the time in their names, and that time is the real time of the write:
+//! only when two writes fall in the same millisecond (or the clock went
+//! back) does the later one take the newest's time plus a millisecond, so
+//! the newest is always the current snapshot and names never run ahead of
+//! the clock by more than that.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -48,7 +52,12 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<SnapshotInfo>, VaultError> {
             size,
         });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    // By the time in the name, not the name: a whole-second name and a
+    // millisecond one of the same second compare wrongly as text.
+    out.sort_by_cached_key(|s| {
+        let time = parse_name(&s.name).and_then(|(ts, _)| time::parse_compact(ts));
+        (time, s.name.clone())
+    });
     Ok(out)
 }
 
@@ -78,10 +87,11 @@ pub(crate) fn next_name(newest: Option<&str>, slug: &str, now: SystemTime) -> St
     let floor = newest
         .and_then(parse_name)
         .and_then(|(ts, _)| time::parse_compact(ts))
-        .map(|t| t + Duration::from_secs(1));
+        .map(|t| t + Duration::from_millis(1));
+    let now = time::to_millis(now);
     let at = match floor {
         Some(floor) if floor > now => floor,
-        _ => time::from_unix_secs(time::unix_secs(now)),
+        _ => now,
     };
     format!("{}_{}.age", time::compact(at), slugify(slug))
 }
@@ -152,6 +162,42 @@ mod tests {
         assert!(first < second && second < third, "{first} {second} {third}");
         assert!(parse_name("identity.age").is_none());
         assert!(parse_name("20261128T170626Z_UPPER.age").is_none());
+    }
+
+    #[test]
+    fn names_keep_the_real_time_through_a_burst_of_writes() {
+        // A thousand writes in one instant move the time in the name by a
+        // second at most (one millisecond each), never a second apiece.
+        let now = time::from_unix_secs(1_795_000_000);
+        let mut newest = next_name(None, "init", now);
+        for i in 0..999 {
+            newest = next_name(Some(&newest), &format!("set-{i}"), now);
+        }
+        let (ts, _) = parse_name(&newest).unwrap();
+        assert_eq!(ts, "20261118T110640.999Z");
+        // Later writes take the clock's time again.
+        let later = now + Duration::from_secs(5) + Duration::from_micros(1500);
+        let next = next_name(Some(&newest), "set-x", later);
+        assert_eq!(parse_name(&next).unwrap().0, "20261118T110645.001Z");
+    }
+
+    #[test]
+    fn whole_second_names_of_older_vaults_sort_with_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "20261117T080640.500Z_set-b.age",
+            "20261117T080640Z_init.age",
+            "20261117T080641Z_set-c.age",
+            "20261117T080641.001Z_set-d.age",
+        ] {
+            write_new(dir.path(), name, b"x").unwrap();
+        }
+        let order: Vec<String> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.slug)
+            .collect();
+        assert_eq!(order, ["init", "set-b", "set-c", "set-d"]);
     }
 
     #[test]

@@ -115,11 +115,41 @@ fn sigint_also_stops_cleanly() {
 }
 
 #[test]
+fn racing_detached_starts_one_wins_the_other_says_already_running() {
+    let home = TestHome::new();
+    let spawn = || {
+        home.cmd(&["daemon", "start", "--detach"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap()).collect();
+    let winner = codes.iter().position(|c| *c == 0).expect("one start won");
+    let loser = &outs[1 - winner];
+    let stderr = String::from_utf8_lossy(&loser.stderr);
+    assert_eq!(codes[1 - winner], 1, "{stderr}");
+    // Whether the loser came second or lost the race inside start-up, it
+    // names the winner, and never shows the winner's log as its failure.
+    let pid = home.pid_in_file().expect("the winner holds the PID file");
+    assert!(
+        stderr.contains(&format!(
+            "a keyward daemon already runs for this home (pid {pid},"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("exited during start-up"), "{stderr}");
+    assert!(!stderr.contains("daemon ready"), "{stderr}");
+}
+
+#[test]
 fn second_start_fails_and_clobbers_nothing() {
     let home = TestHome::new();
     let pid = home.start(&[]);
     let expected = format!(
-        "keyward daemon already running (pid {pid}, socket {})",
+        "a keyward daemon already runs for this home (pid {pid}, socket {})",
         home.socket().display()
     );
 
