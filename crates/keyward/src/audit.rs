@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use keyward_daemon::home::Home;
+use anyhow::{Context as _, Result, bail};
 use keyward_evidence::{
     Anchor, HEAD_FILE, Head, Kind, Report, Verifier, VerifyOptions, list_segments, read_log_id,
     verify,
 };
 
-use crate::cli::{AuditCommand, Cli};
+use crate::cli::AuditCommand;
+use crate::context::Context;
 use crate::exit;
 
-pub fn audit(cli: &Cli, cmd: &AuditCommand) -> Result<ExitCode> {
-    let home = || Home::resolve(cli.home.as_deref());
+pub fn audit(ctx: &Context, cmd: &AuditCommand) -> Result<ExitCode> {
+    let home = || ctx.home();
     match cmd {
         AuditCommand::Keygen { out, hmac } => {
             let home = home()?;

@@ -1,13 +1,12 @@
-//! One function per command: resolve inputs, call the library, print.
+//! The dispatcher, and the commands about the daemon itself (start, stop,
+//! reload, status) and the config; the rest live in a module each.
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use keyward_daemon::config::{self, ConfigSource, LoadedConfig};
+use anyhow::{Context as _, Result};
+use keyward_daemon::config::LoadedConfig;
 use keyward_daemon::control::{self, ControlError, StatusReport, Stopped};
-use keyward_daemon::home::Home;
 use keyward_daemon::{DaemonOptions, run};
 use serde_json::json;
 
@@ -16,6 +15,7 @@ use crate::cli::{
     Cli, Command, ConfigCommand, DaemonCommand, GrantCommand, IdleExitArg, ServiceCommand,
     StartArgs, StopArgs,
 };
+use crate::context::{self, Context, DETACH_READY_TIMEOUT};
 use crate::demo;
 use crate::exit;
 use crate::grants;
@@ -24,10 +24,8 @@ use crate::policy_cmd;
 use crate::run;
 use crate::secrets;
 
-/// How long `daemon start --detach` waits for readiness.
-const DETACH_READY_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let ctx = Context::new(&cli);
     let is_daemon = matches!(
         cli.command,
         Command::Daemon(DaemonCommand::Start(StartArgs { detach: false, .. }))
@@ -40,16 +38,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check(flags)) => {
-            let loaded = load_config(&cli)?;
+            let loaded = ctx.load_config()?;
             config_check(&loaded, flags.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status(flags) => block_on(status(&cli, flags.json)),
+        Command::Status(flags) => block_on(status(&ctx, flags.json)),
         Command::Daemon(DaemonCommand::Start(args)) if !args.detach => {
-            let home = Home::resolve(cli.home.as_deref())?;
-            let loaded = load_config(&cli)?;
+            let home = ctx.home()?.clone();
+            let loaded = ctx.load_config()?;
             if args.idle.require_runner_auth {
-                runner_auth_verifiable(&loaded)?;
+                context::runner_auth_verifiable(&loaded)?;
             }
             use keyward_daemon::LogControl;
             if let Err(e) = log.set_filter(&loaded.config.daemon.log_level) {
@@ -71,31 +69,31 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(DaemonCommand::Start(args)) => {
-            block_on(start_detached(&cli, &args.idle, args.json.json))
+            block_on(start_detached(&ctx, &args.idle, args.json.json))
         }
-        Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&cli, args, false)),
-        Command::Run(args) => block_on(run::run(&cli, args)),
-        Command::Ca(cmd) => block_on(run::ca(&cli, cmd)),
-        Command::Demo => block_on(demo::demo(&cli)),
-        Command::Vault(cmd) => block_on(secrets::vault(&cli, cmd)),
-        Command::Secret(cmd) => block_on(secrets::secret(&cli, cmd)),
-        Command::Grant(GrantCommand::List(flags)) => block_on(grants::list(&cli, flags.json)),
+        Command::Daemon(DaemonCommand::Stop(args)) => block_on(stop(&ctx, args, false)),
+        Command::Run(args) => block_on(run::run(&ctx, args)),
+        Command::Ca(cmd) => block_on(run::ca(&ctx, cmd)),
+        Command::Demo => block_on(demo::demo(&ctx)),
+        Command::Vault(cmd) => block_on(secrets::vault(&ctx, cmd)),
+        Command::Secret(cmd) => block_on(secrets::secret(&ctx, cmd)),
+        Command::Grant(GrantCommand::List(flags)) => block_on(grants::list(&ctx, flags.json)),
         Command::Grant(GrantCommand::Add(args)) => {
-            let source = config_source(&cli)?;
-            block_on(grants::add(&cli, &source, args))
+            let source = ctx.config_source()?;
+            block_on(grants::add(&ctx, &source, args))
         }
         Command::Grant(GrantCommand::Rm(args)) => {
-            let source = config_source(&cli)?;
-            block_on(grants::remove(&cli, &source, args))
+            let source = ctx.config_source()?;
+            block_on(grants::remove(&ctx, &source, args))
         }
-        Command::Eval(args) => block_on(policy_cmd::eval(&cli, args)),
+        Command::Eval(args) => block_on(policy_cmd::eval(&ctx, args)),
         Command::Policy(cmd) => policy_cmd::policy(cmd),
-        Command::Audit(cmd) => audit::audit(&cli, cmd),
+        Command::Audit(cmd) => audit::audit(&ctx, cmd),
         Command::Service(cmd) => service(cmd),
-        Command::Daemon(DaemonCommand::Reload(flags)) => block_on(reload(&cli, flags.json)),
+        Command::Daemon(DaemonCommand::Reload(flags)) => block_on(reload(&ctx, flags.json)),
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
-            stop(&cli, &args.stop, true).await?;
-            start_detached(&cli, &args.idle, args.stop.json.json).await
+            stop(&ctx, &args.stop, true).await?;
+            start_detached(&ctx, &args.idle, args.stop.json.json).await
         }),
     }
 }
@@ -123,26 +121,6 @@ fn version(json: bool) {
     }
 }
 
-/// The config source: `--config`/`KEYWARD_CONFIG` must exist; the default
-/// `<home>/keyward.toml` may be absent.
-fn config_source(cli: &Cli) -> Result<ConfigSource> {
-    Ok(match &cli.config {
-        Some(path) if !path.as_os_str().is_empty() => ConfigSource {
-            path: std::path::absolute(path)
-                .with_context(|| format!("cannot resolve {}", path.display()))?,
-            explicit: true,
-        },
-        _ => ConfigSource {
-            path: Home::resolve(cli.home.as_deref())?.default_config_path(),
-            explicit: false,
-        },
-    })
-}
-
-pub fn load_config(cli: &Cli) -> Result<LoadedConfig> {
-    Ok(config::load(&config_source(cli)?)?)
-}
-
 fn config_check(loaded: &LoadedConfig, json: bool) -> Result<()> {
     if json {
         let value = json!({
@@ -167,9 +145,8 @@ fn config_check(loaded: &LoadedConfig, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn status(cli: &Cli, json: bool) -> Result<ExitCode> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    let report = control::status(&home).await?;
+async fn status(ctx: &Context, json: bool) -> Result<ExitCode> {
+    let report = control::status(ctx.home()?).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -237,8 +214,9 @@ fn print_status(r: &StatusReport) {
 
 /// `keyward daemon reload`: the daemon reads its config again and says
 /// what it could not apply without a restart.
-async fn reload(cli: &Cli, json: bool) -> Result<ExitCode> {
-    let answer: keyward_api::ReloadResponse = client(cli)?
+async fn reload(ctx: &Context, json: bool) -> Result<ExitCode> {
+    let answer: keyward_api::ReloadResponse = ctx
+        .client()?
         .call(hyper::Method::POST, "/v1/reload", None::<&()>)
         .await?;
     if json {
@@ -255,48 +233,10 @@ async fn reload(cli: &Cli, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A client for this home's daemon.
-pub fn client(cli: &Cli) -> Result<keyward_api::Client> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    Ok(keyward_api::Client::new(home.socket_path()))
-}
-
-/// A client for a daemon that runs: starts one (detached) if none does.
-pub async fn ensure_daemon(cli: &Cli) -> Result<keyward_api::Client> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    // A running daemon is used as it is: its config is its own business
-    // (a broken file on disk must not stop clients of a working daemon).
-    let running = client(cli)?;
-    match running.health().await {
-        Ok(_) => return Ok(running),
-        // A daemon answered, and refused (a peer it does not serve): that
-        // answer is the caller's, not a reason to start another.
-        Err(e @ keyward_api::ClientError::Api { .. }) => return Err(e.into()),
-        Err(_) => {}
-    }
-    // A socket named by KEYWARD_SOCKET belongs to a daemon managed
-    // elsewhere (a system service): use it, never start one in its place.
-    if home.socket_elsewhere() {
-        return Err(ControlError::NotRunning {
-            detail: format!(
-                "nothing answers on {} (KEYWARD_SOCKET); start that daemon (e.g. \
-                 `systemctl start keyward`)",
-                home.socket_path().display()
-            ),
-            home: home.root().to_owned(),
-        }
-        .into());
-    }
-    let (exe, args) = daemon_command(cli, None, false)?;
-    if let Some(pid) = control::ensure_running(&home, &exe, args, DETACH_READY_TIMEOUT).await? {
-        eprintln!("keyward: started the daemon (pid {pid})");
-    }
-    client(cli)
-}
-
-async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<ExitCode> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    let pid = spawn_daemon(cli, idle).await?;
+async fn start_detached(ctx: &Context, idle: &IdleExitArg, json: bool) -> Result<ExitCode> {
+    let home = ctx.home()?;
+    let (exe, args) = ctx.daemon_command(idle.idle_exit.map(|i| i.0), idle.require_runner_auth)?;
+    let pid = control::start_detached(home, &exe, args, DETACH_READY_TIMEOUT).await?;
     if json {
         println!(
             "{}",
@@ -312,68 +252,10 @@ async fn start_detached(cli: &Cli, idle: &IdleExitArg, json: bool) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the daemon detached with this CLI's home, config and log format.
-async fn spawn_daemon(cli: &Cli, idle: &IdleExitArg) -> Result<u32> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    let (exe, args) = daemon_command(cli, idle.idle_exit.map(|i| i.0), idle.require_runner_auth)?;
-    Ok(control::start_detached(&home, &exe, args, DETACH_READY_TIMEOUT).await?)
-}
-
-/// The executable and arguments that run this CLI's daemon in the
-/// foreground: same home, config and log format.
-fn daemon_command(
-    cli: &Cli,
-    idle_exit: Option<Option<Duration>>,
-    require_runner_auth: bool,
-) -> Result<(std::path::PathBuf, Vec<OsString>)> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    // Validate here too, so a bad config fails fast with exit 64 and no
-    // process is spawned.
-    let source = config_source(cli)?;
-    let loaded = config::load(&source)?;
-    if require_runner_auth {
-        runner_auth_verifiable(&loaded)?;
-    }
-
-    let mut args: Vec<OsString> = vec!["--home".into(), home.root().into()];
-    if source.explicit {
-        args.extend(["--config".into(), source.path.clone().into()]);
-    }
-    args.extend(["--log-format".into(), cli.log_format.as_arg().into()]);
-    args.extend(["daemon".into(), "start".into()]);
-    if require_runner_auth {
-        args.push("--require-runner-auth".into());
-    }
-    if let Some(idle) = idle_exit {
-        args.extend([
-            "--idle-exit".into(),
-            config::format_duration_or_off(idle).into(),
-        ]);
-    }
-    let exe = std::env::current_exe().context("cannot find the keyward executable")?;
-    Ok((exe, args))
-}
-
-/// For `--require-runner-auth`: the config must say how to verify runner
-/// auth, else every evaluation would be blocked.
-fn runner_auth_verifiable(loaded: &LoadedConfig) -> Result<(), config::ConfigError> {
-    if loaded.identity.configured() {
-        return Ok(());
-    }
-    Err(config::ConfigError::Invalid {
-        path: loaded.source.path.clone(),
-        key: Some("auth".to_owned()),
-        message: "--require-runner-auth needs a way to verify runner auth: set \
-                  auth.runner_hmac_key_file (or KEYWARD_RUNNER_AUTH_HMAC_KEY) or [auth.oidc]"
-            .to_owned(),
-    })
-}
-
 /// Stops the daemon; with `tolerate_not_running` (restart) a daemon that is
 /// not running is fine.
-async fn stop(cli: &Cli, args: &StopArgs, tolerate_not_running: bool) -> Result<ExitCode> {
-    let home = Home::resolve(cli.home.as_deref())?;
-    let (pid, how) = match control::stop(&home, args.timeout, args.force).await {
+async fn stop(ctx: &Context, args: &StopArgs, tolerate_not_running: bool) -> Result<ExitCode> {
+    let (pid, how) = match control::stop(ctx.home()?, args.timeout, args.force).await {
         Ok(Stopped::Gracefully { pid }) => (pid, "stopped"),
         Ok(Stopped::Killed { pid }) => (pid, "killed"),
         Err(ControlError::NotRunning { .. }) if tolerate_not_running => {

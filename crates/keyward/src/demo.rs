@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Method;
@@ -16,8 +16,7 @@ use keyward_daemon::control;
 use keyward_daemon::home::Home;
 use sha2::{Digest, Sha256};
 
-use crate::cli::{Cli, Command, JsonFlag};
-use crate::commands::ensure_daemon;
+use crate::context::Context;
 
 /// A short, non-reversible tag of a value, to show "the same secret"
 /// without showing it.
@@ -72,7 +71,7 @@ async fn start_service(dir: &Path) -> Result<(u16, PathBuf, Arc<Mutex<Vec<String
     Ok((port, ca_path, seen))
 }
 
-pub async fn demo(cli: &Cli) -> Result<ExitCode> {
+pub async fn demo(ctx: &Context) -> Result<ExitCode> {
     let client_tool = ["curl", "python3"]
         .into_iter()
         .find(|t| {
@@ -91,14 +90,14 @@ pub async fn demo(cli: &Cli) -> Result<ExitCode> {
     );
     let dir = PathBuf::from("/tmp").join(format!("keyward-demo-{nonce}"));
     std::fs::create_dir_all(&dir)?;
-    let outcome = run_demo(cli, &dir, client_tool).await;
+    let outcome = run_demo(ctx, &dir, client_tool).await;
     let home = Home::at(dir.join("home"));
     let _ = control::stop(&home, std::time::Duration::from_secs(10), true).await;
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
 
-async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> {
+async fn run_demo(ctx: &Context, dir: &Path, client_tool: &str) -> Result<ExitCode> {
     let (port, service_ca, seen) = start_service(dir).await?;
     let home_path = dir.join("home");
     Home::at(&home_path).ensure_private()?;
@@ -109,13 +108,8 @@ async fn run_demo(cli: &Cli, dir: &Path, client_tool: &str) -> Result<ExitCode> 
             service_ca.display()
         ),
     )?;
-    let demo_cli = Cli {
-        home: Some(home_path.clone()),
-        config: None,
-        log_format: cli.log_format,
-        command: Command::Version(JsonFlag { json: false }),
-    };
-    let client = ensure_daemon(&demo_cli).await?;
+    let demo_ctx = Context::for_home(home_path.clone(), ctx.log_format());
+    let client = demo_ctx.ensure_daemon().await?;
     let _: VaultStatus = client
         .call(
             Method::POST,

@@ -8,14 +8,14 @@ use keyward_api::{ClientError, GrantList, ReloadResponse};
 use keyward_daemon::config::{ConfigError, ConfigSource};
 use keyward_daemon::config_edit::{EditError, add_grant, remove_grant};
 use keyward_daemon::grants::{BasicConfig, GrantConfig, InjectConfig};
-use keyward_daemon::home::Home;
 use serde_json::json;
 
-use crate::cli::{Cli, GrantAddArgs, GrantRmArgs};
-use crate::commands::client;
+use crate::cli::{GrantAddArgs, GrantRmArgs};
+use crate::context::Context;
 
-pub async fn list(cli: &Cli, json: bool) -> Result<ExitCode> {
-    let list: GrantList = crate::commands::ensure_daemon(cli)
+pub async fn list(ctx: &Context, json: bool) -> Result<ExitCode> {
+    let list: GrantList = ctx
+        .ensure_daemon()
         .await?
         .call(Method::GET, "/v1/grants", None::<&()>)
         .await?;
@@ -91,7 +91,7 @@ fn check_add_flags(args: &GrantAddArgs) -> Result<(), GrantFlagError> {
     Ok(())
 }
 
-pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Result<ExitCode> {
+pub async fn add(ctx: &Context, source: &ConfigSource, args: &GrantAddArgs) -> Result<ExitCode> {
     check_add_flags(args)?;
     let grant = GrantConfig {
         preset: None,
@@ -112,11 +112,11 @@ pub async fn add(cli: &Cli, source: &ConfigSource, args: &GrantAddArgs) -> Resul
         public_suffix: args.public_suffix.then_some(true),
     };
     if !source.explicit {
-        Home::resolve(cli.home.as_deref())?.ensure_private()?;
+        ctx.home()?.ensure_private()?;
     }
     // Asked before the file is touched: a caller the daemon refuses (a
     // process inside a run) changes nothing.
-    let daemon = client(cli)?;
+    let daemon = ctx.client()?;
     let reloaded = edit_then_reload(&daemon, || {
         add_grant(&source.path, &args.name, &grant, args.replace)
     })
@@ -183,10 +183,10 @@ fn blame_flag(err: anyhow::Error, name: &str) -> anyhow::Error {
     }
 }
 
-pub async fn remove(cli: &Cli, source: &ConfigSource, args: &GrantRmArgs) -> Result<ExitCode> {
+pub async fn remove(ctx: &Context, source: &ConfigSource, args: &GrantRmArgs) -> Result<ExitCode> {
     // Asked before the file is touched: a caller the daemon refuses (a
     // process inside a run) changes nothing.
-    let daemon = client(cli)?;
+    let daemon = ctx.client()?;
     let reloaded = edit_then_reload(&daemon, || remove_grant(&source.path, &args.name)).await?;
     if args.json.json {
         println!(

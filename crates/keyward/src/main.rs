@@ -5,6 +5,7 @@
 mod audit;
 mod cli;
 mod commands;
+mod context;
 mod demo;
 mod exit;
 mod grants;

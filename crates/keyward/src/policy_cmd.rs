@@ -4,14 +4,14 @@ use std::io::Read as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use hyper::Method;
 use keyward_api::{Decision, DecisionResponse, EvaluateRequest};
 use keyward_policy::Policy;
 use serde::Deserialize;
 
-use crate::cli::{Cli, EvalArgs, PolicyCommand};
-use crate::commands::ensure_daemon;
+use crate::cli::{EvalArgs, PolicyCommand};
+use crate::context::Context;
 use crate::exit;
 
 /// `keyward eval`'s exit status for a decision.
@@ -35,7 +35,7 @@ fn read_input(path: &Path) -> Result<String> {
     }
 }
 
-pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+pub async fn eval(ctx: &Context, args: &EvalArgs) -> Result<ExitCode> {
     let mut req = match &args.input {
         Some(path) => {
             let text = read_input(path)?;
@@ -57,7 +57,7 @@ pub async fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     if let Some(auth) = crate::runner_auth::load(&args.runner_auth)? {
         req.runner_auth = auth;
     }
-    let client = ensure_daemon(cli).await?;
+    let client = ctx.ensure_daemon().await?;
     let resp: DecisionResponse = client
         .call(Method::POST, "/v1/evaluate", Some(&req))
         .await?;

@@ -9,17 +9,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use hyper::Method;
 use keyward_api::{CreateRunRequest, Network, RunCreated, RunInfo};
-use keyward_daemon::home::Home;
 use keyward_daemon::sandbox::SandboxRequest;
 use keyward_sys::Signal;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{BrokerArg, CaCommand, CaFormat, Cli, NetworkArg, RunArgs, SandboxArg};
-use crate::commands::ensure_daemon;
+use crate::cli::{BrokerArg, CaCommand, CaFormat, NetworkArg, RunArgs, SandboxArg};
+use crate::context::Context;
 
 /// Variables never passed to the program: evidence and runner-auth keys,
 /// and the CI providers' OIDC token endpoints with their request tokens.
@@ -55,12 +54,12 @@ async fn attach_broker(
     Ok(program_end)
 }
 
-pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
-    let client = ensure_daemon(cli).await?;
+pub async fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
+    let client = ctx.ensure_daemon().await?;
     // A daemon this process just started is its child; it is not one of
     // the program's leftovers.
     let daemon_pid = client.health().await.ok().map(|h| h.pid);
-    let confinement = plan_confinement(cli, args, &client).await?;
+    let confinement = plan_confinement(ctx, args, &client).await?;
     // Orphans of the program (double fork, `setsid -f`) come back to this
     // process instead of pid 1, so they stay inside the run's ancestry.
     keyward_sys::become_child_subreaper().context("cannot become a child subreaper")?;
@@ -342,7 +341,7 @@ impl Confinement {
 /// run where Landlock can (ABI 6+): they cannot kill this wrapper or the
 /// daemon. `--sandbox` adds files and TCP.
 async fn plan_confinement(
-    cli: &Cli,
+    ctx: &Context,
     args: &RunArgs,
     client: &keyward_api::Client,
 ) -> Result<Confinement> {
@@ -367,8 +366,8 @@ async fn plan_confinement(
             listeners: None,
         });
     };
-    let home = Home::resolve(cli.home.as_deref())?;
-    let config = crate::commands::load_config(cli)?;
+    let home = ctx.home()?;
+    let config = ctx.load_config()?;
     let proxy_port = client
         .health()
         .await?
@@ -393,7 +392,7 @@ async fn plan_confinement(
         mount_view,
     };
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let plan = keyward_daemon::sandbox::plan(&home, &config, &request, &cwd, proxy_port)?;
+    let plan = keyward_daemon::sandbox::plan(home, &config, &request, &cwd, proxy_port)?;
     let prepared = keyward_sys::prepare_sandbox(&plan.rules)
         .map_err(anyhow::Error::from)
         .and_then(|mut sandbox| {
@@ -615,8 +614,8 @@ async fn end_leftovers(spare: Option<u32>) -> usize {
 }
 
 /// `keyward ca path` / `keyward ca export`.
-pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
-    let home = Home::resolve(cli.home.as_deref())?;
+pub async fn ca(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode> {
+    let home = ctx.home()?;
     let public = home.ca_dir().join("public");
     let cert = public.join("ca.pem");
     let bundle = public.join("bundle.pem");
@@ -629,7 +628,8 @@ pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
             println!("{}", bundle.display());
         }
         CaCommand::Rotate(flags) => {
-            let v: serde_json::Value = ensure_daemon(cli)
+            let v: serde_json::Value = ctx
+                .ensure_daemon()
                 .await?
                 .call(Method::POST, "/v1/ca/rotate", None::<&()>)
                 .await?;
@@ -646,7 +646,7 @@ pub async fn ca(cli: &Cli, cmd: &CaCommand) -> Result<ExitCode> {
         CaCommand::Export { format } => {
             // The daemon makes the CA when it first starts.
             if !cert.exists() {
-                ensure_daemon(cli).await?;
+                ctx.ensure_daemon().await?;
             }
             let pem = std::fs::read_to_string(&cert)
                 .with_context(|| format!("cannot read {}", cert.display()))?;

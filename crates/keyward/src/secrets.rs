@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use hyper::Method;
 use keyward_api::{
     Client, ClientError, InitVaultRequest, KeyMode, RollbackRequest, SecretInfo, SecretList,
@@ -13,18 +13,18 @@ use keyward_api::{
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::cli::{Cli, SecretCommand, VaultCommand};
-use crate::commands::{client, ensure_daemon};
+use crate::cli::{SecretCommand, VaultCommand};
+use crate::context::Context;
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
+pub async fn vault(ctx: &Context, cmd: &VaultCommand) -> Result<ExitCode> {
     match cmd {
         VaultCommand::Init { passphrase, json } => {
-            let client = ensure_daemon(cli).await?;
+            let client = ctx.ensure_daemon().await?;
             let req = if *passphrase {
                 InitVaultRequest {
                     mode: KeyMode::Passphrase,
@@ -39,11 +39,11 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             output_status(&status, json.json, "vault initialized")?;
         }
         VaultCommand::Status(flags) => {
-            let status = vault_status(&ensure_daemon(cli).await?).await?;
+            let status = vault_status(&ctx.ensure_daemon().await?).await?;
             output_status(&status, flags.json, "")?;
         }
         VaultCommand::Unseal(flags) => {
-            let client = ensure_daemon(cli).await?;
+            let client = ctx.ensure_daemon().await?;
             let current = vault_status(&client).await?;
             let passphrase = match current.mode {
                 Some(KeyMode::Passphrase) => {
@@ -64,7 +64,8 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             // A daemon that does not run holds no key: there is nothing to
             // seal, and starting one to seal it would unseal a key-file
             // vault first.
-            match client(cli)?
+            match ctx
+                .client()?
                 .call::<(), VaultStatus>(Method::POST, "/v1/vault/seal", None)
                 .await
             {
@@ -83,7 +84,8 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             }
         }
         VaultCommand::History(flags) => {
-            let list: SnapshotList = ensure_daemon(cli)
+            let list: SnapshotList = ctx
+                .ensure_daemon()
                 .await?
                 .call(Method::GET, "/v1/vault/history", None::<&()>)
                 .await?;
@@ -103,7 +105,8 @@ pub async fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<ExitCode> {
             let req = RollbackRequest {
                 snapshot: snapshot.clone(),
             };
-            let status: VaultStatus = ensure_daemon(cli)
+            let status: VaultStatus = ctx
+                .ensure_daemon()
                 .await?
                 .call(Method::POST, "/v1/vault/rollback", Some(&req))
                 .await?;
@@ -148,7 +151,7 @@ fn output_status(status: &VaultStatus, json: bool, headline: &str) -> Result<()>
     Ok(())
 }
 
-pub async fn secret(cli: &Cli, cmd: &SecretCommand) -> Result<ExitCode> {
+pub async fn secret(ctx: &Context, cmd: &SecretCommand) -> Result<ExitCode> {
     match cmd {
         SecretCommand::Set {
             name,
@@ -160,7 +163,7 @@ pub async fn secret(cli: &Cli, cmd: &SecretCommand) -> Result<ExitCode> {
             // Check the name before reading a value or starting anything.
             keyward_vault::validate_name(name)?;
             let value = read_value(name, from_file.as_deref(), from_env.as_deref())?;
-            let client = ensure_daemon(cli).await?;
+            let client = ctx.ensure_daemon().await?;
             if vault_status(&client).await?.state == VaultState::Uninitialized {
                 let init: Result<VaultStatus, _> = client
                     .call(
@@ -194,7 +197,8 @@ pub async fn secret(cli: &Cli, cmd: &SecretCommand) -> Result<ExitCode> {
             }
         }
         SecretCommand::List(flags) => {
-            let listed = ensure_daemon(cli)
+            let listed = ctx
+                .ensure_daemon()
                 .await?
                 .call::<(), SecretList>(Method::GET, "/v1/secrets", None)
                 .await;
@@ -242,7 +246,8 @@ pub async fn secret(cli: &Cli, cmd: &SecretCommand) -> Result<ExitCode> {
         }
         SecretCommand::Rm { name, json } => {
             keyward_vault::validate_name(name)?;
-            let _: serde_json::Value = ensure_daemon(cli)
+            let _: serde_json::Value = ctx
+                .ensure_daemon()
                 .await?
                 .call(Method::DELETE, &format!("/v1/secrets/{name}"), None::<&()>)
                 .await?;
