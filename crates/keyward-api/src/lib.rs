@@ -22,7 +22,7 @@ pub use policy_types::{
 };
 pub use run_types::{
     BrokerAttach, BrokerAttached, CreateRunRequest, Network, PatchRunRequest, RunCreated, RunInfo,
-    RunList, RunProblem,
+    RunList, RunProblem, RunProblems,
 };
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
 pub use types::{ErrorBody, ErrorDetail, Health, ReloadFailure, ShutdownRequest, ShutdownResponse};

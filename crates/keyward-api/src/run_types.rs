@@ -193,6 +193,18 @@ pub struct RunProblem {
     pub fix: Option<String>,
 }
 
+/// `GET /v1/runs/{id}/problems?seen=N`: the run's problems once more than
+/// `N` requests have been noted (or after a wait, unchanged), for
+/// `keyward run --verbose` to report them as they happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunProblems {
+    /// Requests noted so far (the sum of the counts, including those past
+    /// the kept limit): the next call's `seen`.
+    pub noted: u64,
+    /// The problems so far, summed as in [`RunInfo::problems`].
+    pub problems: Vec<RunProblem>,
+}
+
 /// `GET /v1/runs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunList {

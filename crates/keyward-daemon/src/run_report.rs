@@ -4,12 +4,15 @@
 //! not be reached or trusted (with the setting that fixes it), and requests
 //! to a granted host on a port its grant does not cover, which went out
 //! with nothing injected. Bounded per run; summed by kind, target and rule.
+//! `keyward run --verbose` waits on them as they are noted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use keyward_api::RunProblem;
+use keyward_api::{RunProblem, RunProblems};
 use keyward_proxy::EgressEvent;
+use tokio::sync::watch;
 
 use crate::frozen::Frozen;
 
@@ -17,9 +20,27 @@ use crate::frozen::Frozen;
 const MAX_PROBLEMS: usize = 32;
 
 /// The runs' problems, by run id.
-#[derive(Default)]
 pub(crate) struct RunReports {
-    runs: Mutex<HashMap<String, Vec<RunProblem>>>,
+    runs: Mutex<HashMap<String, RunReport>>,
+    /// Bumped at every change of any run's report, so a waiter (who
+    /// subscribed before looking) never misses one.
+    changed: watch::Sender<u64>,
+}
+
+/// One run's problems, and how many requests were noted in all.
+#[derive(Default)]
+struct RunReport {
+    problems: Vec<RunProblem>,
+    noted: u64,
+}
+
+impl Default for RunReports {
+    fn default() -> Self {
+        Self {
+            runs: Mutex::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
 }
 
 impl RunReports {
@@ -31,7 +52,9 @@ impl RunReports {
             return;
         };
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        let problems = runs.entry(event.run_id.clone()).or_default();
+        let report = runs.entry(event.run_id.clone()).or_default();
+        report.noted = report.noted.saturating_add(1);
+        let problems = &mut report.problems;
         let same = |p: &&mut RunProblem| {
             p.kind == problem.kind && p.target == problem.target && p.rule == problem.rule
         };
@@ -42,18 +65,55 @@ impl RunReports {
         } else if let Some(last) = problems.last_mut() {
             last.count = last.count.saturating_add(1);
         }
+        drop(runs);
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The run's problems so far.
     pub(crate) fn peek(&self, run_id: &str) -> Vec<RunProblem> {
+        self.snapshot(run_id).problems
+    }
+
+    fn snapshot(&self, run_id: &str) -> RunProblems {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.get(run_id).cloned().unwrap_or_default()
+        runs.get(run_id).map_or(
+            RunProblems {
+                noted: 0,
+                problems: Vec::new(),
+            },
+            |r| RunProblems {
+                noted: r.noted,
+                problems: r.problems.clone(),
+            },
+        )
+    }
+
+    /// The run's problems once more than `seen` requests were noted, or
+    /// as they are when `wait` passes (or the run's report is taken).
+    pub(crate) async fn wait_past(&self, run_id: &str, seen: u64, wait: Duration) -> RunProblems {
+        // Subscribed before looking: a change between the look and the
+        // wait still wakes it.
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = self.snapshot(run_id);
+            if now.noted > seen {
+                return now;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.snapshot(run_id),
+            }
+        }
     }
 
     /// The run's problems, forgotten here (the run is over).
     pub(crate) fn take(&self, run_id: &str) -> Vec<RunProblem> {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.remove(run_id).unwrap_or_default()
+        let taken = runs.remove(run_id).unwrap_or_default().problems;
+        drop(runs);
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        taken
     }
 }
 

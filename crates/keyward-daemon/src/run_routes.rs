@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::StatusCode;
 use hyper::body::Bytes;
-use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList};
+use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList, RunProblems};
 use keyward_proxy::{AllowRule, RunContext};
 
 use crate::runner_auth::{self, RunnerAuth};
@@ -475,6 +475,38 @@ pub(crate) async fn get_one(
         info.problems = state.run_reports.peek(&id);
         Json(info)
     })
+}
+
+/// How long `GET /v1/runs/{id}/problems` holds a request with nothing new
+/// before answering unchanged (the caller asks again).
+const PROBLEMS_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// `GET /v1/runs/{id}/problems?seen=N`: the run's problems once more than
+/// `N` requests were noted (a long poll: `keyward run --verbose` reports
+/// them as they happen).
+pub(crate) async fn problems(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RunProblems>, ApiError> {
+    visible_run(&state, &peer, &id)?;
+    let seen = match query.as_deref().and_then(|q| q.strip_prefix("seen=")) {
+        None if query.is_none() => Some(0),
+        Some(n) => n.parse::<u64>().ok(),
+        None => None,
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the only query parameter is seen=N (a count from an earlier answer)",
+        )
+    })?;
+    let answer = state.run_reports.wait_past(&id, seen, PROBLEMS_WAIT).await;
+    // The run may have ended while the request waited.
+    visible_run(&state, &peer, &id)?;
+    Ok(Json(answer))
 }
 
 /// A run may be tied only to the caller itself or one of its descendants,

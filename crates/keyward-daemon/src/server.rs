@@ -589,6 +589,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs", post(run_routes::create).get(run_routes::list))
         .route("/v1/ca/rotate", post(run_routes::rotate_ca))
         .route("/v1/runs/{id}/broker", post(crate::broker::attach))
+        .route("/v1/runs/{id}/problems", get(run_routes::problems))
         .route(
             "/v1/runs/{id}",
             get(run_routes::get_one)
@@ -710,13 +711,14 @@ fn confinement_refusal(state: &AppState, peer: &Peer, req: &Request) -> Option<R
     Some(ApiError::new(StatusCode::FORBIDDEN, "run_confined", message).into_response())
 }
 
-/// Whether `req` is the run's own `keyward run` process removing that run
-/// or handing over its fd broker.
+/// Whether `req` is the run's own `keyward run` process removing that run,
+/// handing over its fd broker, or following its problems (`--verbose`).
 fn own_run_request(state: &AppState, peer: &Peer, req: &Request, run: &str) -> bool {
     let path = req.uri().path().strip_prefix("/v1/runs/");
     let own_route = match *req.method() {
         Method::DELETE => path == Some(run),
         Method::POST => path.and_then(|p| p.strip_suffix("/broker")) == Some(run),
+        Method::GET => path.and_then(|p| p.strip_suffix("/problems")) == Some(run),
         _ => false,
     };
     own_route && state.runs.get(run).and_then(|r| r.pid).map(i64::from) == peer.pid.map(i64::from)

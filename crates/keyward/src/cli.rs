@@ -711,6 +711,11 @@ pub struct RunArgs {
     /// the program is done).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Also say each request that was refused, failed upstream or went out
+    /// without its secret as it happens (on stderr, one `keyward run:`
+    /// line each, between the program's own lines).
+    #[arg(long, short, conflicts_with = "quiet")]
+    pub verbose: bool,
     /// A `[sandbox.profiles.NAME]` of the config whose paths are added.
     #[arg(long, value_name = "NAME", requires = "sandbox")]
     pub sandbox_profile: Option<String>,

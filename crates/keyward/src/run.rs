@@ -36,6 +36,10 @@ const IDENTITY_VARS: &[&str] = &[
 /// The program's broker descriptor (`KEYWARD_BROKER_FD`).
 const BROKER_FD: i32 = 3;
 
+/// The daemon holds a `--verbose` follower's question up to 25 s when
+/// nothing happens; this is the follower's own limit per question.
+const PROBLEMS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Makes the run's broker: a socketpair whose daemon end goes to the
 /// daemon now; the other end is returned for the program.
 async fn attach_broker(
@@ -127,6 +131,14 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         },
         None => None,
     };
+
+    // Runs beside the program (on this thread's runtime, while it waits)
+    // and ends before the run is unregistered.
+    let follower = args.verbose.then(|| {
+        let client = client.clone().with_timeout(PROBLEMS_CALL_TIMEOUT);
+        tokio::spawn(follow_problems(client, created.run_id.clone()))
+    });
+    let _stop_follower = AbortOnDrop(follower);
 
     let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
@@ -285,6 +297,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     // daemon ends what is left in the run's cgroup, which would include
     // the `rm` this starts.
     remove_private_tmp(private_tmp.as_deref());
+    drop(_stop_follower);
     if let Some(info) = unregister(&client, &created.run_id).await
         && !args.quiet
     {
@@ -673,6 +686,86 @@ async fn unregister(client: &keyward_api::Client, run_id: &str) -> Option<RunInf
         .ok()
 }
 
+/// Ends a task when dropped (on every way out of `run`).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// `--verbose`: says each problem of the run as the daemon notes it (a
+/// new one, or one more of a kind already said), until aborted. Stops
+/// quietly if the daemon cannot be asked: the report at the end still
+/// comes.
+async fn follow_problems(client: keyward_api::Client, run_id: String) {
+    let mut seen = 0u64;
+    let mut said: BTreeMap<(String, String, Option<String>), u32> = BTreeMap::new();
+    loop {
+        let Ok(answer) = client
+            .call::<(), keyward_api::RunProblems>(
+                Method::GET,
+                &format!("/v1/runs/{run_id}/problems?seen={seen}"),
+                None,
+            )
+            .await
+        else {
+            return;
+        };
+        seen = answer.noted;
+        for p in &answer.problems {
+            let key = (p.kind.clone(), p.target.clone(), p.rule.clone());
+            let before = said.insert(key, p.count).unwrap_or(0);
+            if p.count > before {
+                eprintln!("keyward run: {}", describe_problem(p));
+                if before == 0
+                    && let Some(fix) = &p.fix
+                {
+                    eprintln!("keyward run:   fix: {}", printable(fix));
+                }
+            }
+        }
+    }
+}
+
+/// One problem in a line: kind, target, rule, count, what happened.
+fn describe_problem(p: &keyward_api::RunProblem) -> String {
+    let kind = match p.kind.as_str() {
+        "not_injected" => "sent without its secret",
+        other => other,
+    };
+    let rule = p
+        .rule
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let times = if p.count == 1 {
+        String::new()
+    } else {
+        format!(", {} times", p.count)
+    };
+    printable(&format!("{kind}: {}{rule}{times}: {}", p.target, p.detail))
+}
+
+/// `text` with control characters escaped: a problem holds what the
+/// program asked for (a host name) and what an upstream said, and neither
+/// may drive the user's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Says on stderr, once the program is done, which of its requests were
 /// refused, failed upstream or went out without their secret, and what
 /// would change that.
@@ -686,23 +779,21 @@ fn report_problems(problems: &[keyward_api::RunProblem]) {
         if total == 1 { "" } else { "s" }
     );
     for p in problems {
-        let kind = match p.kind.as_str() {
-            "not_injected" => "sent without its secret",
-            other => other,
-        };
-        let rule = p
-            .rule
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
-        let times = if p.count == 1 {
-            String::new()
-        } else {
-            format!(", {} times", p.count)
-        };
-        eprintln!("  {kind}: {}{rule}{times}: {}", p.target, p.detail);
+        eprintln!("  {}", describe_problem(p));
         if let Some(fix) = &p.fix {
-            eprintln!("    fix: {fix}");
+            eprintln!("    fix: {}", printable(fix));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn problems_cannot_drive_the_terminal() {
+        assert_eq!(
+            super::printable("host\u{1b}]0;pwned\u{7}:443\nnext"),
+            "host\\u{1b}]0;pwned\\u{7}:443\\nnext"
+        );
+        assert_eq!(super::printable("plain: text"), "plain: text");
     }
 }

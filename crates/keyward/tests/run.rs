@@ -1363,6 +1363,92 @@ fn a_program_that_cannot_start_exits_like_a_shell() {
     home.run(&["daemon", "stop"]);
 }
 
+/// `keyward run --verbose` says each problem while the program still runs
+/// (the program waits on its stdin for the test to see the line), counts
+/// repeats, and still sums them up at the end. The problems route answers
+/// the run's owner (and a bad query clearly), but not the program inside
+/// the run.
+#[test]
+fn keyward_run_verbose_says_each_problem_as_it_happens() {
+    use std::io::{BufRead as _, Write as _};
+    let (home, _upstream) = setup("");
+    let script = format!(
+        "curl -s -o /dev/null https://refused.invalid/; read id; \
+         curl -sS --unix-socket {} \"http://k/v1/runs/$id/problems?seen=0\"; echo; read go; \
+         curl -s -o /dev/null https://refused.invalid/; read go",
+        home.socket().display()
+    );
+    let mut child = home
+        .cmd(&[
+            "run",
+            "--verbose",
+            "--grant",
+            "local",
+            "--network",
+            "strict",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Lines up to and including the first that holds `needle`; a bound on
+    // the wait only turns a missing line into a failure instead of a hang.
+    let mut seen = Vec::new();
+    let mut wait_line = |needle: &str| {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line with {needle:?}; stderr so far: {seen:#?}"));
+            seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+
+    let first = wait_line("keyward run: refused: refused.invalid:443 (network.strict)");
+    assert!(!first.contains("times"), "{first}");
+    wait_line("keyward run:   fix: keyward run --allow refused.invalid:443");
+    // The owner may follow the run too; a bad query is said.
+    let (_, runs) = home.http("GET", "/v1/runs", None);
+    let id = json(&runs)["runs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = home.http("GET", &format!("/v1/runs/{id}/problems?seen=0"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["noted"], 1, "{body}");
+    let (status, body) = home.http("GET", &format!("/v1/runs/{id}/problems?seen=x"), None);
+    assert_eq!(status, 400, "{body}");
+    // The program itself asks: refused.
+    writeln!(stdin, "{id}").unwrap();
+    writeln!(stdin, "go").unwrap();
+    wait_line("keyward run: refused: refused.invalid:443 (network.strict), 2 times");
+    writeln!(stdin, "go").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    wait_line("2 requests did not go as asked");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("run_confined"), "{stdout}");
+    assert!(!stdout.contains("noted"), "{stdout}");
+}
+
 /// `keyward run` says on its own stderr, once the program is done, which
 /// requests did not go as asked and what would change that: a strict-mode
 /// refusal (with the `--allow` that admits it), an unreachable upstream,
