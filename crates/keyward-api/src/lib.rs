@@ -5,6 +5,7 @@
 //! meaning, and clients ignore fields they do not know.
 #![forbid(unsafe_code)]
 
+mod auth_types;
 pub mod broker;
 mod client;
 mod grant_types;
@@ -14,6 +15,10 @@ mod socket_path;
 mod types;
 mod vault_types;
 
+pub use auth_types::{
+    IssueTokenRequest, IssuedToken, IssuedTokens, RoleInfo, RoleList, RoleRequest, TokenInfo,
+    TokenList,
+};
 pub use client::{Client, ClientError, RawResponse};
 pub use grant_types::{GrantInfo, GrantList, InjectInfo, ReloadResponse};
 pub use policy_types::{

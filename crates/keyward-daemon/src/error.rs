@@ -38,6 +38,9 @@ pub enum DaemonError {
         /// The path.
         path: PathBuf,
     },
+    /// The team's tokens or roles (`<home>/auth/`) cannot be read.
+    #[error("cannot read the team's tokens and roles: {0}")]
+    Auth(#[from] keyward_auth::AuthError),
     /// An I/O step failed; `what` says which.
     #[error("{what}: {source}")]
     Io {

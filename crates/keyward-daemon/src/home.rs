@@ -160,6 +160,11 @@ impl Home {
         self.root.join("proxy.port")
     }
 
+    /// The team's tokens and roles (`tokens.toml`, `roles.toml`).
+    pub fn auth_dir(&self) -> PathBuf {
+        self.root.join("auth")
+    }
+
     /// The evidence log's directory.
     pub fn audit_dir(&self) -> PathBuf {
         self.root.join("audit")

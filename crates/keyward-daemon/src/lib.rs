@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_conn;
+mod auth_routes;
 mod authority;
 mod broker;
 mod compat_cavra;
@@ -35,6 +36,7 @@ pub mod runs;
 pub mod sandbox;
 mod server;
 pub mod service;
+mod team_auth;
 mod vault_routes;
 
 pub use error::DaemonError;

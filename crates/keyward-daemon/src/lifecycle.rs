@@ -147,6 +147,15 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
+    // The team's tokens and roles: files this version cannot read stop the
+    // start rather than leave tokens unchecked.
+    let team = match crate::team_auth::TeamAuth::open(&home.auth_dir()) {
+        Ok(team) => team,
+        Err(e) => {
+            pid_lock.release();
+            return Err(e.into());
+        }
+    };
     let proxy_listener = match bind_proxy(home, &opts.config.config.proxy.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -216,6 +225,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         cgroups,
         reload_failed: Mutex::new(None),
         run_reports: Default::default(),
+        team,
     });
     // Restored runs: each record checked against its seal (or left waiting
     // for the vault's unseal), those whose process is gone ended, and the
@@ -333,6 +343,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     };
 
     tracing::info!("stopping: {reason}");
+    state.team.flush();
     let _ = proxy_stop_tx.send(());
     notify("STOPPING=1");
     // New clients get "not running" at once instead of queueing on a

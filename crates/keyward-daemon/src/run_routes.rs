@@ -233,9 +233,36 @@ fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<Stri
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    principal: Option<axum::Extension<keyward_auth::Principal>>,
     body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RunCreated>, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let req: CreateRunRequest = json_body(body).map_err(IntoResponse::into_response)?;
+    // A token's role must hold each grant the run asks for.
+    if let Some(axum::Extension(principal)) = &principal {
+        for grant in &req.grants {
+            let scope = keyward_auth::Scope::GrantsUse(Some(grant.clone()));
+            if !principal.role.allows(&scope) {
+                return Err(crate::team_auth::refusal(
+                    &keyward_auth::AuthError::ScopeDenied {
+                        user: principal.user.clone(),
+                        role: principal.role.name.clone(),
+                        scope: scope.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+    create_run(state, peer, req)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn create_run(
+    state: Arc<AppState>,
+    peer: Peer,
+    req: CreateRunRequest,
 ) -> Result<Json<RunCreated>, ApiError> {
-    let req: CreateRunRequest = json_body(body)?;
     if let Some(pid) = req.pid {
         check_run_pid(&state, &peer, pid, None)?;
     }

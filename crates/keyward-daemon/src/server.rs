@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use hyper::body::Bytes;
@@ -27,7 +27,7 @@ use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::lifecycle::LogControl;
 use crate::run_routes;
 use crate::runs::{Membership, Registry};
-use crate::{grant_routes, policy_routes, vault_routes};
+use crate::{auth_routes, grant_routes, policy_routes, vault_routes};
 use keyward_evidence::{EvidenceLog, Kind};
 use keyward_proxy::CertificateAuthority;
 
@@ -345,6 +345,8 @@ pub(crate) struct AppState {
     pub reload_failed: Mutex<Option<keyward_api::ReloadFailure>>,
     /// What did not go as each run's program asked, for its `keyward run`.
     pub run_reports: crate::run_report::RunReports,
+    /// The team's API tokens and roles (requests with a bearer token).
+    pub team: crate::team_auth::TeamAuth,
 }
 
 impl AppState {
@@ -604,6 +606,24 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/vault/rollback", post(vault_routes::rollback))
         .route("/v1/secrets", get(vault_routes::list))
         .route(
+            "/v1/tokens",
+            get(auth_routes::list_tokens).post(auth_routes::issue_token),
+        )
+        .route(
+            "/v1/tokens/rotate-all",
+            post(auth_routes::rotate_all_tokens),
+        )
+        .route("/v1/tokens/{user}", delete(auth_routes::revoke_token))
+        .route("/v1/tokens/{user}/rotate", post(auth_routes::rotate_token))
+        .route(
+            "/v1/roles",
+            get(auth_routes::list_roles).post(auth_routes::create_role),
+        )
+        .route(
+            "/v1/roles/{name}",
+            patch(auth_routes::update_role).delete(auth_routes::delete_role),
+        )
+        .route(
             "/v1/secrets/{name}",
             put(vault_routes::set).delete(vault_routes::remove),
         )
@@ -618,14 +638,34 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 async fn track(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     if let Some(refusal) = confinement_refusal(&state, &peer, &req) {
-        return refusal;
+        return refuse_after_body(req, refusal).await;
     }
-    if !peer.admin && !user_route(req.method(), req.uri().path()) {
-        return ApiError::new(
+    // A bearer token decides by its role, in place of the caller's uid
+    // (health stays open to anyone who reaches the socket).
+    let health = req.method() == Method::GET && req.uri().path() == "/v1/health";
+    let principal = match crate::team_auth::presented_token(req.headers()) {
+        Some(token) if !health => match state.team.check(token, req.method(), req.uri().path()) {
+            Ok(principal) => Some(principal),
+            Err(e) => {
+                tracing::info!(
+                    uid = peer.uid,
+                    path = req.uri().path(),
+                    code = e.code(),
+                    "refused a token: {e}"
+                );
+                return refuse_after_body(req, crate::team_auth::refusal(&e)).await;
+            }
+        },
+        _ => None,
+    };
+    if let Some(principal) = &principal {
+        req.extensions_mut().insert(principal.clone());
+    } else if !peer.admin && !user_route(req.method(), req.uri().path()) {
+        let refusal = ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_only",
             format!(
@@ -637,6 +677,7 @@ async fn track(
             ),
         )
         .into_response();
+        return refuse_after_body(req, refusal).await;
     }
     let activity = &state.activity;
     activity.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -647,20 +688,31 @@ async fn track(
     activity.touch();
     activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     tracing::debug!(%method, path, status = resp.status().as_u16(), uid = peer.uid, pid = ?peer.pid, "admin request");
-    // Another user's requests are attributed to its uid in the evidence
-    // log (the daemon's own user is implied by every other record).
-    if peer.uid != state.daemon_uid && !(method == Method::GET && path == "/v1/health") {
-        state
-            .audit(
-                Kind::Admin,
-                None,
-                serde_json::json!({"event": "admin_request", "method": method.as_str(),
-                    "path": path, "status": resp.status().as_u16(), "uid": peer.uid,
-                    "pid": peer.pid}),
-            )
-            .await;
+    // A token's requests are attributed to its user, and another user's
+    // to its uid, in the evidence log (the daemon's own user is implied by
+    // every other record).
+    if principal.is_some()
+        || (peer.uid != state.daemon_uid && !(method == Method::GET && path == "/v1/health"))
+    {
+        let mut record = serde_json::json!({"event": "admin_request", "method": method.as_str(),
+            "path": path, "status": resp.status().as_u16(), "uid": peer.uid,
+            "pid": peer.pid});
+        if let Some(principal) = &principal {
+            record["user"] = principal.user.clone().into();
+            record["role"] = principal.role.name.clone().into();
+        }
+        state.audit(Kind::Admin, None, record).await;
     }
     resp
+}
+
+/// Answers `refusal` once the request's body is read (as much as the API
+/// takes): a Unix socket closed with unread bytes resets the connection,
+/// and the client could lose the answer that says why.
+async fn refuse_after_body(req: Request, refusal: Response) -> Response {
+    const LARGEST_BODY: usize = 2 << 20;
+    let _ = axum::body::to_bytes(req.into_body(), LARGEST_BODY).await;
+    refusal
 }
 
 /// Routes any admitted user may call: health, decisions, its own runs,

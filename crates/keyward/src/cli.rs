@@ -273,6 +273,118 @@ pub enum Command {
         after_help = "Examples:\n  sudo keyward service install --system\n  keyward service install --user"
     )]
     Service(ServiceCommand),
+    /// API tokens for the team: issue, list, rotate, revoke.
+    ///
+    /// A token (`kwt_` and 32 hex digits) is printed once when issued or
+    /// rotated and kept only as its SHA-256 in <home>/auth/tokens.toml. A
+    /// request to the daemon with `Authorization: Bearer <token>` is decided
+    /// by the token's role (its scopes and rate limit) instead of the
+    /// caller's uid, and is attributed to the token's user in the evidence
+    /// log. Administrators only.
+    #[command(subcommand)]
+    #[command(
+        display_order = 15,
+        after_help = "Examples:\n  keyward token issue --user ci --role runner --expires 90 > ci.token\n  keyward token list\n  keyward token rotate ci\n  keyward token revoke ci"
+    )]
+    Token(TokenCommand),
+    /// Roles for API tokens: built-in admin, member, runner, and your own.
+    ///
+    /// A role is a set of scopes (evaluate, runs.create, runs.read,
+    /// grants.use:NAME, grants.use:*, secrets.write, policy.read,
+    /// audit.read, admin) and an optional per-user rate limit (N/WINDOW,
+    /// a sliding window). Kept in <home>/auth/roles.toml. Administrators
+    /// only.
+    #[command(subcommand)]
+    #[command(
+        display_order = 16,
+        after_help = "Examples:\n  keyward role create deployer --scope evaluate --scope grants.use:github --rate-limit 120/60s\n  keyward role update deployer --rate-limit 600/1h\n  keyward role list\n  keyward role delete deployer"
+    )]
+    Role(RoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token (one per user); it is printed once, on stdout.
+    Issue {
+        /// Who will hold it: 1-64 of a-z 0-9 _ . - (e.g. ci-runner).
+        #[arg(long)]
+        user: String,
+        /// Its role (`keyward role list`).
+        #[arg(long)]
+        role: String,
+        /// Days until it stops working [default: never].
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        expires: Option<u32>,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List tokens: user, role, created, expires, last used (never a value).
+    List(JsonFlag),
+    /// End a user's token at once.
+    Revoke {
+        /// The user.
+        user: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Give a user a new token value (same role and expiry span); the old
+    /// one stops working at once. The new one is printed once.
+    Rotate {
+        /// The user.
+        user: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Rotate every token; prints `USER TOKEN` lines (or JSON), once.
+    RotateAll(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// List roles: scopes, rate limit, and who holds each.
+    List(JsonFlag),
+    /// Create a role of your own.
+    Create {
+        /// Its name: 1-64 of a-z 0-9 _ . - (e.g. deployer).
+        name: String,
+        #[command(flatten)]
+        spec: RoleSpecArgs,
+    },
+    /// Change a role of your own (what is not given stays).
+    Update {
+        /// The role.
+        name: String,
+        #[command(flatten)]
+        spec: RoleSpecArgs,
+    },
+    /// Delete a role nobody holds (refused, naming its users, otherwise).
+    Delete {
+        /// The role.
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RoleSpecArgs {
+    /// A scope the role holds (repeat; replaces the role's scopes on
+    /// update): evaluate, runs.create, runs.read, grants.use:NAME,
+    /// grants.use:*, secrets.write, policy.read, audit.read, admin.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// At most N requests per user in any window of this length, e.g.
+    /// 120/60s; `none` removes a limit.
+    #[arg(long, value_name = "N/WINDOW")]
+    pub rate_limit: Option<String>,
+    /// Free text.
+    #[arg(long)]
+    pub description: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]

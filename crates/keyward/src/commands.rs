@@ -23,6 +23,7 @@ use crate::logging;
 use crate::policy_cmd;
 use crate::run;
 use crate::secrets;
+use crate::team;
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     let ctx = Context::new(&cli);
@@ -90,6 +91,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy(cmd) => policy_cmd::policy(cmd),
         Command::Audit(cmd) => audit::audit(&ctx, cmd),
         Command::Service(cmd) => service(cmd),
+        Command::Token(cmd) => block_on(team::token(&ctx, cmd)),
+        Command::Role(cmd) => block_on(team::role(&ctx, cmd)),
         Command::Daemon(DaemonCommand::Reload(flags)) => block_on(reload(&ctx, flags.json)),
         Command::Daemon(DaemonCommand::Restart(args)) => block_on(async {
             stop(&ctx, &args.stop, true).await?;

@@ -15,6 +15,7 @@ mod run;
 mod run_pty;
 mod runner_auth;
 mod secrets;
+mod team;
 
 use std::process::ExitCode;
 

@@ -203,25 +203,35 @@ pub fn try_http_on(
     path: &str,
     body: Option<&str>,
 ) -> Option<(u16, String)> {
+    http_exchange(socket, method, path, &[], body).map(|(status, _, body)| (status, body))
+}
+
+/// One request with extra header lines (`name: value`) on the admin
+/// socket: status, the response's head and its body.
+pub fn http_exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> Option<(u16, String, String)> {
     let mut stream = UnixStream::connect(socket).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nhost: keyward\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: keyward\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
     let mut resp = String::new();
     stream.read_to_string(&mut resp).ok()?;
     let status = resp.get(9..12)?.parse().ok()?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    Some((status, head.to_owned(), body.to_owned()))
 }
 
 #[derive(Debug)]
