@@ -30,7 +30,9 @@ pub use run_types::{
     RunList, RunProblem, RunProblems,
 };
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
-pub use types::{ErrorBody, ErrorDetail, Health, ReloadFailure, ShutdownRequest, ShutdownResponse};
+pub use types::{
+    ErrorBody, ErrorDetail, GrpcListening, Health, ReloadFailure, ShutdownRequest, ShutdownResponse,
+};
 pub use vault_types::{
     InitVaultRequest, KeyMode, MAX_SECRET_BYTES, RollbackRequest, SecretInfo, SecretList,
     SetSecretRequest, SnapshotInfo, SnapshotList, UnsealRequest, VaultState, VaultStatus,

@@ -36,6 +36,18 @@ pub struct Health {
     /// effect): when and why. Cleared by the next reload that succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_failed: Option<ReloadFailure>,
+    /// The gRPC listener for remote callers, when `[server.grpc]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcListening>,
+}
+
+/// Where the gRPC API listens, and how it is protected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrpcListening {
+    /// The bound address (`0.0.0.0:50051`).
+    pub addr: String,
+    /// `tls`, `mutual_tls`, or `none` (tokens cross the network in clear).
+    pub tls: String,
 }
 
 /// A config reload that failed.

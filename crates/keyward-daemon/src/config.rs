@@ -48,6 +48,50 @@ pub struct Config {
     pub compat: CompatConfig,
     /// `[auth]`: verified CI runner identity.
     pub auth: keyward_identity::AuthConfig,
+    /// `[server]`: listeners for remote callers (`[server.grpc]`).
+    pub server: ServerConfig,
+}
+
+/// `[server]`: how remote callers reach this daemon (team mode). Nothing
+/// listens beyond the local socket unless a section here says so.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `[server.grpc]`: the gRPC API (decisions, runs, health) for callers
+    /// with an API token. Off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcConfig>,
+}
+
+/// `[server.grpc]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address and port, e.g. `0.0.0.0:50051` (port 0: any free one).
+    pub listen: String,
+    /// `[server.grpc.tls]`.
+    #[serde(default)]
+    pub tls: GrpcTlsConfig,
+}
+
+/// `[server.grpc.tls]`: the listener's certificate; with `client_ca_file`,
+/// mutual TLS. `disable = true` serves without TLS (a loud warning at
+/// start and in `keyward status`): tokens then cross the network in clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcTlsConfig {
+    /// The server's certificate chain (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The CA whose client certificates are required (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// No TLS at all.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disable: bool,
 }
 
 /// `[admin]`: for a daemon running as its own user (system mode), the
@@ -550,6 +594,7 @@ const RESTART_ONLY: &[&str] = &[
     "admin.max_connections",
     "audit.segment_bytes",
     "compat",
+    "server",
 ];
 
 /// The settings that differ between `old` and `new` but apply only at the
@@ -765,6 +810,64 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// `[server.grpc]`: an address, and TLS files that exist (or TLS off, by
+/// name).
+fn validate_server(server: &ServerConfig) -> Result<(), (String, String)> {
+    let Some(grpc) = &server.grpc else {
+        return Ok(());
+    };
+    grpc.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+        (
+            "server.grpc.listen".to_owned(),
+            format!(
+                "expected an address such as \"0.0.0.0:50051\", got {:?}: {e}",
+                grpc.listen
+            ),
+        )
+    })?;
+    let tls = &grpc.tls;
+    if tls.disable {
+        if tls.cert_file.is_some() || tls.key_file.is_some() || tls.client_ca_file.is_some() {
+            return Err((
+                "server.grpc.tls.disable".to_owned(),
+                "TLS is off, so cert_file, key_file and client_ca_file would be ignored: \
+                 remove them or remove disable"
+                    .to_owned(),
+            ));
+        }
+        return Ok(());
+    }
+    for (key, file) in [
+        ("server.grpc.tls.cert_file", &tls.cert_file),
+        ("server.grpc.tls.key_file", &tls.key_file),
+    ] {
+        if file.is_none() {
+            return Err((
+                key.to_owned(),
+                "the gRPC listener needs a certificate and its key (PEM), e.g. cert_file = \
+                 \"/etc/keyward/grpc.pem\", key_file = \"/etc/keyward/grpc.key\" (or \
+                 disable = true to serve without TLS, on a network you trust)"
+                    .to_owned(),
+            ));
+        }
+    }
+    for (key, file) in [
+        ("server.grpc.tls.cert_file", &tls.cert_file),
+        ("server.grpc.tls.key_file", &tls.key_file),
+        ("server.grpc.tls.client_ca_file", &tls.client_ca_file),
+    ] {
+        if let Some(file) = file
+            && !file.is_file()
+        {
+            return Err((
+                key.to_owned(),
+                format!("{} is not a readable file", file.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(config: &Config) -> Result<(), (String, String)> {
     config.sandbox.validate()?;
     config
@@ -781,6 +884,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         ));
     }
     config.grants()?;
+    validate_server(&config.server)?;
     config
         .proxy
         .listen

@@ -20,6 +20,7 @@ mod frozen;
 pub mod fuzzing;
 mod grant_routes;
 pub mod grants;
+mod grpc_api;
 pub mod home;
 mod lifecycle;
 pub mod net_bridge;

@@ -226,6 +226,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         reload_failed: Mutex::new(None),
         run_reports: Default::default(),
         team,
+        grpc: std::sync::OnceLock::new(),
     });
     // Restored runs: each record checked against its seal (or left waiting
     // for the vault's unseal), those whose process is gone ended, and the
@@ -281,6 +282,22 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             })
             .into_future(),
     );
+
+    // The gRPC listener for remote callers, when configured; a listener
+    // that cannot start stops the daemon's start (nothing half-served).
+    let grpc_config = state.config().config.server.grpc.clone();
+    let grpc = match grpc_config {
+        Some(grpc_config) => match crate::grpc_api::start(&state, &grpc_config).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                let _ = proxy_stop_tx.send(());
+                serve.abort();
+                pid_lock.release();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
 
     for run in state.runs.list() {
         if let Some(pid) = run.pid {
@@ -351,6 +368,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     remove_socket_if_ours(&socket_path, socket_id, "the admin socket");
     if let Some(cavra) = cavra {
         cavra.stop();
+    }
+    if let Some(grpc) = grpc {
+        grpc.stop().await;
     }
     let _ = drain_tx.send(());
     // The proxy drains at the same time (it stops itself after DRAIN_TIMEOUT).

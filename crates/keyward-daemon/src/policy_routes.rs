@@ -135,9 +135,24 @@ pub(crate) async fn evaluate(
 ) -> Result<Json<DecisionResponse>, ApiError> {
     // Announced first, so an fsync starting meanwhile may wait for it.
     let slot = state.evidence.reserve();
-    let mut req = request(body)?;
+    let req = request(body)?;
     let run = calling_run(&state, peer);
-    let policy = pick_policy(&state, run.as_ref(), req.policy_pack.as_deref())?;
+    decide_on_record(&state, slot, req, run, None)
+        .await
+        .map(Json)
+}
+
+/// Decides `req` for a caller in `run` (if any) and answers once the
+/// decision is on disk; `caller` (a remote caller's token user) is written
+/// with it.
+pub(crate) async fn decide_on_record(
+    state: &Arc<AppState>,
+    slot: keyward_evidence::Slot,
+    mut req: EvaluateRequest,
+    run: Option<RunRecord>,
+    caller: Option<serde_json::Value>,
+) -> Result<DecisionResponse, ApiError> {
+    let policy = pick_policy(state, run.as_ref(), req.policy_pack.as_deref())?;
     // An action the policy reads as shell lines needs its line, whatever
     // its name.
     if policy.reads_shell_lines(&req.action_type) {
@@ -145,7 +160,7 @@ pub(crate) async fn evaluate(
             .map_err(refused)?;
     }
     let runner =
-        RunnerAuth::check(&state, &std::mem::take(&mut req.runner_auth), run.as_ref()).await;
+        RunnerAuth::check(state, &std::mem::take(&mut req.runner_auth), run.as_ref()).await;
     req.verified_runner = runner.claims();
     req.verified_runner_auth = runner.provenance();
     let mut resp = decide(&policy, &req);
@@ -154,6 +169,9 @@ pub(crate) async fn evaluate(
     }
     let mut data = state.evidence_data(&req, &resp);
     runner.record(&mut data);
+    if let Some(caller) = caller {
+        data["caller"] = caller;
+    }
     // Answered only once the decision is on disk.
     let evidence_ref = state
         .evidence
@@ -168,5 +186,5 @@ pub(crate) async fn evaluate(
             )
         })?;
     resp.evidence_refs.push(evidence_ref);
-    Ok(Json(resp))
+    Ok(resp)
 }

@@ -347,6 +347,8 @@ pub(crate) struct AppState {
     pub run_reports: crate::run_report::RunReports,
     /// The team's API tokens and roles (requests with a bearer token).
     pub team: crate::team_auth::TeamAuth,
+    /// Where the gRPC API listens, once it does.
+    pub grpc: std::sync::OnceLock<keyward_api::GrpcListening>,
 }
 
 impl AppState {
@@ -777,23 +779,32 @@ fn own_run_request(state: &AppState, peer: &Peer, req: &Request, run: &str) -> b
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
-    Json(Health {
-        status: "ok".to_owned(),
-        pid: std::process::id(),
-        version: keyward_api::VERSION.to_owned(),
-        commit: keyward_api::COMMIT.to_owned(),
-        started_at: humantime::format_rfc3339_seconds(state.started_at).to_string(),
-        uptime_s: state.started.elapsed().as_secs(),
-        capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
-        proxy_port: Some(state.proxy_port),
-        evidence_error: state.evidence.unwritable(),
-        evidence_warning: state.evidence.tail_problem().map(|p| p.message.clone()),
-        reload_failed: state
-            .reload_failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
-    })
+    Json(state.health())
+}
+
+impl AppState {
+    /// What `GET /v1/health` answers.
+    pub(crate) fn health(&self) -> Health {
+        let state = self;
+        Health {
+            status: "ok".to_owned(),
+            pid: std::process::id(),
+            version: keyward_api::VERSION.to_owned(),
+            commit: keyward_api::COMMIT.to_owned(),
+            started_at: humantime::format_rfc3339_seconds(state.started_at).to_string(),
+            uptime_s: state.started.elapsed().as_secs(),
+            capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+            proxy_port: Some(state.proxy_port),
+            evidence_error: state.evidence.unwritable(),
+            evidence_warning: state.evidence.tail_problem().map(|p| p.message.clone()),
+            reload_failed: state
+                .reload_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            grpc: state.grpc.get().cloned(),
+        }
+    }
 }
 
 async fn shutdown(

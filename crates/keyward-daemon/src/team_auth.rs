@@ -57,15 +57,23 @@ impl TeamAuth {
         method: &Method,
         path: &str,
     ) -> Result<Principal, AuthError> {
+        self.check_scope(presented, Some(&scope_for(method, path)))
+    }
+
+    /// The user a token belongs to, once it is valid and (with a scope)
+    /// its role holds it and the user is within the role's rate limit.
+    /// Without a scope (gRPC health) only the token is checked.
+    pub(crate) fn check_scope(
+        &self,
+        presented: &str,
+        scope: Option<&Scope>,
+    ) -> Result<Principal, AuthError> {
         let now = SystemTime::now();
         let mut state = self.state();
         let principal = state.authenticate(presented, now)?;
-        authorize(
-            &principal,
-            &scope_for(method, path),
-            &self.limiter,
-            Instant::now(),
-        )?;
+        if let Some(scope) = scope {
+            authorize(&principal, scope, &self.limiter, Instant::now())?;
+        }
         state.record_use(&principal.user, now);
         let mut written = self.usage_written.lock().unwrap_or_else(|p| p.into_inner());
         if written.elapsed() >= USAGE_WRITE_INTERVAL {

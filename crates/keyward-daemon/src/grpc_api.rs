@@ -1,0 +1,144 @@
+//! The gRPC listener (`[server.grpc]`): keyward-grpc's service answered by
+//! this daemon. Decisions go through the same policy and evidence log as
+//! the admin API's, with the remote caller (token user, role, client
+//! certificate) written into each record; tokens are checked by the team
+//! state the admin API uses.
+
+use std::sync::Arc;
+
+use keyward_api::{DecisionResponse, EvaluateRequest, GrpcListening, Health, RunInfo};
+use keyward_auth::{AuthError, Principal, Scope};
+use keyward_grpc::{Backend, BackendError, Caller, Gate, TlsFiles};
+use tokio::sync::oneshot;
+
+use crate::config::GrpcConfig;
+use crate::error::DaemonError;
+use crate::server::AppState;
+
+/// The daemon as the gRPC service's backend and token gate.
+pub(crate) struct DaemonApi(pub Arc<AppState>);
+
+impl Backend for DaemonApi {
+    async fn evaluate(
+        &self,
+        req: EvaluateRequest,
+        caller: Caller,
+    ) -> Result<DecisionResponse, BackendError> {
+        let slot = self.0.evidence.reserve();
+        // The same check the admin API makes of a JSON body: an action
+        // and, where it needs one, a target (the field is named).
+        if let Err(e) = req.check() {
+            return Err(BackendError {
+                code: tonic::Code::InvalidArgument,
+                api_code: e.code.to_owned(),
+                message: e.message,
+            });
+        }
+        let record = serde_json::json!({
+            "user": caller.user,
+            "role": caller.role,
+            "client_certificate": caller.client_certificate,
+            "via": "grpc",
+        });
+        crate::policy_routes::decide_on_record(&self.0, slot, req, None, Some(record))
+            .await
+            .map_err(|e| BackendError {
+                code: match e.code() {
+                    "bad_request" | "bad_policy" | "unknown_policy_pack" => {
+                        tonic::Code::InvalidArgument
+                    }
+                    "evidence_unavailable" => tonic::Code::Unavailable,
+                    _ => tonic::Code::Internal,
+                },
+                api_code: e.code().to_owned(),
+                message: e.message().to_owned(),
+            })
+    }
+
+    fn list_runs(&self) -> Vec<RunInfo> {
+        self.0.runs.list().iter().map(|r| r.info()).collect()
+    }
+
+    fn health(&self) -> Health {
+        self.0.health()
+    }
+}
+
+impl Gate for DaemonApi {
+    fn check(&self, token: &str, scope: Option<&Scope>) -> Result<Principal, AuthError> {
+        self.0.team.check_scope(token, scope)
+    }
+}
+
+/// The listener, running: stop it with [`GrpcListener::stop`].
+pub(crate) struct GrpcListener {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcListener {
+    /// Stops accepting and lets calls under way finish.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `[server.grpc]` and serves it; says at start (and in health)
+/// where, and whether without TLS.
+pub(crate) async fn start(
+    state: &Arc<AppState>,
+    config: &GrpcConfig,
+) -> Result<GrpcListener, DaemonError> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(DaemonError::io(format!(
+            "cannot listen on server.grpc.listen {}",
+            config.listen
+        )))?;
+    let addr = listener
+        .local_addr()
+        .map_err(DaemonError::io("cannot read the gRPC listener's address"))?;
+    let tls = (!config.tls.disable).then(|| TlsFiles {
+        cert_file: config.tls.cert_file.clone().unwrap_or_default(),
+        key_file: config.tls.key_file.clone().unwrap_or_default(),
+        client_ca_file: config.tls.client_ca_file.clone(),
+    });
+    let protection = match &tls {
+        None => "none",
+        Some(t) if t.client_ca_file.is_some() => "mutual_tls",
+        Some(_) => "tls",
+    };
+    if tls.is_none() {
+        tracing::warn!(
+            %addr,
+            "the gRPC listener serves WITHOUT TLS (server.grpc.tls.disable): API tokens and \
+             decisions cross the network in clear; use it only on a network you trust"
+        );
+    } else {
+        tracing::info!(%addr, tls = protection, "gRPC listener ready");
+    }
+    // Built before serving, so bad certificate files stop the start.
+    if let Some(tls) = &tls {
+        tls.server_config().map_err(|e| DaemonError::Io {
+            what: "server.grpc.tls".to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    let _ = state.grpc.set(GrpcListening {
+        addr: addr.to_string(),
+        tls: protection.to_owned(),
+    });
+    let api = Arc::new(DaemonApi(state.clone()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = keyward_grpc::serve(listener, tls.as_ref(), api.clone(), api, async {
+            let _ = stopped.await;
+        })
+        .await;
+        if let Err(e) = served {
+            tracing::error!("the gRPC listener stopped: {e}");
+        }
+    });
+    Ok(GrpcListener { stop, task })
+}
