@@ -10,7 +10,7 @@ pub enum AuthError {
     #[error("the token is not valid (unknown, revoked or replaced by a rotation)")]
     TokenInvalid,
     /// The token matched but its time is over.
-    #[error("the token of {user} expired at {}", humantime::format_rfc3339_seconds(*at))]
+    #[error("the token of {user} expired at {}", crate::rfc3339(*at))]
     TokenExpired {
         /// Its user.
         user: String,
@@ -28,7 +28,7 @@ pub enum AuthError {
         scope: String,
     },
     /// Too many requests in the role's window.
-    #[error("{user} made {max} requests in the last {window}; retry in {}s", retry_after.as_secs().max(1))]
+    #[error("{user} made {max} requests in the last {window}; retry in {}s", crate::error::whole_seconds(*retry_after))]
     RateLimited {
         /// Who asked.
         user: String,
@@ -85,6 +85,12 @@ pub enum AuthError {
     /// Reading or writing a state file failed.
     #[error("{0}")]
     Io(String),
+}
+
+/// A wait in whole seconds, rounded up (at least 1): what `Retry-After`
+/// says and the message repeats.
+pub fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl AuthError {

@@ -90,11 +90,16 @@ impl fmt::Display for RateLimit {
     }
 }
 
+/// The most requests a rate limit may allow per window.
+const MAX_REQUESTS: u32 = 1_000_000;
+/// The longest window.
+const MAX_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
 /// A rate limit that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid rate limit {0:?}: expected REQUESTS/WINDOW with at least 1 request and a window of at \
-     least 1s (e.g. 120/60s or 1000/1h)"
+    "invalid rate limit {0:?}: expected REQUESTS/WINDOW with 1 to 1000000 requests and a window \
+     of 1s to 7days (e.g. 120/60s or 1000/1h)"
 )]
 pub struct InvalidRateLimit(pub String);
 
@@ -106,7 +111,11 @@ impl FromStr for RateLimit {
         let (max, window) = text.split_once('/').ok_or_else(invalid)?;
         let max: u32 = max.trim().parse().map_err(|_| invalid())?;
         let window = humantime::parse_duration(window.trim()).map_err(|_| invalid())?;
-        if max == 0 || window < Duration::from_secs(1) {
+        // Bounded: each user's window keeps up to `max` instants.
+        if !(1..=MAX_REQUESTS).contains(&max)
+            || window < Duration::from_secs(1)
+            || window > MAX_WINDOW
+        {
             return Err(invalid());
         }
         Ok(Self { max, window })
@@ -136,6 +145,8 @@ mod tests {
             "-1/60s",
             "x/60s",
             "120/soon",
+            "4294967295/1s",
+            "10/100000000years",
         ] {
             let err = bad.parse::<RateLimit>().unwrap_err();
             assert!(err.to_string().contains("e.g. 120/60s"), "{bad}: {err}");

@@ -173,9 +173,7 @@ struct RoleEntry {
     description: String,
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use crate::rfc3339;
 
 fn check_name(what: &str, name: &str) -> Result<(), AuthError> {
     keyward_vault::validate_name(name).map_err(|_| {
@@ -261,8 +259,17 @@ impl FileAuthState {
                 let mut hash: TokenHash = [0; 32];
                 hex::decode_to_slice(&entry.sha256, &mut hash)
                     .map_err(|_| corrupt("sha256 is not 64 hex digits".into()))?;
+                check_name("user", &entry.user).map_err(|e| corrupt(e.to_string()))?;
                 if !state.roles.contains_key(&entry.role) {
                     return Err(corrupt(format!("no role named {}", entry.role)));
+                }
+                if entry
+                    .expires_after_s
+                    .is_some_and(|s| s > u64::from(crate::MAX_EXPIRY_DAYS) * 86_400)
+                {
+                    return Err(corrupt(
+                        "expires_after_s is beyond the longest expiry".into(),
+                    ));
                 }
                 if state.tokens.iter().any(|t| t.user == entry.user) {
                     return Err(corrupt("a second token for one user".into()));
@@ -529,8 +536,12 @@ impl AuthState for FileAuthState {
         if self.tokens.iter().any(|t| t.user == user) {
             return Err(AuthError::UserHasToken(user.to_owned()));
         }
-        if expires.is_some_and(|e| e.is_zero()) {
-            return Err(AuthError::Invalid("an expiry must be in the future".into()));
+        let longest = Duration::from_secs(u64::from(crate::MAX_EXPIRY_DAYS) * 86_400);
+        if expires.is_some_and(|e| e.is_zero() || e > longest) {
+            return Err(AuthError::Invalid(format!(
+                "a token expires after 1 to {} days",
+                crate::MAX_EXPIRY_DAYS
+            )));
         }
         let span = expires.map(|e| e.as_secs().max(1));
         let issued = Self::new_record(user, role, span, description, now);

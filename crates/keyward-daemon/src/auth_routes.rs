@@ -22,9 +22,7 @@ use serde_json::json;
 use crate::server::{AppState, json_body};
 use crate::team_auth::refusal;
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use keyward_auth::rfc3339;
 
 fn token_info(record: &TokenRecord) -> TokenInfo {
     TokenInfo {

@@ -361,6 +361,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     tracing::info!("stopping: {reason}");
     state.team.flush();
+    state.run_reports.close();
     let _ = proxy_stop_tx.send(());
     notify("STOPPING=1");
     // New clients get "not running" at once instead of queueing on a

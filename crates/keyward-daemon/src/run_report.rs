@@ -25,6 +25,8 @@ pub(crate) struct RunReports {
     /// Bumped at every change of any run's report, so a waiter (who
     /// subscribed before looking) never misses one.
     changed: watch::Sender<u64>,
+    /// The daemon is stopping: waiters answer at once.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// One run's problems, and how many requests were noted in all.
@@ -39,6 +41,7 @@ impl Default for RunReports {
         Self {
             runs: Mutex::default(),
             changed: watch::Sender::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -97,7 +100,7 @@ impl RunReports {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let now = self.snapshot(run_id);
-            if now.noted > seen {
+            if now.noted > seen || self.closing.load(std::sync::atomic::Ordering::Acquire) {
                 return now;
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
@@ -105,6 +108,14 @@ impl RunReports {
                 Ok(Err(_)) | Err(_) => return self.snapshot(run_id),
             }
         }
+    }
+
+    /// Answers every waiter now and any later one at once (the daemon is
+    /// stopping, and must not wait on followers).
+    pub(crate) fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The run's problems, forgotten here (the run is over).
@@ -164,8 +175,8 @@ fn classify(
                         event.port
                     ),
                     Some(format!(
-                        "add \"{}:{}\" to the grant's hosts (a host without a port means 443)",
-                        event.host, event.port
+                        "add {:?} to the grant's hosts (a host without a port means 443)",
+                        format!("{}:{}", event.host, event.port)
                     )),
                 );
             }
@@ -182,7 +193,8 @@ fn refusal_words(rule: &str, event: &EgressEvent) -> (String, Option<String>) {
         "network.strict" => (
             format!("{target} is not among the run's grants or --allow hosts (strict network)"),
             Some(format!(
-                "keyward run --allow {target} (or a grant for it, or --network permissive)"
+                "keyward run --allow {} (or a grant for it, or --network permissive)",
+                shell_word(&target)
             )),
         ),
         "network.metadata" => (
@@ -218,6 +230,22 @@ fn refusal_words(rule: &str, event: &EgressEvent) -> (String, Option<String>) {
     }
 }
 
+/// `text` as one shell word: as it is when it holds only what host names
+/// and ports are made of, else single-quoted. The target comes from the
+/// program's request, and a suggested command is pasted into a shell
+/// outside any sandbox: `$(...)` in a host name must stay text.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        });
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// The setting that fixes an upstream TLS trust failure, when `error` is
 /// one.
 fn trust_fix(error: &str, host: &str) -> Option<String> {
@@ -235,4 +263,21 @@ fn trust_fix(error: &str, host: &str) -> Option<String> {
              (then keyward daemon reload)"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn a_suggested_command_keeps_a_hostile_host_name_as_text() {
+        assert_eq!(shell_word("api.example.com:443"), "api.example.com:443");
+        assert_eq!(shell_word("[::1]:8443"), "[::1]:8443");
+        assert_eq!(shell_word("$(id)z.test:80"), "'$(id)z.test:80'");
+        assert_eq!(
+            shell_word("a$(touch$IFS'pwn')b.test:443"),
+            "'a$(touch$IFS'\\''pwn'\\'')b.test:443'"
+        );
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -181,10 +181,21 @@ impl Listener for AdminListener {
             };
             match self.admit(&stream) {
                 Ok(peer) => {
-                    let confined = self
-                        .state
-                        .upgrade()
-                        .is_none_or(|state| peer.membership(&state.runs) != Membership::Outside);
+                    let confined = self.state.upgrade().is_none_or(|state| {
+                        match peer.membership(&state.runs) {
+                            Membership::Outside => false,
+                            // The run's own `keyward run` (the run's pid) is
+                            // its owner's tool, not the program: it draws
+                            // from the owner's pool, so programs filling the
+                            // runs' share cannot stop a wrapper from
+                            // following or ending its run.
+                            Membership::Inside(run) => {
+                                state.runs.get(&run).and_then(|r| r.pid).map(i64::from)
+                                    != peer.pid.map(i64::from)
+                            }
+                            Membership::Unknown(_) => true,
+                        }
+                    });
                     if let Some(slot) = self.budget.take(confined) {
                         return (AdminConn::new(stream, slot, peer.inbox.clone()), peer);
                     }
@@ -712,8 +723,23 @@ async fn track(
 /// takes): a Unix socket closed with unread bytes resets the connection,
 /// and the client could lose the answer that says why.
 async fn refuse_after_body(req: Request, refusal: Response) -> Response {
+    use http_body_util::BodyExt as _;
+    // Read and dropped a frame at a time (nothing is kept), at most as
+    // much as the API takes and for at most a few seconds: a client that
+    // sends more, or trickles, loses its answer, not the daemon's memory.
     const LARGEST_BODY: usize = 2 << 20;
-    let _ = axum::body::to_bytes(req.into_body(), LARGEST_BODY).await;
+    const DEADLINE: Duration = Duration::from_secs(5);
+    let mut body = req.into_body();
+    let _ = tokio::time::timeout(DEADLINE, async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > LARGEST_BODY {
+                break;
+            }
+        }
+    })
+    .await;
     refusal
 }
 

@@ -123,8 +123,8 @@ pub(crate) fn refusal(err: &AuthError) -> Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = ApiError::new(status, err.code(), err.to_string()).into_response();
     if let AuthError::RateLimited { retry_after, .. } = err {
-        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        let seconds = keyward_auth::whole_seconds(*retry_after);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
     }

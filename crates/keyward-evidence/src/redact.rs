@@ -43,6 +43,8 @@ const TOKEN_PREFIXES: &[&str] = &[
     "ASIA",
     "npm_",
     "pypi-",
+    // keyward's own API tokens.
+    "kwt_",
 ];
 const SCHEMES: &[&str] = &["Bearer ", "bearer ", "Basic ", "basic ", "token "];
 
@@ -429,6 +431,10 @@ mod tests {
         let none = |_: &str| false;
         for (input, expected) in [
             ("é ghp_abc é", "é [REDACTED] é"),
+            (
+                "curl -H 'Authorization: kwt_0123456789abcdef0123456789abcdef' x",
+                "curl -H 'Authorization: [REDACTED]' x",
+            ),
             ("«Basic dXNlcjpwYXNz»", "«Basic [REDACTED]»"),
             ("x=sk-live-9;y", "x=sk-live-9;y"),
             ("(sk-live-9)", "([REDACTED])"),

@@ -75,8 +75,8 @@ pub fn auth_status(err: &AuthError) -> Status {
         status.metadata_mut().insert("keyward-error", value);
     }
     if let AuthError::RateLimited { retry_after, .. } = err {
-        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        if let Ok(value) = seconds.max(1).to_string().parse() {
+        let seconds = keyward_auth::whole_seconds(*retry_after);
+        if let Ok(value) = seconds.to_string().parse() {
             status.metadata_mut().insert("retry-after", value);
         }
     }

@@ -16,6 +16,7 @@ mod run_pty;
 mod runner_auth;
 mod secrets;
 mod team;
+mod terminal;
 
 use std::process::ExitCode;
 

@@ -724,7 +724,7 @@ async fn follow_problems(client: keyward_api::Client, run_id: String) {
                 if before == 0
                     && let Some(fix) = &p.fix
                 {
-                    eprintln!("keyward run:   fix: {}", printable(fix));
+                    eprintln!("keyward run:   fix: {}", crate::terminal::printable(fix));
                 }
             }
         }
@@ -747,23 +747,7 @@ fn describe_problem(p: &keyward_api::RunProblem) -> String {
     } else {
         format!(", {} times", p.count)
     };
-    printable(&format!("{kind}: {}{rule}{times}: {}", p.target, p.detail))
-}
-
-/// `text` with control characters escaped: a problem holds what the
-/// program asked for (a host name) and what an upstream said, and neither
-/// may drive the user's terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    crate::terminal::printable(&format!("{kind}: {}{rule}{times}: {}", p.target, p.detail))
 }
 
 /// Says on stderr, once the program is done, which of its requests were
@@ -781,19 +765,7 @@ fn report_problems(problems: &[keyward_api::RunProblem]) {
     for p in problems {
         eprintln!("  {}", describe_problem(p));
         if let Some(fix) = &p.fix {
-            eprintln!("    fix: {}", printable(fix));
+            eprintln!("    fix: {}", crate::terminal::printable(fix));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn problems_cannot_drive_the_terminal() {
-        assert_eq!(
-            super::printable("host\u{1b}]0;pwned\u{7}:443\nnext"),
-            "host\\u{1b}]0;pwned\\u{7}:443\\nnext"
-        );
-        assert_eq!(super::printable("plain: text"), "plain: text");
     }
 }

@@ -12,6 +12,7 @@ use keyward_api::{
 
 use crate::cli::{RoleCommand, RoleSpecArgs, TokenCommand};
 use crate::context::Context;
+use crate::terminal::printable;
 
 pub async fn token(ctx: &Context, cmd: &TokenCommand) -> Result<ExitCode> {
     let client = ctx.ensure_daemon().await?;
@@ -46,8 +47,8 @@ pub async fn token(ctx: &Context, cmd: &TokenCommand) -> Result<ExitCode> {
                 for t in &list.tokens {
                     println!(
                         "{:<20} {:<12} {:<21} {:<21} {}",
-                        t.user,
-                        t.role,
+                        printable(&t.user),
+                        printable(&t.role),
                         t.created,
                         t.expires.as_deref().unwrap_or("never"),
                         t.last_used.as_deref().unwrap_or("never"),
@@ -133,7 +134,7 @@ fn role_request(name: Option<&str>, spec: &RoleSpecArgs, create: bool) -> RoleRe
 fn print_role(role: &RoleInfo) {
     println!(
         "{}{}: {}{}",
-        role.name,
+        printable(&role.name),
         if role.builtin { " (built in)" } else { "" },
         role.scopes.join(", "),
         role.rate_limit
@@ -142,10 +143,10 @@ fn print_role(role: &RoleInfo) {
             .unwrap_or_default()
     );
     if !role.description.is_empty() {
-        println!("  {}", role.description);
+        println!("  {}", printable(&role.description));
     }
     if !role.users.is_empty() {
-        println!("  held by: {}", role.users.join(", "));
+        println!("  held by: {}", printable(&role.users.join(", ")));
     }
 }
 
