@@ -22,7 +22,10 @@ use keyward_proxy::Proxy;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::server::{ApiError, AppState, Peer, json_body};
+use crate::admin_listener::Peer;
+use crate::api_error::ApiError;
+use crate::routes::json_body;
+use crate::state::AppState;
 
 /// The broker protocol's version (`BrokerAttached::protocol`).
 const PROTOCOL: u32 = 1;

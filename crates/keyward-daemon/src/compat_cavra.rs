@@ -24,12 +24,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::admin_conn::ConnectionBudget;
+use crate::admin_listener::{self, Peer};
 use crate::config::{ConfigError, LoadedConfig};
 use crate::error::DaemonError;
-use crate::lifecycle::{SocketId, bind_socket, remove_socket_if_ours};
-use crate::policy_routes;
+use crate::routes;
 use crate::runs::Membership;
-use crate::server::{self, AppState, Peer};
+use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
+use crate::state::AppState;
 
 /// `[compat]`: protocols of other tools keyward also speaks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,7 +189,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let peer = match server::admit(&stream, daemon_uid, &state) {
+        let peer = match admin_listener::admit(&stream, daemon_uid, &state) {
             Ok(peer) => peer,
             Err(why) => {
                 tracing::warn!("refused CAVRA connection: {why}");
@@ -227,7 +228,7 @@ async fn answer(mut stream: UnixStream, peer: Peer, state: Arc<AppState>) {
     let (answer, outcome) = match read_request(&mut stream, READ_TIMEOUT).await {
         Err((code, message)) => (error_answer(code, message), code),
         Ok(request) => {
-            let decided = policy_routes::evaluate(
+            let decided = routes::policy::evaluate(
                 State(state.clone()),
                 ConnectInfo(peer.clone()),
                 Ok(Bytes::from(request)),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keyward_proxy::{EgressEvent, EgressSink, EvidenceSink};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// [`EvidenceSink`] behind the daemon's redaction.
 pub(crate) struct RedactedEvidence {

@@ -4,7 +4,10 @@
 //! binary stays a thin CLI.
 #![forbid(unsafe_code)]
 
+mod activity;
 mod admin_conn;
+mod admin_listener;
+mod api_error;
 mod authority;
 mod broker;
 mod compat_cavra;
@@ -17,25 +20,23 @@ mod error;
 mod frozen;
 #[doc(hidden)]
 pub mod fuzzing;
-mod grant_routes;
 pub mod grants;
 pub mod home;
 mod lifecycle;
 pub mod net_bridge;
 mod notify;
 pub mod pidfile;
-mod policy_routes;
+mod routes;
 mod run_cgroup;
 mod run_report;
-mod run_routes;
 mod run_tasks;
 mod run_trust;
 mod runner_auth;
 pub mod runs;
 pub mod sandbox;
-mod server;
 pub mod service;
-mod vault_routes;
+mod socket;
+mod state;
 
 pub use error::DaemonError;
 pub use lifecycle::{DaemonOptions, LogControl, run};

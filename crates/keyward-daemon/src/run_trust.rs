@@ -14,7 +14,7 @@ use keyward_vault::{Vault, VaultError};
 use serde_json::json;
 
 use crate::runs::{RunKey, RunRecord, SealCheck};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// What the key derivation is named in the vault.
 const PURPOSE: &str = "run records";

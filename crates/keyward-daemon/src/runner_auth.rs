@@ -6,8 +6,9 @@ use keyward_api::{Decision, DecisionResponse, Severity};
 use keyward_identity::{AuthFailure, Check, Verified};
 use serde_json::{Map, Value};
 
+use crate::api_error::ApiError;
 use crate::runs::RunRecord;
-use crate::server::{ApiError, AppState};
+use crate::state::AppState;
 
 /// The `algorithm` recorded for claims a run was bound to when it was
 /// created (the `key_id` is then the run's id).

@@ -14,8 +14,11 @@ use keyward_proxy::{AllowRule, RunContext};
 use crate::runner_auth::{self, RunnerAuth};
 use keyward_vault::ResolveError;
 
+use crate::admin_listener::Peer;
+use crate::api_error::ApiError;
+use crate::routes::json_body;
 use crate::runs::{RunRecord, RunsError};
-use crate::server::{ApiError, AppState, Peer, json_body};
+use crate::state::AppState;
 use keyward_evidence::Kind;
 use serde_json::json;
 
