@@ -26,6 +26,7 @@ mod lifecycle;
 pub mod net_bridge;
 mod notify;
 pub mod pidfile;
+mod redaction;
 mod routes;
 mod run_cgroup;
 mod run_report;
@@ -39,4 +40,5 @@ mod socket;
 mod state;
 
 pub use error::DaemonError;
-pub use lifecycle::{DaemonOptions, LogControl, run};
+pub use lifecycle::{DaemonOptions, run};
+pub use state::LogControl;

@@ -2,9 +2,10 @@
 //! drain and clean up on SIGTERM/SIGINT, `/v1/shutdown` or idle exit.
 //!
 //! [`run`] is a sequence of named steps: [`Daemon::start`] (bind the
-//! sockets, [`open_stores`], build the shared state, [`start_proxy`],
-//! [`serve_admin`]), [`Daemon::main_loop`] (a select over signals, timers
-//! and stop requests) and [`Daemon::shutdown`] (the drain).
+//! sockets, [`open_stores`], [`build_proxy`], build the shared state,
+//! [`restore_runs`], [`start_proxy`], [`serve_admin`]),
+//! [`Daemon::main_loop`] (a select over signals, timers and stop requests)
+//! and [`Daemon::shutdown`] (the drain).
 
 use std::io;
 use std::path::PathBuf;
@@ -32,21 +33,15 @@ use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
 use crate::routes::vault::open_at_start;
 use crate::routes::{self, router};
+use crate::run_report::RunReports;
 use crate::run_tasks::RunTasks;
 use crate::runs::Registry;
 use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
-use crate::state::{AppState, StopReason, build_resolver};
+use crate::state::{AppState, LogControl, StopReason, build_resolver};
 use keyward_evidence::{EvidenceLog, Kind, LogOptions};
 
 /// How long in-flight requests may take to finish once a stop begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Lets the daemon change the log filter on reload without owning the
-/// subscriber, which the binary sets up.
-pub trait LogControl: Send + Sync {
-    /// Applies a new filter directive, e.g. from `daemon.log_level`.
-    fn set_filter(&self, directive: &str) -> Result<(), String>;
-}
 
 /// Everything [`run`] needs, resolved and validated by the caller.
 pub struct DaemonOptions {
@@ -173,6 +168,20 @@ impl Daemon {
             policy_store: home.policies_dir(),
         }));
         let cgroups = run_cgroups(home, &runs);
+        let run_reports = Arc::new(RunReports::default());
+        let sink = RedactedEvidence::new(
+            authority.clone(),
+            runs.clone(),
+            run_reports.clone(),
+            stores.evidence.clone(),
+        );
+        let proxy = build_proxy(
+            stores.ca.clone(),
+            authority.clone(),
+            sink,
+            &upstream_ca,
+            proxy_options,
+        )?;
         let state = Arc::new(AppState {
             started_at: SystemTime::now(),
             started: Instant::now(),
@@ -184,32 +193,26 @@ impl Daemon {
             log: opts.log,
             runs,
             authority,
-            ca: stores.ca.clone(),
+            ca: stores.ca,
             proxy_port,
             daemon_uid: keyward_sys::effective_uid(),
             public_bundle: home.public_dir().map(|dir| dir.join("bundle.pem")),
             evidence: stores.evidence,
             baseline: Arc::new(keyward_policy::baseline()),
-            proxy: std::sync::OnceLock::new(),
+            proxy,
             brokers: RunTasks::default(),
             exit_watchers: RunTasks::default(),
             require_runner_auth: opts.require_runner_auth,
             home: home.clone(),
             cgroups,
             reload_failed: Mutex::new(None),
-            run_reports: Default::default(),
+            run_reports,
         });
         restore_runs(&state).await;
         if let Err(e) = state.publish_bundle() {
             tracing::error!("cannot publish the CA trust bundle for other users: {e}");
         }
-        let proxy = start_proxy(
-            &state,
-            stores.ca,
-            proxy_listener,
-            &upstream_ca,
-            proxy_options,
-        )?;
+        let proxy = start_proxy(&state.proxy, proxy_listener)?;
         let admin = serve_admin(&state, sockets);
 
         for run in state.runs.list() {
@@ -450,29 +453,30 @@ struct RunningProxy {
     task: JoinHandle<()>,
 }
 
-/// Builds the proxy (its egress records redacted on their way to the
-/// evidence log) and serves `listener` with it.
-fn start_proxy(
-    state: &Arc<AppState>,
+/// Builds the proxy, its egress records redacted on their way to the
+/// evidence log by `sink`.
+fn build_proxy(
     ca: Arc<CertificateAuthority>,
-    listener: TcpListener,
+    authority: Arc<Authority>,
+    sink: RedactedEvidence,
     upstream_ca: &[PathBuf],
     options: keyward_proxy::ProxyOptions,
-) -> Result<RunningProxy, DaemonError> {
+) -> Result<Arc<Proxy>, DaemonError> {
     let proxy =
-        Proxy::with_options(ca, state.authority.clone(), upstream_ca, options).map_err(|e| {
-            DaemonError::Io {
-                what: "cannot start the proxy".to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            }
+        Proxy::with_options(ca, authority, upstream_ca, options).map_err(|e| DaemonError::Io {
+            what: "cannot start the proxy".to_owned(),
+            source: std::io::Error::other(e.to_string()),
         })?;
-    let proxy = Arc::new(proxy.with_sink(Arc::new(RedactedEvidence::new(state.clone()))));
-    let _ = state.proxy.set(Arc::downgrade(&proxy));
+    Ok(Arc::new(proxy.with_sink(Arc::new(sink))))
+}
+
+/// Serves `listener` with the proxy.
+fn start_proxy(proxy: &Arc<Proxy>, listener: TcpListener) -> Result<RunningProxy, DaemonError> {
     let (stop, stopped) = oneshot::channel::<()>();
     // One worker thread per core serves the proxy's clients; broker streams
     // and the admin API stay on this runtime.
     let workers = listener.into_std().and_then(|listener| {
-        proxy.serve_per_core(listener, async {
+        proxy.clone().serve_per_core(listener, async {
             let _ = stopped.await;
         })
     });

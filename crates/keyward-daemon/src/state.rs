@@ -6,15 +6,22 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use keyward_evidence::{EvidenceLog, Kind};
-use keyward_proxy::CertificateAuthority;
+use keyward_proxy::{CertificateAuthority, Proxy};
 use keyward_vault::{OpenBao, Resolver, ResolverOptions, Vault};
 use tokio::sync::mpsc;
 
 use crate::activity::Activity;
 use crate::authority::Authority;
 use crate::config::{self, Config, ConfigError, LoadedConfig};
-use crate::lifecycle::LogControl;
+use crate::redaction;
 use crate::runs::Registry;
+
+/// Lets the daemon change the log filter on reload without owning the
+/// subscriber, which the binary sets up.
+pub trait LogControl: Send + Sync {
+    /// Applies a new filter directive, e.g. from `daemon.log_level`.
+    fn set_filter(&self, directive: &str) -> Result<(), String>;
+}
 
 /// Why the daemon is stopping.
 #[derive(Debug)]
@@ -43,9 +50,9 @@ pub(crate) struct AppState {
     pub evidence: Arc<EvidenceLog>,
     /// The built-in pack, compiled once (for `policy_pack: "agent-baseline"`).
     pub baseline: Arc<keyward_policy::Policy>,
-    /// The proxy, once it is built (weak: the proxy's evidence sink holds
-    /// this state).
-    pub proxy: std::sync::OnceLock<std::sync::Weak<keyward_proxy::Proxy>>,
+    /// The proxy (its evidence sink holds only what redaction needs, not
+    /// this state, so there is no cycle).
+    pub proxy: Arc<Proxy>,
     /// The runs' fd brokers: ending one closes its end (the program's
     /// next dial sees EOF); streams already minted end with their run's
     /// next request, which no longer authenticates.
@@ -62,7 +69,7 @@ pub(crate) struct AppState {
     /// The last reload failed: when and why (`keyward status` shows it).
     pub reload_failed: Mutex<Option<keyward_api::ReloadFailure>>,
     /// What did not go as each run's program asked, for its `keyward run`.
-    pub run_reports: crate::run_report::RunReports,
+    pub run_reports: Arc<crate::run_report::RunReports>,
 }
 
 impl AppState {
@@ -126,19 +133,9 @@ impl AppState {
         }
     }
 
-    /// Redacts `value` for the evidence log: the secret values the daemon
-    /// knows (the open vault's and those live runs resolved from any
-    /// backend) wherever they appear, sensitive member names, well-known
-    /// token formats, and run tokens.
+    /// Redacts `value` for the evidence log (see [`redaction::redact`]).
     pub(crate) fn redact(&self, value: &mut serde_json::Value) {
-        self.authority.known_secrets().redact(value);
-        let runs = &self.runs;
-        keyward_evidence::redact(value, &|s| {
-            s.len() == 64
-                && s.bytes().all(|b| b.is_ascii_hexdigit())
-                // Upper-cased too: the registry hashes the token as issued.
-                && runs.id_for_token(&s.to_ascii_lowercase()).is_some()
-        });
+        redaction::redact(&self.authority, &self.runs, value);
     }
 
     /// The current resolver.
@@ -169,10 +166,8 @@ impl AppState {
         let source = old.source.clone();
         let new = Arc::new(config::load(&source)?);
         let restart_needed = config::changes_needing_restart(&old.config, &new.config);
-        if new.config.proxy.upstream_ca != old.config.proxy.upstream_ca
-            && let Some(proxy) = self.proxy.get().and_then(std::sync::Weak::upgrade)
-        {
-            proxy
+        if new.config.proxy.upstream_ca != old.config.proxy.upstream_ca {
+            self.proxy
                 .set_upstream_ca(&new.config.proxy.upstream_ca)
                 .map_err(|e| ConfigError::Invalid {
                     path: source.path.clone(),
