@@ -15,9 +15,9 @@ use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 use keyward_vault::{KnownValues, ResolveError, Resolver};
 
 use crate::activity::Activity;
-use crate::config::LoadedConfig;
 use crate::frozen::{Frozen, FrozenError};
 use crate::runs::{FrozenAuthority, Registry, RunRecord};
+use keyward_config::LoadedConfig;
 
 /// What the authority reads, shared with the daemon's state: the config
 /// and resolver are replaced in place on reload.

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use keyward_policy::{Policy, PolicySource};
 use sha2::{Digest, Sha256};
 
-use crate::config::LoadedConfig;
-use crate::grants::Grant;
 use crate::runs::{FrozenAuthority, RunRecord};
+use keyward_config::LoadedConfig;
+use keyward_config::grants::Grant;
 
 /// A run's authority in memory: what the proxy and the evaluate API use.
 pub(crate) struct Frozen {

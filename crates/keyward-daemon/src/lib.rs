@@ -11,8 +11,6 @@ mod api_error;
 mod authority;
 mod broker;
 mod compat_cavra;
-pub mod config;
-pub mod config_edit;
 pub mod control;
 mod daemon_log;
 mod egress_evidence;
@@ -20,7 +18,6 @@ mod error;
 mod frozen;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod grants;
 pub mod home;
 mod lifecycle;
 pub mod net_bridge;

@@ -24,7 +24,6 @@ use crate::activity::Activity;
 use crate::admin_listener::{AdminListener, Peer};
 use crate::authority::{Authority, Live};
 use crate::compat_cavra;
-use crate::config::{self, LoadedConfig};
 use crate::daemon_log;
 use crate::egress_evidence::RedactedEvidence;
 use crate::error::DaemonError;
@@ -38,6 +37,7 @@ use crate::run_tasks::RunTasks;
 use crate::runs::Registry;
 use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
 use crate::state::{AppState, LogControl, StopReason, build_resolver};
+use keyward_config::LoadedConfig;
 use keyward_evidence::{EvidenceLog, Kind, LogOptions};
 
 /// How long in-flight requests may take to finish once a stop begins.
@@ -283,7 +283,7 @@ impl Daemon {
                         why.map(|w| format!(" ({w})")).unwrap_or_default());
                 }
                 () = idle_elapsed(idle_exit, &state.activity) => {
-                    break format!("idle for {}", config::format_duration_or_off(idle_exit));
+                    break format!("idle for {}", keyward_config::format_duration_or_off(idle_exit));
                 }
             }
         }
@@ -569,7 +569,7 @@ async fn bind_proxy(home: &Home, listen: &str) -> Result<tokio::net::TcpListener
 /// next start.
 fn open_evidence(
     home: &Home,
-    audit: &crate::config::AuditConfig,
+    audit: &keyward_config::AuditConfig,
 ) -> Result<EvidenceLog, DaemonError> {
     let signer = audit.signer().map_err(|(key, message)| DaemonError::Io {
         what: format!("cannot load the evidence signing key ({key})"),
@@ -630,7 +630,7 @@ fn seal_if_idle(vault: &Mutex<Vault>, idle: Option<Duration>) {
     if matches!(vault.mode(), Ok(Some(KeyMode::Passphrase))) && vault.seal_if_idle(idle) {
         tracing::info!(
             "vault sealed after {} unused (vault.idle_seal)",
-            config::format_duration_or_off(Some(idle))
+            keyward_config::format_duration_or_off(Some(idle))
         );
     }
 }

@@ -133,7 +133,7 @@ pub(crate) fn refuse_run(failure: &AuthFailure) -> ApiError {
 /// Checks the `require_runner` of each grant a run asks for against the
 /// run's verified claims.
 pub(crate) fn check_grant_requirements(
-    grants: &std::collections::BTreeMap<String, crate::grants::Grant>,
+    grants: &std::collections::BTreeMap<String, keyward_config::grants::Grant>,
     names: &[String],
     claims: Option<&keyward_identity::RunnerClaims>,
 ) -> Result<(), ApiError> {

@@ -102,7 +102,7 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrozenAuthority {
     /// Grant name -> the grant as it was.
-    pub grants: BTreeMap<String, crate::grants::GrantConfig>,
+    pub grants: BTreeMap<String, keyward_config::grants::GrantConfig>,
     /// Hex SHA-256 of each policy source, in order.
     pub policy: Vec<String>,
 }

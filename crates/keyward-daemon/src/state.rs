@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::activity::Activity;
 use crate::authority::Authority;
-use crate::config::{self, Config, ConfigError, LoadedConfig};
 use crate::redaction;
 use crate::runs::Registry;
+use keyward_config::{Config, ConfigError, LoadedConfig};
 
 /// Lets the daemon change the log filter on reload without owning the
 /// subscriber, which the binary sets up.
@@ -164,8 +164,8 @@ impl AppState {
     fn reload_config(&self) -> Result<(Arc<LoadedConfig>, Vec<String>), ConfigError> {
         let old = self.config();
         let source = old.source.clone();
-        let new = Arc::new(config::load(&source)?);
-        let restart_needed = config::changes_needing_restart(&old.config, &new.config);
+        let new = Arc::new(keyward_config::load(&source)?);
+        let restart_needed = keyward_config::changes_needing_restart(&old.config, &new.config);
         if new.config.proxy.upstream_ca != old.config.proxy.upstream_ca {
             self.proxy
                 .set_upstream_ca(&new.config.proxy.upstream_ca)

@@ -1,7 +1,15 @@
-//! `keyward.toml`: loaded, resolved and validated before anything binds.
+//! keyward's configuration. `keyward.toml`: loaded, resolved and validated
+//! before anything binds; [`edit`] changes it in place, [`grants`] says
+//! which secret goes where.
 //!
 //! Unknown keys are errors naming the key; every error names the file, the
 //! key and what was expected, and maps to exit status 64 in the CLI.
+#![forbid(unsafe_code)]
+
+pub mod compat;
+pub mod edit;
+pub mod grants;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +21,8 @@ use std::time::Duration;
 use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use crate::compat_cavra::{CavraCompatConfig, CompatConfig};
-use crate::grants::{self, Grant, GrantConfig, GrantError};
+pub use crate::compat::{CavraCompatConfig, CompatConfig};
+use crate::grants::{Grant, GrantConfig, GrantError};
 use crate::sandbox::SandboxConfig;
 use keyward_policy::Policy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
