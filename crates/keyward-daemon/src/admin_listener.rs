@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::admin_conn::{AdminConn, ConnectionBudget, FdInbox};
-use crate::runs::{Membership, Registry};
 use crate::state::AppState;
+use keyward_runs::{Membership, Registry};
 
 /// The process on the other end of an admin connection (`SO_PEERCRED`),
 /// with a pidfd for it where the kernel offers one (`SO_PEERPIDFD`).

@@ -25,10 +25,10 @@ use crate::admin_conn::ConnectionBudget;
 use crate::admin_listener::{self, Peer};
 use crate::error::DaemonError;
 use crate::routes;
-use crate::runs::Membership;
 use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
 use crate::state::AppState;
 use keyward_config::{ConfigError, LoadedConfig};
+use keyward_runs::Membership;
 
 /// The largest request read; a longer one is answered `payload_too_large`.
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;

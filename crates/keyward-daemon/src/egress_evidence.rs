@@ -8,10 +8,10 @@ use std::sync::Arc;
 use keyward_evidence::EvidenceLog;
 use keyward_proxy::{EgressEvent, EgressSink, EvidenceSink};
 
-use crate::authority::Authority;
 use crate::redaction;
-use crate::run_report::RunReports;
-use crate::runs::Registry;
+use keyward_runs::Registry;
+use keyward_runs::authority::Authority;
+use keyward_runs::report::RunReports;
 
 /// [`EvidenceSink`] behind the daemon's redaction. It holds only what
 /// redaction and the run reports need, not the daemon's state: the state

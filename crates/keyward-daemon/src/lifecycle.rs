@@ -20,9 +20,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::activity::Activity;
 use crate::admin_listener::{AdminListener, Peer};
-use crate::authority::{Authority, Live};
 use crate::compat_cavra;
 use crate::daemon_log;
 use crate::egress_evidence::RedactedEvidence;
@@ -32,13 +30,15 @@ use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
 use crate::routes::vault::open_at_start;
 use crate::routes::{self, router};
-use crate::run_report::RunReports;
-use crate::run_tasks::RunTasks;
-use crate::runs::Registry;
 use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
 use crate::state::{AppState, LogControl, StopReason, build_resolver};
 use keyward_config::LoadedConfig;
 use keyward_evidence::{EvidenceLog, Kind, LogOptions};
+use keyward_runs::Registry;
+use keyward_runs::activity::Activity;
+use keyward_runs::authority::{Authority, Live};
+use keyward_runs::report::RunReports;
+use keyward_runs::tasks::RunTasks;
 
 /// How long in-flight requests may take to finish once a stop begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -417,8 +417,8 @@ fn open_stores(home: &Home, config: &LoadedConfig) -> Result<Stores, DaemonError
 }
 
 /// The runs' cgroups, where the kernel lets the daemon make them.
-fn run_cgroups(home: &Home, runs: &Registry) -> Option<Arc<crate::run_cgroup::RunCgroups>> {
-    match crate::run_cgroup::RunCgroups::detect(home.root()) {
+fn run_cgroups(home: &Home, runs: &Registry) -> Option<Arc<keyward_runs::cgroup::RunCgroups>> {
+    match keyward_runs::cgroup::RunCgroups::detect(home.root()) {
         Ok(cgroups) => {
             tracing::info!(
                 "each run gets a cgroup of its own: its processes stay in it whatever happens to its `keyward run`"
@@ -444,7 +444,7 @@ async fn restore_runs(state: &Arc<AppState>) {
     crate::run_trust::settle(state).await;
     routes::runs::reap(state);
     crate::run_trust::sweep(state);
-    crate::frozen::prune(&state.home.policies_dir(), &state.runs.list());
+    keyward_runs::frozen::prune(&state.home.policies_dir(), &state.runs.list());
 }
 
 /// The proxy, serving on its own worker threads until told to stop.

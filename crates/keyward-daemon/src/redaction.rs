@@ -1,8 +1,8 @@
 //! Redaction of what goes into the evidence log: the admin API's records
 //! and the proxy's egress events alike.
 
-use crate::authority::Authority;
-use crate::runs::Registry;
+use keyward_runs::Registry;
+use keyward_runs::authority::Authority;
 
 /// Redacts `value` for the evidence log: the secret values the daemon
 /// knows (the open vault's and those live runs resolved from any

@@ -7,8 +7,8 @@ use keyward_identity::{AuthFailure, Check, Verified};
 use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
-use crate::runs::RunRecord;
 use crate::state::AppState;
+use keyward_runs::RunRecord;
 
 /// The `algorithm` recorded for claims a run was bound to when it was
 /// created (the `key_id` is then the run's id).

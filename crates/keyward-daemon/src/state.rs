@@ -10,11 +10,11 @@ use keyward_proxy::{CertificateAuthority, Proxy};
 use keyward_vault::{OpenBao, Resolver, ResolverOptions, Vault};
 use tokio::sync::mpsc;
 
-use crate::activity::Activity;
-use crate::authority::Authority;
 use crate::redaction;
-use crate::runs::Registry;
 use keyward_config::{Config, ConfigError, LoadedConfig};
+use keyward_runs::Registry;
+use keyward_runs::activity::Activity;
+use keyward_runs::authority::Authority;
 
 /// Lets the daemon change the log filter on reload without owning the
 /// subscriber, which the binary sets up.
@@ -56,20 +56,20 @@ pub(crate) struct AppState {
     /// The runs' fd brokers: ending one closes its end (the program's
     /// next dial sees EOF); streams already minted end with their run's
     /// next request, which no longer authenticates.
-    pub brokers: crate::run_tasks::RunTasks,
+    pub brokers: keyward_runs::tasks::RunTasks,
     /// The watchers of the runs' processes (each holds a pidfd).
-    pub exit_watchers: crate::run_tasks::RunTasks,
+    pub exit_watchers: keyward_runs::tasks::RunTasks,
     /// `daemon start --require-runner-auth`: as `auth.require_runner_auth`,
     /// whatever the config (also after reloads).
     pub require_runner_auth: bool,
     /// The home.
     pub home: crate::home::Home,
     /// The runs' cgroups, where the kernel lets the daemon make them.
-    pub cgroups: Option<Arc<crate::run_cgroup::RunCgroups>>,
+    pub cgroups: Option<Arc<keyward_runs::cgroup::RunCgroups>>,
     /// The last reload failed: when and why (`keyward status` shows it).
     pub reload_failed: Mutex<Option<keyward_api::ReloadFailure>>,
     /// What did not go as each run's program asked, for its `keyward run`.
-    pub run_reports: Arc<crate::run_report::RunReports>,
+    pub run_reports: Arc<keyward_runs::report::RunReports>,
 }
 
 impl AppState {

@@ -231,7 +231,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     if let Some((listeners, proxy_port)) = listeners {
         let bridged = listeners
             .receive()
-            .and_then(|listeners| keyward_daemon::net_bridge::spawn_bridge(listeners, proxy_port));
+            .and_then(|listeners| keyward_runs::net_bridge::spawn_bridge(listeners, proxy_port));
         if let Err(e) = bridged {
             let _ = keyward_sys::send_signal(pid, Signal::Kill);
             let _ = child.wait().await;

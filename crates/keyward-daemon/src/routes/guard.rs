@@ -11,8 +11,8 @@ use keyward_evidence::Kind;
 
 use crate::admin_listener::Peer;
 use crate::api_error::ApiError;
-use crate::runs::Membership;
 use crate::state::AppState;
+use keyward_runs::Membership;
 
 /// Counts requests in flight for idle exit and logs each at debug level
 /// with the peer, so a refused or odd caller can be traced.

@@ -16,8 +16,8 @@ use crate::admin_listener::Peer;
 use crate::api_error::ApiError;
 use crate::routes::body_bytes;
 use crate::runner_auth::{self, RunnerAuth};
-use crate::runs::RunRecord;
 use crate::state::AppState;
+use keyward_runs::RunRecord;
 
 /// `dec_` + 12 hex.
 fn decision_id() -> String {

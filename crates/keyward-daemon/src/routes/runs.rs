@@ -17,9 +17,9 @@ use keyward_vault::ResolveError;
 use crate::admin_listener::Peer;
 use crate::api_error::ApiError;
 use crate::routes::json_body;
-use crate::runs::{RunRecord, RunsError};
 use crate::state::AppState;
 use keyward_evidence::Kind;
+use keyward_runs::{RunRecord, RunsError};
 use serde_json::json;
 
 impl From<RunsError> for ApiError {
@@ -46,7 +46,7 @@ pub(crate) fn release(state: &AppState, run: &RunRecord) {
 
 /// Ends what a run left: the processes in its cgroup (its `keyward run`
 /// spared, moved back where it came from) and its private TMPDIR.
-fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecord) {
+fn end_leftovers(cgroups: Option<&keyward_runs::cgroup::RunCgroups>, run: &RunRecord) {
     if let (Some(cgroups), Some(cgroup)) = (cgroups, &run.cgroup) {
         let spare = run.pid.zip(run.cgroup_origin.as_deref());
         let ended = cgroups.end(cgroup, spare, run.pid_start);
@@ -277,7 +277,8 @@ pub(crate) async fn create(
         .authority
         .freeze(&req.grants, req.policy.as_deref())
         .map_err(|e| match e {
-            crate::frozen::FrozenError::Invalid(_) | crate::frozen::FrozenError::Policy(_) => {
+            keyward_runs::frozen::FrozenError::Invalid(_)
+            | keyward_runs::frozen::FrozenError::Policy(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_policy", e.to_string())
             }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string()),
@@ -412,7 +413,7 @@ fn env_to_drop(
     let secret_hashes: Vec<String> = ctx
         .credentials
         .iter()
-        .map(|c| crate::runs::token_hash(c.secret.expose_secret()))
+        .map(|c| keyward_runs::token_hash(c.secret.expose_secret()))
         .collect();
     let mut drop: Vec<String> = req
         .env_sha256
@@ -512,12 +513,12 @@ fn check_run_pid(
     let Some(caller) = peer.pid.and_then(|p| u32::try_from(p).ok()) else {
         return refuse("the caller's own pid is unknown".to_owned());
     };
-    match crate::runs::process_uid(pid) {
+    match keyward_runs::process_uid(pid) {
         Some(uid) if uid == peer.uid => {}
         Some(_) => return refuse("it belongs to another user".to_owned()),
         None => return refuse("no such process".to_owned()),
     }
-    if !crate::runs::is_self_or_descendant(pid, caller) {
+    if !keyward_runs::is_self_or_descendant(pid, caller) {
         return refuse("it is neither the caller nor one of its descendants".to_owned());
     }
     Ok(())

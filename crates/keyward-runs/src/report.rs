@@ -18,7 +18,7 @@ const MAX_PROBLEMS: usize = 32;
 
 /// The runs' problems, by run id.
 #[derive(Default)]
-pub(crate) struct RunReports {
+pub struct RunReports {
     runs: Mutex<HashMap<String, Vec<RunProblem>>>,
 }
 
@@ -26,7 +26,7 @@ impl RunReports {
     /// Notes `event` if it did not go as asked; `frozen` gives the run's
     /// authority (its grants' hosts), asked only for a request that went
     /// out with nothing injected.
-    pub(crate) fn note(&self, event: &EgressEvent, frozen: impl FnOnce() -> Option<Arc<Frozen>>) {
+    pub fn note(&self, event: &EgressEvent, frozen: impl FnOnce() -> Option<Arc<Frozen>>) {
         let Some(problem) = classify(event, frozen) else {
             return;
         };
@@ -45,13 +45,13 @@ impl RunReports {
     }
 
     /// The run's problems so far.
-    pub(crate) fn peek(&self, run_id: &str) -> Vec<RunProblem> {
+    pub fn peek(&self, run_id: &str) -> Vec<RunProblem> {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.get(run_id).cloned().unwrap_or_default()
     }
 
     /// The run's problems, forgotten here (the run is over).
-    pub(crate) fn take(&self, run_id: &str) -> Vec<RunProblem> {
+    pub fn take(&self, run_id: &str) -> Vec<RunProblem> {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.remove(run_id).unwrap_or_default()
     }
