@@ -21,6 +21,7 @@ mod notify;
 pub mod pidfile;
 mod redaction;
 mod routes;
+mod run_ending;
 mod run_trust;
 mod runner_auth;
 pub mod sandbox;

@@ -28,8 +28,9 @@ use crate::error::DaemonError;
 use crate::home::Home;
 use crate::notify::sd_notify;
 use crate::pidfile::{PidError, PidLock};
+use crate::routes::router;
 use crate::routes::vault::open_at_start;
-use crate::routes::{self, router};
+use crate::run_ending;
 use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
 use crate::state::{AppState, LogControl, StopReason, build_resolver};
 use keyward_config::LoadedConfig;
@@ -217,7 +218,7 @@ impl Daemon {
 
         for run in state.runs.list() {
             if let Some(pid) = run.pid {
-                routes::runs::watch_exit(&state, &run.id, pid);
+                run_ending::watch_exit(&state, &run.id, pid);
             }
         }
         state.evidence.record(
@@ -271,7 +272,7 @@ impl Daemon {
                 _ = seal_check.tick() => seal_if_idle(&state.vault, current.config.vault.idle_seal),
                 _ = reap_check.tick() => {
                     log_rotation.check(current.config.daemon.log_max_bytes);
-                    routes::runs::reap(state);
+                    run_ending::reap(state);
                     crate::run_trust::sweep(state);
                     // Live runs keep the daemon from idling out.
                     if !state.runs.is_empty() {
@@ -442,7 +443,7 @@ fn run_cgroups(home: &Home, runs: &Registry) -> Option<Arc<keyward_runs::cgroup:
 /// processes of runs that no longer exist ended.
 async fn restore_runs(state: &Arc<AppState>) {
     crate::run_trust::settle(state).await;
-    routes::runs::reap(state);
+    run_ending::reap(state);
     crate::run_trust::sweep(state);
     keyward_runs::frozen::prune(&state.home.policies_dir(), &state.runs.list());
 }
