@@ -1,7 +1,7 @@
-//! The keyward daemon: its home layout, configuration, single-instance
-//! lifecycle, and the admin API served on a Unix socket. Also the client-side
-//! control of that lifecycle (detached start, stop, status inspection) so the
-//! binary stays a thin CLI.
+//! The keyward daemon: its home layout, single-instance lifecycle, and the
+//! admin API served on a Unix socket (the configuration is `keyward_config`,
+//! the runs `keyward_runs`). Also the client-side control of that lifecycle
+//! (detached start, stop, status inspection) so the binary stays a thin CLI.
 #![forbid(unsafe_code)]
 
 mod admin_conn;
