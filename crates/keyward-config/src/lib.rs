@@ -1,6 +1,6 @@
 //! keyward's configuration. `keyward.toml`: loaded, resolved and validated
 //! before anything binds; [`edit`] changes it in place, [`grants`] says
-//! which secret goes where.
+//! which secret goes where, [`home`] where keyward keeps its files.
 //!
 //! Unknown keys are errors naming the key; every error names the file, the
 //! key and what was expected, and maps to exit status 64 in the CLI.
@@ -9,6 +9,7 @@
 pub mod compat;
 pub mod edit;
 pub mod grants;
+pub mod home;
 pub mod sandbox;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,8 @@
-//! The keyward daemon: its home layout, single-instance lifecycle, and the
-//! admin API served on a Unix socket (the configuration is `keyward_config`,
-//! the runs `keyward_runs`). Also the client-side control of that lifecycle
-//! (detached start, stop, status inspection) so the binary stays a thin CLI.
+//! The keyward daemon: its single-instance lifecycle and the admin API
+//! served on a Unix socket (the configuration and the home's layout are
+//! `keyward_config`, the runs `keyward_runs`). Also the client-side control
+//! of that lifecycle (detached start, stop, status inspection) so the binary
+//! stays a thin CLI.
 #![forbid(unsafe_code)]
 
 mod admin_conn;
@@ -15,7 +16,6 @@ mod egress_evidence;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod home;
 mod lifecycle;
 mod notify;
 pub mod pidfile;
@@ -24,7 +24,6 @@ mod routes;
 mod run_ending;
 mod run_trust;
 mod runner_auth;
-pub mod sandbox;
 pub mod service;
 mod socket;
 mod state;

@@ -44,10 +44,10 @@ fn end_leftovers(cgroups: Option<&keyward_runs::cgroup::RunCgroups>, run: &RunRe
     // `keyward run` does when the run ends; removing it here would act on
     // a path that user controls with the daemon's privileges.
     if let Some(dir) = run.private_tmp.as_deref().map(std::path::Path::new)
-        && crate::sandbox::is_private_tmp(dir)
+        && keyward_runs::sandbox::is_private_tmp(dir)
     {
         if owned_by(dir, keyward_sys::effective_uid()) {
-            crate::sandbox::remove_private_tmp(dir);
+            keyward_runs::sandbox::remove_private_tmp(dir);
         } else {
             tracing::info!(
                 run = run.id,

@@ -63,7 +63,7 @@ pub(crate) struct AppState {
     /// whatever the config (also after reloads).
     pub require_runner_auth: bool,
     /// The home.
-    pub home: crate::home::Home,
+    pub home: keyward_config::home::Home,
     /// The runs' cgroups, where the kernel lets the daemon make them.
     pub cgroups: Option<Arc<keyward_runs::cgroup::RunCgroups>>,
     /// The last reload failed: when and why (`keyward status` shows it).

@@ -3,7 +3,8 @@
 //! holds no secret. Around it: what each run may use ([`authority`],
 //! [`frozen`]), where its processes are ([`cgroup`]), what it leaves running
 //! ([`tasks`]), what went wrong for it ([`report`]), and the bridge out of
-//! a sandboxed run's network ([`net_bridge`]).
+//! a sandboxed run's network ([`net_bridge`]) and what a sandboxed run may
+//! touch ([`sandbox`]).
 #![forbid(unsafe_code)]
 
 pub mod activity;
@@ -12,6 +13,7 @@ pub mod cgroup;
 pub mod frozen;
 pub mod net_bridge;
 pub mod report;
+pub mod sandbox;
 pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use keyward_daemon::home::Home;
+use keyward_config::home::Home;
 use keyward_evidence::{
     Anchor, HEAD_FILE, Head, Kind, Report, Verifier, VerifyOptions, list_segments, read_log_id,
     verify,

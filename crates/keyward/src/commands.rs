@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use keyward_config::home::Home;
 use keyward_config::{self as config, ConfigSource, LoadedConfig};
 use keyward_daemon::control::{self, ControlError, StatusReport, Stopped};
-use keyward_daemon::home::Home;
 use keyward_daemon::{DaemonOptions, run};
 use serde_json::json;
 

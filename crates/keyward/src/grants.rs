@@ -8,7 +8,7 @@ use keyward_api::{ClientError, GrantList, ReloadResponse};
 use keyward_config::ConfigSource;
 use keyward_config::edit::{add_grant, remove_grant};
 use keyward_config::grants::{BasicConfig, GrantConfig, InjectConfig};
-use keyward_daemon::home::Home;
+use keyward_config::home::Home;
 use serde_json::json;
 
 use crate::cli::{Cli, GrantAddArgs, GrantRmArgs};

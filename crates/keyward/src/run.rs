@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hyper::Method;
 use keyward_api::{CreateRunRequest, Network, RunCreated, RunInfo};
-use keyward_daemon::home::Home;
-use keyward_daemon::sandbox::SandboxRequest;
+use keyward_config::home::Home;
+use keyward_runs::sandbox::SandboxRequest;
 use keyward_sys::Signal;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
@@ -393,7 +393,7 @@ async fn plan_confinement(
         mount_view,
     };
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let plan = keyward_daemon::sandbox::plan(&home, &config, &request, &cwd, proxy_port)?;
+    let plan = keyward_runs::sandbox::plan(&home, &config, &request, &cwd, proxy_port)?;
     let prepared = keyward_sys::prepare_sandbox(&plan.rules)
         .map_err(anyhow::Error::from)
         .and_then(|mut sandbox| {
@@ -553,7 +553,7 @@ fn describe(sandbox: &keyward_sys::PreparedSandbox) -> String {
 
 fn remove_private_tmp(dir: Option<&std::path::Path>) {
     if let Some(dir) = dir {
-        keyward_daemon::sandbox::remove_private_tmp(dir);
+        keyward_runs::sandbox::remove_private_tmp(dir);
     }
 }
 

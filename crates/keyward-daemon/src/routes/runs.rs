@@ -146,7 +146,7 @@ pub(crate) async fn create(
     // anywhere in it (a parent swapped for a link later would point the
     // removal elsewhere).
     if let Some(dir) = &req.private_tmp
-        && (!crate::sandbox::is_private_tmp(std::path::Path::new(dir))
+        && (!keyward_runs::sandbox::is_private_tmp(std::path::Path::new(dir))
             || std::path::Path::new(dir).canonicalize().ok().as_deref()
                 != Some(std::path::Path::new(dir))
             || !owned_by(std::path::Path::new(dir), peer.uid)

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::home::Home;
 use keyward_config::LoadedConfig;
+use keyward_config::home::Home;
 
 /// What a sandboxed run asked for on the command line.
 #[derive(Debug, Clone, Default)]
