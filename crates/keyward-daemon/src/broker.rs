@@ -9,7 +9,7 @@
 //! (the run ended or the daemon stopped).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -22,7 +22,10 @@ use keyward_proxy::Proxy;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::server::{ApiError, AppState, Peer, json_body};
+use crate::admin_listener::Peer;
+use crate::api_error::ApiError;
+use crate::routes::json_body;
+use crate::state::AppState;
 
 /// The broker protocol's version (`BrokerAttached::protocol`).
 const PROTOCOL: u32 = 1;
@@ -72,13 +75,7 @@ pub(crate) async fn attach(
                 "send the daemon's end of a SOCK_SEQPACKET socketpair with this request (SCM_RIGHTS)",
             )
         })?;
-    let proxy = state.proxy.get().cloned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting",
-            "the proxy is not up yet",
-        )
-    })?;
+    let proxy = state.proxy.clone();
     let fd = keyward_sys::AsyncSeqpacket::new(fd).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,7 +100,7 @@ pub(crate) async fn attach(
 }
 
 /// Answers the run's dials until the program's end closes.
-async fn serve(fd: keyward_sys::AsyncSeqpacket, token: String, proxy: Weak<Proxy>, run_id: String) {
+async fn serve(fd: keyward_sys::AsyncSeqpacket, token: String, proxy: Arc<Proxy>, run_id: String) {
     let streams = Arc::new(Semaphore::new(MAX_STREAMS));
     loop {
         let mut message = [0u8; MESSAGE_BYTES];
@@ -194,8 +191,7 @@ pub fn decide(received: &[u8], truncated: bool) -> Decision {
 /// A fresh stream for the program: ours is served by the pipeline before
 /// theirs is handed out, so a dial never leaves the program on a
 /// connection nobody serves.
-fn mint(proxy: &Weak<Proxy>, token: &str, streams: &Arc<Semaphore>) -> Option<OwnedFd> {
-    let proxy = proxy.upgrade()?;
+fn mint(proxy: &Arc<Proxy>, token: &str, streams: &Arc<Semaphore>) -> Option<OwnedFd> {
     let Ok(permit) = streams.clone().try_acquire_owned() else {
         tracing::warn!("fd broker: {MAX_STREAMS} streams open; dial refused");
         return None;

@@ -16,72 +16,19 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use hyper::body::Bytes;
-use keyward_api::SOCKET_PATH_MAX;
 use keyward_evidence::Kind;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::admin_conn::ConnectionBudget;
-use crate::config::{ConfigError, LoadedConfig};
+use crate::admin_listener::{self, Peer};
 use crate::error::DaemonError;
-use crate::lifecycle::{SocketId, bind_socket, remove_socket_if_ours};
-use crate::policy_routes;
-use crate::runs::Membership;
-use crate::server::{self, AppState, Peer};
-
-/// `[compat]`: protocols of other tools keyward also speaks.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CompatConfig {
-    /// `[compat.cavra]`: CAVRA's decision socket.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cavra: Option<CavraCompatConfig>,
-}
-
-/// `[compat.cavra]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CavraCompatConfig {
-    /// Where the socket is bound (read at start); relative paths are
-    /// relative to the config file.
-    pub socket: PathBuf,
-}
-
-impl CompatConfig {
-    /// Makes a relative socket path relative to the config file's directory.
-    pub(crate) fn resolve_relative(&mut self, dir: &Path) {
-        if let Some(cavra) = &mut self.cavra
-            && cavra.socket.is_relative()
-        {
-            cavra.socket = dir.join(&cavra.socket);
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
-        let Some(cavra) = &self.cavra else {
-            return Ok(());
-        };
-        let key = || "compat.cavra.socket".to_owned();
-        let path = &cavra.socket;
-        if path.as_os_str().is_empty() || path.file_name().is_none() {
-            return Err((key(), "expected the path of a socket file".to_owned()));
-        }
-        let len = path.as_os_str().len();
-        if len > SOCKET_PATH_MAX {
-            return Err((
-                key(),
-                format!(
-                    "{} is {len} bytes, over the {SOCKET_PATH_MAX}-byte limit of Unix socket paths; \
-                     choose a shorter path",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
+use crate::routes;
+use crate::socket::{SocketId, bind_socket, remove_socket_if_ours};
+use crate::state::AppState;
+use keyward_config::{ConfigError, LoadedConfig};
+use keyward_runs::Membership;
 
 /// The largest request read; a longer one is answered `payload_too_large`.
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -188,7 +135,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let peer = match server::admit(&stream, daemon_uid, &state) {
+        let peer = match admin_listener::admit(&stream, daemon_uid, &state) {
             Ok(peer) => peer,
             Err(why) => {
                 tracing::warn!("refused CAVRA connection: {why}");
@@ -227,7 +174,7 @@ async fn answer(mut stream: UnixStream, peer: Peer, state: Arc<AppState>) {
     let (answer, outcome) = match read_request(&mut stream, READ_TIMEOUT).await {
         Err((code, message)) => (error_answer(code, message), code),
         Ok(request) => {
-            let decided = policy_routes::evaluate(
+            let decided = routes::policy::evaluate(
                 State(state.clone()),
                 ConnectInfo(peer.clone()),
                 Ok(Bytes::from(request)),

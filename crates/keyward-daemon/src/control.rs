@@ -14,8 +14,8 @@ use keyward_api::{Client, ClientError, Health, KeyMode, VaultStatus};
 use keyward_sys::{Signal, process_exists, send_signal};
 use serde::Serialize;
 
-use crate::home::{Home, HomeError};
 use crate::pidfile::{PidFileState, inspect};
+use keyward_config::home::{Home, HomeError};
 
 /// How much of `daemon.log` a failed start shows.
 const LOG_TAIL_LINES: usize = 20;

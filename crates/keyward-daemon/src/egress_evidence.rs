@@ -5,20 +5,37 @@
 
 use std::sync::Arc;
 
+use keyward_evidence::EvidenceLog;
 use keyward_proxy::{EgressEvent, EgressSink, EvidenceSink};
 
-use crate::server::AppState;
+use crate::redaction;
+use keyward_runs::Registry;
+use keyward_runs::authority::Authority;
+use keyward_runs::report::RunReports;
 
-/// [`EvidenceSink`] behind the daemon's redaction.
+/// [`EvidenceSink`] behind the daemon's redaction. It holds only what
+/// redaction and the run reports need, not the daemon's state: the state
+/// owns the proxy, which owns this sink.
 pub(crate) struct RedactedEvidence {
-    state: Arc<AppState>,
+    authority: Arc<Authority>,
+    runs: Arc<Registry>,
+    run_reports: Arc<RunReports>,
     inner: EvidenceSink,
 }
 
 impl RedactedEvidence {
-    pub(crate) fn new(state: Arc<AppState>) -> Self {
-        let inner = EvidenceSink(state.evidence.clone());
-        Self { state, inner }
+    pub(crate) fn new(
+        authority: Arc<Authority>,
+        runs: Arc<Registry>,
+        run_reports: Arc<RunReports>,
+        evidence: Arc<EvidenceLog>,
+    ) -> Self {
+        Self {
+            authority,
+            runs,
+            run_reports,
+            inner: EvidenceSink(evidence),
+        }
     }
 }
 
@@ -27,16 +44,15 @@ impl EgressSink for RedactedEvidence {
         // The fields the child chooses; the rest are the daemon's own
         // (run id, grant and rule names, numbers).
         let mut request = serde_json::json!([event.method, event.host, event.path]);
-        self.state.redact(&mut request);
+        redaction::redact(&self.authority, &self.runs, &mut request);
         if let serde_json::Value::Array(fields) = request
             && let [method, host, path] = fields.as_slice()
         {
             let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
             (event.method, event.host, event.path) = (text(method), text(host), text(path));
         }
-        let authority = &self.state.authority;
-        self.state
-            .run_reports
+        let authority = &self.authority;
+        self.run_reports
             .note(&event, || authority.frozen_of(&event.run_id));
         self.inner.record(event);
     }

@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
-use crate::home::HomeError;
+use keyward_config::ConfigError;
+use keyward_config::home::HomeError;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]

@@ -11,9 +11,9 @@ use keyward_auth::{AuthError, Principal, Scope};
 use keyward_grpc::{Backend, BackendError, Caller, Gate, TlsFiles};
 use tokio::sync::oneshot;
 
-use crate::config::GrpcConfig;
 use crate::error::DaemonError;
-use crate::server::AppState;
+use crate::state::AppState;
+use keyward_config::GrpcConfig;
 
 /// The daemon as the gRPC service's backend and token gate.
 pub(crate) struct DaemonApi(pub Arc<AppState>);
@@ -40,7 +40,7 @@ impl Backend for DaemonApi {
             "client_certificate": caller.client_certificate,
             "via": "grpc",
         });
-        crate::policy_routes::decide_on_record(&self.0, slot, req, None, Some(record))
+        crate::routes::policy::decide_on_record(&self.0, slot, req, None, Some(record))
             .await
             .map_err(|e| BackendError {
                 code: match e.code() {

@@ -13,8 +13,8 @@ use keyward_evidence::Kind;
 use keyward_vault::{Vault, VaultError};
 use serde_json::json;
 
-use crate::runs::{RunKey, RunRecord, SealCheck};
-use crate::server::AppState;
+use crate::state::AppState;
+use keyward_runs::{RunKey, RunRecord, SealCheck};
 
 /// What the key derivation is named in the vault.
 const PURPOSE: &str = "run records";
@@ -137,7 +137,7 @@ pub(crate) async fn settle(state: &Arc<AppState>) {
             // (a pid is reused; a replayed record names a dead one).
             SealCheck::Valid
                 if run.pid.is_some()
-                    && run.pid.and_then(crate::runs::process_start) != run.pid_start =>
+                    && run.pid.and_then(keyward_runs::process_start) != run.pid_start =>
             {
                 "its process is gone (its pid now names another process, or none)".to_owned()
             }

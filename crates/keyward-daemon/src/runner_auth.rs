@@ -6,8 +6,9 @@ use keyward_api::{Decision, DecisionResponse, Severity};
 use keyward_identity::{AuthFailure, Check, Verified};
 use serde_json::{Map, Value};
 
-use crate::runs::RunRecord;
-use crate::server::{ApiError, AppState};
+use crate::api_error::ApiError;
+use crate::state::AppState;
+use keyward_runs::RunRecord;
 
 /// The `algorithm` recorded for claims a run was bound to when it was
 /// created (the `key_id` is then the run's id).
@@ -132,7 +133,7 @@ pub(crate) fn refuse_run(failure: &AuthFailure) -> ApiError {
 /// Checks the `require_runner` of each grant a run asks for against the
 /// run's verified claims.
 pub(crate) fn check_grant_requirements(
-    grants: &std::collections::BTreeMap<String, crate::grants::Grant>,
+    grants: &std::collections::BTreeMap<String, keyward_config::grants::Grant>,
     names: &[String],
     claims: Option<&keyward_identity::RunnerClaims>,
 ) -> Result<(), ApiError> {

@@ -15,7 +15,7 @@ use keyward_auth::{
     AuthError, AuthState as _, FileAuthState, Principal, RateLimiter, Scope, authorize,
 };
 
-use crate::server::ApiError;
+use crate::api_error::ApiError;
 
 /// How often, at most, last-used times are written while tokens are used.
 const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(60);

@@ -955,7 +955,7 @@ pub struct IdleExitArg {
 pub struct IdleExit(pub Option<Duration>);
 
 fn parse_idle_exit(text: &str) -> Result<IdleExit, String> {
-    keyward_daemon::config::parse_duration_or_off(text).map(IdleExit)
+    keyward_config::parse_duration_or_off(text).map(IdleExit)
 }
 
 /// `--allow`: a host pattern, optionally with a port (not a URL).

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use keyward_daemon::config::LoadedConfig;
+use keyward_config::LoadedConfig;
 use keyward_daemon::control::{self, ControlError, StatusReport, Stopped};
 use keyward_daemon::{DaemonOptions, run};
 use serde_json::json;

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use keyward_daemon::config::{self, ConfigSource, LoadedConfig};
+use keyward_config::home::Home;
+use keyward_config::{self as config, ConfigSource, LoadedConfig};
 use keyward_daemon::control::{self, ControlError};
-use keyward_daemon::home::Home;
 
 use crate::cli::{Cli, LogFormat};
 

@@ -12,8 +12,8 @@ use hyper::Method;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use keyward_api::{InitVaultRequest, SecretInfo, SetSecretRequest, VaultStatus};
+use keyward_config::home::Home;
 use keyward_daemon::control;
-use keyward_daemon::home::Home;
 use sha2::{Digest, Sha256};
 
 use crate::context::Context;

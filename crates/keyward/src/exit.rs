@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use keyward_api::ClientError;
+use keyward_config::ConfigError;
+use keyward_config::edit::EditError;
+use keyward_config::home::HomeError;
 use keyward_daemon::DaemonError;
-use keyward_daemon::config::ConfigError;
-use keyward_daemon::config_edit::EditError;
 use keyward_daemon::control::ControlError;
-use keyward_daemon::home::HomeError;
 use keyward_vault::VaultError;
 
 /// Any other failure.

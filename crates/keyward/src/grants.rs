@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use hyper::Method;
 use keyward_api::{ClientError, GrantList, ReloadResponse};
-use keyward_daemon::config::{ConfigError, ConfigSource};
-use keyward_daemon::config_edit::{EditError, add_grant, remove_grant};
-use keyward_daemon::grants::{BasicConfig, GrantConfig, InjectConfig};
+use keyward_config::edit::{EditError, add_grant, remove_grant};
+use keyward_config::grants::{BasicConfig, GrantConfig, InjectConfig};
+use keyward_config::{ConfigError, ConfigSource};
 use serde_json::json;
 
 use crate::cli::{GrantAddArgs, GrantRmArgs};
@@ -77,7 +77,7 @@ fn check_add_flags(args: &GrantAddArgs) -> Result<(), GrantFlagError> {
             args.name
         )));
     }
-    if let Some(preset) = keyward_daemon::grants::presets().get(args.name.as_str())
+    if let Some(preset) = keyward_config::grants::presets().get(args.name.as_str())
         && !args.replace
     {
         return Err(GrantFlagError(format!(
@@ -209,7 +209,7 @@ pub async fn remove(ctx: &Context, source: &ConfigSource, args: &GrantRmArgs) ->
 /// process inside a run) changes nothing.
 async fn edit_then_reload(
     daemon: &keyward_api::Client,
-    edit: impl FnOnce() -> Result<(), keyward_daemon::config_edit::EditError>,
+    edit: impl FnOnce() -> Result<(), keyward_config::edit::EditError>,
 ) -> Result<bool> {
     match daemon
         .call::<(), serde_json::Value>(Method::GET, "/v1/grants", None)

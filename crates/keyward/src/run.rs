@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use hyper::Method;
 use keyward_api::{CreateRunRequest, Network, RunCreated, RunInfo};
-use keyward_daemon::sandbox::SandboxRequest;
+use keyward_runs::sandbox::SandboxRequest;
 use keyward_sys::Signal;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
@@ -242,7 +242,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     if let Some((listeners, proxy_port)) = listeners {
         let bridged = listeners
             .receive()
-            .and_then(|listeners| keyward_daemon::net_bridge::spawn_bridge(listeners, proxy_port));
+            .and_then(|listeners| keyward_runs::net_bridge::spawn_bridge(listeners, proxy_port));
         if let Err(e) = bridged {
             let _ = keyward_sys::send_signal(pid, Signal::Kill);
             let _ = child.wait().await;
@@ -405,7 +405,7 @@ async fn plan_confinement(
         mount_view,
     };
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let plan = keyward_daemon::sandbox::plan(home, &config, &request, &cwd, proxy_port)?;
+    let plan = keyward_runs::sandbox::plan(home, &config, &request, &cwd, proxy_port)?;
     let prepared = keyward_sys::prepare_sandbox(&plan.rules)
         .map_err(anyhow::Error::from)
         .and_then(|mut sandbox| {
@@ -565,7 +565,7 @@ fn describe(sandbox: &keyward_sys::PreparedSandbox) -> String {
 
 fn remove_private_tmp(dir: Option<&std::path::Path>) {
     if let Some(dir) = dir {
-        keyward_daemon::sandbox::remove_private_tmp(dir);
+        keyward_runs::sandbox::remove_private_tmp(dir);
     }
 }
 

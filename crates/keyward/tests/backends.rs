@@ -198,8 +198,9 @@ fn grant_add_validates_writes_and_reloads() {
         let mut full = vec!["grant", "add", "bad"];
         full.extend(args);
         let run = home.run(&full);
-        assert_eq!(run.code, 64, "{run:?}");
-        assert!(run.stderr.contains("grants.bad."), "{run:?}");
+        // The flag at fault is named (the file is fine and untouched).
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("keyward: --"), "{run:?}");
         assert!(run.stderr.contains(needle), "{run:?}");
     }
     let missing_inject = home.run(&[

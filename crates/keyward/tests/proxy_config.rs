@@ -86,7 +86,7 @@ fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
     };
     let before = std::fs::read_to_string(&path).unwrap();
     let refused = wide(&[]);
-    assert_eq!(refused.code, 64, "{refused:?}");
+    assert_eq!(refused.code, 2, "{refused:?}");
     assert!(
         refused.stderr.contains("public suffix co.uk")
             && refused.stderr.contains("--public-suffix"),

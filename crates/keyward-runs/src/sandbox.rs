@@ -4,61 +4,10 @@
 //! and paths given on the command line; never the keyward home or the
 //! config file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::LoadedConfig;
-use crate::home::Home;
-
-/// `[sandbox]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SandboxConfig {
-    /// `[sandbox.profiles.NAME]`: paths added to the built-in profile.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub profiles: BTreeMap<String, SandboxProfile>,
-}
-
-/// One profile: absolute paths (or `~/...`) a sandboxed program may use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SandboxProfile {
-    /// Readable.
-    pub read: Vec<PathBuf>,
-    /// Readable and writable.
-    pub write: Vec<PathBuf>,
-    /// Readable and executable.
-    pub exec: Vec<PathBuf>,
-}
-
-impl SandboxConfig {
-    /// Checks the profiles: every path absolute or `~/...`. Returns the
-    /// dotted key at fault and what was expected.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        for (name, profile) in &self.profiles {
-            for (field, paths) in [
-                ("read", &profile.read),
-                ("write", &profile.write),
-                ("exec", &profile.exec),
-            ] {
-                for path in paths {
-                    if !(path.is_absolute() || path.starts_with("~")) {
-                        return Err((
-                            format!("sandbox.profiles.{name}.{field}"),
-                            format!(
-                                "{} is relative; expected an absolute path or ~/...",
-                                path.display()
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
+use keyward_config::LoadedConfig;
+use keyward_config::home::Home;
 
 /// What a sandboxed run asked for on the command line.
 #[derive(Debug, Clone, Default)]
@@ -654,12 +603,12 @@ fn make_private_tmp(tmp: &Path, subdirs: &[&str]) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigSource;
+    use keyward_config::ConfigSource;
 
     fn loaded(home: &Home, text: &str) -> LoadedConfig {
         let path = home.default_config_path();
         std::fs::write(&path, text).unwrap();
-        crate::config::load(&ConfigSource {
+        keyward_config::load(&ConfigSource {
             path,
             explicit: false,
         })
@@ -744,7 +693,7 @@ mod tests {
         // A config file outside the home is covered.
         let outside = tmp_path.join("elsewhere.toml");
         std::fs::write(&outside, "").unwrap();
-        let config = crate::config::load(&ConfigSource {
+        let config = keyward_config::load(&ConfigSource {
             path: outside.clone(),
             explicit: true,
         })
@@ -820,21 +769,5 @@ mod tests {
             0o755,
             "nothing outside changed mode"
         );
-    }
-
-    #[test]
-    fn relative_profile_paths_are_config_errors() {
-        let config = SandboxConfig {
-            profiles: BTreeMap::from([(
-                "x".to_owned(),
-                SandboxProfile {
-                    write: vec!["rel/dir".into()],
-                    ..Default::default()
-                },
-            )]),
-        };
-        let (key, message) = config.validate().unwrap_err();
-        assert_eq!(key, "sandbox.profiles.x.write");
-        assert!(message.contains("rel/dir"), "{message}");
     }
 }

@@ -151,7 +151,7 @@ fn kill_all(dir: &Path, born: Option<u64>, refuge: &Path) -> usize {
         for pid in left {
             let foreign = pid == daemon
                 || born.is_some_and(|born| {
-                    crate::runs::process_start(pid).is_some_and(|start| start < born)
+                    crate::process_start(pid).is_some_and(|start| start < born)
                 });
             if foreign {
                 if std::fs::write(refuge.join("cgroup.procs"), pid.to_string()).is_ok() {

@@ -1,7 +1,16 @@
-//! `keyward.toml`: loaded, resolved and validated before anything binds.
+//! keyward's configuration. `keyward.toml`: loaded, resolved and validated
+//! before anything binds; [`edit`] changes it in place, [`grants`] says
+//! which secret goes where, [`home`] where keyward keeps its files.
 //!
 //! Unknown keys are errors naming the key; every error names the file, the
 //! key and what was expected, and maps to exit status 64 in the CLI.
+#![forbid(unsafe_code)]
+
+pub mod compat;
+pub mod edit;
+pub mod grants;
+pub mod home;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +22,8 @@ use std::time::Duration;
 use keyward_vault::{OpenBao, OpenBaoAuth, OpenBaoSettings, read_secret_file};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use crate::compat_cavra::{CavraCompatConfig, CompatConfig};
-use crate::grants::{self, Grant, GrantConfig, GrantError};
+pub use crate::compat::{CavraCompatConfig, CompatConfig};
+use crate::grants::{Grant, GrantConfig, GrantError};
 use crate::sandbox::SandboxConfig;
 use keyward_policy::Policy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -49,6 +58,7 @@ pub struct Config {
     /// `[auth]`: verified CI runner identity.
     pub auth: keyward_identity::AuthConfig,
     /// `[server]`: listeners for remote callers (`[server.grpc]`).
+    #[serde(skip_serializing_if = "ServerConfig::is_off")]
     pub server: ServerConfig,
 }
 
@@ -61,6 +71,13 @@ pub struct ServerConfig {
     /// with an API token. Off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcConfig>,
+}
+
+impl ServerConfig {
+    /// Nothing listens beyond the local socket.
+    pub fn is_off(&self) -> bool {
+        self.grpc.is_none()
+    }
 }
 
 /// `[server.grpc]`.

@@ -10,7 +10,8 @@ use keyward_vault::ResolveStatus;
 
 use keyward_proxy::Injection;
 
-use crate::server::{ApiError, AppState};
+use crate::api_error::ApiError;
+use crate::state::AppState;
 
 fn inject_info(inject: &Injection) -> InjectInfo {
     let mut info = InjectInfo {

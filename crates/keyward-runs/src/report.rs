@@ -20,7 +20,7 @@ use crate::frozen::Frozen;
 const MAX_PROBLEMS: usize = 32;
 
 /// The runs' problems, by run id.
-pub(crate) struct RunReports {
+pub struct RunReports {
     runs: Mutex<HashMap<String, RunReport>>,
     /// Bumped at every change of any run's report, so a waiter (who
     /// subscribed before looking) never misses one.
@@ -50,7 +50,7 @@ impl RunReports {
     /// Notes `event` if it did not go as asked; `frozen` gives the run's
     /// authority (its grants' hosts), asked only for a request that went
     /// out with nothing injected.
-    pub(crate) fn note(&self, event: &EgressEvent, frozen: impl FnOnce() -> Option<Arc<Frozen>>) {
+    pub fn note(&self, event: &EgressEvent, frozen: impl FnOnce() -> Option<Arc<Frozen>>) {
         let Some(problem) = classify(event, frozen) else {
             return;
         };
@@ -73,7 +73,7 @@ impl RunReports {
     }
 
     /// The run's problems so far.
-    pub(crate) fn peek(&self, run_id: &str) -> Vec<RunProblem> {
+    pub fn peek(&self, run_id: &str) -> Vec<RunProblem> {
         self.snapshot(run_id).problems
     }
 
@@ -93,7 +93,7 @@ impl RunReports {
 
     /// The run's problems once more than `seen` requests were noted, or
     /// as they are when `wait` passes (or the run's report is taken).
-    pub(crate) async fn wait_past(&self, run_id: &str, seen: u64, wait: Duration) -> RunProblems {
+    pub async fn wait_past(&self, run_id: &str, seen: u64, wait: Duration) -> RunProblems {
         // Subscribed before looking: a change between the look and the
         // wait still wakes it.
         let mut changed = self.changed.subscribe();
@@ -112,14 +112,14 @@ impl RunReports {
 
     /// Answers every waiter now and any later one at once (the daemon is
     /// stopping, and must not wait on followers).
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         self.closing
             .store(true, std::sync::atomic::Ordering::Release);
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The run's problems, forgotten here (the run is over).
-    pub(crate) fn take(&self, run_id: &str) -> Vec<RunProblem> {
+    pub fn take(&self, run_id: &str) -> Vec<RunProblem> {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         let taken = runs.remove(run_id).unwrap_or_default().problems;
         drop(runs);

@@ -1,5 +1,20 @@
-//! The run registry: who may use the proxy, with which grants. Tokens are
-//! kept only as SHA-256 hashes; `runs.json` holds no secret.
+//! keyward's runs. The run registry (this module): who may use the proxy,
+//! with which grants. Tokens are kept only as SHA-256 hashes; `runs.json`
+//! holds no secret. Around it: what each run may use ([`authority`],
+//! [`frozen`]), where its processes are ([`cgroup`]), what it leaves running
+//! ([`tasks`]), what went wrong for it ([`report`]), and the bridge out of
+//! a sandboxed run's network ([`net_bridge`]) and what a sandboxed run may
+//! touch ([`sandbox`]).
+#![forbid(unsafe_code)]
+
+pub mod activity;
+pub mod authority;
+pub mod cgroup;
+pub mod frozen;
+pub mod net_bridge;
+pub mod report;
+pub mod sandbox;
+pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -102,7 +117,7 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrozenAuthority {
     /// Grant name -> the grant as it was.
-    pub grants: BTreeMap<String, crate::grants::GrantConfig>,
+    pub grants: BTreeMap<String, keyward_config::grants::GrantConfig>,
     /// Hex SHA-256 of each policy source, in order.
     pub policy: Vec<String>,
 }
@@ -187,7 +202,7 @@ pub struct Registry {
     /// The key records are sealed with, once the vault gave it.
     key: std::sync::RwLock<Option<RunKey>>,
     /// The runs' cgroups, where the kernel lets the daemon make them.
-    cgroups: std::sync::OnceLock<std::sync::Arc<crate::run_cgroup::RunCgroups>>,
+    cgroups: std::sync::OnceLock<std::sync::Arc<crate::cgroup::RunCgroups>>,
 }
 
 #[derive(Debug)]
@@ -501,7 +516,7 @@ impl Registry {
     }
 
     /// Finds runs by cgroup from now on.
-    pub fn use_cgroups(&self, cgroups: std::sync::Arc<crate::run_cgroup::RunCgroups>) {
+    pub fn use_cgroups(&self, cgroups: std::sync::Arc<crate::cgroup::RunCgroups>) {
         let _ = self.cgroups.set(cgroups);
     }
 
@@ -625,7 +640,7 @@ pub fn process_start(pid: u32) -> Option<u64> {
 }
 
 /// The real uid of a process, from `/proc/<pid>/status`.
-pub(crate) fn process_uid(pid: u32) -> Option<u32> {
+pub fn process_uid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -637,7 +652,7 @@ pub(crate) fn process_uid(pid: u32) -> Option<u32> {
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants.
-pub(crate) fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
+pub fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
     let mut current = pid;
     // Bounded: a chain of parents ends at init long before this.
     for _ in 0..4096 {

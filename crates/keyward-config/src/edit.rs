@@ -8,7 +8,7 @@ use std::path::Path;
 use keyward_vault::write_atomic;
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, value};
 
-use crate::config::{self, ConfigError};
+use crate::ConfigError;
 use crate::grants::{GrantConfig, InjectConfig};
 
 /// Why an edit was refused.
@@ -125,7 +125,7 @@ fn open_for_edit(path: &Path) -> Result<DocumentMut, EditError> {
             .into());
         }
     };
-    config::parse(&text, path)?;
+    crate::parse(&text, path)?;
     Ok(text
         .parse()
         .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
@@ -138,7 +138,7 @@ fn open_for_edit(path: &Path) -> Result<DocumentMut, EditError> {
 /// Writes `doc` to `path` atomically, once it is a valid config as a whole.
 fn write_edited(path: &Path, doc: &DocumentMut) -> Result<(), EditError> {
     let new_text = doc.to_string();
-    config::parse(&new_text, path)?;
+    crate::parse(&new_text, path)?;
     write_atomic(path, new_text.as_bytes()).map_err(|e| EditError::Write {
         path: path.display().to_string(),
         source: io::Error::other(e.to_string()),
@@ -257,7 +257,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("[grants.ci]"), "{text}");
-        let parsed = config::parse(&text, &path).unwrap();
+        let parsed = crate::parse(&text, &path).unwrap();
         assert_eq!(parsed.grants["ci"], grant());
 
         assert!(matches!(

@@ -14,15 +14,15 @@ use keyward_policy::Policy;
 use keyward_proxy::{AllowRule, Credential, RunAuthority, RunContext, Withheld};
 use keyward_vault::{KnownValues, ResolveError, Resolver};
 
-use crate::config::LoadedConfig;
+use crate::activity::Activity;
 use crate::frozen::{Frozen, FrozenError};
-use crate::runs::{FrozenAuthority, Registry, RunRecord};
-use crate::server::Activity;
+use crate::{FrozenAuthority, Registry, RunRecord};
+use keyward_config::LoadedConfig;
 
 /// What the authority reads, shared with the daemon's state: the config
 /// and resolver are replaced in place on reload.
 #[derive(Clone)]
-pub(crate) struct Live {
+pub struct Live {
     pub runs: Arc<Registry>,
     pub activity: Arc<Activity>,
     pub config: Arc<RwLock<Arc<LoadedConfig>>>,
@@ -50,7 +50,7 @@ impl Live {
 
 /// Resolved credentials per run, built on first use and dropped (zeroized)
 /// when the run goes.
-pub(crate) struct Authority {
+pub struct Authority {
     live: Live,
     /// run id -> (when resolved, the vault values it was resolved against,
     /// context). Re-resolved after `backends.cache_ttl`, so rotated `file:`,
@@ -76,7 +76,7 @@ struct CachedContext {
 }
 
 impl Authority {
-    pub(crate) fn new(live: Live) -> Self {
+    pub fn new(live: Live) -> Self {
         Self {
             live,
             contexts: Mutex::new(HashMap::new()),
@@ -91,7 +91,7 @@ impl Authority {
 
     /// Freezes a new run's authority from the current config (its
     /// policy's text kept in the policy store): what `adopt` then holds.
-    pub(crate) fn freeze(
+    pub fn freeze(
         &self,
         grants: &[String],
         policy: Option<&str>,
@@ -101,24 +101,24 @@ impl Authority {
 
     /// Holds a run's authority: one this daemon froze, or one restored from
     /// a record whose seal was checked.
-    pub(crate) fn adopt(&self, run_id: &str, frozen: Arc<Frozen>) {
+    pub fn adopt(&self, run_id: &str, frozen: Arc<Frozen>) {
         self.frozen_map().insert(run_id.to_owned(), frozen);
     }
 
     /// Rebuilds a restored run's authority from its checked record.
-    pub(crate) fn restore(&self, run: &RunRecord) -> Result<(), FrozenError> {
+    pub fn restore(&self, run: &RunRecord) -> Result<(), FrozenError> {
         let frozen = crate::frozen::restore(run, &self.live.policy_store)?;
         self.adopt(&run.id, frozen);
         Ok(())
     }
 
     /// Whether `run_id`'s authority is held (created here, or checked).
-    pub(crate) fn trusts(&self, run_id: &str) -> bool {
+    pub fn trusts(&self, run_id: &str) -> bool {
         self.frozen_map().contains_key(run_id)
     }
 
     /// The runs whose authority is held.
-    pub(crate) fn trusted(&self) -> Vec<String> {
+    pub fn trusted(&self) -> Vec<String> {
         self.frozen_map().keys().cloned().collect()
     }
 
@@ -126,7 +126,7 @@ impl Authority {
     /// file or the configured policy), kept for the run's life; a reload
     /// does not change it. A run whose record is not checked yet is
     /// decided by a policy that blocks everything.
-    pub(crate) fn policy_for(&self, _config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
+    pub fn policy_for(&self, _config: &LoadedConfig, run: &RunRecord) -> Arc<Policy> {
         match self.frozen_map().get(&run.id) {
             Some(frozen) => frozen.policy.clone(),
             None => unverified_policy(),
@@ -141,7 +141,7 @@ impl Authority {
     /// credentials and the vault's values), as one matcher that evidence
     /// redaction runs over every record. Built again only after they
     /// changed, so a record costs the same with one live run or a thousand.
-    pub(crate) fn known_secrets(&self) -> Arc<KnownSecrets> {
+    pub fn known_secrets(&self) -> Arc<KnownSecrets> {
         use secrecy::ExposeSecret as _;
         let vault = self.live.vault_values.current();
         // Lock order: `known`, then `contexts` (nothing takes them the
@@ -185,12 +185,12 @@ impl Authority {
     }
 
     /// What `run_id` was created with, if this daemon knows it.
-    pub(crate) fn frozen_of(&self, run_id: &str) -> Option<Arc<Frozen>> {
+    pub fn frozen_of(&self, run_id: &str) -> Option<Arc<Frozen>> {
         self.frozen_map().get(run_id).cloned()
     }
 
     /// Forgets a run entirely.
-    pub(crate) fn forget(&self, run_id: &str) {
+    pub fn forget(&self, run_id: &str) {
         self.contexts().remove(run_id);
         self.frozen_map().remove(run_id);
         self.secrets_changed();
@@ -198,7 +198,7 @@ impl Authority {
 
     /// Forgets every run's resolved credentials (config reload): they are
     /// resolved again, narrowed by the new config, on the next request.
-    pub(crate) fn forget_credentials(&self) {
+    pub fn forget_credentials(&self) {
         self.contexts().clear();
         self.secrets_changed();
     }
@@ -208,7 +208,7 @@ impl Authority {
     /// no longer has is left out. A grant that is gone or whose secret does
     /// not resolve is returned with why; the context is then not cached, so
     /// the next request tries again.
-    pub(crate) async fn build(&self, run: &RunRecord) -> (RunContext, Vec<(String, ResolveError)>) {
+    pub async fn build(&self, run: &RunRecord) -> (RunContext, Vec<(String, ResolveError)>) {
         let config = self.live.config();
         let resolver = self.live.resolver();
         let Some(frozen) = self.frozen_map().get(&run.id).cloned() else {

@@ -19,7 +19,8 @@ use keyward_auth::{AuthError, AuthState as _, Issued, Role, RoleSpec, TokenRecor
 use keyward_evidence::Kind;
 use serde_json::json;
 
-use crate::server::{AppState, json_body};
+use super::json_body;
+use crate::state::AppState;
 use crate::team_auth::refusal;
 
 use keyward_auth::rfc3339;
@@ -64,7 +65,7 @@ async fn on_record(state: &AppState, data: serde_json::Value) {
 
 type Answer<T> = Result<Json<T>, Response>;
 
-fn bad_body(e: crate::server::ApiError) -> Response {
+fn bad_body(e: crate::api_error::ApiError) -> Response {
     e.into_response()
 }
 

@@ -10,7 +10,7 @@ use tokio::task::AbortHandle;
 
 /// One kind of task per run, by run id.
 #[derive(Default)]
-pub(crate) struct RunTasks {
+pub struct RunTasks {
     running: Mutex<HashMap<String, AbortHandle>>,
 }
 
@@ -20,14 +20,14 @@ impl RunTasks {
     }
 
     /// Keeps `task` as `run_id`'s, ending the one it replaces.
-    pub(crate) fn keep(&self, run_id: &str, task: AbortHandle) {
+    pub fn keep(&self, run_id: &str, task: AbortHandle) {
         if let Some(old) = self.running().insert(run_id.to_owned(), task) {
             old.abort();
         }
     }
 
     /// Ends `run_id`'s task, if it has one.
-    pub(crate) fn end(&self, run_id: &str) {
+    pub fn end(&self, run_id: &str) {
         if let Some(task) = self.running().remove(run_id) {
             task.abort();
         }

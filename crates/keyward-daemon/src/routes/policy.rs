@@ -12,9 +12,12 @@ use keyward_api::{DecisionResponse, EvaluateRequest, RequestError};
 use keyward_evidence::Kind;
 use keyward_policy::Policy;
 
+use crate::admin_listener::Peer;
+use crate::api_error::ApiError;
+use crate::routes::body_bytes;
 use crate::runner_auth::{self, RunnerAuth};
-use crate::runs::RunRecord;
-use crate::server::{ApiError, AppState, Peer, body_bytes};
+use crate::state::AppState;
+use keyward_runs::RunRecord;
 
 /// `dec_` + 12 hex.
 fn decision_id() -> String {

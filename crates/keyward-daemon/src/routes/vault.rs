@@ -17,7 +17,9 @@ use keyward_vault::{Vault, VaultError};
 use secrecy::SecretString;
 use serde::Serialize;
 
-use crate::server::{ApiError, AppState, json_body};
+use crate::api_error::ApiError;
+use crate::routes::json_body;
+use crate::state::AppState;
 use keyward_evidence::Kind;
 use serde_json::json;
 

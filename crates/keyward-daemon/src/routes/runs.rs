@@ -1,5 +1,5 @@
 //! `/v1/runs`: creating, listing and ending runs (what a run may use is
-//! in `authority`).
+//! in `keyward_runs::authority`, what ending one releases in `run_ending`).
 
 use std::sync::Arc;
 
@@ -14,123 +14,19 @@ use keyward_proxy::{AllowRule, RunContext};
 use crate::runner_auth::{self, RunnerAuth};
 use keyward_vault::ResolveError;
 
-use crate::runs::{RunRecord, RunsError};
-use crate::server::{ApiError, AppState, Peer, json_body};
+use crate::admin_listener::Peer;
+use crate::api_error::ApiError;
+use crate::routes::json_body;
+use crate::run_ending::{owned_by, release, watch_exit};
+use crate::state::AppState;
 use keyward_evidence::Kind;
+use keyward_runs::{RunRecord, RunsError};
 use serde_json::json;
 
 impl From<RunsError> for ApiError {
     fn from(e: RunsError) -> Self {
         tracing::error!("{e}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string())
-    }
-}
-
-/// What a run holds besides its record: its resolved credentials, its fd
-/// broker, the watcher of its process; and what it leaves on the machine:
-/// the processes in its cgroup and its private TMPDIR, ended and removed
-/// here whatever happened to its `keyward run`.
-pub(crate) fn release(state: &AppState, run: &RunRecord) {
-    state.authority.forget(&run.id);
-    state.run_reports.take(&run.id);
-    state.brokers.end(&run.id);
-    state.exit_watchers.end(&run.id);
-    let cgroups = state.cgroups.clone();
-    let run = run.clone();
-    // Off the async workers: ending a cgroup waits for its processes to go.
-    tokio::task::spawn_blocking(move || end_leftovers(cgroups.as_deref(), &run));
-}
-
-/// Ends what a run left: the processes in its cgroup (its `keyward run`
-/// spared, moved back where it came from) and its private TMPDIR.
-fn end_leftovers(cgroups: Option<&crate::run_cgroup::RunCgroups>, run: &RunRecord) {
-    if let (Some(cgroups), Some(cgroup)) = (cgroups, &run.cgroup) {
-        let spare = run.pid.zip(run.cgroup_origin.as_deref());
-        let ended = cgroups.end(cgroup, spare, run.pid_start);
-        if ended > 0 {
-            tracing::info!(
-                run = run.id,
-                processes = ended,
-                "ended the processes the run left"
-            );
-        }
-    }
-    // Only a directory of the daemon's own user: one of another user (a
-    // root daemon serving other uids) is theirs to remove, which their
-    // `keyward run` does when the run ends; removing it here would act on
-    // a path that user controls with the daemon's privileges.
-    if let Some(dir) = run.private_tmp.as_deref().map(std::path::Path::new)
-        && crate::sandbox::is_private_tmp(dir)
-    {
-        if owned_by(dir, keyward_sys::effective_uid()) {
-            crate::sandbox::remove_private_tmp(dir);
-        } else {
-            tracing::info!(
-                run = run.id,
-                dir = %dir.display(),
-                "the run's private directory belongs to another user; left for its keyward run to remove"
-            );
-        }
-    }
-}
-
-/// Whether `path` (not followed if a link) belongs to `uid`.
-fn owned_by(path: &std::path::Path, uid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid)
-}
-
-/// Removes runs whose process exited, revoking their tokens.
-pub(crate) fn reap(state: &AppState) {
-    match state.runs.reap() {
-        Ok(ended) => {
-            for run in ended {
-                release(state, &run);
-                tracing::info!(
-                    run = run.id,
-                    "run ended: its process exited; its token is revoked"
-                );
-                state.evidence.record(
-                    Kind::Run,
-                    Some(run.id.clone()),
-                    json!({"event": "run_ended", "why": "process exited"}),
-                );
-            }
-        }
-        Err(e) => tracing::error!("{e}"),
-    }
-}
-
-/// Reaps as soon as `pid`, run `run_id`'s process, exits, woken by a
-/// pidfd; without pidfd the periodic check in the lifecycle loop does it.
-/// The watcher is kept with the run (replacing one for an earlier pid), so
-/// removing the run closes the pidfd even while the process lives.
-pub(crate) fn watch_exit(state: &Arc<AppState>, run_id: &str, pid: u32) {
-    let fd = match keyward_sys::pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::debug!(pid, "no pidfd ({e}); run liveness falls back to polling");
-            return;
-        }
-    };
-    let weak = Arc::downgrade(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = keyward_sys::pidfd_exited(fd).await {
-            tracing::debug!(
-                pid,
-                "pidfd wait failed ({e}); liveness falls back to polling"
-            );
-            return;
-        }
-        if let Some(state) = weak.upgrade() {
-            reap(&state);
-        }
-    });
-    state.exit_watchers.keep(run_id, task.abort_handle());
-    // A removal (or a new pid) that raced this call has already ended the
-    // run's watcher: this one must not outlive it.
-    if state.runs.get(run_id).is_none_or(|r| r.pid != Some(pid)) {
-        state.exit_watchers.end(run_id);
     }
 }
 
@@ -277,7 +173,7 @@ async fn create_run(
     // anywhere in it (a parent swapped for a link later would point the
     // removal elsewhere).
     if let Some(dir) = &req.private_tmp
-        && (!crate::sandbox::is_private_tmp(std::path::Path::new(dir))
+        && (!keyward_runs::sandbox::is_private_tmp(std::path::Path::new(dir))
             || std::path::Path::new(dir).canonicalize().ok().as_deref()
                 != Some(std::path::Path::new(dir))
             || !owned_by(std::path::Path::new(dir), peer.uid)
@@ -301,7 +197,8 @@ async fn create_run(
         .authority
         .freeze(&req.grants, req.policy.as_deref())
         .map_err(|e| match e {
-            crate::frozen::FrozenError::Invalid(_) | crate::frozen::FrozenError::Policy(_) => {
+            keyward_runs::frozen::FrozenError::Invalid(_)
+            | keyward_runs::frozen::FrozenError::Policy(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_policy", e.to_string())
             }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string()),
@@ -436,7 +333,7 @@ fn env_to_drop(
     let secret_hashes: Vec<String> = ctx
         .credentials
         .iter()
-        .map(|c| crate::runs::token_hash(c.secret.expose_secret()))
+        .map(|c| keyward_runs::token_hash(c.secret.expose_secret()))
         .collect();
     let mut drop: Vec<String> = req
         .env_sha256
@@ -568,12 +465,12 @@ fn check_run_pid(
     let Some(caller) = peer.pid.and_then(|p| u32::try_from(p).ok()) else {
         return refuse("the caller's own pid is unknown".to_owned());
     };
-    match crate::runs::process_uid(pid) {
+    match keyward_runs::process_uid(pid) {
         Some(uid) if uid == peer.uid => {}
         Some(_) => return refuse("it belongs to another user".to_owned()),
         None => return refuse("no such process".to_owned()),
     }
-    if !crate::runs::is_self_or_descendant(pid, caller) {
+    if !keyward_runs::is_self_or_descendant(pid, caller) {
         return refuse("it is neither the caller nor one of its descendants".to_owned());
     }
     Ok(())

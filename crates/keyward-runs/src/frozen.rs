@@ -11,19 +11,19 @@ use std::sync::Arc;
 use keyward_policy::{Policy, PolicySource};
 use sha2::{Digest, Sha256};
 
-use crate::config::LoadedConfig;
-use crate::grants::Grant;
-use crate::runs::{FrozenAuthority, RunRecord};
+use crate::{FrozenAuthority, RunRecord};
+use keyward_config::LoadedConfig;
+use keyward_config::grants::Grant;
 
 /// A run's authority in memory: what the proxy and the evaluate API use.
-pub(crate) struct Frozen {
+pub struct Frozen {
     pub grants: BTreeMap<String, Grant>,
     pub policy: Arc<Policy>,
 }
 
 /// Why a run's authority cannot be frozen or restored.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FrozenError {
+pub enum FrozenError {
     /// The run's own policy file does not load (as `policy check` says).
     #[error("{0}")]
     Invalid(String),
@@ -47,7 +47,7 @@ pub(crate) enum FrozenError {
 /// Freezes what a new run gets: `grants` from the loaded config, and its
 /// own policy file (`policy`) or the configured policy. The policy's text
 /// is stored in `store` before the run exists.
-pub(crate) fn freeze(
+pub fn freeze(
     config: &LoadedConfig,
     grants: &[String],
     policy: Option<&str>,
@@ -87,7 +87,7 @@ pub(crate) fn freeze(
 
 /// Rebuilds a run's authority from its record (already checked against
 /// its seal) and the policy texts it names.
-pub(crate) fn restore(run: &RunRecord, store: &Path) -> Result<Arc<Frozen>, FrozenError> {
+pub fn restore(run: &RunRecord, store: &Path) -> Result<Arc<Frozen>, FrozenError> {
     let record = run.authority.as_ref().ok_or(FrozenError::Missing)?;
     let grants = record
         .grants
@@ -165,7 +165,7 @@ fn read_source(store: &Path, digest: &str) -> Result<PolicySource, FrozenError> 
 }
 
 /// Removes stored policy texts no run names any more.
-pub(crate) fn prune(store: &Path, runs: &[RunRecord]) {
+pub fn prune(store: &Path, runs: &[RunRecord]) {
     let kept: std::collections::HashSet<String> = runs
         .iter()
         .filter_map(|r| r.authority.as_ref())
