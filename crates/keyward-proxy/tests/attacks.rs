@@ -80,7 +80,7 @@ fn storing_api(stored: Arc<Mutex<String>>) -> Handler {
 async fn a_stored_secret_read_back_compressed_or_through_another_name_comes_back_scrubbed() {
     let mut h = Harness::new();
     let stored = Arc::new(Mutex::new(String::new()));
-    let api = RawUpstream::tls(&h, storing_api(stored.clone())).await;
+    let api = RawUpstream::tls(&h.identity, storing_api(stored.clone())).await;
     let granted = format!("localhost:{}", api.port);
     h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
@@ -180,7 +180,7 @@ fn leaky_api() -> Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reason_phrases_header_names_informational_responses_encodings_and_trailers_are_scrubbed() {
     let mut h = Harness::new();
-    let api = RawUpstream::tls(&h, leaky_api()).await;
+    let api = RawUpstream::tls(&h.identity, leaky_api()).await;
     let granted = format!("localhost:{}", api.port);
     h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
@@ -303,8 +303,8 @@ fn echo_api() -> Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleartext_other_ports_and_another_host_get_no_secret() {
     let mut h = Harness::new();
-    let granted_api = RawUpstream::tls(&h, echo_api()).await;
-    let other_port = RawUpstream::tls(&h, echo_api()).await;
+    let granted_api = RawUpstream::tls(&h.identity, echo_api()).await;
+    let other_port = RawUpstream::tls(&h.identity, echo_api()).await;
     let plain = RawUpstream::plain(echo_api()).await;
     let granted = format!("localhost:{}", granted_api.port);
     let plain_host = format!("localhost:{}", plain.port);
@@ -465,8 +465,8 @@ fn handshake(host: &str, upgrade: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_websocket_is_joined_and_its_fragmented_messages_are_scrubbed() {
     let mut h = Harness::new();
-    let ws = RawUpstream::tls(&h, websocket_api("websocket")).await;
-    let raw = RawUpstream::tls(&h, websocket_api("x-raw")).await;
+    let ws = RawUpstream::tls(&h.identity, websocket_api("websocket")).await;
+    let raw = RawUpstream::tls(&h.identity, websocket_api("x-raw")).await;
     let ws_host = format!("localhost:{}", ws.port);
     let raw_host = format!("localhost:{}", raw.port);
     h.start_proxy(
@@ -681,8 +681,8 @@ fn upstream_got_token(upstream: &RawUpstream) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_token_never_goes_upstream_in_headers_urls_or_bodies() {
     let mut h = Harness::new();
-    let granted_api = RawUpstream::tls(&h, echo_api()).await;
-    let other_api = RawUpstream::tls(&h, echo_api()).await;
+    let granted_api = RawUpstream::tls(&h.identity, echo_api()).await;
+    let other_api = RawUpstream::tls(&h.identity, echo_api()).await;
     let plain = RawUpstream::plain(echo_api()).await;
     let granted = format!("localhost:{}", granted_api.port);
     let other = format!("localhost:{}", other_api.port);
