@@ -217,6 +217,7 @@ type Handler = Arc<dyn Fn(&Received) -> Answer + Send + Sync>;
 
 /// Builds an [`Origin`]: `Origin::builder().route("/a", |r| ...).start()`.
 pub struct OriginBuilder {
+    plain: bool,
     alpn: Vec<Vec<u8>>,
     identity: Option<ServiceIdentity>,
     routes: Vec<(String, Handler)>,
@@ -228,6 +229,12 @@ impl OriginBuilder {
     /// HTTP/1.1 only; `[b"h2"]`: an h2-only origin).
     pub fn alpn(mut self, alpn: &[&[u8]]) -> Self {
         self.alpn = alpn.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+
+    /// Plain HTTP/1.1, no TLS (for what must go in clear).
+    pub fn plain(mut self) -> Self {
+        self.plain = true;
         self
     }
 
@@ -266,7 +273,7 @@ impl OriginBuilder {
         };
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
         let cfg = identity.server_config(&alpn).expect("a server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = (!self.plain).then(|| tokio_rustls::TlsAcceptor::from(Arc::new(cfg)));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
@@ -274,6 +281,7 @@ impl OriginBuilder {
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            connections: Mutex::new(Vec::new()),
             routes: self.routes,
             fallback: self.fallback,
         });
@@ -286,32 +294,21 @@ impl OriginBuilder {
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, state) = (acceptor.clone(), shared.clone());
                 tokio::spawn(async move {
+                    let Some(acceptor) = acceptor else {
+                        return serve(tcp, false, state).await;
+                    };
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let flushes = Arc::new(Flushes::default());
-                    let tls = Tap {
-                        inner: tls,
-                        flushes: flushes.clone(),
-                    };
-                    let svc = service_fn(move |req| answer(req, state.clone(), flushes.clone()));
-                    if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .with_upgrades()
-                            .await;
-                    }
+                    serve(tls, h2, state).await;
                 });
             }
         });
         Origin {
             addr,
             ca_pem: identity.ca_pem.clone(),
+            scheme: if self.plain { "http" } else { "https" },
             state,
             runtime: None,
         }
@@ -333,8 +330,54 @@ impl OriginBuilder {
     }
 }
 
+/// Serves one connection (TLS or not) to its end, noting it in
+/// [`Origin::connections`].
+async fn serve<T>(io: T, h2: bool, state: Arc<State>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let index = {
+        let mut connections = state.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.push(Connection::default());
+        connections.len() - 1
+    };
+    let flushes = Arc::new(Flushes::default());
+    let io = Tap {
+        inner: io,
+        flushes: flushes.clone(),
+    };
+    let (svc_state, svc_flushes) = (state.clone(), flushes.clone());
+    let svc = service_fn(move |req| answer(req, svc_state.clone(), svc_flushes.clone()));
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await;
+    }
+    let last = *flushes.answered.lock().unwrap_or_else(|p| p.into_inner());
+    state.connections.lock().unwrap_or_else(|p| p.into_inner())[index] = Connection {
+        closed: true,
+        idle_at_close: last.map(|at| at.elapsed()),
+    };
+}
+
+/// One connection an [`Origin`] accepted.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// Whether it has ended (either side closed it).
+    pub closed: bool,
+    /// How long it sat idle after its last answer went out, when it ended
+    /// (`None`: still open, or it never answered).
+    pub idle_at_close: Option<Duration>,
+}
+
 struct State {
     received: Mutex<Vec<Received>>,
+    connections: Mutex<Vec<Connection>>,
     /// Requests read but not yet answered (see [`Origin::settle`]).
     in_flight: AtomicUsize,
     routes: Vec<(String, Handler)>,
@@ -347,6 +390,7 @@ pub struct Origin {
     /// The test CA its leaf chains to (PEM), for clients and the proxy's
     /// `upstream_ca`.
     pub ca_pem: String,
+    scheme: &'static str,
     state: Arc<State>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -364,6 +408,7 @@ impl Origin {
     /// An origin with no routes: every request is echoed.
     pub fn builder() -> OriginBuilder {
         OriginBuilder {
+            plain: false,
             alpn: vec![b"http/1.1".to_vec()],
             identity: None,
             routes: Vec::new(),
@@ -394,9 +439,9 @@ impl Origin {
         self.addr.port()
     }
 
-    /// `https://localhost:<port><path>`.
+    /// `https://localhost:<port><path>` (`http://` when plain).
     pub fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port())
+        format!("{}://localhost:{}{path}", self.scheme, self.port())
     }
 
     /// Writes the CA to `dir/origin-ca.pem`, readable by all (the daemon,
@@ -410,6 +455,15 @@ impl Origin {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
             .expect("the CA readable");
         path
+    }
+
+    /// The connections it accepted so far, in order.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.state
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// What it received so far, in order of arrival.
@@ -518,6 +572,7 @@ async fn answer(
 }
 
 fn respond(answer: Answer, upgrade: hyper::upgrade::OnUpgrade, flushes: Arc<Flushes>) -> Out {
+    let connection = flushes.clone();
     let (tx, body) = ChannelBody::new();
     let mut body_break = None;
     let mut response = Response::new(body);
@@ -609,6 +664,7 @@ fn respond(answer: Answer, upgrade: hyper::upgrade::OnUpgrade, flushes: Arc<Flus
         }
     }
     response.body_mut().breaker = body_break;
+    response.body_mut().connection = Some(connection);
     response
 }
 
@@ -617,6 +673,19 @@ fn respond(answer: Answer, upgrade: hyper::upgrade::OnUpgrade, flushes: Arc<Flus
 pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
     breaker: Option<Breaker>,
+    /// Told when the body is done with (see [`Connection::idle_at_close`]).
+    connection: Option<Arc<Flushes>>,
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            *connection
+                .answered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        }
+    }
 }
 
 /// Breaks a body off after its last frame. An error frame makes hyper
@@ -633,6 +702,9 @@ struct Breaker {
 #[derive(Default)]
 struct Flushes {
     count: AtomicUsize,
+    /// When the connection's last answer was written out (its body
+    /// dropped by hyper).
+    answered: Mutex<Option<std::time::Instant>>,
     waiter: Mutex<Option<std::task::Waker>>,
 }
 
@@ -670,7 +742,14 @@ impl Feed {
 impl ChannelBody {
     fn new() -> (Feed, Self) {
         let (tx, rx) = mpsc::channel(4);
-        (Feed(tx), Self { rx, breaker: None })
+        (
+            Feed(tx),
+            Self {
+                rx,
+                breaker: None,
+                connection: None,
+            },
+        )
     }
 }
 
