@@ -19,7 +19,7 @@ use keyward_proxy::{Credential, GrantHost, Injection, RunAuthority, RunContext};
 pub use origin::{
     Answer, ChannelBody, Connection, Origin, OriginBuilder, Received, Reply, UpgradeFn,
 };
-pub use raw::{RawHandler, RawRequest, RawUpstream, response};
+pub use raw::{RawEnd, RawEndingHandler, RawHandler, RawRequest, RawUpstream, response};
 
 /// A run authority that knows one run, by one token.
 pub struct FixedAuthority {

@@ -42,6 +42,23 @@ impl RawRequest {
 /// How a [`RawUpstream`] answers: the exact bytes to write back.
 pub type RawHandler = Arc<dyn Fn(&RawRequest) -> Vec<u8> + Send + Sync>;
 
+/// How a [`RawUpstream`] ends a connection after its answer's bytes.
+#[derive(Debug, Clone)]
+pub enum RawEnd {
+    /// An orderly close (TLS close_notify, then FIN).
+    Close,
+    /// A TCP reset (`SO_LINGER` 0), nothing more of TLS.
+    Reset,
+    /// Nothing more: the connection stays open until the peer ends it.
+    Stall,
+    /// These bytes in clear on the TCP socket under the TLS session, then
+    /// it waits for the peer to end the connection.
+    Cleartext(Vec<u8>),
+}
+
+/// A [`RawHandler`] that also says how the connection ends.
+pub type RawEndingHandler = Arc<dyn Fn(&RawRequest) -> (Vec<u8>, RawEnd) + Send + Sync>;
+
 /// An upstream that reads one request per connection and answers with the
 /// bytes `handler` returns, then closes. Everything it received is kept.
 pub struct RawUpstream {
@@ -50,8 +67,23 @@ pub struct RawUpstream {
     raw: Arc<Mutex<Vec<u8>>>,
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A connection, TLS or not, with its TCP socket at hand (for resets and
+/// bytes in clear under TLS).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    fn tcp(&mut self) -> &mut tokio::net::TcpStream;
+}
+
+impl Io for tokio::net::TcpStream {
+    fn tcp(&mut self) -> &mut tokio::net::TcpStream {
+        self
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn tcp(&mut self) -> &mut tokio::net::TcpStream {
+        self.get_mut().0
+    }
+}
 
 type Wrap = Box<
     dyn Fn(tokio::net::TcpStream) -> Pin<Box<dyn Future<Output = Option<Box<dyn Io>>> + Send>>
@@ -62,6 +94,12 @@ type Wrap = Box<
 impl RawUpstream {
     /// Over TLS presenting `identity` (ALPN http/1.1).
     pub async fn tls(identity: &ServiceIdentity, handler: RawHandler) -> Self {
+        Self::tls_ending(identity, Arc::new(move |req| (handler(req), RawEnd::Close))).await
+    }
+
+    /// Like [`RawUpstream::tls`], each answer saying how its connection
+    /// ends (a reset, a stall, cleartext under TLS).
+    pub async fn tls_ending(identity: &ServiceIdentity, handler: RawEndingHandler) -> Self {
         let cfg = identity
             .server_config(&[b"http/1.1"])
             .expect("a server config");
@@ -85,7 +123,7 @@ impl RawUpstream {
     /// In clear.
     pub async fn plain(handler: RawHandler) -> Self {
         Self::start(
-            handler,
+            Arc::new(move |req| (handler(req), RawEnd::Close)),
             Box::new(|tcp| Box::pin(async move { Some(Box::new(tcp) as Box<dyn Io>) })),
         )
         .await
@@ -101,7 +139,7 @@ impl RawUpstream {
         self.raw.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn start(handler: RawHandler, wrap: Wrap) -> Self {
+    async fn start(handler: RawEndingHandler, wrap: Wrap) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
@@ -110,12 +148,16 @@ impl RawUpstream {
         let raw: Arc<Mutex<Vec<u8>>> = Arc::default();
         let (record, raw_record) = (seen.clone(), raw.clone());
         tokio::spawn(async move {
+            let wrap = Arc::new(wrap);
             while let Ok((tcp, _)) = listener.accept().await {
-                let Some(mut io) = wrap(tcp).await else {
-                    continue;
-                };
                 let (handler, record, raw) = (handler.clone(), record.clone(), raw_record.clone());
+                let wrap = wrap.clone();
+                // The handshake too in the connection's own task: one
+                // that never completes holds up no other.
                 tokio::spawn(async move {
+                    let Some(mut io) = wrap(tcp).await else {
+                        return;
+                    };
                     let mut bytes = Vec::new();
                     let received = read_request(&mut io, &mut bytes).await;
                     raw.lock()
@@ -128,13 +170,37 @@ impl RawUpstream {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(received.clone());
-                    let reply = handler(&received);
+                    let (reply, end) = handler(&received);
                     let _ = io.write_all(&reply).await;
-                    let _ = io.shutdown().await;
+                    let _ = io.flush().await;
+                    finish(io, end).await;
                 });
             }
         });
         Self { port, seen, raw }
+    }
+}
+
+/// Ends a connection as `end` says.
+async fn finish(mut io: Box<dyn Io>, end: RawEnd) {
+    match end {
+        RawEnd::Close => {
+            let _ = io.shutdown().await;
+        }
+        RawEnd::Reset => {
+            // Dropped with a zero linger time: the kernel sends a reset.
+            let _ = io.tcp().set_zero_linger();
+        }
+        RawEnd::Stall => {
+            let mut buf = [0u8; 4096];
+            while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+        RawEnd::Cleartext(bytes) => {
+            let tcp = io.tcp();
+            let _ = tcp.write_all(&bytes).await;
+            let mut buf = [0u8; 4096];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
     }
 }
 
