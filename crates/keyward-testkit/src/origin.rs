@@ -568,10 +568,16 @@ async fn answer(
     if let Some(delay) = answer.delay {
         tokio::time::sleep(delay).await;
     }
-    Ok(respond(answer, upgrade, flushes))
+    let h1 = parts.version < hyper::Version::HTTP_2;
+    Ok(respond(answer, upgrade, flushes, h1))
 }
 
-fn respond(answer: Answer, upgrade: hyper::upgrade::OnUpgrade, flushes: Arc<Flushes>) -> Out {
+fn respond(
+    answer: Answer,
+    upgrade: hyper::upgrade::OnUpgrade,
+    flushes: Arc<Flushes>,
+    h1: bool,
+) -> Out {
     let connection = flushes.clone();
     let (tx, body) = ChannelBody::new();
     let mut body_break = None;
@@ -603,7 +609,7 @@ fn respond(answer: Answer, upgrade: hyper::upgrade::OnUpgrade, flushes: Arc<Flus
     });
     // HTTP/1.1 sends only the trailers the head announced (and only to a
     // client that sent `TE: trailers`).
-    if !answer.trailers.is_empty() && !headers.contains_key("trailer") {
+    if h1 && !answer.trailers.is_empty() && !headers.contains_key("trailer") {
         let names: Vec<&str> = answer.trailers.iter().map(|(n, _)| n.as_str()).collect();
         headers.insert(
             "trailer",
@@ -611,7 +617,9 @@ fn respond(answer: Answer, upgrade: hyper::upgrade::OnUpgrade, flushes: Arc<Flus
         );
     }
     let length = match &answer.shape {
-        Shape::Full if trailers.is_none() => Some(data.len() as u64),
+        // HTTP/1.1 trailers need a chunked body; h2 sends them after a
+        // body of declared length.
+        Shape::Full if trailers.is_none() || !h1 => Some(data.len() as u64),
         Shape::Full | Shape::Upgrade(_) => None,
         Shape::Repeat(size) => Some(*size),
         Shape::Broken { declared } => Some(*declared),
