@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use keyward_proxy::{Credential, GrantHost, Injection, RunAuthority, RunContext};
 
-pub use origin::{
-    Answer, ChannelBody, Connection, Origin, OriginBuilder, Received, Reply, UpgradeFn,
-};
+pub use origin::{Answer, Connection, Origin, OriginBuilder, Received, Reply, UpgradeFn};
 pub use raw::{RawEnd, RawEndingHandler, RawHandler, RawRequest, RawUpstream, response};
 
 /// A run authority that knows one run, by one token.

@@ -1,6 +1,7 @@
 //! `keyward run` and the egress proxy end to end: a real daemon, a real
-//! HTTPS upstream (python3, with a test CA trusted via proxy.upstream_ca),
-//! real clients (curl, python3 urllib) as the run's child.
+//! HTTPS upstream (the test kit's origin, with a test CA trusted via
+//! proxy.upstream_ca), real clients (curl, python3 urllib) as the run's
+//! child.
 
 mod common;
 
