@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use keyward_proxy::ProxyOptions;
+use keyward_testkit::{Answer, Origin};
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
@@ -80,7 +81,7 @@ fn storing_api(stored: Arc<Mutex<String>>) -> Handler {
 async fn a_stored_secret_read_back_compressed_or_through_another_name_comes_back_scrubbed() {
     let mut h = Harness::new();
     let stored = Arc::new(Mutex::new(String::new()));
-    let api = RawUpstream::tls(&h, storing_api(stored.clone())).await;
+    let api = RawUpstream::tls(&h.identity, storing_api(stored.clone())).await;
     let granted = format!("localhost:{}", api.port);
     h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
@@ -180,7 +181,7 @@ fn leaky_api() -> Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reason_phrases_header_names_informational_responses_encodings_and_trailers_are_scrubbed() {
     let mut h = Harness::new();
-    let api = RawUpstream::tls(&h, leaky_api()).await;
+    let api = RawUpstream::tls(&h.identity, leaky_api()).await;
     let granted = format!("localhost:{}", api.port);
     h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
@@ -219,51 +220,25 @@ async fn reason_phrases_header_names_informational_responses_encodings_and_trail
 
 /// An HTTP/2-only upstream that echoes the authorization it got in the
 /// body and sends it back in a trailer, as a gRPC server sends its status.
-async fn h2_upstream_with_trailers(h: &Harness) -> u16 {
-    use http_body_util::BodyExt;
-    let cfg = h.identity.server_config(&[b"h2"]).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                            .unwrap_or_default();
-                        let mut trailers = hyper::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        trailers.insert("x-trail", auth.parse().unwrap());
-                        let body = http_body_util::Full::new(bytes::Bytes::from(format!(
-                            "h2 echo {auth}"
-                        )))
-                        .with_trailers(async move { Some(Ok(trailers)) });
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-            });
-        }
-    });
-    port
+async fn h2_upstream_with_trailers(h: &Harness) -> Origin {
+    Origin::builder()
+        .identity(h.identity.clone())
+        .alpn(&[b"h2"])
+        .fallback(|req| {
+            let auth = req.header("authorization").unwrap_or_default();
+            Answer::bytes(format!("h2 echo {auth}"))
+                .trailer("grpc-status", "0")
+                .trailer("x-trail", auth)
+        })
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_trailers_are_relayed_scrubbed() {
     let mut h = Harness::new();
-    let port = h2_upstream_with_trailers(&h).await;
-    let granted = format!("localhost:{port}");
+    let upstream = h2_upstream_with_trailers(&h).await;
+    let granted = format!("localhost:{}", upstream.port());
     h.start_proxy(vec![bearer(&[&granted])], ProxyOptions::default())
         .await;
     // An HTTP/1.1 child (the trailers are declared for it).
@@ -303,8 +278,8 @@ fn echo_api() -> Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleartext_other_ports_and_another_host_get_no_secret() {
     let mut h = Harness::new();
-    let granted_api = RawUpstream::tls(&h, echo_api()).await;
-    let other_port = RawUpstream::tls(&h, echo_api()).await;
+    let granted_api = RawUpstream::tls(&h.identity, echo_api()).await;
+    let other_port = RawUpstream::tls(&h.identity, echo_api()).await;
     let plain = RawUpstream::plain(echo_api()).await;
     let granted = format!("localhost:{}", granted_api.port);
     let plain_host = format!("localhost:{}", plain.port);
@@ -465,8 +440,8 @@ fn handshake(host: &str, upgrade: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_websocket_is_joined_and_its_fragmented_messages_are_scrubbed() {
     let mut h = Harness::new();
-    let ws = RawUpstream::tls(&h, websocket_api("websocket")).await;
-    let raw = RawUpstream::tls(&h, websocket_api("x-raw")).await;
+    let ws = RawUpstream::tls(&h.identity, websocket_api("websocket")).await;
+    let raw = RawUpstream::tls(&h.identity, websocket_api("x-raw")).await;
     let ws_host = format!("localhost:{}", ws.port);
     let raw_host = format!("localhost:{}", raw.port);
     h.start_proxy(
@@ -681,8 +656,8 @@ fn upstream_got_token(upstream: &RawUpstream) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_token_never_goes_upstream_in_headers_urls_or_bodies() {
     let mut h = Harness::new();
-    let granted_api = RawUpstream::tls(&h, echo_api()).await;
-    let other_api = RawUpstream::tls(&h, echo_api()).await;
+    let granted_api = RawUpstream::tls(&h.identity, echo_api()).await;
+    let other_api = RawUpstream::tls(&h.identity, echo_api()).await;
     let plain = RawUpstream::plain(echo_api()).await;
     let granted = format!("localhost:{}", granted_api.port);
     let other = format!("localhost:{}", other_api.port);
@@ -850,38 +825,29 @@ async fn websocket_frames_the_child_sends_reach_the_upstream_without_the_run_tok
     let mut h = Harness::new();
     // A WebSocket server that keeps every byte the client sends after the
     // handshake (until it has been quiet for a second).
-    let cfg = h.identity.server_config(&[b"http/1.1"]).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let got: Arc<Mutex<Vec<u8>>> = Arc::default();
     let record = got.clone();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            tls.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        tls.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
-              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut buf = vec![0u8; 65536];
-        while let Ok(Ok(n)) =
-            tokio::time::timeout(std::time::Duration::from_secs(1), tls.read(&mut buf)).await
-        {
-            if n == 0 {
-                break;
-            }
-            record.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-        let _ = tls.shutdown().await;
-    });
+    let ws = Origin::builder()
+        .identity(h.identity.clone())
+        .fallback(move |_| {
+            let record = record.clone();
+            Answer::upgrade("websocket", move |mut io| async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), io.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = io.shutdown().await;
+            })
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        })
+        .start()
+        .await;
+    let port = ws.port();
     let host = format!("localhost:{port}");
     h.start_proxy(vec![bearer(&[&host])], ProxyOptions::default())
         .await;

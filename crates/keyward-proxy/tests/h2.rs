@@ -1,65 +1,14 @@
 //! HTTP/2 on both sides of the proxy: a client negotiating h2 with the
 //! proxy's leaf (curl --http2), and an upstream that speaks only h2.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyward_api::Network;
 use keyward_proxy::{CertificateAuthority, Credential, GrantHost, Injection, Proxy, RunContext};
-use keyward_testkit::FixedAuthority;
+use keyward_testkit::{Answer, FixedAuthority, Origin};
 
 const TOKEN: &str = "h2-test-token";
 const SECRET: &str = "h2-SECRET-value-31f9";
-
-/// (version, authorization) of each request the upstream saw.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-async fn h2_upstream(dir: &std::path::Path) -> (u16, std::path::PathBuf, Seen) {
-    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
-    let ca_path = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_path, &identity.ca_pem).unwrap();
-    let cfg = identity.server_config(&[b"h2"]).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let record = record.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    record
-                        .lock()
-                        .unwrap()
-                        .push((format!("{:?}", req.version()), auth.clone()));
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(format!("echo {auth}")),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    (port, ca_path, seen)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_client_and_h2_upstream_through_the_proxy() {
@@ -74,7 +23,18 @@ async fn h2_client_and_h2_upstream_through_the_proxy() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (port, upstream_ca, seen) = h2_upstream(dir.path()).await;
+    // An upstream that speaks only h2, echoing the Authorization it got.
+    let origin = Origin::builder()
+        .alpn(&[b"h2"])
+        .fallback(|req| {
+            Answer::bytes(format!(
+                "echo {}",
+                req.header("authorization").unwrap_or("")
+            ))
+        })
+        .start()
+        .await;
+    let (port, upstream_ca) = (origin.port(), origin.write_ca(dir.path()));
     let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());
     let ctx = RunContext::new(
         "run_h2".into(),
@@ -129,7 +89,16 @@ async fn h2_client_and_h2_upstream_through_the_proxy() {
         stdout.starts_with("echo Bearer [REDACTED]"),
         "scrubbed echo: {stdout}"
     );
-    let seen = seen.lock().unwrap().clone();
+    let seen: Vec<_> = origin
+        .received()
+        .iter()
+        .map(|r| {
+            (
+                r.version.clone(),
+                r.header("authorization").unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
     assert_eq!(
         seen,
         vec![("HTTP/2.0".to_owned(), format!("Bearer {SECRET}"))]

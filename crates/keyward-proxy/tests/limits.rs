@@ -32,7 +32,7 @@ fn h2_client(h: &Harness) -> tokio_rustls::TlsConnector {
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let mut h = Harness::new();
     let api = RawUpstream::tls(
-        &h,
+        &h.identity,
         Arc::new(|_: &Received| response("200 OK", &[], b"fine")),
     )
     .await;
@@ -122,7 +122,7 @@ async fn an_upstream_that_never_answers_gets_a_504_naming_the_setting() {
 async fn a_placeholder_in_a_body_too_large_to_buffer_gets_a_413_naming_the_setting() {
     let mut h = Harness::new();
     let upstream = RawUpstream::tls(
-        &h,
+        &h.identity,
         Arc::new(|_: &Received| response("HTTP/1.1 200 OK", &[], b"ok")),
     )
     .await;

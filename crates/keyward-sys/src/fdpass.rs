@@ -3,8 +3,16 @@
 //! the daemon the other, and each dial is answered with a fresh stream.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Command;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 
 /// At most this many descriptors are taken from one message; any more
 /// that arrive are closed by the kernel (the control buffer has no room).
@@ -12,41 +20,18 @@ const MAX_FDS: usize = 4;
 
 /// A connected `AF_UNIX` / `SOCK_SEQPACKET` pair, both ends close-on-exec.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: socketpair writes two descriptors into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are new descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Whether `fd` is a `SOCK_SEQPACKET` Unix socket (what a broker end must be).
 pub fn is_unix_seqpacket(fd: BorrowedFd<'_>) -> bool {
-    let get = |opt: libc::c_int| {
-        let mut value: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into an int.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&raw mut value).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(value)
-    };
-    get(libc::SO_DOMAIN) == Some(libc::AF_UNIX) && get(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET)
+    rustix::net::sockopt::socket_domain(fd).ok() == Some(AddressFamily::UNIX)
+        && rustix::net::sockopt::socket_type(fd).ok() == Some(SocketType::SEQPACKET)
 }
 
 /// Sends `data` on `socket`, with `fd` attached when given. Never raises
@@ -56,42 +41,20 @@ pub fn send_with_fd(
     data: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr().cast_mut().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: zeroed msghdr is a valid empty message; fields set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer has room for one header and one fd
-        // (CMSG_SPACE above); CMSG_FIRSTHDR points into it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
-        }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = fd.map(|fd| [fd]);
+    if let Some(fds) = &fds {
+        // The buffer is sized for exactly one descriptor, so this fits.
+        let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(pushed, "room for one descriptor");
     }
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let n = unsafe {
-        libc::sendmsg(
-            socket.as_raw_fd(),
-            &msg,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    Ok(rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )?)
 }
 
 /// One message received by [`recv_with_fds`].
@@ -118,60 +81,35 @@ pub fn recv_with_fds(
     max_fds: usize,
 ) -> io::Result<Received> {
     let max_fds = max_fds.min(MAX_FDS);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
+    // Room for exactly `max_fds` descriptors (none: no room at all), so
+    // that one more sets MSG_CTRUNC and the kernel closes the extra ones.
     let space = if max_fds == 0 {
         0
     } else {
-        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) as usize }
+        rustix::cmsg_space!(ScmRights(max_fds))
     };
-    let mut control = vec![0u8; space];
-    // SAFETY: zeroed msghdr is a valid empty message; fields set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    if space > 0 {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-    }
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let n = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut space = vec![MaybeUninit::uninit(); space];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // CMSG_CLOEXEC: a descriptor received here must never leak into a
+    // program the daemon spawns before it is handed on.
+    let msg = rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )?;
     let mut fds = Vec::new();
-    if space > 0 {
-        // SAFETY: walking the control messages the kernel wrote, within
-        // msg_controllen; each SCM_RIGHTS payload is an array of ints, each
-        // a new descriptor that this process now owns.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                    let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..payload / std::mem::size_of::<RawFd>() {
-                        let fd = std::ptr::read_unaligned(data.add(i));
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
     }
-    let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
-    let eof = n == 0 && peer_closed(socket);
+    let truncated = msg
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC);
+    let eof = msg.bytes == 0 && peer_closed(socket);
     Ok(Received {
-        len: n as usize,
+        len: msg.bytes,
         fds,
         truncated,
         eof,
@@ -180,14 +118,16 @@ pub fn recv_with_fds(
 
 /// Whether the peer of `socket` has closed (or shut down) its end.
 fn peer_closed(socket: BorrowedFd<'_>) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
+    let mut pfd = [PollFd::from_borrowed_fd(socket, PollFlags::RDHUP)];
+    // A zero timeout: a check, never a wait.
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd, no waiting.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    rustix::event::poll(&mut pfd, Some(&zero)).is_ok_and(|n| n > 0)
+        && pfd[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP)
 }
 
 /// A `SOCK_SEQPACKET` socket watched by the tokio reactor: the daemon's
@@ -238,21 +178,27 @@ impl AsyncSeqpacket {
 /// exec (the parent's copy closes when `cmd` is dropped).
 pub fn pass_fd_on_spawn(cmd: &mut Command, fd: OwnedFd, target: RawFd) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: dup2 and fcntl are async-signal-safe; the closure owns `fd`
-    // until the Command is dropped.
-    unsafe {
-        cmd.pre_exec(move || {
-            let raw = fd.as_raw_fd();
-            if raw == target {
-                let flags = libc::fcntl(raw, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(raw, target) < 0 {
+    let place = move || -> io::Result<()> {
+        let raw = fd.as_raw_fd();
+        if raw == target {
+            // Already in place: only the close-on-exec flag must go.
+            let flags = rustix::io::fcntl_getfd(&fd)?;
+            rustix::io::fcntl_setfd(&fd, flags - rustix::io::FdFlags::CLOEXEC)?;
+        } else {
+            // SAFETY: dup2 onto a bare descriptor number (the child's
+            // `target`, which it owns by no OwnedFd, so rustix's dup2 does
+            // not apply); `raw` is open, owned by this closure.
+            if unsafe { libc::dup2(raw, target) } < 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(())
-        });
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes raw syscalls (fcntl, dup2), which are
+    // async-signal-safe, and allocates nothing; it owns `fd` until the
+    // Command is dropped.
+    unsafe {
+        cmd.pre_exec(place);
     }
 }
 
@@ -263,7 +209,7 @@ pub fn broker_dial(broker: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     loop {
         match send_with_fd(broker, &[0x01], None) {
             Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(broker, libc::POLLOUT)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(broker, PollFlags::OUT)?,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(broker_gone()),
             Err(e) => return Err(e),
         }
@@ -282,7 +228,7 @@ pub fn broker_dial(broker: BorrowedFd<'_>) -> io::Result<OwnedFd> {
                     "the keyward broker refused the dial (0xFF): see the daemon log",
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(broker, libc::POLLIN)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(broker, PollFlags::IN)?,
             Err(e) => return Err(e),
         }
     }
@@ -321,21 +267,12 @@ fn broker_gone() -> io::Error {
     )
 }
 
-fn wait(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+fn wait(fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<()> {
+    let mut pfd = [PollFd::from_borrowed_fd(fd, events)];
+    match rustix::event::poll(&mut pfd, None) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

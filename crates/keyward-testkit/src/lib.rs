@@ -1,22 +1,23 @@
 //! What keyward's tests and benches share, so each does not carry its own
-//! copy: a run authority with one fixed run, a header credential, and a
-//! Rust HTTPS origin on loopback (HTTP/1.1 or h2 by ALPN, a fresh test CA
-//! and a leaf for localhost) that records what it received and answers
-//! with fixed bytes or an echo of the request.
+//! copy: a run authority with one fixed run, a header credential, the one
+//! Rust HTTPS origin every test talks to ([`Origin`]: routes, echo,
+//! trailers, gzip, slow and broken bodies, upgrades, HTTP/1.1 or h2), a
+//! raw upstream that answers with exactly the bytes a test wants
+//! ([`RawUpstream`]), and [`wait_for`].
 #![forbid(unsafe_code)]
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+mod origin;
+mod raw;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use keyward_proxy::{Credential, GrantHost, Injection, RunAuthority, RunContext, ServiceIdentity};
-use tokio::net::TcpListener;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward_proxy::{Credential, GrantHost, Injection, RunAuthority, RunContext};
+
+pub use origin::{Answer, Connection, Origin, OriginBuilder, Received, Reply, UpgradeFn};
+pub use raw::{RawEnd, RawEndingHandler, RawHandler, RawRequest, RawUpstream, response};
 
 /// A run authority that knows one run, by one token.
 pub struct FixedAuthority {
@@ -65,151 +66,33 @@ pub fn bearer_credential(grant: &str, hosts: &[&str], secret: &str) -> Credentia
     }
 }
 
-/// How an [`Origin`] answers.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    /// These bytes, status 200.
-    Fixed(Bytes),
-    /// The request as JSON (`method`, `path`, `headers`, `body`), status 200.
-    Echo,
-}
-
-/// One request an [`Origin`] received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Header names in lower case, in order.
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
-impl Received {
-    /// The first value of header `name`.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A Rust HTTPS origin on loopback.
-pub struct Origin {
-    pub addr: SocketAddr,
-    /// The test CA its leaf chains to (PEM), for clients and the proxy's
-    /// `upstream_ca`.
-    pub ca_pem: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Origin {
-    /// Starts an origin offering `alpn` (e.g. `[b"h2", b"http/1.1"]`;
-    /// empty: HTTP/1.1), answering every request with `reply`. Needs a
-    /// tokio runtime.
-    pub async fn start(alpn: &[&[u8]], reply: Reply) -> Self {
-        let identity = ServiceIdentity::new("localhost").expect("a test identity");
-        Self::start_with(&identity, alpn, reply).await
-    }
-
-    /// Like [`Origin::start`], presenting `identity`.
-    pub async fn start_with(identity: &ServiceIdentity, alpn: &[&[u8]], reply: Reply) -> Self {
-        let cfg = identity.server_config(alpn).expect("a server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let addr = listener.local_addr().expect("its address");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, log, reply) = (acceptor.clone(), log.clone(), reply.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = service_fn(move |req| answer(req, log.clone(), reply.clone()));
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            ca_pem: identity.ca_pem.clone(),
-            received,
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it
+/// held. Tests wait on a condition like this, never on a bare sleep.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
         }
-    }
-
-    /// What it received so far, in order.
-    pub fn received(&self) -> Vec<Received> {
-        self.received
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-async fn answer(
-    req: Request<hyper::body::Incoming>,
-    log: Arc<Mutex<Vec<Received>>>,
-    reply: Reply,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let received = Received {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.to_string()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body,
-    };
-    let out = match &reply {
-        Reply::Fixed(bytes) => bytes.clone(),
-        Reply::Echo => Bytes::from(
-            serde_json::json!({
-                "method": received.method,
-                "path": received.path,
-                "headers": received
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.clone(), serde_json::Value::String(v.clone())))
-                    .collect::<serde_json::Map<String, serde_json::Value>>(),
-                "body": String::from_utf8_lossy(&received.body),
-            })
-            .to_string(),
-        ),
-    };
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(received);
-    Ok(Response::new(Full::new(out)))
+/// [`wait_for`] for async tests: yields to the runtime between polls.
+pub async fn wait_for_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[cfg(test)]
@@ -218,38 +101,129 @@ mod tests {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn an_echo_origin_answers_over_tls_and_records_the_request() {
+    /// Writes `request` to `origin` over TLS (ALPN http/1.1) and reads
+    /// until the origin closes or breaks the connection.
+    async fn exchange(origin: &Origin, request: &[u8]) -> String {
+        exchange_then(origin, request, false).await
+    }
+
+    /// [`exchange`], closing the write side after `request` when `close`.
+    async fn exchange_then(origin: &Origin, request: &[u8], close: bool) -> String {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let origin = Origin::start(&[b"http/1.1"], Reply::Echo).await;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pki_types::CertificateDer::pem_slice_iter(origin.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let cfg = rustls::ClientConfig::builder()
+        let mut cfg = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = tokio::net::TcpStream::connect(origin.addr).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(name, tcp)
             .await
             .unwrap();
-        tls.write_all(b"POST /p?q=1 HTTP/1.1\r\nHost: localhost\r\nX-Probe: 7\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        tls.read_to_string(&mut answer).await.unwrap();
+        tls.write_all(request).await.unwrap();
+        if close {
+            tls.shutdown().await.unwrap();
+        }
+        let mut answer = Vec::new();
+        // A broken body ends in an error, not EOF: what came is the answer.
+        let _ = tls.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_echo_origin_answers_over_tls_and_records_the_request() {
+        let origin = Origin::start(&[b"http/1.1"], Reply::Echo).await;
+        let answer = exchange(&origin, b"POST /p?q=1 HTTP/1.1\r\nHost: localhost\r\nX-Probe: 7\r\nAuthorization: Basic dTpwdw==\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(
             answer.contains(r#""path":"/p?q=1""#) && answer.contains(r#""body":"hi""#),
             "{answer}"
         );
+        assert!(answer.contains("x-echo-auth: Basic dTpwdw=="), "{answer}");
         let got = origin.received();
         assert_eq!(got.len(), 1);
         assert_eq!(
             (got[0].method.as_str(), got[0].header("x-probe")),
             ("POST", Some("7"))
         );
+        assert_eq!(got[0].basic_auth(), Some(("u".into(), "pw".into())));
+    }
+
+    #[tokio::test]
+    async fn routes_answer_with_status_trailers_gzip_streams_and_broken_bodies() {
+        let origin = Origin::builder()
+            .route("/teapot", |_| Answer::status(418).header("x-why", "tea"))
+            .route("/trailers", |_| {
+                Answer::bytes("body").trailer("grpc-status", "0")
+            })
+            .route("/gzip", |_| Answer::bytes("squeezed").gzip())
+            .route("/big", |_| Answer::repeat(200_000))
+            .route("/broken", |_| Answer::bytes("partial").broken(100_000))
+            .start()
+            .await;
+        let get = |path: &str, extra: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n")
+        };
+        let teapot = exchange(&origin, get("/teapot", "").as_bytes()).await;
+        assert!(
+            teapot.starts_with("HTTP/1.1 418") && teapot.contains("x-why: tea"),
+            "{teapot}"
+        );
+        // HTTP/1.1 trailers go only to a client that says it takes them.
+        let trailers = exchange(&origin, get("/trailers", "TE: trailers\r\n").as_bytes()).await;
+        assert!(
+            trailers.contains("transfer-encoding: chunked") && trailers.contains("grpc-status: 0"),
+            "{trailers}"
+        );
+        let gzip = exchange(&origin, get("/gzip", "").as_bytes()).await;
+        assert!(gzip.contains("content-encoding: gzip"), "{gzip}");
+        assert!(!gzip.contains("squeezed"), "{gzip}");
+        let big = exchange(&origin, get("/big", "").as_bytes()).await;
+        assert!(big.contains("content-length: 200000"), "{big}");
+        assert_eq!(big.split_once("\r\n\r\n").unwrap().1.len(), 200_000);
+        let broken = exchange(&origin, get("/broken", "").as_bytes()).await;
+        assert!(broken.contains("content-length: 100000"), "{broken}");
+        assert!(
+            broken.ends_with("\r\n\r\npartial"),
+            "cut after the part: {broken}"
+        );
+        let paths: Vec<String> = origin.received().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["/teapot", "/trailers", "/gzip", "/big", "/broken"]);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_hands_the_connection_over_and_a_cut_body_is_on_record() {
+        let origin = Origin::builder()
+            .route("/ws", |_| {
+                Answer::upgrade("x-echo", |mut io| async move {
+                    let mut buf = [0u8; 5];
+                    if io.read_exact(&mut buf).await.is_ok() {
+                        let _ = io.write_all(&buf).await;
+                    }
+                })
+            })
+            .start()
+            .await;
+        let answer = exchange(
+            &origin,
+            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: x-echo\r\n\r\nhello",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
+        // A body the client breaks off: on record as far as it came.
+        let _ = exchange_then(
+            &origin,
+            b"POST /cut HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc",
+            true,
+        )
+        .await;
+        assert!(wait_for_async(Duration::from_secs(10), || origin.received().len() == 2).await);
+        let cut = origin.received().pop().unwrap();
+        assert_eq!((cut.path.as_str(), &cut.body[..]), ("/cut", &b"abc"[..]));
     }
 }

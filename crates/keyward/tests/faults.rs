@@ -7,66 +7,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Child;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 use common::{TestHome, json};
-
-/// An HTTPS upstream with a fault per path: `/ok` answers `fine`;
-/// `/reset/N` sends a head declaring a large body, N bytes of it, then
-/// resets the connection; `/stall/N` sends a head declaring N bytes and
-/// then nothing; `/garbage` completes its TLS handshake, reads the request
-/// and answers in cleartext on the raw socket.
-const FAULTY: &str = r#"
-import http.server, os, socket, ssl, struct, sys, time
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-def reset(handler):
-    # Closed with a zero linger time: a reset, not a FIN. The file
-    # objects hold the socket open until they are closed too.
-    handler.wfile.flush()
-    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    handler.rfile.close()
-    handler.wfile.close()
-    handler.connection.close()
-    handler.close_connection = True
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        parts = self.path.split("/")
-        if parts[1] == "reset":
-            self.send_response(200)
-            self.send_header("content-length", "10000000")
-            self.end_headers()
-            self.wfile.write(b"x" * int(parts[2]))
-            reset(self)
-        elif parts[1] == "stall":
-            self.send_response(200)
-            self.send_header("content-length", parts[2])
-            self.end_headers()
-            self.wfile.write(b"x")
-            self.wfile.flush()
-            time.sleep(60)
-        elif parts[1] == "garbage":
-            raw = socket.socket(fileno=os.dup(self.connection.fileno()))
-            raw.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine")
-            time.sleep(1)
-            raw.close()
-            self.close_connection = True
-        else:
-            self.send_response(200)
-            self.send_header("content-length", "4")
-            self.end_headers()
-            self.wfile.write(b"fine")
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-srv.daemon_threads = True
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
+use keyward_testkit::{RawEnd, RawRequest, RawUpstream, response};
 
 /// The child: the faulty request, then a good one, each printed as
 /// `status bytes-read` or `error <what>`.
@@ -82,12 +27,40 @@ for url in sys.argv[1:]:
         print("error", type(e).__name__, flush=True)
 "#;
 
-struct Upstream(Child, u16);
+/// An HTTPS upstream with a fault per path (the test kit's raw upstream,
+/// one request per connection): `/ok` answers `fine`; `/reset/N` sends a
+/// head declaring a large body, N bytes of it, then resets the
+/// connection; `/stall/N` sends a head declaring N bytes, one byte, then
+/// nothing; `/garbage` completes its TLS handshake, reads the request and
+/// answers in cleartext on the raw socket.
+struct Upstream {
+    raw: RawUpstream,
+    /// Serves it: these tests have no runtime of their own.
+    _runtime: tokio::runtime::Runtime,
+}
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+fn faulty(req: &RawRequest) -> (Vec<u8>, RawEnd) {
+    let target = req.target();
+    let parts: Vec<&str> = target.split('/').collect();
+    let n = |i: usize| {
+        parts
+            .get(i)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let head = |length: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+    match parts.get(1).copied() {
+        Some("reset") => {
+            let mut out = head("10000000").into_bytes();
+            out.extend(std::iter::repeat_n(b'x', n(2)));
+            (out, RawEnd::Reset)
+        }
+        Some("stall") => (format!("{}x", head(parts[2])).into_bytes(), RawEnd::Stall),
+        Some("garbage") => (
+            Vec::new(),
+            RawEnd::Cleartext(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine".to_vec()),
+        ),
+        _ => (response("200 OK", &[], b"fine"), RawEnd::Close),
     }
 }
 
@@ -96,8 +69,13 @@ impl Drop for Upstream {
 fn setup(proxy_extra: &str) -> (TestHome, Upstream) {
     let home = TestHome::new();
     std::fs::create_dir_all(&home.path).unwrap();
-    let (child, port, ca, _): (Child, u16, PathBuf, PathBuf) =
-        common::start_tls_python(home.path.parent().unwrap(), FAULTY);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
+    let raw = runtime.block_on(RawUpstream::tls_ending(&identity, Arc::new(faulty)));
+    let ca = home.path.parent().unwrap().join("upstream-ca.pem");
+    std::fs::write(&ca, &identity.ca_pem).unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = raw.port;
     std::fs::write(
         home.file("keyward.toml"),
         format!(
@@ -108,14 +86,20 @@ fn setup(proxy_extra: &str) -> (TestHome, Upstream) {
     .unwrap();
     let set = home.run_stdin(&["secret", "set", "local-token"], "kw-faults-SECRET-1f2e3d");
     assert_eq!(set.code, 0, "{set:?}");
-    (home, Upstream(child, port))
+    (
+        home,
+        Upstream {
+            raw,
+            _runtime: runtime,
+        },
+    )
 }
 
 /// Runs the child on `paths` of the upstream; its output lines.
 fn run_child(home: &TestHome, upstream: &Upstream, paths: &[&str]) -> Vec<String> {
     let urls: Vec<String> = paths
         .iter()
-        .map(|p| format!("https://localhost:{}{p}", upstream.1))
+        .map(|p| format!("https://localhost:{}{p}", upstream.raw.port))
         .collect();
     let mut args = vec!["run", "--grant", "local", "--", "python3", "-c", CHILD];
     args.extend(urls.iter().map(String::as_str));

@@ -7,13 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine as _;
 use common::{TestHome, json};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use keyward_testkit::{Answer, Origin, Received};
 use serde_json::{Value, json};
 
 const RUNNER_KEY: &str = "4f1c2a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170615243a";
@@ -32,60 +32,6 @@ id = "ci.prod_only_from_acme"
 action = "deploy"
 when = { "runner.repository" = "acme/prod" }
 decision = "allow"
-"#;
-
-/// A local OIDC issuer over TLS: serves every file of its directory by
-/// name (`/jwks.json`), GitHub's token request (`GET /github/token`,
-/// `Authorization: bearer <request-token>`, answers `{"value"}`) and
-/// Azure's (`POST /azure/oidctoken`, `Authorization: Bearer
-/// <request-token>`, answers `{"oidcToken"}`). Logs `METHOD path` lines.
-const ISSUER_SERVER: &str = r#"
-import http.server, ssl, json, sys, os
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-root = os.path.dirname(log)
-def read(name):
-    with open(os.path.join(root, name)) as f:
-        return f.read().strip()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def send(self, status, body):
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def handle_one(self):
-        with open(log, "a") as f:
-            f.write(self.command + " " + self.path + "\n")
-        path = self.path.split("?")[0]
-        auth = self.headers.get("authorization") or ""
-        if path in ("/github/token", "/azure/oidctoken"):
-            scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or given != read("request-token"):
-                return self.send(401, b'{"message":"bad request token"}')
-            field = "value" if path == "/github/token" else "oidcToken"
-            name = "token-github" if path == "/github/token" else "token-azure"
-            return self.send(200, json.dumps({field: read(name)}).encode())
-        name = path.lstrip("/")
-        if "/" in name or not os.path.isfile(os.path.join(root, name)):
-            return self.send(404, b"{}")
-        with open(os.path.join(root, name), "rb") as f:
-            self.send(200, f.read())
-    def do_GET(self):
-        self.handle_one()
-    def do_POST(self):
-        n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
-        self.handle_one()
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
 "#;
 
 /// A signing key of the test issuer.
@@ -205,26 +151,61 @@ fn jwks(keys: &[&TestKey]) -> String {
     json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string()
 }
 
-/// The local issuer: a TLS server over a directory of files.
+/// A local OIDC issuer over TLS (the test kit's origin): serves every
+/// file of its directory by name (`/jwks.json`), GitHub's token request
+/// (`GET /github/token`, `Authorization: bearer <request-token>`, answers
+/// `{"value"}`) and Azure's (`POST /azure/oidctoken`, `Authorization:
+/// Bearer <request-token>`, answers `{"oidcToken"}`), reading the files
+/// at each request.
 struct Issuer {
     dir: PathBuf,
-    child: Child,
+    origin: Option<Origin>,
     port: u16,
     ca: PathBuf,
-    log: PathBuf,
 }
 
 impl Issuer {
     fn start(dir: &Path, jwks_doc: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("jwks.json"), jwks_doc).unwrap();
-        let (child, port, ca, log) = common::start_tls_python(dir, ISSUER_SERVER);
+        let root = dir.to_owned();
+        let read = move |name: &str| {
+            std::fs::read_to_string(root.join(name))
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let tokens = read.clone();
+        let token = move |req: &Received, field: &str, file: &str| {
+            if req.bearer() != Some(tokens("request-token").as_str()) {
+                return Answer::json(&json!({"message": "bad request token"})).with_status(401);
+            }
+            Answer::json(&json!({ field: tokens(file) }))
+        };
+        let azure = token.clone();
+        let files = dir.to_owned();
+        let origin = Origin::builder()
+            .route("/github/token", move |req| {
+                token(req, "value", "token-github")
+            })
+            .route("/azure/oidctoken", move |req| {
+                azure(req, "oidcToken", "token-azure")
+            })
+            .fallback(move |req| {
+                let path = req.path.split('?').next().unwrap_or_default();
+                let name = path.trim_start_matches('/');
+                match std::fs::read(files.join(name)) {
+                    Ok(bytes) if !name.contains('/') => {
+                        Answer::bytes(bytes).header("content-type", "application/json")
+                    }
+                    _ => Answer::json(&json!({})).with_status(404),
+                }
+            })
+            .start_background();
         Self {
             dir: dir.to_owned(),
-            child,
-            port,
-            ca,
-            log,
+            port: origin.port(),
+            ca: origin.write_ca(dir),
+            origin: Some(origin),
         }
     }
 
@@ -232,27 +213,26 @@ impl Issuer {
         format!("https://localhost:{}{path}", self.port)
     }
 
+    /// `METHOD path` of each request it received, a line each.
+    fn log(&self) -> String {
+        self.origin
+            .iter()
+            .flat_map(Origin::received)
+            .map(|r| format!("{} {}\n", r.method, r.path))
+            .collect()
+    }
+
     fn requests(&self, line: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with(line))
-            .count()
+        self.log().lines().filter(|l| l.starts_with(line)).count()
     }
 
     fn write(&self, name: &str, text: &str) {
         std::fs::write(self.dir.join(name), text).unwrap();
     }
 
+    /// Stops serving: its port refuses connections from now on.
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Issuer {
-    fn drop(&mut self) {
-        self.stop();
+        self.origin = None;
     }
 }
 
@@ -1004,8 +984,8 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
     assert_eq!(verify["valid"], true, "{verify}");
     assert!(out.join("audit-head.json").is_file());
     assert!(
-        std::fs::read_to_string(&issuer.log)
-            .unwrap()
+        issuer
+            .log()
             .contains("GET /github/token?api-version=2.0&audience=keyward"),
         "the audience is asked for"
     );
@@ -1061,8 +1041,8 @@ fn ci_wrapper_acquires_tokens_signs_claims_and_gates_on_the_decision() {
     );
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     assert!(
-        std::fs::read_to_string(&issuer.log)
-            .unwrap()
+        issuer
+            .log()
             .contains("POST /azure/oidctoken?api-version=7.1&serviceConnectionId=conn-1"),
     );
 

@@ -14,11 +14,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
 use common::{TestHome, wait_for};
+use keyward_testkit::{Answer, Origin, Received};
+use serde_json::json;
 
 /// One secret per injection kind, and the value the header secret is
 /// rotated to. `+`, `/` and `=` make every encoding differ from the raw
@@ -28,65 +30,6 @@ const BASIC_SECRET: &str = "kw-LEAK-basic/+=5c0b9e2a71";
 const QUERY_SECRET: &str = "kw-LEAK-query=/+8e61d3f0b2";
 const ROTATED_SECRET: &str = "kw-LEAK-rotated+/=44a9c7e13f";
 const ALL_SECRETS: [&str; 4] = [HEADER_SECRET, BASIC_SECRET, QUERY_SECRET, ROTATED_SECRET];
-
-/// An HTTPS upstream that answers with what it received (path, headers,
-/// body) and each received value again in base64, hex and percent
-/// encoding, so the response carries the secret in every form the proxy
-/// must scrub. `/status/N` answers status N; `/reset` sends its head, a
-/// little of its body, then resets the connection.
-const UPSTREAM: &str = r#"
-import base64, http.server, json, socket, ssl, struct, sys, urllib.parse
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def reply(self):
-        if self.path == "/reset":
-            self.send_response(200)
-            self.send_header("content-length", "100000")
-            self.end_headers()
-            self.wfile.write(b"partial")
-            self.wfile.flush()
-            # A zero linger time makes the close a reset; the file objects
-            # hold the socket open until they are closed too.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.wfile.close()
-            self.connection.close()
-            self.close_connection = True
-            return
-        n = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(n).decode() if n else ""
-        values = [self.path, body] + list(self.headers.values())
-        rec = {
-            "path": self.path,
-            "headers": dict(self.headers),
-            "body": body,
-            "b64": [base64.b64encode(v.encode()).decode() for v in values],
-            "b64url": [base64.urlsafe_b64encode(b"x" + v.encode()).decode() for v in values],
-            "hex": [v.encode().hex() for v in values],
-            "percent": [urllib.parse.quote(v, safe="") for v in values],
-        }
-        with open(log, "a") as f:
-            f.write(self.path + "\n")
-        out = json.dumps(rec).encode()
-        status = int(self.path.split("/")[2]) if self.path.startswith("/status/") else 200
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("x-echo-auth", self.headers.get("authorization") or "")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-    do_GET = reply
-    do_POST = reply
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
 
 /// The run's child: three phases of requests, each after the test says
 /// go (`go1`..`go3` in its directory), each line of output `label status`.
@@ -252,23 +195,75 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// An HTTPS upstream (the test kit's origin) that answers with what it
+/// received (path, headers, body) and each received value again in
+/// base64, hex and percent encoding, so the response carries the secret in
+/// every form the proxy must scrub. `/status/N` answers status N;
+/// `/reset` sends its head (declaring 100000 bytes), a little of its body,
+/// then breaks the connection.
 struct Upstream {
-    child: Child,
+    _origin: Origin,
     port: u16,
     ca: PathBuf,
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn upstream(dir: &Path) -> Upstream {
+    std::fs::create_dir_all(dir).unwrap();
+    let origin = Origin::builder()
+        .route("/reset", |_| Answer::bytes("partial").broken(100_000))
+        .fallback(encoded_echo)
+        .start_background();
+    Upstream {
+        port: origin.port(),
+        ca: origin.write_ca(dir),
+        _origin: origin,
     }
 }
 
-fn upstream(dir: &Path) -> Upstream {
-    std::fs::create_dir_all(dir).unwrap();
-    let (child, port, ca, _log) = common::start_tls_python(dir, UPSTREAM);
-    Upstream { child, port, ca }
+/// The request back, with every received value (path, body, each header
+/// value) in base64 (standard; URL-safe after one byte `x`), hex and
+/// percent-encoding (nothing kept but letters, digits and `_.-~`).
+fn encoded_echo(req: &Received) -> Answer {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let body = String::from_utf8_lossy(&req.body).into_owned();
+    let values: Vec<&str> = [req.path.as_str(), body.as_str()]
+        .into_iter()
+        .chain(req.headers.iter().map(|(_, v)| v.as_str()))
+        .collect();
+    let percent = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let mut rec = req.to_json();
+    rec.as_object_mut().unwrap().remove("method");
+    rec["b64"] = json!(
+        values
+            .iter()
+            .map(|v| STANDARD.encode(v))
+            .collect::<Vec<_>>()
+    );
+    rec["b64url"] = json!(
+        values
+            .iter()
+            .map(|v| URL_SAFE.encode(format!("x{v}")))
+            .collect::<Vec<_>>()
+    );
+    rec["hex"] = json!(values.iter().map(hex::encode).collect::<Vec<_>>());
+    rec["percent"] = json!(values.iter().map(|v| percent(v)).collect::<Vec<_>>());
+    let status = req
+        .path
+        .strip_prefix("/status/")
+        .and_then(|n| n.split('/').next()?.parse().ok())
+        .unwrap_or(200);
+    Answer::json(&rec)
+        .with_status(status)
+        .header("x-echo-auth", req.header("authorization").unwrap_or(""))
 }
 
 fn go(dir: &Path, step: usize) {

@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{TestHome, json, wait_for};
+use keyward_testkit::{Answer, Origin};
 
 #[test]
 fn grant_ports_plaintext_and_body_substitution_are_config_and_shown() {
@@ -165,45 +166,6 @@ fn bad_proxy_bounds_are_exit_64_naming_the_key_and_nothing_starts() {
     // The defaults these bounds guard: tests/cmd/config/defaults-json.toml.
 }
 
-/// An HTTPS upstream answering `fine` on HTTP/1.1 keep-alive connections,
-/// which notes in its log (`argv[3]`) each connection it accepts (`open`)
-/// and each one its peer ends (`closed after SECONDS`: how long it sat
-/// idle after its last answer).
-const IDLE_NOTING: &str = r#"
-import http.server, ssl, sys, threading, time
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-lock = threading.Lock()
-def note(line):
-    with lock, open(log, "a") as f:
-        f.write(line + "\n")
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    answered = None
-    def setup(self):
-        super().setup()
-        note("open")
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("content-length", "4")
-        self.end_headers()
-        self.wfile.write(b"fine")
-        self.wfile.flush()
-        self.answered = time.monotonic()
-    def finish(self):
-        idle = time.monotonic() - self.answered if self.answered else -1
-        super().finish()
-        note("closed after %.3f" % idle)
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-srv.daemon_threads = True
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-
 /// The proxy keeps an upstream connection for reuse and closes it once it
 /// has been idle for `proxy.upstream_idle_timeout` (here 1 s): the
 /// upstream sees its end, after it sat idle at least that long (a timer
@@ -212,8 +174,16 @@ srv.serve_forever()
 fn an_idle_upstream_connection_is_closed_after_upstream_idle_timeout() {
     let home = TestHome::new();
     std::fs::create_dir_all(&home.path).unwrap();
-    let (mut upstream, port, ca, log) =
-        common::start_tls_python(home.path.parent().unwrap(), IDLE_NOTING);
+    // Answers `fine` on HTTP/1.1 keep-alive connections; the kit notes
+    // each connection and, when its peer ends it, how long it sat idle
+    // after its last answer.
+    let upstream = Origin::builder()
+        .fallback(|_| Answer::bytes("fine"))
+        .start_background();
+    let (port, ca) = (
+        upstream.port(),
+        upstream.write_ca(home.path.parent().unwrap()),
+    );
     std::fs::write(
         home.file("keyward.toml"),
         format!(
@@ -229,19 +199,19 @@ fn an_idle_upstream_connection_is_closed_after_upstream_idle_timeout() {
     let url = format!("https://localhost:{port}/ok");
     let run = home.run(&["run", "--grant", "local", "--", "curl", "-sS", &url]);
     assert_eq!(run.stdout, "fine", "{run:?}\n{}", home.log());
-    let noted = || std::fs::read_to_string(&log).unwrap_or_default();
-    let closed = wait_for(Duration::from_secs(30), || noted().contains("closed"));
-    let _ = upstream.kill();
-    let _ = upstream.wait();
-    let noted = noted();
+    let closed = wait_for(Duration::from_secs(30), || {
+        upstream.connections().iter().any(|c| c.closed)
+    });
+    let noted = upstream.connections();
     assert!(closed, "the upstream connection is still open: {noted:?}");
-    assert_eq!(noted.matches("open").count(), 1, "{noted:?}");
-    let idle: f64 = noted
-        .split("closed after ")
-        .nth(1)
-        .and_then(|rest| rest.trim().parse().ok())
+    assert_eq!(noted.len(), 1, "{noted:?}");
+    let idle = noted[0]
+        .idle_at_close
         .unwrap_or_else(|| panic!("{noted:?}"));
-    assert!(idle >= 0.95, "closed {idle}s after its answer: {noted:?}");
+    assert!(
+        idle >= Duration::from_millis(950),
+        "closed {idle:?} after its answer: {noted:?}"
+    );
 }
 
 #[test]
@@ -309,40 +279,22 @@ fn a_flood_of_idle_clients_is_capped_timed_out_and_status_still_answers() {
     );
 }
 
-/// A plain-HTTP server that answers with the Authorization it received.
-const PLAIN_ECHO: &str = r#"
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        out = ("got " + (self.headers.get("authorization") or "nothing")).encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-
 #[test]
 fn a_grant_goes_over_plain_http_only_when_it_says_plaintext() {
-    use std::io::BufRead;
     const SECRET: &str = "plain-SECRET-4a7c19e2";
     let home = TestHome::new();
     std::fs::create_dir_all(&home.path).unwrap();
-    let mut server = std::process::Command::new("python3")
-        .args(["-c", PLAIN_ECHO])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().unwrap();
+    // A plain-HTTP server that answers with the Authorization it received.
+    let server = Origin::builder()
+        .plain()
+        .fallback(|req| {
+            Answer::bytes(format!(
+                "got {}",
+                req.header("authorization").unwrap_or("nothing")
+            ))
+        })
+        .start_background();
+    let port = server.port();
     let path = home.file("keyward.toml");
     let grant = format!(
         "[grants.plain]\nsecret = \"vault:plain\"\nhosts = [\"localhost:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n"
@@ -367,8 +319,6 @@ fn a_grant_goes_over_plain_http_only_when_it_says_plaintext() {
     std::fs::write(&path, format!("{grant}plaintext = true\n")).unwrap();
     assert_eq!(home.http("POST", "/v1/reload", None).0, 200);
     let sent = home.run(&curl);
-    let _ = server.kill();
-    let _ = server.wait();
     assert!(sent.stdout.contains("got Bearer [REDACTED]"), "{sent:?}");
     assert!(!sent.stdout.contains(SECRET), "{sent:?}");
 }

@@ -1,6 +1,7 @@
 //! `keyward run` and the egress proxy end to end: a real daemon, a real
-//! HTTPS upstream (python3, with a test CA trusted via proxy.upstream_ca),
-//! real clients (curl, python3 urllib) as the run's child.
+//! HTTPS upstream (the test kit's origin, with a test CA trusted via
+//! proxy.upstream_ca), real clients (curl, python3 urllib) as the run's
+//! child.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use common::{TestHome, json, wait_for};
 
 use common::upstream::{SECRET, Upstream, proxy_port, run_sh, setup};
+use keyward_testkit::{Answer, Origin, Received};
 
 #[test]
 fn the_child_uses_the_secret_without_ever_holding_it() {
@@ -723,81 +725,61 @@ fn demo_checks_every_claim() {
     assert!(!home.path.exists(), "the demo uses its own temporary home");
 }
 
-/// A TLS server that answers a WebSocket handshake (recording its
-/// Authorization header) and then echoes bytes.
-const WS_SERVER: &str = r#"
-import base64, hashlib, socket, ssl, sys, threading
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen(16)
-print(srv.getsockname()[1], flush=True)
-def recv_exact(s, n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-def read_frame(s):
-    head = recv_exact(s, 2)
-    if head is None:
-        return None
-    n = head[1] & 0x7f
-    key = recv_exact(s, 4) if head[1] & 0x80 else b"\0\0\0\0"
-    payload = recv_exact(s, n)
-    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-def frame(payload):
-    return bytes([0x81, len(payload)]) + payload
-def serve(conn):
-    try:
-        s = ctx.wrap_socket(conn, server_side=True)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(4096)
-        lines = head.decode().split("\r\n")
-        headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
-        auth = headers.get("authorization", "")
-        with open(log, "a") as f:
-            f.write(auth + "|" + headers.get("sec-websocket-extensions", "") + "\n")
-        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
-        s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
-        # A careless server: it tells the client the credential it got.
-        s.sendall(frame(("you sent " + auth).encode()))
-        while True:
-            payload = read_frame(s)
-            if payload is None:
-                break
-            s.sendall(frame(payload))
-    except Exception:
-        pass
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
+/// Answers a WebSocket handshake and then echoes frames, after telling
+/// the client the credential it got (a careless server).
+fn websocket_answer(req: &Received) -> Answer {
+    use base64::Engine as _;
+    let key = format!(
+        "{}258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+        req.header("sec-websocket-key").unwrap_or_default()
+    );
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, key.as_bytes());
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    let auth = req.header("authorization").unwrap_or_default().to_owned();
+    Answer::upgrade("websocket", move |mut io| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let frame = |payload: &[u8]| [&[0x81, payload.len() as u8][..], payload].concat();
+        if io
+            .write_all(&frame(format!("you sent {auth}").as_bytes()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let mut head = [0u8; 2];
+            if io.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let mut mask = [0u8; 4];
+            if head[1] & 0x80 != 0 && io.read_exact(&mut mask).await.is_err() {
+                return;
+            }
+            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+            if io.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+            if io.write_all(&frame(&payload)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .header("sec-websocket-accept", &accept)
+}
 
 #[test]
 fn websocket_upgrades_get_injection_and_scrubbed_frames() {
     let (home, upstream) = setup("");
-    let dir = home.path.parent().unwrap();
-    let log = dir.join("ws.log");
-    let mut ws = Command::new("python3")
-        .args(["-c", WS_SERVER])
-        .arg(dir.join("upstream.pem"))
-        .arg(dir.join("upstream.key"))
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(ws.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().unwrap();
+    // Same CA as the upstream the config already trusts.
+    let ws = Origin::builder()
+        .identity(upstream.identity.clone())
+        .fallback(websocket_answer)
+        .start_background();
+    let port = ws.port();
     let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
     std::fs::write(
         home.file("keyward.toml"),
@@ -836,8 +818,6 @@ print(read_frame())
 "#
     );
     let run = home.run(&["run", "--grant", "local", "--", "python3", "-c", &client]);
-    let _ = ws.kill();
-    let _ = ws.wait();
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     let masked = format!("[REDACTED]{}", "*".repeat(SECRET.len() - 10));
     assert_eq!(
@@ -845,39 +825,24 @@ print(read_frame())
         format!("HTTP/1.1 101 Switching Protocols\nyou sent Bearer {masked}\nping-frame-bytes\n"),
         "the secret the server sent back in a frame reached the child masked: {run:?}"
     );
-    let seen = std::fs::read_to_string(&log).unwrap();
+    let seen: Vec<String> = ws
+        .received()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}",
+                r.header("authorization").unwrap_or_default(),
+                r.header("sec-websocket-extensions").unwrap_or_default()
+            )
+        })
+        .collect();
     assert_eq!(
-        seen.trim(),
-        format!("Bearer {SECRET}|"),
+        seen,
+        [format!("Bearer {SECRET}|")],
         "the handshake got the injected secret, and no compression was offered"
     );
     drop(upstream);
 }
-
-/// A static HTTPS server for a git repository over the dumb HTTP protocol
-/// that demands basic auth with the right password.
-const GIT_SERVER: &str = r#"
-import base64, functools, http.server, ssl, sys
-cert, key, root, password = sys.argv[1:5]
-expected = "Basic " + base64.b64encode(("x-access-token:" + password).encode()).decode()
-class H(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):
-        if self.headers.get("authorization") != expected:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.send_header("content-length", "0")
-            self.end_headers()
-            return
-        super().do_GET()
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=root))
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
 
 #[test]
 fn git_ls_remote_over_https_gets_basic_auth_injected() {
@@ -886,7 +851,7 @@ fn git_ls_remote_over_https_gets_basic_auth_injected() {
         eprintln!("SKIPPED: no git");
         return;
     }
-    let (home, _upstream) = setup("");
+    let (home, upstream) = setup("");
     let dir = home.path.parent().unwrap().to_owned();
     let repo = dir.join("srv/repo.git");
     let git = |args: &[&str], cwd: &Path| {
@@ -917,27 +882,31 @@ fn git_ls_remote_over_https_gets_basic_auth_injected() {
     );
     git(&["update-server-info"], &repo);
 
-    let mut server = Command::new("python3")
-        .args(["-c", GIT_SERVER])
-        .arg(dir.join("upstream.pem"))
-        .arg(dir.join("upstream.key"))
-        .arg(dir.join("srv"))
-        .arg(SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = format!("https://localhost:{}/repo.git", line.trim());
+    // A static server of `srv` for the dumb HTTP protocol that demands
+    // basic auth with the right password (same CA as the upstream).
+    let root = dir.join("srv");
+    let server = Origin::builder()
+        .identity(upstream.identity.clone())
+        .fallback(move |req| {
+            if req.basic_auth() != Some(("x-access-token".into(), SECRET.into())) {
+                return Answer::status(401).header("www-authenticate", "Basic realm=\"git\"");
+            }
+            let path = req.path.split('?').next().unwrap_or_default();
+            match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                Ok(bytes) => {
+                    Answer::bytes(bytes).header("content-type", "application/octet-stream")
+                }
+                Err(_) => Answer::status(404),
+            }
+        })
+        .start_background();
+    let port = server.port();
+    let url = format!("https://localhost:{port}/repo.git");
     let config = std::fs::read_to_string(home.file("keyward.toml")).unwrap();
     std::fs::write(
         home.file("keyward.toml"),
         format!(
-            "{config}\n[grants.git]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{}\"]\ninject = {{ basic = {{ username = \"x-access-token\" }} }}\n",
-            line.trim()
+            "{config}\n[grants.git]\nsecret = \"vault:local-token\"\nhosts = [\"localhost:{port}\"]\ninject = {{ basic = {{ username = \"x-access-token\" }} }}\n",
         ),
     )
     .unwrap();
@@ -951,8 +920,6 @@ fn git_ls_remote_over_https_gets_basic_auth_injected() {
         .unwrap();
     assert!(!refused.status.success(), "{refused:?}");
     let run = home.run(&["run", "--grant", "git", "--", "git", "ls-remote", &url]);
-    let _ = server.kill();
-    let _ = server.wait();
     assert_eq!(run.code, 0, "{run:?}\n{}", home.log());
     assert!(
         run.stdout.contains(&head) && run.stdout.contains("refs/heads/main"),
@@ -1155,8 +1122,12 @@ fn stopping_the_daemon_lets_requests_in_flight_finish() {
         .spawn()
         .unwrap();
     // Stop once the download is under way.
-    let started = upstream.log.with_extension("log.big");
-    assert!(wait_for(Duration::from_secs(30), || started.exists()));
+    assert!(wait_for(Duration::from_secs(30), || {
+        upstream
+            .received()
+            .iter()
+            .any(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/big/")))
+    }));
     let stop = home.run(&["daemon", "stop"]);
     assert_eq!(stop.code, 0, "{stop:?}");
     let out = child.wait_with_output().unwrap();

@@ -10,37 +10,15 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{BIN, Run, json, wait_for};
+use keyward_testkit::{Answer, Origin};
 
 const SECRET: &str = "kw-system-SECRET-51c0ffee";
 const AGENT: &str = "kwagent";
 const OTHER: &str = "kwother";
-
-/// A python HTTPS server that appends each request's Authorization header
-/// to a log.
-const UPSTREAM: &str = r#"
-import http.server, ssl, sys
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        with open(log, "a") as f:
-            f.write((self.headers.get("authorization") or "-") + "\n")
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
 
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").unwrap().uid() == 0
@@ -82,7 +60,6 @@ fn ensure_user(name: &str) -> u32 {
 struct System {
     root: tempfile::TempDir,
     exe: PathBuf,
-    upstream: Child,
 }
 
 impl System {
@@ -122,8 +99,6 @@ impl System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        let _ = self.upstream.kill();
-        let _ = self.upstream.wait();
         if let Ok(pid) = std::fs::read_to_string(self.home().join("keyward.pid")) {
             let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         }
@@ -147,13 +122,12 @@ fn a_system_daemon_serves_named_users_who_cannot_read_its_files() {
     let exe = root.path().join("keyward");
     std::fs::copy(BIN, &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (upstream, port, upstream_ca, upstream_log) =
-        common::start_tls_python(root.path(), UPSTREAM);
-    let sys = System {
-        root,
-        exe,
-        upstream,
-    };
+    // The upstream answers `ok` and keeps each request's Authorization.
+    let upstream = Origin::builder()
+        .fallback(|_| Answer::bytes("ok"))
+        .start_background();
+    let (port, upstream_ca) = (upstream.port(), upstream.write_ca(root.path()));
+    let sys = System { root, exe };
 
     // Install.
     let install = Command::new(&sys.exe)
@@ -242,12 +216,14 @@ fn a_system_daemon_serves_named_users_who_cannot_read_its_files() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&upstream_log).is_ok_and(|l| l.contains('\n'))
+        !upstream.received().is_empty()
     }));
-    assert_eq!(
-        std::fs::read_to_string(&upstream_log).unwrap().trim(),
-        format!("Bearer {SECRET}")
-    );
+    let authorizations: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or("-").to_owned())
+        .collect();
+    assert_eq!(authorizations, [format!("Bearer {SECRET}")]);
     // ... but reads nothing of the home, and administers nothing.
     for path in [
         sys.home(),

@@ -1,16 +1,15 @@
 //! What the proxy's integration tests share: a run authority with one
-//! fixed run, a proxy on loopback, raw loopback upstreams (TLS or plain)
-//! that answer with exactly the bytes a test wants (so they can misbehave:
-//! compress anyway, echo and store values, send trailers, odd reason
-//! phrases, 1xx and 101 responses, fragmented WebSocket messages), and a
+//! fixed run, a proxy on loopback, the test kit's raw loopback upstreams
+//! (TLS or plain) that answer with exactly the bytes a test wants (so they
+//! can misbehave: compress anyway, echo and store values, send trailers,
+//! odd reason phrases, 1xx and 101 responses, fragmented WebSocket
+//! messages), and a
 //! python3 child that talks to the proxy the way an attacker would, with
 //! raw bytes, printing everything it gets back.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use keyward_api::Network;
@@ -18,7 +17,6 @@ use keyward_proxy::{
     CertificateAuthority, Credential, Proxy, ProxyOptions, RunContext, ServiceIdentity,
 };
 pub use keyward_testkit::FixedAuthority;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub const TOKEN: &str = "attack-test-token";
@@ -151,167 +149,10 @@ while True:
 sys.stdout.buffer.write(out)
 "#;
 
-/// One request as a raw upstream read it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
-impl Received {
-    /// A header's value (first one, any case).
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    /// The request target (`/path?query`).
-    pub fn target(&self) -> String {
-        self.head
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-pub type Handler = Arc<dyn Fn(&Received) -> Vec<u8> + Send + Sync>;
-
-/// An upstream that reads one request per connection and answers with the
-/// bytes `handler` returns, then closes. Everything it received is kept.
-pub struct RawUpstream {
-    pub port: u16,
-    pub seen: Arc<Mutex<Vec<Received>>>,
-    /// Every byte read on every connection, complete requests or not.
-    pub raw: Arc<Mutex<Vec<u8>>>,
-}
-
-impl RawUpstream {
-    /// Over TLS with the harness's identity (`alpn` http/1.1).
-    pub async fn tls(harness: &Harness, handler: Handler) -> Self {
-        let cfg = harness.identity.server_config(&[b"http/1.1"]).unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        Self::start(handler, move |tcp| {
-            let acceptor = acceptor.clone();
-            Box::pin(async move {
-                acceptor
-                    .accept(tcp)
-                    .await
-                    .ok()
-                    .map(|tls| Box::new(tls) as Box<dyn Io>)
-            })
-        })
-        .await
-    }
-
-    /// In clear.
-    pub async fn plain(handler: Handler) -> Self {
-        Self::start(handler, |tcp| {
-            Box::pin(async move { Some(Box::new(tcp) as Box<dyn Io>) })
-        })
-        .await
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Every byte the upstream read, including requests cut off midway.
-    pub fn raw(&self) -> Vec<u8> {
-        self.raw.lock().unwrap().clone()
-    }
-
-    async fn start<F>(handler: Handler, wrap: F) -> Self
-    where
-        F: Fn(tokio::net::TcpStream) -> Pin<Box<dyn Future<Output = Option<Box<dyn Io>>> + Send>>
-            + Send
-            + Sync
-            + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let raw: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let record = seen.clone();
-        let raw_record = raw.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let Some(mut io) = wrap(tcp).await else {
-                    continue;
-                };
-                let handler = handler.clone();
-                let record = record.clone();
-                let raw = raw_record.clone();
-                tokio::spawn(async move {
-                    let mut bytes = Vec::new();
-                    let received = read_request(&mut io, &mut bytes).await;
-                    raw.lock().unwrap().extend_from_slice(&bytes);
-                    let Some(received) = received else {
-                        return;
-                    };
-                    record.lock().unwrap().push(received.clone());
-                    let reply = handler(&received);
-                    let _ = io.write_all(&reply).await;
-                    let _ = io.shutdown().await;
-                });
-            }
-        });
-        Self { port, seen, raw }
-    }
-}
-
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// Reads one request; every byte read goes into `all` as well.
-async fn read_request(io: &mut Box<dyn Io>, all: &mut Vec<u8>) -> Option<Received> {
-    let mut byte = [0u8; 1];
-    while !all.ends_with(b"\r\n\r\n") {
-        if io.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        all.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(all).into_owned();
-    let mut received = Received {
-        head,
-        body: Vec::new(),
-    };
-    let length: usize = received
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut chunk = vec![0u8; 65536];
-    while received.body.len() < length {
-        let want = (length - received.body.len()).min(chunk.len());
-        let n = io.read(&mut chunk[..want]).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        received.body.extend_from_slice(&chunk[..n]);
-        all.extend_from_slice(&chunk[..n]);
-    }
-    Some(received)
-}
-
-/// A complete HTTP/1.1 response with a body of known length.
-pub fn response(status_line: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status_line}\r\n");
-    for (name, value) in headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut out = out.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
+/// The raw upstreams (exact bytes back, everything read kept) are the
+/// test kit's. (Not every test binary uses them.)
+#[allow(unused_imports)]
+pub use keyward_testkit::{RawHandler as Handler, RawRequest as Received, RawUpstream, response};
 
 /// The secret the upstream received in `Authorization: Bearer …`, if any.
 pub fn injected(received: &Received) -> Option<String> {

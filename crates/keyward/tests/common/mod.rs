@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -323,55 +323,11 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+/// Polls a condition until it holds or a timeout passes (the test kit's).
+pub use keyward_testkit::wait_for;
 
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// Starts `python3 -c SCRIPT CERT KEY LOG`: a TLS test server with a fresh
-/// test CA and a leaf for localhost, which prints its port on its first
-/// line. Returns the child, the port, the CA file (0644, for the daemon's
-/// `proxy.upstream_ca`) and the log path.
-pub fn start_tls_python(dir: &Path, script: &str) -> (std::process::Child, u16, PathBuf, PathBuf) {
-    use std::io::BufRead;
-    use std::os::unix::fs::PermissionsExt;
-    let identity = keyward_proxy::ServiceIdentity::new("localhost").unwrap();
-    let (ca, cert, key, log) = (
-        dir.join("upstream-ca.pem"),
-        dir.join("upstream.pem"),
-        dir.join("upstream.key"),
-        dir.join("upstream.log"),
-    );
-    std::fs::write(&ca, &identity.ca_pem).unwrap();
-    std::fs::write(&cert, &identity.cert_pem).unwrap();
-    std::fs::write(&key, &identity.key_pem).unwrap();
-    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .args([&cert, &key, &log])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("the test server's port");
-    (child, port, ca, log)
 }
 
 const WITHOUT_NETWORK_VAR: &str = "KEYWARD_TEST_WITHOUT_NETWORK";

@@ -2,109 +2,79 @@
 //! `local` grant for it.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
-use super::{TestHome, json, wait_for};
+use keyward_proxy::ServiceIdentity;
+use keyward_testkit::{Answer, Origin};
+
+use super::TestHome;
 
 pub const SECRET: &str = "kw-run-SECRET-7d2e91c4aa";
 
-/// A python HTTPS server that echoes the request (path, headers, body) and
-/// appends each request's headers to a log, so a test can see what the
-/// upstream received (the echo itself comes back scrubbed). `/big/N`
-/// answers N bytes and notes its path in `<log>.big` as it starts;
-/// `/status/N/...` echoes with status N; `/slow/...` echoes after 2 s.
-pub const ECHO_SERVER: &str = r#"
-import http.server, ssl, json, sys, time
-cert, key, log = sys.argv[1], sys.argv[2], sys.argv[3]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def reply(self):
-        if self.path.startswith("/big/"):
-            with open(log + ".big", "a") as f:
-                f.write(self.path + "\n")
-            size = int(self.path.split("/")[2])
-            self.send_response(200)
-            self.send_header("content-length", str(size))
-            self.end_headers()
-            chunk = b"x" * 65536
-            while size > 0:
-                self.wfile.write(chunk[:size])
-                size -= len(chunk)
-            return
-        if self.path.startswith("/slow/"):
-            time.sleep(2)
-        n = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(n).decode() if n else ""
-        rec = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
-        with open(log, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        out = json.dumps(rec).encode()
-        self.send_response(int(self.path.split("/")[2]) if self.path.startswith("/status/") else 200)
-        self.send_header("content-type", "application/json")
-        self.send_header("x-echo-auth", self.headers.get("authorization") or "")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-    do_GET = reply
-    do_POST = reply
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-
+/// The HTTPS echo upstream (the test kit's origin, on a runtime of its
+/// own): it echoes the request (method, path, headers, body) as JSON with
+/// the `Authorization` it got in `x-echo-auth`, and keeps each request so
+/// a test can see what the upstream received (the echo itself comes back
+/// scrubbed). `/big/N` answers N bytes; `/status/N/...` echoes with
+/// status N; `/slow/...` echoes after 2 s.
 pub struct Upstream {
-    pub child: Child,
+    origin: Origin,
+    /// Its CA and leaf: another origin a test starts with it is trusted
+    /// by the same `proxy.upstream_ca`.
+    pub identity: ServiceIdentity,
     pub port: u16,
+    /// The test CA (0644), for the daemon's `proxy.upstream_ca`.
     pub ca: PathBuf,
-    pub log: PathBuf,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Upstream {
-    /// Starts the echo server with a fresh test CA and a leaf for localhost.
+    /// Starts the echo upstream with a fresh test CA (written into `dir`)
+    /// and a leaf for localhost.
     pub fn start(dir: &Path) -> Self {
-        let (child, port, ca, log) = super::start_tls_python(dir, ECHO_SERVER);
+        let identity = ServiceIdentity::new("localhost").unwrap();
+        let origin = Origin::builder()
+            .identity(identity.clone())
+            .route("/big/", |req| Answer::repeat(path_number(&req.path)))
+            .route("/status/", |req| {
+                Answer::echo(req).with_status(path_number(&req.path) as u16)
+            })
+            // The request is on record at once; only the answer is slow.
+            .route("/slow/", |req| {
+                Answer::echo(req).delay(Duration::from_secs(2))
+            })
+            .start_background();
+        let ca = origin.write_ca(dir);
         Self {
-            child,
-            port,
+            port: origin.port(),
+            identity,
             ca,
-            log,
+            origin,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
+        self.origin.url(path)
     }
 
-    /// What the upstream received, one JSON object per request.
-    /// Complete records only: the server may be writing the last line.
+    /// What the upstream received, one JSON object (`method`, `path`,
+    /// `headers`, `body`) per request, in order of arrival.
     pub fn received(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let complete = match text.rfind('\n') {
-            Some(end) => &text[..end],
-            None => "",
-        };
-        complete.lines().map(json).collect()
+        self.origin.received_json()
     }
 
-    /// Waits until the server has finished writing its log.
+    /// Waits until no request the upstream started to read is still
+    /// missing from [`Upstream::received`].
     pub fn settle(&self) {
-        wait_for(Duration::from_secs(10), || {
-            std::fs::read_to_string(&self.log).is_ok_and(|t| t.is_empty() || t.ends_with('\n'))
-        });
+        self.origin.settle();
     }
+}
+
+/// N in `/word/N/...`.
+fn path_number(path: &str) -> u64 {
+    path.split('/')
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("a number in the path")
 }
 
 /// A home with a `local` grant for localhost and the upstream's CA trusted;
