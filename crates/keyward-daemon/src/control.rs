@@ -388,6 +388,9 @@ pub struct StatusReport {
     /// effect): when and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload_failed: Option<keyward_api::ReloadFailure>,
+    /// The gRPC listener for remote callers, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<keyward_api::GrpcListening>,
     /// The vault's state (`uninitialized`, `sealed`, `unsealed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vault_state: Option<String>,
@@ -476,6 +479,7 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
         evidence_error: None,
         evidence_warning: None,
         reload_failed: None,
+        grpc: None,
         vault_state: None,
         vault_mode: None,
         protection: None,
@@ -492,9 +496,11 @@ pub async fn status(home: &Home) -> Result<StatusReport, ControlError> {
             evidence_error,
             evidence_warning,
             reload_failed,
+            grpc,
             ..
         }) => {
             report.reload_failed = reload_failed;
+            report.grpc = grpc;
             report.proxy_port = proxy_port;
             report.evidence_error = evidence_error;
             report.evidence_warning = evidence_warning;

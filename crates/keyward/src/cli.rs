@@ -30,6 +30,10 @@ Global options (every command takes them):
       --config <FILE>        config file [env: KEYWARD_CONFIG]
                              [default: <home>/keyward.toml; built-in defaults when absent]
       --log-format <FORMAT>  log lines on stderr and in daemon.log: text (default) or json
+      --remote <URL>         team mode: `eval` asks this keyward server's gRPC API
+                             [env: KEYWARD_REMOTE], with --token-file <FILE>
+                             [env: KEYWARD_TOKEN_FILE], --remote-ca <FILE> [env:
+                             KEYWARD_REMOTE_CA] and --remote-identity <CERT,KEY> (mutual TLS)
   -h, --help                 help (`--help` adds exit statuses and environment)
   -V, --version              version{after-help}";
 
@@ -96,6 +100,50 @@ pub struct Cli {
     #[arg(long, global = true, hide = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// A keyward server's gRPC API (team mode), e.g.
+    /// https://keyward.example.com:50051: `eval` asks it instead of the
+    /// local daemon.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "KEYWARD_REMOTE",
+        value_name = "URL"
+    )]
+    pub remote: Option<String>,
+
+    /// The API token for --remote (a file holding `kwt_...`).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "KEYWARD_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Trust only this CA (PEM) for --remote, instead of the system's roots.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "KEYWARD_REMOTE_CA",
+        value_name = "FILE"
+    )]
+    pub remote_ca: Option<PathBuf>,
+
+    /// A client certificate and key (PEM, one file each, comma-separated)
+    /// for a --remote server that requires mutual TLS.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        value_name = "CERT,KEY",
+        value_delimiter = ',',
+        num_args = 2
+    )]
+    pub remote_identity: Vec<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,7 +178,8 @@ pub fn subcommand(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<
     while let Some(arg) = args.next() {
         let arg = arg.to_str()?;
         match arg {
-            "--home" | "--config" | "--log-format" => {
+            "--home" | "--config" | "--log-format" | "--remote" | "--token-file"
+            | "--remote-ca" | "--remote-identity" => {
                 args.next();
             }
             _ if arg.starts_with('-') => {}

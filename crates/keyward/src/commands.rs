@@ -27,6 +27,16 @@ use crate::team;
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     let ctx = Context::new(&cli);
+    if cli.remote.is_some() && !matches!(cli.command, Command::Eval(_)) {
+        use clap::CommandFactory as _;
+        crate::cli::Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--remote works with `keyward eval` so far (remote runs come with the TLS proxy); \
+                 run other commands against the local daemon",
+            )
+            .exit();
+    }
     let is_daemon = matches!(
         cli.command,
         Command::Daemon(DaemonCommand::Start(StartArgs { detach: false, .. }))
@@ -206,6 +216,15 @@ fn print_status(r: &StatusReport) {
     }
     if let Some(w) = &r.evidence_warning {
         println!("  evidence:   WARNING: {w}");
+    }
+    if let Some(grpc) = &r.grpc {
+        match grpc.tls.as_str() {
+            "none" => println!(
+                "  grpc:       {} WITHOUT TLS: API tokens and decisions cross the network in clear",
+                grpc.addr
+            ),
+            tls => println!("  grpc:       {} ({})", grpc.addr, tls.replace('_', " ")),
+        }
     }
     if let Some(failed) = &r.reload_failed {
         println!(

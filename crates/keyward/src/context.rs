@@ -22,6 +22,7 @@ pub struct Context {
     home_flag: Option<PathBuf>,
     config_flag: Option<PathBuf>,
     log_format: LogFormat,
+    remote: Option<Remote>,
     /// Resolved on first use: `version` and `policy` need no home, and a
     /// machine without one must still run them.
     home: OnceCell<Home>,
@@ -33,8 +34,22 @@ impl Context {
             home_flag: cli.home.clone(),
             config_flag: cli.config.clone(),
             log_format: cli.log_format,
+            remote: cli.remote.clone().map(|url| Remote {
+                url,
+                token_file: cli.token_file.clone(),
+                ca_file: cli.remote_ca.clone(),
+                identity: match cli.remote_identity.as_slice() {
+                    [cert, key] => Some((cert.clone(), key.clone())),
+                    _ => None,
+                },
+            }),
             home: OnceCell::new(),
         }
+    }
+
+    /// The keyward server `--remote` names, if any.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
     }
 
     /// A context for the home at `home`, with the default config file in
@@ -44,6 +59,7 @@ impl Context {
             home_flag: Some(home),
             config_flag: None,
             log_format,
+            remote: None,
             home: OnceCell::new(),
         }
     }
@@ -153,6 +169,43 @@ impl Context {
         }
         let exe = std::env::current_exe().context("cannot find the keyward executable")?;
         Ok((exe, args))
+    }
+}
+
+/// A keyward server reached over its gRPC API (team mode).
+pub struct Remote {
+    url: String,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Remote {
+    /// Connects with the token from `--token-file`.
+    pub async fn connect(&self) -> Result<keyward_grpc::RemoteClient> {
+        let file = self.token_file.as_ref().context(
+            "--remote needs an API token: --token-file FILE (or KEYWARD_TOKEN_FILE) holding the \
+             kwt_... value `keyward token issue` printed",
+        )?;
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the token file {}", file.display()))?;
+        let token = token.trim();
+        if !token.starts_with(keyward_auth::TOKEN_PREFIX) {
+            anyhow::bail!(
+                "{} does not hold a keyward API token (kwt_ and 32 hex digits)",
+                file.display()
+            );
+        }
+        let options = keyward_grpc::RemoteOptions {
+            url: &self.url,
+            ca_file: self.ca_file.as_deref(),
+            client_identity: self
+                .identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+            token,
+        };
+        Ok(keyward_grpc::RemoteClient::connect(&options).await?)
     }
 }
 

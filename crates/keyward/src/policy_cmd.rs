@@ -57,10 +57,15 @@ pub async fn eval(ctx: &Context, args: &EvalArgs) -> Result<ExitCode> {
     if let Some(auth) = crate::runner_auth::load(&args.runner_auth)? {
         req.runner_auth = auth;
     }
-    let client = ctx.ensure_daemon().await?;
-    let resp: DecisionResponse = client
-        .call(Method::POST, "/v1/evaluate", Some(&req))
-        .await?;
+    let resp: DecisionResponse = match ctx.remote() {
+        Some(remote) => remote.connect().await?.evaluate(&req).await?,
+        None => {
+            ctx.ensure_daemon()
+                .await?
+                .call(Method::POST, "/v1/evaluate", Some(&req))
+                .await?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
