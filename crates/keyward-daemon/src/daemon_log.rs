@@ -1,5 +1,5 @@
 //! `daemon.log` rotation. A detached daemon's stdout and stderr are
-//! `<home>/daemon.log` (see `control::start_detached`); left alone, one line
+//! `<home>/daemon.log` (see the CLI's `control::start_detached`); left alone, one line
 //! per proxied request would grow it without bound. When it passes
 //! `daemon.log_max_bytes` it becomes `daemon.log.1` (replacing the one
 //! before) and the daemon's output moves to a fresh `daemon.log`. A daemon

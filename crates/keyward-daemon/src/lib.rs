@@ -1,8 +1,7 @@
 //! The keyward daemon: its single-instance lifecycle and the admin API
 //! served on a Unix socket (the configuration and the home's layout are
-//! `keyward_config`, the runs `keyward_runs`). Also the client-side control
-//! of that lifecycle (detached start, stop, status inspection) so the binary
-//! stays a thin CLI.
+//! `keyward_config`, the runs `keyward_runs`; driving the daemon from the
+//! outside, start, stop and status, is the CLI's `control.rs`).
 #![forbid(unsafe_code)]
 
 mod admin_conn;
@@ -10,7 +9,6 @@ mod admin_listener;
 mod api_error;
 mod broker;
 mod compat_cavra;
-pub mod control;
 mod daemon_log;
 mod egress_evidence;
 mod error;

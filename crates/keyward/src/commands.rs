@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::control::{self, ControlError, StatusReport, Stopped};
 use anyhow::{Context as _, Result};
 use keyward_config::LoadedConfig;
-use keyward_daemon::control::{self, ControlError, StatusReport, Stopped};
 use keyward_daemon::{DaemonOptions, run};
 use serde_json::json;
 

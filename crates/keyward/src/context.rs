@@ -7,10 +7,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::control::{self, ControlError};
 use anyhow::{Context as _, Result};
 use keyward_config::home::Home;
 use keyward_config::{self as config, ConfigSource, LoadedConfig};
-use keyward_daemon::control::{self, ControlError};
 
 use crate::cli::{Cli, LogFormat};
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use crate::control;
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,7 +14,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use keyward_api::{InitVaultRequest, SecretInfo, SetSecretRequest, VaultStatus};
 use keyward_config::home::Home;
-use keyward_daemon::control;
 use sha2::{Digest, Sha256};
 
 use crate::context::Context;

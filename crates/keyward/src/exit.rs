@@ -3,12 +3,12 @@
 
 use std::process::ExitCode;
 
+use crate::control::ControlError;
 use keyward_api::ClientError;
 use keyward_config::ConfigError;
 use keyward_config::edit::EditError;
 use keyward_config::home::HomeError;
 use keyward_daemon::DaemonError;
-use keyward_daemon::control::ControlError;
 use keyward_vault::VaultError;
 
 /// Any other failure.

@@ -6,6 +6,7 @@ mod audit;
 mod cli;
 mod commands;
 mod context;
+mod control;
 mod demo;
 mod exit;
 mod grants;

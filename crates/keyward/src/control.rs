@@ -1,5 +1,6 @@
-//! Driving a daemon from the outside: detached start, stop and status. The
-//! CLI calls these; they hold the lifecycle rules so the binary stays thin.
+//! Driving a daemon from the outside: detached start, stop and status, with
+//! the lifecycle rules they follow (the PID file's lock, readiness through
+//! a notify socket, a log tail when a start fails).
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -14,8 +15,8 @@ use keyward_api::{Client, ClientError, Health, KeyMode, VaultStatus};
 use keyward_sys::{Signal, process_exists, send_signal};
 use serde::Serialize;
 
-use crate::pidfile::{PidFileState, inspect};
 use keyward_config::home::{Home, HomeError};
+use keyward_daemon::pidfile::{PidFileState, inspect};
 
 /// How much of `daemon.log` a failed start shows.
 const LOG_TAIL_LINES: usize = 20;
