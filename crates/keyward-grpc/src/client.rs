@@ -63,6 +63,8 @@ pub struct RemoteOptions<'a> {
 }
 
 /// A connection to a keyward server. Holds the token: not `Debug`.
+/// Clones share the connection (HTTP/2 streams side by side).
+#[derive(Clone)]
 pub struct RemoteClient {
     inner: KeywardClient<Channel>,
     authorization: MetadataValue<Ascii>,
