@@ -55,8 +55,15 @@ impl Backend for DaemonApi {
             })
     }
 
-    fn list_runs(&self) -> Vec<RunInfo> {
-        self.0.runs.list().iter().map(|r| r.info()).collect()
+    fn list_runs(&self, caller: &Caller) -> Vec<RunInfo> {
+        // A token's user sees the runs it created; the admin scope, all.
+        self.0
+            .runs
+            .list()
+            .iter()
+            .filter(|r| caller.admin || r.token_user.as_deref() == Some(caller.user.as_str()))
+            .map(|r| r.info())
+            .collect()
     }
 
     fn health(&self) -> Health {

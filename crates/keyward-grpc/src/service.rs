@@ -21,6 +21,8 @@ pub struct Caller {
     pub role: String,
     /// The subject of the client certificate, with mutual TLS.
     pub client_certificate: Option<String>,
+    /// The role holds the `admin` scope (sees every run).
+    pub admin: bool,
 }
 
 /// Why the backend could not answer.
@@ -43,8 +45,8 @@ pub trait Backend: Send + Sync + 'static {
         req: EvaluateRequest,
         caller: Caller,
     ) -> impl Future<Output = Result<DecisionResponse, BackendError>> + Send;
-    /// The runs, oldest first.
-    fn list_runs(&self) -> Vec<RunInfo>;
+    /// The runs `caller` may see, oldest first.
+    fn list_runs(&self, caller: &Caller) -> Vec<RunInfo>;
     /// The daemon's health.
     fn health(&self) -> Health;
 }
@@ -125,6 +127,7 @@ impl<B: Backend, G: Gate> KeywardService<B, G> {
             .check(token, scope.as_ref())
             .map_err(|e| auth_status(&e))?;
         Ok(Caller {
+            admin: principal.role.allows(&Scope::Admin),
             user: principal.user,
             role: principal.role.name,
             client_certificate: crate::tls::client_subject(req),
@@ -152,8 +155,8 @@ impl<B: Backend, G: Gate> Keyward for KeywardService<B, G> {
         &self,
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
-        self.admit(&request, Some(Scope::RunsRead))?;
-        let runs = self.backend.list_runs();
+        let caller = self.admit(&request, Some(Scope::RunsRead))?;
+        let runs = self.backend.list_runs(&caller);
         Ok(Response::new(proto::ListRunsResponse {
             runs: runs.iter().map(Into::into).collect(),
         }))

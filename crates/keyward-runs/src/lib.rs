@@ -48,6 +48,25 @@ pub enum Membership {
 /// Format version of `runs.json`.
 const RUNS_VERSION: u32 = 1;
 
+/// Who creates a run: the caller's uid, and in team mode the API token's
+/// user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The caller's uid.
+    pub uid: u32,
+    /// The token's user, when the request carried one.
+    pub token_user: Option<String>,
+}
+
+impl From<u32> for Owner {
+    fn from(uid: u32) -> Self {
+        Self {
+            uid,
+            token_user: None,
+        }
+    }
+}
+
 /// One run, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -91,6 +110,10 @@ pub struct RunRecord {
     /// What the run may use, as resolved when it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<FrozenAuthority>,
+    /// The API token's user that created the run (team mode): a token
+    /// without the `admin` scope sees and ends only its user's runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_user: Option<String>,
     /// The cgroup (v2) holding the run's processes, relative to the
     /// cgroup2 mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -404,15 +427,16 @@ impl Registry {
         })
     }
 
-    /// Registers a run (grants already validated) and returns it with its
-    /// token, which is not kept.
+    /// Registers a run (grants already validated) for `owner` and returns it
+    /// with its token, which is not kept.
     pub fn create(
         &self,
         req: &CreateRunRequest,
         placeholder_vars: &[String],
-        uid: u32,
+        owner: impl Into<Owner>,
         authority: FrozenAuthority,
     ) -> Result<(RunRecord, String), RunsError> {
+        let owner = owner.into();
         let token = hex_random(32);
         let id = format!("run_{}", hex_random(6));
         let placeholders = placeholder_vars
@@ -431,7 +455,8 @@ impl Registry {
             policy: req.policy.clone(),
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             confinement: req.confinement.clone(),
-            uid: Some(uid),
+            uid: Some(owner.uid),
+            token_user: owner.token_user,
             broker: req.broker,
             base_url: req.base_url,
             runner: None,

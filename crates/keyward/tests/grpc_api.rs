@@ -175,6 +175,18 @@ fn remote_callers_are_decided_by_their_token_over_tls() {
         );
         assert!(message.contains("action_type"), "{message}");
 
+        // A run the runner's token creates is listed to that user only.
+        let (status, _, body) = common::http_exchange(
+            &home.socket(),
+            "POST",
+            "/v1/runs",
+            &[&format!("authorization: Bearer {runner}")],
+            Some(r#"{"grants":[]}"#),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(client.list_runs().await.unwrap().len(), 1);
+
         // A role without the scope, then its rate limit with a retry-after.
         let mut reading = connect(&url, &ca, None, &reader).await.unwrap();
         let (code, api, message) = refused(reading.evaluate(&read_file("read_file", "/x")).await);
@@ -183,7 +195,10 @@ fn remote_callers_are_decided_by_their_token_over_tls() {
             (tonic::Code::PermissionDenied, "scope_denied")
         );
         assert!(message.contains("scope evaluate"), "{message}");
-        reading.list_runs().await.unwrap();
+        assert!(
+            reading.list_runs().await.unwrap().is_empty(),
+            "another user's run"
+        );
         reading.list_runs().await.unwrap();
         match reading.list_runs().await {
             Err(RemoteError::Status { status, api_code }) => {

@@ -287,6 +287,37 @@ fn roles_limit_grants_and_rate_and_are_deleted_only_when_unused() {
 }
 
 #[test]
+fn a_tokens_runs_are_its_users_own() {
+    let home = TestHome::new();
+    home.start(&[]);
+    let ci = issue(&home, "ci", "runner", &[]);
+    let other = issue(&home, "other", "runner", &[]);
+    let admin = issue(&home, "boss", "admin", &[]);
+    let (status, _, body) = with_token(&home, &ci, "POST", "/v1/runs", Some(r#"{"grants":[]}"#));
+    assert_eq!(status, 200, "{body}");
+    let id = json(&body)["run_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/runs/{id}");
+    let listed = |token: &str| {
+        let (_, _, body) = with_token(&home, token, "GET", "/v1/runs", None);
+        json(&body)["runs"].as_array().unwrap().len()
+    };
+    assert_eq!(listed(&ci), 1);
+    assert_eq!(listed(&other), 0, "another token user sees nothing of it");
+    assert_eq!(listed(&admin), 1, "the admin scope sees every run");
+    for method in ["GET", "PATCH", "DELETE"] {
+        let body = (method == "PATCH").then_some("{}");
+        let (status, _, body) = with_token(&home, &other, method, &path, body);
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (404, "run_not_found"),
+            "{method}"
+        );
+    }
+    let (status, _, body) = with_token(&home, &ci, "DELETE", &path, None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn a_token_gives_a_program_inside_a_run_nothing() {
     let home = TestHome::new();
     home.start(&[]);

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use hyper::body::Bytes;
 use keyward_api::{CreateRunRequest, PatchRunRequest, RunCreated, RunInfo, RunList, RunProblems};
+use keyward_auth::Principal;
 use keyward_proxy::{AllowRule, RunContext};
 
 use crate::runner_auth::{self, RunnerAuth};
@@ -129,13 +130,13 @@ fn run_env(state: &AppState, proxy_url: &str) -> std::collections::BTreeMap<Stri
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    principal: Option<axum::Extension<keyward_auth::Principal>>,
+    principal: Option<Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunCreated>, axum::response::Response> {
     use axum::response::IntoResponse;
     let req: CreateRunRequest = json_body(body).map_err(IntoResponse::into_response)?;
     // A token's role must hold each grant the run asks for.
-    if let Some(axum::Extension(principal)) = &principal {
+    if let Some(Extension(principal)) = &principal {
         for grant in &req.grants {
             let scope = keyward_auth::Scope::GrantsUse(Some(grant.clone()));
             if !principal.role.allows(&scope) {
@@ -149,7 +150,8 @@ pub(crate) async fn create(
             }
         }
     }
-    create_run(state, peer, req)
+    let token_user = principal.map(|Extension(p)| p.user);
+    create_run(state, peer, token_user, req)
         .await
         .map_err(IntoResponse::into_response)
 }
@@ -157,6 +159,7 @@ pub(crate) async fn create(
 async fn create_run(
     state: Arc<AppState>,
     peer: Peer,
+    token_user: Option<String>,
     req: CreateRunRequest,
 ) -> Result<Json<RunCreated>, ApiError> {
     if let Some(pid) = req.pid {
@@ -204,7 +207,11 @@ async fn create_run(
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runs_io", e.to_string()),
         })?;
     crate::run_trust::ensure_key(&state).await;
-    let (mut run, token) = state.runs.create(&req, &vars, peer.uid, authority)?;
+    let owner = keyward_runs::Owner {
+        uid: peer.uid,
+        token_user,
+    };
+    let (mut run, token) = state.runs.create(&req, &vars, owner, authority)?;
     state.authority.adopt(&run.id, frozen);
     if let Some(claims) = claims {
         run = state.runs.bind_runner(&run.id, claims)?.unwrap_or(run);
@@ -355,29 +362,44 @@ fn env_to_drop(
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    principal: Option<Extension<Principal>>,
 ) -> Json<RunList> {
+    let principal = principal.as_ref().map(|Extension(p)| p);
     Json(RunList {
         runs: state
             .runs
             .list()
             .iter()
-            .filter(|r| visible(&peer, r))
+            .filter(|r| visible(&peer, principal, r))
             .map(RunRecord::info)
             .collect(),
     })
 }
 
 /// Administrators see every run; other users only their own.
-fn visible(peer: &Peer, run: &RunRecord) -> bool {
-    peer.admin || run.uid == Some(peer.uid)
+fn visible(peer: &Peer, principal: Option<&Principal>, run: &RunRecord) -> bool {
+    match principal {
+        // A token decides in place of the uid: its user's runs, or all of
+        // them with the admin scope.
+        Some(principal) => {
+            principal.role.allows(&keyward_auth::Scope::Admin)
+                || run.token_user.as_deref() == Some(principal.user.as_str())
+        }
+        None => peer.admin || run.uid == Some(peer.uid),
+    }
 }
 
 /// The run `id` as `peer` may see it.
-fn visible_run(state: &AppState, peer: &Peer, id: &str) -> Result<RunRecord, ApiError> {
+fn visible_run(
+    state: &AppState,
+    peer: &Peer,
+    principal: Option<&Principal>,
+    id: &str,
+) -> Result<RunRecord, ApiError> {
     state
         .runs
         .get(id)
-        .filter(|r| visible(peer, r))
+        .filter(|r| visible(peer, principal, r))
         .ok_or_else(|| not_found(id))
 }
 
@@ -392,9 +414,10 @@ fn not_found(id: &str) -> ApiError {
 pub(crate) async fn get_one(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    principal: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
-    visible_run(&state, &peer, &id).map(|r| {
+    visible_run(&state, &peer, principal.as_ref().map(|Extension(p)| p), &id).map(|r| {
         let mut info = r.info();
         info.problems = state.run_reports.peek(&id);
         Json(info)
@@ -411,10 +434,11 @@ const PROBLEMS_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 pub(crate) async fn problems(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    principal: Option<Extension<Principal>>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RunProblems>, ApiError> {
-    visible_run(&state, &peer, &id)?;
+    visible_run(&state, &peer, principal.as_ref().map(|Extension(p)| p), &id)?;
     let seen = match query.as_deref().and_then(|q| q.strip_prefix("seen=")) {
         None if query.is_none() => Some(0),
         Some(n) => n.parse::<u64>().ok(),
@@ -429,7 +453,7 @@ pub(crate) async fn problems(
     })?;
     let answer = state.run_reports.wait_past(&id, seen, PROBLEMS_WAIT).await;
     // The run may have ended while the request waited.
-    visible_run(&state, &peer, &id)?;
+    visible_run(&state, &peer, principal.as_ref().map(|Extension(p)| p), &id)?;
     Ok(Json(answer))
 }
 
@@ -479,11 +503,12 @@ fn check_run_pid(
 pub(crate) async fn patch(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    principal: Option<Extension<Principal>>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunInfo>, ApiError> {
     let req: PatchRunRequest = json_body(body)?;
-    visible_run(&state, &peer, &id)?;
+    visible_run(&state, &peer, principal.as_ref().map(|Extension(p)| p), &id)?;
     if let Some(pid) = req.pid {
         check_run_pid(&state, &peer, pid, Some(&id))?;
     }
@@ -501,9 +526,10 @@ pub(crate) async fn patch(
 pub(crate) async fn remove(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    principal: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<RunInfo>, ApiError> {
-    let run = visible_run(&state, &peer, &id)?;
+    let run = visible_run(&state, &peer, principal.as_ref().map(|Extension(p)| p), &id)?;
     // Taken before the run is released (which forgets it).
     let problems = state.run_reports.take(&id);
     if let Some(removed) = state.runs.remove(&id)? {
