@@ -86,9 +86,17 @@ impl ServerConfig {
 pub struct GrpcConfig {
     /// Address and port, e.g. `0.0.0.0:50051` (port 0: any free one).
     pub listen: String,
+    /// Connections open at once (1 to 65536); more are closed as they
+    /// arrive. A TLS handshake not done within 10 s gives its slot back.
+    #[serde(default = "default_grpc_connections")]
+    pub max_connections: usize,
     /// `[server.grpc.tls]`.
     #[serde(default)]
     pub tls: GrpcTlsConfig,
+}
+
+fn default_grpc_connections() -> usize {
+    512
 }
 
 /// `[server.grpc.tls]`: the listener's certificate; with `client_ca_file`,
@@ -842,6 +850,15 @@ fn validate_server(server: &ServerConfig) -> Result<(), (String, String)> {
             ),
         )
     })?;
+    if !(1..=65536).contains(&grpc.max_connections) {
+        return Err((
+            "server.grpc.max_connections".to_owned(),
+            format!(
+                "{} is out of range; expected 1 to 65536",
+                grpc.max_connections
+            ),
+        ));
+    }
     let tls = &grpc.tls;
     if tls.disable {
         if tls.cert_file.is_some() || tls.key_file.is_some() || tls.client_ca_file.is_some() {

@@ -137,11 +137,19 @@ pub(crate) async fn start(
         tls: protection.to_owned(),
     });
     let api = Arc::new(DaemonApi(state.clone()));
+    let max_connections = config.max_connections;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let served = keyward_grpc::serve(listener, tls.as_ref(), api.clone(), api, async {
-            let _ = stopped.await;
-        })
+        let served = keyward_grpc::serve(
+            listener,
+            max_connections,
+            tls.as_ref(),
+            api.clone(),
+            api,
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await;
         if let Err(e) = served {
             tracing::error!("the gRPC listener stopped: {e}");

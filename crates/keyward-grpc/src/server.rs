@@ -3,10 +3,17 @@
 //! unless TLS was switched off.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::StreamExt as _;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 use crate::proto::keyward_server::KeywardServer;
 use crate::service::{Backend, Gate, KeywardService};
@@ -23,16 +30,27 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` completes. `tls: None` serves
-/// plain HTTP/2 (only where the network itself is trusted).
+/// Serves on `listener` until `shutdown` completes, with at most
+/// `max_connections` connections open at once. `tls: None` serves plain
+/// HTTP/2 (only where the network itself is trusted).
 pub async fn serve<B: Backend, G: Gate>(
     listener: tokio::net::TcpListener,
+    max_connections: usize,
     tls: Option<&TlsFiles>,
     backend: Arc<B>,
     gate: Arc<G>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let mut builder = Server::builder();
+    // Bounds a caller cannot lift: calls per connection, streams per
+    // connection, a call's time, dead peers found by keepalives, and
+    // connections at once (more are closed as they arrive).
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_nodelay(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.server_config()?)?;
     }
@@ -47,7 +65,97 @@ pub async fn serve<B: Backend, G: Gate>(
     builder
         .add_service(health_service)
         .add_service(KeywardServer::new(KeywardService::new(backend, gate)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(limited(listener, max_connections), shutdown)
         .await?;
     Ok(())
+}
+
+/// Calls in progress per connection.
+const MAX_CALLS_PER_CONNECTION: usize = 64;
+/// HTTP/2 streams per connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// The longest a call may take (a decision waits for its fsync).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listener's connections, each holding one of `max` slots for its
+/// life; a connection beyond them is closed at once (said in the log at
+/// most once a second, so a flood cannot flood the log too).
+fn limited(
+    listener: tokio::net::TcpListener,
+    max: usize,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Limited>> {
+    let slots = Arc::new(Semaphore::new(max));
+    let mut last_said: Option<std::time::Instant> = None;
+    TcpIncoming::from(listener).filter_map(move |accepted| match accepted {
+        Ok(stream) => match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(Ok(Limited {
+                inner: stream,
+                _permit: permit,
+            })),
+            Err(_) => {
+                if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_said = Some(std::time::Instant::now());
+                    tracing::warn!("gRPC connections are at their cap ({max}); closing new ones");
+                }
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// A TCP connection holding a connection slot until it closes.
+struct Limited {
+    inner: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Limited {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

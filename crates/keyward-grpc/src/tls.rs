@@ -39,7 +39,11 @@ impl TlsFiles {
     /// library when the server is built).
     pub fn server_config(&self) -> Result<ServerTlsConfig, TlsFileError> {
         let identity = Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
-        let mut config = ServerTlsConfig::new().identity(identity);
+        // A peer that never finishes its handshake gives its connection
+        // slot back after this.
+        let mut config = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(std::time::Duration::from_secs(10));
         if let Some(ca) = &self.client_ca_file {
             config = config.client_ca_root(Certificate::from_pem(read(ca)?));
         }

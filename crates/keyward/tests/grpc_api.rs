@@ -50,6 +50,10 @@ impl Pki {
 
 /// Starts the daemon with a gRPC listener on a free port; returns its URL.
 fn start_with_grpc(home: &TestHome, pki: &Pki, mutual: bool) -> String {
+    start_with_grpc_extra(home, pki, mutual, "")
+}
+
+fn start_with_grpc_extra(home: &TestHome, pki: &Pki, mutual: bool, extra: &str) -> String {
     let client_ca = if mutual {
         format!("client_ca_file = {:?}\n", pki.path_str("client-ca.pem"))
     } else {
@@ -59,7 +63,7 @@ fn start_with_grpc(home: &TestHome, pki: &Pki, mutual: bool) -> String {
     std::fs::write(
         home.file("keyward.toml"),
         format!(
-            "[server.grpc]\nlisten = \"127.0.0.1:0\"\n\n[server.grpc.tls]\ncert_file = {:?}\n\
+            "[server.grpc]\nlisten = \"127.0.0.1:0\"\n{extra}\n[server.grpc.tls]\ncert_file = {:?}\n\
              key_file = {:?}\n{client_ca}",
             pki.path_str("server.pem"),
             pki.path_str("server.key")
@@ -374,4 +378,51 @@ fn a_listener_without_tls_files_is_refused_at_config_check() {
             && check.stderr.contains("disable = true"),
         "{check:?}"
     );
+}
+
+#[test]
+fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
+    use std::io::Read as _;
+    let home = TestHome::new();
+    let pki = Pki::new(&home);
+    let url = start_with_grpc_extra(&home, &pki, false, "max_connections = 2\n");
+    let token = issue(&home, "ci", "runner");
+    let addr = url
+        .trim_start_matches("https://")
+        .replace("localhost", "127.0.0.1");
+    // Two peers that never start their handshake hold both slots...
+    let idle: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // ...so a third is closed at once (EOF or reset, not a hang).
+    let mut third = std::net::TcpStream::connect(&addr).unwrap();
+    third
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    match third.read(&mut buf) {
+        Ok(0) => {}
+        Err(e)
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut => {}
+        other => panic!("a connection beyond the cap was kept: {other:?}"),
+    }
+    // Closing them gives the slots back: a real caller gets through.
+    drop(idle);
+    let ca = pki.path("server-ca.pem");
+    let served = runtime().block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(mut client) = connect(&url, &ca, None, &token).await
+                && client.health().await.is_ok()
+            {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(served, "the slots did not come back");
 }
