@@ -12,6 +12,7 @@ mod grant_types;
 mod policy_types;
 mod run_types;
 mod socket_path;
+mod text;
 mod types;
 mod vault_types;
 
@@ -30,6 +31,7 @@ pub use run_types::{
     RunList, RunProblem, RunProblems,
 };
 pub use socket_path::{SOCKET_PATH_MAX, SocketPathTooLong, check_socket_path};
+pub use text::printable;
 pub use types::{
     ErrorBody, ErrorDetail, GrpcListening, Health, ReloadFailure, ShutdownRequest, ShutdownResponse,
 };

@@ -29,6 +29,11 @@ impl ApiError {
         &self.message
     }
 
+    /// The HTTP status.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The error code (`bad_request`, ...).
     pub(crate) fn code(&self) -> &'static str {
         self.code

@@ -34,6 +34,22 @@ impl Backend for DaemonApi {
                 message: e.message,
             });
         }
+        // A remote caller is decided by the configured policy: naming
+        // another pack (the built-in one is laxer) is refused, not obeyed,
+        // as for a process inside a run.
+        let configured = self.0.config().policy.id().to_owned();
+        if let Some(pack) = req.policy_pack.as_deref()
+            && pack != configured
+        {
+            return Err(BackendError {
+                code: tonic::Code::PermissionDenied,
+                api_code: "policy_pack_refused".to_owned(),
+                message: format!(
+                    "policy_pack {pack:?}: remote callers are decided by this server's policy \
+                     ({configured:?}) and cannot pick another"
+                ),
+            });
+        }
         let record = serde_json::json!({
             "user": caller.user,
             "role": caller.role,
@@ -43,11 +59,13 @@ impl Backend for DaemonApi {
         crate::routes::policy::decide_on_record(&self.0, slot, req, None, Some(record))
             .await
             .map_err(|e| BackendError {
-                code: match e.code() {
-                    "bad_request" | "bad_policy" | "unknown_policy_pack" => {
-                        tonic::Code::InvalidArgument
-                    }
-                    "evidence_unavailable" => tonic::Code::Unavailable,
+                code: match e.status().as_u16() {
+                    400 | 413 | 422 => tonic::Code::InvalidArgument,
+                    401 => tonic::Code::Unauthenticated,
+                    403 => tonic::Code::PermissionDenied,
+                    404 => tonic::Code::NotFound,
+                    429 => tonic::Code::ResourceExhausted,
+                    503 => tonic::Code::Unavailable,
                     _ => tonic::Code::Internal,
                 },
                 api_code: e.code().to_owned(),
@@ -84,10 +102,19 @@ pub(crate) struct GrpcListener {
 }
 
 impl GrpcListener {
-    /// Stops accepting and lets calls under way finish.
-    pub(crate) async fn stop(self) {
+    /// Stops accepting and lets calls under way finish, for at most
+    /// `drain`: a stream held open (a health watch, a body never finished)
+    /// does not keep the daemon from stopping.
+    pub(crate) async fn stop(self, drain: std::time::Duration) {
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(drain, &mut task).await.is_err() {
+            tracing::warn!(
+                "gRPC calls did not finish within {}s; closing them",
+                drain.as_secs()
+            );
+            task.abort();
+        }
     }
 }
 
@@ -125,9 +152,10 @@ pub(crate) async fn start(
     } else {
         tracing::info!(%addr, tls = protection, "gRPC listener ready");
     }
-    // Built before serving, so bad certificate files stop the start.
+    // Built (the certificate and key parsed) before serving, so bad files
+    // stop the start, saying why.
     if let Some(tls) = &tls {
-        tls.server_config().map_err(|e| DaemonError::Io {
+        keyward_grpc::check_tls(tls).map_err(|e| DaemonError::Io {
             what: "server.grpc.tls".to_owned(),
             source: std::io::Error::other(e.to_string()),
         })?;

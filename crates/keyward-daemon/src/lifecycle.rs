@@ -44,6 +44,9 @@ use keyward_runs::tasks::RunTasks;
 /// How long in-flight requests may take to finish once a stop begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long gRPC calls under way may take to finish at a stop.
+const GRPC_DRAIN: Duration = Duration::from_secs(3);
+
 /// Everything [`run`] needs, resolved and validated by the caller.
 pub struct DaemonOptions {
     /// The home to take.
@@ -313,7 +316,6 @@ impl Daemon {
             ..
         } = self;
         tracing::info!("stopping: {reason}");
-        state.team.flush();
         // `keyward run --verbose` followers are answered now, not after
         // their long poll runs out.
         state.run_reports.close();
@@ -325,15 +327,22 @@ impl Daemon {
         if let Some(cavra) = admin.cavra {
             cavra.stop();
         }
-        if let Some(grpc) = grpc {
-            grpc.stop().await;
-        }
         let _ = admin.drain.send(());
-        // The proxy drains at the same time (it stops itself after DRAIN_TIMEOUT).
-        let (drained, _) = tokio::join!(
+        // The proxy and the gRPC listener drain at the same time (the proxy
+        // stops itself after DRAIN_TIMEOUT; gRPC calls are short, and the
+        // streams a load balancer keeps open are cut after GRPC_DRAIN).
+        let grpc_stopped = async {
+            if let Some(grpc) = grpc {
+                grpc.stop(GRPC_DRAIN).await;
+            }
+        };
+        let (drained, _, ()) = tokio::join!(
             tokio::time::timeout(DRAIN_TIMEOUT, &mut admin.serve),
-            proxy.task
+            proxy.task,
+            grpc_stopped
         );
+        // After the last call that could use a token.
+        state.team.flush();
         match drained {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!("admin server failed while draining: {e}"),

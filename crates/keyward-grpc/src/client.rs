@@ -50,6 +50,11 @@ impl From<tonic::Status> for RemoteError {
     }
 }
 
+/// How long connecting (TCP and TLS) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a call may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where and how to reach a keyward server.
 pub struct RemoteOptions<'a> {
     /// `https://host:port` (or `http://` where TLS is off).
@@ -81,13 +86,26 @@ impl RemoteClient {
         let authorization: MetadataValue<Ascii> = format!("Bearer {}", options.token.trim())
             .parse()
             .map_err(|_| RemoteError::Setup("the token holds characters a header cannot".into()))?;
-        let mut endpoint = Channel::from_shared(options.url.to_owned()).map_err(|e| {
+        // The token goes with every call: only over TLS.
+        let scheme = options.url.split("://").next().unwrap_or_default();
+        if !scheme.eq_ignore_ascii_case("https") {
+            return Err(RemoteError::Setup(format!(
+                "{:?}: the API token would cross the network in clear; use https://HOST:PORT \
+                 (a server with TLS off is for a TLS-terminating proxy in front of it)",
+                options.url
+            )));
+        }
+        let url = format!("https{}", &options.url[scheme.len()..]);
+        let mut endpoint = Channel::from_shared(url).map_err(|e| {
             RemoteError::Setup(format!(
                 "{:?} is not a server URL (e.g. https://keyward.example.com:50051): {e}",
                 options.url
             ))
         })?;
-        if options.url.starts_with("https://") {
+        endpoint = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        {
             let mut tls = ClientTlsConfig::new();
             tls = match options.ca_file {
                 Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),

@@ -21,4 +21,4 @@ pub use client::{RemoteClient, RemoteError, RemoteOptions};
 pub use convert::{UnknownWord, json_to_struct, struct_to_json};
 pub use server::{ServeError, serve};
 pub use service::{Backend, BackendError, Caller, Gate, KeywardService, auth_status};
-pub use tls::{TlsFileError, TlsFiles, client_subject};
+pub use tls::{TlsFileError, TlsFiles, check_tls, client_subject};

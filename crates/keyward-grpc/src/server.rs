@@ -26,7 +26,7 @@ pub enum ServeError {
     #[error(transparent)]
     TlsFile(#[from] crate::tls::TlsFileError),
     /// The transport failed (a bad certificate or key is found here).
-    #[error("the gRPC listener failed: {0}")]
+    #[error("the gRPC listener failed: {}", with_sources(.0))]
     Transport(#[from] tonic::transport::Error),
 }
 
@@ -58,18 +58,47 @@ pub async fn serve<B: Backend, G: Gate>(
     health_reporter
         .set_serving::<KeywardServer<KeywardService<B, G>>>()
         .await;
+    // Load balancers see "not serving" as soon as the stop begins.
+    let reporter = health_reporter.clone();
+    let shutdown = async move {
+        shutdown.await;
+        reporter
+            .set_not_serving::<KeywardServer<KeywardService<B, G>>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    // The token is checked on the call's headers, before its message is
+    // read: a caller without one never gets a body decoded.
+    let check = {
+        let gate = gate.clone();
+        move |request: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
+            let token = crate::service::bearer(request.metadata())?;
+            gate.check(token, None)
+                .map_err(|e| crate::service::auth_status(&e))?;
+            Ok(request)
+        }
+    };
     // The whole server answers too (the empty service name).
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     builder
         .add_service(health_service)
-        .add_service(KeywardServer::new(KeywardService::new(backend, gate)))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            KeywardServer::new(KeywardService::new(backend, gate))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            check,
+        ))
         .serve_with_incoming_shutdown(limited(listener, max_connections), shutdown)
         .await?;
     Ok(())
 }
 
+/// The largest request message (an evaluate request is a few hundred
+/// bytes; the admin API takes up to 2 MiB of JSON).
+const MAX_MESSAGE_BYTES: usize = 256 << 10;
 /// Calls in progress per connection.
 const MAX_CALLS_PER_CONNECTION: usize = 64;
 /// HTTP/2 streams per connection.
@@ -158,4 +187,16 @@ impl AsyncWrite for Limited {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// An error with its causes (`transport error: ...: the key does not match`).
+fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -85,6 +85,28 @@ pub fn auth_status(err: &AuthError) -> Status {
     status
 }
 
+/// The token of a call: exactly one `authorization: Bearer <token>`.
+pub(crate) fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
+    let refuse = |why: &str| {
+        let mut status = Status::unauthenticated(why.to_owned());
+        if let Ok(value) = "token_invalid".parse() {
+            status.metadata_mut().insert("keyward-error", value);
+        }
+        status
+    };
+    let mut values = metadata.get_all("authorization").iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(refuse(
+            "send exactly one `authorization: Bearer kwt_...` (keyward token issue makes one)",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| refuse("the authorization must be `Bearer kwt_...`"))
+}
+
 fn backend_status(err: BackendError) -> Status {
     let mut status = Status::new(err.code, err.message);
     if let Ok(value) = err.api_code.parse() {
@@ -108,20 +130,7 @@ impl<B, G> KeywardService<B, G> {
 impl<B: Backend, G: Gate> KeywardService<B, G> {
     /// The caller of `req` once its token passes for `scope`.
     fn admit<T>(&self, req: &Request<T>, scope: Option<Scope>) -> Result<Caller, Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or_default())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
-            .ok_or_else(|| {
-                let mut status = Status::unauthenticated(
-                    "no token: send `authorization: Bearer kwt_...` (keyward token issue makes one)",
-                );
-                if let Ok(value) = "token_invalid".parse() {
-                    status.metadata_mut().insert("keyward-error", value);
-                }
-                status
-            })?;
+        let token = bearer(req.metadata())?;
         let principal = self
             .gate
             .check(token, scope.as_ref())

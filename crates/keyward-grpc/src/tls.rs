@@ -51,10 +51,25 @@ impl TlsFiles {
     }
 }
 
-/// The subject of the client certificate a call came with (mutual TLS).
+/// Builds the server's TLS from `files` as serving would (the certificate
+/// and key parsed, the client CA read), so bad files are found before the
+/// listener starts; the error names the cause.
+pub fn check_tls(files: &TlsFiles) -> Result<(), crate::ServeError> {
+    tonic::transport::Server::builder().tls_config(files.server_config()?)?;
+    Ok(())
+}
+
+/// The client certificate a call came with (mutual TLS): its subject, with
+/// control and bidi characters escaped, and its SHA-256 fingerprint (a
+/// subject alone can be made to read like another: the fingerprint cannot).
 pub fn client_subject<T>(req: &tonic::Request<T>) -> Option<String> {
+    use sha2::Digest as _;
     let certs = req.peer_certs()?;
     let leaf = certs.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    Some(cert.subject().to_string())
+    Some(format!(
+        "{} (sha256 {})",
+        keyward_api::printable(&cert.subject().to_string()),
+        hex::encode(sha2::Sha256::digest(leaf.as_ref()))
+    ))
 }

@@ -31,7 +31,7 @@ Global options (every command takes them):
                              [default: <home>/keyward.toml; built-in defaults when absent]
       --log-format <FORMAT>  log lines on stderr and in daemon.log: text (default) or json
       --remote <URL>         team mode: `eval` asks this keyward server's gRPC API
-                             [env: KEYWARD_REMOTE], with --token-file <FILE>
+                             (https only), with --token-file <FILE>
                              [env: KEYWARD_TOKEN_FILE], --remote-ca <FILE> [env:
                              KEYWARD_REMOTE_CA] and --remote-identity <CERT,KEY> (mutual TLS)
   -h, --help                 help (`--help` adds exit statuses and environment)
@@ -103,13 +103,7 @@ pub struct Cli {
     /// A keyward server's gRPC API (team mode), e.g.
     /// https://keyward.example.com:50051: `eval` asks it instead of the
     /// local daemon.
-    #[arg(
-        long,
-        global = true,
-        hide = true,
-        env = "KEYWARD_REMOTE",
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, hide = true, value_name = "URL")]
     pub remote: Option<String>,
 
     /// The API token for --remote (a file holding `kwt_...`).
@@ -139,10 +133,9 @@ pub struct Cli {
         global = true,
         hide = true,
         value_name = "CERT,KEY",
-        value_delimiter = ',',
-        num_args = 2
+        value_parser = parse_identity
     )]
-    pub remote_identity: Vec<PathBuf>,
+    pub remote_identity: Option<(PathBuf, PathBuf)>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -1047,4 +1040,17 @@ pub enum ConfigCommand {
     /// Validate the config and print the effective config (secrets as
     /// [REDACTED]); exit 64 when invalid.
     Check(JsonFlag),
+}
+
+/// `--remote-identity CERT,KEY`: two files.
+fn parse_identity(text: &str) -> Result<(PathBuf, PathBuf), String> {
+    match text.split_once(',') {
+        Some((cert, key)) if !cert.is_empty() && !key.is_empty() && !key.contains(',') => {
+            Ok((PathBuf::from(cert), PathBuf::from(key)))
+        }
+        _ => Err(format!(
+            "{text:?} is not CERT,KEY: the client certificate and its key, two PEM files \
+             (e.g. runner.pem,runner.key)"
+        )),
+    }
 }

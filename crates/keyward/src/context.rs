@@ -38,10 +38,7 @@ impl Context {
                 url,
                 token_file: cli.token_file.clone(),
                 ca_file: cli.remote_ca.clone(),
-                identity: match cli.remote_identity.as_slice() {
-                    [cert, key] => Some((cert.clone(), key.clone())),
-                    _ => None,
-                },
+                identity: cli.remote_identity.clone(),
             }),
             home: OnceCell::new(),
         }

@@ -17,7 +17,6 @@ mod run_pty;
 mod runner_auth;
 mod secrets;
 mod team;
-mod terminal;
 
 use std::process::ExitCode;
 

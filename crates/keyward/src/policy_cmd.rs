@@ -81,7 +81,7 @@ pub async fn eval(ctx: &Context, args: &EvalArgs) -> Result<ExitCode> {
             .filter(|m| Some(*m) != resp.target.as_deref().map(str::trim))
             .map(|m| format!(" (by: {m})"))
             .unwrap_or_default();
-        println!(
+        let line = format!(
             "{}: {} {}{}{part} — rule {} of {}: {}{approver} [{}]",
             resp.decision,
             resp.action_type,
@@ -95,6 +95,9 @@ pub async fn eval(ctx: &Context, args: &EvalArgs) -> Result<ExitCode> {
             resp.reason,
             resp.evidence_refs.join(", ")
         );
+        // The answer may come from a remote server: none of its words may
+        // drive the terminal.
+        println!("{}", keyward_api::printable(&line));
     }
     Ok(ExitCode::from(decision_status(resp.decision)))
 }

@@ -724,7 +724,7 @@ async fn follow_problems(client: keyward_api::Client, run_id: String) {
                 if before == 0
                     && let Some(fix) = &p.fix
                 {
-                    eprintln!("keyward run:   fix: {}", crate::terminal::printable(fix));
+                    eprintln!("keyward run:   fix: {}", keyward_api::printable(fix));
                 }
             }
         }
@@ -747,7 +747,7 @@ fn describe_problem(p: &keyward_api::RunProblem) -> String {
     } else {
         format!(", {} times", p.count)
     };
-    crate::terminal::printable(&format!("{kind}: {}{rule}{times}: {}", p.target, p.detail))
+    keyward_api::printable(&format!("{kind}: {}{rule}{times}: {}", p.target, p.detail))
 }
 
 /// Says on stderr, once the program is done, which of its requests were
@@ -765,7 +765,7 @@ fn report_problems(problems: &[keyward_api::RunProblem]) {
     for p in problems {
         eprintln!("  {}", describe_problem(p));
         if let Some(fix) = &p.fix {
-            eprintln!("    fix: {}", crate::terminal::printable(fix));
+            eprintln!("    fix: {}", keyward_api::printable(fix));
         }
     }
 }

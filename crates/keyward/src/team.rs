@@ -12,7 +12,7 @@ use keyward_api::{
 
 use crate::cli::{RoleCommand, RoleSpecArgs, TokenCommand};
 use crate::context::Context;
-use crate::terminal::printable;
+use keyward_api::printable;
 
 pub async fn token(ctx: &Context, cmd: &TokenCommand) -> Result<ExitCode> {
     let client = ctx.ensure_daemon().await?;

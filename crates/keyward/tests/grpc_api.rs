@@ -229,6 +229,32 @@ fn remote_callers_are_decided_by_their_token_over_tls() {
             (tonic::Code::Unauthenticated, "token_invalid")
         );
 
+        // A remote caller cannot pick the laxer built-in pack.
+        let mut laxer = read_file("read_file", "/srv/export.csv");
+        laxer.policy_pack = Some("agent-baseline-x".into());
+        let (code, api, _) = refused(client.evaluate(&laxer).await);
+        assert_eq!(
+            (code, api.as_str()),
+            (tonic::Code::PermissionDenied, "policy_pack_refused")
+        );
+
+        // A message past the limit is refused; without a valid token it is
+        // refused as such before it is read.
+        let huge = read_file("read_file", &"x".repeat(300 << 10));
+        let (code, _, _) = refused(client.evaluate(&huge).await);
+        assert!(
+            matches!(
+                code,
+                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            ),
+            "{code:?}"
+        );
+        let (code, api, _) = refused(stranger.evaluate(&huge).await);
+        assert_eq!(
+            (code, api.as_str()),
+            (tonic::Code::Unauthenticated, "token_invalid")
+        );
+
         // The standard health service answers load balancers (with a token
         // or not: it says nothing but "serving").
         let channel = tonic::transport::Channel::from_shared(url.clone())
@@ -320,6 +346,35 @@ fn keyward_remote_eval_exits_by_the_decision_and_says_why_it_cannot() {
         "{junk_run:?}"
     );
     assert!(!junk_run.stderr.contains("hunter2"), "{junk_run:?}");
+    // Only https: a token is never sent in clear.
+    let clear = home.run(&[
+        "--remote",
+        &url.replace("https://", "http://"),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "eval",
+        "--action",
+        "read_file",
+        "--target",
+        "/x",
+    ]);
+    assert_eq!(clear.code, 1, "{clear:?}");
+    assert!(
+        clear.stderr.contains("would cross the network in clear"),
+        "{clear:?}"
+    );
+    // A client identity is CERT,KEY.
+    let odd = home.run(&[
+        "--remote",
+        &url,
+        "--remote-identity",
+        "only-one.pem",
+        "eval",
+        "--action",
+        "x",
+    ]);
+    assert_eq!(odd.code, 1, "{odd:?}");
+    assert!(odd.stderr.contains("is not CERT,KEY"), "{odd:?}");
     // Other commands do not take --remote yet: a usage error.
     let status = home.run(&["--remote", &url, "status"]);
     assert_eq!(status.code, 2, "{status:?}");
@@ -352,7 +407,35 @@ fn mutual_tls_requires_a_client_certificate_and_records_its_subject() {
             .unwrap();
         assert_eq!(decision.decision, Decision::Allow, "{decision:?}");
     });
+    // The CLI, with its client identity as CERT,KEY.
+    let token_file = home.path.parent().unwrap().join("ci.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let identity = format!(
+        "{},{}",
+        pki.path_str("client.pem"),
+        pki.path_str("client.key")
+    );
+    let cli = home.run(&[
+        "--remote",
+        &url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--remote-ca",
+        &pki.path_str("server-ca.pem"),
+        "--remote-identity",
+        &identity,
+        "eval",
+        "--action",
+        "read_file",
+        "--target",
+        "/etc/hostname",
+    ]);
+    assert_eq!(cli.code, 0, "{cli:?}");
     let tail = home.run(&["audit", "tail", "-n", "20", "--json"]);
+    assert!(
+        tail.stdout.contains("(sha256 "),
+        "the certificate's fingerprint is recorded: {tail:?}"
+    );
     assert!(
         tail.stdout
             .lines()
@@ -425,4 +508,52 @@ fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
         }
     });
     assert!(served, "the slots did not come back");
+}
+
+#[test]
+fn bad_tls_files_stop_the_start_saying_why_and_a_stop_is_not_held_by_open_streams() {
+    let home = TestHome::new();
+    let pki = Pki::new(&home);
+    // A key that is not the certificate's.
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.file("keyward.toml"),
+        format!(
+            "[server.grpc]\nlisten = \"127.0.0.1:0\"\n[server.grpc.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            pki.path_str("server.pem"),
+            pki.path_str("client.key")
+        ),
+    )
+    .unwrap();
+    let start = home.run(&["daemon", "start"]);
+    assert_ne!(start.code, 0, "{start:?}");
+    assert!(start.stderr.contains("server.grpc.tls"), "{start:?}");
+    assert_eq!(home.run(&["status"]).code, 3, "nothing is half-served");
+
+    // A load balancer's health watch open at the stop does not hold it.
+    let url = start_with_grpc(&home, &pki, false);
+    let ca = pki.path("server-ca.pem");
+    let rt = runtime();
+    let _watch = rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap()),
+            ))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let stop = home.run(&["daemon", "stop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(!home.socket().exists());
 }

@@ -1,5 +1,6 @@
 //! Text from elsewhere (a program's request, an upstream's words, names an
-//! administrator chose) made safe to print on the user's terminal.
+//! administrator chose, a client certificate's subject) made safe to print
+//! on a terminal or to record.
 
 /// `text` with control characters and bidirectional-text controls
 /// escaped: none of it may move the cursor, retitle the window or reorder
