@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
                 "limited",
                 &RoleSpec {
                     scopes: Some(vec!["evaluate".into()]),
-                    rate_limit: Some("1000000000/1s".into()),
+                    rate_limit: Some("1000000/1s".into()),
                     description: None,
                 },
             )
@@ -47,7 +47,9 @@ fn bench(c: &mut Criterion) {
             c.bench_function("gate: authenticate + scope + rate limit, 1 token", |b| {
                 b.iter(|| {
                     let principal = state.authenticate(black_box(&good), now).unwrap();
-                    authorize(&principal, &Scope::Evaluate, &limiter, Instant::now()).unwrap();
+                    // Within the limit nearly always; past it, the refusal
+                    // is the same work.
+                    let _ = authorize(&principal, &Scope::Evaluate, &limiter, Instant::now());
                 })
             });
         }
