@@ -159,7 +159,7 @@ pub(crate) async fn settle(state: &Arc<AppState>) {
 /// used: its processes are found by cgroup (the sweep ends every process
 /// in a run cgroup whose run no longer exists).
 fn end_untrusted(state: &Arc<AppState>, run: &RunRecord, why: &str) {
-    if let Err(e) = state.runs.remove(&run.id) {
+    if let Err(e) = state.runs.remove_untrusted(&run.id) {
         tracing::error!("{e}");
     }
     state.authority.forget(&run.id);

@@ -19,6 +19,10 @@ pub struct RunCgroups {
     /// The daemon's own cgroup: where processes moved into a run's cgroup
     /// from outside it are put back.
     own: String,
+    /// Runs removed whose cgroup [`RunCgroups::end`] has yet to empty: the
+    /// sweep leaves them alone, so it cannot kill a run's own `keyward run`
+    /// before `end` has moved it back where it came from.
+    ending: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl RunCgroups {
@@ -39,7 +43,12 @@ impl RunCgroups {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot make {}: {e}", dir.display())),
         }
-        Ok(Self { mount, base, own })
+        Ok(Self {
+            mount,
+            base,
+            own,
+            ending: std::sync::Mutex::default(),
+        })
     }
 
     fn dir(&self, relative: &str) -> PathBuf {
@@ -74,7 +83,34 @@ impl RunCgroups {
     /// may be the one ending the run) back to `home_cgroup`, kills
     /// everything else inside and removes the cgroup. Returns how many
     /// processes were left.
+    /// Says a run is being removed: its cgroup is [`RunCgroups::end`]'s to
+    /// empty, not the sweep's. Called before the run leaves the registry.
+    pub fn mark_ending(&self, run_id: &str) {
+        self.ending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.to_owned());
+    }
+
+    fn is_ending(&self, run_id: &str) -> bool {
+        self.ending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(run_id)
+    }
+
     pub fn end(&self, relative: &str, spare: Option<(u32, &str)>, born: Option<u64>) -> usize {
+        let ended = self.end_inner(relative, spare, born);
+        if let Some(run_id) = relative.rsplit('/').next() {
+            self.ending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(run_id);
+        }
+        ended
+    }
+
+    fn end_inner(&self, relative: &str, spare: Option<(u32, &str)>, born: Option<u64>) -> usize {
         if !relative.starts_with(&format!("{}/", self.base)) || relative.contains("/../") {
             tracing::error!(cgroup = relative, "not one of this daemon's run cgroups");
             return 0;
@@ -105,7 +141,13 @@ impl RunCgroups {
         let mut ended = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.path().is_dir() && name.starts_with("run_") && !live(&name) {
+            // Live first, then ending: a run is marked ending before it
+            // leaves the registry, so one of the two always holds for it.
+            if entry.path().is_dir()
+                && name.starts_with("run_")
+                && !live(&name)
+                && !self.is_ending(&name)
+            {
                 let left = kill_all(&entry.path(), None, &self.dir(&self.own));
                 if left > 0 {
                     tracing::warn!(
@@ -187,4 +229,44 @@ fn own_cgroup(pid: u32) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run being removed is `end`'s to empty, never the sweep's: the
+    /// sweep used to kill a run's own `keyward run` in the moment between
+    /// the run leaving the registry and `end` moving it back out.
+    #[test]
+    fn the_sweep_leaves_a_run_being_ended_to_end() {
+        let home = tempfile::tempdir().unwrap();
+        let Ok(cgroups) = RunCgroups::detect(home.path()) else {
+            eprintln!("no writable cgroup2 here: nothing to test");
+            return;
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (relative, origin) = cgroups.adopt("run_0123456789ab", child.id()).unwrap();
+        cgroups.mark_ending("run_0123456789ab");
+        assert_eq!(
+            cgroups.sweep(&|_| false),
+            0,
+            "the sweep took a run being ended"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "killed by the sweep");
+        // `end` spares the run's own process (moved back where it came
+        // from) and clears the mark, after which the sweep would see it.
+        assert_eq!(cgroups.end(&relative, Some((child.id(), &origin)), None), 0);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the spared process was killed"
+        );
+        assert!(!cgroups.is_ending("run_0123456789ab"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        cgroups.release();
+    }
 }

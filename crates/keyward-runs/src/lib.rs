@@ -554,11 +554,31 @@ impl Registry {
         self.update(id, |run| run.runner = Some(runner))
     }
 
-    /// Removes a run, revoking its token at once; returns its record.
+    /// Removes a run, revoking its token at once; returns its record. Its
+    /// cgroup is then the caller's to end (`RunCgroups::end`, which spares
+    /// the run's own `keyward run`), not the sweep's.
     pub fn remove(&self, id: &str) -> Result<Option<RunRecord>, RunsError> {
-        self.change(|state| match state.remove(id) {
-            Some(run) => (Some(run), vec![Change::Remove(id.to_owned())]),
-            None => (None, Vec::new()),
+        self.remove_marked(id, true)
+    }
+
+    /// Removes a run whose record is not trusted: nothing in it is used,
+    /// and its cgroup is left to the sweep, which ends every process in it.
+    pub fn remove_untrusted(&self, id: &str) -> Result<Option<RunRecord>, RunsError> {
+        self.remove_marked(id, false)
+    }
+
+    fn remove_marked(&self, id: &str, mark: bool) -> Result<Option<RunRecord>, RunsError> {
+        let cgroups = self.cgroups.get().filter(|_| mark);
+        self.change(|state| {
+            if let Some(cgroups) = cgroups
+                && state.runs.get(id).is_some_and(|r| r.cgroup.is_some())
+            {
+                cgroups.mark_ending(id);
+            }
+            match state.remove(id) {
+                Some(run) => (Some(run), vec![Change::Remove(id.to_owned())]),
+                None => (None, Vec::new()),
+            }
         })
     }
 
@@ -571,6 +591,13 @@ impl Registry {
                 .filter(|r| r.pid.is_some_and(|pid| !keyward_sys::process_exists(pid)))
                 .map(|r| r.id.clone())
                 .collect();
+            if let Some(cgroups) = self.cgroups.get() {
+                for id in &dead {
+                    if state.runs.get(id).is_some_and(|r| r.cgroup.is_some()) {
+                        cgroups.mark_ending(id);
+                    }
+                }
+            }
             let ended: Vec<RunRecord> = dead.iter().filter_map(|id| state.remove(id)).collect();
             let changes = dead.into_iter().map(Change::Remove).collect();
             (ended, changes)
